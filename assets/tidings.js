@@ -1,0 +1,221 @@
+// Tidings JavaScript client, protocol v1 (docs/protocol.md). A plain ES module, no build step:
+//
+//   import { Tidings } from "/tidings.js";
+//   const client = new Tidings("ws://127.0.0.1:8000/ws", { name: "alice" });
+//   client.subscribe("chat:lobby", (pub) => console.log(pub.info.user, pub.data));
+//   await client.publish("chat:lobby", { text: "hi" });
+//
+// It reconnects by itself with jittered exponential back-off (across a list of URLs when given
+// one), answers the server's heartbeats, treats a silent server as dead, and subscribes again
+// to every channel after each reconnect.
+
+const CLOSE_NO_RECONNECT_MIN = 4500;
+const CLOSE_NO_RECONNECT_MAX = 4999;
+const CLOSE_POLICY_VIOLATION = 1008;
+
+/** Error carried by a rejected request: `code` is the protocol's error code. */
+export class TidingsError extends Error {
+  constructor(code, message) {
+    super(message);
+    this.name = "TidingsError";
+    this.code = code;
+  }
+}
+
+/**
+ * A protocol v1 connection that stays connected.
+ *
+ * Events (EventTarget; `event.detail` carries the data):
+ * - `connected`: `{client, user, version, ping_interval_ms, pong_timeout_ms}`
+ * - `disconnected`: `{code, reason, reconnecting, delayMs}`
+ * - `error`: `{code, message}` for error pushes (failed commands sent without an id)
+ * - `subscribed`: `{channel, offset, epoch}`
+ */
+export class Tidings extends EventTarget {
+  /**
+   * @param {string|string[]} urls WebSocket URL(s) of `/ws`; several are tried in turn.
+   * @param {{name?: string, token?: string, minDelayMs?: number, maxDelayMs?: number,
+   *          requestTimeoutMs?: number}} options
+   */
+  constructor(urls, options = {}) {
+    super();
+    this.urls = Array.isArray(urls) ? urls : [urls];
+    this.options = {
+      minDelayMs: 300,
+      maxDelayMs: 10_000,
+      requestTimeoutMs: 10_000,
+      ...options,
+    };
+    this.ws = null;
+    this.urlIndex = 0;
+    this.attempt = 0;
+    this.nextId = 1;
+    this.pending = new Map(); // id -> {resolve, reject, timer}
+    this.subscriptions = new Map(); // channel -> {handler, offset, epoch}
+    this.connectedInfo = null;
+    this.closedByUser = false;
+    this.deadTimer = null;
+    this.reconnectTimer = null;
+    this.connect();
+  }
+
+  /** True while the socket is open and the server has said `connected`. */
+  get isConnected() {
+    return this.connectedInfo !== null && this.ws?.readyState === WebSocket.OPEN;
+  }
+
+  /** Subscribes (now, and again after every reconnect); `handler(pub)` gets each publication. */
+  subscribe(channel, handler) {
+    this.subscriptions.set(channel, { handler, offset: null, epoch: null });
+    if (this.isConnected) this.sendSubscribe(channel);
+  }
+
+  /** Stops delivery of `channel`; resolves when the server confirms. */
+  async unsubscribe(channel) {
+    this.subscriptions.delete(channel);
+    if (this.isConnected) await this.request({ op: "unsubscribe", channel });
+  }
+
+  /** Publishes `data` (any JSON value); resolves with `{offset}` once the server accepted it. */
+  publish(channel, data) {
+    return this.request({ op: "publish", channel, data });
+  }
+
+  /** Closes for good: no reconnect. */
+  close() {
+    this.closedByUser = true;
+    clearTimeout(this.reconnectTimer);
+    clearTimeout(this.deadTimer);
+    this.ws?.close(1000, "client closed");
+  }
+
+  /** Sends a command with an id and resolves with its `ok` body or rejects with TidingsError. */
+  request(command) {
+    if (!this.isConnected) {
+      return Promise.reject(new TidingsError(0, "not connected"));
+    }
+    const id = this.nextId++;
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.pending.delete(id);
+        reject(new TidingsError(0, `no reply to ${command.op} within ${this.options.requestTimeoutMs} ms`));
+      }, this.options.requestTimeoutMs);
+      this.pending.set(id, { resolve, reject, timer });
+      this.ws.send(JSON.stringify({ id, ...command }));
+    });
+  }
+
+  connect() {
+    const url = new URL(this.urls[this.urlIndex % this.urls.length], location.href);
+    if (url.protocol === "http:") url.protocol = "ws:";
+    if (url.protocol === "https:") url.protocol = "wss:";
+    if (this.options.name) url.searchParams.set("name", this.options.name);
+    if (this.options.token) url.searchParams.set("token", this.options.token);
+    const ws = new WebSocket(url);
+    this.ws = ws;
+    ws.onmessage = (event) => this.onFrame(event.data);
+    ws.onclose = (event) => this.onClose(event);
+    ws.onopen = () => {
+      // Without a name in the URL the identity is set by this first command.
+      if (!this.options.name && !this.options.token) {
+        ws.send(JSON.stringify({ op: "connect" }));
+      }
+      this.armDeadTimer(15_000);
+    };
+  }
+
+  onFrame(text) {
+    let frame;
+    try {
+      frame = JSON.parse(text);
+    } catch {
+      return;
+    }
+    this.armDeadTimer();
+    if (typeof frame.id === "number") {
+      const waiter = this.pending.get(frame.id);
+      if (!waiter) return;
+      this.pending.delete(frame.id);
+      clearTimeout(waiter.timer);
+      if (frame.error) waiter.reject(new TidingsError(frame.error.code, frame.error.message));
+      else waiter.resolve(frame.ok);
+    } else if (frame.pub) {
+      this.onPublication(frame.pub);
+    } else if (frame.ping) {
+      this.ws.send('{"op":"pong"}');
+    } else if (frame.connected) {
+      this.connectedInfo = frame.connected;
+      this.attempt = 0;
+      this.armDeadTimer();
+      this.emit("connected", frame.connected);
+      for (const channel of this.subscriptions.keys()) this.sendSubscribe(channel);
+    } else if (frame.error) {
+      this.emit("error", frame.error);
+    }
+  }
+
+  onPublication(pub) {
+    const sub = this.subscriptions.get(pub.channel);
+    if (!sub) return;
+    // Never hand the application the same offset twice, nor an older one.
+    if (sub.epoch === pub.epoch && sub.offset !== null && pub.offset <= sub.offset) return;
+    sub.epoch = pub.epoch;
+    sub.offset = pub.offset;
+    sub.handler(pub);
+  }
+
+  async sendSubscribe(channel) {
+    try {
+      const ok = await this.request({ op: "subscribe", channel });
+      const sub = this.subscriptions.get(channel);
+      if (sub && (sub.offset === null || sub.epoch !== ok.epoch)) {
+        sub.offset = ok.offset;
+        sub.epoch = ok.epoch;
+      }
+      this.emit("subscribed", ok);
+    } catch (err) {
+      this.emit("error", { code: err.code, message: `subscribe ${channel}: ${err.message}` });
+    }
+  }
+
+  onClose(event) {
+    clearTimeout(this.deadTimer);
+    this.connectedInfo = null;
+    for (const { reject, timer } of this.pending.values()) {
+      clearTimeout(timer);
+      reject(new TidingsError(0, "connection closed"));
+    }
+    this.pending.clear();
+    const final =
+      this.closedByUser ||
+      event.code === CLOSE_POLICY_VIOLATION ||
+      (event.code >= CLOSE_NO_RECONNECT_MIN && event.code <= CLOSE_NO_RECONNECT_MAX);
+    let delayMs = 0;
+    if (!final) {
+      // Full jitter: a restarting server is not hit by every client in the same instant.
+      const ceiling = Math.min(this.options.maxDelayMs, this.options.minDelayMs * 2 ** this.attempt);
+      delayMs = Math.round(this.options.minDelayMs / 2 + Math.random() * ceiling);
+      this.attempt += 1;
+      this.urlIndex += 1;
+      this.reconnectTimer = setTimeout(() => this.connect(), delayMs);
+    }
+    this.emit("disconnected", {
+      code: event.code,
+      reason: event.reason,
+      reconnecting: !final,
+      delayMs,
+    });
+  }
+
+  /** Closes a connection that has been silent longer than the server's heartbeat allows. */
+  armDeadTimer(ms) {
+    clearTimeout(this.deadTimer);
+    const info = this.connectedInfo;
+    const limit = ms ?? (info ? info.ping_interval_ms + info.pong_timeout_ms : 35_000);
+    this.deadTimer = setTimeout(() => this.ws?.close(4001, "server silent"), limit);
+  }
+
+  emit(type, detail) {
+    this.dispatchEvent(new CustomEvent(type, { detail }));
+  }
+}

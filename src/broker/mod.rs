@@ -1,0 +1,84 @@
+//! Brokers: where a channel's offsets are assigned and where publications travel between
+//! nodes.
+//!
+//! A [`Broker`] assigns each publication of a channel the next offset, atomically, and hands
+//! every publication of the channels this node subscribed to to the node's [`Deliver`] sink.
+//! [`MemoryBroker`](memory::MemoryBroker) serves one process; a Redis broker (next) serves
+//! many. Sessions and the HTTP API never see which one runs: they talk to `Node`.
+//!
+//! ## Ordering
+//! Offsets of a channel are 1, 2, 3… with no gaps within one epoch, and publications of a
+//! channel reach [`Deliver::deliver`] in offset order, one call at a time per channel.
+//!
+//! ## Epochs
+//! An epoch names one continuous history of a channel. When a broker loses a channel's history
+//! (a restart without persistence, an expiry) it starts a new epoch, so a client holding an
+//! old position learns that offsets no longer line up instead of silently missing messages.
+//!
+//! ## Subscriptions
+//! `subscribe`/`unsubscribe` are node-level: the node calls them for the first and last local
+//! subscriber of a channel. A broker must deliver every publication of a subscribed channel;
+//! it may deliver others too (the hub drops channels without local subscribers).
+//!
+//! ## Failures
+//! An error means the operation did not happen, so a `publish` that returned an error was not
+//! assigned an offset and will never be delivered; nothing is lost silently.
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde_json::value::RawValue;
+
+use crate::protocol::{ChannelName, ClientInfo, Publication, StreamPosition};
+
+pub mod memory;
+
+/// The node's side of a broker: it receives every publication of subscribed channels.
+pub trait Deliver: Send + Sync + 'static {
+    /// Called once per publication, in offset order per channel. Must not block.
+    fn deliver(&self, publication: &Publication);
+}
+
+/// Why a broker operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// The backend cannot be reached or cannot guarantee ordering now; retrying later may work.
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else the backend reported.
+    #[error("broker failed: {0}")]
+    Internal(String),
+}
+
+/// Assigns offsets and carries publications between nodes. See the module docs for the
+/// contract every implementation keeps.
+#[async_trait]
+pub trait Broker: Send + Sync + fmt::Debug + 'static {
+    /// Appends a publication to `channel`, assigning the next offset, and delivers it to every
+    /// node subscribed to the channel. Returns the publication's position.
+    async fn publish(
+        &self,
+        channel: &ChannelName,
+        data: Arc<RawValue>,
+        info: ClientInfo,
+    ) -> Result<StreamPosition, BrokerError>;
+
+    /// Starts delivering `channel`'s publications to this node.
+    async fn subscribe(&self, channel: &ChannelName) -> Result<(), BrokerError>;
+
+    /// Stops delivering `channel`'s publications to this node.
+    async fn unsubscribe(&self, channel: &ChannelName) -> Result<(), BrokerError>;
+
+    /// The channel's current position: the last offset assigned and the epoch.
+    async fn position(&self, channel: &ChannelName) -> Result<StreamPosition, BrokerError>;
+}
+
+/// A fresh random epoch: short, URL-safe, unlikely to repeat.
+pub(crate) fn new_epoch() -> Arc<str> {
+    let mut rng = fastrand::Rng::new();
+    (0..8)
+        .map(|_| rng.alphanumeric())
+        .collect::<String>()
+        .into()
+}

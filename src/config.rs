@@ -1,0 +1,203 @@
+//! Configuration: every flag and its `TIDINGS_*` environment twin, validated once.
+//!
+//! Precedence: flags > environment > defaults (a config file joins later, between the
+//! environment and the defaults). Nothing else in the crate reads the environment.
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::session::SessionConfig;
+
+/// Tidings: a real-time messaging server. Clients hold a WebSocket to `/ws`, subscribe to
+/// channels and receive every publication, in order, within milliseconds.
+#[derive(Debug, Parser)]
+#[command(name = "tidings", version, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<CliCommand>,
+    /// `tidings` alone means `tidings serve`.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CliCommand {
+    /// Run the server (the default when no command is given).
+    Serve(ServeArgs),
+}
+
+impl Cli {
+    /// The server settings, whichever form the command line took.
+    pub fn into_serve_args(self) -> ServeArgs {
+        match self.command {
+            Some(CliCommand::Serve(args)) => args,
+            None => self.serve,
+        }
+    }
+}
+
+/// Settings of `tidings serve`.
+#[derive(Clone, Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on, HOST:PORT. Port 0 picks a free port; the address actually bound
+    /// is printed as `listening on ADDR`.
+    #[arg(long, env = "TIDINGS_LISTEN", default_value = "127.0.0.1:8000")]
+    pub listen: String,
+
+    /// Serve `/ws/echo`, which echoes every message through the same WebSocket stack as `/ws`
+    /// with a 16 MiB limit: the route the conformance suite runs against. Off by default.
+    #[arg(long, env = "TIDINGS_ENABLE_ECHO", value_parser = clap::builder::BoolishValueParser::new())]
+    pub enable_echo: bool,
+
+    /// Largest WebSocket message a client may send, in bytes (suffixes KiB, MiB accepted).
+    /// A larger one closes the connection with 1009.
+    #[arg(long, env = "TIDINGS_MAX_MESSAGE_SIZE", default_value = "64KiB", value_parser = parse_size)]
+    pub max_message_size: usize,
+
+    /// Bytes that may wait in one connection's outgoing queue. A client that reads so slowly
+    /// that its queue passes this is closed with 4000 (slow consumer) and should reconnect.
+    #[arg(long, env = "TIDINGS_MAX_QUEUE_SIZE", default_value = "1MiB", value_parser = parse_size)]
+    pub max_queue_size: usize,
+
+    /// Channels one connection may subscribe to at the same time.
+    #[arg(long, env = "TIDINGS_MAX_SUBSCRIPTIONS", default_value_t = 1024)]
+    pub max_subscriptions: usize,
+
+    /// How often the server sends `{"ping":{}}` to each client (e.g. 25s, 500ms).
+    #[arg(long, env = "TIDINGS_PING_INTERVAL", default_value = "25s", value_parser = humantime::parse_duration)]
+    pub ping_interval: Duration,
+
+    /// How long after a ping the server waits for any frame before closing with 4001.
+    #[arg(long, env = "TIDINGS_PONG_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub pong_timeout: Duration,
+
+    /// On SIGINT/SIGTERM, how long to wait for connections to finish their close handshake.
+    #[arg(long, env = "TIDINGS_SHUTDOWN_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub shutdown_timeout: Duration,
+
+    /// Log filter, in `tracing` EnvFilter syntax (e.g. `info`, `tidings=debug`).
+    #[arg(long, env = "TIDINGS_LOG", default_value = "info")]
+    pub log: String,
+}
+
+/// Why the settings cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--{flag} must be greater than zero")]
+    Zero { flag: &'static str },
+    #[error("--max-queue-size ({queue} bytes) must be at least --max-message-size ({message})")]
+    QueueSmallerThanMessage { queue: usize, message: usize },
+}
+
+/// Validated settings of a running server.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: String,
+    pub enable_echo: bool,
+    pub max_message_size: usize,
+    pub session: SessionConfig,
+    pub shutdown_timeout: Duration,
+}
+
+impl ServeArgs {
+    /// Checks the settings against each other and builds the server's configuration.
+    pub fn into_config(self) -> Result<Config, ConfigError> {
+        let nonzero = |value: u128, flag| {
+            if value == 0 {
+                Err(ConfigError::Zero { flag })
+            } else {
+                Ok(())
+            }
+        };
+        nonzero(self.max_message_size as u128, "max-message-size")?;
+        nonzero(self.max_subscriptions as u128, "max-subscriptions")?;
+        nonzero(self.ping_interval.as_millis(), "ping-interval")?;
+        nonzero(self.pong_timeout.as_millis(), "pong-timeout")?;
+        // A reply to the largest publish must fit the queue, or honest clients would be cut.
+        if self.max_queue_size < self.max_message_size {
+            return Err(ConfigError::QueueSmallerThanMessage {
+                queue: self.max_queue_size,
+                message: self.max_message_size,
+            });
+        }
+        Ok(Config {
+            listen: self.listen,
+            enable_echo: self.enable_echo,
+            max_message_size: self.max_message_size,
+            session: SessionConfig {
+                max_queue_size: self.max_queue_size,
+                max_subscriptions: self.max_subscriptions,
+                ping_interval: self.ping_interval,
+                pong_timeout: self.pong_timeout,
+                close_timeout: Duration::from_secs(2).min(self.shutdown_timeout),
+            },
+            shutdown_timeout: self.shutdown_timeout,
+        })
+    }
+}
+
+/// Parses `65536`, `64KiB`, `64kb`, `1MiB`, `2mb` (binary units either way).
+pub fn parse_size(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: usize = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size like 65536, 64KiB or 1MiB"))?;
+    let multiplier = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?}; use B, KiB, MiB or GiB"
+            ));
+        }
+    };
+    number
+        .checked_mul(multiplier)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_units() {
+        assert_eq!(parse_size("65536"), Ok(65536));
+        assert_eq!(parse_size("64KiB"), Ok(65536));
+        assert_eq!(parse_size("1MiB"), Ok(1 << 20));
+        assert_eq!(parse_size("2 mb"), Ok(2 << 20));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn bare_tidings_means_serve_with_defaults() {
+        let cli = Cli::try_parse_from(["tidings"]).unwrap();
+        let config = cli.into_serve_args().into_config().unwrap();
+        assert_eq!(config.listen, "127.0.0.1:8000");
+        assert_eq!(config.max_message_size, 64 * 1024);
+        assert!(!config.enable_echo);
+        let cli = Cli::try_parse_from(["tidings", "serve", "--listen", "127.0.0.1:0"]).unwrap();
+        assert_eq!(cli.into_serve_args().listen, "127.0.0.1:0");
+    }
+
+    #[test]
+    fn contradictory_limits_are_refused() {
+        let cli = Cli::try_parse_from([
+            "tidings",
+            "--max-queue-size",
+            "1KiB",
+            "--max-message-size",
+            "64KiB",
+        ])
+        .unwrap();
+        assert!(cli.into_serve_args().into_config().is_err());
+    }
+}

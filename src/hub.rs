@@ -1,0 +1,157 @@
+//! Hub: which local connections subscribe to which channel, and the fan-out of each
+//! publication to them.
+//!
+//! A publication is encoded to its push frame once, and only if the channel has local
+//! subscribers; every subscriber's outbox receives a clone of the same shared bytes. Pushing
+//! into an outbox never blocks (a full one closes its own connection), so a slow client cannot
+//! delay the others. The map is sharded by channel so that publishes to different channels do
+//! not contend; each shard is a std `Mutex` held for short, non-async sections only.
+//!
+//! The hub never calls the broker: the node decides when a channel's first subscriber needs a
+//! broker subscription.
+
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use crate::broker::Deliver;
+use crate::outbox::Outbox;
+use crate::protocol::{ChannelName, Publication, encode_publication};
+use crate::transport::Frame;
+
+const SHARDS: usize = 64;
+
+/// A unique id of a local connection.
+pub type SubscriberId = u64;
+
+/// One shard: channel → its local subscribers.
+type Shard = HashMap<ChannelName, Vec<(SubscriberId, Outbox)>>;
+
+/// Local channel → subscribers map with encode-once fan-out.
+#[derive(Debug)]
+pub struct Hub {
+    shards: Box<[Mutex<Shard>]>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Hub {
+    pub fn new() -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            hasher: Default::default(),
+        }
+    }
+
+    fn shard(&self, channel: &ChannelName) -> MutexGuard<'_, Shard> {
+        let index = (self.hasher.hash_one(channel) as usize) % self.shards.len();
+        self.shards[index]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Adds a subscriber; returns true if it is the channel's first on this node.
+    pub fn add(&self, channel: &ChannelName, id: SubscriberId, outbox: Outbox) -> bool {
+        let mut shard = self.shard(channel);
+        let subscribers = shard.entry(channel.clone()).or_default();
+        subscribers.push((id, outbox));
+        subscribers.len() == 1
+    }
+
+    /// Removes a subscriber; returns true if the channel has no local subscribers left.
+    pub fn remove(&self, channel: &ChannelName, id: SubscriberId) -> bool {
+        let mut shard = self.shard(channel);
+        let Some(subscribers) = shard.get_mut(channel) else {
+            return false;
+        };
+        let before = subscribers.len();
+        subscribers.retain(|(sub, _)| *sub != id);
+        let removed = subscribers.len() < before;
+        if subscribers.is_empty() {
+            shard.remove(channel);
+        }
+        removed && !shard.contains_key(channel)
+    }
+
+    /// How many local connections subscribe to `channel`.
+    pub fn subscriber_count(&self, channel: &ChannelName) -> usize {
+        self.shard(channel).get(channel).map_or(0, Vec::len)
+    }
+
+    /// Fans a publication out to the channel's local subscribers.
+    pub fn broadcast(&self, publication: &Publication) {
+        let shard = self.shard(&publication.channel);
+        let Some(subscribers) = shard.get(&publication.channel) else {
+            return;
+        };
+        let frame = Frame::from(encode_publication(publication));
+        for (_, outbox) in subscribers {
+            outbox.push_publication(&publication.channel, publication.offset, &frame);
+        }
+    }
+}
+
+impl Deliver for Hub {
+    fn deliver(&self, publication: &Publication) {
+        self.broadcast(publication);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::ClientInfo;
+    use serde_json::value::RawValue;
+    use std::sync::Arc;
+
+    #[test]
+    fn first_and_last_subscribers_are_reported() {
+        let hub = Hub::new();
+        let ch = ChannelName::parse("c").unwrap();
+        assert!(hub.add(&ch, 1, Outbox::new(1024)));
+        assert!(!hub.add(&ch, 2, Outbox::new(1024)));
+        assert_eq!(hub.subscriber_count(&ch), 2);
+        assert!(!hub.remove(&ch, 1));
+        assert!(!hub.remove(&ch, 1), "removing twice is not a last removal");
+        assert!(hub.remove(&ch, 2));
+        assert_eq!(hub.subscriber_count(&ch), 0);
+    }
+
+    #[test]
+    fn every_subscriber_gets_the_same_shared_frame() {
+        let hub = Hub::new();
+        let ch = ChannelName::parse("c").unwrap();
+        let outboxes: Vec<Outbox> = (0..3).map(|_| Outbox::new(1 << 16)).collect();
+        for (i, outbox) in outboxes.iter().enumerate() {
+            outbox.begin_subscription(&ch);
+            outbox.complete_subscription(&ch, None, 0);
+            hub.add(&ch, i as u64, outbox.clone());
+        }
+        hub.broadcast(&Publication {
+            channel: ch.clone(),
+            offset: 1,
+            epoch: "e".into(),
+            data: Arc::from(RawValue::from_string("1".into()).unwrap()),
+            info: ClientInfo {
+                client: "c".into(),
+                user: "u".into(),
+            },
+        });
+        let frames: Vec<Frame> = outboxes
+            .iter()
+            .map(|outbox| {
+                let mut batch = Vec::new();
+                outbox.drain(&mut batch);
+                assert_eq!(batch.len(), 1);
+                batch.remove(0)
+            })
+            .collect();
+        let first = frames[0].as_str().as_ptr();
+        assert!(frames.iter().all(|f| f.as_str().as_ptr() == first));
+    }
+}

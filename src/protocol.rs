@@ -1,0 +1,691 @@
+//! Protocol v1: the single definition of the wire format, shared by the server, the tests and
+//! the benchmark. `docs/protocol.md` is its prose twin; change both together.
+//!
+//! Every frame is one JSON object in a WebSocket text frame.
+//!
+//! * Client → server: a [`Request`], `{"id":N,"op":"...",...}`. `id` is optional; a request with
+//!   an `id` gets exactly one reply carrying it, `{"id":N,"ok":{...}}` or
+//!   `{"id":N,"error":{"code":C,"message":M}}`. A failed request without an id gets an
+//!   `{"error":{...}}` push instead, so no failure is ever silent.
+//! * Server → client pushes: `{"connected":{...}}`, `{"pub":{...}}`, `{"ping":{}}`,
+//!   `{"error":{...}}`.
+//!
+//! Invariants: decoding never panics on any input; every error a client can cause maps to one
+//! [`ErrorCode`]; a publication's push frame is produced by [`encode_publication`] once per
+//! publication, never per subscriber. Pure data: no I/O lives here.
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::value::RawValue;
+
+/// The protocol version this server speaks; reported in the `connected` push.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// A validated channel name: `namespace:name` or plain `name`.
+///
+/// Allowed: 1 to [`ChannelName::MAX_LEN`] bytes of ASCII letters, digits and `_ - . : = @ /`.
+/// The namespace is the part before the first `:`; it must be non-empty and use only letters,
+/// digits, `_` and `-`, and the name after it must be non-empty. Cloning is cheap (shared).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChannelName(Arc<str>);
+
+impl ChannelName {
+    /// Longest accepted channel name, in bytes.
+    pub const MAX_LEN: usize = 255;
+
+    /// Validates `name`, explaining what is wrong when it is not a channel name.
+    pub fn parse(name: &str) -> Result<Self, String> {
+        if name.is_empty() {
+            return Err("channel name is empty".into());
+        }
+        if name.len() > Self::MAX_LEN {
+            return Err(format!(
+                "channel name is {} bytes long; the limit is {}",
+                name.len(),
+                Self::MAX_LEN
+            ));
+        }
+        if let Some(bad) = name
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || "_-.:=@/".contains(*c)))
+        {
+            return Err(format!(
+                "channel name contains {bad:?}; allowed are ASCII letters, digits and _ - . : = @ /"
+            ));
+        }
+        if let Some((namespace, rest)) = name.split_once(':') {
+            if namespace.is_empty() || rest.is_empty() {
+                return Err("namespace and name around ':' must both be non-empty".into());
+            }
+            if !namespace
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                return Err("a namespace uses only ASCII letters, digits, _ and -".into());
+            }
+        }
+        Ok(Self(name.into()))
+    }
+
+    /// The channel name as sent on the wire.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The namespace, if the name has one (`chat` for `chat:lobby`).
+    pub fn namespace(&self) -> Option<&str> {
+        self.0.split_once(':').map(|(namespace, _)| namespace)
+    }
+}
+
+impl fmt::Debug for ChannelName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for ChannelName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A position in a channel's stream: the last offset and the epoch of the history it belongs to.
+///
+/// Offsets number a channel's publications 1, 2, 3… without gaps. The epoch names one
+/// continuous history; a different epoch means offsets from the old one mean nothing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamPosition {
+    pub offset: u64,
+    pub epoch: Arc<str>,
+}
+
+/// Who published: stamped by the server from the session, never taken from the client.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientInfo {
+    /// The connection's unique id.
+    pub client: Arc<str>,
+    /// The user's name (later: the token's subject).
+    pub user: Arc<str>,
+}
+
+/// One publication as brokers store and deliver it.
+#[derive(Clone, Debug)]
+pub struct Publication {
+    pub channel: ChannelName,
+    pub offset: u64,
+    pub epoch: Arc<str>,
+    /// Any JSON value, kept as the publisher's text so it is never re-encoded.
+    pub data: Arc<RawValue>,
+    pub info: ClientInfo,
+}
+
+/// Encodes the `{"pub":{...}}` push for a publication: once per publication, shared by every
+/// subscriber.
+pub fn encode_publication(publication: &Publication) -> String {
+    #[derive(Serialize)]
+    struct Push<'a> {
+        #[serde(rename = "pub")]
+        publication: PubBody<'a>,
+    }
+    #[derive(Serialize)]
+    struct PubBody<'a> {
+        channel: &'a str,
+        offset: u64,
+        epoch: &'a str,
+        data: &'a RawValue,
+        info: &'a ClientInfo,
+    }
+    let push = Push {
+        publication: PubBody {
+            channel: publication.channel.as_str(),
+            offset: publication.offset,
+            epoch: &publication.epoch,
+            data: &publication.data,
+            info: &publication.info,
+        },
+    };
+    to_json(&push)
+}
+
+/// Error codes carried in `{"error":{"code":C,"message":M}}`. Values are a public contract.
+///
+/// 1xx: the request was wrong and will fail again unchanged. 5xx: the server could not do it
+/// now; the same request may succeed later.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u16)]
+pub enum ErrorCode {
+    /// The frame is not valid JSON.
+    MalformedJson = 100,
+    /// Valid JSON, but not a command object (not an object, a bad `id`, no `op`).
+    InvalidCommand = 101,
+    /// `op` names no operation of this protocol version.
+    UnknownOp = 102,
+    /// A field the operation needs is missing or has the wrong type.
+    InvalidField = 103,
+    /// The channel name breaks the naming rules.
+    InvalidChannel = 104,
+    /// Binary frames carry nothing in protocol v1.
+    BinaryFrame = 105,
+    /// `connect` came after the connection's identity was already set.
+    AlreadyConnected = 106,
+    /// The connection is already subscribed to this channel.
+    AlreadySubscribed = 107,
+    /// A per-connection limit (such as subscriptions) would be exceeded.
+    LimitExceeded = 108,
+    /// Something failed inside the server; the request may be retried.
+    Internal = 500,
+    /// The broker cannot guarantee delivery right now; retry later.
+    Unavailable = 503,
+}
+
+impl ErrorCode {
+    pub fn as_u16(self) -> u16 {
+        self as u16
+    }
+}
+
+impl Serialize for ErrorCode {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_u16(self.as_u16())
+    }
+}
+
+/// WebSocket close codes the server sends. 1xxx are RFC 6455's; 4000–4499 mean "reconnect
+/// (with back-off) and recover"; 4500–4999 mean "do not reconnect without a change".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CloseCode;
+
+impl CloseCode {
+    /// The client closed, or the server finished a close the client started.
+    pub const NORMAL: u16 = 1000;
+    /// The server is shutting down: reconnect with jittered back-off, to another node if any.
+    pub const GOING_AWAY: u16 = 1001;
+    /// The peer broke RFC 6455 framing.
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// A text frame was not valid UTF-8.
+    pub const INVALID_PAYLOAD: u16 = 1007;
+    /// Refused by policy (a bad token at the handshake).
+    pub const POLICY_VIOLATION: u16 = 1008;
+    /// A message exceeded `--max-message-size`.
+    pub const MESSAGE_TOO_BIG: u16 = 1009;
+    /// An unexpected server error.
+    pub const INTERNAL_ERROR: u16 = 1011;
+    /// The client read too slowly and its outgoing queue filled: reconnect and recover.
+    pub const SLOW_CONSUMER: u16 = 4000;
+    /// No frame from the client within the pong timeout after a ping: reconnect.
+    pub const NO_PONG: u16 = 4001;
+}
+
+/// One decoded client request.
+#[derive(Debug)]
+pub struct Request {
+    pub id: Option<u64>,
+    pub command: Command,
+}
+
+/// What a client asks for. Unknown fields are ignored so that clients can send newer fields.
+#[derive(Debug)]
+pub enum Command {
+    /// First command only: sets the user's name (and later the token).
+    Connect {
+        name: Option<String>,
+        token: Option<String>,
+    },
+    Subscribe {
+        channel: ChannelName,
+    },
+    Unsubscribe {
+        channel: ChannelName,
+    },
+    Publish {
+        channel: ChannelName,
+        data: Box<RawValue>,
+    },
+    /// A client-side liveness probe; replied to with `ok {}`.
+    Ping,
+    /// The answer to a server `{"ping":{}}`; never replied to.
+    Pong,
+}
+
+/// Why a frame could not be decoded; carries the request id when it could be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodeError {
+    pub id: Option<u64>,
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl DecodeError {
+    fn new(id: Option<u64>, code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            id,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// All fields any command may carry, kept raw so that a wrong type gets a precise message.
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow, default, deserialize_with = "present")]
+    id: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    op: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    channel: Option<&'a RawValue>,
+    #[serde(default, deserialize_with = "present")]
+    data: Option<Box<RawValue>>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    name: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    token: Option<&'a RawValue>,
+}
+
+/// Keeps an explicit `null` as present, so `"data":null` is a value and not a missing field.
+fn present<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(deserializer).map(Some)
+}
+
+/// Decodes one text frame into a request.
+pub fn decode_request(text: &str) -> Result<Request, DecodeError> {
+    // serde would read a JSON array as a struct's fields in order; a command is an object.
+    if !text.trim_start().starts_with('{') {
+        return Err(match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+            Ok(_) => DecodeError::new(
+                None,
+                ErrorCode::InvalidCommand,
+                "a command is a JSON object with an \"op\" field",
+            ),
+            Err(err) => DecodeError::new(
+                None,
+                ErrorCode::MalformedJson,
+                format!("invalid JSON: {err}"),
+            ),
+        });
+    }
+    let envelope: Envelope<'_> = serde_json::from_str(text).map_err(|err| {
+        use serde_json::error::Category;
+        match err.classify() {
+            Category::Syntax | Category::Eof | Category::Io => DecodeError::new(
+                None,
+                ErrorCode::MalformedJson,
+                format!("invalid JSON: {err}"),
+            ),
+            Category::Data => DecodeError::new(
+                None,
+                ErrorCode::InvalidCommand,
+                format!("a command is a JSON object with an \"op\" field: {err}"),
+            ),
+        }
+    })?;
+    let id = match envelope.id {
+        None => None,
+        Some(raw) => Some(serde_json::from_str::<u64>(raw.get()).map_err(|_| {
+            DecodeError::new(
+                None,
+                ErrorCode::InvalidCommand,
+                "\"id\" must be a non-negative integer",
+            )
+        })?),
+    };
+    let op: String = match envelope.op {
+        None => {
+            return Err(DecodeError::new(
+                id,
+                ErrorCode::InvalidCommand,
+                "missing field \"op\"",
+            ));
+        }
+        Some(raw) => serde_json::from_str(raw.get()).map_err(|_| {
+            DecodeError::new(id, ErrorCode::InvalidCommand, "\"op\" must be a string")
+        })?,
+    };
+    let channel = || -> Result<ChannelName, DecodeError> {
+        let raw = envelope.channel.ok_or_else(|| {
+            DecodeError::new(
+                id,
+                ErrorCode::InvalidField,
+                format!("{op} needs the field \"channel\""),
+            )
+        })?;
+        let name: String = serde_json::from_str(raw.get()).map_err(|_| {
+            DecodeError::new(id, ErrorCode::InvalidField, "\"channel\" must be a string")
+        })?;
+        ChannelName::parse(&name)
+            .map_err(|message| DecodeError::new(id, ErrorCode::InvalidChannel, message))
+    };
+    let optional_string =
+        |field: &str, raw: Option<&RawValue>| -> Result<Option<String>, DecodeError> {
+            match raw {
+                None => Ok(None),
+                Some(raw) if raw.get() == "null" => Ok(None),
+                Some(raw) => serde_json::from_str(raw.get()).map(Some).map_err(|_| {
+                    DecodeError::new(
+                        id,
+                        ErrorCode::InvalidField,
+                        format!("\"{field}\" must be a string"),
+                    )
+                }),
+            }
+        };
+    let command = match op.as_str() {
+        "connect" => Command::Connect {
+            name: optional_string("name", envelope.name)?,
+            token: optional_string("token", envelope.token)?,
+        },
+        "subscribe" => Command::Subscribe {
+            channel: channel()?,
+        },
+        "unsubscribe" => Command::Unsubscribe {
+            channel: channel()?,
+        },
+        "publish" => {
+            let channel = channel()?;
+            let data = envelope.data.ok_or_else(|| {
+                DecodeError::new(
+                    id,
+                    ErrorCode::InvalidField,
+                    "publish needs the field \"data\"",
+                )
+            })?;
+            Command::Publish { channel, data }
+        }
+        "ping" => Command::Ping,
+        "pong" => Command::Pong,
+        other => {
+            let mut shown: String = other.chars().take(64).collect();
+            if shown.len() < other.len() {
+                shown.push('…');
+            }
+            return Err(DecodeError::new(
+                id,
+                ErrorCode::UnknownOp,
+                format!("unknown op {shown:?}"),
+            ));
+        }
+    };
+    Ok(Request { id, command })
+}
+
+/// The body of an error reply or push.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub code: u16,
+    pub message: String,
+}
+
+/// `ok` body of a `subscribe` reply: the channel's current position.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscribeOk {
+    pub channel: String,
+    pub offset: u64,
+    pub epoch: String,
+}
+
+/// `ok` body of a `publish` reply.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishOk {
+    pub offset: u64,
+}
+
+/// The identity and heartbeat settings of a connection: the `connect` reply's body and the
+/// `{"connected":{...}}` push.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Connected {
+    pub client: String,
+    pub user: String,
+    pub version: u32,
+    /// The server sends `{"ping":{}}` this often; the client answers `{"op":"pong"}`.
+    pub ping_interval_ms: u64,
+    /// How long the server waits for any frame after a ping before closing with 4001.
+    pub pong_timeout_ms: u64,
+}
+
+/// Encodes `{"id":N,"ok":BODY}`.
+pub fn encode_ok<T: Serialize>(id: u64, body: &T) -> String {
+    #[derive(Serialize)]
+    struct Ok<'a, T> {
+        id: u64,
+        ok: &'a T,
+    }
+    to_json(&Ok { id, ok: body })
+}
+
+/// Encodes an error reply (with an id) or an error push (without).
+pub fn encode_error(id: Option<u64>, code: ErrorCode, message: &str) -> String {
+    #[derive(Serialize)]
+    struct Error<'a> {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        error: Body<'a>,
+    }
+    #[derive(Serialize)]
+    struct Body<'a> {
+        code: ErrorCode,
+        message: &'a str,
+    }
+    to_json(&Error {
+        id,
+        error: Body { code, message },
+    })
+}
+
+/// Encodes the `{"connected":{...}}` push.
+pub fn encode_connected(connected: &Connected) -> String {
+    #[derive(Serialize)]
+    struct Push<'a> {
+        connected: &'a Connected,
+    }
+    to_json(&Push { connected })
+}
+
+/// The server's heartbeat push.
+pub const PING_FRAME: &str = r#"{"ping":{}}"#;
+
+/// An empty `ok` body, `{}`.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct Empty {}
+
+fn to_json<T: Serialize>(value: &T) -> String {
+    // Serialising these plain structs into a String cannot fail: no maps with non-string keys,
+    // no fallible Serialize impls.
+    serde_json::to_string(value).unwrap_or_else(|_| String::from(r#"{"error":{"code":500}}"#))
+}
+
+/// A frame as a client sees it: the typed reading of every server frame, for clients written
+/// in Rust (the tests and the benchmark).
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum ServerFrame {
+    Reply {
+        id: u64,
+        #[serde(flatten)]
+        outcome: Outcome,
+    },
+    Push(Push),
+}
+
+/// The `ok` or `error` half of a reply.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Ok(serde_json::Value),
+    Error(ErrorBody),
+}
+
+/// A push: a frame without an id.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Push {
+    Connected(Connected),
+    Pub(PubPush),
+    Ping {},
+    Error(ErrorBody),
+}
+
+/// The body of a `{"pub":{...}}` push, as a client reads it.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct PubPush {
+    pub channel: String,
+    pub offset: u64,
+    pub epoch: String,
+    pub data: serde_json::Value,
+    pub info: ClientInfo,
+}
+
+impl ServerFrame {
+    /// Parses one server frame.
+    pub fn parse(text: &str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channel_names_follow_the_documented_rules() {
+        for ok in [
+            "lobby",
+            "chat:lobby",
+            "user:42",
+            "a:b:c",
+            "doc:x-1.v2@team/y=z",
+        ] {
+            assert!(ChannelName::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            ":x",
+            "x:",
+            "a b",
+            "ch*",
+            "na.me:x",
+            "é",
+            &"x".repeat(256),
+        ] {
+            assert!(ChannelName::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            ChannelName::parse("chat:lobby").unwrap().namespace(),
+            Some("chat")
+        );
+        assert_eq!(ChannelName::parse("lobby").unwrap().namespace(), None);
+    }
+
+    fn code_of(text: &str) -> (Option<u64>, ErrorCode) {
+        let err = decode_request(text).expect_err(text);
+        (err.id, err.code)
+    }
+
+    #[test]
+    fn bad_frames_get_precise_codes() {
+        assert_eq!(code_of("{"), (None, ErrorCode::MalformedJson));
+        assert_eq!(code_of("nope"), (None, ErrorCode::MalformedJson));
+        assert_eq!(code_of("[1]"), (None, ErrorCode::InvalidCommand));
+        assert_eq!(
+            code_of(r#"{"id":-1,"op":"ping"}"#),
+            (None, ErrorCode::InvalidCommand)
+        );
+        assert_eq!(code_of(r#"{"id":3}"#), (Some(3), ErrorCode::InvalidCommand));
+        assert_eq!(
+            code_of(r#"{"id":3,"op":7}"#),
+            (Some(3), ErrorCode::InvalidCommand)
+        );
+        assert_eq!(
+            code_of(r#"{"id":4,"op":"fly"}"#),
+            (Some(4), ErrorCode::UnknownOp)
+        );
+        assert_eq!(
+            code_of(r#"{"id":5,"op":"subscribe"}"#),
+            (Some(5), ErrorCode::InvalidField)
+        );
+        assert_eq!(
+            code_of(r#"{"id":5,"op":"subscribe","channel":1}"#),
+            (Some(5), ErrorCode::InvalidField)
+        );
+        assert_eq!(
+            code_of(r#"{"id":6,"op":"publish","channel":"a"}"#),
+            (Some(6), ErrorCode::InvalidField)
+        );
+        assert_eq!(
+            code_of(r#"{"id":7,"op":"publish","channel":"a b","data":1}"#),
+            (Some(7), ErrorCode::InvalidChannel)
+        );
+        assert_eq!(
+            code_of(r#"{"id":8,"op":"connect","name":5}"#),
+            (Some(8), ErrorCode::InvalidField)
+        );
+    }
+
+    #[test]
+    fn publish_keeps_data_verbatim_including_null() {
+        let request = decode_request(r#"{"id":1,"op":"publish","channel":"c","data":null}"#)
+            .expect("valid publish");
+        match request.command {
+            Command::Publish { data, .. } => assert_eq!(data.get(), "null"),
+            other => panic!("decoded as {other:?}"),
+        }
+        let request =
+            decode_request(r#"{"op":"publish","channel":"c","data":{"text":"hi","n":[1,2]}}"#)
+                .expect("valid publish");
+        assert_eq!(request.id, None);
+        match request.command {
+            Command::Publish { data, .. } => assert_eq!(data.get(), r#"{"text":"hi","n":[1,2]}"#),
+            other => panic!("decoded as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn replies_and_pushes_round_trip_through_server_frame() {
+        let publication = Publication {
+            channel: ChannelName::parse("chat:lobby").unwrap(),
+            offset: 7,
+            epoch: "ep".into(),
+            data: Arc::from(RawValue::from_string(r#"{"text":"hi"}"#.into()).unwrap()),
+            info: ClientInfo {
+                client: "c1".into(),
+                user: "alice".into(),
+            },
+        };
+        let frame = ServerFrame::parse(&encode_publication(&publication)).unwrap();
+        match frame {
+            ServerFrame::Push(Push::Pub(push)) => {
+                assert_eq!(push.offset, 7);
+                assert_eq!(push.channel, "chat:lobby");
+                assert_eq!(push.data, serde_json::json!({"text":"hi"}));
+                assert_eq!(&*push.info.user, "alice");
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        let reply = ServerFrame::parse(&encode_ok(3, &PublishOk { offset: 9 })).unwrap();
+        assert_eq!(
+            reply,
+            ServerFrame::Reply {
+                id: 3,
+                outcome: Outcome::Ok(serde_json::json!({"offset":9}))
+            }
+        );
+        let error = ServerFrame::parse(&encode_error(None, ErrorCode::UnknownOp, "x")).unwrap();
+        assert_eq!(
+            error,
+            ServerFrame::Push(Push::Error(ErrorBody {
+                code: 102,
+                message: "x".into()
+            }))
+        );
+        assert_eq!(
+            ServerFrame::parse(PING_FRAME).unwrap(),
+            ServerFrame::Push(Push::Ping {})
+        );
+    }
+}

@@ -1,0 +1,78 @@
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::support::{TestServer, WAIT, within};
+
+#[tokio::test]
+async fn the_chat_page_client_script_and_health_are_served() {
+    let server = TestServer::start(&[]).await;
+    let (status, head, body) = server.get("/").await;
+    assert_eq!(status, 200);
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: text/html")
+    );
+    assert!(body.contains("tidings.js"), "the page loads the client");
+
+    let (status, head, body) = server.get("/tidings.js").await;
+    assert_eq!(status, 200);
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: text/javascript")
+    );
+    assert!(body.contains("export class Tidings"));
+
+    let (status, _, body) = server.get("/healthz").await;
+    assert_eq!(status, 200);
+    assert_eq!(body, r#"{"status":"ok"}"#);
+
+    let (status, _, _) = server.get("/nope").await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn echo_exists_only_when_enabled_and_echoes_text_and_binary() {
+    let plain = TestServer::start(&[]).await;
+    assert_eq!(plain.get("/ws/echo").await.0, 404);
+
+    let server = TestServer::start(&["--enable-echo"]).await;
+    let (mut ws, _) = within(
+        WAIT,
+        "connect",
+        tokio_tungstenite::connect_async(server.url("/ws/echo")),
+    )
+    .await
+    .unwrap();
+    let big = "é".repeat(100_000);
+    for message in [
+        Message::text("hello"),
+        Message::binary(vec![0u8, 255, 7]),
+        Message::text(big),
+    ] {
+        ws.send(message.clone()).await.unwrap();
+        let echoed = within(WAIT, "echo", ws.next()).await.unwrap().unwrap();
+        assert_eq!(echoed, message);
+    }
+}
+
+#[tokio::test]
+async fn echo_can_be_enabled_from_the_environment() {
+    // SAFETY of the environment: the variable is passed to the child only.
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tidings"))
+        .args(["--listen", "127.0.0.1:0"])
+        .env("TIDINGS_ENABLE_ECHO", "1")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = within(WAIT, "listening", lines.next_line())
+        .await
+        .unwrap()
+        .unwrap();
+    let addr: std::net::SocketAddr = line.strip_prefix("listening on ").unwrap().parse().unwrap();
+    let (status, _, _) = crate::support::http_get(addr, "/ws/echo").await.unwrap();
+    // A plain GET to a WebSocket route is refused for lacking the upgrade, not "not found".
+    assert_ne!(status, 404);
+}

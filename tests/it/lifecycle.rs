@@ -1,0 +1,141 @@
+use std::time::Duration;
+
+use serde_json::json;
+use tidings::protocol::{Push, ServerFrame};
+use tokio::net::TcpSocket;
+use tokio_tungstenite::MaybeTlsStream;
+
+use crate::support::{Ended, TestServer, WAIT, WsClient, within};
+
+#[tokio::test]
+async fn a_client_that_answers_pings_stays_and_a_silent_one_is_closed_with_4001() {
+    let server = TestServer::start(&["--ping-interval", "200ms", "--pong-timeout", "300ms"]).await;
+    let mut lively = server.client("?name=lively").await;
+    let mut silent = server.client("?name=silent").await;
+    lively.auto_pong = false;
+    silent.auto_pong = false;
+    lively.connected().await;
+    silent.connected().await;
+
+    // Answer five pings on one client while the other stays silent.
+    let lively = tokio::spawn(async move {
+        for _ in 0..5 {
+            assert_eq!(lively.recv().await, ServerFrame::Push(Push::Ping {}));
+            lively.send_json(&json!({"op": "pong"})).await;
+        }
+        lively
+    });
+    assert_eq!(silent.recv().await, ServerFrame::Push(Push::Ping {}));
+    match silent.ended(WAIT).await {
+        Ended::Closed(Some((code, _))) => assert_eq!(code, 4001),
+        other => panic!("expected close 4001, got {other:?}"),
+    }
+    // Five answered pings take past the point where the silent client was dropped.
+    let mut lively = within(WAIT, "lively pings", lively).await.unwrap();
+    lively.auto_pong = true;
+    assert_eq!(lively.ok(json!({"op": "ping"})).await, json!({}));
+}
+
+#[tokio::test]
+async fn a_client_that_never_reads_is_closed_while_fifty_others_receive_everything() {
+    const READERS: usize = 50;
+    const ROOM_MESSAGES: u64 = 100;
+    const FLOOD_PER_ROOM_MESSAGE: usize = 4;
+    let server = TestServer::start(&["--max-queue-size", "256KiB"]).await;
+
+    // The stalled client: a tiny receive buffer, subscribed to the room and to a flood channel,
+    // then never read again.
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let tcp = socket.connect(server.addr).await.unwrap();
+    let (ws, _) = tokio_tungstenite::client_async(server.url("/ws"), MaybeTlsStream::Plain(tcp))
+        .await
+        .unwrap();
+    let mut stalled = WsClient::from_socket(ws);
+    stalled.subscribe("room").await;
+    stalled.subscribe("flood").await;
+
+    let mut readers = Vec::new();
+    for _ in 0..READERS {
+        let mut reader = server.client("").await;
+        reader.subscribe("room").await;
+        readers.push(tokio::spawn(async move {
+            let mut offsets = Vec::new();
+            while offsets.len() < ROOM_MESSAGES as usize {
+                offsets.push(reader.next_pub().await.offset);
+            }
+            offsets
+        }));
+    }
+    let rss_before = server.rss_kib();
+
+    // 400 × 60 KB to the stalled client: far beyond its queue and the kernel's buffers.
+    let mut publisher = server.client("").await;
+    let chunk = "x".repeat(60_000);
+    for n in 0..ROOM_MESSAGES {
+        publisher.publish("room", json!(n)).await;
+        for _ in 0..FLOOD_PER_ROOM_MESSAGE {
+            publisher.publish("flood", json!(chunk)).await;
+        }
+    }
+    for reader in readers {
+        let offsets = within(WAIT * 3, "reader", reader).await.unwrap();
+        assert_eq!(offsets, (1..=ROOM_MESSAGES).collect::<Vec<_>>());
+    }
+    let rss_after = server.rss_kib();
+    assert!(
+        rss_after < rss_before + 16 * 1024,
+        "server RSS grew from {rss_before} KiB to {rss_after} KiB"
+    );
+
+    // Reading now drains what the kernel buffered, then the connection ends: it was closed.
+    let mut flood_seen = 0;
+    let ended = within(WAIT * 3, "stalled client end", async {
+        loop {
+            match stalled.try_recv(WAIT).await {
+                Ok(ServerFrame::Push(Push::Pub(p))) if p.channel == "flood" => flood_seen += 1,
+                Ok(_) => {}
+                Err(ended) => return ended,
+            }
+        }
+    })
+    .await;
+    match ended {
+        Ended::Closed(Some((code, _))) => assert_eq!(code, 4000),
+        Ended::Dropped => {}
+        other => panic!("stalled client ended with {other:?}"),
+    }
+    assert!(
+        flood_seen < (ROOM_MESSAGES as usize) * FLOOD_PER_ROOM_MESSAGE,
+        "the stalled client was cut off, not fed everything ({flood_seen})"
+    );
+}
+
+async fn shutdown_closes_every_client_with_1001(signal: &str) {
+    let mut server = TestServer::start(&[]).await;
+    let mut clients = Vec::new();
+    for n in 0..3 {
+        let mut client = server.client(&format!("?name=c{n}")).await;
+        client.subscribe("room").await;
+        clients.push(client);
+    }
+    server.signal(signal);
+    for client in &mut clients {
+        match client.ended(WAIT).await {
+            Ended::Closed(Some((code, _))) => assert_eq!(code, 1001),
+            other => panic!("expected close 1001, got {other:?}"),
+        }
+    }
+    let status = server.wait_exit(Duration::from_secs(10)).await;
+    assert!(status.success(), "exit status {status:?}");
+}
+
+#[tokio::test]
+async fn sigterm_closes_every_client_with_1001_and_exits_0() {
+    shutdown_closes_every_client_with_1001("TERM").await;
+}
+
+#[tokio::test]
+async fn sigint_closes_every_client_with_1001_and_exits_0() {
+    shutdown_closes_every_client_with_1001("INT").await;
+}

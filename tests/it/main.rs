@@ -1,0 +1,13 @@
+//! Integration tests: every test starts the real `tidings` binary on an ephemeral port and
+//! talks to it over real sockets.
+
+mod support;
+
+/// Bad input of every kind gets its documented answer; the connection or the server survives.
+mod bad_input;
+/// HTTP routes other than the protocol: chat page, JS client, health, echo.
+mod http;
+/// Heartbeats, slow consumers and shutdown: the lifecycle of a connection.
+mod lifecycle;
+/// Channels: subscribe, publish, unsubscribe, ordering under concurrency.
+mod pubsub;

@@ -1,0 +1,321 @@
+//! The only helpers folder: a real server process, a real WebSocket client, bounded waits.
+
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tidings::protocol::{ClientInfo, Connected, Outcome, PubPush, Push, ServerFrame};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// The bound every single await in these tests gets unless it says otherwise.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// Awaits `future`, failing the test with `what` if it takes longer than `limit`.
+pub async fn within<T>(limit: Duration, what: &str, future: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(limit, future).await {
+        Ok(value) => value,
+        Err(_) => panic!("timed out after {limit:?}: {what}"),
+    }
+}
+
+/// A running `tidings` process on an ephemeral port; killed when dropped.
+pub struct TestServer {
+    child: Child,
+    pub addr: SocketAddr,
+}
+
+impl TestServer {
+    /// Starts `tidings --listen 127.0.0.1:0 ARGS…` and waits for its `listening on` line.
+    pub async fn start(args: &[&str]) -> Self {
+        Self::try_start(args).await.expect("server starts")
+    }
+
+    pub async fn try_start(args: &[&str]) -> Result<Self> {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tidings"))
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("TIDINGS_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .context("spawning tidings")?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let addr = within(WAIT, "listening line", async {
+            while let Some(line) = lines.next_line().await? {
+                if let Some(addr) = line.strip_prefix("listening on ") {
+                    return Ok::<_, anyhow::Error>(addr.parse()?);
+                }
+            }
+            bail!("tidings exited before listening")
+        })
+        .await?;
+        // Keep draining stdout so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(Self { child, addr })
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("ws://{}{path}", self.addr)
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id().expect("running") as i32
+    }
+
+    /// Resident memory of the server process, in KiB, from /proc.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("read /proc status");
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS line")
+    }
+
+    /// Sends a signal by name (`TERM`, `INT`, `KILL`) with the system's `kill`.
+    pub fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .args(["-s", signal, &self.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -s {signal} failed");
+    }
+
+    pub async fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        within(limit, "server exit", self.child.wait())
+            .await
+            .expect("wait for child")
+    }
+
+    /// A client connected to `/ws` with the given query string (e.g. `?name=alice`).
+    pub async fn client(&self, query: &str) -> WsClient {
+        WsClient::connect(&self.url(&format!("/ws{query}")))
+            .await
+            .expect("client connects")
+    }
+
+    /// A plain HTTP GET; returns (status, headers, body).
+    pub async fn get(&self, path: &str) -> (u16, String, String) {
+        http_get(self.addr, path).await.expect("HTTP GET")
+    }
+}
+
+pub async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String, String)> {
+    within(WAIT, "HTTP GET", async {
+        let mut stream = TcpStream::connect(addr).await?;
+        stream
+            .write_all(
+                format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            )
+            .await?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await?;
+        let (head, body) = response
+            .split_once("\r\n\r\n")
+            .ok_or_else(|| anyhow!("no header end in {response:?}"))?;
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .ok_or_else(|| anyhow!("no status"))?
+            .parse()?;
+        Ok((status, head.to_owned(), body.to_owned()))
+    })
+    .await
+}
+
+type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A protocol v1 client: numbered requests, pushes kept in arrival order, pings answered.
+pub struct WsClient {
+    pub ws: Socket,
+    next_id: u64,
+    pushes: VecDeque<Push>,
+    /// Answer `{"ping":{}}` with `{"op":"pong"}` automatically.
+    pub auto_pong: bool,
+}
+
+/// How a connection ended, as the client saw it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ended {
+    Closed(Option<(u16, String)>),
+    /// EOF or reset without a close frame.
+    Dropped,
+}
+
+impl WsClient {
+    pub async fn connect(url: &str) -> Result<Self> {
+        let (ws, _) = within(
+            WAIT,
+            "WebSocket connect",
+            tokio_tungstenite::connect_async(url),
+        )
+        .await
+        .with_context(|| format!("connecting to {url}"))?;
+        Ok(Self::from_socket(ws))
+    }
+
+    pub fn from_socket(ws: Socket) -> Self {
+        Self {
+            ws,
+            next_id: 1,
+            pushes: VecDeque::new(),
+            auto_pong: true,
+        }
+    }
+
+    pub async fn send_json(&mut self, value: &Value) {
+        self.send_text(&value.to_string()).await;
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        within(WAIT, "send", self.ws.send(Message::text(text)))
+            .await
+            .expect("send text");
+    }
+
+    /// The next server frame (pings answered and skipped when `auto_pong`).
+    pub async fn recv(&mut self) -> ServerFrame {
+        self.try_recv(WAIT)
+            .await
+            .unwrap_or_else(|ended| panic!("connection ended while waiting: {ended:?}"))
+    }
+
+    /// The next server frame within `limit`, or how the connection ended.
+    pub async fn try_recv(&mut self, limit: Duration) -> Result<ServerFrame, Ended> {
+        loop {
+            let message = within(limit, "server frame", self.ws.next()).await;
+            let text = match message {
+                Some(Ok(Message::Text(text))) => text,
+                Some(Ok(Message::Close(frame))) => {
+                    return Err(Ended::Closed(frame.map(|CloseFrame { code, reason }| {
+                        (code.into(), reason.to_string())
+                    })));
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return Err(Ended::Dropped),
+            };
+            let frame = ServerFrame::parse(&text)
+                .unwrap_or_else(|err| panic!("unparseable server frame {text}: {err}"));
+            if self.auto_pong && frame == ServerFrame::Push(Push::Ping {}) {
+                self.send_json(&json!({"op": "pong"})).await;
+                continue;
+            }
+            return Ok(frame);
+        }
+    }
+
+    /// Sends `command` with a fresh id and returns its reply; pushes that arrive first are kept.
+    pub async fn request(&mut self, mut command: Value) -> Outcome {
+        let id = self.next_id;
+        self.next_id += 1;
+        command["id"] = json!(id);
+        self.send_json(&command).await;
+        self.reply_to(id).await
+    }
+
+    /// Waits for the reply to `id`, keeping pushes that arrive before it.
+    pub async fn reply_to(&mut self, id: u64) -> Outcome {
+        loop {
+            match self.recv().await {
+                ServerFrame::Reply { id: got, outcome } if got == id => return outcome,
+                ServerFrame::Reply { id: got, .. } => {
+                    panic!("reply to {got} while waiting for {id}")
+                }
+                ServerFrame::Push(push) => self.pushes.push_back(push),
+            }
+        }
+    }
+
+    pub async fn ok(&mut self, command: Value) -> Value {
+        match self.request(command.clone()).await {
+            Outcome::Ok(body) => body,
+            Outcome::Error(err) => panic!("{command} failed: {err:?}"),
+        }
+    }
+
+    /// The error code a command gets.
+    pub async fn error_code(&mut self, command: Value) -> u16 {
+        match self.request(command.clone()).await {
+            Outcome::Error(err) => err.code,
+            Outcome::Ok(body) => panic!("{command} succeeded with {body}"),
+        }
+    }
+
+    pub async fn subscribe(&mut self, channel: &str) -> Value {
+        self.ok(json!({"op": "subscribe", "channel": channel}))
+            .await
+    }
+
+    pub async fn publish(&mut self, channel: &str, data: Value) -> u64 {
+        let body = self
+            .ok(json!({"op": "publish", "channel": channel, "data": data}))
+            .await;
+        body["offset"].as_u64().expect("offset")
+    }
+
+    /// The next push of any kind.
+    pub async fn next_push(&mut self) -> Push {
+        if let Some(push) = self.pushes.pop_front() {
+            return push;
+        }
+        match self.recv().await {
+            ServerFrame::Push(push) => push,
+            reply => panic!("unexpected reply {reply:?}"),
+        }
+    }
+
+    /// The next publication, skipping other pushes (connected, errors are a failure).
+    pub async fn next_pub(&mut self) -> PubPush {
+        loop {
+            match self.next_push().await {
+                Push::Pub(publication) => return publication,
+                Push::Connected(_) => continue,
+                other => panic!("expected a publication, got {other:?}"),
+            }
+        }
+    }
+
+    /// The `connected` push (the first frame once the identity is set).
+    pub async fn connected(&mut self) -> Connected {
+        match self.next_push().await {
+            Push::Connected(connected) => connected,
+            other => panic!("expected connected, got {other:?}"),
+        }
+    }
+
+    /// Reads until the connection ends; returns how, failing if it does not end within `limit`.
+    pub async fn ended(&mut self, limit: Duration) -> Ended {
+        within(limit, "connection end", async {
+            loop {
+                match self.try_recv(limit).await {
+                    Ok(_) => continue,
+                    Err(ended) => return ended,
+                }
+            }
+        })
+        .await
+    }
+}
+
+pub fn info(client: &str, user: &str) -> ClientInfo {
+    ClientInfo {
+        client: client.into(),
+        user: user.into(),
+    }
+}
