@@ -5,6 +5,8 @@ mod support;
 
 /// Bad input of every kind gets its documented answer; the connection or the server survives.
 mod bad_input;
+/// The chat page in headless Chromium.
+mod browser;
 /// HTTP routes other than the protocol: chat page, JS client, health, echo.
 mod http;
 /// Heartbeats, slow consumers and shutdown: the lifecycle of a connection.

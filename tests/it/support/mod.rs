@@ -43,8 +43,11 @@ impl TestServer {
     }
 
     pub async fn try_start(args: &[&str]) -> Result<Self> {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tidings"))
-            .args(["--listen", "127.0.0.1:0"])
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tidings"));
+        if !args.contains(&"--listen") {
+            command.args(["--listen", "127.0.0.1:0"]);
+        }
+        let mut child = command
             .args(args)
             .env("TIDINGS_LOG", "warn")
             .stdout(Stdio::piped())
@@ -94,6 +97,11 @@ impl TestServer {
             .status()
             .expect("run kill");
         assert!(status.success(), "kill -s {signal} failed");
+    }
+
+    /// SIGKILL, and wait until the process is gone (its port is free again).
+    pub async fn kill(&mut self) {
+        within(WAIT, "kill", self.child.kill()).await.expect("kill");
     }
 
     pub async fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
