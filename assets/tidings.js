@@ -30,6 +30,8 @@ export class TidingsError extends Error {
  * - `disconnected`: `{code, reason, reconnecting, delayMs}`
  * - `error`: `{code, message}` for error pushes (failed commands sent without an id)
  * - `subscribed`: `{channel, offset, epoch}`
+ * - `gap`: `{channel, from, to, epoch}` — publications `from..=to` were published while this
+ *   client was disconnected and were not delivered (history recovery comes in a later version)
  */
 export class Tidings extends EventTarget {
   /**
@@ -56,6 +58,7 @@ export class Tidings extends EventTarget {
     this.closedByUser = false;
     this.deadTimer = null;
     this.reconnectTimer = null;
+    this.stableTimer = null;
     this.connect();
   }
 
@@ -66,7 +69,13 @@ export class Tidings extends EventTarget {
 
   /** Subscribes (now, and again after every reconnect); `handler(pub)` gets each publication. */
   subscribe(channel, handler) {
-    this.subscriptions.set(channel, { handler, offset: null, epoch: null });
+    const existing = this.subscriptions.get(channel);
+    if (existing) {
+      // Same channel again: keep its position (and duplicate filtering), swap the handler.
+      existing.handler = handler;
+      return;
+    }
+    this.subscriptions.set(channel, { handler, offset: null, epoch: null, retry: 0 });
     if (this.isConnected) this.sendSubscribe(channel);
   }
 
@@ -86,6 +95,7 @@ export class Tidings extends EventTarget {
     this.closedByUser = true;
     clearTimeout(this.reconnectTimer);
     clearTimeout(this.deadTimer);
+    clearTimeout(this.stableTimer);
     this.ws?.close(1000, "client closed");
   }
 
@@ -145,7 +155,10 @@ export class Tidings extends EventTarget {
       this.ws.send('{"op":"pong"}');
     } else if (frame.connected) {
       this.connectedInfo = frame.connected;
-      this.attempt = 0;
+      // Back-off starts over only once a connection has proved stable, so a server that
+      // accepts and drops at once is not hammered.
+      clearTimeout(this.stableTimer);
+      this.stableTimer = setTimeout(() => (this.attempt = 0), 5_000);
       this.armDeadTimer();
       this.emit("connected", frame.connected);
       for (const channel of this.subscriptions.keys()) this.sendSubscribe(channel);
@@ -165,21 +178,40 @@ export class Tidings extends EventTarget {
   }
 
   async sendSubscribe(channel) {
+    const ws = this.ws;
     try {
       const ok = await this.request({ op: "subscribe", channel });
       const sub = this.subscriptions.get(channel);
-      if (sub && (sub.offset === null || sub.epoch !== ok.epoch)) {
+      if (!sub) return;
+      sub.retry = 0;
+      if (sub.offset !== null && sub.epoch === ok.epoch && ok.offset > sub.offset) {
+        // Published while we were away: say so rather than skip it silently.
+        this.emit("gap", { channel, from: sub.offset + 1, to: ok.offset, epoch: ok.epoch });
+      }
+      if (sub.offset === null || sub.epoch !== ok.epoch || ok.offset > sub.offset) {
         sub.offset = ok.offset;
         sub.epoch = ok.epoch;
       }
       this.emit("subscribed", ok);
     } catch (err) {
       this.emit("error", { code: err.code, message: `subscribe ${channel}: ${err.message}` });
+      // Retry what may succeed later (timeouts, 5xx) on the same connection; a reconnect
+      // subscribes again anyway.
+      const sub = this.subscriptions.get(channel);
+      if (sub && (err.code === 0 || err.code >= 500) && this.ws === ws && this.isConnected) {
+        const delay = Math.min(this.options.maxDelayMs, this.options.minDelayMs * 2 ** sub.retry++);
+        setTimeout(() => {
+          if (this.ws === ws && this.isConnected && this.subscriptions.has(channel)) {
+            this.sendSubscribe(channel);
+          }
+        }, delay * (0.5 + Math.random()));
+      }
     }
   }
 
   onClose(event) {
     clearTimeout(this.deadTimer);
+    clearTimeout(this.stableTimer);
     this.connectedInfo = null;
     for (const { reject, timer } of this.pending.values()) {
       clearTimeout(timer);
@@ -207,12 +239,19 @@ export class Tidings extends EventTarget {
     });
   }
 
-  /** Closes a connection that has been silent longer than the server's heartbeat allows. */
+  /** Drops a connection that has been silent longer than the server's heartbeat allows. */
   armDeadTimer(ms) {
     clearTimeout(this.deadTimer);
     const info = this.connectedInfo;
     const limit = ms ?? (info ? info.ping_interval_ms + info.pong_timeout_ms : 35_000);
-    this.deadTimer = setTimeout(() => this.ws?.close(4001, "server silent"), limit);
+    this.deadTimer = setTimeout(() => {
+      // A dead peer never completes the closing handshake, so do not wait for the browser's
+      // onclose: detach this socket and reconnect now.
+      const ws = this.ws;
+      ws.onmessage = ws.onclose = ws.onopen = null;
+      ws.close(4001, "server silent");
+      this.onClose({ code: 4001, reason: "server silent" });
+    }, limit);
   }
 
   emit(type, detail) {

@@ -86,9 +86,14 @@ pub struct ServeArgs {
 pub enum ConfigError {
     #[error("--{flag} must be greater than zero")]
     Zero { flag: &'static str },
-    #[error("--max-queue-size ({queue} bytes) must be at least --max-message-size ({message})")]
+    #[error(
+        "--max-queue-size ({queue} bytes) must be at least --max-message-size ({message}) + 1 KiB"
+    )]
     QueueSmallerThanMessage { queue: usize, message: usize },
 }
+
+/// Upper bound of what a `pub` push adds to the publisher's data: channel, epoch, info, keys.
+const PUSH_OVERHEAD: usize = 1024;
 
 /// Validated settings of a running server.
 #[derive(Clone, Debug)]
@@ -114,8 +119,9 @@ impl ServeArgs {
         nonzero(self.max_subscriptions as u128, "max-subscriptions")?;
         nonzero(self.ping_interval.as_millis(), "ping-interval")?;
         nonzero(self.pong_timeout.as_millis(), "pong-timeout")?;
-        // A reply to the largest publish must fit the queue, or honest clients would be cut.
-        if self.max_queue_size < self.max_message_size {
+        // The push of the largest publication (its data plus channel, epoch and info) must fit
+        // the queue, or every subscriber would be cut off by one honest publish.
+        if self.max_queue_size < self.max_message_size + PUSH_OVERHEAD {
             return Err(ConfigError::QueueSmallerThanMessage {
                 queue: self.max_queue_size,
                 message: self.max_message_size,
@@ -130,6 +136,7 @@ impl ServeArgs {
                 max_subscriptions: self.max_subscriptions,
                 ping_interval: self.ping_interval,
                 pong_timeout: self.pong_timeout,
+                write_timeout: self.pong_timeout,
                 close_timeout: Duration::from_secs(2).min(self.shutdown_timeout),
             },
             shutdown_timeout: self.shutdown_timeout,

@@ -1,6 +1,7 @@
 //! The `tidings` binary: flags → configuration → logging → bind → serve until a signal.
 
 use std::io::IsTerminal;
+use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
@@ -8,8 +9,25 @@ use tidings::config::Cli;
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("tidings: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // One line with the whole cause chain, not a backtrace: this reaches users.
+            eprintln!("tidings: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve() -> anyhow::Result<()> {
     let args = Cli::parse().into_serve_args();
     let filter = EnvFilter::try_new(&args.log)
         .with_context(|| format!("invalid --log filter {:?}", args.log))?;

@@ -57,6 +57,8 @@ struct State {
     queued_bytes: usize,
     /// Bytes held for pending subscriptions.
     held_bytes: usize,
+    /// Bytes drained by the writer and not yet written: they still occupy memory.
+    in_flight_bytes: usize,
     channels: HashMap<ChannelName, Delivery>,
     closing: Option<Closing>,
 }
@@ -108,23 +110,24 @@ impl Outbox {
         if state.closing.is_some() {
             return;
         }
+        let pending = match state.channels.get(channel) {
+            // Unsubscribed while this publication was in flight.
+            None => return,
+            Some(Delivery::Live { last }) if offset <= *last => return,
+            Some(Delivery::Live { .. }) => false,
+            Some(Delivery::Pending(_)) => true,
+        };
         if !self.reserve(&mut state, frame.len()) {
             return;
         }
         match state.channels.get_mut(channel) {
-            // Unsubscribed while this publication was in flight.
-            None => return,
-            Some(Delivery::Pending(held)) => {
+            Some(Delivery::Pending(held)) if pending => {
                 held.push((offset, frame.clone()));
                 state.held_bytes += frame.len();
                 return;
             }
-            Some(Delivery::Live { last }) => {
-                if offset <= *last {
-                    return;
-                }
-                *last = offset;
-            }
+            Some(Delivery::Live { last }) => *last = offset,
+            _ => return,
         }
         state.queued_bytes += frame.len();
         state.queue.push_back(frame.clone());
@@ -217,6 +220,7 @@ impl Outbox {
     pub fn drain(&self, batch: &mut Vec<Frame>) -> Option<Closing> {
         let mut state = self.state();
         batch.extend(state.queue.drain(..));
+        state.in_flight_bytes += state.queued_bytes;
         state.queued_bytes = 0;
         // An outbox that once held a burst should not keep its capacity on an idle connection.
         if state.queue.capacity() > 64 {
@@ -225,9 +229,15 @@ impl Outbox {
         state.closing.clone()
     }
 
+    /// The writer finished (or abandoned) everything it drained.
+    pub fn sent(&self) {
+        self.state().in_flight_bytes = 0;
+    }
+
     /// Checks that `len` more bytes fit, or closes the connection as a slow consumer.
     fn reserve(&self, state: &mut State, len: usize) -> bool {
-        if state.queued_bytes + state.held_bytes + len <= self.0.max_bytes {
+        let used = state.queued_bytes + state.held_bytes + state.in_flight_bytes;
+        if used + len <= self.0.max_bytes {
             return true;
         }
         state.queue.clear();
@@ -305,11 +315,31 @@ mod tests {
     }
 
     #[test]
-    fn draining_frees_the_budget() {
+    fn only_written_frames_free_the_budget() {
         let outbox = Outbox::new(10);
         for _ in 0..5 {
             assert!(outbox.push(frame("12345678")));
             assert_eq!(drained(&outbox).0.len(), 1);
+            outbox.sent();
         }
+        assert!(outbox.push(frame("12345678")));
+        drained(&outbox);
+        assert!(
+            !outbox.push(frame("12345678")),
+            "bytes being written still count"
+        );
+    }
+
+    #[test]
+    fn dropped_publications_cost_nothing() {
+        let outbox = Outbox::new(10);
+        let ch = ChannelName::parse("c").unwrap();
+        outbox.begin_subscription(&ch);
+        outbox.complete_subscription(&ch, None, 5);
+        for _ in 0..5 {
+            outbox.push_publication(&ch, 3, &frame("12345678"));
+            outbox.push_publication(&ChannelName::parse("other").unwrap(), 9, &frame("123"));
+        }
+        assert!(outbox.push(frame("12345678")));
     }
 }

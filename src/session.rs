@@ -48,6 +48,9 @@ pub struct SessionConfig {
     pub max_subscriptions: usize,
     pub ping_interval: Duration,
     pub pong_timeout: Duration,
+    /// How long one batch may take to reach the socket before the client counts as a slow
+    /// consumer (a client that stops reading on a quiet channel never fills its queue).
+    pub write_timeout: Duration,
     /// How long a close frame may take to leave, and how long to wait for the peer's reply.
     pub close_timeout: Duration,
 }
@@ -326,31 +329,85 @@ async fn write_loop(
     config: &SessionConfig,
     shutdown: &CancellationToken,
 ) -> Closing {
+    enum Written {
+        Done,
+        Failed,
+        TimedOut,
+        /// Something decided to close while the write was blocked.
+        Interrupted,
+    }
     let mut batch = Vec::new();
+    let mut ping_due = false;
     let mut awaiting_pong = false;
     let mut last_ping = Instant::now();
     let mut deadline = last_ping + config.ping_interval;
     loop {
         let closing = outbox.drain(&mut batch);
+        if matches!(closing, Some(Closing::ByPeer | Closing::Gone)) {
+            // After the peer's close frame nothing but the library's reply may be sent.
+            batch.clear();
+        }
+        let with_ping = ping_due && closing.is_none();
+        if with_ping {
+            ping_due = false;
+            alive.store(false, Ordering::Relaxed);
+            batch.push(PING);
+        }
         if !batch.is_empty() {
+            // A client that stopped reading blocks the write: bound it, and let overflow,
+            // shutdown or another close reason interrupt it.
+            let limit = if closing.is_some() {
+                config.close_timeout
+            } else {
+                config.write_timeout
+            };
             let write = async {
                 for frame in batch.drain(..) {
                     writer.feed(frame).await?;
                 }
                 writer.flush().await
             };
-            tokio::select! {
-                result = write => if let Err(err) = result {
-                    tracing::debug!(%err, "write failed");
+            let written = tokio::select! {
+                result = tokio::time::timeout(limit, write) => match result {
+                    Ok(Ok(())) => Written::Done,
+                    Ok(Err(err)) => {
+                        tracing::debug!(%err, "write failed");
+                        Written::Failed
+                    }
+                    Err(_) => Written::TimedOut,
+                },
+                () = outbox.closed(), if closing.is_none() => Written::Interrupted,
+                () = shutdown.cancelled(), if closing.is_none() => {
+                    outbox.close(Closing::Send {
+                        code: CloseCode::GOING_AWAY,
+                        reason: "server shutting down",
+                    });
+                    Written::Interrupted
+                }
+            };
+            batch.clear();
+            outbox.sent();
+            match written {
+                Written::Done => {}
+                Written::Failed => {
                     outbox.close(Closing::Gone);
                     return Closing::Gone;
-                },
-                // A client that stopped reading blocks the write; its overflow must still
-                // end it.
-                () = outbox.closed(), if closing.is_none() => {
-                    batch.clear();
+                }
+                Written::TimedOut if closing.is_some() => return Closing::Gone,
+                Written::TimedOut => {
+                    outbox.close(Closing::Send {
+                        code: CloseCode::SLOW_CONSUMER,
+                        reason: "write timed out",
+                    });
                     continue;
                 }
+                Written::Interrupted => continue,
+            }
+            if with_ping {
+                // The pong clock starts when the ping has left, not when it was queued.
+                awaiting_pong = true;
+                last_ping = Instant::now();
+                deadline = last_ping + config.pong_timeout;
             }
             if batch.capacity() > 256 {
                 batch = Vec::new();
@@ -368,16 +425,12 @@ async fn write_loop(
         }
         tokio::select! {
             () = outbox.ready() => {}
-            () = tokio::time::sleep_until(deadline) => {
+            () = tokio::time::sleep_until(deadline), if !ping_due => {
                 if !awaiting_pong {
-                    alive.store(false, Ordering::Relaxed);
-                    outbox.push(PING);
-                    awaiting_pong = true;
-                    last_ping = Instant::now();
-                    deadline = last_ping + config.pong_timeout;
+                    ping_due = true;
                 } else if alive.load(Ordering::Relaxed) {
                     awaiting_pong = false;
-                    deadline = last_ping + config.ping_interval;
+                    deadline = (last_ping + config.ping_interval).max(Instant::now());
                 } else {
                     outbox.close(Closing::Send { code: CloseCode::NO_PONG, reason: "no pong" });
                 }

@@ -195,6 +195,13 @@ impl Writer {
 
     /// Flushes what the library queued on its own (the reply to a peer's close), bounded.
     pub async fn finish(&mut self, within: Duration) {
-        let _ = tokio::time::timeout(within, self.0.flush()).await;
+        let _ = tokio::time::timeout(within, async {
+            // A frame left half-sent by an interrupted batch fails the first flush (the peer
+            // closed); the second one sends the library's close reply.
+            if self.0.flush().await.is_err() {
+                let _ = self.0.flush().await;
+            }
+        })
+        .await;
     }
 }

@@ -3,13 +3,17 @@
 //!
 //! Each channel has a stream (last offset, epoch) behind its own lock; a publish takes that
 //! lock, assigns the next offset and delivers while holding it, which is what keeps a
-//! channel's deliveries in offset order without a global lock. Limits: nothing survives a
-//! restart (a restarted process starts new epochs), and one small stream entry stays per
-//! channel ever used.
+//! channel's deliveries in offset order without a global lock.
+//!
+//! Limits: nothing survives a restart (a restarted process starts new epochs). A stream that
+//! has no subscribed node and has been idle for the idle TTL is forgotten, so memory follows
+//! the channels in use rather than every name ever published to; a later publication starts
+//! the channel again at offset 1 in a new epoch, which is exactly what epochs announce.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use serde_json::value::RawValue;
@@ -17,40 +21,99 @@ use serde_json::value::RawValue;
 use super::{Broker, BrokerError, Deliver, new_epoch};
 use crate::protocol::{ChannelName, ClientInfo, Publication, StreamPosition};
 
+/// How long an unsubscribed channel's stream outlives its last use.
+pub const DEFAULT_IDLE_TTL: Duration = Duration::from_secs(10 * 60);
+
 /// The in-process broker.
 pub struct MemoryBroker {
-    streams: Mutex<HashMap<ChannelName, Arc<Mutex<Stream>>>>,
+    streams: Mutex<Streams>,
     deliver: Arc<dyn Deliver>,
+    idle_ttl: Duration,
+}
+
+struct Streams {
+    by_channel: HashMap<ChannelName, Arc<Mutex<Stream>>>,
+    last_sweep: Instant,
 }
 
 #[derive(Debug)]
 struct Stream {
     offset: u64,
     epoch: Arc<str>,
+    /// A node subscribed: never forget the stream while someone may hold its position.
+    subscribed: bool,
+    last_used: Instant,
+    /// Removed from the map by a sweep; whoever still holds it must look the channel up again.
+    evicted: bool,
 }
 
 impl fmt::Debug for MemoryBroker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MemoryBroker").finish_non_exhaustive()
+        f.debug_struct("MemoryBroker")
+            .field("idle_ttl", &self.idle_ttl)
+            .finish_non_exhaustive()
     }
 }
 
 impl MemoryBroker {
     pub fn new(deliver: Arc<dyn Deliver>) -> Self {
+        Self::with_idle_ttl(deliver, DEFAULT_IDLE_TTL)
+    }
+
+    pub fn with_idle_ttl(deliver: Arc<dyn Deliver>, idle_ttl: Duration) -> Self {
         Self {
-            streams: Mutex::new(HashMap::new()),
+            streams: Mutex::new(Streams {
+                by_channel: HashMap::new(),
+                last_sweep: Instant::now(),
+            }),
             deliver,
+            idle_ttl,
         }
     }
 
-    fn stream(&self, channel: &ChannelName) -> Arc<Mutex<Stream>> {
+    /// Runs `f` on the channel's live stream (created if needed), under the stream's lock.
+    fn with_stream<T>(&self, channel: &ChannelName, f: impl FnOnce(&mut Stream) -> T) -> T {
+        loop {
+            let stream = self.lookup(channel);
+            let mut stream = stream.lock().unwrap_or_else(PoisonError::into_inner);
+            if stream.evicted {
+                continue;
+            }
+            stream.last_used = Instant::now();
+            return f(&mut stream);
+        }
+    }
+
+    fn lookup(&self, channel: &ChannelName) -> Arc<Mutex<Stream>> {
         let mut streams = self.streams.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        // Sweeping a quarter-TTL apart bounds the cost to one pass per period, amortised over
+        // the calls of that period.
+        if now.duration_since(streams.last_sweep) >= self.idle_ttl / 4 {
+            streams.last_sweep = now;
+            let ttl = self.idle_ttl;
+            streams
+                .by_channel
+                .retain(|_, stream| match stream.try_lock() {
+                    Ok(mut stream) => {
+                        let keep = stream.subscribed || now.duration_since(stream.last_used) < ttl;
+                        stream.evicted = !keep;
+                        keep
+                    }
+                    // In use right now, so not idle.
+                    Err(_) => true,
+                });
+        }
         streams
+            .by_channel
             .entry(channel.clone())
             .or_insert_with(|| {
                 Arc::new(Mutex::new(Stream {
                     offset: 0,
                     epoch: new_epoch(),
+                    subscribed: false,
+                    last_used: now,
+                    evicted: false,
                 }))
             })
             .clone()
@@ -65,38 +128,101 @@ impl Broker for MemoryBroker {
         data: Arc<RawValue>,
         info: ClientInfo,
     ) -> Result<StreamPosition, BrokerError> {
-        let stream = self.stream(channel);
-        let mut stream = stream.lock().unwrap_or_else(PoisonError::into_inner);
-        stream.offset += 1;
-        let publication = Publication {
-            channel: channel.clone(),
-            offset: stream.offset,
-            epoch: stream.epoch.clone(),
-            data,
-            info,
-        };
-        self.deliver.deliver(&publication);
-        Ok(StreamPosition {
-            offset: stream.offset,
-            epoch: stream.epoch.clone(),
-        })
+        Ok(self.with_stream(channel, |stream| {
+            stream.offset += 1;
+            let publication = Publication {
+                channel: channel.clone(),
+                offset: stream.offset,
+                epoch: stream.epoch.clone(),
+                data,
+                info,
+            };
+            self.deliver.deliver(&publication);
+            StreamPosition {
+                offset: stream.offset,
+                epoch: stream.epoch.clone(),
+            }
+        }))
     }
 
-    async fn subscribe(&self, _channel: &ChannelName) -> Result<(), BrokerError> {
-        // Every publication is delivered locally anyway.
+    async fn subscribe(&self, channel: &ChannelName) -> Result<(), BrokerError> {
+        // Every publication is delivered locally anyway; this only pins the stream.
+        self.with_stream(channel, |stream| stream.subscribed = true);
         Ok(())
     }
 
-    async fn unsubscribe(&self, _channel: &ChannelName) -> Result<(), BrokerError> {
+    async fn unsubscribe(&self, channel: &ChannelName) -> Result<(), BrokerError> {
+        self.with_stream(channel, |stream| stream.subscribed = false);
         Ok(())
     }
 
     async fn position(&self, channel: &ChannelName) -> Result<StreamPosition, BrokerError> {
-        let stream = self.stream(channel);
-        let stream = stream.lock().unwrap_or_else(PoisonError::into_inner);
-        Ok(StreamPosition {
+        Ok(self.with_stream(channel, |stream| StreamPosition {
             offset: stream.offset,
             epoch: stream.epoch.clone(),
-        })
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Collect(Mutex<Vec<(String, u64)>>);
+
+    impl Deliver for Collect {
+        fn deliver(&self, publication: &Publication) {
+            self.0
+                .lock()
+                .unwrap()
+                .push((publication.channel.to_string(), publication.offset));
+        }
+    }
+
+    fn data() -> Arc<RawValue> {
+        Arc::from(RawValue::from_string("1".into()).unwrap())
+    }
+
+    fn info() -> ClientInfo {
+        ClientInfo {
+            client: "c".into(),
+            user: "u".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn offsets_count_from_one_per_channel_and_every_publication_is_delivered() {
+        let collect = Arc::new(Collect(Mutex::new(Vec::new())));
+        let broker = MemoryBroker::new(collect.clone());
+        let (a, b) = (
+            ChannelName::parse("a").unwrap(),
+            ChannelName::parse("b").unwrap(),
+        );
+        assert_eq!(broker.publish(&a, data(), info()).await.unwrap().offset, 1);
+        assert_eq!(broker.publish(&a, data(), info()).await.unwrap().offset, 2);
+        assert_eq!(broker.publish(&b, data(), info()).await.unwrap().offset, 1);
+        assert_eq!(broker.position(&a).await.unwrap().offset, 2);
+        assert_eq!(
+            *collect.0.lock().unwrap(),
+            [("a".into(), 1), ("a".into(), 2), ("b".into(), 1)]
+        );
+    }
+
+    #[tokio::test]
+    async fn idle_unsubscribed_streams_are_forgotten_and_restart_in_a_new_epoch() {
+        let broker =
+            MemoryBroker::with_idle_ttl(Arc::new(Collect(Mutex::new(Vec::new()))), Duration::ZERO);
+        let idle = ChannelName::parse("idle").unwrap();
+        let pinned = ChannelName::parse("pinned").unwrap();
+        broker.subscribe(&pinned).await.unwrap();
+        let first = broker.publish(&idle, data(), info()).await.unwrap();
+        let kept = broker.publish(&pinned, data(), info()).await.unwrap();
+        // With a zero TTL every lookup sweeps: the idle stream is gone, the pinned one stays.
+        let again = broker.publish(&idle, data(), info()).await.unwrap();
+        assert_eq!(again.offset, 1);
+        assert_ne!(again.epoch, first.epoch);
+        let next = broker.publish(&pinned, data(), info()).await.unwrap();
+        assert_eq!((next.offset, &next.epoch), (kept.offset + 1, &kept.epoch));
+        assert_eq!(broker.streams.lock().unwrap().by_channel.len(), 1);
     }
 }

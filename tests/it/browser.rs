@@ -278,6 +278,36 @@ async fn two_tabs_chat_in_one_room_and_markup_stays_text() {
         "a message is shown as text, never as markup"
     );
 
+    // Alice's connection drops while Bob talks: after reconnecting, her page says what she
+    // missed instead of pretending nothing happened.
+    browser
+        .eval(
+            &alice,
+            "window.tidings.options.minDelayMs = 2000; window.tidings.ws.close(); true",
+        )
+        .await
+        .unwrap();
+    browser
+        .wait_for(
+            &alice,
+            "document.getElementById('status').textContent === 'reconnecting…'",
+        )
+        .await
+        .unwrap();
+    browser.say(&bob, "while alice was away").await.unwrap();
+    browser
+        .wait_for_message(&bob, "bob", "while alice was away")
+        .await
+        .unwrap();
+    browser
+        .wait_for(
+            &alice,
+            "[...document.querySelectorAll('#messages li.system')].some(li =>
+                li.textContent === '1 message sent while you were away could not be shown')",
+        )
+        .await
+        .unwrap();
+
     // A third tab in another room hears nothing from the garden.
     let carol = browser.open(&page).await.unwrap();
     browser.join(&carol, "carol", "attic").await.unwrap();

@@ -5,7 +5,7 @@ use tidings::protocol::{Push, ServerFrame};
 use tokio::net::TcpSocket;
 use tokio_tungstenite::MaybeTlsStream;
 
-use crate::support::{Ended, TestServer, WAIT, WsClient, within};
+use crate::support::{Ended, TestServer, WAIT, WsClient, server_closed, within};
 
 #[tokio::test]
 async fn a_client_that_answers_pings_stays_and_a_silent_one_is_closed_with_4001() {
@@ -48,6 +48,7 @@ async fn a_client_that_never_reads_is_closed_while_fifty_others_receive_everythi
     let socket = TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let tcp = socket.connect(server.addr).await.unwrap();
+    let local = tcp.local_addr().unwrap();
     let (ws, _) = tokio_tungstenite::client_async(server.url("/ws"), MaybeTlsStream::Plain(tcp))
         .await
         .unwrap();
@@ -88,7 +89,8 @@ async fn a_client_that_never_reads_is_closed_while_fifty_others_receive_everythi
         "server RSS grew from {rss_before} KiB to {rss_after} KiB"
     );
 
-    // Reading now drains what the kernel buffered, then the connection ends: it was closed.
+    server_closed(server.addr, local, WAIT).await;
+    // Reading now drains what the kernel buffered, then the connection ends.
     let mut flood_seen = 0;
     let ended = within(WAIT * 3, "stalled client end", async {
         loop {
@@ -138,4 +140,41 @@ async fn sigterm_closes_every_client_with_1001_and_exits_0() {
 #[tokio::test]
 async fn sigint_closes_every_client_with_1001_and_exits_0() {
     shutdown_closes_every_client_with_1001("INT").await;
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_closed_even_when_its_queue_never_fills() {
+    // A queue far larger than what is sent: only the write timeout (the pong timeout) can
+    // notice that the socket stopped draining.
+    let server = TestServer::start(&[
+        "--max-queue-size",
+        "256MiB",
+        "--ping-interval",
+        "500ms",
+        "--pong-timeout",
+        "1s",
+    ])
+    .await;
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let tcp = socket.connect(server.addr).await.unwrap();
+    let local = tcp.local_addr().unwrap();
+    let (ws, _) = tokio_tungstenite::client_async(server.url("/ws"), MaybeTlsStream::Plain(tcp))
+        .await
+        .unwrap();
+    let mut stalled = WsClient::from_socket(ws);
+    stalled.subscribe("flood").await;
+
+    let mut publisher = server.client("").await;
+    let chunk = "y".repeat(60_000);
+    for _ in 0..150 {
+        publisher.publish("flood", json!(chunk)).await;
+    }
+    // Nothing more is published; without reading, watch the server give up on the socket.
+    server_closed(server.addr, local, WAIT).await;
+    match stalled.ended(WAIT * 2).await {
+        Ended::Closed(Some((code, _))) => assert_eq!(code, 4000),
+        Ended::Dropped => {}
+        other => panic!("stalled client ended with {other:?}"),
+    }
 }

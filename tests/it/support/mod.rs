@@ -321,6 +321,38 @@ impl WsClient {
     }
 }
 
+/// TCP state of the socket `local → remote` in the kernel's table (01 = ESTABLISHED), or
+/// `None` once it is gone. Lets a test see the server close a connection whose client is not
+/// reading (and so cannot see a FIN or close frame yet).
+pub fn tcp_state(local: SocketAddr, remote: SocketAddr) -> Option<u8> {
+    let hex = |addr: SocketAddr| match addr {
+        SocketAddr::V4(v4) => format!(
+            "{:08X}:{:04X}",
+            u32::from_le_bytes(v4.ip().octets()),
+            v4.port()
+        ),
+        SocketAddr::V6(_) => unreachable!("tests use IPv4"),
+    };
+    let (local, remote) = (hex(local), hex(remote));
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        (fields.get(1) == Some(&local.as_str()) && fields.get(2) == Some(&remote.as_str()))
+            .then(|| u8::from_str_radix(fields[3], 16).ok())
+            .flatten()
+    })
+}
+
+/// Waits until the server's side of the connection from `client` is no longer established.
+pub async fn server_closed(server: SocketAddr, client: SocketAddr, limit: Duration) {
+    within(limit, "server closes the connection", async {
+        while tcp_state(server, client) == Some(0x01) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+}
+
 pub fn info(client: &str, user: &str) -> ClientInfo {
     ClientInfo {
         client: client.into(),
