@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::broker::Retention;
 use crate::session::SessionConfig;
 
 /// Tidings: a real-time messaging server. Clients hold a WebSocket to `/ws`, subscribe to
@@ -72,6 +73,19 @@ pub struct ServeArgs {
     #[arg(long, env = "TIDINGS_PONG_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub pong_timeout: Duration,
 
+    /// Publications kept per channel for history and recovery (0 disables history).
+    #[arg(long, env = "TIDINGS_HISTORY_SIZE", default_value_t = 100)]
+    pub history_size: usize,
+
+    /// History is dropped once a channel has had no publication for this long.
+    #[arg(long, env = "TIDINGS_HISTORY_TTL", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub history_ttl: Duration,
+
+    /// How long a channel's position (offset and epoch) outlives its last publication. After
+    /// that the channel starts again at offset 1 in a new epoch.
+    #[arg(long, env = "TIDINGS_POSITION_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub position_ttl: Duration,
+
     /// On SIGINT/SIGTERM, how long to wait for connections to finish their close handshake.
     #[arg(long, env = "TIDINGS_SHUTDOWN_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
@@ -102,6 +116,7 @@ pub struct Config {
     pub enable_echo: bool,
     pub max_message_size: usize,
     pub session: SessionConfig,
+    pub retention: Retention,
     pub shutdown_timeout: Duration,
 }
 
@@ -119,6 +134,10 @@ impl ServeArgs {
         nonzero(self.max_subscriptions as u128, "max-subscriptions")?;
         nonzero(self.ping_interval.as_millis(), "ping-interval")?;
         nonzero(self.pong_timeout.as_millis(), "pong-timeout")?;
+        nonzero(self.position_ttl.as_millis(), "position-ttl")?;
+        if self.history_size > 0 {
+            nonzero(self.history_ttl.as_millis(), "history-ttl")?;
+        }
         // The push of the largest publication (its data plus channel, epoch and info) must fit
         // the queue, or every subscriber would be cut off by one honest publish.
         if self.max_queue_size < self.max_message_size + PUSH_OVERHEAD {
@@ -138,6 +157,12 @@ impl ServeArgs {
                 pong_timeout: self.pong_timeout,
                 write_timeout: self.pong_timeout,
                 close_timeout: Duration::from_secs(2).min(self.shutdown_timeout),
+            },
+            retention: Retention {
+                history_size: self.history_size,
+                history_ttl: self.history_ttl,
+                // A position must outlive the history it numbers.
+                position_ttl: self.position_ttl.max(self.history_ttl),
             },
             shutdown_timeout: self.shutdown_timeout,
         })

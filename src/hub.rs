@@ -16,7 +16,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use crate::broker::Deliver;
 use crate::outbox::Outbox;
-use crate::protocol::{ChannelName, Publication, encode_publication};
+use crate::protocol::{ChannelName, Publication, StreamPosition, encode_publication};
 use crate::transport::Frame;
 
 const SHARDS: usize = 64;
@@ -91,8 +91,36 @@ impl Hub {
         };
         let frame = Frame::from(encode_publication(publication));
         for (_, outbox) in subscribers {
-            outbox.push_publication(&publication.channel, publication.offset, &frame);
+            outbox.push_publication(
+                &publication.channel,
+                publication.offset,
+                &publication.epoch,
+                &frame,
+            );
         }
+    }
+
+    /// Has every local subscriber of `channel` compare its delivery with `position`.
+    pub fn reconcile(&self, channel: &ChannelName, position: &StreamPosition) {
+        let shard = self.shard(channel);
+        for (_, outbox) in shard.get(channel).into_iter().flatten() {
+            outbox.check_position(channel, position);
+        }
+    }
+
+    /// The channels that have local subscribers.
+    pub fn channels(&self) -> Vec<ChannelName> {
+        self.shards
+            .iter()
+            .flat_map(|shard| {
+                shard
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+            })
+            .collect()
     }
 }
 
@@ -129,7 +157,14 @@ mod tests {
         let outboxes: Vec<Outbox> = (0..3).map(|_| Outbox::new(1 << 16)).collect();
         for (i, outbox) in outboxes.iter().enumerate() {
             outbox.begin_subscription(&ch);
-            outbox.complete_subscription(&ch, None, 0);
+            outbox.complete_subscription(
+                &ch,
+                vec![],
+                &StreamPosition {
+                    offset: 0,
+                    epoch: "e".into(),
+                },
+            );
             hub.add(&ch, i as u64, outbox.clone());
         }
         hub.broadcast(&Publication {

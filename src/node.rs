@@ -11,10 +11,10 @@ use std::sync::Arc;
 use serde_json::value::RawValue;
 use tokio::sync::Mutex;
 
-use crate::broker::{Broker, BrokerError};
+use crate::broker::{Broker, BrokerError, History, HistoryQuery};
 use crate::hub::{Hub, SubscriberId};
 use crate::outbox::Outbox;
-use crate::protocol::{ChannelName, ClientInfo, StreamPosition};
+use crate::protocol::{ChannelName, ClientInfo, Publication, StreamPosition};
 
 const CHANNEL_LOCKS: usize = 256;
 
@@ -29,15 +29,44 @@ struct Inner {
     /// Serialises subscribe/unsubscribe per channel (sharded: channels may share a lock).
     channel_locks: Box<[Mutex<()>]>,
     hasher: std::collections::hash_map::RandomState,
+    /// The most publications one recovery or history read returns: the history size.
+    history_size: usize,
+}
+
+/// A local subscription in place: where the channel stands, and what recovery found.
+#[derive(Debug)]
+pub struct Subscribed {
+    pub position: StreamPosition,
+    /// `None` without `since`.
+    pub recovery: Option<Recovery>,
+}
+
+/// The outcome of recovering a subscription from a position.
+#[derive(Debug)]
+pub enum Recovery {
+    /// Every publication after the position, in offset order (possibly none).
+    Recovered(Vec<Publication>),
+    /// Not all of them can be had; the reason is meant for people.
+    Unrecoverable(String),
+}
+
+/// Why a history read cannot be served.
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    #[error("{0}")]
+    Unrecoverable(String),
 }
 
 impl Node {
-    pub fn new(hub: Arc<Hub>, broker: Arc<dyn Broker>) -> Self {
+    pub fn new(hub: Arc<Hub>, broker: Arc<dyn Broker>, history_size: usize) -> Self {
         Self(Arc::new(Inner {
             hub,
             broker,
             channel_locks: (0..CHANNEL_LOCKS).map(|_| Mutex::new(())).collect(),
             hasher: Default::default(),
+            history_size,
         }))
     }
 
@@ -46,15 +75,18 @@ impl Node {
         &self.0.channel_locks[index]
     }
 
-    /// Registers a local subscriber and returns the channel's current position. Publications
-    /// reach `outbox` from the moment of registration, possibly before this returns; the
-    /// outbox's pending state holds them back until the caller completes the subscription.
+    /// Registers a local subscriber and returns the channel's current position, with `since`
+    /// also the publications after it. Publications reach `outbox` from the moment of
+    /// registration — before the position is read, so none can fall between the two; the
+    /// outbox holds them back until the caller completes the subscription, then delivers only
+    /// those past the position.
     pub async fn subscribe(
         &self,
         channel: &ChannelName,
         id: SubscriberId,
         outbox: &Outbox,
-    ) -> Result<StreamPosition, BrokerError> {
+        since: Option<&StreamPosition>,
+    ) -> Result<Subscribed, BrokerError> {
         let _guard = self.channel_lock(channel).lock().await;
         if self.0.hub.add(channel, id, outbox.clone()) {
             if let Err(err) = self.0.broker.subscribe(channel).await {
@@ -62,15 +94,57 @@ impl Node {
                 return Err(err);
             }
         }
-        match self.0.broker.position(channel).await {
-            Ok(position) => Ok(position),
-            Err(err) => {
-                if self.0.hub.remove(channel, id) {
-                    let _ = self.0.broker.unsubscribe(channel).await;
-                }
-                Err(err)
+        let read = match since {
+            None => self
+                .0
+                .broker
+                .position(channel)
+                .await
+                .map(|position| Subscribed {
+                    position,
+                    recovery: None,
+                }),
+            Some(since) => {
+                let query = HistoryQuery {
+                    since: Some(since.offset),
+                    limit: self.0.history_size,
+                };
+                self.0.broker.history(channel, query).await.map(|history| {
+                    let recovery = match continuity(since, &history, true) {
+                        Ok(()) => Recovery::Recovered(history.publications),
+                        Err(reason) => Recovery::Unrecoverable(reason),
+                    };
+                    Subscribed {
+                        position: history.position,
+                        recovery: Some(recovery),
+                    }
+                })
             }
+        };
+        if read.is_err() && self.0.hub.remove(channel, id) {
+            let _ = self.0.broker.unsubscribe(channel).await;
         }
+        read
+    }
+
+    /// Reads a channel's history: after `since` (which must be in this epoch and still within
+    /// the history), or the latest publications; at most `limit` and the history size.
+    pub async fn history(
+        &self,
+        channel: &ChannelName,
+        since: Option<&StreamPosition>,
+        limit: Option<usize>,
+    ) -> Result<History, HistoryError> {
+        let limit = limit.unwrap_or(usize::MAX).min(self.0.history_size);
+        let query = HistoryQuery {
+            since: since.map(|s| s.offset),
+            limit,
+        };
+        let history = self.0.broker.history(channel, query).await?;
+        if let Some(since) = since {
+            continuity(since, &history, false).map_err(HistoryError::Unrecoverable)?;
+        }
+        Ok(history)
     }
 
     /// Removes a local subscriber; the last one out unsubscribes the node at the broker.
@@ -95,8 +169,53 @@ impl Node {
         self.0.broker.publish(channel, data, info).await
     }
 
+    /// Tells every local subscriber of `channel` where the broker says it stands, so that a
+    /// subscriber that missed publications (the node lost its broker connection for a while)
+    /// is closed to recover instead of waiting for a publication that was already sent.
+    pub fn reconcile(&self, channel: &ChannelName, position: &StreamPosition) {
+        self.0.hub.reconcile(channel, position);
+    }
+
     /// How many connections on this node subscribe to `channel`.
     pub fn local_subscribers(&self, channel: &ChannelName) -> usize {
         self.0.hub.subscriber_count(channel)
     }
+}
+
+/// Checks that `history` continues `since` without a gap: same epoch, and (when `complete`)
+/// every publication up to the current offset present.
+fn continuity(since: &StreamPosition, history: &History, complete: bool) -> Result<(), String> {
+    let position = &history.position;
+    if position.epoch != since.epoch {
+        return Err(format!(
+            "the channel's history was lost: epoch {:?} is now {:?}",
+            since.epoch, position.epoch
+        ));
+    }
+    if since.offset > position.offset {
+        return Err(format!(
+            "offset {} is ahead of the channel, which is at {}",
+            since.offset, position.offset
+        ));
+    }
+    let missed = position.offset - since.offset;
+    if missed == 0 {
+        return Ok(());
+    }
+    match history.publications.first() {
+        Some(first) if first.offset == since.offset + 1 => {}
+        _ => {
+            return Err(format!(
+                "the history no longer reaches back to offset {}",
+                since.offset + 1
+            ));
+        }
+    }
+    if complete && (history.publications.len() as u64) < missed {
+        return Err(format!(
+            "{missed} publications were missed; only {} can be recovered",
+            history.publications.len()
+        ));
+    }
+    Ok(())
 }

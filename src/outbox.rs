@@ -13,16 +13,18 @@
 //! the session registers in the hub until its reply is queued: publications arriving meanwhile
 //! are held back. Completing the subscription queues the reply, then the held publications
 //! past the position it reported, in offset order. A live channel drops any publication at or
-//! below the last offset queued, so a subscriber never sees an offset twice or out of order.
+//! below the last offset queued, so a subscriber never sees an offset twice or out of order;
+//! a publication that skips offsets or comes from another epoch means this node missed some,
+//! and the connection is closed with [`CloseCode::INSUFFICIENT_STATE`] so that the client
+//! reconnects and recovers them from history — never a silent gap.
 
-use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::protocol::{ChannelName, CloseCode};
+use crate::protocol::{ChannelName, CloseCode, StreamPosition};
 use crate::transport::Frame;
 
 /// Why the connection is closing: what the writer must do last.
@@ -57,8 +59,6 @@ struct State {
     queued_bytes: usize,
     /// Bytes held for pending subscriptions.
     held_bytes: usize,
-    /// Bytes drained by the writer and not yet written: they still occupy memory.
-    in_flight_bytes: usize,
     channels: HashMap<ChannelName, Delivery>,
     closing: Option<Closing>,
 }
@@ -66,9 +66,16 @@ struct State {
 #[derive(Debug)]
 enum Delivery {
     /// Subscribing: live publications wait here until the reply is queued.
-    Pending(Vec<(u64, Frame)>),
-    /// Subscribed: the last offset queued.
-    Live { last: u64 },
+    Pending(Vec<Held>),
+    /// Subscribed: the last offset queued, in this epoch.
+    Live { last: u64, epoch: Arc<str> },
+}
+
+#[derive(Debug)]
+struct Held {
+    offset: u64,
+    epoch: Arc<str>,
+    frame: Frame,
 }
 
 impl Outbox {
@@ -104,8 +111,10 @@ impl Outbox {
         true
     }
 
-    /// Queues a publication of `channel` at `offset`, applying the per-channel delivery rules.
-    pub fn push_publication(&self, channel: &ChannelName, offset: u64, frame: &Frame) {
+    /// Queues a publication of `channel`, applying the per-channel delivery rules: held while
+    /// pending; dropped at or below the last offset; the connection closed with
+    /// [`CloseCode::INSUFFICIENT_STATE`] on a gap or another epoch.
+    pub fn push_publication(&self, channel: &ChannelName, offset: u64, epoch: &str, frame: &Frame) {
         let mut state = self.state();
         if state.closing.is_some() {
             return;
@@ -113,20 +122,32 @@ impl Outbox {
         let pending = match state.channels.get(channel) {
             // Unsubscribed while this publication was in flight.
             None => return,
-            Some(Delivery::Live { last }) if offset <= *last => return,
-            Some(Delivery::Live { .. }) => false,
             Some(Delivery::Pending(_)) => true,
+            Some(Delivery::Live { last, epoch: live }) => {
+                if **live != *epoch || offset > *last + 1 {
+                    drop(state);
+                    return self.close_insufficient();
+                }
+                if offset <= *last {
+                    return;
+                }
+                false
+            }
         };
         if !self.reserve(&mut state, frame.len()) {
             return;
         }
         match state.channels.get_mut(channel) {
             Some(Delivery::Pending(held)) if pending => {
-                held.push((offset, frame.clone()));
+                held.push(Held {
+                    offset,
+                    epoch: epoch.into(),
+                    frame: frame.clone(),
+                });
                 state.held_bytes += frame.len();
                 return;
             }
-            Some(Delivery::Live { last }) => *last = offset,
+            Some(Delivery::Live { last, .. }) => *last = offset,
             _ => return,
         }
         state.queued_bytes += frame.len();
@@ -143,53 +164,94 @@ impl Outbox {
             .insert(channel.clone(), Delivery::Pending(Vec::new()));
     }
 
-    /// Queues the subscription's reply (if any), then the held publications past `offset`, and
-    /// makes the channel live.
-    pub fn complete_subscription(&self, channel: &ChannelName, reply: Option<Frame>, offset: u64) {
+    /// Queues the subscription's reply (or the pushes standing for it), then the held
+    /// publications past `position`,
+    /// and makes the channel live. Held publications that do not continue the position (a gap,
+    /// another epoch) close the connection to recover.
+    pub fn complete_subscription(
+        &self,
+        channel: &ChannelName,
+        reply: Vec<Frame>,
+        position: &StreamPosition,
+    ) {
         let mut state = self.state();
         if state.closing.is_some() {
             return;
         }
-        let held = match state.channels.entry(channel.clone()) {
-            Entry::Occupied(mut entry) => {
-                match std::mem::replace(entry.get_mut(), Delivery::Live { last: offset }) {
-                    Delivery::Pending(held) => held,
-                    Delivery::Live { .. } => Vec::new(),
-                }
-            }
-            Entry::Vacant(entry) => {
-                entry.insert(Delivery::Live { last: offset });
-                Vec::new()
-            }
+        let live = Delivery::Live {
+            last: position.offset,
+            epoch: position.epoch.clone(),
         };
-        if let Some(reply) = reply {
+        let mut held = match state.channels.insert(channel.clone(), live) {
+            Some(Delivery::Pending(held)) => held,
+            _ => Vec::new(),
+        };
+        state.held_bytes -= held.iter().map(|h| h.frame.len()).sum::<usize>();
+        for reply in reply {
             if !self.reserve(&mut state, reply.len()) {
                 return;
             }
             state.queued_bytes += reply.len();
             state.queue.push_back(reply);
         }
-        let mut last = offset;
-        for (held_offset, frame) in held {
-            state.held_bytes -= frame.len();
-            if held_offset > last {
-                last = held_offset;
-                state.queued_bytes += frame.len();
-                state.queue.push_back(frame);
+        // Live delivery may interleave nodes' messages only through the broker, which keeps
+        // offset order; sorting is cheap insurance for the held few.
+        held.sort_by_key(|h| h.offset);
+        let mut last = position.offset;
+        for h in held {
+            if *h.epoch != *position.epoch || h.offset > last + 1 {
+                drop(state);
+                return self.close_insufficient();
             }
+            if h.offset <= last {
+                continue;
+            }
+            last = h.offset;
+            if !self.reserve(&mut state, h.frame.len()) {
+                return;
+            }
+            state.queued_bytes += h.frame.len();
+            state.queue.push_back(h.frame);
         }
-        state
-            .channels
-            .insert(channel.clone(), Delivery::Live { last });
+        if let Some(Delivery::Live {
+            last: live_last, ..
+        }) = state.channels.get_mut(channel)
+        {
+            *live_last = last;
+        }
         drop(state);
         self.0.ready.notify_one();
+    }
+
+    /// Compares the channel's delivery with where the broker says the channel stands; a
+    /// subscriber that is behind (or in another epoch) missed publications and is closed to
+    /// recover.
+    pub fn check_position(&self, channel: &ChannelName, position: &StreamPosition) {
+        let state = self.state();
+        if let Some(Delivery::Live { last, epoch }) = state.channels.get(channel) {
+            if *epoch != position.epoch || *last < position.offset {
+                drop(state);
+                self.close_insufficient();
+            }
+        }
+    }
+
+    fn close_insufficient(&self) {
+        let mut state = self.state();
+        state.queue.clear();
+        state.queued_bytes = 0;
+        drop(state);
+        self.close(Closing::Send {
+            code: CloseCode::INSUFFICIENT_STATE,
+            reason: "missed publications; reconnect and recover",
+        });
     }
 
     /// Forgets `channel`: publications still in flight for it are dropped.
     pub fn end_subscription(&self, channel: &ChannelName) {
         let mut state = self.state();
         if let Some(Delivery::Pending(held)) = state.channels.remove(channel) {
-            let freed: usize = held.iter().map(|(_, frame)| frame.len()).sum();
+            let freed: usize = held.iter().map(|h| h.frame.len()).sum();
             state.held_bytes -= freed;
         }
     }
@@ -220,7 +282,6 @@ impl Outbox {
     pub fn drain(&self, batch: &mut Vec<Frame>) -> Option<Closing> {
         let mut state = self.state();
         batch.extend(state.queue.drain(..));
-        state.in_flight_bytes += state.queued_bytes;
         state.queued_bytes = 0;
         // An outbox that once held a burst should not keep its capacity on an idle connection.
         if state.queue.capacity() > 64 {
@@ -229,17 +290,23 @@ impl Outbox {
         state.closing.clone()
     }
 
-    /// The writer finished (or abandoned) everything it drained.
-    pub fn sent(&self) {
-        self.state().in_flight_bytes = 0;
-    }
-
     /// Checks that `len` more bytes fit, or closes the connection as a slow consumer.
+    ///
+    /// The limit bounds the backlog. One frame larger than the limit (a recovery reply can be
+    /// the whole history) is accepted when nothing is waiting, so a client that reads is never
+    /// cut off for asking. What the writer is writing is not counted: it is at most one earlier
+    /// backlog, so a connection holds at most about twice the limit.
     fn reserve(&self, state: &mut State, len: usize) -> bool {
-        let used = state.queued_bytes + state.held_bytes + state.in_flight_bytes;
-        if used + len <= self.0.max_bytes {
+        let used = state.queued_bytes + state.held_bytes;
+        if used == 0 || used + len <= self.0.max_bytes {
             return true;
         }
+        tracing::debug!(
+            queued = state.queued_bytes,
+            held = state.held_bytes,
+            len,
+            "outgoing queue full: slow consumer"
+        );
         state.queue.clear();
         state.channels.clear();
         state.queued_bytes = 0;
@@ -271,29 +338,73 @@ mod tests {
         )
     }
 
+    fn at(offset: u64) -> StreamPosition {
+        StreamPosition {
+            offset,
+            epoch: "e".into(),
+        }
+    }
+
     #[test]
     fn pending_publications_follow_the_reply_and_skip_old_offsets() {
         let outbox = Outbox::new(1 << 20);
         let ch = ChannelName::parse("c").unwrap();
         outbox.begin_subscription(&ch);
-        outbox.push_publication(&ch, 5, &frame("p5"));
-        outbox.push_publication(&ch, 6, &frame("p6"));
-        outbox.complete_subscription(&ch, Some(frame("reply")), 5);
-        outbox.push_publication(&ch, 6, &frame("p6-again"));
-        outbox.push_publication(&ch, 7, &frame("p7"));
+        outbox.push_publication(&ch, 5, "e", &frame("p5"));
+        outbox.push_publication(&ch, 6, "e", &frame("p6"));
+        outbox.complete_subscription(&ch, vec![frame("reply")], &at(5));
+        outbox.push_publication(&ch, 6, "e", &frame("p6-again"));
+        outbox.push_publication(&ch, 7, "e", &frame("p7"));
         assert_eq!(drained(&outbox).0, ["reply", "p6", "p7"]);
+    }
+
+    fn insufficient() -> Option<Closing> {
+        Some(Closing::Send {
+            code: CloseCode::INSUFFICIENT_STATE,
+            reason: "missed publications; reconnect and recover",
+        })
+    }
+
+    #[test]
+    fn a_gap_or_a_new_epoch_closes_to_recover() {
+        let ch = ChannelName::parse("c").unwrap();
+        let live = || {
+            let outbox = Outbox::new(1 << 20);
+            outbox.begin_subscription(&ch);
+            outbox.complete_subscription(&ch, vec![], &at(5));
+            outbox
+        };
+        let gap = live();
+        gap.push_publication(&ch, 7, "e", &frame("p7"));
+        assert_eq!(drained(&gap), (vec![], insufficient()));
+
+        let epoch = live();
+        epoch.push_publication(&ch, 1, "other", &frame("p1"));
+        assert_eq!(drained(&epoch), (vec![], insufficient()));
+
+        let behind = live();
+        behind.check_position(&ch, &at(5));
+        assert_eq!(drained(&behind), (vec![], None));
+        behind.check_position(&ch, &at(6));
+        assert_eq!(drained(&behind), (vec![], insufficient()));
+
+        let held_gap = Outbox::new(1 << 20);
+        held_gap.begin_subscription(&ch);
+        held_gap.push_publication(&ch, 8, "e", &frame("p8"));
+        held_gap.complete_subscription(&ch, vec![frame("reply")], &at(6));
+        assert_eq!(drained(&held_gap), (vec![], insufficient()));
     }
 
     #[test]
     fn unsubscribed_channels_receive_nothing() {
         let outbox = Outbox::new(1 << 20);
         let ch = ChannelName::parse("c").unwrap();
-        outbox.push_publication(&ch, 1, &frame("p1"));
+        outbox.push_publication(&ch, 1, "e", &frame("p1"));
         outbox.begin_subscription(&ch);
-        outbox.complete_subscription(&ch, None, 1);
-        outbox.push_publication(&ch, 2, &frame("p2"));
+        outbox.complete_subscription(&ch, vec![], &at(1));
+        outbox.push_publication(&ch, 2, "e", &frame("p2"));
         outbox.end_subscription(&ch);
-        outbox.push_publication(&ch, 3, &frame("p3"));
+        outbox.push_publication(&ch, 3, "e", &frame("p3"));
         assert_eq!(drained(&outbox).0, ["p2"]);
     }
 
@@ -315,18 +426,19 @@ mod tests {
     }
 
     #[test]
-    fn only_written_frames_free_the_budget() {
+    fn draining_frees_the_budget_and_one_large_reply_fits_an_empty_queue() {
         let outbox = Outbox::new(10);
         for _ in 0..5 {
             assert!(outbox.push(frame("12345678")));
             assert_eq!(drained(&outbox).0.len(), 1);
-            outbox.sent();
         }
-        assert!(outbox.push(frame("12345678")));
-        drained(&outbox);
         assert!(
-            !outbox.push(frame("12345678")),
-            "bytes being written still count"
+            outbox.push(frame(&"x".repeat(100))),
+            "asked-for data may exceed"
+        );
+        assert!(
+            !outbox.push(frame("1")),
+            "but nothing may pile up behind it"
         );
     }
 
@@ -335,10 +447,10 @@ mod tests {
         let outbox = Outbox::new(10);
         let ch = ChannelName::parse("c").unwrap();
         outbox.begin_subscription(&ch);
-        outbox.complete_subscription(&ch, None, 5);
+        outbox.complete_subscription(&ch, vec![], &at(5));
         for _ in 0..5 {
-            outbox.push_publication(&ch, 3, &frame("12345678"));
-            outbox.push_publication(&ChannelName::parse("other").unwrap(), 9, &frame("123"));
+            outbox.push_publication(&ch, 3, "e", &frame("12345678"));
+            outbox.push_publication(&ChannelName::parse("other").unwrap(), 9, "e", &frame("123"));
         }
         assert!(outbox.push(frame("12345678")));
     }

@@ -122,32 +122,37 @@ pub struct Publication {
     pub info: ClientInfo,
 }
 
+/// A publication serialises as its wire body: `{"channel","offset","epoch","data","info"}`.
+impl Serialize for Publication {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Body<'a> {
+            channel: &'a str,
+            offset: u64,
+            epoch: &'a str,
+            data: &'a RawValue,
+            info: &'a ClientInfo,
+        }
+        Body {
+            channel: self.channel.as_str(),
+            offset: self.offset,
+            epoch: &self.epoch,
+            data: &self.data,
+            info: &self.info,
+        }
+        .serialize(serializer)
+    }
+}
+
 /// Encodes the `{"pub":{...}}` push for a publication: once per publication, shared by every
 /// subscriber.
 pub fn encode_publication(publication: &Publication) -> String {
     #[derive(Serialize)]
     struct Push<'a> {
         #[serde(rename = "pub")]
-        publication: PubBody<'a>,
+        publication: &'a Publication,
     }
-    #[derive(Serialize)]
-    struct PubBody<'a> {
-        channel: &'a str,
-        offset: u64,
-        epoch: &'a str,
-        data: &'a RawValue,
-        info: &'a ClientInfo,
-    }
-    let push = Push {
-        publication: PubBody {
-            channel: publication.channel.as_str(),
-            offset: publication.offset,
-            epoch: &publication.epoch,
-            data: &publication.data,
-            info: &publication.info,
-        },
-    };
-    to_json(&push)
+    to_json(&Push { publication })
 }
 
 /// Error codes carried in `{"error":{"code":C,"message":M}}`. Values are a public contract.
@@ -175,6 +180,8 @@ pub enum ErrorCode {
     AlreadySubscribed = 107,
     /// A per-connection limit (such as subscriptions) would be exceeded.
     LimitExceeded = 108,
+    /// `history` with a `since` the history cannot serve: another epoch, or too far back.
+    UnrecoverablePosition = 109,
     /// Something failed inside the server; the request may be retried.
     Internal = 500,
     /// The broker cannot guarantee delivery right now; retry later.
@@ -217,6 +224,9 @@ impl CloseCode {
     pub const SLOW_CONSUMER: u16 = 4000;
     /// No frame from the client within the pong timeout after a ping: reconnect.
     pub const NO_PONG: u16 = 4001;
+    /// The server saw a subscribed channel skip offsets or change epoch (a node missed
+    /// publications): reconnect and subscribe with `since` to recover.
+    pub const INSUFFICIENT_STATE: u16 = 4002;
 }
 
 /// One decoded client request.
@@ -234,8 +244,10 @@ pub enum Command {
         name: Option<String>,
         token: Option<String>,
     },
+    /// With `since`, the reply also recovers what was published after that position.
     Subscribe {
         channel: ChannelName,
+        since: Option<StreamPosition>,
     },
     Unsubscribe {
         channel: ChannelName,
@@ -243,6 +255,12 @@ pub enum Command {
     Publish {
         channel: ChannelName,
         data: Box<RawValue>,
+    },
+    /// Publications kept in the channel's history: after `since`, or the latest ones.
+    History {
+        channel: ChannelName,
+        since: Option<StreamPosition>,
+        limit: Option<usize>,
     },
     /// A client-side liveness probe; replied to with `ok {}`.
     Ping,
@@ -283,6 +301,10 @@ struct Envelope<'a> {
     name: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "present")]
     token: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    since: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    limit: Option<&'a RawValue>,
 }
 
 /// Keeps an explicit `null` as present, so `"data":null` is a value and not a missing field.
@@ -376,6 +398,21 @@ pub fn decode_request(text: &str) -> Result<Request, DecodeError> {
                 }),
             }
         };
+    let since = |raw: Option<&RawValue>| -> Result<Option<StreamPosition>, DecodeError> {
+        match raw {
+            None => Ok(None),
+            Some(raw) if raw.get() == "null" => Ok(None),
+            Some(raw) => serde_json::from_str::<StreamPosition>(raw.get())
+                .map(Some)
+                .map_err(|_| {
+                    DecodeError::new(
+                        id,
+                        ErrorCode::InvalidField,
+                        "\"since\" must be {\"offset\":INT,\"epoch\":STR}",
+                    )
+                }),
+        }
+    };
     let command = match op.as_str() {
         "connect" => Command::Connect {
             name: optional_string("name", envelope.name)?,
@@ -383,6 +420,22 @@ pub fn decode_request(text: &str) -> Result<Request, DecodeError> {
         },
         "subscribe" => Command::Subscribe {
             channel: channel()?,
+            since: since(envelope.since)?,
+        },
+        "history" => Command::History {
+            channel: channel()?,
+            since: since(envelope.since)?,
+            limit: match envelope.limit {
+                None => None,
+                Some(raw) if raw.get() == "null" => None,
+                Some(raw) => Some(serde_json::from_str::<usize>(raw.get()).map_err(|_| {
+                    DecodeError::new(
+                        id,
+                        ErrorCode::InvalidField,
+                        "\"limit\" must be a non-negative integer",
+                    )
+                })?),
+            },
         },
         "unsubscribe" => Command::Unsubscribe {
             channel: channel()?,
@@ -422,10 +475,28 @@ pub struct ErrorBody {
     pub message: String,
 }
 
-/// `ok` body of a `subscribe` reply: the channel's current position.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SubscribeOk {
+/// `ok` body of a `subscribe` reply: the channel's current position, and with `since` the
+/// outcome of recovery. `P` is [`Publication`] on the server and [`PubPush`] in clients.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SubscribeOk<P = PubPush> {
     pub channel: String,
+    pub offset: u64,
+    pub epoch: String,
+    /// Only with `since`: whether every publication after it is in `publications`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovered: Option<bool>,
+    /// Only with `since`: the publications after it, in offset order (empty if not recovered).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publications: Option<Vec<P>>,
+    /// Only when `recovered` is false: why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// `ok` body of a `history` reply.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HistoryOk<P = PubPush> {
+    pub publications: Vec<P>,
     pub offset: u64,
     pub epoch: String,
 }
@@ -532,7 +603,7 @@ pub enum Push {
 }
 
 /// The body of a `{"pub":{...}}` push, as a client reads it.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PubPush {
     pub channel: String,
     pub offset: u64,

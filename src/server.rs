@@ -33,8 +33,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let hub = Arc::new(Hub::new());
-    let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new(hub.clone()));
-    let node = Node::new(hub, broker);
+    let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new(hub.clone(), config.retention));
+    let node = Node::new(hub, broker, config.retention.history_size);
 
     let stopping = CancellationToken::new();
     let connections = TaskTracker::new();

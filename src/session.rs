@@ -31,11 +31,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::broker::BrokerError;
 use crate::hub::SubscriberId;
-use crate::node::Node;
+use crate::node::{HistoryError, Node, Recovery, Subscribed};
 use crate::outbox::{Closing, Outbox};
 use crate::protocol::{
-    self, ChannelName, ClientInfo, CloseCode, Command, Connected, Empty, ErrorCode, PublishOk,
-    SubscribeOk,
+    self, ChannelName, ClientInfo, CloseCode, Command, Connected, Empty, ErrorCode, HistoryOk,
+    PublishOk, StreamPosition, SubscribeOk,
 };
 use crate::transport::{Frame, Inbound, Reader, Writer};
 
@@ -185,7 +185,14 @@ impl Session {
                     self.establish(None, None);
                 }
                 match command {
-                    Command::Subscribe { channel } => self.subscribe(id, channel).await,
+                    Command::Subscribe { channel, since } => {
+                        self.subscribe(id, channel, since).await
+                    }
+                    Command::History {
+                        channel,
+                        since,
+                        limit,
+                    } => self.history(id, channel, since, limit).await,
                     Command::Unsubscribe { channel } => self.unsubscribe(id, channel).await,
                     Command::Publish { channel, data } => {
                         self.publish(id, channel, Arc::from(data)).await
@@ -222,7 +229,12 @@ impl Session {
         self.outbox.push(Frame::from(frame));
     }
 
-    async fn subscribe(&mut self, id: Option<u64>, channel: ChannelName) {
+    async fn subscribe(
+        &mut self,
+        id: Option<u64>,
+        channel: ChannelName,
+        since: Option<StreamPosition>,
+    ) {
         if self.subscriptions.contains(&channel) {
             return self.reply_error(
                 id,
@@ -241,25 +253,73 @@ impl Session {
             );
         }
         self.outbox.begin_subscription(&channel);
-        match self.node.subscribe(&channel, self.id, &self.outbox).await {
-            Ok(position) => {
-                let reply = id.map(|id| {
-                    Frame::from(protocol::encode_ok(
-                        id,
-                        &SubscribeOk {
-                            channel: channel.to_string(),
-                            offset: position.offset,
-                            epoch: position.epoch.to_string(),
-                        },
-                    ))
-                });
-                self.outbox
-                    .complete_subscription(&channel, reply, position.offset);
-                self.subscriptions.insert(channel);
-            }
+        let subscribed = self
+            .node
+            .subscribe(&channel, self.id, &self.outbox, since.as_ref())
+            .await;
+        let Subscribed { position, recovery } = match subscribed {
+            Ok(subscribed) => subscribed,
             Err(err) => {
                 self.outbox.end_subscription(&channel);
-                self.reply_broker_error(id, &err);
+                return self.reply_broker_error(id, &err);
+            }
+        };
+        let (recovered, publications, reason) = match recovery {
+            None => (None, None, None),
+            Some(Recovery::Recovered(publications)) => (Some(true), Some(publications), None),
+            Some(Recovery::Unrecoverable(reason)) => (Some(false), Some(Vec::new()), Some(reason)),
+        };
+        let frames: Vec<Frame> = match id {
+            Some(id) => vec![Frame::from(protocol::encode_ok(
+                id,
+                &SubscribeOk {
+                    channel: channel.to_string(),
+                    offset: position.offset,
+                    epoch: position.epoch.to_string(),
+                    recovered,
+                    publications,
+                    reason,
+                },
+            ))],
+            // Without a reply to carry them, recovered publications come as pushes and a
+            // failed recovery as an error push.
+            None => match reason {
+                Some(reason) => vec![Frame::from(protocol::encode_error(
+                    None,
+                    ErrorCode::UnrecoverablePosition,
+                    &format!("{channel}: {reason}"),
+                ))],
+                None => publications
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|p| Frame::from(protocol::encode_publication(p)))
+                    .collect(),
+            },
+        };
+        self.outbox
+            .complete_subscription(&channel, frames, &position);
+        self.subscriptions.insert(channel);
+    }
+
+    async fn history(
+        &mut self,
+        id: Option<u64>,
+        channel: ChannelName,
+        since: Option<StreamPosition>,
+        limit: Option<usize>,
+    ) {
+        match self.node.history(&channel, since.as_ref(), limit).await {
+            Ok(history) => self.reply_ok(
+                id,
+                &HistoryOk {
+                    publications: history.publications,
+                    offset: history.position.offset,
+                    epoch: history.position.epoch.to_string(),
+                },
+            ),
+            Err(HistoryError::Broker(err)) => self.reply_broker_error(id, &err),
+            Err(HistoryError::Unrecoverable(reason)) => {
+                self.reply_error(id, ErrorCode::UnrecoverablePosition, &reason)
             }
         }
     }
@@ -386,7 +446,6 @@ async fn write_loop(
                 }
             };
             batch.clear();
-            outbox.sent();
             match written {
                 Written::Done => {}
                 Written::Failed => {

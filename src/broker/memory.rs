@@ -5,30 +5,28 @@
 //! lock, assigns the next offset and delivers while holding it, which is what keeps a
 //! channel's deliveries in offset order without a global lock.
 //!
-//! Limits: nothing survives a restart (a restarted process starts new epochs). A stream that
-//! has no subscribed node and has been idle for the idle TTL is forgotten, so memory follows
-//! the channels in use rather than every name ever published to; a later publication starts
-//! the channel again at offset 1 in a new epoch, which is exactly what epochs announce.
+//! Limits: nothing survives a restart (a restarted process starts new epochs). History is a
+//! bounded ring per channel, emptied after the history TTL without publications. A stream that
+//! has no subscribed node and has been idle for the position TTL is forgotten, so memory
+//! follows the channels in use rather than every name ever published to; a later publication
+//! starts the channel again at offset 1 in a new epoch, which is exactly what epochs announce.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use async_trait::async_trait;
 use serde_json::value::RawValue;
 
-use super::{Broker, BrokerError, Deliver, new_epoch};
+use super::{Broker, BrokerError, Deliver, History, HistoryQuery, Retention, new_epoch};
 use crate::protocol::{ChannelName, ClientInfo, Publication, StreamPosition};
-
-/// How long an unsubscribed channel's stream outlives its last use.
-pub const DEFAULT_IDLE_TTL: Duration = Duration::from_secs(10 * 60);
 
 /// The in-process broker.
 pub struct MemoryBroker {
     streams: Mutex<Streams>,
     deliver: Arc<dyn Deliver>,
-    idle_ttl: Duration,
+    retention: Retention,
 }
 
 struct Streams {
@@ -43,6 +41,8 @@ struct Stream {
     /// A node subscribed: never forget the stream while someone may hold its position.
     subscribed: bool,
     last_used: Instant,
+    last_published: Instant,
+    history: VecDeque<Publication>,
     /// Removed from the map by a sweep; whoever still holds it must look the channel up again.
     evicted: bool,
 }
@@ -50,24 +50,20 @@ struct Stream {
 impl fmt::Debug for MemoryBroker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MemoryBroker")
-            .field("idle_ttl", &self.idle_ttl)
+            .field("retention", &self.retention)
             .finish_non_exhaustive()
     }
 }
 
 impl MemoryBroker {
-    pub fn new(deliver: Arc<dyn Deliver>) -> Self {
-        Self::with_idle_ttl(deliver, DEFAULT_IDLE_TTL)
-    }
-
-    pub fn with_idle_ttl(deliver: Arc<dyn Deliver>, idle_ttl: Duration) -> Self {
+    pub fn new(deliver: Arc<dyn Deliver>, retention: Retention) -> Self {
         Self {
             streams: Mutex::new(Streams {
                 by_channel: HashMap::new(),
                 last_sweep: Instant::now(),
             }),
             deliver,
-            idle_ttl,
+            retention,
         }
     }
 
@@ -79,7 +75,11 @@ impl MemoryBroker {
             if stream.evicted {
                 continue;
             }
-            stream.last_used = Instant::now();
+            let now = Instant::now();
+            stream.last_used = now;
+            if now.duration_since(stream.last_published) >= self.retention.history_ttl {
+                stream.history.clear();
+            }
             return f(&mut stream);
         }
     }
@@ -89,9 +89,9 @@ impl MemoryBroker {
         let now = Instant::now();
         // Sweeping a quarter-TTL apart bounds the cost to one pass per period, amortised over
         // the calls of that period.
-        if now.duration_since(streams.last_sweep) >= self.idle_ttl / 4 {
+        if now.duration_since(streams.last_sweep) >= self.retention.position_ttl / 4 {
             streams.last_sweep = now;
-            let ttl = self.idle_ttl;
+            let ttl = self.retention.position_ttl;
             streams
                 .by_channel
                 .retain(|_, stream| match stream.try_lock() {
@@ -113,6 +113,8 @@ impl MemoryBroker {
                     epoch: new_epoch(),
                     subscribed: false,
                     last_used: now,
+                    last_published: now,
+                    history: VecDeque::new(),
                     evicted: false,
                 }))
             })
@@ -138,6 +140,13 @@ impl Broker for MemoryBroker {
                 info,
             };
             self.deliver.deliver(&publication);
+            stream.last_published = Instant::now();
+            if self.retention.history_size > 0 {
+                if stream.history.len() == self.retention.history_size {
+                    stream.history.pop_front();
+                }
+                stream.history.push_back(publication);
+            }
             StreamPosition {
                 offset: stream.offset,
                 epoch: stream.epoch.clone(),
@@ -162,11 +171,41 @@ impl Broker for MemoryBroker {
             epoch: stream.epoch.clone(),
         }))
     }
+
+    async fn history(
+        &self,
+        channel: &ChannelName,
+        query: HistoryQuery,
+    ) -> Result<History, BrokerError> {
+        Ok(self.with_stream(channel, |stream| {
+            let publications = match query.since {
+                Some(since) => stream
+                    .history
+                    .iter()
+                    .filter(|p| p.offset > since)
+                    .take(query.limit)
+                    .cloned()
+                    .collect(),
+                None => {
+                    let skip = stream.history.len().saturating_sub(query.limit);
+                    stream.history.iter().skip(skip).cloned().collect()
+                }
+            };
+            History {
+                publications,
+                position: StreamPosition {
+                    offset: stream.offset,
+                    epoch: stream.epoch.clone(),
+                },
+            }
+        }))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     struct Collect(Mutex<Vec<(String, u64)>>);
 
@@ -193,7 +232,7 @@ mod tests {
     #[tokio::test]
     async fn offsets_count_from_one_per_channel_and_every_publication_is_delivered() {
         let collect = Arc::new(Collect(Mutex::new(Vec::new())));
-        let broker = MemoryBroker::new(collect.clone());
+        let broker = MemoryBroker::new(collect.clone(), Retention::default());
         let (a, b) = (
             ChannelName::parse("a").unwrap(),
             ChannelName::parse("b").unwrap(),
@@ -210,8 +249,11 @@ mod tests {
 
     #[tokio::test]
     async fn idle_unsubscribed_streams_are_forgotten_and_restart_in_a_new_epoch() {
-        let broker =
-            MemoryBroker::with_idle_ttl(Arc::new(Collect(Mutex::new(Vec::new()))), Duration::ZERO);
+        let retention = Retention {
+            position_ttl: Duration::ZERO,
+            ..Retention::default()
+        };
+        let broker = MemoryBroker::new(Arc::new(Collect(Mutex::new(Vec::new()))), retention);
         let idle = ChannelName::parse("idle").unwrap();
         let pinned = ChannelName::parse("pinned").unwrap();
         broker.subscribe(&pinned).await.unwrap();

@@ -20,12 +20,18 @@
 //! subscriber of a channel. A broker must deliver every publication of a subscribed channel;
 //! it may deliver others too (the hub drops channels without local subscribers).
 //!
+//! ## History
+//! A broker keeps up to [`Retention::history_size`] publications per channel, dropping them
+//! once the channel has been quiet for [`Retention::history_ttl`]. History is what recovery
+//! reads; a position older than the history cannot be recovered, and says so.
+//!
 //! ## Failures
 //! An error means the operation did not happen, so a `publish` that returned an error was not
 //! assigned an offset and will never be delivered; nothing is lost silently.
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use serde_json::value::RawValue;
@@ -72,6 +78,53 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
 
     /// The channel's current position: the last offset assigned and the epoch.
     async fn position(&self, channel: &ChannelName) -> Result<StreamPosition, BrokerError>;
+
+    /// Reads the channel's history (see [`HistoryQuery`]) and its position, consistently: no
+    /// publication between the two is missing from the answer.
+    async fn history(
+        &self,
+        channel: &ChannelName,
+        query: HistoryQuery,
+    ) -> Result<History, BrokerError>;
+}
+
+/// How much of each channel a broker keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retention {
+    /// Publications kept per channel for history and recovery (0: none).
+    pub history_size: usize,
+    /// History is dropped once the channel has had no publication for this long.
+    pub history_ttl: Duration,
+    /// A channel's position (offset, epoch) is kept this long after its last use; after that
+    /// the channel starts again at offset 1 in a new epoch.
+    pub position_ttl: Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self {
+            history_size: 100,
+            history_ttl: Duration::from_secs(10 * 60),
+            position_ttl: Duration::from_secs(24 * 60 * 60),
+        }
+    }
+}
+
+/// What `history` asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HistoryQuery {
+    /// Only publications with a greater offset; `None`: the latest ones.
+    pub since: Option<u64>,
+    /// At most this many (the oldest ones after `since`, or the newest without it).
+    pub limit: usize,
+}
+
+/// Publications from a channel's history, oldest first, and the channel's position when they
+/// were read.
+#[derive(Clone, Debug)]
+pub struct History {
+    pub publications: Vec<Publication>,
+    pub position: StreamPosition,
 }
 
 /// A fresh random epoch: short, URL-safe, unlikely to repeat.

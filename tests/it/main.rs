@@ -13,3 +13,5 @@ mod http;
 mod lifecycle;
 /// Channels: subscribe, publish, unsubscribe, ordering under concurrency.
 mod pubsub;
+/// History and recovery from a position.
+mod recovery;

@@ -49,7 +49,10 @@ impl TestServer {
         }
         let mut child = command
             .args(args)
-            .env("TIDINGS_LOG", "warn")
+            .env(
+                "TIDINGS_LOG",
+                std::env::var("TEST_TIDINGS_LOG").unwrap_or("warn".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
