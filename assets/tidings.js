@@ -6,8 +6,9 @@
 //   await client.publish("chat:lobby", { text: "hi" });
 //
 // It reconnects by itself with jittered exponential back-off (across a list of URLs when given
-// one), answers the server's heartbeats, treats a silent server as dead, and subscribes again
-// to every channel after each reconnect.
+// one), answers the server's heartbeats, treats a silent server as dead, and after each
+// reconnect subscribes again to every channel from the last offset it delivered, so that what
+// was published meanwhile is recovered from history — or it says plainly that it was not.
 
 const CLOSE_NO_RECONNECT_MIN = 4500;
 const CLOSE_NO_RECONNECT_MAX = 4999;
@@ -30,8 +31,8 @@ export class TidingsError extends Error {
  * - `disconnected`: `{code, reason, reconnecting, delayMs}`
  * - `error`: `{code, message}` for error pushes (failed commands sent without an id)
  * - `subscribed`: `{channel, offset, epoch}`
- * - `gap`: `{channel, from, to, epoch}` — publications `from..=to` were published while this
- *   client was disconnected and were not delivered (history recovery comes in a later version)
+ * - `unrecovered`: `{channel, reason}` — publications sent while this client was away could
+ *   not be recovered (history too short, or the channel's history was lost); reload state
  */
 export class Tidings extends EventTarget {
   /**
@@ -67,16 +68,30 @@ export class Tidings extends EventTarget {
     return this.connectedInfo !== null && this.ws?.readyState === WebSocket.OPEN;
   }
 
-  /** Subscribes (now, and again after every reconnect); `handler(pub)` gets each publication. */
-  subscribe(channel, handler) {
+  /**
+   * Subscribes (now, and again after every reconnect); `handler(pub)` gets each publication,
+   * in offset order, once. With `since: {offset, epoch}` it starts right after that position
+   * (for example the one a `history` call returned), recovering what came in between.
+   */
+  subscribe(channel, handler, { since } = {}) {
     const existing = this.subscriptions.get(channel);
     if (existing) {
       // Same channel again: keep its position (and duplicate filtering), swap the handler.
       existing.handler = handler;
       return;
     }
-    this.subscriptions.set(channel, { handler, offset: null, epoch: null, retry: 0 });
+    this.subscriptions.set(channel, {
+      handler,
+      offset: since ? since.offset : null,
+      epoch: since ? since.epoch : null,
+      retry: 0,
+    });
     if (this.isConnected) this.sendSubscribe(channel);
+  }
+
+  /** Reads a channel's history: `{publications, offset, epoch}`, oldest first. */
+  history(channel, { limit, since } = {}) {
+    return this.request({ op: "history", channel, limit, since });
   }
 
   /** Stops delivery of `channel`; resolves when the server confirms. */
@@ -180,14 +195,18 @@ export class Tidings extends EventTarget {
   async sendSubscribe(channel) {
     const ws = this.ws;
     try {
-      const ok = await this.request({ op: "subscribe", channel });
+      const known = this.subscriptions.get(channel);
+      const since = known && known.offset !== null ? { offset: known.offset, epoch: known.epoch } : undefined;
+      const ok = await this.request({ op: "subscribe", channel, since });
       const sub = this.subscriptions.get(channel);
       if (!sub) return;
       sub.retry = 0;
-      if (sub.offset !== null && sub.epoch === ok.epoch && ok.offset > sub.offset) {
-        // Published while we were away: say so rather than skip it silently.
-        this.emit("gap", { channel, from: sub.offset + 1, to: ok.offset, epoch: ok.epoch });
+      if (ok.recovered) {
+        for (const pub of ok.publications) this.onPublication(pub);
+      } else if (ok.recovered === false) {
+        this.emit("unrecovered", { channel, reason: ok.reason });
       }
+      // From here on, live publications continue from the position the server reported.
       if (sub.offset === null || sub.epoch !== ok.epoch || ok.offset > sub.offset) {
         sub.offset = ok.offset;
         sub.epoch = ok.epoch;

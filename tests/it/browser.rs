@@ -278,8 +278,8 @@ async fn two_tabs_chat_in_one_room_and_markup_stays_text() {
         "a message is shown as text, never as markup"
     );
 
-    // Alice's connection drops while Bob talks: after reconnecting, her page says what she
-    // missed instead of pretending nothing happened.
+    // Alice's connection drops while Bob talks: after reconnecting, her page recovers what she
+    // missed from history.
     browser
         .eval(
             &alice,
@@ -300,13 +300,28 @@ async fn two_tabs_chat_in_one_room_and_markup_stays_text() {
         .await
         .unwrap();
     browser
-        .wait_for(
-            &alice,
-            "[...document.querySelectorAll('#messages li.system')].some(li =>
-                li.textContent === '1 message sent while you were away could not be shown')",
-        )
+        .wait_for_message(&alice, "bob", "while alice was away")
         .await
         .unwrap();
+    let texts =
+        "[...document.querySelectorAll('#messages li.message .text')].map(e => e.textContent)";
+    assert_eq!(
+        browser.eval(&alice, texts).await.unwrap(),
+        json!(["hello from alice", markup, "while alice was away"]),
+        "each message once, in order"
+    );
+
+    // A newcomer sees the room's recent messages first.
+    let late = browser.open(&page).await.unwrap();
+    browser.join(&late, "late", "garden").await.unwrap();
+    browser
+        .wait_for_message(&late, "bob", "while alice was away")
+        .await
+        .unwrap();
+    assert_eq!(
+        browser.eval(&late, texts).await.unwrap(),
+        browser.eval(&alice, texts).await.unwrap()
+    );
 
     // A third tab in another room hears nothing from the garden.
     let carol = browser.open(&page).await.unwrap();
@@ -354,6 +369,15 @@ async fn the_page_reconnects_by_itself_after_the_server_restarts() {
         .wait_for(
             &tab,
             "document.getElementById('status').textContent === 'connected as dora'",
+        )
+        .await
+        .unwrap();
+    // The restarted in-memory server lost the history: the page says so.
+    browser
+        .wait_for(
+            &tab,
+            "[...document.querySelectorAll('#messages li.system')].some(li =>
+                li.textContent.startsWith('some messages sent while you were away could not be shown'))",
         )
         .await
         .unwrap();
