@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::broker::Retention;
+use crate::broker::redis::RedisOptions;
 use crate::session::SessionConfig;
 
 /// Tidings: a real-time messaging server. Clients hold a WebSocket to `/ws`, subscribe to
@@ -73,6 +74,21 @@ pub struct ServeArgs {
     #[arg(long, env = "TIDINGS_PONG_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub pong_timeout: Duration,
 
+    /// Use Redis as the broker, so that several nodes share channels, offsets and history:
+    /// `redis://HOST:PORT[/DB]`, or `redis+cluster://HOST:PORT[,HOST:PORT…]` for a Redis
+    /// Cluster. Without it, the in-memory broker serves this process alone.
+    #[arg(long, env = "TIDINGS_REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// Treat --redis-url as a node of a Redis Cluster (sharded pub/sub; keys hash-tagged per
+    /// channel). Implied by a `redis+cluster://` URL.
+    #[arg(long, env = "TIDINGS_REDIS_CLUSTER", value_parser = clap::builder::BoolishValueParser::new())]
+    pub redis_cluster: bool,
+
+    /// Prefix of every Redis key and pub/sub channel, so deployments can share one Redis.
+    #[arg(long, env = "TIDINGS_REDIS_PREFIX", default_value = "tidings")]
+    pub redis_prefix: String,
+
     /// Publications kept per channel for history and recovery (0 disables history).
     #[arg(long, env = "TIDINGS_HISTORY_SIZE", default_value_t = 100)]
     pub history_size: usize,
@@ -117,6 +133,8 @@ pub struct Config {
     pub max_message_size: usize,
     pub session: SessionConfig,
     pub retention: Retention,
+    /// `None`: the in-memory broker.
+    pub redis: Option<RedisOptions>,
     pub shutdown_timeout: Duration,
 }
 
@@ -164,6 +182,11 @@ impl ServeArgs {
                 // A position must outlive the history it numbers.
                 position_ttl: self.position_ttl.max(self.history_ttl),
             },
+            redis: self.redis_url.map(|url| RedisOptions {
+                url,
+                cluster: self.redis_cluster,
+                prefix: self.redis_prefix,
+            }),
             shutdown_timeout: self.shutdown_timeout,
         })
     }

@@ -128,6 +128,10 @@ impl Deliver for Hub {
     fn deliver(&self, publication: &Publication) {
         self.broadcast(publication);
     }
+
+    fn reconcile(&self, channel: &ChannelName, position: &StreamPosition) {
+        Hub::reconcile(self, channel, position);
+    }
 }
 
 #[cfg(test)]

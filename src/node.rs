@@ -176,6 +176,11 @@ impl Node {
         self.0.hub.reconcile(channel, position);
     }
 
+    /// Whether the broker can serve requests now.
+    pub async fn ready(&self) -> Result<(), BrokerError> {
+        self.0.broker.ready().await
+    }
+
     /// How many connections on this node subscribe to `channel`.
     pub fn local_subscribers(&self, channel: &ChannelName) -> usize {
         self.0.hub.subscriber_count(channel)

@@ -13,8 +13,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::api::{self, AppState};
-use crate::broker::Broker;
 use crate::broker::memory::MemoryBroker;
+use crate::broker::redis::RedisBroker;
+use crate::broker::{Broker, BrokerError};
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::node::Node;
@@ -22,6 +23,8 @@ use crate::node::Node;
 /// Why the server stopped abnormally.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
+    #[error("cannot start the broker")]
+    Broker(#[source] BrokerError),
     #[error("serving HTTP failed")]
     Serve(#[source] std::io::Error),
 }
@@ -33,8 +36,15 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let hub = Arc::new(Hub::new());
-    let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new(hub.clone(), config.retention));
-    let node = Node::new(hub, broker, config.retention.history_size);
+    let broker: Arc<dyn Broker> = match &config.redis {
+        None => Arc::new(MemoryBroker::new(hub.clone(), config.retention)),
+        Some(options) => Arc::new(
+            RedisBroker::connect(options.clone(), hub.clone(), config.retention)
+                .await
+                .map_err(ServerError::Broker)?,
+        ),
+    };
+    let node = Node::new(hub, broker.clone(), config.retention.history_size);
 
     let stopping = CancellationToken::new();
     let connections = TaskTracker::new();
@@ -77,6 +87,7 @@ pub async fn run(
             "connections still open at the shutdown deadline; dropping them"
         );
     }
+    broker.close().await;
     tracing::info!("stopped");
     Ok(())
 }

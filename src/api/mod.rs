@@ -5,8 +5,9 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::http::header;
-use axum::response::IntoResponse;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -34,6 +35,7 @@ pub fn router(state: AppState, enable_echo: bool) -> Router {
         .route("/", get(index))
         .route("/tidings.js", get(client_script))
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/ws", get(ws::connect));
     if enable_echo {
         router = router.route("/ws/echo", get(ws::echo));
@@ -62,6 +64,22 @@ async fn client_script() -> impl IntoResponse {
         ],
         CLIENT_JS,
     )
+}
+
+/// Readiness: the broker can take publications (Redis reachable, when configured).
+async fn readyz(State(state): State<AppState>) -> Response {
+    let json = [(header::CONTENT_TYPE, "application/json")];
+    if state.shutdown.is_cancelled() {
+        let body = r#"{"status":"not ready","reason":"shutting down"}"#;
+        return (StatusCode::SERVICE_UNAVAILABLE, json, body).into_response();
+    }
+    match state.node.ready().await {
+        Ok(()) => (json, r#"{"status":"ready"}"#).into_response(),
+        Err(err) => {
+            let body = serde_json::json!({"status": "not ready", "reason": err.to_string()});
+            (StatusCode::SERVICE_UNAVAILABLE, json, body.to_string()).into_response()
+        }
+    }
 }
 
 /// Liveness: the process serves HTTP.

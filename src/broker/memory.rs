@@ -216,6 +216,8 @@ mod tests {
                 .unwrap()
                 .push((publication.channel.to_string(), publication.offset));
         }
+
+        fn reconcile(&self, _: &ChannelName, _: &StreamPosition) {}
     }
 
     fn data() -> Arc<RawValue> {

@@ -39,11 +39,16 @@ use serde_json::value::RawValue;
 use crate::protocol::{ChannelName, ClientInfo, Publication, StreamPosition};
 
 pub mod memory;
+pub mod redis;
 
 /// The node's side of a broker: it receives every publication of subscribed channels.
 pub trait Deliver: Send + Sync + 'static {
     /// Called once per publication, in offset order per channel. Must not block.
     fn deliver(&self, publication: &Publication);
+
+    /// Called when the broker may have missed publications of `channel` (it lost its
+    /// connection): `position` is where the channel stands now.
+    fn reconcile(&self, channel: &ChannelName, position: &StreamPosition);
 }
 
 /// Why a broker operation failed.
@@ -86,6 +91,14 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
         channel: &ChannelName,
         query: HistoryQuery,
     ) -> Result<History, BrokerError>;
+
+    /// Whether the broker can serve requests now (for `/readyz`).
+    async fn ready(&self) -> Result<(), BrokerError> {
+        Ok(())
+    }
+
+    /// Closes connections on shutdown.
+    async fn close(&self) {}
 }
 
 /// How much of each channel a broker keeps.

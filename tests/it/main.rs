@@ -5,6 +5,8 @@ mod support;
 
 /// Bad input of every kind gets its documented answer; the connection or the server survives.
 mod bad_input;
+/// The Broker contract, one body per test run against the memory and the Redis broker.
+mod broker_contract;
 /// The chat page in headless Chromium.
 mod browser;
 /// HTTP routes other than the protocol: chat page, JS client, health, echo.
@@ -15,3 +17,5 @@ mod lifecycle;
 mod pubsub;
 /// History and recovery from a position.
 mod recovery;
+/// Several nodes through Redis: cross-node delivery, failover, recovery elsewhere.
+mod scale_out;

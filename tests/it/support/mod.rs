@@ -19,6 +19,8 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+pub mod redis;
+
 /// The bound every single await in these tests gets unless it says otherwise.
 pub const WAIT: Duration = Duration::from_secs(10);
 
@@ -155,7 +157,7 @@ type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 /// A protocol v1 client: numbered requests, pushes kept in arrival order, pings answered.
 pub struct WsClient {
     pub ws: Socket,
-    next_id: u64,
+    pub next_id: u64,
     pushes: VecDeque<Push>,
     /// Answer `{"ping":{}}` with `{"op":"pong"}` automatically.
     pub auto_pong: bool,
@@ -360,5 +362,106 @@ pub fn info(client: &str, user: &str) -> ClientInfo {
     ClientInfo {
         client: client.into(),
         user: user.into(),
+    }
+}
+
+/// What a subscriber that reconnects and recovers by itself saw of one channel.
+#[derive(Debug, Default)]
+pub struct Tally {
+    /// Offsets in the order they were handed over (recovered ones included).
+    pub offsets: Vec<u64>,
+    /// How often the server said `recovered: false`.
+    pub unrecovered: usize,
+    /// How many connections it took.
+    pub connections: usize,
+}
+
+impl Tally {
+    /// (lost, duplicated) against offsets 1..=last.
+    pub fn lost_and_duplicated(&self, last: u64) -> (usize, usize) {
+        let unique: std::collections::HashSet<u64> = self.offsets.iter().copied().collect();
+        let lost = (1..=last).filter(|o| !unique.contains(o)).count();
+        (lost, self.offsets.len() - unique.len())
+    }
+}
+
+/// Subscribes to `channel` through `urls` (tried in turn), and after every lost connection
+/// reconnects to the next one and resubscribes with `since`, like the JS client; stops once it
+/// has offset `last`.
+pub async fn resilient_subscriber(
+    urls: Vec<String>,
+    channel: String,
+    last: u64,
+    ready: tokio::sync::mpsc::Sender<()>,
+) -> Tally {
+    let mut tally = Tally::default();
+    let mut position: Option<Value> = None;
+    let mut attempt = 0usize;
+    let mut announced = false;
+    loop {
+        let url = &urls[attempt % urls.len()];
+        attempt += 1;
+        let Ok(mut client) = WsClient::connect(url).await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        tally.connections += 1;
+        let mut subscribe = json!({"op": "subscribe", "channel": channel});
+        if let Some(since) = &position {
+            subscribe["since"] = since.clone();
+        }
+        let id = client.next_id;
+        client.next_id += 1;
+        subscribe["id"] = json!(id);
+        client.send_json(&subscribe).await;
+        let reply = loop {
+            match client.try_recv(WAIT).await {
+                Ok(ServerFrame::Reply { id: got, outcome }) if got == id => break Some(outcome),
+                Ok(_) => continue,
+                Err(_) => break None,
+            }
+        };
+        let body = match reply {
+            Some(Outcome::Ok(body)) => body,
+            // Refused (e.g. the broker is down) or dropped: try again elsewhere.
+            _ => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        if body["recovered"] == json!(false) {
+            tally.unrecovered += 1;
+        }
+        for publication in body["publications"].as_array().into_iter().flatten() {
+            tally
+                .offsets
+                .push(publication["offset"].as_u64().unwrap_or(0));
+        }
+        let mut current = json!({"offset": body["offset"], "epoch": body["epoch"]});
+        if let Some(&latest) = tally.offsets.last() {
+            current["offset"] = json!(latest.max(body["offset"].as_u64().unwrap_or(0)));
+        }
+        position = Some(current);
+        if !announced {
+            announced = true;
+            let _ = ready.send(()).await;
+        }
+        if tally.offsets.last() == Some(&last) {
+            return tally;
+        }
+        loop {
+            match client.try_recv(WAIT).await {
+                Ok(ServerFrame::Push(Push::Pub(publication))) => {
+                    tally.offsets.push(publication.offset);
+                    position =
+                        Some(json!({"offset": publication.offset, "epoch": publication.epoch}));
+                    if publication.offset == last {
+                        return tally;
+                    }
+                }
+                Ok(_) => continue,
+                Err(_) => break,
+            }
+        }
     }
 }

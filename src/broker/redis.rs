@@ -1,0 +1,494 @@
+//! RedisBroker: offsets, history and fan-out between nodes through Redis (standalone or
+//! Cluster).
+//!
+//! ## Keys and scripts
+//! A channel `C` lives under the hash tag `{C}`, so its keys and its pub/sub channel share one
+//! cluster slot: `PREFIX:{C}:meta` (hash: `o` last offset, `e` epoch), `PREFIX:{C}:history`
+//! (list, newest first, entries `offset:payload`) and the pub/sub channel `PREFIX:{C}`.
+//! `publish.lua` assigns the offset, appends and trims the history, sets expiries and
+//! publishes, in one atomic step; `read.lua` reads a position and its history together.
+//!
+//! ## Fan-out
+//! One dedicated subscriber connection per node, subscribed to exactly the channels that have
+//! local subscribers (`SUBSCRIBE`, or `SSUBSCRIBE` in cluster mode, where the subscription goes
+//! to the shard that owns the channel). Each node therefore receives only what its clients use,
+//! and each publication once.
+//!
+//! ## Faults
+//! Commands time out instead of hanging while Redis is unreachable, and fail with
+//! [`BrokerError::Unavailable`]: a publish is either acknowledged and in history, or refused.
+//! The connections reconnect with exponential back-off. After the subscriber reconnects, the
+//! node subscribes again and reconciles every channel with its position in Redis: subscribers
+//! that missed publications meanwhile are closed to recover from history. If Redis lost the
+//! data, the next read starts a new epoch and clients are told they cannot recover.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use fred::bytes::Bytes;
+use fred::clients::SubscriberClient;
+use fred::interfaces::EventInterface;
+use fred::prelude::{
+    Builder, Client, ClientLike, Config, Error as RedisError, PubsubInterface, ReconnectPolicy,
+    Value,
+};
+use fred::types::scripts::Script;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::task::JoinHandle;
+
+use super::{Broker, BrokerError, Deliver, History, HistoryQuery, Retention, new_epoch};
+use crate::protocol::{ChannelName, ClientInfo, Publication, StreamPosition};
+
+const PUBLISH_LUA: &str = include_str!("publish.lua");
+const READ_LUA: &str = include_str!("read.lua");
+
+/// How long any Redis command may take before it fails (and a publish is refused).
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+/// Pub/sub messages buffered between the connection and the delivery task; overflowing it is
+/// detected (and recovered from) like any other gap.
+const MESSAGE_BUFFER: usize = 1 << 16;
+
+/// Where Redis is and how to use it.
+#[derive(Clone, Debug)]
+pub struct RedisOptions {
+    /// `redis://host:port[/db]`, `rediss://…`, or `redis+cluster://host:port[,host:port…]`.
+    pub url: String,
+    /// Treat `url` as one node of a Redis Cluster (sharded pub/sub, slot routing).
+    pub cluster: bool,
+    /// Prefix of every key and channel name, so several deployments can share a Redis.
+    pub prefix: String,
+}
+
+/// The Redis-backed broker.
+pub struct RedisBroker {
+    inner: Arc<Inner>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+struct Inner {
+    client: Client,
+    subscriber: SubscriberClient,
+    publish_script: Script,
+    read_script: Script,
+    retention: Retention,
+    prefix: String,
+    sharded: bool,
+    deliver: Arc<dyn Deliver>,
+    /// The channels this node is subscribed to in Redis: what a reconnect restores.
+    subscribed: Mutex<HashSet<ChannelName>>,
+}
+
+impl fmt::Debug for RedisBroker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisBroker")
+            .field("prefix", &self.inner.prefix)
+            .field("sharded", &self.inner.sharded)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for RedisBroker {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// What a history entry and a pub/sub message carry after the offset.
+#[derive(Serialize, Deserialize)]
+struct Payload<'a> {
+    #[serde(borrow)]
+    data: &'a RawValue,
+    info: ClientInfo,
+}
+
+fn unavailable(context: &str, err: RedisError) -> BrokerError {
+    BrokerError::Unavailable(format!("{context}: {err}"))
+}
+
+/// Turns `redis+cluster://h1:p1,h2:p2` (or `redis://…` with `cluster`) into fred's config.
+fn redis_config(options: &RedisOptions) -> Result<Config, BrokerError> {
+    let url = options.url.trim();
+    let (cluster, rest) = if let Some(rest) = url.strip_prefix("redis+cluster://") {
+        (true, rest)
+    } else if let Some(rest) = url.strip_prefix("redis://") {
+        (options.cluster, rest)
+    } else {
+        return Config::from_url(url)
+            .map_err(|err| BrokerError::Internal(format!("invalid Redis URL {url:?}: {err}")));
+    };
+    let url = if cluster {
+        let (hosts, tail) = rest.split_once('/').unwrap_or((rest, ""));
+        let mut hosts = hosts.split(',');
+        let first = hosts.next().unwrap_or_default();
+        let mut url = format!("redis-cluster://{first}/{tail}");
+        let others: Vec<String> = hosts.map(|h| format!("node={h}")).collect();
+        if !others.is_empty() {
+            url.push(if url.contains('?') { '&' } else { '?' });
+            url.push_str(&others.join("&"));
+        }
+        url
+    } else {
+        format!("redis://{rest}")
+    };
+    Config::from_url(&url)
+        .map_err(|err| BrokerError::Internal(format!("invalid Redis URL {url:?}: {err}")))
+}
+
+impl RedisBroker {
+    /// Connects (failing if Redis cannot be reached now) and starts delivering.
+    pub async fn connect(
+        options: RedisOptions,
+        deliver: Arc<dyn Deliver>,
+        retention: Retention,
+    ) -> Result<Self, BrokerError> {
+        let mut config = redis_config(&options)?;
+        // An unreachable Redis at start-up is a configuration error worth stopping for.
+        config.fail_fast = true;
+        let sharded = config.server.is_clustered();
+        let mut builder = Builder::from_config(config);
+        builder
+            .with_connection_config(|c| {
+                c.connection_timeout = COMMAND_TIMEOUT;
+                c.internal_command_timeout = COMMAND_TIMEOUT;
+                c.max_command_attempts = 2;
+                c.tcp.nodelay = Some(true);
+            })
+            .with_performance_config(|p| {
+                p.default_command_timeout = COMMAND_TIMEOUT;
+                p.broadcast_channel_capacity = MESSAGE_BUFFER;
+            })
+            // Retry forever: 100 ms doubling to 5 s, with jitter.
+            .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2));
+        let client = builder
+            .build()
+            .map_err(|err| unavailable("building the Redis client", err))?;
+        let subscriber = builder
+            .build_subscriber_client()
+            .map_err(|err| unavailable("building the Redis subscriber", err))?;
+        client
+            .init()
+            .await
+            .map_err(|err| unavailable("connecting to Redis", err))?;
+        subscriber
+            .init()
+            .await
+            .map_err(|err| unavailable("connecting the Redis subscriber", err))?;
+
+        let inner = Arc::new(Inner {
+            publish_script: Script::from_lua(PUBLISH_LUA),
+            read_script: Script::from_lua(READ_LUA),
+            client,
+            subscriber,
+            retention,
+            prefix: options.prefix,
+            sharded,
+            deliver,
+            subscribed: Mutex::new(HashSet::new()),
+        });
+        let tasks = vec![
+            tokio::spawn(pump_messages(inner.clone())),
+            tokio::spawn(restore_after_reconnects(inner.clone())),
+        ];
+        Ok(Self { inner, tasks })
+    }
+}
+
+impl Inner {
+    fn keys(&self, channel: &ChannelName) -> Vec<String> {
+        vec![
+            format!("{}:{{{channel}}}:meta", self.prefix),
+            format!("{}:{{{channel}}}:history", self.prefix),
+        ]
+    }
+
+    fn pubsub_channel(&self, channel: &ChannelName) -> String {
+        format!("{}:{{{channel}}}", self.prefix)
+    }
+
+    fn channel_of(&self, pubsub: &str) -> Option<ChannelName> {
+        let name = pubsub
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix(":{")?
+            .strip_suffix('}')?;
+        ChannelName::parse(name).ok()
+    }
+
+    fn subscribed(&self) -> std::sync::MutexGuard<'_, HashSet<ChannelName>> {
+        self.subscribed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    async fn redis_subscribe(&self, channel: &ChannelName) -> Result<(), RedisError> {
+        let name = self.pubsub_channel(channel);
+        if self.sharded {
+            // fred waits for SSUBSCRIBE's own reply (it follows MOVED).
+            self.subscriber.ssubscribe(name).await
+        } else {
+            // SUBSCRIBE resolves once written; a PING behind it on the same connection returns
+            // only after Redis has processed it, so no publication can slip past.
+            self.subscriber.subscribe(name).await?;
+            self.subscriber.ping::<Value>(None).await.map(|_| ())
+        }
+    }
+
+    async fn redis_unsubscribe(&self, channel: &ChannelName) -> Result<(), RedisError> {
+        let name = self.pubsub_channel(channel);
+        if self.sharded {
+            self.subscriber.sunsubscribe(name).await
+        } else {
+            self.subscriber.unsubscribe(name).await
+        }
+    }
+
+    /// Runs read.lua: the position, and the history entries (newest first) if asked.
+    async fn read(
+        &self,
+        channel: &ChannelName,
+        with_history: bool,
+    ) -> Result<(StreamPosition, Vec<Bytes>), BrokerError> {
+        let args: Vec<Value> = vec![
+            new_epoch().to_string().into(),
+            ttl_seconds(self.retention.position_ttl).into(),
+            (if with_history { "1" } else { "0" }).into(),
+        ];
+        let (offset, epoch, entries): (u64, String, Vec<Bytes>) = self
+            .read_script
+            .evalsha_with_reload(&self.client, self.keys(channel), args)
+            .await
+            .map_err(|err| unavailable("reading from Redis", err))?;
+        Ok((
+            StreamPosition {
+                offset,
+                epoch: epoch.into(),
+            },
+            entries,
+        ))
+    }
+
+    /// Decodes one publication from `offset:payload` (history) with its channel and epoch.
+    fn decode(&self, channel: &ChannelName, epoch: &Arc<str>, entry: &[u8]) -> Option<Publication> {
+        let text = std::str::from_utf8(entry).ok()?;
+        let (offset, payload) = text.split_once(':')?;
+        let payload: Payload<'_> = serde_json::from_str(payload).ok()?;
+        Some(Publication {
+            channel: channel.clone(),
+            offset: offset.parse().ok()?,
+            epoch: epoch.clone(),
+            data: Arc::from(payload.data.to_owned()),
+            info: payload.info,
+        })
+    }
+}
+
+fn ttl_seconds(ttl: Duration) -> i64 {
+    i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX).max(1)
+}
+
+/// Delivers every pub/sub message to the node, in the order Redis sent them.
+async fn pump_messages(inner: Arc<Inner>) {
+    let mut messages = inner.subscriber.message_rx();
+    loop {
+        let message = match messages.recv().await {
+            Ok(message) => message,
+            Err(RecvError::Lagged(missed)) => {
+                // Messages were dropped before we read them: the gaps they leave are caught
+                // per subscriber, and reconciling catches the ones at the end of a burst.
+                tracing::warn!(missed, "Redis pub/sub buffer overflowed; reconciling");
+                reconcile_all(&inner).await;
+                continue;
+            }
+            Err(RecvError::Closed) => return,
+        };
+        let Some(channel) = inner.channel_of(&message.channel) else {
+            continue;
+        };
+        let Ok(raw) = message.value.convert::<Bytes>() else {
+            continue;
+        };
+        let Some((epoch, entry)) = std::str::from_utf8(&raw)
+            .ok()
+            .and_then(|text| text.split_once(':'))
+        else {
+            tracing::warn!(%channel, "undecodable pub/sub message");
+            continue;
+        };
+        let epoch: Arc<str> = epoch.into();
+        match inner.decode(&channel, &epoch, entry.as_bytes()) {
+            Some(publication) => inner.deliver.deliver(&publication),
+            None => tracing::warn!(%channel, "undecodable pub/sub message"),
+        }
+    }
+}
+
+/// After every reconnect of the subscriber: subscribe again, then reconcile.
+async fn restore_after_reconnects(inner: Arc<Inner>) {
+    let mut reconnects = inner.subscriber.reconnect_rx();
+    loop {
+        match reconnects.recv().await {
+            Ok(server) => {
+                tracing::info!(%server, "Redis subscriber reconnected; restoring subscriptions");
+                let channels: Vec<ChannelName> = inner.subscribed().iter().cloned().collect();
+                for channel in &channels {
+                    if let Err(err) = inner.redis_subscribe(channel).await {
+                        // Until it succeeds this node hears nothing of the channel; closing its
+                        // subscribers makes them reconnect (perhaps elsewhere) and recover.
+                        tracing::warn!(%channel, %err, "resubscribing failed");
+                        inner.deliver.reconcile(
+                            channel,
+                            &StreamPosition {
+                                offset: u64::MAX,
+                                epoch: "".into(),
+                            },
+                        );
+                    }
+                }
+                reconcile_all(&inner).await;
+            }
+            Err(RecvError::Lagged(_)) => continue,
+            Err(RecvError::Closed) => return,
+        }
+    }
+}
+
+/// Compares every subscribed channel's local delivery with its position in Redis.
+async fn reconcile_all(inner: &Inner) {
+    let channels: Vec<ChannelName> = inner.subscribed().iter().cloned().collect();
+    for channel in channels {
+        match inner.read(&channel, false).await {
+            Ok((position, _)) => inner.deliver.reconcile(&channel, &position),
+            Err(err) => tracing::warn!(%channel, %err, "reconciling failed"),
+        }
+    }
+}
+
+#[async_trait]
+impl Broker for RedisBroker {
+    async fn publish(
+        &self,
+        channel: &ChannelName,
+        data: Arc<RawValue>,
+        info: ClientInfo,
+    ) -> Result<StreamPosition, BrokerError> {
+        let inner = &self.inner;
+        let payload = serde_json::to_string(&Payload { data: &data, info })
+            .map_err(|err| BrokerError::Internal(format!("encoding a publication: {err}")))?;
+        let args: Vec<Value> = vec![
+            payload.into(),
+            i64::try_from(inner.retention.history_size)
+                .unwrap_or(i64::MAX)
+                .into(),
+            ttl_seconds(inner.retention.history_ttl).into(),
+            ttl_seconds(inner.retention.position_ttl).into(),
+            new_epoch().to_string().into(),
+            inner.pubsub_channel(channel).into(),
+            (if inner.sharded { "1" } else { "0" }).into(),
+        ];
+        let (offset, epoch): (u64, String) = inner
+            .publish_script
+            .evalsha_with_reload(&inner.client, inner.keys(channel), args)
+            .await
+            .map_err(|err| unavailable("publishing through Redis", err))?;
+        Ok(StreamPosition {
+            offset,
+            epoch: epoch.into(),
+        })
+    }
+
+    async fn subscribe(&self, channel: &ChannelName) -> Result<(), BrokerError> {
+        self.inner.subscribed().insert(channel.clone());
+        if let Err(err) = self.inner.redis_subscribe(channel).await {
+            self.inner.subscribed().remove(channel);
+            let _ = self.inner.redis_unsubscribe(channel).await;
+            return Err(unavailable("subscribing in Redis", err));
+        }
+        Ok(())
+    }
+
+    async fn unsubscribe(&self, channel: &ChannelName) -> Result<(), BrokerError> {
+        self.inner.subscribed().remove(channel);
+        self.inner
+            .redis_unsubscribe(channel)
+            .await
+            .map_err(|err| unavailable("unsubscribing in Redis", err))
+    }
+
+    async fn position(&self, channel: &ChannelName) -> Result<StreamPosition, BrokerError> {
+        Ok(self.inner.read(channel, false).await?.0)
+    }
+
+    async fn history(
+        &self,
+        channel: &ChannelName,
+        query: HistoryQuery,
+    ) -> Result<History, BrokerError> {
+        let (position, entries) = self.inner.read(channel, true).await?;
+        // Entries are newest first; keep those after `since`, oldest first.
+        let mut publications: Vec<Publication> = entries
+            .iter()
+            .rev()
+            .filter_map(|entry| self.inner.decode(channel, &position.epoch, entry))
+            .filter(|p| query.since.is_none_or(|since| p.offset > since))
+            .collect();
+        match query.since {
+            Some(_) => publications.truncate(query.limit),
+            None => {
+                let skip = publications.len().saturating_sub(query.limit);
+                publications.drain(..skip);
+            }
+        }
+        Ok(History {
+            publications,
+            position,
+        })
+    }
+
+    async fn ready(&self) -> Result<(), BrokerError> {
+        if self.inner.client.is_connected() && self.inner.subscriber.is_connected() {
+            Ok(())
+        } else {
+            Err(BrokerError::Unavailable("not connected to Redis".into()))
+        }
+    }
+
+    async fn close(&self) {
+        let _ = self.inner.subscriber.quit().await;
+        let _ = self.inner.client.quit().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(url: &str, cluster: bool) -> RedisOptions {
+        RedisOptions {
+            url: url.into(),
+            cluster,
+            prefix: "t".into(),
+        }
+    }
+
+    #[test]
+    fn cluster_urls_name_every_node() {
+        let config = redis_config(&options(
+            "redis+cluster://127.0.0.1:7000,127.0.0.1:7001",
+            false,
+        ))
+        .unwrap();
+        assert!(config.server.is_clustered());
+        assert_eq!(config.server.hosts().len(), 2);
+        let config = redis_config(&options("redis://127.0.0.1:7000", true)).unwrap();
+        assert!(config.server.is_clustered());
+        let config = redis_config(&options("redis://127.0.0.1:6379", false)).unwrap();
+        assert!(!config.server.is_clustered());
+        assert!(redis_config(&options("http://nope", false)).is_err());
+    }
+}

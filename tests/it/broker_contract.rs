@@ -1,0 +1,291 @@
+//! The broker contract (see `tidings::broker`), run with the same bodies against the memory
+//! broker and the Redis broker (on a redis-server of its own).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::value::RawValue;
+use tidings::broker::memory::MemoryBroker;
+use tidings::broker::redis::{RedisBroker, RedisOptions};
+use tidings::broker::{Broker, Deliver, HistoryQuery, Retention};
+use tidings::protocol::{ChannelName, ClientInfo, Publication, StreamPosition};
+use tokio::sync::Notify;
+
+use crate::support::redis::RedisServer;
+use crate::support::{WAIT, within};
+
+/// Collects what a broker delivers.
+#[derive(Default)]
+pub struct Sink {
+    publications: Mutex<Vec<Publication>>,
+    changed: Notify,
+}
+
+impl Deliver for Sink {
+    fn deliver(&self, publication: &Publication) {
+        self.publications.lock().unwrap().push(publication.clone());
+        self.changed.notify_waiters();
+    }
+
+    fn reconcile(&self, _: &ChannelName, _: &StreamPosition) {}
+}
+
+impl Sink {
+    /// Waits until `n` publications of `channel` arrived; returns their offsets in order.
+    async fn offsets(&self, channel: &str, n: usize) -> Vec<u64> {
+        within(WAIT, "deliveries", async {
+            loop {
+                let changed = self.changed.notified();
+                let offsets: Vec<u64> = self
+                    .publications
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .filter(|p| p.channel.as_str() == channel)
+                    .map(|p| p.offset)
+                    .collect();
+                if offsets.len() >= n {
+                    return offsets;
+                }
+                changed.await;
+            }
+        })
+        .await
+    }
+}
+
+fn retention() -> Retention {
+    Retention {
+        history_size: 10,
+        history_ttl: Duration::from_secs(60),
+        position_ttl: Duration::from_secs(600),
+    }
+}
+
+pub async fn memory_broker() -> (Arc<dyn Broker>, Arc<Sink>, Option<RedisServer>) {
+    let sink = Arc::new(Sink::default());
+    let broker = Arc::new(MemoryBroker::new(sink.clone(), retention()));
+    (broker, sink, None)
+}
+
+pub async fn redis_broker() -> (Arc<dyn Broker>, Arc<Sink>, Option<RedisServer>) {
+    let redis = RedisServer::start().await;
+    let sink = Arc::new(Sink::default());
+    let options = RedisOptions {
+        url: redis.url(),
+        cluster: false,
+        prefix: "contract".into(),
+    };
+    let broker = RedisBroker::connect(options, sink.clone(), retention())
+        .await
+        .expect("connect to redis");
+    (Arc::new(broker), sink, Some(redis))
+}
+
+/// Runs one test body against every broker.
+macro_rules! broker_test {
+    ($name:ident, |$broker:ident, $sink:ident| $body:block) => {
+        mod $name {
+            use super::*;
+
+            #[tokio::test]
+            async fn memory() {
+                let ($broker, $sink, _redis) = memory_broker().await;
+                let _ = &$sink;
+                $body
+            }
+
+            #[tokio::test]
+            async fn redis() {
+                let ($broker, $sink, _redis) = redis_broker().await;
+                let _ = &$sink;
+                $body
+            }
+        }
+    };
+}
+
+fn channel(name: &str) -> ChannelName {
+    ChannelName::parse(name).unwrap()
+}
+
+fn data(n: u64) -> Arc<RawValue> {
+    Arc::from(RawValue::from_string(format!("{{\"n\":{n}}}")).unwrap())
+}
+
+fn info() -> ClientInfo {
+    ClientInfo {
+        client: "c1".into(),
+        user: "alice".into(),
+    }
+}
+
+broker_test!(
+    offsets_count_from_one_without_gaps_in_one_epoch,
+    |broker, sink| {
+        let ch = channel("contract:offsets");
+        let start = broker.position(&ch).await.unwrap();
+        assert_eq!(start.offset, 0);
+        for n in 1..=5 {
+            let position = broker.publish(&ch, data(n), info()).await.unwrap();
+            assert_eq!(position.offset, n);
+            assert_eq!(position.epoch, start.epoch, "a channel keeps its epoch");
+        }
+        assert_eq!(broker.position(&ch).await.unwrap().offset, 5);
+        assert_eq!(
+            broker
+                .position(&channel("contract:other"))
+                .await
+                .unwrap()
+                .offset,
+            0,
+            "channels are counted separately"
+        );
+    }
+);
+
+broker_test!(
+    subscribed_channels_are_delivered_in_offset_order_with_their_data,
+    |broker, sink| {
+        let ch = channel("contract:deliver");
+        broker.subscribe(&ch).await.unwrap();
+        for n in 1..=20 {
+            broker.publish(&ch, data(n), info()).await.unwrap();
+        }
+        assert_eq!(
+            sink.offsets("contract:deliver", 20).await,
+            (1..=20).collect::<Vec<_>>()
+        );
+        let first = sink.publications.lock().unwrap()[0].clone();
+        assert_eq!(first.data.get(), r#"{"n":1}"#);
+        assert_eq!(first.info, info());
+        assert_eq!(first.epoch, broker.position(&ch).await.unwrap().epoch);
+    }
+);
+
+broker_test!(
+    concurrent_publishers_get_distinct_offsets_delivered_in_order,
+    |broker, sink| {
+        let ch = channel("contract:concurrent");
+        broker.subscribe(&ch).await.unwrap();
+        let tasks: Vec<_> = (0..4)
+            .map(|t| {
+                let broker = broker.clone();
+                let ch = ch.clone();
+                tokio::spawn(async move {
+                    let mut offsets = Vec::new();
+                    for n in 0..25 {
+                        offsets.push(
+                            broker
+                                .publish(&ch, data(t * 100 + n), info())
+                                .await
+                                .unwrap()
+                                .offset,
+                        );
+                    }
+                    offsets
+                })
+            })
+            .collect();
+        let mut acked = Vec::new();
+        for task in tasks {
+            acked.extend(task.await.unwrap());
+        }
+        acked.sort_unstable();
+        assert_eq!(acked, (1..=100).collect::<Vec<_>>());
+        assert_eq!(
+            sink.offsets("contract:concurrent", 100).await,
+            (1..=100).collect::<Vec<_>>()
+        );
+    }
+);
+
+broker_test!(
+    history_is_bounded_and_read_from_a_position,
+    |broker, sink| {
+        let ch = channel("contract:history");
+        for n in 1..=15 {
+            broker.publish(&ch, data(n), info()).await.unwrap();
+        }
+        let offsets = |h: &tidings::broker::History| -> Vec<u64> {
+            h.publications.iter().map(|p| p.offset).collect()
+        };
+        let all = broker
+            .history(
+                &ch,
+                HistoryQuery {
+                    since: None,
+                    limit: 100,
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            offsets(&all),
+            (6..=15).collect::<Vec<_>>(),
+            "history size 10"
+        );
+        assert_eq!(all.position.offset, 15);
+        assert_eq!(all.publications[0].data.get(), r#"{"n":6}"#);
+        let latest = broker
+            .history(
+                &ch,
+                HistoryQuery {
+                    since: None,
+                    limit: 3,
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(offsets(&latest), [13, 14, 15]);
+        let after = broker
+            .history(
+                &ch,
+                HistoryQuery {
+                    since: Some(11),
+                    limit: 2,
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(offsets(&after), [12, 13]);
+        let none = broker
+            .history(
+                &ch,
+                HistoryQuery {
+                    since: Some(15),
+                    limit: 5,
+                },
+            )
+            .await
+            .unwrap();
+        assert!(none.publications.is_empty());
+    }
+);
+
+broker_test!(
+    an_unused_channel_has_a_stable_epoch_that_its_first_publication_keeps,
+    |broker, sink| {
+        let ch = channel("contract:fresh");
+        let first = broker.position(&ch).await.unwrap();
+        let again = broker.position(&ch).await.unwrap();
+        assert_eq!(first, again);
+        let published = broker.publish(&ch, data(1), info()).await.unwrap();
+        assert_eq!((published.offset, &published.epoch), (1, &first.epoch));
+    }
+);
+
+broker_test!(
+    unsubscribing_is_accepted_and_subscribing_again_resumes_delivery,
+    |broker, sink| {
+        let ch = channel("contract:resub");
+        broker.subscribe(&ch).await.unwrap();
+        broker.publish(&ch, data(1), info()).await.unwrap();
+        sink.offsets("contract:resub", 1).await;
+        broker.unsubscribe(&ch).await.unwrap();
+        broker.subscribe(&ch).await.unwrap();
+        broker.publish(&ch, data(2), info()).await.unwrap();
+        let offsets = sink.offsets("contract:resub", 2).await;
+        assert_eq!(offsets.last(), Some(&2));
+    }
+);
