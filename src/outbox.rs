@@ -101,7 +101,7 @@ impl Outbox {
         if state.closing.is_some() {
             return false;
         }
-        if !self.reserve(&mut state, frame.len()) {
+        if !self.reserve_reply(&mut state, frame.len()) {
             return false;
         }
         state.queued_bytes += frame.len();
@@ -188,7 +188,7 @@ impl Outbox {
         };
         state.held_bytes -= held.iter().map(|h| h.frame.len()).sum::<usize>();
         for reply in reply {
-            if !self.reserve(&mut state, reply.len()) {
+            if !self.reserve_reply(&mut state, reply.len()) {
                 return;
             }
             state.queued_bytes += reply.len();
@@ -290,15 +290,22 @@ impl Outbox {
         state.closing.clone()
     }
 
+    /// Checks that a reply of `len` bytes fits. Replies are data the client asked for and may
+    /// be larger than the limit (a recovery can be the whole history): one is accepted while
+    /// the backlog is under half the limit, so a client that reads is never cut off for asking.
+    fn reserve_reply(&self, state: &mut State, len: usize) -> bool {
+        let used = state.queued_bytes + state.held_bytes;
+        used < self.0.max_bytes / 2 || self.reserve(state, len)
+    }
+
     /// Checks that `len` more bytes fit, or closes the connection as a slow consumer.
     ///
-    /// The limit bounds the backlog. One frame larger than the limit (a recovery reply can be
-    /// the whole history) is accepted when nothing is waiting, so a client that reads is never
-    /// cut off for asking. What the writer is writing is not counted: it is at most one earlier
-    /// backlog, so a connection holds at most about twice the limit.
+    /// The limit bounds the backlog. What the writer is writing is not counted: it is at most
+    /// one earlier backlog, so a connection holds at most about twice the limit (plus one
+    /// large reply).
     fn reserve(&self, state: &mut State, len: usize) -> bool {
         let used = state.queued_bytes + state.held_bytes;
-        if used == 0 || used + len <= self.0.max_bytes {
+        if used + len <= self.0.max_bytes {
             return true;
         }
         tracing::debug!(
@@ -426,7 +433,7 @@ mod tests {
     }
 
     #[test]
-    fn draining_frees_the_budget_and_one_large_reply_fits_an_empty_queue() {
+    fn draining_frees_the_budget_and_one_large_reply_fits_a_short_queue() {
         let outbox = Outbox::new(10);
         for _ in 0..5 {
             assert!(outbox.push(frame("12345678")));
@@ -439,6 +446,15 @@ mod tests {
         assert!(
             !outbox.push(frame("1")),
             "but nothing may pile up behind it"
+        );
+        let ch = ChannelName::parse("c").unwrap();
+        let strict = Outbox::new(10);
+        strict.begin_subscription(&ch);
+        strict.complete_subscription(&ch, vec![], &at(0));
+        strict.push_publication(&ch, 1, "e", &frame(&"x".repeat(11)));
+        assert!(
+            drained(&strict).1.is_some(),
+            "live publications get no such allowance"
         );
     }
 

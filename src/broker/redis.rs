@@ -56,7 +56,7 @@ const MESSAGE_BUFFER: usize = 1 << 16;
 /// Where Redis is and how to use it.
 #[derive(Clone, Debug)]
 pub struct RedisOptions {
-    /// `redis://host:port[/db]`, `rediss://…`, or `redis+cluster://host:port[,host:port…]`.
+    /// `redis://host:port[/db]` or `redis+cluster://host:port[,host:port…]`.
     pub url: String,
     /// Treat `url` as one node of a Redis Cluster (sharded pub/sub, slot routing).
     pub cluster: bool,
@@ -119,9 +119,14 @@ fn redis_config(options: &RedisOptions) -> Result<Config, BrokerError> {
         (true, rest)
     } else if let Some(rest) = url.strip_prefix("redis://") {
         (options.cluster, rest)
-    } else {
+    } else if url.starts_with("redis-cluster://") {
         return Config::from_url(url)
             .map_err(|err| BrokerError::Internal(format!("invalid Redis URL {url:?}: {err}")));
+    } else {
+        return Err(BrokerError::Internal(format!(
+            "unsupported Redis URL {url:?}: use redis://HOST:PORT or \
+             redis+cluster://HOST:PORT[,HOST:PORT…] (TLS is not supported yet)"
+        )));
     };
     let url = if cluster {
         let (hosts, tail) = rest.split_once('/').unwrap_or((rest, ""));

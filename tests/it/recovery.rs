@@ -1,8 +1,9 @@
-//! History and recovery with the memory broker (the Redis variants live in `faults`).
+//! History and recovery from a position, with the memory broker and (where it says) Redis.
 
 use serde_json::{Value, json};
 use tidings::protocol::Push;
 
+use crate::support::redis::RedisServer;
 use crate::support::{Ended, TestServer, WAIT};
 
 fn offsets(publications: &Value) -> Vec<u64> {
@@ -153,8 +154,20 @@ async fn recovery_says_plainly_when_it_cannot() {
 
 #[tokio::test]
 async fn a_subscriber_closed_as_slow_recovers_everything_from_history() {
+    slow_subscriber_recovers(&[]).await;
+}
+
+#[tokio::test]
+async fn a_subscriber_closed_as_slow_recovers_everything_from_redis_history() {
+    let redis = RedisServer::start().await;
+    slow_subscriber_recovers(&["--redis-url", &redis.url()]).await;
+}
+
+async fn slow_subscriber_recovers(extra: &[&str]) {
     const TOTAL: u64 = 300;
-    let server = TestServer::start(&["--max-queue-size", "128KiB", "--history-size", "1000"]).await;
+    let mut args = vec!["--max-queue-size", "128KiB", "--history-size", "1000"];
+    args.extend_from_slice(extra);
+    let server = TestServer::start(&args).await;
     let mut slow = server.client("?name=slow").await;
     let epoch = slow.subscribe("burst").await["epoch"]
         .as_str()
