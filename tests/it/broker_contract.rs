@@ -1,5 +1,6 @@
 //! The broker contract (see `tidings::broker`), run with the same bodies against the memory
-//! broker and the Redis broker (on a redis-server of its own).
+//! broker, the Redis broker (on a redis-server of its own) and the Redis broker in cluster mode
+//! (on a local three-master Redis Cluster of its own).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -11,7 +12,7 @@ use tidings::broker::{Broker, Deliver, HistoryQuery, Retention};
 use tidings::protocol::{ChannelName, ClientInfo, Publication, StreamPosition};
 use tokio::sync::Notify;
 
-use crate::support::redis::RedisServer;
+use crate::support::redis::{RedisCluster, RedisServer};
 use crate::support::{WAIT, within};
 
 /// Collects what a broker delivers.
@@ -82,7 +83,21 @@ pub async fn redis_broker() -> (Arc<dyn Broker>, Arc<Sink>, Option<RedisServer>)
     (Arc::new(broker), sink, Some(redis))
 }
 
-/// Runs one test body against every broker.
+pub async fn cluster_broker() -> (Arc<dyn Broker>, Arc<Sink>, Option<RedisCluster>) {
+    let cluster = RedisCluster::start().await;
+    let sink = Arc::new(Sink::default());
+    let options = RedisOptions {
+        url: cluster.url(),
+        cluster: false,
+        prefix: "contract".into(),
+    };
+    let broker = RedisBroker::connect(options, sink.clone(), retention())
+        .await
+        .expect("connect to the redis cluster");
+    (Arc::new(broker), sink, Some(cluster))
+}
+
+/// Runs one test body against every broker: memory, Redis, and Redis Cluster.
 macro_rules! broker_test {
     ($name:ident, |$broker:ident, $sink:ident| $body:block) => {
         mod $name {
@@ -98,6 +113,13 @@ macro_rules! broker_test {
             #[tokio::test]
             async fn redis() {
                 let ($broker, $sink, _redis) = redis_broker().await;
+                let _ = &$sink;
+                $body
+            }
+
+            #[tokio::test]
+            async fn redis_cluster() {
+                let ($broker, $sink, _cluster) = cluster_broker().await;
                 let _ = &$sink;
                 $body
             }

@@ -9,6 +9,8 @@ mod bad_input;
 mod broker_contract;
 /// The chat page in headless Chromium.
 mod browser;
+/// Tidings on a local three-master Redis Cluster.
+mod cluster;
 /// Redis going away and coming back, with and without its data.
 mod faults;
 /// HTTP routes other than the protocol: chat page, JS client, health, echo.
