@@ -387,3 +387,80 @@ async fn the_page_reconnects_by_itself_after_the_server_restarts() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn chat_pages_on_two_nodes_talk_through_redis() {
+    let redis = crate::support::redis::RedisServer::start().await;
+    let a = TestServer::start(&["--redis-url", &redis.url()]).await;
+    let b = TestServer::start(&["--redis-url", &redis.url()]).await;
+    let mut browser = Browser::launch().await.expect("launch chromium");
+    let on_a = browser.open(&format!("http://{}/", a.addr)).await.unwrap();
+    let on_b = browser.open(&format!("http://{}/", b.addr)).await.unwrap();
+    browser.join(&on_a, "ann", "bridge").await.unwrap();
+    browser.join(&on_b, "ben", "bridge").await.unwrap();
+    browser.say(&on_a, "from node a").await.unwrap();
+    browser
+        .wait_for_message(&on_b, "ann", "from node a")
+        .await
+        .unwrap();
+    browser.say(&on_b, "from node b").await.unwrap();
+    browser
+        .wait_for_message(&on_a, "ben", "from node b")
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn the_js_client_fails_over_to_the_next_url_and_recovers_what_it_missed() {
+    let redis = crate::support::redis::RedisServer::start().await;
+    let mut a = TestServer::start(&["--redis-url", &redis.url()]).await;
+    let b = TestServer::start(&["--redis-url", &redis.url()]).await;
+    let mut browser = Browser::launch().await.expect("launch chromium");
+    // The page comes from node b (it stays up); the client lists node a first.
+    let tab = browser.open(&format!("http://{}/", b.addr)).await.unwrap();
+    browser
+        .eval(
+            &tab,
+            &format!(
+                "(async () => {{
+                    const {{ Tidings }} = await import('/tidings.js');
+                    window.got = [];
+                    window.client = new Tidings([{a}, {b}], {{ name: 'failover', minDelayMs: 100 }});
+                    window.client.subscribe('feed', (pub) => window.got.push(pub.offset));
+                    return true;
+                }})()",
+                a = json!(a.url("/ws")),
+                b = json!(b.url("/ws")),
+            ),
+        )
+        .await
+        .unwrap();
+    browser
+        .wait_for(
+            &tab,
+            "window.client.isConnected && window.client.subscriptions.get('feed').epoch !== null",
+        )
+        .await
+        .unwrap();
+    let mut publisher = b.client("").await;
+    for n in 1..=5 {
+        publisher.publish("feed", json!(n)).await;
+    }
+    browser
+        .wait_for(&tab, "window.got.length === 5")
+        .await
+        .unwrap();
+    a.kill().await;
+    for n in 6..=20 {
+        publisher.publish("feed", json!(n)).await;
+    }
+    browser
+        .wait_for(&tab, "window.got.length === 20")
+        .await
+        .unwrap();
+    assert_eq!(
+        browser.eval(&tab, "window.got").await.unwrap(),
+        json!((1..=20).collect::<Vec<u64>>()),
+        "every offset once, in order, across the failover"
+    );
+}
