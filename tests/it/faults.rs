@@ -161,3 +161,54 @@ async fn when_redis_returns_without_its_data_clients_are_told_they_cannot_recove
     );
     assert_eq!(back.next_pub().await.offset, 1);
 }
+
+fn redis_cli(redis: &RedisServer, args: &[&str]) -> String {
+    let output = std::process::Command::new("redis-cli")
+        .args(["-p", &redis.port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli is installed (scripts/check installs it)");
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+#[tokio::test]
+async fn a_node_that_missed_a_publication_closes_its_subscribers_to_recover_it() {
+    let redis = RedisServer::start().await;
+    let server = node(&redis).await;
+    let mut reader = server.client("").await;
+    let sub = reader.subscribe("gap").await;
+    let mut publisher = server.client("?name=pub").await;
+    assert_eq!(publisher.publish("gap", json!("one")).await, 1);
+    assert_eq!(reader.next_pub().await.offset, 1);
+
+    // Offset 2 reaches Redis's history but never this node's pub/sub connection, as if the
+    // message had been lost on the way.
+    assert_eq!(
+        redis_cli(&redis, &["HINCRBY", "tidings:{gap}:meta", "o", "1"]),
+        "2"
+    );
+    let missed = r#"2:{"data":"two","info":{"client":"x","user":"ghost"}}"#;
+    redis_cli(&redis, &["LPUSH", "tidings:{gap}:history", missed]);
+    assert_eq!(publisher.publish("gap", json!("three")).await, 3);
+
+    // Offset 3 arrives after 1: the node does not skip the gap, it closes to recover.
+    match reader.ended(WAIT).await {
+        Ended::Closed(Some((code, _))) => assert_eq!(code, 4002),
+        other => panic!("expected close 4002, got {other:?}"),
+    }
+    let mut back = server.client("").await;
+    let sub = back
+        .ok(json!({"op": "subscribe", "channel": "gap",
+                   "since": {"offset": 1, "epoch": sub["epoch"]}}))
+        .await;
+    assert_eq!(sub["recovered"], true);
+    assert_eq!(sub["publications"][0]["offset"], 2);
+    assert_eq!(sub["publications"][0]["data"], "two");
+    assert_eq!(sub["publications"][1]["offset"], 3);
+
+    // Redis memory stays bounded: both keys of the channel carry an expiry.
+    for key in ["tidings:{gap}:meta", "tidings:{gap}:history"] {
+        let ttl: i64 = redis_cli(&redis, &["TTL", key]).parse().unwrap();
+        assert!(ttl > 0, "{key} has no expiry ({ttl})");
+    }
+}
