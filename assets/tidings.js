@@ -185,8 +185,15 @@ export class Tidings extends EventTarget {
   onPublication(pub) {
     const sub = this.subscriptions.get(pub.channel);
     if (!sub) return;
+    const sameEpoch = sub.epoch === pub.epoch && sub.offset !== null;
     // Never hand the application the same offset twice, nor an older one.
-    if (sub.epoch === pub.epoch && sub.offset !== null && pub.offset <= sub.offset) return;
+    if (sameEpoch && pub.offset <= sub.offset) return;
+    if (sameEpoch && pub.offset > sub.offset + 1) {
+      // A gap (a reply lost to a timeout, say): reconnect and recover from the last offset
+      // handed over rather than skip what is missing.
+      this.dropConnection(4002, "gap detected");
+      return;
+    }
     sub.epoch = pub.epoch;
     sub.offset = pub.offset;
     sub.handler(pub);
@@ -205,6 +212,10 @@ export class Tidings extends EventTarget {
         for (const pub of ok.publications) this.onPublication(pub);
       } else if (ok.recovered === false) {
         this.emit("unrecovered", { channel, reason: ok.reason });
+        // Start afresh from where the channel stands, even if that is "behind" us (a
+        // failover that lost writes): the reason has told the application to reload.
+        sub.offset = ok.offset;
+        sub.epoch = ok.epoch;
       }
       // From here on, live publications continue from the position the server reported.
       if (sub.offset === null || sub.epoch !== ok.epoch || ok.offset > sub.offset) {
@@ -214,10 +225,16 @@ export class Tidings extends EventTarget {
       this.emit("subscribed", ok);
     } catch (err) {
       this.emit("error", { code: err.code, message: `subscribe ${channel}: ${err.message}` });
-      // Retry what may succeed later (timeouts, 5xx) on the same connection; a reconnect
-      // subscribes again anyway.
       const sub = this.subscriptions.get(channel);
-      if (sub && (err.code === 0 || err.code >= 500) && this.ws === ws && this.isConnected) {
+      if (sub && err.code === 0 && this.ws === ws && this.isConnected) {
+        // No reply in time: a late one could carry recovered publications nobody would take.
+        // Start over on a fresh connection instead.
+        this.dropConnection(4002, "subscribe timed out");
+        return;
+      }
+      // Retry what may succeed later (5xx) on the same connection; a reconnect subscribes
+      // again anyway.
+      if (sub && err.code >= 500 && this.ws === ws && this.isConnected) {
         const delay = Math.min(this.options.maxDelayMs, this.options.minDelayMs * 2 ** sub.retry++);
         setTimeout(() => {
           if (this.ws === ws && this.isConnected && this.subscriptions.has(channel)) {
@@ -263,14 +280,19 @@ export class Tidings extends EventTarget {
     clearTimeout(this.deadTimer);
     const info = this.connectedInfo;
     const limit = ms ?? (info ? info.ping_interval_ms + info.pong_timeout_ms : 35_000);
-    this.deadTimer = setTimeout(() => {
-      // A dead peer never completes the closing handshake, so do not wait for the browser's
-      // onclose: detach this socket and reconnect now.
-      const ws = this.ws;
-      ws.onmessage = ws.onclose = ws.onopen = null;
-      ws.close(4001, "server silent");
-      this.onClose({ code: 4001, reason: "server silent" });
-    }, limit);
+    this.deadTimer = setTimeout(() => this.dropConnection(4001, "server silent"), limit);
+  }
+
+  /**
+   * Abandons the current socket at once and reconnects (with back-off). A dead peer never
+   * completes the closing handshake, so this does not wait for the browser's onclose.
+   */
+  dropConnection(code, reason) {
+    const ws = this.ws;
+    if (!ws) return;
+    ws.onmessage = ws.onclose = ws.onopen = null;
+    ws.close(code, reason);
+    this.onClose({ code, reason });
   }
 
   emit(type, detail) {

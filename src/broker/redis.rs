@@ -35,10 +35,14 @@ use fred::prelude::{
     Builder, Client, ClientLike, Config, Error as RedisError, PubsubInterface, ReconnectPolicy,
     Value,
 };
+use fred::types::config::Options;
 use fred::types::scripts::Script;
+use fred::types::{ClusterHash, Message};
+use fred::util::redis_keyslot;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::{Broker, BrokerError, Deliver, History, HistoryQuery, Retention, new_epoch};
@@ -52,6 +56,9 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 /// Pub/sub messages buffered between the connection and the delivery task; overflowing it is
 /// detected (and recovered from) like any other gap.
 const MESSAGE_BUFFER: usize = 1 << 16;
+/// How often subscribed channels are refreshed and reconciled (more often if the position TTL
+/// is short).
+const MAINTENANCE_PERIOD: Duration = Duration::from_secs(30);
 
 /// Where Redis is and how to use it.
 #[derive(Clone, Debug)]
@@ -81,6 +88,8 @@ struct Inner {
     deliver: Arc<dyn Deliver>,
     /// The channels this node is subscribed to in Redis: what a reconnect restores.
     subscribed: Mutex<HashSet<ChannelName>>,
+    /// Reconciliations for the pump, which performs them in order with the messages.
+    reconciliations: mpsc::UnboundedSender<(ChannelName, StreamPosition)>,
 }
 
 impl fmt::Debug for RedisBroker {
@@ -162,7 +171,9 @@ impl RedisBroker {
             .with_connection_config(|c| {
                 c.connection_timeout = COMMAND_TIMEOUT;
                 c.internal_command_timeout = COMMAND_TIMEOUT;
-                c.max_command_attempts = 2;
+                // Never replay a command after a reconnect: a publish script that ran before
+                // the connection dropped would run twice and be stored under two offsets.
+                c.max_command_attempts = 1;
                 c.tcp.nodelay = Some(true);
             })
             .with_performance_config(|p| {
@@ -186,6 +197,7 @@ impl RedisBroker {
             .await
             .map_err(|err| unavailable("connecting the Redis subscriber", err))?;
 
+        let (reconciliations, reconciliations_rx) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             publish_script: Script::from_lua(PUBLISH_LUA),
             read_script: Script::from_lua(READ_LUA),
@@ -196,10 +208,12 @@ impl RedisBroker {
             sharded,
             deliver,
             subscribed: Mutex::new(HashSet::new()),
+            reconciliations,
         });
         let tasks = vec![
-            tokio::spawn(pump_messages(inner.clone())),
+            tokio::spawn(pump_messages(inner.clone(), reconciliations_rx)),
             tokio::spawn(restore_after_reconnects(inner.clone())),
+            tokio::spawn(maintain(inner.clone())),
         ];
         Ok(Self { inner, tasks })
     }
@@ -297,37 +311,59 @@ fn ttl_seconds(ttl: Duration) -> i64 {
     i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX).max(1)
 }
 
-/// Delivers every pub/sub message to the node, in the order Redis sent them.
-async fn pump_messages(inner: Arc<Inner>) {
+/// Delivers every pub/sub message to the node, in the order Redis sent them, and carries out
+/// reconciliations in that same order (see [`reconcile`]).
+async fn pump_messages(
+    inner: Arc<Inner>,
+    mut reconciliations: mpsc::UnboundedReceiver<(ChannelName, StreamPosition)>,
+) {
     let mut messages = inner.subscriber.message_rx();
     loop {
-        let message = match messages.recv().await {
-            Ok(message) => message,
+        let message = tokio::select! {
+            biased;
+            message = messages.recv() => message,
+            Some((channel, position)) = reconciliations.recv() => {
+                // Everything Redis sent before the barrier is buffered by now: deliver it
+                // first, so only publications this node truly missed count as missed.
+                loop {
+                    match messages.try_recv() {
+                        Ok(message) => inner.deliver_message(&message),
+                        Err(TryRecvError::Lagged(_)) => continue,
+                        Err(_) => break,
+                    }
+                }
+                inner.deliver.reconcile(&channel, &position);
+                continue;
+            }
+        };
+        match message {
+            Ok(message) => inner.deliver_message(&message),
             Err(RecvError::Lagged(missed)) => {
                 // Messages were dropped before we read them: the gaps they leave are caught
                 // per subscriber, and reconciling catches the ones at the end of a burst.
                 tracing::warn!(missed, "Redis pub/sub buffer overflowed; reconciling");
-                reconcile_all(&inner).await;
-                continue;
+                let inner = inner.clone();
+                tokio::spawn(async move { reconcile_all(&inner).await });
             }
             Err(RecvError::Closed) => return,
+        }
+    }
+}
+
+impl Inner {
+    fn deliver_message(&self, message: &Message) {
+        let Some(channel) = self.channel_of(&message.channel) else {
+            return;
         };
-        let Some(channel) = inner.channel_of(&message.channel) else {
-            continue;
+        let Ok(raw) = message.value.clone().convert::<Bytes>() else {
+            return;
         };
-        let Ok(raw) = message.value.convert::<Bytes>() else {
-            continue;
-        };
-        let Some((epoch, entry)) = std::str::from_utf8(&raw)
+        let decoded = std::str::from_utf8(&raw)
             .ok()
             .and_then(|text| text.split_once(':'))
-        else {
-            tracing::warn!(%channel, "undecodable pub/sub message");
-            continue;
-        };
-        let epoch: Arc<str> = epoch.into();
-        match inner.decode(&channel, &epoch, entry.as_bytes()) {
-            Some(publication) => inner.deliver.deliver(&publication),
+            .and_then(|(epoch, entry)| self.decode(&channel, &epoch.into(), entry.as_bytes()));
+        match decoded {
+            Some(publication) => self.deliver.deliver(&publication),
             None => tracing::warn!(%channel, "undecodable pub/sub message"),
         }
     }
@@ -339,26 +375,48 @@ async fn restore_after_reconnects(inner: Arc<Inner>) {
     loop {
         match reconnects.recv().await {
             Ok(server) => {
+                // Several nodes of a cluster may report at once: one pass serves them all.
+                while reconnects.try_recv().is_ok() {}
                 tracing::info!(%server, "Redis subscriber reconnected; restoring subscriptions");
-                let channels: Vec<ChannelName> = inner.subscribed().iter().cloned().collect();
-                for channel in &channels {
-                    if let Err(err) = inner.redis_subscribe(channel).await {
-                        // Until it succeeds this node hears nothing of the channel; closing its
-                        // subscribers makes them reconnect (perhaps elsewhere) and recover.
-                        tracing::warn!(%channel, %err, "resubscribing failed");
-                        inner.deliver.reconcile(
-                            channel,
-                            &StreamPosition {
-                                offset: u64::MAX,
-                                epoch: "".into(),
-                            },
-                        );
-                    }
-                }
-                reconcile_all(&inner).await;
+                restore(&inner).await;
             }
             Err(RecvError::Lagged(_)) => continue,
             Err(RecvError::Closed) => return,
+        }
+    }
+}
+
+/// Subscribes again to every channel this node needs, then reconciles them.
+async fn restore(inner: &Inner) {
+    let channels: Vec<ChannelName> = inner.subscribed().iter().cloned().collect();
+    for channel in &channels {
+        if let Err(err) = inner.redis_subscribe(channel).await {
+            // Until it succeeds this node hears nothing of the channel; closing its
+            // subscribers makes them reconnect (perhaps elsewhere) and recover.
+            tracing::warn!(%channel, %err, "resubscribing failed");
+            inner.deliver.reconcile(
+                channel,
+                &StreamPosition {
+                    offset: u64::MAX,
+                    epoch: "".into(),
+                },
+            );
+        }
+    }
+    reconcile_all(inner).await;
+}
+
+/// Periodically keeps subscribed channels' positions from expiring while clients hold them,
+/// and in cluster mode subscribes again (a slot that moved to another shard silently drops
+/// its sharded subscriptions) and reconciles.
+async fn maintain(inner: Arc<Inner>) {
+    let period = (inner.retention.position_ttl / 4).min(MAINTENANCE_PERIOD);
+    loop {
+        tokio::time::sleep(period).await;
+        if inner.sharded {
+            restore(&inner).await;
+        } else {
+            reconcile_all(&inner).await;
         }
     }
 }
@@ -367,11 +425,31 @@ async fn restore_after_reconnects(inner: Arc<Inner>) {
 async fn reconcile_all(inner: &Inner) {
     let channels: Vec<ChannelName> = inner.subscribed().iter().cloned().collect();
     for channel in channels {
-        match inner.read(&channel, false).await {
-            Ok((position, _)) => inner.deliver.reconcile(&channel, &position),
-            Err(err) => tracing::warn!(%channel, %err, "reconciling failed"),
+        if let Err(err) = reconcile(inner, &channel).await {
+            tracing::warn!(%channel, %err, "reconciling failed");
         }
     }
+}
+
+/// Reads the channel's position (which also keeps it from expiring), then a PING on the
+/// subscriber connection as a barrier: its answer comes after every message Redis published
+/// before the read. The pump then delivers what it buffered before comparing.
+async fn reconcile(inner: &Inner, channel: &ChannelName) -> Result<(), BrokerError> {
+    let (position, _) = inner.read(channel, false).await?;
+    let barrier = Options {
+        cluster_hash: Some(ClusterHash::Custom(redis_keyslot(
+            inner.pubsub_channel(channel).as_bytes(),
+        ))),
+        ..Default::default()
+    };
+    inner
+        .subscriber
+        .with_options(&barrier)
+        .ping::<Value>(None)
+        .await
+        .map_err(|err| unavailable("pinging the subscriber", err))?;
+    let _ = inner.reconciliations.send((channel.clone(), position));
+    Ok(())
 }
 
 #[async_trait]
@@ -400,7 +478,18 @@ impl Broker for RedisBroker {
             .publish_script
             .evalsha_with_reload(&inner.client, inner.keys(channel), args)
             .await
-            .map_err(|err| unavailable("publishing through Redis", err))?;
+            .map_err(|err| {
+                // A timeout may hide a script that ran: say so rather than claim it failed.
+                if *err.kind() == fred::error::ErrorKind::Timeout {
+                    BrokerError::Unavailable(
+                        "Redis did not answer in time; the publication may or may not have \
+                         been stored"
+                            .into(),
+                    )
+                } else {
+                    unavailable("publishing through Redis", err)
+                }
+            })?;
         Ok(StreamPosition {
             offset,
             epoch: epoch.into(),

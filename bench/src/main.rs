@@ -1,0 +1,109 @@
+//! `tidings-bench`: the benchmark of record for Tidings.
+//!
+//! Scenarios (every one over real WebSocket connections, loopback only):
+//! - `fanout`: S subscribers on one channel, P publishers at a fixed total rate R for D
+//!   seconds, open loop: a slow server shows as latency, never as a lower send rate.
+//! - `chat`: C rooms of M members, each member publishing at r msg/s to its room.
+//! - `idle`: N idle connections, each subscribed to a channel: server RSS per connection.
+//! - `ramp`: fan-out at rising rates until loss or the p99 bound breaks; the highest rate
+//!   sustained.
+//! - cross-node: any scenario given several `--url`s (connections spread over them).
+//!
+//! Every payload carries its send time and (publisher, sequence), so each receiver counts
+//! lost, duplicated and out-of-order deliveries and the latency of each.
+
+mod conn;
+mod report;
+mod scenario;
+
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+
+use conn::{Protocol, Target};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tidings-bench",
+    version,
+    about = "Load generator and benchmark of record for Tidings"
+)]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Debug, Args)]
+struct Common {
+    /// WebSocket URL of a node (repeat for several nodes: connections are spread over them).
+    #[arg(long = "url", global = true, default_value = "ws://127.0.0.1:8000/ws")]
+    urls: Vec<String>,
+    /// The protocol the target speaks.
+    #[arg(long, global = true, value_enum, default_value = "tidings")]
+    protocol: Protocol,
+    /// Server process ids whose RSS and CPU to report (repeatable).
+    #[arg(long = "pid", global = true)]
+    pids: Vec<u32>,
+    /// Spread connections over 127.0.0.1 … 127.0.0.N.
+    #[arg(long, global = true, default_value_t = 8)]
+    source_ips: u8,
+    /// Connections opened at once while setting up.
+    #[arg(long, global = true, default_value_t = 64)]
+    connect_concurrency: usize,
+    /// Print the report as JSON.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// S subscribers on one channel, P publishers at a total rate R (open loop).
+    Fanout(scenario::FanoutArgs),
+    /// C rooms of M members, each publishing at r msg/s to its room.
+    Chat(scenario::ChatArgs),
+    /// N idle subscribed connections: server memory per connection.
+    Idle(scenario::IdleArgs),
+    /// Fan-out at rising rates until loss or the latency bound breaks.
+    Ramp(scenario::RampArgs),
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    // Tens of thousands of sockets need more than the usual 1024 descriptors.
+    let limit = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(0);
+    if !cli.common.json {
+        eprintln!("open-files limit: {limit}");
+    }
+    let target = Target {
+        urls: cli.common.urls.clone(),
+        protocol: cli.common.protocol,
+        source_ips: cli.common.source_ips.max(1),
+    };
+    let env = scenario::Env {
+        target,
+        pids: cli.common.pids.clone(),
+        connect_concurrency: cli.common.connect_concurrency.max(1),
+        drain: Duration::from_secs(5),
+    };
+    let reports = match cli.scenario {
+        Scenario::Fanout(args) => vec![scenario::fanout(&env, &args).await?],
+        Scenario::Chat(args) => vec![scenario::chat(&env, &args).await?],
+        Scenario::Idle(args) => vec![scenario::idle(&env, &args).await?],
+        Scenario::Ramp(args) => scenario::ramp(&env, &args).await?,
+    };
+    if cli.common.json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+    } else {
+        for (i, report) in reports.iter().enumerate() {
+            if i > 0 {
+                println!();
+            }
+            report.print();
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,216 @@
+//! What a run measured: delivery counts, latency percentiles (HDR histogram), connect times,
+//! and the server processes' memory and CPU read from /proc. Printed as a table or as JSON.
+
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+/// Per-receiver tallies, merged at the end.
+#[derive(Debug)]
+pub struct Tally {
+    /// Delivery latency in microseconds.
+    pub latency: Histogram<u64>,
+    pub delivered: u64,
+    pub duplicated: u64,
+    pub out_of_order: u64,
+    pub errors: u64,
+    /// Last sequence seen per publisher (duplicates and reordering are detected with it).
+    last_seq: Vec<Option<u64>>,
+    last_offset: Option<u64>,
+}
+
+impl Tally {
+    pub fn new(publishers: usize) -> Self {
+        Self {
+            latency: Histogram::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds"),
+            delivered: 0,
+            duplicated: 0,
+            out_of_order: 0,
+            errors: 0,
+            last_seq: vec![None; publishers],
+            last_offset: None,
+        }
+    }
+
+    /// Records one delivery received at `now_ns`.
+    pub fn record(
+        &mut self,
+        now_ns: u64,
+        sent_ns: u64,
+        publisher: u32,
+        seq: u64,
+        offset: Option<u64>,
+    ) {
+        let slot = self.last_seq.get_mut(publisher as usize);
+        match slot {
+            Some(last) if last.is_some_and(|l| seq <= l) => {
+                self.duplicated += 1;
+                return;
+            }
+            Some(last) => *last = Some(seq),
+            None => {
+                self.errors += 1;
+                return;
+            }
+        }
+        if let Some(offset) = offset {
+            if self.last_offset.is_some_and(|l| offset <= l) {
+                self.out_of_order += 1;
+            }
+            self.last_offset = Some(offset);
+        }
+        self.delivered += 1;
+        let micros = now_ns.saturating_sub(sent_ns) / 1000;
+        let _ = self.latency.record(micros.max(1));
+    }
+
+    pub fn merge(&mut self, other: &Tally) {
+        let _ = self.latency.add(&other.latency);
+        self.delivered += other.delivered;
+        self.duplicated += other.duplicated;
+        self.out_of_order += other.out_of_order;
+        self.errors += other.errors;
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct Latency {
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+}
+
+impl Latency {
+    pub fn of(histogram: &Histogram<u64>) -> Self {
+        let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
+        Self {
+            p50_ms: ms(0.5),
+            p90_ms: ms(0.9),
+            p99_ms: ms(0.99),
+            p999_ms: ms(0.999),
+            max_ms: histogram.max() as f64 / 1000.0,
+        }
+    }
+}
+
+/// A server process as seen from /proc.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProcessSample {
+    pub pid: u32,
+    pub rss_kib: u64,
+    pub peak_rss_kib: u64,
+    /// CPU time used during the measured window, as a percentage of one core.
+    pub cpu_percent: f64,
+}
+
+/// CPU ticks (user + system) of a process, from /proc/PID/stat.
+pub fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may contain spaces) start after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+pub fn memory_kib(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| -> Option<u64> {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// Samples `pids` at the end of a window that started with `ticks_before`.
+pub fn sample(pids: &[u32], ticks_before: &[Option<u64>], window: Duration) -> Vec<ProcessSample> {
+    const TICKS_PER_SECOND: f64 = 100.0;
+    pids.iter()
+        .zip(ticks_before)
+        .filter_map(|(&pid, before)| {
+            let (rss_kib, peak_rss_kib) = memory_kib(pid)?;
+            let used = cpu_ticks(pid)?.saturating_sub((*before)?);
+            Some(ProcessSample {
+                pid,
+                rss_kib,
+                peak_rss_kib,
+                cpu_percent: used as f64 / TICKS_PER_SECOND / window.as_secs_f64().max(1e-9)
+                    * 100.0,
+            })
+        })
+        .collect()
+}
+
+/// The result of one run.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub scenario: String,
+    pub protocol: crate::conn::Protocol,
+    pub urls: Vec<String>,
+    pub connections: usize,
+    pub connect_ms: Option<Latency>,
+    pub sent: u64,
+    pub expected: u64,
+    pub delivered: u64,
+    pub lost: u64,
+    pub duplicated: u64,
+    pub out_of_order: u64,
+    pub errors: u64,
+    pub offered_per_sec: f64,
+    pub delivered_per_sec: f64,
+    pub latency: Option<Latency>,
+    pub servers: Vec<ProcessSample>,
+    /// Idle scenario: server memory added per connection.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rss_kib_per_connection: Option<f64>,
+    pub seconds: f64,
+}
+
+impl Report {
+    pub fn print(&self) {
+        println!("scenario      {} ({:?})", self.scenario, self.protocol);
+        println!("targets       {}", self.urls.join(" "));
+        println!("connections   {}", self.connections);
+        if let Some(c) = &self.connect_ms {
+            println!(
+                "connect ms    p50 {:.2}  p99 {:.2}  max {:.2}",
+                c.p50_ms, c.p99_ms, c.max_ms
+            );
+        }
+        println!(
+            "sent          {}   expected deliveries {}   delivered {}",
+            self.sent, self.expected, self.delivered
+        );
+        println!(
+            "lost          {}   duplicated {}   out of order {}   errors {}",
+            self.lost, self.duplicated, self.out_of_order, self.errors
+        );
+        println!(
+            "rate          offered {:.0}/s deliveries   delivered {:.0}/s over {:.1} s",
+            self.offered_per_sec, self.delivered_per_sec, self.seconds
+        );
+        if let Some(l) = &self.latency {
+            println!(
+                "latency ms    p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
+                l.p50_ms, l.p90_ms, l.p99_ms, l.p999_ms, l.max_ms
+            );
+        }
+        for s in &self.servers {
+            println!(
+                "server {:>6}  rss {} KiB  peak {} KiB  cpu {:.0}%",
+                s.pid, s.rss_kib, s.peak_rss_kib, s.cpu_percent
+            );
+        }
+        if let Some(per) = self.rss_kib_per_connection {
+            println!("memory        {per:.2} KiB of server RSS per idle connection");
+        }
+    }
+}

@@ -1,0 +1,560 @@
+//! The scenarios: connection set-up, open-loop publishers, receivers, and the measured window.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::conn::{self, Protocol, Received, Target, Ws};
+use crate::report::{self, Latency, Report, Tally};
+
+/// What every scenario shares.
+#[derive(Debug)]
+pub struct Env {
+    pub target: Target,
+    pub pids: Vec<u32>,
+    pub connect_concurrency: usize,
+    /// How long to wait for the last deliveries after the last publication.
+    pub drain: Duration,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct FanoutArgs {
+    /// Subscribers on the channel.
+    #[arg(long, short = 's', default_value_t = 1000)]
+    pub subscribers: usize,
+    /// Publishing connections.
+    #[arg(long, short = 'p', default_value_t = 4)]
+    pub publishers: usize,
+    /// Publications per second, all publishers together.
+    #[arg(long, short = 'r', default_value_t = 100.0)]
+    pub rate: f64,
+    /// Seconds of publishing.
+    #[arg(long, short = 'd', default_value_t = 10.0)]
+    pub duration: f64,
+    /// Bytes of padding in each payload (the payload is about 70 bytes more).
+    #[arg(long, default_value_t = 64)]
+    pub padding: usize,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct ChatArgs {
+    /// Rooms.
+    #[arg(long, short = 'c', default_value_t = 100)]
+    pub rooms: usize,
+    /// Members per room (each subscribes and publishes).
+    #[arg(long, short = 'm', default_value_t = 10)]
+    pub members: usize,
+    /// Messages per second per member.
+    #[arg(long, short = 'r', default_value_t = 1.0)]
+    pub rate: f64,
+    #[arg(long, short = 'd', default_value_t = 10.0)]
+    pub duration: f64,
+    #[arg(long, default_value_t = 64)]
+    pub padding: usize,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct IdleArgs {
+    /// Idle connections.
+    #[arg(long, short = 'n', default_value_t = 10_000)]
+    pub connections: usize,
+    /// Distinct channels they subscribe to (connection i takes channel i mod this).
+    #[arg(long, default_value_t = 1000)]
+    pub channels: usize,
+    /// Seconds to hold the connections after measuring.
+    #[arg(long, default_value_t = 2.0)]
+    pub hold: f64,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct RampArgs {
+    #[command(flatten)]
+    pub fanout: FanoutArgs,
+    /// Multiply the rate by this after each step that holds.
+    #[arg(long, default_value_t = 2.0)]
+    pub factor: f64,
+    /// Stop after this rate.
+    #[arg(long, default_value_t = 1_000_000.0)]
+    pub max_rate: f64,
+    /// A step fails when its p99 latency passes this many milliseconds (or anything is lost).
+    #[arg(long, default_value_t = 50.0)]
+    pub p99_bound_ms: f64,
+}
+
+/// Opens `n` connections (numbered from `first`), subscribing connection i to `channel(i)`.
+async fn open(
+    env: &Env,
+    first: usize,
+    n: usize,
+    channel: impl Fn(usize) -> Option<String>,
+) -> Result<(Vec<Ws>, Histogram<u64>)> {
+    let protocol = env.target.protocol;
+    let results: Vec<Result<(Ws, Duration)>> = futures_util::stream::iter(first..first + n)
+        .map(|i| {
+            let target = env.target.clone();
+            let channel = channel(i);
+            async move {
+                let (mut ws, took) = target.connect(i).await?;
+                if let Some(channel) = channel {
+                    conn::subscribe(&mut ws, protocol, &channel).await?;
+                }
+                Ok((ws, took))
+            }
+        })
+        .buffer_unordered(env.connect_concurrency)
+        .collect()
+        .await;
+    let mut connect = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
+    let mut sockets = Vec::with_capacity(n);
+    for result in results {
+        let (ws, took) = result?;
+        let _ = connect.record((took.as_micros() as u64).max(1));
+        sockets.push(ws);
+    }
+    Ok((sockets, connect))
+}
+
+/// Reads deliveries until told to stop, answering heartbeats.
+async fn receive(
+    mut ws: Ws,
+    protocol: Protocol,
+    publishers: usize,
+    delivered: Arc<AtomicU64>,
+    mut stop: watch::Receiver<bool>,
+) -> Tally {
+    let mut tally = Tally::new(publishers);
+    loop {
+        let message = tokio::select! {
+            _ = stop.changed() => break,
+            message = ws.next() => message,
+        };
+        let Some(Ok(message)) = message else {
+            tally.errors += 1;
+            break;
+        };
+        let Message::Text(text) = message else {
+            continue;
+        };
+        match conn::parse(protocol, &text) {
+            Received::Delivery { offset, delivery } => {
+                tally.record(conn::now_ns(), delivery.t, delivery.p, delivery.s, offset);
+                delivered.fetch_add(1, Ordering::Relaxed);
+            }
+            Received::Ping => {
+                let _ = ws.send(Message::text(conn::PONG)).await;
+            }
+            Received::Error => tally.errors += 1,
+            Received::Other => {}
+        }
+    }
+    tally
+}
+
+/// Publishes `count` payloads at `rate` per second, open loop: when behind schedule it sends
+/// at once, never slower. Returns how many were sent.
+async fn publish(
+    mut ws: Ws,
+    protocol: Protocol,
+    channel: String,
+    publisher: u32,
+    rate: f64,
+    count: u64,
+    padding: String,
+) -> u64 {
+    let interval = Duration::from_secs_f64(1.0 / rate.max(1e-9));
+    let start = tokio::time::Instant::now();
+    let mut sent = 0;
+    while sent < count {
+        let due = start + interval.mul_f64(sent as f64);
+        // Send everything that is due in one batch, then flush once.
+        let now = tokio::time::Instant::now();
+        if due > now {
+            tokio::select! {
+                _ = tokio::time::sleep_until(due) => {}
+                message = ws.next() => {
+                    match message {
+                        Some(Ok(Message::Text(text))) => {
+                            if let Received::Ping = conn::parse(protocol, &text) {
+                                let _ = ws.send(Message::text(conn::PONG)).await;
+                            }
+                        }
+                        Some(Ok(_)) => {}
+                        _ => return sent,
+                    }
+                    continue;
+                }
+            }
+        }
+        let now = tokio::time::Instant::now();
+        while sent < count && start + interval.mul_f64(sent as f64) <= now {
+            let body = conn::payload(conn::now_ns(), publisher, sent, &padding);
+            let frame = conn::publish_frame(protocol, &channel, &body);
+            if ws.feed(Message::text(frame)).await.is_err() {
+                return sent;
+            }
+            sent += 1;
+        }
+        if ws.flush().await.is_err() {
+            return sent;
+        }
+    }
+    // Keep the connection until the server has read everything.
+    let _ = ws.flush().await;
+    sent
+}
+
+struct Window {
+    started: Instant,
+    ticks: Vec<Option<u64>>,
+}
+
+impl Window {
+    fn open(pids: &[u32]) -> Self {
+        Self {
+            started: Instant::now(),
+            ticks: pids.iter().map(|&pid| report::cpu_ticks(pid)).collect(),
+        }
+    }
+}
+
+/// Waits until `delivered` reaches `expected`, or `drain` passes without progress.
+async fn drain(delivered: &AtomicU64, expected: u64, drain: Duration) {
+    let mut last = delivered.load(Ordering::Relaxed);
+    let mut quiet_since = Instant::now();
+    while last < expected && quiet_since.elapsed() < drain {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let now = delivered.load(Ordering::Relaxed);
+        if now != last {
+            last = now;
+            quiet_since = Instant::now();
+        }
+    }
+}
+
+pub async fn fanout(env: &Env, args: &FanoutArgs) -> Result<Report> {
+    let protocol = env.target.protocol;
+    let channel = "bench:fanout".to_owned();
+    let (subscribers, connect) = open(env, 0, args.subscribers, |_| Some(channel.clone()))
+        .await
+        .context("opening subscribers")?;
+    let (publishers, _) = open(env, args.subscribers, args.publishers, |_| None)
+        .await
+        .context("opening publishers")?;
+    let delivered = Arc::new(AtomicU64::new(0));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let receivers: Vec<_> = subscribers
+        .into_iter()
+        .map(|ws| {
+            tokio::spawn(receive(
+                ws,
+                protocol,
+                args.publishers,
+                delivered.clone(),
+                stop_rx.clone(),
+            ))
+        })
+        .collect();
+
+    let window = Window::open(&env.pids);
+    let per_publisher = (args.rate / args.publishers as f64).max(1e-9);
+    let count = (per_publisher * args.duration).round() as u64;
+    let padding = "x".repeat(args.padding);
+    let tasks: Vec<_> = publishers
+        .into_iter()
+        .enumerate()
+        .map(|(p, ws)| {
+            tokio::spawn(publish(
+                ws,
+                protocol,
+                channel.clone(),
+                p as u32,
+                per_publisher,
+                count,
+                padding.clone(),
+            ))
+        })
+        .collect();
+    let mut sent = 0;
+    for task in tasks {
+        sent += task.await?;
+    }
+    let expected = sent * args.subscribers as u64;
+    drain(&delivered, expected, env.drain).await;
+    finish(
+        env,
+        "fanout",
+        window,
+        receivers,
+        stop_tx,
+        sent,
+        expected,
+        args.rate * args.subscribers as f64,
+        connect,
+        args.subscribers + args.publishers,
+    )
+    .await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn finish(
+    env: &Env,
+    scenario: &str,
+    window: Window,
+    receivers: Vec<tokio::task::JoinHandle<Tally>>,
+    stop: watch::Sender<bool>,
+    sent: u64,
+    expected: u64,
+    offered_per_sec: f64,
+    connect: Histogram<u64>,
+    connections: usize,
+) -> Result<Report> {
+    let elapsed = window.started.elapsed();
+    let servers = report::sample(&env.pids, &window.ticks, elapsed);
+    let _ = stop.send(true);
+    let mut total = Tally::new(0);
+    for receiver in receivers {
+        total.merge(&receiver.await?);
+    }
+    Ok(Report {
+        scenario: scenario.into(),
+        protocol: env.target.protocol,
+        urls: env.target.urls.clone(),
+        connections,
+        connect_ms: Some(Latency::of(&connect)),
+        sent,
+        expected,
+        delivered: total.delivered,
+        lost: expected.saturating_sub(total.delivered),
+        duplicated: total.duplicated,
+        out_of_order: total.out_of_order,
+        errors: total.errors,
+        offered_per_sec,
+        delivered_per_sec: total.delivered as f64 / elapsed.as_secs_f64(),
+        latency: (!total.latency.is_empty()).then(|| Latency::of(&total.latency)),
+        servers,
+        rss_kib_per_connection: None,
+        seconds: elapsed.as_secs_f64(),
+    })
+}
+
+pub async fn chat(env: &Env, args: &ChatArgs) -> Result<Report> {
+    let protocol = env.target.protocol;
+    let members = args.members.max(1);
+    let room = |i: usize| format!("bench:room:{}", i / members);
+    let n = args.rooms * members;
+    let (sockets, connect) = open(env, 0, n, |i| Some(room(i)))
+        .await
+        .context("opening members")?;
+    let delivered = Arc::new(AtomicU64::new(0));
+    let sent_total = Arc::new(AtomicU64::new(0));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let count = (args.rate * args.duration).round() as u64;
+    let padding = "x".repeat(args.padding);
+    let window = Window::open(&env.pids);
+    // Each member: a receiver on one half, an open-loop publisher on the other.
+    let members_tasks: Vec<_> = sockets
+        .into_iter()
+        .enumerate()
+        .map(|(i, ws)| {
+            let (sink, stream) = ws.split();
+            let delivered = delivered.clone();
+            let sent_total = sent_total.clone();
+            let stop = stop_rx.clone();
+            let channel = room(i);
+            let padding = padding.clone();
+            let rate = args.rate;
+            tokio::spawn(member(
+                sink,
+                stream,
+                protocol,
+                channel,
+                i % members,
+                members,
+                rate,
+                count,
+                padding,
+                delivered,
+                sent_total,
+                stop,
+            ))
+        })
+        .collect();
+    // Everyone has published once the last scheduled send is due; then drain.
+    tokio::time::sleep(Duration::from_secs_f64(args.duration)).await;
+    let expected_if_all = count * n as u64 * members as u64;
+    drain(&delivered, expected_if_all, env.drain).await;
+    let sent = sent_total.load(Ordering::Relaxed);
+    finish(
+        env,
+        "chat",
+        window,
+        members_tasks,
+        stop_tx,
+        sent,
+        sent * members as u64,
+        args.rate * (n * members) as f64,
+        connect,
+        n,
+    )
+    .await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn member(
+    mut sink: futures_util::stream::SplitSink<Ws, Message>,
+    mut stream: futures_util::stream::SplitStream<Ws>,
+    protocol: Protocol,
+    channel: String,
+    index: usize,
+    members: usize,
+    rate: f64,
+    count: u64,
+    padding: String,
+    delivered: Arc<AtomicU64>,
+    sent_total: Arc<AtomicU64>,
+    mut stop: watch::Receiver<bool>,
+) -> Tally {
+    let mut tally = Tally::new(members);
+    let interval = Duration::from_secs_f64(1.0 / rate.max(1e-9));
+    // Members start at staggered phases so a room is not a burst every interval.
+    let start = tokio::time::Instant::now() + interval.mul_f64(index as f64 / members as f64);
+    let mut sent = 0u64;
+    loop {
+        let due = start + interval.mul_f64(sent as f64);
+        let publishing = sent < count;
+        tokio::select! {
+            _ = stop.changed() => break,
+            _ = tokio::time::sleep_until(due), if publishing => {
+                let body = conn::payload(conn::now_ns(), index as u32, sent, &padding);
+                if sink.send(Message::text(conn::publish_frame(protocol, &channel, &body))).await.is_err() {
+                    tally.errors += 1;
+                    break;
+                }
+                sent += 1;
+                sent_total.fetch_add(1, Ordering::Relaxed);
+            }
+            message = stream.next() => {
+                let Some(Ok(message)) = message else {
+                    tally.errors += 1;
+                    break;
+                };
+                let Message::Text(text) = message else { continue };
+                match conn::parse(protocol, &text) {
+                    Received::Delivery { offset, delivery } => {
+                        tally.record(conn::now_ns(), delivery.t, delivery.p, delivery.s, offset);
+                        delivered.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Received::Ping => {
+                        let _ = sink.send(Message::text(conn::PONG)).await;
+                    }
+                    Received::Error => tally.errors += 1,
+                    Received::Other => {}
+                }
+            }
+        }
+    }
+    tally
+}
+
+pub async fn idle(env: &Env, args: &IdleArgs) -> Result<Report> {
+    let protocol = env.target.protocol;
+    let before: Vec<u64> = env
+        .pids
+        .iter()
+        .filter_map(|&pid| report::memory_kib(pid).map(|(rss, _)| rss))
+        .collect();
+    let window = Window::open(&env.pids);
+    let channels = args.channels.max(1);
+    let (sockets, connect) = open(env, 0, args.connections, |i| {
+        Some(format!("bench:idle:{}", i % channels))
+    })
+    .await
+    .context("opening idle connections")?;
+    // Let allocations settle before reading memory.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after: Vec<u64> = env
+        .pids
+        .iter()
+        .filter_map(|&pid| report::memory_kib(pid).map(|(rss, _)| rss))
+        .collect();
+    let added: u64 = after
+        .iter()
+        .zip(&before)
+        .map(|(a, b)| a.saturating_sub(*b))
+        .sum();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let holders: Vec<_> = sockets
+        .into_iter()
+        .map(|ws| {
+            tokio::spawn(receive(
+                ws,
+                protocol,
+                1,
+                Arc::new(AtomicU64::new(0)),
+                stop_rx.clone(),
+            ))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs_f64(args.hold)).await;
+    let mut report = finish(
+        env,
+        "idle",
+        window,
+        holders,
+        stop_tx,
+        0,
+        0,
+        0.0,
+        connect,
+        args.connections,
+    )
+    .await?;
+    report.rss_kib_per_connection =
+        (!env.pids.is_empty()).then(|| added as f64 / args.connections.max(1) as f64);
+    Ok(report)
+}
+
+pub async fn ramp(env: &Env, args: &RampArgs) -> Result<Vec<Report>> {
+    let mut reports = Vec::new();
+    let mut rate = args.fanout.rate;
+    let mut best = None;
+    while rate <= args.max_rate {
+        let step = FanoutArgs {
+            rate,
+            ..args.fanout.clone()
+        };
+        let mut report = fanout(env, &step).await?;
+        report.scenario = format!("ramp step {rate:.0} publications/s");
+        let p99 = report.latency.as_ref().map_or(f64::INFINITY, |l| l.p99_ms);
+        let held = report.lost == 0 && report.duplicated == 0 && p99 <= args.p99_bound_ms;
+        eprintln!(
+            "ramp: {rate:.0} publications/s × {} subscribers: delivered {:.0}/s, lost {}, p99 {p99:.2} ms → {}",
+            args.fanout.subscribers,
+            report.delivered_per_sec,
+            report.lost,
+            if held { "held" } else { "broke" }
+        );
+        reports.push(report);
+        if !held {
+            break;
+        }
+        best = Some(rate);
+        rate *= args.factor;
+    }
+    eprintln!(
+        "ramp: highest sustained rate {} publications/s ({} deliveries/s)",
+        best.map_or("none".into(), |r| format!("{r:.0}")),
+        best.map_or("none".into(), |r| format!(
+            "{:.0}",
+            r * args.fanout.subscribers as f64
+        ))
+    );
+    Ok(reports)
+}
