@@ -17,7 +17,7 @@ use crate::protocol::CloseCode;
 
 /// Read buffer per connection. tungstenite's default (128 KiB) costs that much RSS on every
 /// idle connection; frames larger than this are still read, in several steps.
-const READ_BUFFER_SIZE: usize = 4 * 1024;
+const READ_BUFFER_SIZE: usize = 1024;
 /// Bytes collected before a write reaches the socket; the writer flushes after every batch, so
 /// this only bounds how a large batch is cut into syscalls.
 const WRITE_BUFFER_SIZE: usize = 16 * 1024;

@@ -146,15 +146,23 @@ impl Drop for RedisServer {
     }
 }
 
+/// At most this many clusters at once: forming one is slow under load, and nine redis-servers
+/// per pair of tests is plenty on two cores.
+static CLUSTER_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
 /// Three masters, no replicas, every slot assigned; killed when dropped.
 pub struct RedisCluster {
     pub ports: Vec<u16>,
     dir: PathBuf,
     _children: Vec<Child>,
+    _slot: tokio::sync::SemaphorePermit<'static>,
 }
 
 impl RedisCluster {
     pub async fn start() -> Self {
+        let slot = within(WAIT * 12, "a cluster slot", CLUSTER_SLOTS.acquire())
+            .await
+            .expect("semaphore open");
         let dir = temp_dir("cluster");
         let mut ports = Vec::new();
         let mut children = Vec::new();
@@ -204,7 +212,7 @@ impl RedisCluster {
         .await
         .expect("run redis-cli");
         assert!(status.success(), "cluster create failed");
-        within(WAIT * 3, "cluster state ok on every node", async {
+        within(WAIT * 6, "cluster state ok on every node", async {
             for &port in &ports {
                 loop {
                     let info = command(port, "CLUSTER INFO").await.unwrap_or_default();
@@ -220,6 +228,7 @@ impl RedisCluster {
             ports,
             dir,
             _children: children,
+            _slot: slot,
         }
     }
 
