@@ -65,8 +65,12 @@ struct State {
 
 #[derive(Debug)]
 enum Delivery {
-    /// Subscribing: live publications wait here until the reply is queued.
-    Pending(Vec<Held>),
+    /// Subscribing: live publications wait here until the reply is queued. `floor` is the
+    /// latest position a reconciliation reported meanwhile: delivery must reach it.
+    Pending {
+        held: Vec<Held>,
+        floor: Option<StreamPosition>,
+    },
     /// Subscribed: the last offset queued, in this epoch.
     Live { last: u64, epoch: Arc<str> },
 }
@@ -122,7 +126,7 @@ impl Outbox {
         let pending = match state.channels.get(channel) {
             // Unsubscribed while this publication was in flight.
             None => return,
-            Some(Delivery::Pending(_)) => true,
+            Some(Delivery::Pending { .. }) => true,
             Some(Delivery::Live { last, epoch: live }) => {
                 if **live != *epoch || offset > *last + 1 {
                     drop(state);
@@ -138,7 +142,7 @@ impl Outbox {
             return;
         }
         match state.channels.get_mut(channel) {
-            Some(Delivery::Pending(held)) if pending => {
+            Some(Delivery::Pending { held, .. }) if pending => {
                 held.push(Held {
                     offset,
                     epoch: epoch.into(),
@@ -159,9 +163,13 @@ impl Outbox {
     /// Marks `channel` pending: call before registering in the hub.
     pub fn begin_subscription(&self, channel: &ChannelName) {
         let mut state = self.state();
-        state
-            .channels
-            .insert(channel.clone(), Delivery::Pending(Vec::new()));
+        state.channels.insert(
+            channel.clone(),
+            Delivery::Pending {
+                held: Vec::new(),
+                floor: None,
+            },
+        );
     }
 
     /// Queues the subscription's reply (or the pushes standing for it), then the held
@@ -182,9 +190,9 @@ impl Outbox {
             last: position.offset,
             epoch: position.epoch.clone(),
         };
-        let mut held = match state.channels.insert(channel.clone(), live) {
-            Some(Delivery::Pending(held)) => held,
-            _ => Vec::new(),
+        let (mut held, floor) = match state.channels.insert(channel.clone(), live) {
+            Some(Delivery::Pending { held, floor }) => (held, floor),
+            _ => (Vec::new(), None),
         };
         state.held_bytes -= held.iter().map(|h| h.frame.len()).sum::<usize>();
         for reply in reply {
@@ -213,6 +221,14 @@ impl Outbox {
             state.queued_bytes += h.frame.len();
             state.queue.push_back(h.frame);
         }
+        if let Some(floor) = floor {
+            // A reconciliation while subscribing saw the channel further than this
+            // subscription can account for: publications were missed in between.
+            if floor.epoch != position.epoch || last < floor.offset {
+                drop(state);
+                return self.close_insufficient();
+            }
+        }
         if let Some(Delivery::Live {
             last: live_last, ..
         }) = state.channels.get_mut(channel)
@@ -227,12 +243,16 @@ impl Outbox {
     /// subscriber that is behind (or in another epoch) missed publications and is closed to
     /// recover.
     pub fn check_position(&self, channel: &ChannelName, position: &StreamPosition) {
-        let state = self.state();
-        if let Some(Delivery::Live { last, epoch }) = state.channels.get(channel) {
-            if *epoch != position.epoch || *last < position.offset {
-                drop(state);
-                self.close_insufficient();
+        let mut state = self.state();
+        match state.channels.get_mut(channel) {
+            Some(Delivery::Live { last, epoch }) => {
+                if *epoch != position.epoch || *last < position.offset {
+                    drop(state);
+                    self.close_insufficient();
+                }
             }
+            Some(Delivery::Pending { floor, .. }) => *floor = Some(position.clone()),
+            None => {}
         }
     }
 
@@ -250,7 +270,7 @@ impl Outbox {
     /// Forgets `channel`: publications still in flight for it are dropped.
     pub fn end_subscription(&self, channel: &ChannelName) {
         let mut state = self.state();
-        if let Some(Delivery::Pending(held)) = state.channels.remove(channel) {
+        if let Some(Delivery::Pending { held, .. }) = state.channels.remove(channel) {
             let freed: usize = held.iter().map(|h| h.frame.len()).sum();
             state.held_bytes -= freed;
         }
@@ -394,6 +414,20 @@ mod tests {
         assert_eq!(drained(&behind), (vec![], None));
         behind.check_position(&ch, &at(6));
         assert_eq!(drained(&behind), (vec![], insufficient()));
+
+        // A reconciliation during the subscription saw offset 9; the subscription accounts
+        // only for 6 (its position) and 7 (held): 8 and 9 were missed.
+        let floor = Outbox::new(1 << 20);
+        floor.begin_subscription(&ch);
+        floor.push_publication(&ch, 7, "e", &frame("p7"));
+        floor.check_position(&ch, &at(9));
+        floor.complete_subscription(&ch, vec![frame("reply")], &at(6));
+        assert_eq!(drained(&floor), (vec![], insufficient()));
+        let reached = Outbox::new(1 << 20);
+        reached.begin_subscription(&ch);
+        reached.check_position(&ch, &at(6));
+        reached.complete_subscription(&ch, vec![frame("reply")], &at(6));
+        assert_eq!(drained(&reached), (vec!["reply".to_string()], None));
 
         let held_gap = Outbox::new(1 << 20);
         held_gap.begin_subscription(&ch);

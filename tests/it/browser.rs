@@ -203,6 +203,15 @@ impl Browser {
                 json!(format!("connected as {name}"))
             ),
         )
+        .await?;
+        // Joined once the room's history is shown and its subscription exists.
+        self.wait_for(
+            tab,
+            &format!(
+                "window.tidings.subscriptions.has({})",
+                json!(format!("chat:{room}"))
+            ),
+        )
         .await
     }
 
