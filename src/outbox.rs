@@ -245,14 +245,14 @@ impl Outbox {
     pub fn check_position(&self, channel: &ChannelName, position: &StreamPosition) {
         let mut state = self.state();
         match state.channels.get_mut(channel) {
-            Some(Delivery::Live { last, epoch }) => {
-                if *epoch != position.epoch || *last < position.offset {
-                    drop(state);
-                    self.close_insufficient();
-                }
+            Some(Delivery::Live { last, epoch })
+                if *epoch != position.epoch || *last < position.offset =>
+            {
+                drop(state);
+                self.close_insufficient();
             }
             Some(Delivery::Pending { floor, .. }) => *floor = Some(position.clone()),
-            None => {}
+            _ => {}
         }
     }
 
