@@ -142,19 +142,25 @@ async fn receive(
         let Message::Text(text) = message else {
             continue;
         };
-        match conn::parse(protocol, &text) {
-            Received::Delivery { offset, delivery } => {
-                tally.record(conn::now_ns(), delivery.t, delivery.p, delivery.s, offset);
-                delivered.fetch_add(1, Ordering::Relaxed);
-            }
-            Received::Ping => {
-                let _ = ws.send(Message::text(conn::PONG)).await;
-            }
-            Received::Error => tally.errors += 1,
-            Received::Other => {}
+        if take(protocol, &text, &mut tally, &delivered) {
+            let _ = ws.send(Message::text(conn::PONG)).await;
         }
     }
     tally
+}
+
+/// Records what a received frame means; true if it is a heartbeat to answer.
+fn take(protocol: Protocol, text: &str, tally: &mut Tally, delivered: &AtomicU64) -> bool {
+    match conn::parse(protocol, text) {
+        Received::Delivery { offset, delivery } => {
+            tally.record(conn::now_ns(), delivery.t, delivery.p, delivery.s, offset);
+            delivered.fetch_add(1, Ordering::Relaxed);
+        }
+        Received::Ping => return true,
+        Received::Error => tally.errors += 1,
+        Received::Other => {}
+    }
+    false
 }
 
 /// Publishes `count` payloads at `rate` per second, open loop: when behind schedule it sends
@@ -446,16 +452,8 @@ async fn member(
                     break;
                 };
                 let Message::Text(text) = message else { continue };
-                match conn::parse(protocol, &text) {
-                    Received::Delivery { offset, delivery } => {
-                        tally.record(conn::now_ns(), delivery.t, delivery.p, delivery.s, offset);
-                        delivered.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Received::Ping => {
-                        let _ = sink.send(Message::text(conn::PONG)).await;
-                    }
-                    Received::Error => tally.errors += 1,
-                    Received::Other => {}
+                if take(protocol, &text, &mut tally, &delivered) {
+                    let _ = sink.send(Message::text(conn::PONG)).await;
                 }
             }
         }

@@ -178,19 +178,11 @@ impl Broker for MemoryBroker {
         query: HistoryQuery,
     ) -> Result<History, BrokerError> {
         Ok(self.with_stream(channel, |stream| {
-            let publications = match query.since {
-                Some(since) => stream
-                    .history
-                    .iter()
-                    .filter(|p| p.offset > since)
-                    .take(query.limit)
-                    .cloned()
-                    .collect(),
-                None => {
-                    let skip = stream.history.len().saturating_sub(query.limit);
-                    stream.history.iter().skip(skip).cloned().collect()
-                }
-            };
+            let publications = query
+                .select(stream.history.iter())
+                .into_iter()
+                .cloned()
+                .collect();
             History {
                 publications,
                 position: StreamPosition {

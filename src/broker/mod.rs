@@ -132,6 +132,27 @@ pub struct HistoryQuery {
     pub limit: usize,
 }
 
+impl HistoryQuery {
+    /// Applies the query to a channel's history, given oldest first (owned or borrowed).
+    pub fn select<P: std::borrow::Borrow<Publication>>(
+        &self,
+        history: impl IntoIterator<Item = P>,
+    ) -> Vec<P> {
+        let after = history
+            .into_iter()
+            .filter(|p| self.since.is_none_or(|since| p.borrow().offset > since));
+        match self.since {
+            Some(_) => after.take(self.limit).collect(),
+            None => {
+                let mut all: Vec<P> = after.collect();
+                let skip = all.len().saturating_sub(self.limit);
+                all.drain(..skip);
+                all
+            }
+        }
+    }
+}
+
 /// Publications from a channel's history, oldest first, and the channel's position when they
 /// were read.
 #[derive(Clone, Debug)]

@@ -524,20 +524,13 @@ impl Broker for RedisBroker {
         query: HistoryQuery,
     ) -> Result<History, BrokerError> {
         let (position, entries) = self.inner.read(channel, true).await?;
-        // Entries are newest first; keep those after `since`, oldest first.
-        let mut publications: Vec<Publication> = entries
-            .iter()
-            .rev()
-            .filter_map(|entry| self.inner.decode(channel, &position.epoch, entry))
-            .filter(|p| query.since.is_none_or(|since| p.offset > since))
-            .collect();
-        match query.since {
-            Some(_) => publications.truncate(query.limit),
-            None => {
-                let skip = publications.len().saturating_sub(query.limit);
-                publications.drain(..skip);
-            }
-        }
+        // Entries are newest first.
+        let publications = query.select(
+            entries
+                .iter()
+                .rev()
+                .filter_map(|entry| self.inner.decode(channel, &position.epoch, entry)),
+        );
         Ok(History {
             publications,
             position,

@@ -36,6 +36,19 @@ async fn a_client_that_answers_pings_stays_and_a_silent_one_is_closed_with_4001(
     assert_eq!(lively.ok(json!({"op": "ping"})).await, json!({}));
 }
 
+/// A client with a tiny receive buffer, so that not reading fills the server's side quickly;
+/// returns it with its local address (to watch the server close it).
+async fn small_window_client(server: &TestServer) -> (WsClient, std::net::SocketAddr) {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let tcp = socket.connect(server.addr).await.unwrap();
+    let local = tcp.local_addr().unwrap();
+    let (ws, _) = tokio_tungstenite::client_async(server.url("/ws"), MaybeTlsStream::Plain(tcp))
+        .await
+        .unwrap();
+    (WsClient::from_socket(ws), local)
+}
+
 #[tokio::test]
 async fn a_client_that_never_reads_is_closed_while_fifty_others_receive_everything() {
     const READERS: usize = 50;
@@ -45,14 +58,7 @@ async fn a_client_that_never_reads_is_closed_while_fifty_others_receive_everythi
 
     // The stalled client: a tiny receive buffer, subscribed to the room and to a flood channel,
     // then never read again.
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let tcp = socket.connect(server.addr).await.unwrap();
-    let local = tcp.local_addr().unwrap();
-    let (ws, _) = tokio_tungstenite::client_async(server.url("/ws"), MaybeTlsStream::Plain(tcp))
-        .await
-        .unwrap();
-    let mut stalled = WsClient::from_socket(ws);
+    let (mut stalled, local) = small_window_client(&server).await;
     stalled.subscribe("room").await;
     stalled.subscribe("flood").await;
 
@@ -155,14 +161,7 @@ async fn a_client_that_stops_reading_is_closed_even_when_its_queue_never_fills()
         "1s",
     ])
     .await;
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let tcp = socket.connect(server.addr).await.unwrap();
-    let local = tcp.local_addr().unwrap();
-    let (ws, _) = tokio_tungstenite::client_async(server.url("/ws"), MaybeTlsStream::Plain(tcp))
-        .await
-        .unwrap();
-    let mut stalled = WsClient::from_socket(ws);
+    let (mut stalled, local) = small_window_client(&server).await;
     stalled.subscribe("flood").await;
 
     let mut publisher = server.client("").await;
