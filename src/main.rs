@@ -37,6 +37,12 @@ async fn serve() -> anyhow::Result<()> {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     let config = args.into_config()?;
+    // Every connection is a file descriptor; the usual soft limit (1024) would cap a server at
+    // about a thousand clients, so take whatever the hard limit allows.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "open-files limit"),
+        Err(err) => tracing::warn!(%err, "cannot raise the open-files limit"),
+    }
 
     let listener = TcpListener::bind(&config.listen)
         .await

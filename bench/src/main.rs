@@ -56,6 +56,14 @@ struct Common {
     /// Print the report as JSON.
     #[arg(long, global = true)]
     json: bool,
+    /// Channel namespace; give each generator process its own when several share a server.
+    #[arg(long, global = true, default_value = "bench")]
+    prefix: String,
+    /// Begin the measured window at this time (ms since the Unix epoch), after connecting: lets
+    /// several generator processes (one process holds at most ~19,000 connections here)
+    /// measure the same window.
+    #[arg(long, global = true)]
+    start_at: Option<u64>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -88,6 +96,8 @@ async fn main() -> Result<()> {
         pids: cli.common.pids.clone(),
         connect_concurrency: cli.common.connect_concurrency.max(1),
         drain: Duration::from_secs(5),
+        prefix: cli.common.prefix.clone(),
+        start_at: cli.common.start_at,
     };
     let reports = match cli.scenario {
         Scenario::Fanout(args) => vec![scenario::fanout(&env, &args).await?],

@@ -22,6 +22,29 @@ pub struct Env {
     pub connect_concurrency: usize,
     /// How long to wait for the last deliveries after the last publication.
     pub drain: Duration,
+    /// Namespace of the channels used, so several generator processes can share a server.
+    pub prefix: String,
+    /// Start the measured window at this wall-clock time (ms since the Unix epoch), so that
+    /// several generator processes measure the same window.
+    pub start_at: Option<u64>,
+}
+
+impl Env {
+    /// When the measured window starts: the agreed time if there is one, else now.
+    fn start(&self) -> tokio::time::Instant {
+        let now = tokio::time::Instant::now();
+        let Some(at) = self.start_at else {
+            return now;
+        };
+        let wall = conn::now_ns() / 1_000_000;
+        if at < wall {
+            eprintln!(
+                "warning: --start-at passed {} ms ago while connecting",
+                wall - at
+            );
+        }
+        now + Duration::from_millis(at.saturating_sub(wall))
+    }
 }
 
 #[derive(Clone, Debug, Args)]
@@ -89,6 +112,8 @@ pub struct RampArgs {
 }
 
 /// Opens `n` connections (numbered from `first`), subscribing connection i to `channel(i)`.
+/// Until every one is open, each is kept alive by a task that answers heartbeats: opening
+/// tens of thousands can take longer than the server's ping interval.
 async fn open(
     env: &Env,
     first: usize,
@@ -96,29 +121,56 @@ async fn open(
     channel: impl Fn(usize) -> Option<String>,
 ) -> Result<(Vec<Ws>, Histogram<u64>)> {
     let protocol = env.target.protocol;
-    let results: Vec<Result<(Ws, Duration)>> = futures_util::stream::iter(first..first + n)
-        .map(|i| {
-            let target = env.target.clone();
-            let channel = channel(i);
-            async move {
-                let (mut ws, took) = target.connect(i).await?;
-                if let Some(channel) = channel {
-                    conn::subscribe(&mut ws, protocol, &channel).await?;
+    let (release, released) = watch::channel(false);
+    let results: Vec<Result<(tokio::task::JoinHandle<Ws>, Duration)>> =
+        futures_util::stream::iter(first..first + n)
+            .map(|i| {
+                let target = env.target.clone();
+                let channel = channel(i);
+                let released = released.clone();
+                async move {
+                    let (mut ws, took) = target.connect(i).await?;
+                    if let Some(channel) = channel {
+                        conn::subscribe(&mut ws, protocol, &channel).await?;
+                    }
+                    Ok((tokio::spawn(keep_alive(ws, protocol, released)), took))
                 }
-                Ok((ws, took))
-            }
-        })
-        .buffer_unordered(env.connect_concurrency)
-        .collect()
-        .await;
+            })
+            .buffer_unordered(env.connect_concurrency)
+            .collect()
+            .await;
     let mut connect = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
-    let mut sockets = Vec::with_capacity(n);
+    let mut keepers = Vec::with_capacity(n);
     for result in results {
-        let (ws, took) = result?;
+        let (keeper, took) = result?;
         let _ = connect.record((took.as_micros() as u64).max(1));
-        sockets.push(ws);
+        keepers.push(keeper);
+    }
+    let _ = release.send(true);
+    let mut sockets = Vec::with_capacity(n);
+    for keeper in keepers {
+        sockets.push(keeper.await?);
     }
     Ok((sockets, connect))
+}
+
+/// Answers heartbeats on an opened connection until it is released to its scenario.
+async fn keep_alive(mut ws: Ws, protocol: Protocol, mut released: watch::Receiver<bool>) -> Ws {
+    loop {
+        if *released.borrow() {
+            return ws;
+        }
+        tokio::select! {
+            _ = released.changed() => {}
+            message = ws.next() => {
+                if let Some(Ok(Message::Text(text))) = message {
+                    if let Received::Ping = conn::parse(protocol, &text) {
+                        let _ = ws.send(Message::text(conn::PONG)).await;
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Reads deliveries until told to stop, answering heartbeats.
@@ -163,19 +215,20 @@ fn take(protocol: Protocol, text: &str, tally: &mut Tally, delivered: &AtomicU64
     false
 }
 
-/// Publishes `count` payloads at `rate` per second, open loop: when behind schedule it sends
-/// at once, never slower. Returns how many were sent.
+/// Publishes `count` payloads at `rate` per second from `start`, open loop: when behind
+/// schedule it sends at once, never slower. Returns how many were sent.
+#[allow(clippy::too_many_arguments)]
 async fn publish(
     mut ws: Ws,
     protocol: Protocol,
     channel: String,
     publisher: u32,
+    start: tokio::time::Instant,
     rate: f64,
     count: u64,
     padding: String,
 ) -> u64 {
     let interval = Duration::from_secs_f64(1.0 / rate.max(1e-9));
-    let start = tokio::time::Instant::now();
     let mut sent = 0;
     while sent < count {
         let due = start + interval.mul_f64(sent as f64);
@@ -246,7 +299,7 @@ async fn drain(delivered: &AtomicU64, expected: u64, drain: Duration) {
 
 pub async fn fanout(env: &Env, args: &FanoutArgs) -> Result<Report> {
     let protocol = env.target.protocol;
-    let channel = "bench:fanout".to_owned();
+    let channel = format!("{}:fanout", env.prefix);
     let (subscribers, connect) = open(env, 0, args.subscribers, |_| Some(channel.clone()))
         .await
         .context("opening subscribers")?;
@@ -268,7 +321,7 @@ pub async fn fanout(env: &Env, args: &FanoutArgs) -> Result<Report> {
         })
         .collect();
 
-    let window = Window::open(&env.pids);
+    let start = env.start();
     let per_publisher = (args.rate / args.publishers as f64).max(1e-9);
     let count = (per_publisher * args.duration).round() as u64;
     let padding = "x".repeat(args.padding);
@@ -281,12 +334,15 @@ pub async fn fanout(env: &Env, args: &FanoutArgs) -> Result<Report> {
                 protocol,
                 channel.clone(),
                 p as u32,
+                start,
                 per_publisher,
                 count,
                 padding.clone(),
             ))
         })
         .collect();
+    tokio::time::sleep_until(start).await;
+    let window = Window::open(&env.pids);
     let mut sent = 0;
     for task in tasks {
         sent += task.await?;
@@ -353,7 +409,7 @@ async fn finish(
 pub async fn chat(env: &Env, args: &ChatArgs) -> Result<Report> {
     let protocol = env.target.protocol;
     let members = args.members.max(1);
-    let room = |i: usize| format!("bench:room:{}", i / members);
+    let room = |i: usize| format!("{}:room:{}", env.prefix, i / members);
     let n = args.rooms * members;
     let (sockets, connect) = open(env, 0, n, |i| Some(room(i)))
         .await
@@ -363,7 +419,7 @@ pub async fn chat(env: &Env, args: &ChatArgs) -> Result<Report> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let count = (args.rate * args.duration).round() as u64;
     let padding = "x".repeat(args.padding);
-    let window = Window::open(&env.pids);
+    let start = env.start();
     // Each member: a receiver on one half, an open-loop publisher on the other.
     let members_tasks: Vec<_> = sockets
         .into_iter()
@@ -381,6 +437,7 @@ pub async fn chat(env: &Env, args: &ChatArgs) -> Result<Report> {
                 stream,
                 protocol,
                 channel,
+                start,
                 i % members,
                 members,
                 rate,
@@ -392,6 +449,8 @@ pub async fn chat(env: &Env, args: &ChatArgs) -> Result<Report> {
             ))
         })
         .collect();
+    tokio::time::sleep_until(start).await;
+    let window = Window::open(&env.pids);
     // Everyone has published once the last scheduled send is due; then drain.
     tokio::time::sleep(Duration::from_secs_f64(args.duration)).await;
     let expected_if_all = count * n as u64 * members as u64;
@@ -418,6 +477,7 @@ async fn member(
     mut stream: futures_util::stream::SplitStream<Ws>,
     protocol: Protocol,
     channel: String,
+    start: tokio::time::Instant,
     index: usize,
     members: usize,
     rate: f64,
@@ -430,7 +490,7 @@ async fn member(
     let mut tally = Tally::new(members);
     let interval = Duration::from_secs_f64(1.0 / rate.max(1e-9));
     // Members start at staggered phases so a room is not a burst every interval.
-    let start = tokio::time::Instant::now() + interval.mul_f64(index as f64 / members as f64);
+    let start = start + interval.mul_f64(index as f64 / members as f64);
     let mut sent = 0u64;
     loop {
         let due = start + interval.mul_f64(sent as f64);
@@ -471,7 +531,7 @@ pub async fn idle(env: &Env, args: &IdleArgs) -> Result<Report> {
     let window = Window::open(&env.pids);
     let channels = args.channels.max(1);
     let (sockets, connect) = open(env, 0, args.connections, |i| {
-        Some(format!("bench:idle:{}", i % channels))
+        Some(format!("{}:idle:{}", env.prefix, i % channels))
     })
     .await
     .context("opening idle connections")?;
