@@ -163,10 +163,10 @@ async fn keep_alive(mut ws: Ws, protocol: Protocol, mut released: watch::Receive
         tokio::select! {
             _ = released.changed() => {}
             message = ws.next() => {
-                if let Some(Ok(Message::Text(text))) = message {
-                    if let Received::Ping = conn::parse(protocol, &text) {
-                        let _ = ws.send(Message::text(conn::PONG)).await;
-                    }
+                if let Some(Ok(Message::Text(text))) = message
+                    && let Received::Ping = conn::parse(protocol, &text)
+                {
+                    let _ = ws.send(Message::text(conn::PONG)).await;
                 }
             }
         }
