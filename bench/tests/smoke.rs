@@ -1,0 +1,138 @@
+//! The benchmark tool works end to end: against a real Tidings server and the naive peer it
+//! opens connections, publishes, receives, and reports consistent counts as JSON. (Numbers are
+//! measured in docs/benchmarks.md, never asserted here.)
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use serde_json::Value;
+
+struct Server(Child, String);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts a server binary that prints `listening on ADDR` and returns it with that address.
+fn start(binary: &PathBuf, args: &[&str]) -> Server {
+    let mut child = Command::new(binary)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|err| panic!("starting {}: {err}", binary.display()));
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).expect("read");
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_owned();
+    Server(child, addr)
+}
+
+/// `target/<profile>/tidings`, built by the same `cargo test --workspace` run.
+fn tidings_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target dir");
+    let binary = dir.join("tidings");
+    assert!(
+        binary.exists(),
+        "{} is missing: run the workspace's tests (cargo test --workspace)",
+        binary.display()
+    );
+    binary
+}
+
+fn bench(args: &[&str]) -> Value {
+    let output = Command::new(env!("CARGO_BIN_EXE_tidings-bench"))
+        .args(args)
+        .arg("--json")
+        .output()
+        .expect("run tidings-bench");
+    assert!(
+        output.status.success(),
+        "tidings-bench failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("JSON report")
+}
+
+#[test]
+fn fanout_against_tidings_counts_every_delivery_and_reads_the_server_process() {
+    let server = start(
+        &tidings_binary(),
+        &["--listen", "127.0.0.1:0", "--log", "warn"],
+    );
+    let pid = server.0.id().to_string();
+    let url = format!("ws://{}/ws", server.1);
+    let reports = bench(&[
+        "fanout", "--url", &url, "--pid", &pid, "-s", "20", "-p", "2", "-r", "200", "-d", "1",
+    ]);
+    let report = &reports[0];
+    assert_eq!(report["sent"], 200);
+    assert_eq!(report["expected"], 4000);
+    assert_eq!(report["delivered"], 4000);
+    assert_eq!(report["lost"], 0);
+    assert_eq!(report["duplicated"], 0);
+    assert_eq!(report["out_of_order"], 0);
+    assert!(report["latency"]["p50_ms"].as_f64().unwrap() > 0.0);
+    assert!(report["servers"][0]["rss_kib"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn chat_and_idle_against_tidings_and_fanout_against_the_naive_peer() {
+    let server = start(
+        &tidings_binary(),
+        &["--listen", "127.0.0.1:0", "--log", "warn"],
+    );
+    let pid = server.0.id().to_string();
+    let url = format!("ws://{}/ws", server.1);
+    let chat = &bench(&[
+        "chat", "--url", &url, "-c", "5", "-m", "4", "-r", "5", "-d", "1",
+    ])[0];
+    assert_eq!(chat["connections"], 20);
+    assert_eq!(chat["sent"], 100);
+    assert_eq!(
+        chat["delivered"], 400,
+        "each message reaches its room's four members"
+    );
+    assert_eq!(chat["lost"], 0);
+
+    let idle = &bench(&[
+        "idle", "--url", &url, "--pid", &pid, "-n", "200", "--hold", "0",
+    ])[0];
+    assert_eq!(idle["connections"], 200);
+    assert!(idle["rss_kib_per_connection"].as_f64().unwrap() > 0.0);
+
+    let naive = start(
+        &PathBuf::from(env!("CARGO_BIN_EXE_naive-broadcast")),
+        &["127.0.0.1:0"],
+    );
+    let naive_url = format!("ws://{}/", naive.1);
+    let fanout = &bench(&[
+        "fanout",
+        "--protocol",
+        "naive",
+        "--url",
+        &naive_url,
+        "-s",
+        "10",
+        "-p",
+        "1",
+        "-r",
+        "100",
+        "-d",
+        "1",
+    ])[0];
+    assert_eq!(fanout["sent"], 100);
+    assert_eq!(fanout["delivered"], 1000);
+}
