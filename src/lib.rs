@@ -10,7 +10,7 @@
 //! - [`node`]: this process's handle on the system: hub + broker kept in step.
 //! - [`hub`]: local channel → subscribers; fan-out of frames encoded once.
 //! - [`outbox`]: one connection's bounded outgoing queue; slow-consumer detection.
-//! - [`broker`]: offset assignment and delivery between nodes (memory; Redis next).
+//! - [`broker`]: offsets, history and delivery between nodes (memory, Redis, Redis Cluster).
 //! - [`transport`]: the WebSocket library behind a small seam.
 //! - [`protocol`]: the wire format, pure data.
 

@@ -3,8 +3,8 @@
 //!
 //! A [`Broker`] assigns each publication of a channel the next offset, atomically, and hands
 //! every publication of the channels this node subscribed to to the node's [`Deliver`] sink.
-//! [`MemoryBroker`](memory::MemoryBroker) serves one process; a Redis broker (next) serves
-//! many. Sessions and the HTTP API never see which one runs: they talk to `Node`.
+//! [`MemoryBroker`](memory::MemoryBroker) serves one process; [`RedisBroker`](redis::RedisBroker)
+//! serves many. Sessions and the HTTP API never see which one runs: they talk to `Node`.
 //!
 //! ## Ordering
 //! Offsets of a channel are 1, 2, 3… with no gaps within one epoch, and publications of a
