@@ -107,21 +107,6 @@ impl Hub {
             outbox.check_position(channel, position);
         }
     }
-
-    /// The channels that have local subscribers.
-    pub fn channels(&self) -> Vec<ChannelName> {
-        self.shards
-            .iter()
-            .flat_map(|shard| {
-                shard
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .keys()
-                    .cloned()
-                    .collect::<Vec<_>>()
-            })
-            .collect()
-    }
 }
 
 impl Deliver for Hub {

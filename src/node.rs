@@ -180,11 +180,6 @@ impl Node {
     pub async fn ready(&self) -> Result<(), BrokerError> {
         self.0.broker.ready().await
     }
-
-    /// How many connections on this node subscribe to `channel`.
-    pub fn local_subscribers(&self, channel: &ChannelName) -> usize {
-        self.0.hub.subscriber_count(channel)
-    }
 }
 
 /// Checks that `history` continues `since` without a gap: same epoch, and (when `complete`)

@@ -1,6 +1,5 @@
 //! The only helpers folder: a real server process, a real WebSocket client, bounded waits.
 
-#![allow(dead_code)]
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -11,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use tidings::protocol::{ClientInfo, Connected, Outcome, PubPush, Push, ServerFrame};
+use tidings::protocol::{Connected, Outcome, PubPush, Push, ServerFrame};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
@@ -356,13 +355,6 @@ pub async fn server_closed(server: SocketAddr, client: SocketAddr, limit: Durati
         }
     })
     .await
-}
-
-pub fn info(client: &str, user: &str) -> ClientInfo {
-    ClientInfo {
-        client: client.into(),
-        user: user.into(),
-    }
 }
 
 /// What a subscriber that reconnects and recovers by itself saw of one channel.
