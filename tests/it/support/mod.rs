@@ -1,6 +1,5 @@
 //! The only helpers folder: a real server process, a real WebSocket client, bounded waits.
 
-
 use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
