@@ -123,10 +123,11 @@ impl Outbox {
         if state.closing.is_some() {
             return;
         }
-        let pending = match state.channels.get(channel) {
+        // One map lookup per subscriber and publication: this is the fan-out's hot path.
+        let fits = state.queued_bytes + state.held_bytes + frame.len() <= self.0.max_bytes;
+        let queue = match state.channels.get_mut(channel) {
             // Unsubscribed while this publication was in flight.
             None => return,
-            Some(Delivery::Pending { .. }) => true,
             Some(Delivery::Live { last, epoch: live }) => {
                 if **live != *epoch || offset > *last + 1 {
                     drop(state);
@@ -135,24 +136,30 @@ impl Outbox {
                 if offset <= *last {
                     return;
                 }
+                if fits {
+                    *last = offset;
+                }
+                true
+            }
+            Some(Delivery::Pending { held, .. }) => {
+                if fits {
+                    held.push(Held {
+                        offset,
+                        epoch: epoch.into(),
+                        frame: frame.clone(),
+                    });
+                }
                 false
             }
         };
-        if !self.reserve(&mut state, frame.len()) {
+        if !fits {
+            // Closes the connection as a slow consumer.
+            self.reserve(&mut state, frame.len());
             return;
         }
-        match state.channels.get_mut(channel) {
-            Some(Delivery::Pending { held, .. }) if pending => {
-                held.push(Held {
-                    offset,
-                    epoch: epoch.into(),
-                    frame: frame.clone(),
-                });
-                state.held_bytes += frame.len();
-                return;
-            }
-            Some(Delivery::Live { last, .. }) => *last = offset,
-            _ => return,
+        if !queue {
+            state.held_bytes += frame.len();
+            return;
         }
         state.queued_bytes += frame.len();
         state.queue.push_back(frame.clone());
