@@ -139,6 +139,72 @@ mod tests {
         assert_eq!(hub.subscriber_count(&ch), 0);
     }
 
+    fn live_outboxes(hub: &Hub, ch: &ChannelName, n: usize) -> Vec<Outbox> {
+        (0..n)
+            .map(|i| {
+                let outbox = Outbox::new(1 << 16);
+                outbox.begin_subscription(ch);
+                outbox.complete_subscription(
+                    ch,
+                    vec![],
+                    &StreamPosition {
+                        offset: 0,
+                        epoch: "e".into(),
+                    },
+                );
+                hub.add(ch, i as u64, outbox.clone());
+                outbox
+            })
+            .collect()
+    }
+
+    fn publication(ch: &ChannelName, offset: u64) -> Publication {
+        Publication {
+            channel: ch.clone(),
+            offset,
+            epoch: "e".into(),
+            data: Arc::from(RawValue::from_string(r#"{"text":"hello"}"#.into()).unwrap()),
+            info: ClientInfo {
+                client: "c".into(),
+                user: "u".into(),
+            },
+        }
+    }
+
+    /// Heap allocations made by the second fan-out of a publication to `n` live subscribers
+    /// (the first one grows every queue to its working size, as a running server's have).
+    fn allocations_per_broadcast(n: usize) -> u64 {
+        let hub = Hub::new();
+        let ch = ChannelName::parse("c").unwrap();
+        let outboxes = live_outboxes(&hub, &ch, n);
+        let mut batch = Vec::new();
+        let (first, second) = (publication(&ch, 1), publication(&ch, 2));
+        hub.broadcast(&first);
+        for outbox in &outboxes {
+            outbox.drain(&mut batch);
+            batch.clear();
+        }
+        let counted = allocation_counter::measure(|| hub.broadcast(&second));
+        for outbox in &outboxes {
+            outbox.drain(&mut batch);
+            assert_eq!(batch.len(), 1, "every subscriber got the publication");
+            batch.clear();
+        }
+        counted.count_total
+    }
+
+    #[test]
+    fn a_publication_allocates_the_same_for_ten_thousand_subscribers_as_for_one() {
+        let one = allocations_per_broadcast(1);
+        let many = allocations_per_broadcast(10_000);
+        eprintln!("allocations per publication: {one} for 1 subscriber, {many} for 10,000");
+        assert!(one > 0, "the allocation counter is active");
+        assert_eq!(
+            many, one,
+            "fan-out to 10,000 subscribers allocated {many} times, to one {one} times"
+        );
+    }
+
     #[test]
     fn every_subscriber_gets_the_same_shared_frame() {
         let hub = Hub::new();
