@@ -1,5 +1,6 @@
-//! Connections and the protocols the benchmark speaks: Tidings protocol v1 and the naive
-//! broadcast peer (every text frame goes to everybody).
+//! Connections and the protocols the benchmark speaks: Tidings protocol v1, the naive
+//! broadcast peer (every text frame goes to everybody), and Socket.IO v5 over Engine.IO v4
+//! WebSockets (the socketioxide peer in bench/peers/socketioxide).
 //!
 //! Connections are spread over several 127.0.0.x source addresses so that one load generator
 //! can open more connections to one server port than one source address has ephemeral ports.
@@ -25,6 +26,25 @@ pub enum Protocol {
     Tidings,
     /// The naive broadcast peer: no channels, every text frame is sent to every connection.
     Naive,
+    /// Socket.IO (Engine.IO v4, WebSocket transport only), namespace "/": event `subscribe`
+    /// with the channel (acked), `publish` with channel and payload, deliveries as `message`.
+    Socketio,
+}
+
+/// Where Engine.IO listens unless told otherwise.
+const SOCKETIO_PATH: &str = "/socket.io/?EIO=4&transport=websocket";
+
+/// The URL to open: a Socket.IO URL without a path gets the default Engine.IO endpoint, so
+/// `ws://host:port` is enough.
+pub fn endpoint(protocol: Protocol, url: &str) -> String {
+    let path = url
+        .split_once("://")
+        .map_or("", |(_, rest)| rest.find('/').map_or("", |i| &rest[i..]));
+    if protocol == Protocol::Socketio && (path.is_empty() || path == "/") {
+        format!("{}{SOCKETIO_PATH}", url.trim_end_matches('/'))
+    } else {
+        url.to_owned()
+    }
 }
 
 /// Where and how to connect.
@@ -66,21 +86,57 @@ impl Target {
         let config = WebSocketConfig::default()
             .read_buffer_size(4096)
             .write_buffer_size(0);
-        let (ws, _) = tokio_tungstenite::client_async_with_config(
+        let (mut ws, _) = tokio_tungstenite::client_async_with_config(
             url.as_str(),
             MaybeTlsStream::Plain(stream),
             Some(config),
         )
         .await
         .with_context(|| format!("WebSocket handshake with {url}"))?;
+        if self.protocol == Protocol::Socketio {
+            // Not usable before the namespace is joined, so that counts as connecting too.
+            socketio_handshake(&mut ws)
+                .await
+                .with_context(|| format!("Socket.IO handshake with {url}"))?;
+        }
         Ok((ws, started.elapsed()))
     }
 }
 
-/// Subscribes (Tidings) and waits for the reply; the naive peer needs nothing.
+/// Engine.IO open packet (`0{…}`), then joins namespace "/": `40` answered by `40{"sid":…}`.
+async fn socketio_handshake(ws: &mut Ws) -> Result<()> {
+    let open = next_text(ws).await?;
+    if !open.starts_with('0') {
+        bail!("expected the Engine.IO open packet, got {open:?}");
+    }
+    ws.send(Message::text("40")).await?;
+    loop {
+        let text = next_text(ws).await?;
+        match text.as_str() {
+            "2" => ws.send(Message::text(SOCKETIO_PONG)).await?,
+            t if t.starts_with("40") => return Ok(()),
+            t => bail!("namespace / refused: {t:?}"),
+        }
+    }
+}
+
+/// The next text frame, skipping others.
+async fn next_text(ws: &mut Ws) -> Result<String> {
+    while let Some(message) = ws.next().await {
+        if let Message::Text(text) = message? {
+            return Ok(text.as_str().to_owned());
+        }
+    }
+    bail!("connection closed")
+}
+
+/// Subscribes and waits for the reply (Tidings) or the ack (Socket.IO); the naive peer
+/// needs nothing.
 pub async fn subscribe(ws: &mut Ws, protocol: Protocol, channel: &str) -> Result<()> {
-    if protocol == Protocol::Naive {
-        return Ok(());
+    match protocol {
+        Protocol::Naive => return Ok(()),
+        Protocol::Socketio => return socketio_subscribe(ws, channel).await,
+        Protocol::Tidings => {}
     }
     let request = serde_json::json!({"id": 1, "op": "subscribe", "channel": channel});
     ws.send(Message::text(request.to_string())).await?;
@@ -99,6 +155,26 @@ pub async fn subscribe(ws: &mut Ws, protocol: Protocol, channel: &str) -> Result
     bail!("connection closed while subscribing")
 }
 
+/// `420["subscribe",channel]`, acknowledged by `430[…]` (ack id 0: one subscription per
+/// connection).
+async fn socketio_subscribe(ws: &mut Ws, channel: &str) -> Result<()> {
+    let request = format!(r#"420["subscribe",{}]"#, serde_json::to_string(channel)?);
+    ws.send(Message::text(request)).await?;
+    loop {
+        let text = next_text(ws)
+            .await
+            .with_context(|| format!("subscribing to {channel}"))?;
+        match text.as_str() {
+            "2" => ws.send(Message::text(SOCKETIO_PONG)).await?,
+            t if t.starts_with("430") => return Ok(()),
+            t if t.starts_with("44") || t.starts_with("41") => {
+                bail!("subscribe {channel} failed: {t}")
+            }
+            _ => {}
+        }
+    }
+}
+
 /// The measured payload: send time (ns since the Unix epoch), publisher, sequence, padding.
 pub fn payload(sent_ns: u64, publisher: u32, seq: u64, padding: &str) -> String {
     format!(r#"{{"t":{sent_ns},"p":{publisher},"s":{seq},"x":"{padding}"}}"#)
@@ -112,6 +188,8 @@ pub fn publish_frame(protocol: Protocol, channel: &str, payload: &str) -> String
             format!(r#"{{"op":"publish","channel":"{channel}","data":{payload}}}"#)
         }
         Protocol::Naive => payload.to_owned(),
+        // No ack requested, for the same reason.
+        Protocol::Socketio => format!(r#"42["publish","{channel}",{payload}]"#),
     }
 }
 
@@ -169,15 +247,82 @@ pub fn parse(protocol: Protocol, text: &str) -> Received {
             Ok(PushFrame { error: Some(_), .. }) => Received::Error,
             _ => Received::Other,
         },
+        Protocol::Socketio => parse_socketio(text),
     }
 }
 
-/// The answer to a server heartbeat.
-pub const PONG: &str = r#"{"op":"pong"}"#;
+/// One Engine.IO packet per WebSocket frame: `2` ping, `42[event,…]` event, `41` namespace
+/// disconnect, `44{…}` namespace error, `1` close.
+fn parse_socketio(text: &str) -> Received {
+    if text == "2" {
+        return Received::Ping;
+    }
+    if let Some(event) = text.strip_prefix("42") {
+        return match serde_json::from_str::<(&str, Delivery)>(event) {
+            Ok(("message", delivery)) => Received::Delivery {
+                offset: None,
+                delivery,
+            },
+            _ => Received::Other,
+        };
+    }
+    if text == "1" || text.starts_with("41") || text.starts_with("44") {
+        return Received::Error;
+    }
+    Received::Other
+}
+
+/// Engine.IO's answer to a ping.
+const SOCKETIO_PONG: &str = "3";
+
+/// The answer to a server heartbeat (the naive peer sends none).
+pub fn pong(protocol: Protocol) -> &'static str {
+    match protocol {
+        Protocol::Socketio => SOCKETIO_PONG,
+        Protocol::Tidings | Protocol::Naive => r#"{"op":"pong"}"#,
+    }
+}
 
 pub fn now_ns() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socketio_urls_without_a_path_get_the_engine_io_endpoint() {
+        let full = "ws://127.0.0.1:8010/socket.io/?EIO=4&transport=websocket";
+        for url in ["ws://127.0.0.1:8010", "ws://127.0.0.1:8010/", full] {
+            assert_eq!(endpoint(Protocol::Socketio, url), full);
+        }
+        assert_eq!(endpoint(Protocol::Tidings, "ws://h:1"), "ws://h:1");
+    }
+
+    #[test]
+    fn socketio_frames() {
+        let body = payload(5, 1, 7, "xx");
+        let frame = format!(r#"42["message",{body}]"#);
+        let Received::Delivery { offset, delivery } = parse(Protocol::Socketio, &frame) else {
+            panic!("not a delivery: {frame}");
+        };
+        assert_eq!(
+            (offset, delivery.t, delivery.p, delivery.s),
+            (None, 5, 1, 7)
+        );
+        assert!(matches!(parse(Protocol::Socketio, "2"), Received::Ping));
+        assert!(matches!(
+            parse(Protocol::Socketio, r#"42["other",1]"#),
+            Received::Other
+        ));
+        assert!(matches!(parse(Protocol::Socketio, "41"), Received::Error));
+        assert_eq!(
+            publish_frame(Protocol::Socketio, "c", &body),
+            format!(r#"42["publish","c",{body}]"#)
+        );
+    }
 }

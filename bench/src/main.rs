@@ -39,6 +39,8 @@ struct Cli {
 #[derive(Debug, Args)]
 struct Common {
     /// WebSocket URL of a node (repeat for several nodes: connections are spread over them).
+    /// With `--protocol socketio`, a URL without a path (ws://HOST:PORT) gets the Engine.IO
+    /// endpoint /socket.io/?EIO=4&transport=websocket appended.
     #[arg(long = "url", global = true, default_value = "ws://127.0.0.1:8000/ws")]
     urls: Vec<String>,
     /// The protocol the target speaks.
@@ -87,7 +89,12 @@ async fn main() -> Result<()> {
         eprintln!("open-files limit: {limit}");
     }
     let target = Target {
-        urls: cli.common.urls.clone(),
+        urls: cli
+            .common
+            .urls
+            .iter()
+            .map(|url| conn::endpoint(cli.common.protocol, url))
+            .collect(),
         protocol: cli.common.protocol,
         source_ips: cli.common.source_ips.max(1),
     };

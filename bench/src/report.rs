@@ -1,6 +1,7 @@
 //! What a run measured: delivery counts, latency percentiles (HDR histogram), connect times,
 //! and the server processes' memory and CPU read from /proc. Printed as a table or as JSON.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
@@ -15,9 +16,19 @@ pub struct Tally {
     pub duplicated: u64,
     pub out_of_order: u64,
     pub errors: u64,
-    /// Last sequence seen per publisher (duplicates and reordering are detected with it).
-    last_seq: Vec<Option<u64>>,
+    /// Per publisher (duplicates and reordering are detected with it).
+    publishers: Vec<Sequence>,
     last_offset: Option<u64>,
+}
+
+/// One publisher's sequence as received: the highest seen and the gaps below it.
+#[derive(Debug, Clone, Default)]
+struct Sequence {
+    last: Option<u64>,
+    /// A late arrival fills a gap (out of order); anything else below `last` is a duplicate.
+    /// Servers that reorder (socketioxide runs each event handler as its own task) would
+    /// otherwise show every reordered delivery as duplicated and lost.
+    missing: HashSet<u64>,
 }
 
 impl Tally {
@@ -28,7 +39,7 @@ impl Tally {
             duplicated: 0,
             out_of_order: 0,
             errors: 0,
-            last_seq: vec![None; publishers],
+            publishers: vec![Sequence::default(); publishers],
             last_offset: None,
         }
     }
@@ -42,23 +53,31 @@ impl Tally {
         seq: u64,
         offset: Option<u64>,
     ) {
-        let slot = self.last_seq.get_mut(publisher as usize);
-        match slot {
-            Some(last) if last.is_some_and(|l| seq <= l) => {
-                self.duplicated += 1;
-                return;
+        let Some(sequence) = self.publishers.get_mut(publisher as usize) else {
+            self.errors += 1;
+            return;
+        };
+        let mut late = false;
+        match sequence.last {
+            Some(last) if seq <= last => {
+                if !sequence.missing.remove(&seq) {
+                    self.duplicated += 1;
+                    return;
+                }
+                late = true;
             }
-            Some(last) => *last = Some(seq),
-            None => {
-                self.errors += 1;
-                return;
+            // Every receiver subscribed before the first publication: sequences start at 0.
+            last => {
+                sequence.missing.extend(last.map_or(0, |l| l + 1)..seq);
+                sequence.last = Some(seq);
             }
         }
         if let Some(offset) = offset {
-            if self.last_offset.is_some_and(|l| offset <= l) {
-                self.out_of_order += 1;
-            }
+            late |= self.last_offset.is_some_and(|l| offset <= l);
             self.last_offset = Some(offset);
+        }
+        if late {
+            self.out_of_order += 1;
         }
         self.delivered += 1;
         let micros = now_ns.saturating_sub(sent_ns) / 1000;
@@ -212,5 +231,22 @@ impl Report {
         if let Some(per) = self.rss_kib_per_connection {
             println!("memory        {per:.2} KiB of server RSS per idle connection");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Tally;
+
+    #[test]
+    fn a_late_delivery_is_out_of_order_and_a_repeated_one_duplicated() {
+        let mut tally = Tally::new(1);
+        for seq in [0, 2, 1, 2, 3] {
+            tally.record(10, 5, 0, seq, None);
+        }
+        assert_eq!(
+            (tally.delivered, tally.out_of_order, tally.duplicated),
+            (4, 1, 1)
+        );
     }
 }

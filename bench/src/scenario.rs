@@ -166,7 +166,7 @@ async fn keep_alive(mut ws: Ws, protocol: Protocol, mut released: watch::Receive
                 if let Some(Ok(Message::Text(text))) = message
                     && let Received::Ping = conn::parse(protocol, &text)
                 {
-                    let _ = ws.send(Message::text(conn::PONG)).await;
+                    let _ = ws.send(Message::text(conn::pong(protocol))).await;
                 }
             }
         }
@@ -195,7 +195,7 @@ async fn receive(
             continue;
         };
         if take(protocol, &text, &mut tally, &delivered) {
-            let _ = ws.send(Message::text(conn::PONG)).await;
+            let _ = ws.send(Message::text(conn::pong(protocol))).await;
         }
     }
     tally
@@ -241,7 +241,7 @@ async fn publish(
                     match message {
                         Some(Ok(Message::Text(text))) => {
                             if let Received::Ping = conn::parse(protocol, &text) {
-                                let _ = ws.send(Message::text(conn::PONG)).await;
+                                let _ = ws.send(Message::text(conn::pong(protocol))).await;
                             }
                         }
                         Some(Ok(_)) => {}
@@ -513,7 +513,7 @@ async fn member(
                 };
                 let Message::Text(text) = message else { continue };
                 if take(protocol, &text, &mut tally, &delivered) {
-                    let _ = sink.send(Message::text(conn::PONG)).await;
+                    let _ = sink.send(Message::text(conn::pong(protocol))).await;
                 }
             }
         }
@@ -535,18 +535,8 @@ pub async fn idle(env: &Env, args: &IdleArgs) -> Result<Report> {
     })
     .await
     .context("opening idle connections")?;
-    // Let allocations settle before reading memory.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let after: Vec<u64> = env
-        .pids
-        .iter()
-        .filter_map(|&pid| report::memory_kib(pid).map(|(rss, _)| rss))
-        .collect();
-    let added: u64 = after
-        .iter()
-        .zip(&before)
-        .map(|(a, b)| a.saturating_sub(*b))
-        .sum();
+    // Holders first: they answer heartbeats while the memory settles (Socket.IO drops a
+    // connection that misses a ping).
     let (stop_tx, stop_rx) = watch::channel(false);
     let holders: Vec<_> = sockets
         .into_iter()
@@ -560,6 +550,18 @@ pub async fn idle(env: &Env, args: &IdleArgs) -> Result<Report> {
             ))
         })
         .collect();
+    // Let allocations settle before reading memory.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after: Vec<u64> = env
+        .pids
+        .iter()
+        .filter_map(|&pid| report::memory_kib(pid).map(|(rss, _)| rss))
+        .collect();
+    let added: u64 = after
+        .iter()
+        .zip(&before)
+        .map(|(a, b)| a.saturating_sub(*b))
+        .sum();
     tokio::time::sleep(Duration::from_secs_f64(args.hold)).await;
     let mut report = finish(
         env,

@@ -1,0 +1,100 @@
+//! A minimal Socket.IO chat server: the socketioxide comparison peer for
+//! `tidings-bench --protocol socketio` (build and run: README.md).
+//!
+//! Namespace "/", two events:
+//! - `subscribe` with a room name: joins that room; acknowledged with `"ok"` when the client
+//!   asks for an ack (`420["subscribe","room"]` → `430["ok"]`).
+//! - `publish` with two arguments, room and payload (`42["publish","room",{…}]`): emits
+//!   `message` with the payload to every socket in the room, the publisher included, through
+//!   the Redis adapter, so sockets on other nodes sharing the Redis server receive it too.
+//!
+//! Prints `listening on ADDR` once it accepts connections.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use fred::prelude::{Builder, Config};
+use fred::types::RespVersion;
+use serde_json::value::RawValue;
+use socketioxide::SocketIo;
+use socketioxide::adapter::Adapter;
+use socketioxide::extract::{AckSender, Data, SocketRef};
+use socketioxide_redis::{FredAdapter, RedisAdapterCtr};
+
+#[derive(Debug, Parser)]
+#[command(about = "Socket.IO chat server (socketioxide + Redis adapter), a tidings-bench peer")]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, env = "LISTEN", default_value = "127.0.0.1:8010")]
+    listen: SocketAddr,
+    /// Redis shared by all nodes (Redis ≥ 7: the adapter uses RESP3 and sharded pub/sub).
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    redis_url: String,
+    /// Engine.IO ping interval (socketioxide's default 25,000 ms).
+    #[arg(long, default_value_t = 25_000)]
+    ping_interval_ms: u64,
+    /// Engine.IO ping timeout (socketioxide's default 20,000 ms).
+    #[arg(long, default_value_t = 20_000)]
+    ping_timeout_ms: u64,
+}
+
+async fn on_connect<A: Adapter>(socket: SocketRef<A>) {
+    socket.on("subscribe", on_subscribe);
+    socket.on("publish", on_publish);
+}
+
+async fn on_subscribe<A: Adapter>(
+    socket: SocketRef<A>,
+    Data(room): Data<String>,
+    ack: AckSender<A>,
+) {
+    socket.join(room);
+    // Fails only when the socket is already gone: nobody left to tell.
+    let _ = ack.send("ok");
+}
+
+// The payload stays raw JSON: the server forwards it untouched, as Tidings does.
+async fn on_publish<A: Adapter>(
+    socket: SocketRef<A>,
+    Data((room, payload)): Data<(String, Box<RawValue>)>,
+) {
+    if let Err(err) = socket.within(room).emit("message", &payload).await {
+        eprintln!("broadcast failed: {err}");
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    // Benchmarks open thousands of sockets; the usual 1024 descriptors are not enough.
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+
+    let mut config = Config::from_url(&args.redis_url)
+        .with_context(|| format!("bad Redis URL {}", args.redis_url))?;
+    // The adapter's fred driver expects RESP3, and fred ignores `?protocol=` in the URL.
+    config.version = RespVersion::RESP3;
+    let client = Builder::from_config(config)
+        .build_subscriber_client()
+        .context("building the Redis client")?;
+    let adapter = RedisAdapterCtr::new_with_fred(client)
+        .await
+        .with_context(|| format!("connecting to Redis at {}", args.redis_url))?;
+
+    let (layer, io) = SocketIo::builder()
+        .ping_interval(Duration::from_millis(args.ping_interval_ms))
+        .ping_timeout(Duration::from_millis(args.ping_timeout_ms))
+        .with_adapter::<FredAdapter<_>>(adapter)
+        .build_layer();
+    io.ns("/", on_connect)
+        .await
+        .context("setting up namespace / on the Redis adapter")?;
+
+    let app = axum::Router::new().layer(layer);
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    println!("listening on {}", listener.local_addr()?);
+    axum::serve(listener, app).await.context("serving")
+}
