@@ -3,12 +3,16 @@
 //! Precedence: flags > environment > defaults (a config file joins later, between the
 //! environment and the defaults). Nothing else in the crate reads the environment.
 
+use std::collections::HashMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::auth::{ChannelRules, NamespaceRule, SubscribeRule, TokenSettings, parse_namespace};
 use crate::broker::Retention;
 use crate::broker::redis::RedisOptions;
+use crate::limits::{ConnectionCaps, Rate};
 use crate::session::SessionConfig;
 
 /// Tidings: a real-time messaging server. Clients hold a WebSocket to `/ws`, subscribe to
@@ -106,6 +110,100 @@ pub struct ServeArgs {
     #[arg(long, env = "TIDINGS_SHUTDOWN_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
 
+    /// Secret for HS256 connection and subscription tokens (at least 32 bytes).
+    #[arg(long, env = "TIDINGS_TOKEN_HMAC_SECRET", hide_env_values = true)]
+    pub token_hmac_secret: Option<String>,
+
+    /// PEM public key for RS256 (RSA), ES256 (P-256) or EdDSA (Ed25519) tokens; repeatable.
+    /// The environment variable takes a comma-separated list.
+    #[arg(long, env = "TIDINGS_TOKEN_PUBLIC_KEY", value_delimiter = ',')]
+    pub token_public_key: Vec<PathBuf>,
+
+    /// JWKS file (`{"keys":[...]}`) of public keys; a token's `kid` picks its key.
+    #[arg(long, env = "TIDINGS_TOKEN_JWKS")]
+    pub token_jwks: Option<PathBuf>,
+
+    /// Clock skew tolerated on a token's `exp` and `nbf`.
+    #[arg(long, env = "TIDINGS_TOKEN_LEEWAY", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub token_leeway: Duration,
+
+    /// Require this `aud` claim in every token.
+    #[arg(long, env = "TIDINGS_TOKEN_AUDIENCE")]
+    pub token_audience: Option<String>,
+
+    /// Require this `iss` claim in every token.
+    #[arg(long, env = "TIDINGS_TOKEN_ISSUER")]
+    pub token_issuer: Option<String>,
+
+    /// Let connections without a token in (they pick a display name; `authenticated` is
+    /// false). Default: on when no token key is configured, off otherwise.
+    #[arg(long, env = "TIDINGS_ALLOW_ANONYMOUS", num_args = 0..=1, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
+    pub allow_anonymous: Option<bool>,
+
+    /// Rules for channels without a namespace and in namespaces not listed with --namespace:
+    /// `subscribe=anyone|authenticated|token|user,publish=true|false,history-size=N,history-ttl=DUR`.
+    #[arg(
+        long,
+        env = "TIDINGS_CHANNEL_RULE",
+        default_value = "subscribe=anyone,publish=true"
+    )]
+    pub channel_rule: String,
+
+    /// Rules of one namespace, `NAME:key=value,…` (keys as in --channel-rule); repeatable.
+    /// `user` is personal (`user:<id>` readable only by user `<id>`, no client publishing)
+    /// unless listed. The environment variable takes a `;`-separated list.
+    #[arg(long = "namespace", env = "TIDINGS_NAMESPACES", value_delimiter = ';')]
+    pub namespaces: Vec<String>,
+
+    /// Origin allowed to open WebSockets from a browser (e.g. https://chat.example.com), or
+    /// `*` for any; repeatable. By default only pages served from the same host may connect;
+    /// clients that send no Origin (non-browsers) are always allowed.
+    #[arg(long, env = "TIDINGS_ALLOWED_ORIGIN", value_delimiter = ',')]
+    pub allowed_origin: Vec<String>,
+
+    /// Publishes per second one connection may make on average; more get error 112.
+    #[arg(long, env = "TIDINGS_PUBLISH_RATE", default_value_t = 1000)]
+    pub publish_rate: u32,
+
+    /// Publishes one connection may make in a burst above --publish-rate.
+    #[arg(long, env = "TIDINGS_PUBLISH_BURST", default_value_t = 1000)]
+    pub publish_burst: u32,
+
+    /// Commands of any kind per second one connection may send on average; more get error
+    /// 112. A client refused more than the burst size within 10 seconds is closed with 4004.
+    #[arg(long, env = "TIDINGS_COMMAND_RATE", default_value_t = 2000)]
+    pub command_rate: u32,
+
+    /// Commands one connection may send in a burst above --command-rate.
+    #[arg(long, env = "TIDINGS_COMMAND_BURST", default_value_t = 2000)]
+    pub command_burst: u32,
+
+    /// WebSocket connections this node holds at once (0: no limit); more are closed with 1013.
+    #[arg(long, env = "TIDINGS_MAX_CONNECTIONS", default_value_t = 100_000)]
+    pub max_connections: usize,
+
+    /// Connections one authenticated user may hold on this node (0: no limit); more are
+    /// closed with 1008.
+    #[arg(long, env = "TIDINGS_MAX_CONNECTIONS_PER_USER", default_value_t = 100)]
+    pub max_connections_per_user: usize,
+
+    /// Connections one client IP address may hold on this node (0: no limit); more are
+    /// closed with 1008. Behind a proxy every client has the proxy's address: raise it or
+    /// set 0 there.
+    #[arg(long, env = "TIDINGS_MAX_CONNECTIONS_PER_IP", default_value_t = 10_000)]
+    pub max_connections_per_ip: usize,
+
+    /// Time a new TCP connection has to send its HTTP request headers, and a WebSocket that
+    /// must authenticate with `connect` has to do so; after it the connection is dropped
+    /// (closed with 1008 for WebSockets).
+    #[arg(long, env = "TIDINGS_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub handshake_timeout: Duration,
+
+    /// A connection subscribed to nothing that sends no command for this long is closed
+    /// with 4500 (0s: never).
+    #[arg(long, env = "TIDINGS_IDLE_TIMEOUT", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
+
     /// Log filter, in `tracing` EnvFilter syntax (e.g. `info`, `tidings=debug`).
     #[arg(long, env = "TIDINGS_LOG", default_value = "info")]
     pub log: String,
@@ -120,6 +218,25 @@ pub enum ConfigError {
         "--max-queue-size ({queue} bytes) must be at least --max-message-size ({message}) + 1 KiB"
     )]
     QueueSmallerThanMessage { queue: usize, message: usize },
+    #[error("--{flag}: {message}")]
+    Invalid { flag: &'static str, message: String },
+    #[error("--namespace {0} is given twice")]
+    DuplicateNamespace(String),
+    #[error(
+        "--allow-anonymous=false with no token key: nobody could connect; configure \
+         --token-hmac-secret, --token-public-key or --token-jwks"
+    )]
+    NobodyCanConnect,
+}
+
+/// Who may connect, and what they may do.
+#[derive(Clone, Debug)]
+pub struct AuthConfig {
+    pub tokens: TokenSettings,
+    pub allow_anonymous: bool,
+    pub rules: ChannelRules,
+    /// Origins allowed besides the server's own host; `*` allows any.
+    pub allowed_origins: Vec<String>,
 }
 
 /// Upper bound of what a `pub` push adds to the publisher's data: channel, epoch, info, keys.
@@ -136,6 +253,9 @@ pub struct Config {
     /// `None`: the in-memory broker.
     pub redis: Option<RedisOptions>,
     pub shutdown_timeout: Duration,
+    pub auth: AuthConfig,
+    pub caps: ConnectionCaps,
+    pub handshake_timeout: Duration,
 }
 
 impl ServeArgs {
@@ -164,6 +284,44 @@ impl ServeArgs {
                 message: self.max_message_size,
             });
         }
+        nonzero(self.publish_rate.into(), "publish-rate")?;
+        nonzero(self.publish_burst.into(), "publish-burst")?;
+        nonzero(self.command_rate.into(), "command-rate")?;
+        nonzero(self.command_burst.into(), "command-burst")?;
+        nonzero(self.handshake_timeout.as_millis(), "handshake-timeout")?;
+        let tokens = TokenSettings {
+            hmac_secret: self.token_hmac_secret,
+            public_keys: self.token_public_key,
+            jwks: self.token_jwks,
+            leeway: self.token_leeway,
+            audience: self.token_audience,
+            issuer: self.token_issuer,
+        };
+        let allow_anonymous = self.allow_anonymous.unwrap_or(!tokens.has_keys());
+        if !allow_anonymous && !tokens.has_keys() {
+            return Err(ConfigError::NobodyCanConnect);
+        }
+        let open = NamespaceRule {
+            subscribe: SubscribeRule::Anyone,
+            publish: true,
+            history: None,
+        };
+        let (_, default_rule) = parse_namespace(&format!("default:{}", self.channel_rule), &open)
+            .map_err(|message| ConfigError::Invalid {
+            flag: "channel-rule",
+            message,
+        })?;
+        let mut namespaces = HashMap::new();
+        for spec in &self.namespaces {
+            let (name, rule) =
+                parse_namespace(spec, &default_rule).map_err(|message| ConfigError::Invalid {
+                    flag: "namespace",
+                    message,
+                })?;
+            if namespaces.insert(name.clone(), rule).is_some() {
+                return Err(ConfigError::DuplicateNamespace(name));
+            }
+        }
         Ok(Config {
             listen: self.listen,
             enable_echo: self.enable_echo,
@@ -175,6 +333,10 @@ impl ServeArgs {
                 pong_timeout: self.pong_timeout,
                 write_timeout: self.pong_timeout,
                 close_timeout: Duration::from_secs(2).min(self.shutdown_timeout),
+                publish_rate: Rate::new(self.publish_rate, self.publish_burst),
+                command_rate: Rate::new(self.command_rate, self.command_burst),
+                handshake_timeout: self.handshake_timeout,
+                idle_timeout: (!self.idle_timeout.is_zero()).then_some(self.idle_timeout),
             },
             retention: Retention {
                 history_size: self.history_size,
@@ -188,6 +350,18 @@ impl ServeArgs {
                 prefix: self.redis_prefix,
             }),
             shutdown_timeout: self.shutdown_timeout,
+            auth: AuthConfig {
+                tokens,
+                allow_anonymous,
+                rules: ChannelRules::new(default_rule, namespaces),
+                allowed_origins: self.allowed_origin,
+            },
+            caps: ConnectionCaps {
+                total: self.max_connections,
+                per_user: self.max_connections_per_user,
+                per_ip: self.max_connections_per_ip,
+            },
+            handshake_timeout: self.handshake_timeout,
         })
     }
 }

@@ -8,6 +8,8 @@
 //! - [`api`]: HTTP routes and WebSocket endpoints; translates to calls on the node.
 //! - [`session`]: one connection — reader, writer, identity, subscriptions, heartbeats.
 //! - [`node`]: this process's handle on the system: hub + broker kept in step.
+//! - [`auth`]: tokens → identities; who may subscribe and publish where.
+//! - [`limits`]: per-connection rate limits and connection caps.
 //! - [`hub`]: local channel → subscribers; fan-out of frames encoded once.
 //! - [`outbox`]: one connection's bounded outgoing queue; slow-consumer detection.
 //! - [`broker`]: offsets, history and delivery between nodes (memory, Redis, Redis Cluster).
@@ -15,9 +17,11 @@
 //! - [`protocol`]: the wire format, pure data.
 
 pub mod api;
+pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod hub;
+pub mod limits;
 pub mod node;
 pub mod outbox;
 pub mod protocol;

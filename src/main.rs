@@ -44,9 +44,11 @@ async fn serve() -> anyhow::Result<()> {
         Err(err) => tracing::warn!(%err, "cannot raise the open-files limit"),
     }
 
-    let listener = TcpListener::bind(&config.listen)
+    let listen = config.listen.clone();
+    let server = tidings::server::Server::build(config).await?;
+    let listener = TcpListener::bind(&listen)
         .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
+        .with_context(|| format!("cannot listen on {listen}"))?;
     let address = listener
         .local_addr()
         .context("cannot read the bound address")?;
@@ -54,7 +56,7 @@ async fn serve() -> anyhow::Result<()> {
     println!("listening on {address}");
     tracing::info!(%address, "tidings started; chat page at http://{address}/");
 
-    tidings::server::run(config, listener, shutdown_signal()).await?;
+    server.serve(listener, shutdown_signal()).await;
     Ok(())
 }
 

@@ -11,7 +11,8 @@ use std::sync::Arc;
 use serde_json::value::RawValue;
 use tokio::sync::Mutex;
 
-use crate::broker::{Broker, BrokerError, History, HistoryQuery};
+use crate::auth::ChannelRules;
+use crate::broker::{Broker, BrokerError, History, HistoryQuery, HistoryRetention, PublishOptions};
 use crate::hub::{Hub, SubscriberId};
 use crate::outbox::Outbox;
 use crate::protocol::{ChannelName, ClientInfo, Publication, StreamPosition};
@@ -29,8 +30,10 @@ struct Inner {
     /// Serialises subscribe/unsubscribe per channel (sharded: channels may share a lock).
     channel_locks: Box<[Mutex<()>]>,
     hasher: std::collections::hash_map::RandomState,
-    /// The most publications one recovery or history read returns: the history size.
-    history_size: usize,
+    /// Per-namespace history settings, where they differ from `history`.
+    rules: Arc<ChannelRules>,
+    /// The server-wide history setting.
+    history: HistoryRetention,
 }
 
 /// A local subscription in place: where the channel stands, and what recovery found.
@@ -60,14 +63,30 @@ pub enum HistoryError {
 }
 
 impl Node {
-    pub fn new(hub: Arc<Hub>, broker: Arc<dyn Broker>, history_size: usize) -> Self {
+    pub fn new(
+        hub: Arc<Hub>,
+        broker: Arc<dyn Broker>,
+        rules: Arc<ChannelRules>,
+        history: HistoryRetention,
+    ) -> Self {
         Self(Arc::new(Inner {
             hub,
             broker,
             channel_locks: (0..CHANNEL_LOCKS).map(|_| Mutex::new(())).collect(),
             hasher: Default::default(),
-            history_size,
+            rules,
+            history,
         }))
+    }
+
+    /// The channel rules this node applies.
+    pub fn rules(&self) -> &ChannelRules {
+        &self.0.rules
+    }
+
+    /// How much history `channel` keeps: its namespace's setting, else the server's.
+    fn history_of(&self, channel: &ChannelName) -> HistoryRetention {
+        self.0.rules.rule(channel).history.unwrap_or(self.0.history)
     }
 
     fn channel_lock(&self, channel: &ChannelName) -> &Mutex<()> {
@@ -107,7 +126,7 @@ impl Node {
             Some(since) => {
                 let query = HistoryQuery {
                     since: Some(since.offset),
-                    limit: self.0.history_size,
+                    limit: self.history_of(channel).size,
                 };
                 self.0.broker.history(channel, query).await.map(|history| {
                     let recovery = match continuity(since, &history, true) {
@@ -135,7 +154,9 @@ impl Node {
         since: Option<&StreamPosition>,
         limit: Option<usize>,
     ) -> Result<History, HistoryError> {
-        let limit = limit.unwrap_or(usize::MAX).min(self.0.history_size);
+        let limit = limit
+            .unwrap_or(usize::MAX)
+            .min(self.history_of(channel).size);
         let query = HistoryQuery {
             since: since.map(|s| s.offset),
             limit,
@@ -166,7 +187,10 @@ impl Node {
         data: Arc<RawValue>,
         info: ClientInfo,
     ) -> Result<StreamPosition, BrokerError> {
-        self.0.broker.publish(channel, data, info).await
+        let options = PublishOptions {
+            history: Some(self.history_of(channel)),
+        };
+        self.0.broker.publish(channel, data, info, &options).await
     }
 
     /// Tells every local subscriber of `channel` where the broker says it stands, so that a

@@ -35,7 +35,10 @@ pub enum Closing {
     /// The connection is gone; nothing more can be written.
     Gone,
     /// Send this close frame, then end.
-    Send { code: u16, reason: &'static str },
+    Send {
+        code: u16,
+        reason: std::borrow::Cow<'static, str>,
+    },
 }
 
 /// A cheap-to-clone handle on one connection's queue.
@@ -270,7 +273,7 @@ impl Outbox {
         drop(state);
         self.close(Closing::Send {
             code: CloseCode::INSUFFICIENT_STATE,
-            reason: "missed publications; reconnect and recover",
+            reason: "missed publications; reconnect and recover".into(),
         });
     }
 
@@ -347,7 +350,7 @@ impl Outbox {
         state.held_bytes = 0;
         state.closing = Some(Closing::Send {
             code: CloseCode::SLOW_CONSUMER,
-            reason: "slow consumer",
+            reason: "slow consumer".into(),
         });
         self.0.ready.notify_one();
         self.0.closed.cancel();
@@ -395,7 +398,7 @@ mod tests {
     fn insufficient() -> Option<Closing> {
         Some(Closing::Send {
             code: CloseCode::INSUFFICIENT_STATE,
-            reason: "missed publications; reconnect and recover",
+            reason: "missed publications; reconnect and recover".into(),
         })
     }
 
@@ -467,7 +470,7 @@ mod tests {
             closing,
             Some(Closing::Send {
                 code: CloseCode::SLOW_CONSUMER,
-                reason: "slow consumer"
+                reason: "slow consumer".into()
             })
         );
         assert!(!outbox.push(frame("x")), "a closing outbox accepts nothing");

@@ -182,6 +182,13 @@ pub enum ErrorCode {
     LimitExceeded = 108,
     /// `history` with a `since` the history cannot serve: another epoch, or too far back.
     UnrecoverablePosition = 109,
+    /// The connection may not do this: subscribe to or publish in this channel, or anything
+    /// before `connect` when the server requires a token.
+    PermissionDenied = 110,
+    /// A token (in `connect`, `refresh` or `subscribe`) was rejected; the message says why.
+    InvalidToken = 111,
+    /// Too many commands or publishes per second: slow down (sustained, it closes with 4004).
+    RateLimited = 112,
     /// Something failed inside the server; the request may be retried.
     Internal = 500,
     /// The broker cannot guarantee delivery right now; retry later.
@@ -227,6 +234,16 @@ impl CloseCode {
     /// The server saw a subscribed channel skip offsets or change epoch (a node missed
     /// publications): reconnect and subscribe with `since` to recover.
     pub const INSUFFICIENT_STATE: u16 = 4002;
+    /// The connection's token expired without a `refresh`: reconnect with a fresh token.
+    pub const TOKEN_EXPIRED: u16 = 4003;
+    /// The client kept exceeding its rate limits after being told: reconnect after back-off.
+    pub const RATE_LIMITED: u16 = 4004;
+    /// More connections than `--max-connections` (RFC 6455 "try again later"): reconnect
+    /// with back-off, to another node if any.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
+    /// The connection subscribed to nothing and sent nothing for `--idle-timeout`; reconnect
+    /// only when there is something to do.
+    pub const IDLE: u16 = 4500;
 }
 
 /// One decoded client request.
@@ -239,15 +256,21 @@ pub struct Request {
 /// What a client asks for. Unknown fields are ignored so that clients can send newer fields.
 #[derive(Debug)]
 pub enum Command {
-    /// First command only: sets the user's name (and later the token).
+    /// First command only: sets the user's name, or proves who the user is with a token.
     Connect {
         name: Option<String>,
         token: Option<String>,
     },
-    /// With `since`, the reply also recovers what was published after that position.
+    /// Replaces the connection's token before it expires (same user).
+    Refresh {
+        token: String,
+    },
+    /// With `since`, the reply also recovers what was published after that position;
+    /// `token` is a subscription token, for channels that require one.
     Subscribe {
         channel: ChannelName,
         since: Option<StreamPosition>,
+        token: Option<String>,
     },
     Unsubscribe {
         channel: ChannelName,
@@ -418,9 +441,19 @@ pub fn decode_request(text: &str) -> Result<Request, DecodeError> {
             name: optional_string("name", envelope.name)?,
             token: optional_string("token", envelope.token)?,
         },
+        "refresh" => Command::Refresh {
+            token: optional_string("token", envelope.token)?.ok_or_else(|| {
+                DecodeError::new(
+                    id,
+                    ErrorCode::InvalidField,
+                    "refresh needs the field \"token\"",
+                )
+            })?,
+        },
         "subscribe" => Command::Subscribe {
             channel: channel()?,
             since: since(envelope.since)?,
+            token: optional_string("token", envelope.token)?,
         },
         "history" => Command::History {
             channel: channel()?,
@@ -518,6 +551,20 @@ pub struct Connected {
     pub ping_interval_ms: u64,
     /// How long the server waits for any frame after a ping before closing with 4001.
     pub pong_timeout_ms: u64,
+    /// Whether `user` was proven by a token (false: an anonymous, self-chosen name).
+    #[serde(default)]
+    pub authenticated: bool,
+    /// Milliseconds until the token expires: send `refresh` before then, or the connection
+    /// closes with 4003. Absent when the token does not expire.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in_ms: Option<u64>,
+}
+
+/// `ok` body of a `refresh` reply.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refreshed {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in_ms: Option<u64>,
 }
 
 /// Encodes `{"id":N,"ok":BODY}`.

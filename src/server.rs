@@ -1,93 +1,247 @@
 //! Wiring and lifecycle: builds the broker, hub, node and router, serves them, and shuts down
 //! in order. The only module that names concrete brokers.
 //!
+//! The accept loop is ours rather than `axum::serve`, for two things it lacks: a deadline on
+//! reading request headers (a client that opens TCP connections and sends nothing must not
+//! hold them forever) and the peer address for the per-IP connection cap.
+//!
 //! Shutdown: stop accepting, tell every session to close with 1001, wait for their close
 //! handshakes (bounded by `--shutdown-timeout`), then return so the process exits 0.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::serve::ListenerExt;
-use tokio::net::TcpListener;
+use axum::Router;
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
 
 use crate::api::{self, AppState};
+use crate::auth::{KeyError, Verifier};
 use crate::broker::memory::MemoryBroker;
 use crate::broker::redis::RedisBroker;
 use crate::broker::{Broker, BrokerError};
 use crate::config::Config;
 use crate::hub::Hub;
+use crate::limits::Admission;
 use crate::node::Node;
+use crate::session::Gate;
 
 /// Why the server stopped abnormally.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error("cannot start the broker")]
     Broker(#[source] BrokerError),
-    #[error("serving HTTP failed")]
-    Serve(#[source] std::io::Error),
+    #[error("cannot load the token keys")]
+    Keys(#[source] KeyError),
 }
 
-/// Serves `listener` until `shutdown` resolves, then closes every connection and returns.
+/// Everything the server needs before it accepts connections: keys read, broker connected.
+#[derive(Debug)]
+pub struct Server {
+    app: Router,
+    broker: Arc<dyn Broker>,
+    stopping: CancellationToken,
+    connections: TaskTracker,
+    config: Config,
+}
+
+/// Builds and serves in one step.
 pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    let hub = Arc::new(Hub::new());
-    let broker: Arc<dyn Broker> = match &config.redis {
-        None => Arc::new(MemoryBroker::new(hub.clone(), config.retention)),
-        Some(options) => Arc::new(
-            RedisBroker::connect(options.clone(), hub.clone(), config.retention)
-                .await
-                .map_err(ServerError::Broker)?,
-        ),
-    };
-    let node = Node::new(hub, broker.clone(), config.retention.history_size);
+    Server::build(config).await?.serve(listener, shutdown).await;
+    Ok(())
+}
 
-    let stopping = CancellationToken::new();
-    let connections = TaskTracker::new();
-    let state = AppState {
-        node,
-        session: Arc::new(config.session.clone()),
-        max_message_size: config.max_message_size,
-        shutdown: stopping.clone(),
-        connections: connections.clone(),
-    };
-    let app = api::router(state, config.enable_echo);
+impl Server {
+    /// Loads the token keys and connects the broker: what can fail is found out before the
+    /// process says it is listening.
+    pub async fn build(config: Config) -> Result<Self, ServerError> {
+        let verifier = Verifier::load(&config.auth.tokens).map_err(ServerError::Keys)?;
+        let hub = Arc::new(Hub::new());
+        let broker: Arc<dyn Broker> = match &config.redis {
+            None => Arc::new(MemoryBroker::new(hub.clone(), config.retention)),
+            Some(options) => Arc::new(
+                RedisBroker::connect(options.clone(), hub.clone(), config.retention)
+                    .await
+                    .map_err(ServerError::Broker)?,
+            ),
+        };
+        let node = Node::new(
+            hub,
+            broker.clone(),
+            Arc::new(config.auth.rules.clone()),
+            config.retention.history(),
+        );
+        let stopping = CancellationToken::new();
+        let connections = TaskTracker::new();
+        let state = AppState {
+            node,
+            session: Arc::new(config.session.clone()),
+            gate: Arc::new(Gate {
+                verifier,
+                allow_anonymous: config.auth.allow_anonymous,
+            }),
+            admission: Admission::new(config.caps),
+            allowed_origins: config.auth.allowed_origins.clone().into(),
+            max_message_size: config.max_message_size,
+            shutdown: stopping.clone(),
+            connections: connections.clone(),
+        };
+        Ok(Self {
+            app: api::router(state, config.enable_echo),
+            broker,
+            stopping,
+            connections,
+            config,
+        })
+    }
 
+    /// Serves `listener` until `shutdown` resolves, then closes every connection and returns.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) {
+        let Self {
+            app,
+            broker,
+            stopping,
+            connections,
+            config,
+        } = self;
+        let signal = {
+            let stopping = stopping.clone();
+            async move {
+                shutdown.await;
+                tracing::info!("shutting down: closing connections");
+                stopping.cancel();
+            }
+        };
+        tokio::spawn(signal);
+        let http = serve(listener, app, config.handshake_timeout, &stopping).await;
+        http.close();
+
+        connections.close();
+        let deadline = tokio::time::Instant::now() + config.shutdown_timeout;
+        if tokio::time::timeout_at(deadline, connections.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                remaining = connections.len(),
+                "connections still open at the shutdown deadline; dropping them"
+            );
+        }
+        // Plain HTTP requests in flight get what is left of the same deadline.
+        let _ = tokio::time::timeout_at(deadline, http.wait()).await;
+        broker.close().await;
+        tracing::info!("stopped");
+    }
+}
+
+/// Accepts connections until `stopping` is cancelled; returns the tracker of the HTTP
+/// connections still open, which wind down once `stopping` is cancelled.
+async fn serve(
+    listener: TcpListener,
+    app: Router,
+    header_timeout: Duration,
+    stopping: &CancellationToken,
+) -> TaskTracker {
+    let tracker = TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            () = stopping.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((tcp, peer)) => {
+                let connection = serve_connection(tcp, peer, app.clone(), header_timeout);
+                tracker.spawn(connection.with_graceful_shutdown(stopping.clone()));
+            }
+            Err(err) => {
+                // Out of file descriptors, most likely: give connections time to close rather
+                // than spin on a listener that stays readable.
+                tracing::warn!(%err, "accept failed; pausing for 100 ms");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    tracker
+}
+
+/// One HTTP connection, until it ends or turns into a WebSocket.
+struct Connection<F> {
+    serving: F,
+    peer: SocketAddr,
+}
+
+fn serve_connection(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    app: Router,
+    header_timeout: Duration,
+) -> Connection<impl Future<Output = Result<(), hyper::Error>> + GracefulConnection + Send> {
     // Small frames must leave at once: without TCP_NODELAY they wait for Nagle's algorithm
     // and the peer's delayed ACK (~40 ms on Linux).
-    let listener = listener.tap_io(|tcp| {
-        if let Err(err) = tcp.set_nodelay(true) {
-            tracing::debug!(%err, "TCP_NODELAY not set");
-        }
-    });
-    let signal = {
-        let stopping = stopping.clone();
-        async move {
-            shutdown.await;
-            tracing::info!("shutting down: closing connections");
-            stopping.cancel();
-        }
-    };
-    axum::serve(listener, app)
-        .with_graceful_shutdown(signal)
-        .await
-        .map_err(ServerError::Serve)?;
-
-    connections.close();
-    if tokio::time::timeout(config.shutdown_timeout, connections.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            remaining = connections.len(),
-            "connections still open at the shutdown deadline; dropping them"
-        );
+    if let Err(err) = tcp.set_nodelay(true) {
+        tracing::debug!(%err, "TCP_NODELAY not set");
     }
-    broker.close().await;
-    tracing::info!("stopped");
-    Ok(())
+    let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+        request.extensions_mut().insert(ConnectInfo(peer));
+        app.clone().oneshot(request)
+    });
+    let serving = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .serve_connection(TokioIo::new(tcp), service)
+        .with_upgrades();
+    Connection { serving, peer }
+}
+
+/// What a connection must do when the server stops: finish the request in flight, then close.
+trait GracefulConnection {
+    fn graceful_shutdown(self: std::pin::Pin<&mut Self>);
+}
+
+impl<I, S> GracefulConnection for http1::UpgradeableConnection<I, S>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming>,
+    S::ResBody: hyper::body::Body + 'static,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn graceful_shutdown(self: std::pin::Pin<&mut Self>) {
+        http1::UpgradeableConnection::graceful_shutdown(self);
+    }
+}
+
+impl<F> Connection<F>
+where
+    F: Future<Output = Result<(), hyper::Error>> + GracefulConnection + Send,
+{
+    async fn with_graceful_shutdown(self, stopping: CancellationToken) {
+        let Connection { serving, peer } = self;
+        let mut serving = std::pin::pin!(serving);
+        let result = tokio::select! {
+            result = serving.as_mut() => result,
+            () = stopping.cancelled() => {
+                serving.as_mut().graceful_shutdown();
+                serving.await
+            }
+        };
+        if let Err(err) = result {
+            tracing::debug!(%err, %peer, "HTTP connection ended with an error");
+        }
+    }
 }

@@ -123,6 +123,21 @@ impl ReadError {
     }
 }
 
+/// RFC 6455 §5.5: a control frame's payload is at most 125 bytes, two of them the code.
+const MAX_CLOSE_REASON: usize = 123;
+
+/// `text` cut to at most `max` bytes, at a character boundary.
+fn truncate(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 /// The reading half of a socket.
 #[derive(Debug)]
 pub struct Reader(SplitStream<WebSocket>);
@@ -180,7 +195,7 @@ impl Writer {
     pub async fn close(&mut self, code: u16, reason: &str, within: Duration) {
         let frame = CloseFrame {
             code,
-            reason: Utf8Bytes::from(reason),
+            reason: Utf8Bytes::from(truncate(reason, MAX_CLOSE_REASON)),
         };
         let send = async {
             self.0.feed(Message::Close(Some(frame))).await?;
@@ -203,5 +218,18 @@ impl Writer {
             }
         })
         .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_reasons_are_cut_to_fit_a_control_frame() {
+        assert_eq!(truncate("short", MAX_CLOSE_REASON), "short");
+        let long = "é".repeat(100);
+        let cut = truncate(&long, MAX_CLOSE_REASON);
+        assert!(cut.len() <= MAX_CLOSE_REASON && cut.chars().all(|c| c == 'é'));
     }
 }

@@ -12,8 +12,9 @@ use axum::routing::get;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::limits::Admission;
 use crate::node::Node;
-use crate::session::SessionConfig;
+use crate::session::{Gate, SessionConfig};
 
 pub mod ws;
 
@@ -22,6 +23,10 @@ pub mod ws;
 pub struct AppState {
     pub node: Node,
     pub session: Arc<SessionConfig>,
+    pub gate: Arc<Gate>,
+    pub admission: Arc<Admission>,
+    /// Origins allowed besides the server's own host (`*`: any).
+    pub allowed_origins: Arc<[String]>,
     pub max_message_size: usize,
     /// Cancelled when the server starts shutting down.
     pub shutdown: CancellationToken,

@@ -1,11 +1,17 @@
 //! WebSocket endpoints: `/ws` (protocol v1, one [`session`] per connection) and `/ws/echo`
 //! (the conformance route: echoes every message through the same stack).
+//!
+//! Before upgrading, `/ws` checks the browser's `Origin` (cross-site WebSocket hijacking) and
+//! takes the connection's place under the caps. The token travels on to the session, which
+//! verifies it and closes with 1008 when it is bad: a browser sees a close code and reason,
+//! never the body of an HTTP error.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{Query, State};
-use axum::http::StatusCode;
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
@@ -28,33 +34,88 @@ pub struct ConnectParams {
 /// `GET /ws`: upgrades to a protocol v1 session.
 pub async fn connect(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     Query(params): Query<ConnectParams>,
     upgrade: WebSocketUpgrade,
 ) -> Response {
     if state.shutdown.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
     }
+    if let Err(origin) = check_origin(&headers, &state.allowed_origins) {
+        tracing::info!(%peer, origin, "WebSocket from a foreign origin refused");
+        return (
+            StatusCode::FORBIDDEN,
+            format!("origin {origin} may not open WebSockets here (see --allowed-origin)"),
+        )
+            .into_response();
+    }
     // Taken before the upgrade completes, so shutdown waits for this connection too.
     let tracked = state.connections.token();
-    let handshake = Handshake {
-        name: params.name,
-        token: params.token,
-    };
+    let admitted = state.admission.admit(peer.ip());
+    let token = params.token.or_else(|| bearer_token(&headers));
+    let name = params.name;
     transport::configure(upgrade, state.max_message_size)
         .on_failed_upgrade(|err| tracing::debug!(%err, "WebSocket upgrade failed"))
         .on_upgrade(move |socket| async move {
-            let (reader, writer) = transport::split(socket);
-            session::run(
-                reader,
-                writer,
-                state.node,
-                state.session,
-                handshake,
-                state.shutdown,
-            )
-            .await;
+            let (reader, mut writer) = transport::split(socket);
+            match admitted {
+                Ok(ticket) => {
+                    let handshake = Handshake {
+                        name,
+                        token,
+                        ticket,
+                    };
+                    session::run(
+                        reader,
+                        writer,
+                        state.node,
+                        state.session,
+                        state.gate,
+                        handshake,
+                        state.shutdown,
+                    )
+                    .await;
+                }
+                Err(refused) => {
+                    tracing::info!(%peer, %refused, "connection refused");
+                    let reason = refused.to_string();
+                    let within = state.session.close_timeout;
+                    writer.close(refused.close_code(), &reason, within).await;
+                }
+            }
             drop(tracked);
         })
+}
+
+/// The token of an `Authorization: Bearer TOKEN` header.
+fn bearer_token(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_owned())
+}
+
+/// Lets through requests without an `Origin` (not from a browser), from the server's own
+/// host, or from an allowed origin; returns the refused origin otherwise.
+fn check_origin<'h>(headers: &'h HeaderMap, allowed: &[String]) -> Result<(), &'h str> {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return Ok(());
+    };
+    let origin = origin.to_str().map_err(|_| "(not text)")?;
+    if allowed
+        .iter()
+        .any(|a| a == "*" || a.trim_end_matches('/').eq_ignore_ascii_case(origin))
+    {
+        return Ok(());
+    }
+    let origin_host = origin.split_once("://").map(|(_, host)| host);
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    match (origin_host, host) {
+        (Some(origin_host), Some(host)) if origin_host.eq_ignore_ascii_case(host) => Ok(()),
+        _ => Err(origin),
+    }
 }
 
 /// `GET /ws/echo`: echoes text and binary messages, closing as `/ws` does on bad input.
@@ -100,5 +161,44 @@ async fn echo_loop(
         if sent.is_err() || writer.flush().await.is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn headers(origin: Option<&str>, host: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, HeaderValue::from_str(host).unwrap());
+        if let Some(origin) = origin {
+            headers.insert(header::ORIGIN, HeaderValue::from_str(origin).unwrap());
+        }
+        headers
+    }
+
+    #[test]
+    fn origins_are_checked_against_the_host_and_the_allowed_list() {
+        let none: &[String] = &[];
+        assert!(check_origin(&headers(None, "a.test"), none).is_ok());
+        assert!(check_origin(&headers(Some("https://a.test"), "a.test"), none).is_ok());
+        assert!(check_origin(&headers(Some("https://evil.test"), "a.test"), none).is_err());
+        let allowed = ["https://app.test".to_owned()];
+        assert!(check_origin(&headers(Some("https://app.test"), "a.test"), &allowed).is_ok());
+        assert!(check_origin(&headers(Some("http://app.test"), "a.test"), &allowed).is_err());
+        assert!(check_origin(&headers(Some("https://x.test"), "a.test"), &["*".into()]).is_ok());
+    }
+
+    #[test]
+    fn bearer_tokens_are_read_from_the_authorization_header() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer abc.def"),
+        );
+        assert_eq!(bearer_token(&h).as_deref(), Some("abc.def"));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic xyz"));
+        assert_eq!(bearer_token(&h), None);
     }
 }

@@ -19,7 +19,9 @@ use std::time::Instant;
 use async_trait::async_trait;
 use serde_json::value::RawValue;
 
-use super::{Broker, BrokerError, Deliver, History, HistoryQuery, Retention, new_epoch};
+use super::{
+    Broker, BrokerError, Deliver, History, HistoryQuery, PublishOptions, Retention, new_epoch,
+};
 use crate::protocol::{ChannelName, ClientInfo, Publication, StreamPosition};
 
 /// The in-process broker.
@@ -43,6 +45,8 @@ struct Stream {
     last_used: Instant,
     last_published: Instant,
     history: VecDeque<Publication>,
+    /// The history's lifetime, as the last publication asked.
+    history_ttl: std::time::Duration,
     /// Removed from the map by a sweep; whoever still holds it must look the channel up again.
     evicted: bool,
 }
@@ -77,7 +81,7 @@ impl MemoryBroker {
             }
             let now = Instant::now();
             stream.last_used = now;
-            if now.duration_since(stream.last_published) >= self.retention.history_ttl {
+            if now.duration_since(stream.last_published) >= stream.history_ttl {
                 stream.history.clear();
             }
             return f(&mut stream);
@@ -115,6 +119,7 @@ impl MemoryBroker {
                     last_used: now,
                     last_published: now,
                     history: VecDeque::new(),
+                    history_ttl: self.retention.history_ttl,
                     evicted: false,
                 }))
             })
@@ -129,7 +134,9 @@ impl Broker for MemoryBroker {
         channel: &ChannelName,
         data: Arc<RawValue>,
         info: ClientInfo,
+        options: &PublishOptions,
     ) -> Result<StreamPosition, BrokerError> {
+        let history = options.history.unwrap_or_else(|| self.retention.history());
         Ok(self.with_stream(channel, |stream| {
             stream.offset += 1;
             let publication = Publication {
@@ -141,11 +148,12 @@ impl Broker for MemoryBroker {
             };
             self.deliver.deliver(&publication);
             stream.last_published = Instant::now();
-            if self.retention.history_size > 0 {
-                if stream.history.len() == self.retention.history_size {
-                    stream.history.pop_front();
-                }
+            stream.history_ttl = history.ttl;
+            if history.size > 0 {
                 stream.history.push_back(publication);
+            }
+            while stream.history.len() > history.size {
+                stream.history.pop_front();
             }
             StreamPosition {
                 offset: stream.offset,
@@ -231,9 +239,30 @@ mod tests {
             ChannelName::parse("a").unwrap(),
             ChannelName::parse("b").unwrap(),
         );
-        assert_eq!(broker.publish(&a, data(), info()).await.unwrap().offset, 1);
-        assert_eq!(broker.publish(&a, data(), info()).await.unwrap().offset, 2);
-        assert_eq!(broker.publish(&b, data(), info()).await.unwrap().offset, 1);
+        assert_eq!(
+            broker
+                .publish(&a, data(), info(), &PublishOptions::default())
+                .await
+                .unwrap()
+                .offset,
+            1
+        );
+        assert_eq!(
+            broker
+                .publish(&a, data(), info(), &PublishOptions::default())
+                .await
+                .unwrap()
+                .offset,
+            2
+        );
+        assert_eq!(
+            broker
+                .publish(&b, data(), info(), &PublishOptions::default())
+                .await
+                .unwrap()
+                .offset,
+            1
+        );
         assert_eq!(broker.position(&a).await.unwrap().offset, 2);
         assert_eq!(
             *collect.0.lock().unwrap(),
@@ -251,13 +280,25 @@ mod tests {
         let idle = ChannelName::parse("idle").unwrap();
         let pinned = ChannelName::parse("pinned").unwrap();
         broker.subscribe(&pinned).await.unwrap();
-        let first = broker.publish(&idle, data(), info()).await.unwrap();
-        let kept = broker.publish(&pinned, data(), info()).await.unwrap();
+        let first = broker
+            .publish(&idle, data(), info(), &PublishOptions::default())
+            .await
+            .unwrap();
+        let kept = broker
+            .publish(&pinned, data(), info(), &PublishOptions::default())
+            .await
+            .unwrap();
         // With a zero TTL every lookup sweeps: the idle stream is gone, the pinned one stays.
-        let again = broker.publish(&idle, data(), info()).await.unwrap();
+        let again = broker
+            .publish(&idle, data(), info(), &PublishOptions::default())
+            .await
+            .unwrap();
         assert_eq!(again.offset, 1);
         assert_ne!(again.epoch, first.epoch);
-        let next = broker.publish(&pinned, data(), info()).await.unwrap();
+        let next = broker
+            .publish(&pinned, data(), info(), &PublishOptions::default())
+            .await
+            .unwrap();
         assert_eq!((next.offset, &next.epoch), (kept.offset + 1, &kept.epoch));
         assert_eq!(broker.streams.lock().unwrap().by_channel.len(), 1);
     }

@@ -73,6 +73,7 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
         channel: &ChannelName,
         data: Arc<RawValue>,
         info: ClientInfo,
+        options: &PublishOptions,
     ) -> Result<StreamPosition, BrokerError>;
 
     /// Starts delivering `channel`'s publications to this node.
@@ -111,6 +112,37 @@ pub struct Retention {
     /// A channel's position (offset, epoch) is kept this long after its last use; after that
     /// the channel starts again at offset 1 in a new epoch.
     pub position_ttl: Duration,
+}
+
+impl Retention {
+    /// The server-wide history setting, used where a publication does not name its own.
+    pub fn history(&self) -> HistoryRetention {
+        HistoryRetention {
+            size: self.history_size,
+            ttl: self.history_ttl,
+        }
+    }
+}
+
+/// How much history one channel keeps: at most `size` publications, dropped once the channel
+/// has been quiet for `ttl`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HistoryRetention {
+    pub size: usize,
+    pub ttl: Duration,
+}
+
+impl Default for HistoryRetention {
+    fn default() -> Self {
+        Retention::default().history()
+    }
+}
+
+/// How one publication is stored.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PublishOptions {
+    /// The channel's history setting (its namespace's); `None`: the broker's [`Retention`].
+    pub history: Option<HistoryRetention>,
 }
 
 impl Default for Retention {

@@ -28,6 +28,8 @@ if size > 0 then
   redis.call('lpush', KEYS[2], entry)
   redis.call('ltrim', KEYS[2], 0, size - 1)
   redis.call('expire', KEYS[2], ARGV[3])
+else
+  redis.call('del', KEYS[2])
 end
 if ARGV[7] == '1' then
   redis.call('spublish', ARGV[6], epoch .. ':' .. entry)

@@ -45,7 +45,9 @@ use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::{Broker, BrokerError, Deliver, History, HistoryQuery, Retention, new_epoch};
+use super::{
+    Broker, BrokerError, Deliver, History, HistoryQuery, PublishOptions, Retention, new_epoch,
+};
 use crate::protocol::{ChannelName, ClientInfo, Publication, StreamPosition};
 
 const PUBLISH_LUA: &str = include_str!("publish.lua");
@@ -459,16 +461,16 @@ impl Broker for RedisBroker {
         channel: &ChannelName,
         data: Arc<RawValue>,
         info: ClientInfo,
+        options: &PublishOptions,
     ) -> Result<StreamPosition, BrokerError> {
         let inner = &self.inner;
+        let history = options.history.unwrap_or_else(|| inner.retention.history());
         let payload = serde_json::to_string(&Payload { data: &data, info })
             .map_err(|err| BrokerError::Internal(format!("encoding a publication: {err}")))?;
         let args: Vec<Value> = vec![
             payload.into(),
-            i64::try_from(inner.retention.history_size)
-                .unwrap_or(i64::MAX)
-                .into(),
-            ttl_seconds(inner.retention.history_ttl).into(),
+            i64::try_from(history.size).unwrap_or(i64::MAX).into(),
+            ttl_seconds(history.ttl).into(),
             ttl_seconds(inner.retention.position_ttl).into(),
             new_epoch().to_string().into(),
             inner.pubsub_channel(channel).into(),

@@ -29,15 +29,19 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::{AuthError, Denied, Identity, Verifier, millis_until};
 use crate::broker::BrokerError;
 use crate::hub::SubscriberId;
+use crate::limits::{Limiter, Rate, Ticket, Verdict};
 use crate::node::{HistoryError, Node, Recovery, Subscribed};
 use crate::outbox::{Closing, Outbox};
 use crate::protocol::{
     self, ChannelName, ClientInfo, CloseCode, Command, Connected, Empty, ErrorCode, HistoryOk,
-    PublishOk, StreamPosition, SubscribeOk,
+    PublishOk, Refreshed, StreamPosition, SubscribeOk,
 };
 use crate::transport::{Frame, Inbound, Reader, Writer};
+
+mod writer;
 
 /// Per-connection settings, shared by every session.
 #[derive(Clone, Debug)]
@@ -53,18 +57,133 @@ pub struct SessionConfig {
     pub write_timeout: Duration,
     /// How long a close frame may take to leave, and how long to wait for the peer's reply.
     pub close_timeout: Duration,
+    pub publish_rate: Rate,
+    pub command_rate: Rate,
+    /// How long a connection that must authenticate has to send `connect`.
+    pub handshake_timeout: Duration,
+    /// Close connections with no subscription that send no command for this long.
+    pub idle_timeout: Option<Duration>,
 }
 
-/// What the client said in the handshake URL.
-#[derive(Clone, Debug, Default)]
+/// How connections prove who they are.
+#[derive(Debug)]
+pub struct Gate {
+    /// `None`: no token key is configured, and tokens are refused.
+    pub verifier: Option<Verifier>,
+    pub allow_anonymous: bool,
+}
+
+impl Gate {
+    fn verify(&self, token: &str) -> Result<crate::auth::ConnectionClaims, AuthError> {
+        self.verifier
+            .as_ref()
+            .ok_or(AuthError::NoKeys)?
+            .connection(token)
+    }
+}
+
+/// What the client sent with the WebSocket handshake, and its place under the caps.
+#[derive(Debug)]
 pub struct Handshake {
     pub name: Option<String>,
+    /// From the `token` query parameter or an `Authorization: Bearer` header.
     pub token: Option<String>,
+    pub ticket: Ticket,
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 const PING: Frame = Frame::from_static(protocol::PING_FRAME);
+
+/// "No deadline" in [`Clocks`].
+const NEVER: u64 = u64::MAX;
+
+/// Deadlines the reader sets and the writer enforces, in milliseconds since the session
+/// started ([`NEVER`] when unset).
+#[derive(Debug)]
+struct Clocks {
+    start: Instant,
+    /// When the token expires.
+    expires: AtomicU64,
+    /// Since when the connection has been idle (no subscription, no command).
+    idle_since: AtomicU64,
+    /// By when the connection must have authenticated.
+    identify_by: AtomicU64,
+}
+
+impl Clocks {
+    fn new() -> Self {
+        Self {
+            start: Instant::now(),
+            expires: AtomicU64::new(NEVER),
+            idle_since: AtomicU64::new(0),
+            identify_by: AtomicU64::new(NEVER),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.millis(Instant::now())
+    }
+
+    fn millis(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.start).as_millis()).unwrap_or(NEVER - 1)
+    }
+
+    fn at(&self, millis: u64) -> Instant {
+        self.start + Duration::from_millis(millis)
+    }
+
+    fn set(&self, deadline: &AtomicU64, millis: u64) {
+        deadline.store(millis, Ordering::Relaxed);
+    }
+
+    /// The idle deadline, if the connection is idle and idling is limited.
+    fn idle_deadline(&self, config: &SessionConfig) -> u64 {
+        match (self.idle_since.load(Ordering::Relaxed), config.idle_timeout) {
+            (NEVER, _) | (_, None) => NEVER,
+            (since, Some(timeout)) => since.saturating_add(millis(timeout)),
+        }
+    }
+
+    /// The earliest deadline, as an instant far away when none is set.
+    fn next_deadline(&self, config: &SessionConfig) -> Instant {
+        let earliest = self
+            .expires
+            .load(Ordering::Relaxed)
+            .min(self.identify_by.load(Ordering::Relaxed))
+            .min(self.idle_deadline(config));
+        if earliest == NEVER {
+            // A day is as good as never: the ping deadline comes much sooner anyway.
+            Instant::now() + Duration::from_secs(86_400)
+        } else {
+            self.at(earliest)
+        }
+    }
+
+    /// The close owed to a deadline that has passed at `now`.
+    fn expired(&self, now: Instant, config: &SessionConfig) -> Option<Closing> {
+        let now = self.millis(now);
+        if self.identify_by.load(Ordering::Relaxed) <= now {
+            return Some(Closing::Send {
+                code: CloseCode::POLICY_VIOLATION,
+                reason: "authentication required: no connect with a token in time".into(),
+            });
+        }
+        if self.expires.load(Ordering::Relaxed) <= now {
+            return Some(Closing::Send {
+                code: CloseCode::TOKEN_EXPIRED,
+                reason: "token expired".into(),
+            });
+        }
+        if self.idle_deadline(config) <= now {
+            return Some(Closing::Send {
+                code: CloseCode::IDLE,
+                reason: "idle: no subscription and no command".into(),
+            });
+        }
+        None
+    }
+}
 
 /// Serves one upgraded connection until it closes.
 pub async fn run(
@@ -72,11 +191,13 @@ pub async fn run(
     mut writer: Writer,
     node: Node,
     config: Arc<SessionConfig>,
+    gate: Arc<Gate>,
     handshake: Handshake,
     shutdown: CancellationToken,
 ) {
     let outbox = Outbox::new(config.max_queue_size);
     let alive = AtomicBool::new(true);
+    let clocks = Clocks::new();
     let mut session = Session {
         id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         client: random_id().into(),
@@ -84,16 +205,28 @@ pub async fn run(
         node,
         outbox: outbox.clone(),
         config: config.clone(),
+        gate,
         subscriptions: HashSet::new(),
+        limiter: Limiter::new(config.command_rate, config.publish_rate, clocks.start),
+        ticket: handshake.ticket,
+        clocks: &clocks,
     };
     tracing::debug!(client = %session.client, "connection opened");
-    if handshake.name.is_some() || handshake.token.is_some() {
-        session.establish(None, handshake.name.as_deref());
+    match (&handshake.token, &handshake.name) {
+        (Some(token), _) => session.connect_with_token(None, token),
+        (None, Some(name)) if session.gate.allow_anonymous => {
+            session.establish_anonymous(None, Some(name))
+        }
+        _ if !session.gate.allow_anonymous => {
+            let by = clocks.millis(clocks.start + config.handshake_timeout);
+            clocks.set(&clocks.identify_by, by);
+        }
+        _ => {}
     }
 
     let (_, closing) = tokio::join!(
         session.read_loop(&mut reader, &alive),
-        write_loop(&mut writer, &outbox, &alive, &config, &shutdown),
+        writer::write_loop(&mut writer, &outbox, &alive, &clocks, &config, &shutdown),
     );
     if let Closing::Send { .. } = closing {
         // Give the peer a bounded moment to answer our close frame.
@@ -110,17 +243,21 @@ pub async fn run(
     tracing::debug!(client = %session.client, ?closing, "connection closed");
 }
 
-struct Session {
+struct Session<'a> {
     id: SubscriberId,
     client: Arc<str>,
-    identity: Option<ClientInfo>,
+    identity: Option<Identity>,
     node: Node,
     outbox: Outbox,
     config: Arc<SessionConfig>,
+    gate: Arc<Gate>,
     subscriptions: HashSet<ChannelName>,
+    limiter: Limiter,
+    ticket: Ticket,
+    clocks: &'a Clocks,
 }
 
-impl Session {
+impl Session<'_> {
     async fn read_loop(&mut self, reader: &mut Reader, alive: &AtomicBool) {
         let outbox = self.outbox.clone();
         loop {
@@ -137,7 +274,10 @@ impl Session {
                 Some(Err(err)) => {
                     tracing::debug!(client = %self.client, %err, "read failed");
                     outbox.close(match err.close_frame() {
-                        Some((code, reason)) => Closing::Send { code, reason },
+                        Some((code, reason)) => Closing::Send {
+                            code,
+                            reason: reason.into(),
+                        },
                         None => Closing::Gone,
                     });
                     return;
@@ -147,11 +287,15 @@ impl Session {
             alive.store(true, Ordering::Relaxed);
             match inbound {
                 Inbound::Text(text) => self.handle(text.as_str()).await,
-                Inbound::Binary(_) => self.reply_error(
-                    None,
-                    ErrorCode::BinaryFrame,
-                    "binary frames are not part of protocol v1; send JSON text frames",
-                ),
+                Inbound::Binary(_) => {
+                    if self.admit(None, false) {
+                        self.reply_error(
+                            None,
+                            ErrorCode::BinaryFrame,
+                            "binary frames are not part of protocol v1; send JSON text frames",
+                        )
+                    }
+                }
                 Inbound::Control => {}
                 Inbound::Close(_) => {
                     outbox.close(Closing::ByPeer);
@@ -161,16 +305,57 @@ impl Session {
         }
     }
 
+    /// Charges a command to the rate limits; false (after telling the client) if refused.
+    fn admit(&mut self, id: Option<u64>, is_publish: bool) -> bool {
+        let verdict = self.limiter.check(
+            self.config.command_rate,
+            self.config.publish_rate,
+            is_publish,
+            Instant::now(),
+        );
+        match verdict {
+            Verdict::Allow => true,
+            Verdict::Refuse => {
+                let what = if is_publish { "publishes" } else { "commands" };
+                self.reply_error(
+                    id,
+                    ErrorCode::RateLimited,
+                    &format!("too many {what} per second; slow down"),
+                );
+                false
+            }
+            Verdict::Close => {
+                tracing::info!(client = %self.client, "closing a client that ignores its rate limit");
+                self.outbox.close(Closing::Send {
+                    code: CloseCode::RATE_LIMITED,
+                    reason: "rate limit exceeded repeatedly".into(),
+                });
+                false
+            }
+        }
+    }
+
     async fn handle(&mut self, text: &str) {
         let request = match protocol::decode_request(text) {
             Ok(request) => request,
-            Err(err) => return self.reply_error(err.id, err.code, &err.message),
+            Err(err) => {
+                if self.admit(err.id, false) {
+                    self.reply_error(err.id, err.code, &err.message);
+                }
+                return;
+            }
         };
         let id = request.id;
+        let is_publish = matches!(request.command, Command::Publish { .. });
+        if !self.admit(id, is_publish) {
+            return;
+        }
+        if !matches!(request.command, Command::Pong) {
+            self.note_activity();
+        }
         match request.command {
             Command::Pong => {}
-            Command::Connect { name, token: _ } => {
-                // The token is accepted now and verified once authentication exists.
+            Command::Connect { name, token } => {
                 if self.identity.is_some() {
                     return self.reply_error(
                         id,
@@ -178,16 +363,29 @@ impl Session {
                         "connect must be the first command of a connection",
                     );
                 }
-                self.establish(id, name.as_deref());
+                match token {
+                    Some(token) => self.connect_with_token(id, &token),
+                    None if self.gate.allow_anonymous => {
+                        self.establish_anonymous(id, name.as_deref())
+                    }
+                    None => self.refuse("authentication required: connect with a token"),
+                }
             }
             command => {
                 if self.identity.is_none() {
-                    self.establish(None, None);
+                    if !self.gate.allow_anonymous {
+                        return self.refuse(
+                            "authentication required: the first command must be connect with a token",
+                        );
+                    }
+                    self.establish_anonymous(None, None);
                 }
                 match command {
-                    Command::Subscribe { channel, since } => {
-                        self.subscribe(id, channel, since).await
-                    }
+                    Command::Subscribe {
+                        channel,
+                        since,
+                        token,
+                    } => self.subscribe(id, channel, since, token).await,
                     Command::History {
                         channel,
                         since,
@@ -197,31 +395,92 @@ impl Session {
                     Command::Publish { channel, data } => {
                         self.publish(id, channel, Arc::from(data)).await
                     }
+                    Command::Refresh { token } => self.refresh(id, &token),
                     Command::Ping => self.reply_ok(id, &Empty {}),
                     Command::Pong | Command::Connect { .. } => {}
                 }
             }
         }
+        self.note_activity();
     }
 
-    /// Sets the connection's identity and tells the client: as the reply to `connect` when it
-    /// has an id, as a `connected` push otherwise.
-    fn establish(&mut self, id: Option<u64>, name: Option<&str>) {
+    /// A command arrived (or the subscriptions changed): restart the idle clock.
+    fn note_activity(&self) {
+        let since = if self.subscriptions.is_empty() {
+            self.clocks.now()
+        } else {
+            NEVER
+        };
+        self.clocks.set(&self.clocks.idle_since, since);
+    }
+
+    /// Closes the connection with 1008 and `reason`.
+    fn refuse(&self, reason: &str) {
+        tracing::debug!(client = %self.client, reason, "connection refused");
+        self.outbox.close(Closing::Send {
+            code: CloseCode::POLICY_VIOLATION,
+            reason: reason.to_owned().into(),
+        });
+    }
+
+    /// Verifies a connection token and, if it holds, sets the identity it proves.
+    fn connect_with_token(&mut self, id: Option<u64>, token: &str) {
+        let claims = match self.gate.verify(token) {
+            Ok(claims) => claims,
+            Err(err) => return self.refuse(&err.to_string()),
+        };
+        let user: Arc<str> = claims.user.into();
+        if let Err(refused) = self.ticket.admit_user(&user) {
+            self.outbox.close(Closing::Send {
+                code: refused.close_code(),
+                reason: refused.to_string().into(),
+            });
+            return;
+        }
+        let expires_in_ms = claims.expires.map(millis_until);
+        if let Some(left) = expires_in_ms {
+            let at = self.clocks.now().saturating_add(left);
+            self.clocks.set(&self.clocks.expires, at);
+        }
+        self.establish(
+            id,
+            Identity {
+                user,
+                authenticated: true,
+            },
+            expires_in_ms,
+        );
+    }
+
+    fn establish_anonymous(&mut self, id: Option<u64>, name: Option<&str>) {
         let user: Arc<str> = name
             .and_then(valid_name)
             .unwrap_or_else(generated_name)
             .into();
+        self.establish(
+            id,
+            Identity {
+                user,
+                authenticated: false,
+            },
+            None,
+        );
+    }
+
+    /// Sets the connection's identity and tells the client: as the reply to `connect` when it
+    /// has an id, as a `connected` push otherwise.
+    fn establish(&mut self, id: Option<u64>, identity: Identity, expires_in_ms: Option<u64>) {
+        self.clocks.set(&self.clocks.identify_by, NEVER);
         let connected = Connected {
             client: self.client.to_string(),
-            user: user.to_string(),
+            user: identity.user.to_string(),
             version: protocol::PROTOCOL_VERSION,
             ping_interval_ms: millis(self.config.ping_interval),
             pong_timeout_ms: millis(self.config.pong_timeout),
+            authenticated: identity.authenticated,
+            expires_in_ms,
         };
-        self.identity = Some(ClientInfo {
-            client: self.client.clone(),
-            user,
-        });
+        self.identity = Some(identity);
         let frame = match id {
             Some(id) => protocol::encode_ok(id, &connected),
             None => protocol::encode_connected(&connected),
@@ -229,12 +488,61 @@ impl Session {
         self.outbox.push(Frame::from(frame));
     }
 
+    /// Replaces the token of an authenticated connection, moving its expiry.
+    fn refresh(&mut self, id: Option<u64>, token: &str) {
+        let Some(identity) = self.identity.as_ref().filter(|i| i.authenticated) else {
+            return self.reply_error(
+                id,
+                ErrorCode::PermissionDenied,
+                "refresh is for connections that connected with a token",
+            );
+        };
+        let claims = match self.gate.verify(token) {
+            Ok(claims) => claims,
+            Err(err) => return self.reply_error(id, ErrorCode::InvalidToken, &err.to_string()),
+        };
+        if *claims.user != *identity.user {
+            return self.reply_error(id, ErrorCode::InvalidToken, "token is for another user");
+        }
+        let expires_in_ms = claims.expires.map(millis_until);
+        let at = expires_in_ms.map_or(NEVER, |left| self.clocks.now().saturating_add(left));
+        self.clocks.set(&self.clocks.expires, at);
+        self.reply_ok(id, &Refreshed { expires_in_ms });
+    }
+
+    fn client_info(&self) -> Option<ClientInfo> {
+        self.identity.as_ref().map(|identity| ClientInfo {
+            client: self.client.clone(),
+            user: identity.user.clone(),
+        })
+    }
+
+    fn reply_denied(&self, id: Option<u64>, denied: &Denied) {
+        let code = match denied {
+            Denied::Permission(_) => ErrorCode::PermissionDenied,
+            Denied::Token(_) => ErrorCode::InvalidToken,
+        };
+        self.reply_error(id, code, &denied.to_string());
+    }
+
     async fn subscribe(
         &mut self,
         id: Option<u64>,
         channel: ChannelName,
         since: Option<StreamPosition>,
+        token: Option<String>,
     ) {
+        if let Some(identity) = &self.identity {
+            let allowed = self.node.rules().check_subscribe(
+                identity,
+                &channel,
+                token.as_deref(),
+                self.gate.verifier.as_ref(),
+            );
+            if let Err(denied) = allowed {
+                return self.reply_denied(id, &denied);
+            }
+        }
         if self.subscriptions.contains(&channel) {
             return self.reply_error(
                 id,
@@ -308,6 +616,23 @@ impl Session {
         since: Option<StreamPosition>,
         limit: Option<usize>,
     ) {
+        // Whoever may subscribe may read the history; a channel that needs a subscription
+        // token is readable once subscribed with one.
+        if let Some(identity) = self
+            .identity
+            .as_ref()
+            .filter(|_| !self.subscriptions.contains(&channel))
+        {
+            let allowed = self.node.rules().check_subscribe(
+                identity,
+                &channel,
+                None,
+                self.gate.verifier.as_ref(),
+            );
+            if let Err(denied) = allowed {
+                return self.reply_denied(id, &denied);
+            }
+        }
         match self.node.history(&channel, since.as_ref(), limit).await {
             Ok(history) => self.reply_ok(
                 id,
@@ -340,7 +665,10 @@ impl Session {
         channel: ChannelName,
         data: Arc<serde_json::value::RawValue>,
     ) {
-        let Some(info) = self.identity.clone() else {
+        if let Err(denied) = self.node.rules().check_publish(&channel) {
+            return self.reply_denied(id, &denied);
+        }
+        let Some(info) = self.client_info() else {
             return;
         };
         match self.node.publish(&channel, data, info).await {
@@ -378,127 +706,6 @@ impl Session {
             BrokerError::Internal(_) => ErrorCode::Internal,
         };
         self.reply_error(id, code, &err.to_string());
-    }
-}
-
-/// Drains the outbox to the socket, sends heartbeats, and closes; returns how it closed.
-async fn write_loop(
-    writer: &mut Writer,
-    outbox: &Outbox,
-    alive: &AtomicBool,
-    config: &SessionConfig,
-    shutdown: &CancellationToken,
-) -> Closing {
-    enum Written {
-        Done,
-        Failed,
-        TimedOut,
-        /// Something decided to close while the write was blocked.
-        Interrupted,
-    }
-    let mut batch = Vec::new();
-    let mut ping_due = false;
-    let mut awaiting_pong = false;
-    let mut last_ping = Instant::now();
-    let mut deadline = last_ping + config.ping_interval;
-    loop {
-        let closing = outbox.drain(&mut batch);
-        if matches!(closing, Some(Closing::ByPeer | Closing::Gone)) {
-            // After the peer's close frame nothing but the library's reply may be sent.
-            batch.clear();
-        }
-        let with_ping = ping_due && closing.is_none();
-        if with_ping {
-            ping_due = false;
-            alive.store(false, Ordering::Relaxed);
-            batch.push(PING);
-        }
-        if !batch.is_empty() {
-            // A client that stopped reading blocks the write: bound it, and let overflow,
-            // shutdown or another close reason interrupt it.
-            let limit = if closing.is_some() {
-                config.close_timeout
-            } else {
-                config.write_timeout
-            };
-            let write = async {
-                for frame in batch.drain(..) {
-                    writer.feed(frame).await?;
-                }
-                writer.flush().await
-            };
-            let written = tokio::select! {
-                result = tokio::time::timeout(limit, write) => match result {
-                    Ok(Ok(())) => Written::Done,
-                    Ok(Err(err)) => {
-                        tracing::debug!(%err, "write failed");
-                        Written::Failed
-                    }
-                    Err(_) => Written::TimedOut,
-                },
-                () = outbox.closed(), if closing.is_none() => Written::Interrupted,
-                () = shutdown.cancelled(), if closing.is_none() => {
-                    outbox.close(Closing::Send {
-                        code: CloseCode::GOING_AWAY,
-                        reason: "server shutting down",
-                    });
-                    Written::Interrupted
-                }
-            };
-            batch.clear();
-            match written {
-                Written::Done => {}
-                Written::Failed => {
-                    outbox.close(Closing::Gone);
-                    return Closing::Gone;
-                }
-                Written::TimedOut if closing.is_some() => return Closing::Gone,
-                Written::TimedOut => {
-                    outbox.close(Closing::Send {
-                        code: CloseCode::SLOW_CONSUMER,
-                        reason: "write timed out",
-                    });
-                    continue;
-                }
-                Written::Interrupted => continue,
-            }
-            if with_ping {
-                // The pong clock starts when the ping has left, not when it was queued.
-                awaiting_pong = true;
-                last_ping = Instant::now();
-                deadline = last_ping + config.pong_timeout;
-            }
-            if batch.capacity() > 256 {
-                batch = Vec::new();
-            }
-        }
-        if let Some(closing) = closing {
-            match &closing {
-                Closing::Send { code, reason } => {
-                    writer.close(*code, reason, config.close_timeout).await
-                }
-                Closing::ByPeer => writer.finish(config.close_timeout).await,
-                Closing::Gone => {}
-            }
-            return closing;
-        }
-        tokio::select! {
-            () = outbox.ready() => {}
-            () = tokio::time::sleep_until(deadline), if !ping_due => {
-                if !awaiting_pong {
-                    ping_due = true;
-                } else if alive.load(Ordering::Relaxed) {
-                    awaiting_pong = false;
-                    deadline = (last_ping + config.ping_interval).max(Instant::now());
-                } else {
-                    outbox.close(Closing::Send { code: CloseCode::NO_PONG, reason: "no pong" });
-                }
-            }
-            () = shutdown.cancelled() => outbox.close(Closing::Send {
-                code: CloseCode::GOING_AWAY,
-                reason: "server shutting down",
-            }),
-        }
     }
 }
 

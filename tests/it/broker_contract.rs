@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::value::RawValue;
 use tidings::broker::memory::MemoryBroker;
 use tidings::broker::redis::{RedisBroker, RedisOptions};
-use tidings::broker::{Broker, Deliver, HistoryQuery, Retention};
+use tidings::broker::{Broker, Deliver, HistoryQuery, HistoryRetention, PublishOptions, Retention};
 use tidings::protocol::{ChannelName, ClientInfo, Publication, StreamPosition};
 use tokio::sync::Notify;
 
@@ -149,7 +149,10 @@ broker_test!(
         let start = broker.position(&ch).await.unwrap();
         assert_eq!(start.offset, 0);
         for n in 1..=5 {
-            let position = broker.publish(&ch, data(n), info()).await.unwrap();
+            let position = broker
+                .publish(&ch, data(n), info(), &PublishOptions::default())
+                .await
+                .unwrap();
             assert_eq!(position.offset, n);
             assert_eq!(position.epoch, start.epoch, "a channel keeps its epoch");
         }
@@ -172,7 +175,10 @@ broker_test!(
         let ch = channel("contract:deliver");
         broker.subscribe(&ch).await.unwrap();
         for n in 1..=20 {
-            broker.publish(&ch, data(n), info()).await.unwrap();
+            broker
+                .publish(&ch, data(n), info(), &PublishOptions::default())
+                .await
+                .unwrap();
         }
         assert_eq!(
             sink.offsets("contract:deliver", 20).await,
@@ -199,7 +205,7 @@ broker_test!(
                     for n in 0..25 {
                         offsets.push(
                             broker
-                                .publish(&ch, data(t * 100 + n), info())
+                                .publish(&ch, data(t * 100 + n), info(), &PublishOptions::default())
                                 .await
                                 .unwrap()
                                 .offset,
@@ -223,11 +229,60 @@ broker_test!(
 );
 
 broker_test!(
+    a_publication_may_carry_its_channels_own_history_size,
+    |broker, _sink| {
+        let ch = channel("contract:own-history");
+        let options = PublishOptions {
+            history: Some(HistoryRetention {
+                size: 3,
+                ttl: Duration::from_secs(60),
+            }),
+        };
+        for n in 1..=8 {
+            broker
+                .publish(&ch, data(n), info(), &options)
+                .await
+                .unwrap();
+        }
+        let query = HistoryQuery {
+            since: None,
+            limit: 100,
+        };
+        let kept: Vec<u64> = broker
+            .history(&ch, query)
+            .await
+            .unwrap()
+            .publications
+            .iter()
+            .map(|p| p.offset)
+            .collect();
+        assert_eq!(kept, [6, 7, 8], "the namespace's size, not the server's 10");
+        let none = PublishOptions {
+            history: Some(HistoryRetention {
+                size: 0,
+                ttl: Duration::from_secs(60),
+            }),
+        };
+        let quiet = channel("contract:no-history");
+        let position = broker
+            .publish(&quiet, data(1), info(), &none)
+            .await
+            .unwrap();
+        assert_eq!(position.offset, 1, "offsets count even without history");
+        let read = broker.history(&quiet, query).await.unwrap();
+        assert!(read.publications.is_empty());
+    }
+);
+
+broker_test!(
     history_is_bounded_and_read_from_a_position,
     |broker, sink| {
         let ch = channel("contract:history");
         for n in 1..=15 {
-            broker.publish(&ch, data(n), info()).await.unwrap();
+            broker
+                .publish(&ch, data(n), info(), &PublishOptions::default())
+                .await
+                .unwrap();
         }
         let offsets = |h: &tidings::broker::History| -> Vec<u64> {
             h.publications.iter().map(|p| p.offset).collect()
@@ -292,7 +347,10 @@ broker_test!(
         let first = broker.position(&ch).await.unwrap();
         let again = broker.position(&ch).await.unwrap();
         assert_eq!(first, again);
-        let published = broker.publish(&ch, data(1), info()).await.unwrap();
+        let published = broker
+            .publish(&ch, data(1), info(), &PublishOptions::default())
+            .await
+            .unwrap();
         assert_eq!((published.offset, &published.epoch), (1, &first.epoch));
     }
 );
@@ -302,11 +360,17 @@ broker_test!(
     |broker, sink| {
         let ch = channel("contract:resub");
         broker.subscribe(&ch).await.unwrap();
-        broker.publish(&ch, data(1), info()).await.unwrap();
+        broker
+            .publish(&ch, data(1), info(), &PublishOptions::default())
+            .await
+            .unwrap();
         sink.offsets("contract:resub", 1).await;
         broker.unsubscribe(&ch).await.unwrap();
         broker.subscribe(&ch).await.unwrap();
-        broker.publish(&ch, data(2), info()).await.unwrap();
+        broker
+            .publish(&ch, data(2), info(), &PublishOptions::default())
+            .await
+            .unwrap();
         let offsets = sink.offsets("contract:resub", 2).await;
         assert_eq!(offsets.last(), Some(&2));
     }

@@ -3,6 +3,8 @@
 
 mod support;
 
+/// Tokens, channel rules, personal channels, subscription tokens and the origin check.
+mod auth;
 /// Bad input of every kind gets its documented answer; the connection or the server survives.
 mod bad_input;
 /// The Broker contract, one body per test run against the memory and the Redis broker.
@@ -17,6 +19,8 @@ mod faults;
 mod http;
 /// Heartbeats, slow consumers and shutdown: the lifecycle of a connection.
 mod lifecycle;
+/// Rate limits, connection caps, handshake and idle timeouts.
+mod limits;
 /// Channels: subscribe, publish, unsubscribe, ordering under concurrency.
 mod pubsub;
 /// History and recovery from a position.

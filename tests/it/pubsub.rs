@@ -190,9 +190,10 @@ async fn names_come_from_the_query_or_connect_or_are_generated() {
 
     let mut by_connect = server.client("").await;
     let body = by_connect
-        .ok(json!({"op": "connect", "name": "carol", "token": "ignored-for-now"}))
+        .ok(json!({"op": "connect", "name": "carol"}))
         .await;
     assert_eq!(body["user"], "carol");
+    assert_eq!(body["authenticated"], false);
     assert!(body["client"].as_str().is_some_and(|c| !c.is_empty()));
 
     let mut invalid = server.client("?name=%3Cscript%3E").await;

@@ -74,6 +74,30 @@ impl TestServer {
         Ok(Self { child, addr })
     }
 
+    /// Runs `tidings ARGS…` expecting it to refuse to start; returns what it printed to
+    /// stderr (and fails if it started listening or exited successfully).
+    pub async fn refused(args: &[&str]) -> String {
+        let output = within(
+            WAIT,
+            "tidings to refuse its settings",
+            Command::new(env!("CARGO_BIN_EXE_tidings"))
+                .args(["--listen", "127.0.0.1:0"])
+                .args(args)
+                .stdin(Stdio::null())
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .expect("running tidings");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(!output.status.success(), "tidings started with {args:?}");
+        assert!(
+            !stdout.contains("listening on"),
+            "it listened first: {stdout}"
+        );
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("ws://{}{path}", self.addr)
     }
@@ -181,6 +205,32 @@ impl WsClient {
         Ok(Self::from_socket(ws))
     }
 
+    /// Connects with a prepared handshake request (extra headers such as `Origin` or
+    /// `Authorization`), optionally from another loopback address; the HTTP error on refusal.
+    pub async fn connect_request(
+        request: tokio_tungstenite::tungstenite::handshake::client::Request,
+        from: Option<std::net::IpAddr>,
+    ) -> Result<Self> {
+        let authority = request
+            .uri()
+            .authority()
+            .context("URL without host")?
+            .as_str();
+        let addr: SocketAddr = authority.parse().context("tests use IP:PORT URLs")?;
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        if let Some(ip) = from {
+            socket.bind(SocketAddr::new(ip, 0))?;
+        }
+        let tcp = within(WAIT, "TCP connect", socket.connect(addr)).await?;
+        let (ws, _) = within(
+            WAIT,
+            "WebSocket handshake",
+            tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(tcp)),
+        )
+        .await?;
+        Ok(Self::from_socket(ws))
+    }
+
     pub fn from_socket(ws: Socket) -> Self {
         Self {
             ws,
@@ -238,6 +288,29 @@ impl WsClient {
         command["id"] = json!(id);
         self.send_json(&command).await;
         self.reply_to(id).await
+    }
+
+    /// Like [`Self::request`], but a connection that ends instead of replying is an error
+    /// outcome (code 0) rather than a failure.
+    pub async fn request_or_end(&mut self, mut command: Value) -> Outcome {
+        let id = self.next_id;
+        self.next_id += 1;
+        command["id"] = json!(id);
+        if self
+            .ws
+            .send(Message::text(command.to_string()))
+            .await
+            .is_err()
+        {
+            return ended_outcome();
+        }
+        loop {
+            match self.try_recv(WAIT).await {
+                Ok(ServerFrame::Reply { id: got, outcome }) if got == id => return outcome,
+                Ok(_) => continue,
+                Err(_) => return ended_outcome(),
+            }
+        }
     }
 
     /// Waits for the reply to `id`, keeping pushes that arrive before it.
@@ -322,6 +395,13 @@ impl WsClient {
         })
         .await
     }
+}
+
+fn ended_outcome() -> Outcome {
+    Outcome::Error(tidings::protocol::ErrorBody {
+        code: 0,
+        message: "connection ended".into(),
+    })
 }
 
 /// TCP state of the socket `local → remote` in the kernel's table (01 = ESTABLISHED), or

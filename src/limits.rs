@@ -1,0 +1,331 @@
+//! Limits that keep one client from hurting the others: per-connection command and publish
+//! rates (token buckets), and caps on connections per node, per user and per IP address.
+//!
+//! ## Rates
+//! A connection spends one token per command, and one more from a second bucket per publish.
+//! An empty bucket refuses the command (the client gets error 112 and may retry later). A
+//! client that keeps going after being refused — more refusals than the burst size within ten
+//! seconds — is closed with 4004: a third bucket counts the refusals.
+//!
+//! ## Connection caps
+//! [`Admission`] counts open WebSocket connections. A connection holds a [`Ticket`] for its
+//! whole life; dropping the ticket gives its places back, so a cap can never leak.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tokio::time::Instant;
+
+use crate::protocol::CloseCode;
+
+/// A sustained rate with a burst allowance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rate {
+    pub per_second: u32,
+    pub burst: u32,
+}
+
+impl Rate {
+    pub fn new(per_second: u32, burst: u32) -> Self {
+        Self { per_second, burst }
+    }
+}
+
+/// A token bucket. The rate lives with the caller, so each bucket is eight bytes of state
+/// plus a timestamp.
+#[derive(Clone, Copy, Debug)]
+struct Bucket {
+    tokens: f32,
+    last: Instant,
+}
+
+impl Bucket {
+    fn full(rate: Rate, now: Instant) -> Self {
+        Self {
+            tokens: rate.burst as f32,
+            last: now,
+        }
+    }
+
+    fn refill(&mut self, per_second: f32, burst: f32, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f32();
+        self.tokens = (self.tokens + elapsed * per_second).min(burst);
+        self.last = now;
+    }
+
+    fn take(&mut self, per_second: f32, burst: f32, now: Instant) -> bool {
+        self.refill(per_second, burst, now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// What to do with a command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Allow,
+    /// Refuse it with error 112.
+    Refuse,
+    /// Refused too often: close the connection with 4004.
+    Close,
+}
+
+/// The refusals tolerated in this window before a client counts as abusive.
+const PENALTY_WINDOW_SECS: f32 = 10.0;
+
+/// One connection's rate limits.
+#[derive(Debug)]
+pub struct Limiter {
+    commands: Bucket,
+    publishes: Bucket,
+    refusals: Bucket,
+}
+
+impl Limiter {
+    pub fn new(commands: Rate, publishes: Rate, now: Instant) -> Self {
+        Self {
+            commands: Bucket::full(commands, now),
+            publishes: Bucket::full(publishes, now),
+            refusals: Bucket::full(commands, now),
+        }
+    }
+
+    /// Charges one command (and one publish if it is one).
+    pub fn check(
+        &mut self,
+        commands: Rate,
+        publishes: Rate,
+        is_publish: bool,
+        now: Instant,
+    ) -> Verdict {
+        let allowed = self
+            .commands
+            .take(commands.per_second as f32, commands.burst as f32, now)
+            && (!is_publish
+                || self
+                    .publishes
+                    .take(publishes.per_second as f32, publishes.burst as f32, now));
+        if allowed {
+            return Verdict::Allow;
+        }
+        let burst = commands.burst as f32;
+        if self.refusals.take(burst / PENALTY_WINDOW_SECS, burst, now) {
+            Verdict::Refuse
+        } else {
+            Verdict::Close
+        }
+    }
+}
+
+/// Caps on open connections; 0 means no cap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectionCaps {
+    pub total: usize,
+    pub per_user: usize,
+    pub per_ip: usize,
+}
+
+/// Why a connection is refused, with the close code that says so.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error("too many connections on this server")]
+    Total,
+    #[error("too many connections from this address")]
+    Ip,
+    #[error("too many connections for this user")]
+    User,
+}
+
+impl Refused {
+    pub fn close_code(self) -> u16 {
+        match self {
+            Self::Total => CloseCode::TRY_AGAIN_LATER,
+            Self::Ip | Self::User => CloseCode::POLICY_VIOLATION,
+        }
+    }
+}
+
+/// Counts open connections against the caps.
+#[derive(Debug)]
+pub struct Admission {
+    caps: ConnectionCaps,
+    total: AtomicUsize,
+    by_ip: Mutex<HashMap<IpAddr, usize>>,
+    by_user: Mutex<HashMap<Arc<str>, usize>>,
+}
+
+impl Admission {
+    pub fn new(caps: ConnectionCaps) -> Arc<Self> {
+        Arc::new(Self {
+            caps,
+            total: AtomicUsize::new(0),
+            by_ip: Mutex::new(HashMap::new()),
+            by_user: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Takes a place for a connection from `ip`.
+    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Ticket, Refused> {
+        let total = self.total.fetch_add(1, Ordering::AcqRel) + 1;
+        let ticket = Ticket {
+            admission: self.clone(),
+            ip: None,
+            user: None,
+        };
+        // Dropping `ticket` on refusal gives back what was taken so far.
+        if self.caps.total > 0 && total > self.caps.total {
+            return Err(Refused::Total);
+        }
+        let mut ticket = ticket;
+        if !increment(&self.by_ip, ip, self.caps.per_ip) {
+            return Err(Refused::Ip);
+        }
+        ticket.ip = Some(ip);
+        Ok(ticket)
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.total.load(Ordering::Acquire)
+    }
+}
+
+/// Adds one to `key`'s count unless that passes `cap` (0: no cap).
+fn increment<K: std::hash::Hash + Eq>(map: &Mutex<HashMap<K, usize>>, key: K, cap: usize) -> bool {
+    let mut map = map.lock().unwrap_or_else(PoisonError::into_inner);
+    let count = map.entry(key).or_insert(0);
+    if cap > 0 && *count >= cap {
+        return false;
+    }
+    *count += 1;
+    true
+}
+
+fn decrement<K: std::hash::Hash + Eq>(map: &Mutex<HashMap<K, usize>>, key: &K) {
+    let mut map = map.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(count) = map.get_mut(key) {
+        *count -= 1;
+        if *count == 0 {
+            map.remove(key);
+        }
+    }
+}
+
+/// A connection's places under the caps; given back on drop.
+#[derive(Debug)]
+pub struct Ticket {
+    admission: Arc<Admission>,
+    ip: Option<IpAddr>,
+    user: Option<Arc<str>>,
+}
+
+impl Ticket {
+    /// Counts the connection against `user`'s cap too (once identified).
+    pub fn admit_user(&mut self, user: &Arc<str>) -> Result<(), Refused> {
+        if self.user.is_some() {
+            return Ok(());
+        }
+        if !increment(
+            &self.admission.by_user,
+            user.clone(),
+            self.admission.caps.per_user,
+        ) {
+            return Err(Refused::User);
+        }
+        self.user = Some(user.clone());
+        Ok(())
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.admission.total.fetch_sub(1, Ordering::AcqRel);
+        if let Some(ip) = &self.ip {
+            decrement(&self.admission.by_ip, ip);
+        }
+        if let Some(user) = &self.user {
+            decrement(&self.admission.by_user, user);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_flood_is_refused_then_closed_and_a_steady_client_is_not() {
+        let rate = Rate::new(10, 10);
+        let start = Instant::now();
+        let mut limiter = Limiter::new(rate, rate, start);
+        let verdicts: Vec<Verdict> = (0..40)
+            .map(|_| limiter.check(rate, rate, true, start))
+            .collect();
+        assert!(verdicts[..10].iter().all(|v| *v == Verdict::Allow));
+        assert!(verdicts[10..20].iter().all(|v| *v == Verdict::Refuse));
+        assert_eq!(verdicts[20], Verdict::Close);
+
+        let mut steady = Limiter::new(rate, rate, start);
+        for i in 0..1000 {
+            let now = start + Duration::from_millis(100 * i);
+            assert_eq!(steady.check(rate, rate, true, now), Verdict::Allow);
+        }
+    }
+
+    #[test]
+    fn only_publishes_spend_the_publish_bucket() {
+        let commands = Rate::new(100, 100);
+        let publishes = Rate::new(1, 2);
+        let now = Instant::now();
+        let mut limiter = Limiter::new(commands, publishes, now);
+        assert_eq!(
+            limiter.check(commands, publishes, true, now),
+            Verdict::Allow
+        );
+        assert_eq!(
+            limiter.check(commands, publishes, true, now),
+            Verdict::Allow
+        );
+        assert_eq!(
+            limiter.check(commands, publishes, true, now),
+            Verdict::Refuse
+        );
+        assert_eq!(
+            limiter.check(commands, publishes, false, now),
+            Verdict::Allow
+        );
+    }
+
+    #[test]
+    fn caps_hold_and_tickets_give_places_back() {
+        let admission = Admission::new(ConnectionCaps {
+            total: 3,
+            per_user: 1,
+            per_ip: 2,
+        });
+        let a: IpAddr = "127.0.0.1".parse().unwrap();
+        let b: IpAddr = "127.0.0.2".parse().unwrap();
+        let first = admission.admit(a).unwrap();
+        let mut second = admission.admit(a).unwrap();
+        assert_eq!(admission.admit(a).unwrap_err(), Refused::Ip);
+        let third = admission.admit(b).unwrap();
+        assert_eq!(admission.admit(b).unwrap_err(), Refused::Total);
+        let alice: Arc<str> = "alice".into();
+        second.admit_user(&alice).unwrap();
+        let mut other = third;
+        assert_eq!(other.admit_user(&alice).unwrap_err(), Refused::User);
+        drop(second);
+        other.admit_user(&alice).unwrap();
+        drop((first, other));
+        assert_eq!(admission.open(), 0);
+        assert!(admission.by_ip.lock().unwrap().is_empty());
+        assert!(admission.by_user.lock().unwrap().is_empty());
+    }
+}
