@@ -2,6 +2,7 @@
 //
 //   import { Tidings } from "/tidings.js";
 //   const client = new Tidings("ws://127.0.0.1:8000/ws", { name: "alice" });
+//   // or, with tokens: new Tidings(url, { getToken: () => fetch("/token").then((r) => r.text()) })
 //   client.subscribe("chat:lobby", (pub) => console.log(pub.info.user, pub.data));
 //   await client.publish("chat:lobby", { text: "hi" });
 //
@@ -9,6 +10,8 @@
 // one), answers the server's heartbeats, treats a silent server as dead, and after each
 // reconnect subscribes again to every channel from the last offset it delivered, so that what
 // was published meanwhile is recovered from history — or it says plainly that it was not.
+// With `getToken` it authenticates every connection with a fresh token and refreshes the
+// token before it expires.
 
 const CLOSE_NO_RECONNECT_MIN = 4500;
 const CLOSE_NO_RECONNECT_MAX = 4999;
@@ -27,7 +30,8 @@ export class TidingsError extends Error {
  * A protocol v1 connection that stays connected.
  *
  * Events (EventTarget; `event.detail` carries the data):
- * - `connected`: `{client, user, version, ping_interval_ms, pong_timeout_ms}`
+ * - `connected`: `{client, user, version, ping_interval_ms, pong_timeout_ms, authenticated,
+ *   expires_in_ms?}`
  * - `disconnected`: `{code, reason, reconnecting, delayMs}`
  * - `error`: `{code, message}` for error pushes (failed commands sent without an id)
  * - `subscribed`: `{channel, offset, epoch}`
@@ -37,8 +41,10 @@ export class TidingsError extends Error {
 export class Tidings extends EventTarget {
   /**
    * @param {string|string[]} urls WebSocket URL(s) of `/ws`; several are tried in turn.
-   * @param {{name?: string, token?: string, minDelayMs?: number, maxDelayMs?: number,
-   *          requestTimeoutMs?: number}} options
+   * @param {{name?: string, token?: string, getToken?: () => Promise<string>,
+   *          minDelayMs?: number, maxDelayMs?: number, requestTimeoutMs?: number}} options
+   *   `token` is sent in `connect`; `getToken` is asked for a fresh one on every connect and
+   *   before the current one expires (`refresh`).
    */
   constructor(urls, options = {}) {
     super();
@@ -60,6 +66,7 @@ export class Tidings extends EventTarget {
     this.deadTimer = null;
     this.reconnectTimer = null;
     this.stableTimer = null;
+    this.refreshTimer = null;
     this.connect();
   }
 
@@ -111,6 +118,7 @@ export class Tidings extends EventTarget {
     clearTimeout(this.reconnectTimer);
     clearTimeout(this.deadTimer);
     clearTimeout(this.stableTimer);
+    clearTimeout(this.refreshTimer);
     this.ws?.close(1000, "client closed");
   }
 
@@ -134,19 +142,46 @@ export class Tidings extends EventTarget {
     const url = new URL(this.urls[this.urlIndex % this.urls.length], location.href);
     if (url.protocol === "http:") url.protocol = "ws:";
     if (url.protocol === "https:") url.protocol = "wss:";
-    if (this.options.name) url.searchParams.set("name", this.options.name);
-    if (this.options.token) url.searchParams.set("token", this.options.token);
+    const withToken = Boolean(this.options.getToken || this.options.token);
+    // Tokens travel in the first command, not the URL, which proxies and servers log.
+    if (this.options.name && !withToken) url.searchParams.set("name", this.options.name);
     const ws = new WebSocket(url);
     this.ws = ws;
     ws.onmessage = (event) => this.onFrame(event.data);
     ws.onclose = (event) => this.onClose(event);
-    ws.onopen = () => {
-      // Without a name in the URL the identity is set by this first command.
-      if (!this.options.name && !this.options.token) {
-        ws.send(JSON.stringify({ op: "connect" }));
-      }
+    ws.onopen = async () => {
       this.armDeadTimer(15_000);
+      if (!withToken) {
+        // Without a name in the URL the identity is set by this first command.
+        if (!this.options.name) ws.send(JSON.stringify({ op: "connect" }));
+        return;
+      }
+      let token;
+      try {
+        token = this.options.getToken ? await this.options.getToken() : this.options.token;
+      } catch (err) {
+        this.emit("error", { code: 0, message: `getToken failed: ${err}` });
+        if (this.ws === ws) this.dropConnection(4000, "no token");
+        return;
+      }
+      if (this.ws === ws) ws.send(JSON.stringify({ op: "connect", token }));
     };
+  }
+
+  /** Asks `getToken` for a new token once 80% of the current one's life has passed. */
+  scheduleRefresh(expiresInMs) {
+    clearTimeout(this.refreshTimer);
+    if (expiresInMs == null || !this.options.getToken) return;
+    this.refreshTimer = setTimeout(async () => {
+      try {
+        const token = await this.options.getToken();
+        const ok = await this.request({ op: "refresh", token });
+        this.scheduleRefresh(ok.expires_in_ms);
+      } catch (err) {
+        // The server closes with 4003 at expiry; the reconnect then fetches a new token.
+        this.emit("error", { code: err.code ?? 0, message: `token refresh failed: ${err.message}` });
+      }
+    }, Math.max(1_000, expiresInMs * 0.8));
   }
 
   onFrame(text) {
@@ -175,6 +210,7 @@ export class Tidings extends EventTarget {
       clearTimeout(this.stableTimer);
       this.stableTimer = setTimeout(() => (this.attempt = 0), 5_000);
       this.armDeadTimer();
+      this.scheduleRefresh(frame.connected.expires_in_ms);
       this.emit("connected", frame.connected);
       for (const channel of this.subscriptions.keys()) this.sendSubscribe(channel);
     } else if (frame.error) {
@@ -248,6 +284,7 @@ export class Tidings extends EventTarget {
   onClose(event) {
     clearTimeout(this.deadTimer);
     clearTimeout(this.stableTimer);
+    clearTimeout(this.refreshTimer);
     this.connectedInfo = null;
     for (const { reject, timer } of this.pending.values()) {
       clearTimeout(timer);
