@@ -16,8 +16,9 @@ use futures_util::{SinkExt, StreamExt};
 use crate::protocol::CloseCode;
 
 /// Read buffer per connection. tungstenite's default (128 KiB) costs that much RSS on every
-/// idle connection; frames larger than this are still read, in several steps.
-const READ_BUFFER_SIZE: usize = 1024;
+/// idle connection. Clients send small commands; a larger frame is still read whole (the
+/// buffer grows to its announced length), and only a burst of commands takes more reads.
+const READ_BUFFER_SIZE: usize = 256;
 /// Bytes collected before a write reaches the socket; the writer flushes after every batch, so
 /// this only bounds how a large batch is cut into syscalls.
 const WRITE_BUFFER_SIZE: usize = 16 * 1024;

@@ -59,32 +59,35 @@ pub async fn connect(
         .on_failed_upgrade(|err| tracing::debug!(%err, "WebSocket upgrade failed"))
         .on_upgrade(move |socket| async move {
             let (reader, mut writer) = transport::split(socket);
-            match admitted {
-                Ok(ticket) => {
-                    let handshake = Handshake {
-                        name,
-                        token,
-                        ticket,
-                    };
-                    session::run(
-                        reader,
-                        writer,
-                        state.node,
-                        state.session,
-                        state.gate,
-                        handshake,
-                        state.shutdown,
-                    )
-                    .await;
-                }
+            let ticket = match admitted {
+                Ok(ticket) => ticket,
                 Err(refused) => {
                     tracing::info!(%peer, %refused, "connection refused");
                     let reason = refused.to_string();
                     let within = state.session.close_timeout;
                     writer.close(refused.close_code(), &reason, within).await;
+                    return;
                 }
-            }
-            drop(tracked);
+            };
+            let connection = Box::new(session::Connection {
+                reader,
+                writer,
+                node: state.node,
+                config: state.session,
+                gate: state.gate,
+                handshake: Handshake {
+                    name,
+                    token,
+                    ticket,
+                },
+                shutdown: state.shutdown,
+            });
+            // A task of its own, sized to the session alone: the upgrade task (with axum's
+            // and this closure's state) ends here instead of living as long as the socket.
+            tokio::spawn(async move {
+                session::run(connection).await;
+                drop(tracked);
+            });
         })
 }
 

@@ -185,16 +185,32 @@ impl Clocks {
     }
 }
 
+/// Everything a session starts from.
+#[derive(Debug)]
+pub struct Connection {
+    pub reader: Reader,
+    pub writer: Writer,
+    pub node: Node,
+    pub config: Arc<SessionConfig>,
+    pub gate: Arc<Gate>,
+    pub handshake: Handshake,
+    pub shutdown: CancellationToken,
+}
+
 /// Serves one upgraded connection until it closes.
-pub async fn run(
-    mut reader: Reader,
-    mut writer: Writer,
-    node: Node,
-    config: Arc<SessionConfig>,
-    gate: Arc<Gate>,
-    handshake: Handshake,
-    shutdown: CancellationToken,
-) {
+///
+/// Takes its start boxed: an async fn keeps its arguments and the locals they move into side
+/// by side, and every byte of this future is paid by every idle connection.
+pub async fn run(connection: Box<Connection>) {
+    let Connection {
+        mut reader,
+        mut writer,
+        node,
+        config,
+        gate,
+        handshake,
+        shutdown,
+    } = *connection;
     let outbox = Outbox::new(config.max_queue_size);
     let alive = AtomicBool::new(true);
     let clocks = Clocks::new();
@@ -286,7 +302,9 @@ impl Session<'_> {
             };
             alive.store(true, Ordering::Relaxed);
             match inbound {
-                Inbound::Text(text) => self.handle(text.as_str()).await,
+                // A connection's task is as large as its largest state, and most connections
+                // sit idle: a command's state lives on the heap only while it runs.
+                Inbound::Text(text) => Box::pin(self.handle(text.as_str())).await,
                 Inbound::Binary(_) => {
                     if self.admit(None, false) {
                         self.reply_error(
@@ -380,6 +398,8 @@ impl Session<'_> {
                     }
                     self.establish_anonymous(None, None);
                 }
+                // Every connection's task is as large as its largest state, mostly idle; the
+                // rarer commands' states live on the heap while they run instead.
                 match command {
                     Command::Subscribe {
                         channel,
