@@ -34,7 +34,10 @@ export class TidingsError extends Error {
  *   expires_in_ms?}`
  * - `disconnected`: `{code, reason, reconnecting, delayMs}`
  * - `error`: `{code, message}` for error pushes (failed commands sent without an id)
- * - `subscribed`: `{channel, offset, epoch}`
+ * - `subscribed`: `{channel, offset, epoch, byServer?}` (`byServer`: the backend subscribed
+ *   this connection through the server API)
+ * - `unsubscribed`: `{channel}` — the backend unsubscribed this connection
+ * - `publication`: a publication of a channel the backend subscribed this connection to
  * - `unrecovered`: `{channel, reason}` — publications sent while this client was away could
  *   not be recovered (history too short, or the channel's history was lost); reload state
  */
@@ -107,9 +110,12 @@ export class Tidings extends EventTarget {
     if (this.isConnected) await this.request({ op: "unsubscribe", channel });
   }
 
-  /** Publishes `data` (any JSON value); resolves with `{offset}` once the server accepted it. */
-  publish(channel, data) {
-    return this.request({ op: "publish", channel, data });
+  /**
+   * Publishes `data` (any JSON value); resolves with `{offset}` once the server accepted it.
+   * With `idempotencyKey`, retrying after a lost reply cannot publish twice.
+   */
+  publish(channel, data, { idempotencyKey } = {}) {
+    return this.request({ op: "publish", channel, data, idempotency_key: idempotencyKey });
   }
 
   /** Closes for good: no reconnect. */
@@ -213,6 +219,22 @@ export class Tidings extends EventTarget {
       this.scheduleRefresh(frame.connected.expires_in_ms);
       this.emit("connected", frame.connected);
       for (const channel of this.subscriptions.keys()) this.sendSubscribe(channel);
+    } else if (frame.subscribed) {
+      // The application's backend subscribed this connection (server API). Publications of
+      // channels nobody passed a handler for arrive as `publication` events.
+      const { channel, offset, epoch } = frame.subscribed;
+      if (!this.subscriptions.has(channel)) {
+        this.subscriptions.set(channel, {
+          handler: (pub) => this.emit("publication", pub),
+          offset,
+          epoch,
+          retry: 0,
+        });
+      }
+      this.emit("subscribed", { channel, offset, epoch, byServer: true });
+    } else if (frame.unsubscribed) {
+      this.subscriptions.delete(frame.unsubscribed.channel);
+      this.emit("unsubscribed", frame.unsubscribed);
     } else if (frame.error) {
       this.emit("error", frame.error);
     }

@@ -204,6 +204,16 @@ pub struct ServeArgs {
     #[arg(long, env = "TIDINGS_IDLE_TIMEOUT", default_value = "10m", value_parser = humantime::parse_duration)]
     pub idle_timeout: Duration,
 
+    /// Key of the server HTTP API (`/api/...`), sent as `Authorization: apikey KEY`; at least
+    /// 16 bytes. Without it the API is off.
+    #[arg(long, env = "TIDINGS_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+
+    /// How long a publish's idempotency key is remembered: a retry with the same key within
+    /// it is answered with the first publication's offset and stored once.
+    #[arg(long, env = "TIDINGS_IDEMPOTENCY_WINDOW", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub idempotency_window: Duration,
+
     /// Log filter, in `tracing` EnvFilter syntax (e.g. `info`, `tidings=debug`).
     #[arg(long, env = "TIDINGS_LOG", default_value = "info")]
     pub log: String,
@@ -220,6 +230,8 @@ pub enum ConfigError {
     QueueSmallerThanMessage { queue: usize, message: usize },
     #[error("--{flag}: {message}")]
     Invalid { flag: &'static str, message: String },
+    #[error("--api-key must be at least 16 bytes long")]
+    ShortApiKey,
     #[error("--namespace {0} is given twice")]
     DuplicateNamespace(String),
     #[error(
@@ -256,6 +268,9 @@ pub struct Config {
     pub auth: AuthConfig,
     pub caps: ConnectionCaps,
     pub handshake_timeout: Duration,
+    /// `None`: the server API is off.
+    pub api_key: Option<String>,
+    pub idempotency_window: Duration,
 }
 
 impl ServeArgs {
@@ -289,6 +304,10 @@ impl ServeArgs {
         nonzero(self.command_rate.into(), "command-rate")?;
         nonzero(self.command_burst.into(), "command-burst")?;
         nonzero(self.handshake_timeout.as_millis(), "handshake-timeout")?;
+        nonzero(self.idempotency_window.as_millis(), "idempotency-window")?;
+        if self.api_key.as_ref().is_some_and(|key| key.len() < 16) {
+            return Err(ConfigError::ShortApiKey);
+        }
         let tokens = TokenSettings {
             hmac_secret: self.token_hmac_secret,
             public_keys: self.token_public_key,
@@ -362,6 +381,8 @@ impl ServeArgs {
                 per_ip: self.max_connections_per_ip,
             },
             handshake_timeout: self.handshake_timeout,
+            api_key: self.api_key,
+            idempotency_window: self.idempotency_window,
         })
     }
 }

@@ -7,15 +7,18 @@
 //! delay the others. The map is sharded by channel so that publishes to different channels do
 //! not contend; each shard is a std `Mutex` held for short, non-async sections only.
 //!
+//! The hub also knows which local connections belong to which authenticated user, so that a
+//! server command (disconnect, subscribe, unsubscribe a user) reaches them on every node.
+//!
 //! The hub never calls the broker: the node decides when a channel's first subscriber needs a
 //! broker subscription.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use crate::broker::Deliver;
-use crate::outbox::Outbox;
+use crate::broker::{Control, Deliver};
+use crate::outbox::{Closing, Outbox};
 use crate::protocol::{ChannelName, Publication, StreamPosition, encode_publication};
 use crate::transport::Frame;
 
@@ -27,11 +30,17 @@ pub type SubscriberId = u64;
 /// One shard: channel → its local subscribers.
 type Shard = HashMap<ChannelName, Vec<(SubscriberId, Outbox)>>;
 
+/// Authenticated user → their connections on this node.
+type Users = HashMap<Arc<str>, Vec<(SubscriberId, Outbox)>>;
+
 /// Local channel → subscribers map with encode-once fan-out.
 #[derive(Debug)]
 pub struct Hub {
     shards: Box<[Mutex<Shard>]>,
     hasher: std::collections::hash_map::RandomState,
+    /// Authenticated user → their connections on this node. Touched on connect and close
+    /// only, never on the publish path, so one lock serves.
+    users: Mutex<Users>,
 }
 
 impl Default for Hub {
@@ -45,6 +54,7 @@ impl Hub {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: Default::default(),
+            users: Mutex::new(HashMap::new()),
         }
     }
 
@@ -83,6 +93,61 @@ impl Hub {
         self.shard(channel).get(channel).map_or(0, Vec::len)
     }
 
+    fn users(&self) -> MutexGuard<'_, Users> {
+        self.users.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records a connection of an authenticated user.
+    pub fn add_user(&self, user: &Arc<str>, id: SubscriberId, outbox: Outbox) {
+        self.users()
+            .entry(user.clone())
+            .or_default()
+            .push((id, outbox));
+    }
+
+    /// Forgets a connection of `user`.
+    pub fn remove_user(&self, user: &str, id: SubscriberId) {
+        let mut users = self.users();
+        if let Some(connections) = users.get_mut(user) {
+            connections.retain(|(connection, _)| *connection != id);
+            if connections.is_empty() {
+                users.remove(user);
+            }
+        }
+    }
+
+    /// Applies a server command to the local connections of its user.
+    pub fn control(&self, command: &Control) {
+        let targets: Vec<Outbox> = self
+            .users()
+            .get(command.user())
+            .map(|connections| connections.iter().map(|(_, o)| o.clone()).collect())
+            .unwrap_or_default();
+        for outbox in targets {
+            match command {
+                Control::Disconnect { code, reason, .. } => outbox.close(Closing::Send {
+                    code: *code,
+                    reason: reason.clone().into(),
+                }),
+                other => outbox.command(other.clone()),
+            }
+        }
+    }
+
+    /// Every channel with local subscribers, and how many.
+    pub fn local_channels(&self) -> Vec<(ChannelName, usize)> {
+        self.shards
+            .iter()
+            .flat_map(|shard| {
+                let shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
+                shard
+                    .iter()
+                    .map(|(channel, subscribers)| (channel.clone(), subscribers.len()))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
     /// Fans a publication out to the channel's local subscribers.
     pub fn broadcast(&self, publication: &Publication) {
         let shard = self.shard(&publication.channel);
@@ -116,6 +181,14 @@ impl Deliver for Hub {
 
     fn reconcile(&self, channel: &ChannelName, position: &StreamPosition) {
         Hub::reconcile(self, channel, position);
+    }
+
+    fn control(&self, command: &Control) {
+        Hub::control(self, command);
+    }
+
+    fn local_channels(&self) -> Vec<(ChannelName, usize)> {
+        Hub::local_channels(self)
     }
 }
 

@@ -12,7 +12,10 @@ use serde_json::value::RawValue;
 use tokio::sync::Mutex;
 
 use crate::auth::ChannelRules;
-use crate::broker::{Broker, BrokerError, History, HistoryQuery, HistoryRetention, PublishOptions};
+use crate::broker::{
+    Broker, BrokerError, Control, History, HistoryQuery, HistoryRetention, Idempotency,
+    PublishOptions,
+};
 use crate::hub::{Hub, SubscriberId};
 use crate::outbox::Outbox;
 use crate::protocol::{ChannelName, ClientInfo, Publication, StreamPosition};
@@ -34,6 +37,8 @@ struct Inner {
     rules: Arc<ChannelRules>,
     /// The server-wide history setting.
     history: HistoryRetention,
+    /// How long an idempotency key is remembered.
+    idempotency_window: std::time::Duration,
 }
 
 /// A local subscription in place: where the channel stands, and what recovery found.
@@ -68,6 +73,7 @@ impl Node {
         broker: Arc<dyn Broker>,
         rules: Arc<ChannelRules>,
         history: HistoryRetention,
+        idempotency_window: std::time::Duration,
     ) -> Self {
         Self(Arc::new(Inner {
             hub,
@@ -76,6 +82,7 @@ impl Node {
             hasher: Default::default(),
             rules,
             history,
+            idempotency_window,
         }))
     }
 
@@ -180,15 +187,22 @@ impl Node {
         }
     }
 
-    /// Publishes `data` to `channel` as `info`; returns the publication's position.
+    /// Publishes `data` to `channel` as `info`; returns the publication's position. With an
+    /// idempotency key, a retry within the window returns the first one's position and
+    /// publishes nothing.
     pub async fn publish(
         &self,
         channel: &ChannelName,
         data: Arc<RawValue>,
         info: ClientInfo,
+        idempotency_key: Option<String>,
     ) -> Result<StreamPosition, BrokerError> {
         let options = PublishOptions {
             history: Some(self.history_of(channel)),
+            idempotency: idempotency_key.map(|key| Idempotency {
+                key,
+                window: self.0.idempotency_window,
+            }),
         };
         self.0.broker.publish(channel, data, info, &options).await
     }
@@ -198,6 +212,28 @@ impl Node {
     /// is closed to recover instead of waiting for a publication that was already sent.
     pub fn reconcile(&self, channel: &ChannelName, position: &StreamPosition) {
         self.0.hub.reconcile(channel, position);
+    }
+
+    /// Sends a server command to every node (this one included).
+    pub async fn control(&self, command: &Control) -> Result<(), BrokerError> {
+        self.0.broker.control(command).await
+    }
+
+    /// Every channel with subscribers on any node, sorted by name, with their counts.
+    pub async fn channels(&self) -> Result<Vec<(ChannelName, usize)>, BrokerError> {
+        let mut channels: Vec<(ChannelName, usize)> =
+            self.0.broker.channels().await?.into_iter().collect();
+        channels.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        Ok(channels)
+    }
+
+    /// Makes a connection of an authenticated user reachable by server commands.
+    pub fn add_user(&self, user: &Arc<str>, id: SubscriberId, outbox: &Outbox) {
+        self.0.hub.add_user(user, id, outbox.clone());
+    }
+
+    pub fn remove_user(&self, user: &str, id: SubscriberId) {
+        self.0.hub.remove_user(user, id);
     }
 
     /// Whether the broker can serve requests now.

@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::broker::Control;
 use crate::protocol::{ChannelName, CloseCode, StreamPosition};
 use crate::transport::Frame;
 
@@ -51,6 +52,8 @@ struct Inner {
     /// Wakes the writer; `notify_one` keeps a permit, so a push between a drain and the next
     /// wait is never missed.
     ready: Notify,
+    /// Wakes the reader for a server command; a permit is kept the same way.
+    commanded: Notify,
     closed: CancellationToken,
     max_bytes: usize,
 }
@@ -64,6 +67,8 @@ struct State {
     held_bytes: usize,
     channels: HashMap<ChannelName, Delivery>,
     closing: Option<Closing>,
+    /// Server commands for the session's reader (rare: an empty Vec allocates nothing).
+    commands: Vec<Control>,
 }
 
 #[derive(Debug)]
@@ -91,6 +96,7 @@ impl Outbox {
         Self(Arc::new(Inner {
             state: Mutex::new(State::default()),
             ready: Notify::new(),
+            commanded: Notify::new(),
             closed: CancellationToken::new(),
             max_bytes,
         }))
@@ -116,6 +122,25 @@ impl Outbox {
         drop(state);
         self.0.ready.notify_one();
         true
+    }
+
+    /// Hands a server command to the session's reader.
+    pub fn command(&self, command: Control) {
+        self.state().commands.push(command);
+        self.0.commanded.notify_one();
+    }
+
+    /// The next server command for this connection.
+    pub async fn next_command(&self) -> Control {
+        loop {
+            if let Some(command) = {
+                let mut state = self.state();
+                (!state.commands.is_empty()).then(|| state.commands.remove(0))
+            } {
+                return command;
+            }
+            self.0.commanded.notified().await;
+        }
     }
 
     /// Queues a publication of `channel`, applying the per-channel delivery rules: held while

@@ -80,6 +80,19 @@ impl ChannelName {
     }
 }
 
+impl Serialize for ChannelName {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for ChannelName {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        Self::parse(&name).map_err(serde::de::Error::custom)
+    }
+}
+
 impl fmt::Debug for ChannelName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(&*self.0, f)
@@ -241,9 +254,13 @@ impl CloseCode {
     /// More connections than `--max-connections` (RFC 6455 "try again later"): reconnect
     /// with back-off, to another node if any.
     pub const TRY_AGAIN_LATER: u16 = 1013;
+    /// Disconnected by the application through the server API, which allows reconnecting.
+    pub const DISCONNECTED_RECONNECT: u16 = 4005;
     /// The connection subscribed to nothing and sent nothing for `--idle-timeout`; reconnect
     /// only when there is something to do.
     pub const IDLE: u16 = 4500;
+    /// Disconnected by the application through the server API: do not reconnect.
+    pub const DISCONNECTED: u16 = 4501;
 }
 
 /// One decoded client request.
@@ -275,9 +292,12 @@ pub enum Command {
     Unsubscribe {
         channel: ChannelName,
     },
+    /// With `idempotency_key`, a retry within the server's window is answered with the first
+    /// publication's offset and not published again.
     Publish {
         channel: ChannelName,
         data: Box<RawValue>,
+        idempotency_key: Option<String>,
     },
     /// Publications kept in the channel's history: after `since`, or the latest ones.
     History {
@@ -328,6 +348,28 @@ struct Envelope<'a> {
     since: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "present")]
     limit: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    idempotency_key: Option<&'a RawValue>,
+}
+
+/// Longest idempotency key, in bytes.
+pub const MAX_IDEMPOTENCY_KEY: usize = 128;
+
+/// An idempotency key is 1–128 ASCII letters, digits and `- _ . :` (a UUID fits); it becomes
+/// part of a storage key.
+pub fn valid_idempotency_key(key: &str) -> Result<(), String> {
+    let ok = !key.is_empty()
+        && key.len() <= MAX_IDEMPOTENCY_KEY
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "\"idempotency_key\" must be 1 to {MAX_IDEMPOTENCY_KEY} ASCII letters, digits, - _ . or :"
+        ))
+    }
 }
 
 /// Keeps an explicit `null` as present, so `"data":null` is a value and not a missing field.
@@ -482,7 +524,16 @@ pub fn decode_request(text: &str) -> Result<Request, DecodeError> {
                     "publish needs the field \"data\"",
                 )
             })?;
-            Command::Publish { channel, data }
+            let idempotency_key = optional_string("idempotency_key", envelope.idempotency_key)?;
+            if let Some(key) = &idempotency_key {
+                valid_idempotency_key(key)
+                    .map_err(|message| DecodeError::new(id, ErrorCode::InvalidField, message))?;
+            }
+            Command::Publish {
+                channel,
+                data,
+                idempotency_key,
+            }
         }
         "ping" => Command::Ping,
         "pong" => Command::Pong,
@@ -605,6 +656,38 @@ pub fn encode_connected(connected: &Connected) -> String {
     to_json(&Push { connected })
 }
 
+/// The body of a `{"subscribed":{...}}` push: the server subscribed this connection.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscribedPush {
+    pub channel: String,
+    pub offset: u64,
+    pub epoch: String,
+}
+
+/// The body of an `{"unsubscribed":{...}}` push: the server unsubscribed this connection.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnsubscribedPush {
+    pub channel: String,
+}
+
+/// Encodes `{"subscribed":{...}}`.
+pub fn encode_subscribed(push: &SubscribedPush) -> String {
+    #[derive(Serialize)]
+    struct Push<'a> {
+        subscribed: &'a SubscribedPush,
+    }
+    to_json(&Push { subscribed: push })
+}
+
+/// Encodes `{"unsubscribed":{...}}`.
+pub fn encode_unsubscribed(push: &UnsubscribedPush) -> String {
+    #[derive(Serialize)]
+    struct Push<'a> {
+        unsubscribed: &'a UnsubscribedPush,
+    }
+    to_json(&Push { unsubscribed: push })
+}
+
 /// The server's heartbeat push.
 pub const PING_FRAME: &str = r#"{"ping":{}}"#;
 
@@ -645,6 +728,8 @@ pub enum Outcome {
 pub enum Push {
     Connected(Connected),
     Pub(PubPush),
+    Subscribed(SubscribedPush),
+    Unsubscribed(UnsubscribedPush),
     Ping {},
     Error(ErrorBody),
 }

@@ -82,6 +82,7 @@ impl Server {
             broker.clone(),
             Arc::new(config.auth.rules.clone()),
             config.retention.history(),
+            config.idempotency_window,
         );
         let stopping = CancellationToken::new();
         let connections = TaskTracker::new();
@@ -94,6 +95,7 @@ impl Server {
             }),
             admission: Admission::new(config.caps),
             allowed_origins: config.auth.allowed_origins.clone().into(),
+            api_key: config.api_key.clone().map(Arc::from),
             max_message_size: config.max_message_size,
             shutdown: stopping.clone(),
             connections: connections.clone(),

@@ -1,14 +1,17 @@
 //! HTTP surface: the router, its shared state, and the plain handlers (chat page, JS client,
-//! health). WebSocket endpoints live in [`ws`]. Handlers translate between HTTP and the
-//! [`Node`]; they hold no business logic.
+//! health). WebSocket endpoints live in [`ws`]; the server API for application backends in
+//! [`publish`] and [`channels`], behind [`ApiKey`], answering errors as [`ApiError`].
+//! Handlers translate between HTTP and the [`Node`]; they hold no business logic.
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
+use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -16,6 +19,8 @@ use crate::limits::Admission;
 use crate::node::Node;
 use crate::session::{Gate, SessionConfig};
 
+pub mod channels;
+pub mod publish;
 pub mod ws;
 
 /// What every handler may use.
@@ -27,6 +32,8 @@ pub struct AppState {
     pub admission: Arc<Admission>,
     /// Origins allowed besides the server's own host (`*`: any).
     pub allowed_origins: Arc<[String]>,
+    /// The server API's key; `None`: the API is off.
+    pub api_key: Option<Arc<str>>,
     pub max_message_size: usize,
     /// Cancelled when the server starts shutting down.
     pub shutdown: CancellationToken,
@@ -41,7 +48,15 @@ pub fn router(state: AppState, enable_echo: bool) -> Router {
         .route("/tidings.js", get(client_script))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/ws", get(ws::connect));
+        .route("/ws", get(ws::connect))
+        .route("/api/openapi.json", get(openapi))
+        .route("/api/publish", post(publish::publish))
+        .route("/api/broadcast", post(publish::broadcast))
+        .route("/api/history", post(publish::history))
+        .route("/api/channels", post(channels::channels))
+        .route("/api/subscribe", post(channels::subscribe))
+        .route("/api/unsubscribe", post(channels::unsubscribe))
+        .route("/api/disconnect", post(channels::disconnect));
     if enable_echo {
         router = router.route("/ws/echo", get(ws::echo));
     }
@@ -49,6 +64,128 @@ pub fn router(state: AppState, enable_echo: bool) -> Router {
 }
 
 const INDEX_HTML: &str = include_str!("../../assets/index.html");
+const OPENAPI_JSON: &str = include_str!("../../assets/openapi.json");
+
+/// `GET /api/openapi.json`: the server API's description (served even when the API is off).
+async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON)
+}
+
+/// What a server API call can fail with: an HTTP status and a JSON body
+/// `{"error":{"code":"…","message":"…"}}`.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    #[error("the server API is off: start tidings with --api-key")]
+    Disabled,
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("{0}")]
+    Unrecoverable(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("internal error")]
+    Internal,
+}
+
+impl ApiError {
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Self::Disabled => (StatusCode::NOT_FOUND, "api_disabled"),
+            Self::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            Self::Unrecoverable(_) => (StatusCode::CONFLICT, "unrecoverable_position"),
+            Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Self::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+}
+
+impl From<crate::broker::BrokerError> for ApiError {
+    fn from(err: crate::broker::BrokerError) -> Self {
+        match err {
+            crate::broker::BrokerError::Unavailable(message) => Self::Unavailable(message),
+            crate::broker::BrokerError::Internal(message) => {
+                // Logged here, where it is handled; the caller learns only that it failed.
+                tracing::error!(message, "server API request failed");
+                Self::Internal
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        let body = serde_json::json!({"error": {"code": code, "message": self.to_string()}});
+        (
+            status,
+            [(header::CONTENT_TYPE, "application/json")],
+            body.to_string(),
+        )
+            .into_response()
+    }
+}
+
+/// Proof that a request carries the server API key (`Authorization: apikey KEY`).
+#[derive(Debug)]
+pub struct ApiKey;
+
+impl FromRequestParts<AppState> for ApiKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let expected = state.api_key.as_deref().ok_or(ApiError::Disabled)?;
+        let given = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("apikey"))
+            .map(|(_, key)| key.trim())
+            .ok_or(ApiError::Unauthorized(
+                "missing the header Authorization: apikey KEY",
+            ))?;
+        if constant_time_eq(given.as_bytes(), expected.as_bytes()) {
+            Ok(Self)
+        } else {
+            Err(ApiError::Unauthorized("wrong API key"))
+        }
+    }
+}
+
+/// Compares without stopping at the first difference, so response times do not reveal how
+/// much of a guessed key was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A JSON request body, refused with a JSON 400 (not axum's plain-text rejection).
+#[derive(Debug)]
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned> axum::extract::FromRequest<AppState> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(
+        request: axum::extract::Request,
+        state: &AppState,
+    ) -> Result<Self, ApiError> {
+        let bytes = axum::body::Bytes::from_request(request, state)
+            .await
+            .map_err(|err| ApiError::TooLarge(format!("request body: {err}")))?;
+        serde_json::from_slice(&bytes)
+            .map(JsonBody)
+            .map_err(|err| ApiError::BadRequest(format!("invalid JSON body: {err}")))
+    }
+}
 const CLIENT_JS: &str = include_str!("../../assets/tidings.js");
 
 async fn index() -> impl IntoResponse {

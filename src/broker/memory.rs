@@ -20,7 +20,8 @@ use async_trait::async_trait;
 use serde_json::value::RawValue;
 
 use super::{
-    Broker, BrokerError, Deliver, History, HistoryQuery, PublishOptions, Retention, new_epoch,
+    Broker, BrokerError, Control, Deliver, History, HistoryQuery, PublishOptions, Retention,
+    new_epoch,
 };
 use crate::protocol::{ChannelName, ClientInfo, Publication, StreamPosition};
 
@@ -47,6 +48,8 @@ struct Stream {
     history: VecDeque<Publication>,
     /// The history's lifetime, as the last publication asked.
     history_ttl: std::time::Duration,
+    /// Idempotency keys seen recently: key → (offset, remembered until).
+    idempotency: HashMap<String, (u64, Instant)>,
     /// Removed from the map by a sweep; whoever still holds it must look the channel up again.
     evicted: bool,
 }
@@ -120,6 +123,7 @@ impl MemoryBroker {
                     last_published: now,
                     history: VecDeque::new(),
                     history_ttl: self.retention.history_ttl,
+                    idempotency: HashMap::new(),
                     evicted: false,
                 }))
             })
@@ -138,6 +142,22 @@ impl Broker for MemoryBroker {
     ) -> Result<StreamPosition, BrokerError> {
         let history = options.history.unwrap_or_else(|| self.retention.history());
         Ok(self.with_stream(channel, |stream| {
+            let now = Instant::now();
+            if let Some(idempotency) = &options.idempotency {
+                // Forgetting expired keys here keeps the map bounded by the publish rate
+                // times the window, amortised over the publications that fill it.
+                stream.idempotency.retain(|_, (_, until)| *until > now);
+                if let Some((offset, _)) = stream.idempotency.get(&idempotency.key) {
+                    return StreamPosition {
+                        offset: *offset,
+                        epoch: stream.epoch.clone(),
+                    };
+                }
+                stream.idempotency.insert(
+                    idempotency.key.clone(),
+                    (stream.offset + 1, now + idempotency.window),
+                );
+            }
             stream.offset += 1;
             let publication = Publication {
                 channel: channel.clone(),
@@ -160,6 +180,15 @@ impl Broker for MemoryBroker {
                 epoch: stream.epoch.clone(),
             }
         }))
+    }
+
+    async fn control(&self, command: &Control) -> Result<(), BrokerError> {
+        self.deliver.control(command);
+        Ok(())
+    }
+
+    async fn channels(&self) -> Result<HashMap<ChannelName, usize>, BrokerError> {
+        Ok(self.deliver.local_channels().into_iter().collect())
     }
 
     async fn subscribe(&self, channel: &ChannelName) -> Result<(), BrokerError> {
@@ -218,6 +247,12 @@ mod tests {
         }
 
         fn reconcile(&self, _: &ChannelName, _: &StreamPosition) {}
+
+        fn control(&self, _: &Control) {}
+
+        fn local_channels(&self) -> Vec<(ChannelName, usize)> {
+            Vec::new()
+        }
     }
 
     fn data() -> Arc<RawValue> {

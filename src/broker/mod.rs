@@ -29,11 +29,13 @@
 //! An error means the operation did not happen, so a `publish` that returned an error was not
 //! assigned an offset and will never be delivered; nothing is lost silently.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::protocol::{ChannelName, ClientInfo, Publication, StreamPosition};
@@ -49,6 +51,12 @@ pub trait Deliver: Send + Sync + 'static {
     /// Called when the broker may have missed publications of `channel` (it lost its
     /// connection): `position` is where the channel stands now.
     fn reconcile(&self, channel: &ChannelName, position: &StreamPosition);
+
+    /// Carries out a server command on this node's connections of the user it names.
+    fn control(&self, command: &Control);
+
+    /// This node's channels with local subscribers, and how many each has.
+    fn local_channels(&self) -> Vec<(ChannelName, usize)>;
 }
 
 /// Why a broker operation failed.
@@ -92,6 +100,13 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
         channel: &ChannelName,
         query: HistoryQuery,
     ) -> Result<History, BrokerError>;
+
+    /// Sends `command` to every node, this one included.
+    async fn control(&self, command: &Control) -> Result<(), BrokerError>;
+
+    /// Every channel with subscribers on any node, and how many it has in all. Other nodes'
+    /// counts may be a few seconds old.
+    async fn channels(&self) -> Result<HashMap<ChannelName, usize>, BrokerError>;
 
     /// Whether the broker can serve requests now (for `/readyz`).
     async fn ready(&self) -> Result<(), BrokerError> {
@@ -143,6 +158,42 @@ impl Default for HistoryRetention {
 pub struct PublishOptions {
     /// The channel's history setting (its namespace's); `None`: the broker's [`Retention`].
     pub history: Option<HistoryRetention>,
+    /// Store the publication once per key: a retry with the same key within the window is
+    /// answered with the first one's position and not published again.
+    pub idempotency: Option<Idempotency>,
+}
+
+/// An idempotency key and how long it is remembered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Idempotency {
+    pub key: String,
+    pub window: Duration,
+}
+
+/// A server command that every node applies to its own connections of one user.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Control {
+    /// Close every connection of `user` with `code` and `reason`.
+    Disconnect {
+        user: String,
+        code: u16,
+        reason: String,
+    },
+    /// Subscribe every connection of `user` to `channel`, telling each client.
+    Subscribe { user: String, channel: ChannelName },
+    /// Unsubscribe every connection of `user` from `channel`, telling each client.
+    Unsubscribe { user: String, channel: ChannelName },
+}
+
+impl Control {
+    pub fn user(&self) -> &str {
+        match self {
+            Self::Disconnect { user, .. }
+            | Self::Subscribe { user, .. }
+            | Self::Unsubscribe { user, .. } => user,
+        }
+    }
 }
 
 impl Default for Retention {

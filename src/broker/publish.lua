@@ -11,7 +11,20 @@
 -- ARGV[5]  epoch to use if the channel has none (a new history starts)
 -- ARGV[6]  pub/sub channel
 -- ARGV[7]  "1": sharded pub/sub (SPUBLISH), else PUBLISH
+-- KEYS[3]  (optional) idempotency key: "offset:epoch" of the publication stored under it
+-- ARGV[8]  (with KEYS[3]) how long the idempotency key is remembered, seconds
 -- returns  {offset, epoch}
+if KEYS[3] then
+  -- A retry within the window gets the first publication's position and publishes nothing.
+  local prior = redis.call('get', KEYS[3])
+  local current = redis.call('hget', KEYS[1], 'e')
+  if prior and current then
+    local sep = string.find(prior, ':', 1, true)
+    if sep and string.sub(prior, sep + 1) == current then
+      return {tonumber(string.sub(prior, 1, sep - 1)), current}
+    end
+  end
+end
 local epoch = redis.call('hget', KEYS[1], 'e')
 if not epoch then
   -- The position was lost (expired or evicted): whatever history is left belongs to the old
@@ -35,5 +48,8 @@ if ARGV[7] == '1' then
   redis.call('spublish', ARGV[6], epoch .. ':' .. entry)
 else
   redis.call('publish', ARGV[6], epoch .. ':' .. entry)
+end
+if KEYS[3] then
+  redis.call('set', KEYS[3], offset .. ':' .. epoch, 'EX', ARGV[8])
 end
 return {offset, epoch}

@@ -22,7 +22,7 @@
 //! that missed publications meanwhile are closed to recover from history. If Redis lost the
 //! data, the next read starts a new epoch and clients are told they cannot recover.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -46,7 +46,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::{
-    Broker, BrokerError, Deliver, History, HistoryQuery, PublishOptions, Retention, new_epoch,
+    Broker, BrokerError, Control, Deliver, History, HistoryQuery, PublishOptions, Retention,
+    new_epoch,
 };
 use crate::protocol::{ChannelName, ClientInfo, Publication, StreamPosition};
 
@@ -61,6 +62,10 @@ const MESSAGE_BUFFER: usize = 1 << 16;
 /// How often subscribed channels are refreshed and reconciled (more often if the position TTL
 /// is short).
 const MAINTENANCE_PERIOD: Duration = Duration::from_secs(30);
+/// How often a node writes its channels and their subscriber counts for the others to read.
+const ANNOUNCE_PERIOD: Duration = Duration::from_secs(5);
+/// A node whose announcement is older than this counts as gone.
+const ANNOUNCE_TTL: Duration = Duration::from_secs(15);
 
 /// Where Redis is and how to use it.
 #[derive(Clone, Debug)]
@@ -92,6 +97,8 @@ struct Inner {
     subscribed: Mutex<HashSet<ChannelName>>,
     /// Reconciliations for the pump, which performs them in order with the messages.
     reconciliations: mpsc::UnboundedSender<(ChannelName, StreamPosition)>,
+    /// This node's id among the announcements of channel counts.
+    node_id: String,
 }
 
 impl fmt::Debug for RedisBroker {
@@ -211,11 +218,17 @@ impl RedisBroker {
             deliver,
             subscribed: Mutex::new(HashSet::new()),
             reconciliations,
+            node_id: format!("{:016x}", fastrand::u64(..)),
         });
+        inner
+            .control_subscribe()
+            .await
+            .map_err(|err| unavailable("subscribing to the control channel", err))?;
         let tasks = vec![
             tokio::spawn(pump_messages(inner.clone(), reconciliations_rx)),
             tokio::spawn(restore_after_reconnects(inner.clone())),
             tokio::spawn(maintain(inner.clone())),
+            tokio::spawn(announce(inner.clone())),
         ];
         Ok(Self { inner, tasks })
     }
@@ -227,6 +240,29 @@ impl Inner {
             format!("{}:{{{channel}}}:meta", self.prefix),
             format!("{}:{{{channel}}}:history", self.prefix),
         ]
+    }
+
+    /// The pub/sub channel of server commands. It has no `{…}` part, so no client channel
+    /// can map onto it.
+    fn control_channel(&self) -> String {
+        format!("{}:control", self.prefix)
+    }
+
+    async fn control_subscribe(&self) -> Result<(), RedisError> {
+        if self.sharded {
+            self.subscriber.ssubscribe(self.control_channel()).await
+        } else {
+            self.subscriber.subscribe(self.control_channel()).await
+        }
+    }
+
+    /// Keys of the node announcements, all in one slot so they can be read together.
+    fn nodes_key(&self) -> String {
+        format!("{{{}:nodes}}", self.prefix)
+    }
+
+    fn node_key(&self, id: &str) -> String {
+        format!("{{{}:nodes}}:{id}", self.prefix)
     }
 
     fn pubsub_channel(&self, channel: &ChannelName) -> String {
@@ -354,6 +390,17 @@ async fn pump_messages(
 
 impl Inner {
     fn deliver_message(&self, message: &Message) {
+        if *message.channel == *self.control_channel() {
+            let command = message
+                .value
+                .as_str()
+                .and_then(|text| serde_json::from_str::<Control>(&text).ok());
+            match command {
+                Some(command) => self.deliver.control(&command),
+                None => tracing::warn!("undecodable control message"),
+            }
+            return;
+        }
         let Some(channel) = self.channel_of(&message.channel) else {
             return;
         };
@@ -390,6 +437,9 @@ async fn restore_after_reconnects(inner: Arc<Inner>) {
 
 /// Subscribes again to every channel this node needs, then reconciles them.
 async fn restore(inner: &Inner) {
+    if let Err(err) = inner.control_subscribe().await {
+        tracing::warn!(%err, "resubscribing to the control channel failed");
+    }
     let channels: Vec<ChannelName> = inner.subscribed().iter().cloned().collect();
     for channel in &channels {
         if let Err(err) = inner.redis_subscribe(channel).await {
@@ -421,6 +471,66 @@ async fn maintain(inner: Arc<Inner>) {
             reconcile_all(&inner).await;
         }
     }
+}
+
+/// Periodically writes this node's channel counts (JSON, expiring) and its id with the time
+/// into a sorted set, so that any node can sum the counts of the nodes alive.
+async fn announce(inner: Arc<Inner>) {
+    loop {
+        if let Err(err) = announce_once(&inner).await {
+            tracing::debug!(%err, "announcing channel counts failed");
+        }
+        tokio::time::sleep(ANNOUNCE_PERIOD).await;
+    }
+}
+
+async fn announce_once(inner: &Inner) -> Result<(), RedisError> {
+    use fred::interfaces::{KeysInterface, SortedSetsInterface};
+    use fred::types::Expiration;
+    let counts: HashMap<String, usize> = inner
+        .deliver
+        .local_channels()
+        .into_iter()
+        .map(|(channel, count)| (channel.to_string(), count))
+        .collect();
+    let json = serde_json::to_string(&counts).unwrap_or_else(|_| "{}".into());
+    let now = unix_seconds();
+    let ttl = i64::try_from(ANNOUNCE_TTL.as_secs()).unwrap_or(15);
+    inner
+        .client
+        .set::<(), _, _>(
+            inner.node_key(&inner.node_id),
+            json,
+            Some(Expiration::EX(ttl)),
+            None,
+            false,
+        )
+        .await?;
+    inner
+        .client
+        .zadd::<(), _, _>(
+            inner.nodes_key(),
+            None,
+            None,
+            false,
+            false,
+            (now as f64, inner.node_id.as_str()),
+        )
+        .await?;
+    inner
+        .client
+        .zremrangebyscore::<(), _, _, _>(
+            inner.nodes_key(),
+            f64::NEG_INFINITY,
+            (now - 4 * ttl) as f64,
+        )
+        .await
+}
+
+fn unix_seconds() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// Compares every subscribed channel's local delivery with its position in Redis.
@@ -476,9 +586,18 @@ impl Broker for RedisBroker {
             inner.pubsub_channel(channel).into(),
             (if inner.sharded { "1" } else { "0" }).into(),
         ];
+        let mut keys = inner.keys(channel);
+        let mut args = args;
+        if let Some(idempotency) = &options.idempotency {
+            keys.push(format!(
+                "{}:{{{channel}}}:idem:{}",
+                inner.prefix, idempotency.key
+            ));
+            args.push(ttl_seconds(idempotency.window).into());
+        }
         let (offset, epoch): (u64, String) = inner
             .publish_script
-            .evalsha_with_reload(&inner.client, inner.keys(channel), args)
+            .evalsha_with_reload(&inner.client, keys, args)
             .await
             .map_err(|err| {
                 // A timeout may hide a script that ran: say so rather than claim it failed.
@@ -496,6 +615,54 @@ impl Broker for RedisBroker {
             offset,
             epoch: epoch.into(),
         })
+    }
+
+    async fn control(&self, command: &Control) -> Result<(), BrokerError> {
+        let json = serde_json::to_string(command)
+            .map_err(|err| BrokerError::Internal(format!("encoding a command: {err}")))?;
+        let channel = self.inner.control_channel();
+        let sent = if self.inner.sharded {
+            self.inner.client.spublish::<(), _, _>(channel, json).await
+        } else {
+            self.inner.client.publish::<(), _, _>(channel, json).await
+        };
+        sent.map_err(|err| unavailable("sending a command to the nodes", err))
+    }
+
+    async fn channels(&self) -> Result<HashMap<ChannelName, usize>, BrokerError> {
+        use fred::interfaces::{KeysInterface, SortedSetsInterface};
+        let inner = &self.inner;
+        let since = (unix_seconds() - i64::try_from(ANNOUNCE_TTL.as_secs()).unwrap_or(15)) as f64;
+        let nodes: Vec<String> = inner
+            .client
+            .zrangebyscore(inner.nodes_key(), since, f64::INFINITY, false, None)
+            .await
+            .map_err(|err| unavailable("listing nodes", err))?;
+        let others: Vec<String> = nodes
+            .into_iter()
+            .filter(|id| *id != inner.node_id)
+            .map(|id| inner.node_key(&id))
+            .collect();
+        // This node's own counts are live; the others' as of their last announcement.
+        let mut total: HashMap<ChannelName, usize> =
+            inner.deliver.local_channels().into_iter().collect();
+        if !others.is_empty() {
+            let announced: Vec<Option<String>> = inner
+                .client
+                .mget(others)
+                .await
+                .map_err(|err| unavailable("reading node announcements", err))?;
+            for json in announced.into_iter().flatten() {
+                let counts: HashMap<String, usize> =
+                    serde_json::from_str(&json).unwrap_or_default();
+                for (name, count) in counts {
+                    if let Ok(channel) = ChannelName::parse(&name) {
+                        *total.entry(channel).or_default() += count;
+                    }
+                }
+            }
+        }
+        Ok(total)
     }
 
     async fn subscribe(&self, channel: &ChannelName) -> Result<(), BrokerError> {

@@ -30,7 +30,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{AuthError, Denied, Identity, Verifier, millis_until};
-use crate::broker::BrokerError;
+use crate::broker::{BrokerError, Control};
 use crate::hub::SubscriberId;
 use crate::limits::{Limiter, Rate, Ticket, Verdict};
 use crate::node::{HistoryError, Node, Recovery, Subscribed};
@@ -280,6 +280,10 @@ impl Session<'_> {
             let inbound = tokio::select! {
                 biased;
                 () = outbox.closed() => return,
+                command = outbox.next_command() => {
+                    Box::pin(self.apply(command)).await;
+                    continue;
+                }
                 inbound = reader.next() => inbound,
             };
             let inbound = match inbound {
@@ -412,8 +416,13 @@ impl Session<'_> {
                         limit,
                     } => self.history(id, channel, since, limit).await,
                     Command::Unsubscribe { channel } => self.unsubscribe(id, channel).await,
-                    Command::Publish { channel, data } => {
-                        self.publish(id, channel, Arc::from(data)).await
+                    Command::Publish {
+                        channel,
+                        data,
+                        idempotency_key,
+                    } => {
+                        self.publish(id, channel, Arc::from(data), idempotency_key)
+                            .await
                     }
                     Command::Refresh { token } => self.refresh(id, &token),
                     Command::Ping => self.reply_ok(id, &Empty {}),
@@ -462,6 +471,7 @@ impl Session<'_> {
             let at = self.clocks.now().saturating_add(left);
             self.clocks.set(&self.clocks.expires, at);
         }
+        self.node.add_user(&user, self.id, &self.outbox);
         self.establish(
             id,
             Identity {
@@ -552,7 +562,24 @@ impl Session<'_> {
         since: Option<StreamPosition>,
         token: Option<String>,
     ) {
-        if let Some(identity) = &self.identity {
+        self.join(id, channel, since, token, false).await;
+    }
+
+    /// Subscribes for the client (`by_server` false: the channel rules apply, the client gets
+    /// a reply) or for the server API (the application decided; the client gets a
+    /// `subscribed` push).
+    async fn join(
+        &mut self,
+        id: Option<u64>,
+        channel: ChannelName,
+        since: Option<StreamPosition>,
+        token: Option<String>,
+        by_server: bool,
+    ) {
+        if by_server && self.subscriptions.contains(&channel) {
+            return;
+        }
+        if let Some(identity) = self.identity.as_ref().filter(|_| !by_server) {
             let allowed = self.node.rules().check_subscribe(
                 identity,
                 &channel,
@@ -598,6 +625,13 @@ impl Session<'_> {
             Some(Recovery::Unrecoverable(reason)) => (Some(false), Some(Vec::new()), Some(reason)),
         };
         let frames: Vec<Frame> = match id {
+            None if by_server => vec![Frame::from(protocol::encode_subscribed(
+                &protocol::SubscribedPush {
+                    channel: channel.to_string(),
+                    offset: position.offset,
+                    epoch: position.epoch.to_string(),
+                },
+            ))],
             Some(id) => vec![Frame::from(protocol::encode_ok(
                 id,
                 &SubscribeOk {
@@ -684,6 +718,7 @@ impl Session<'_> {
         id: Option<u64>,
         channel: ChannelName,
         data: Arc<serde_json::value::RawValue>,
+        idempotency_key: Option<String>,
     ) {
         if let Err(denied) = self.node.rules().check_publish(&channel) {
             return self.reply_denied(id, &denied);
@@ -691,7 +726,11 @@ impl Session<'_> {
         let Some(info) = self.client_info() else {
             return;
         };
-        match self.node.publish(&channel, data, info).await {
+        match self
+            .node
+            .publish(&channel, data, info, idempotency_key)
+            .await
+        {
             Ok(position) => self.reply_ok(
                 id,
                 &PublishOk {
@@ -702,7 +741,34 @@ impl Session<'_> {
         }
     }
 
+    /// Carries out a server command that reached this connection.
+    async fn apply(&mut self, command: Control) {
+        match command {
+            Control::Subscribe { channel, .. } => {
+                self.join(None, channel, None, None, true).await;
+                self.note_activity();
+            }
+            Control::Unsubscribe { channel, .. } => {
+                if self.subscriptions.remove(&channel) {
+                    self.node.unsubscribe(&channel, self.id).await;
+                    self.outbox.end_subscription(&channel);
+                    self.outbox.push(Frame::from(protocol::encode_unsubscribed(
+                        &protocol::UnsubscribedPush {
+                            channel: channel.to_string(),
+                        },
+                    )));
+                    self.note_activity();
+                }
+            }
+            // The hub closes the connection itself.
+            Control::Disconnect { .. } => {}
+        }
+    }
+
     async fn leave_all(&mut self) {
+        if let Some(identity) = self.identity.as_ref().filter(|i| i.authenticated) {
+            self.node.remove_user(&identity.user, self.id);
+        }
         for channel in std::mem::take(&mut self.subscriptions) {
             self.node.unsubscribe(&channel, self.id).await;
         }

@@ -8,7 +8,10 @@ use std::time::Duration;
 use serde_json::value::RawValue;
 use tidings::broker::memory::MemoryBroker;
 use tidings::broker::redis::{RedisBroker, RedisOptions};
-use tidings::broker::{Broker, Deliver, HistoryQuery, HistoryRetention, PublishOptions, Retention};
+use tidings::broker::{
+    Broker, Control, Deliver, HistoryQuery, HistoryRetention, Idempotency, PublishOptions,
+    Retention,
+};
 use tidings::protocol::{ChannelName, ClientInfo, Publication, StreamPosition};
 use tokio::sync::Notify;
 
@@ -29,6 +32,12 @@ impl Deliver for Sink {
     }
 
     fn reconcile(&self, _: &ChannelName, _: &StreamPosition) {}
+
+    fn control(&self, _: &Control) {}
+
+    fn local_channels(&self) -> Vec<(ChannelName, usize)> {
+        Vec::new()
+    }
 }
 
 impl Sink {
@@ -229,6 +238,40 @@ broker_test!(
 );
 
 broker_test!(
+    a_retry_with_the_same_idempotency_key_is_stored_once,
+    |broker, _sink| {
+        let ch = channel("contract:idempotent");
+        let keyed = |key: &str| PublishOptions {
+            history: None,
+            idempotency: Some(Idempotency {
+                key: key.into(),
+                window: Duration::from_secs(60),
+            }),
+        };
+        let first = broker
+            .publish(&ch, data(1), info(), &keyed("k"))
+            .await
+            .unwrap();
+        let retry = broker
+            .publish(&ch, data(1), info(), &keyed("k"))
+            .await
+            .unwrap();
+        assert_eq!(retry, first, "the retry gets the first position");
+        let other = broker
+            .publish(&ch, data(2), info(), &keyed("other"))
+            .await
+            .unwrap();
+        assert_eq!(other.offset, first.offset + 1);
+        let query = HistoryQuery {
+            since: None,
+            limit: 100,
+        };
+        let stored = broker.history(&ch, query).await.unwrap().publications;
+        assert_eq!(stored.len(), 2, "stored once per key");
+    }
+);
+
+broker_test!(
     a_publication_may_carry_its_channels_own_history_size,
     |broker, _sink| {
         let ch = channel("contract:own-history");
@@ -237,6 +280,7 @@ broker_test!(
                 size: 3,
                 ttl: Duration::from_secs(60),
             }),
+            idempotency: None,
         };
         for n in 1..=8 {
             broker
@@ -262,6 +306,7 @@ broker_test!(
                 size: 0,
                 ttl: Duration::from_secs(60),
             }),
+            idempotency: None,
         };
         let quiet = channel("contract:no-history");
         let position = broker

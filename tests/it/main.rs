@@ -17,6 +17,9 @@ mod cluster;
 mod faults;
 /// HTTP routes other than the protocol: chat page, JS client, health, echo.
 mod http;
+/// The server HTTP API: key, errors, publish, broadcast, history, idempotency, channels, and
+/// user commands on every node.
+mod http_api;
 /// Heartbeats, slow consumers and shutdown: the lifecycle of a connection.
 mod lifecycle;
 /// Rate limits, connection caps, handshake and idle timeouts.

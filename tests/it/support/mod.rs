@@ -174,6 +174,39 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String, Stri
     .await
 }
 
+/// Sends one HTTP/1.1 request with a body and optional `Authorization`; returns the status
+/// and the body.
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    authorization: Option<&str>,
+    body: &str,
+) -> (u16, String) {
+    within(WAIT, "HTTP request", async {
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        let auth = authorization
+            .map(|value| format!("Authorization: {value}\r\n"))
+            .unwrap_or_default();
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).await.expect("write");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.expect("read");
+        let (head, body) = response.split_once("\r\n\r\n").expect("header end");
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .expect("status");
+        (status, body.to_owned())
+    })
+    .await
+}
+
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// A protocol v1 client: numbered requests, pushes kept in arrival order, pings answered.

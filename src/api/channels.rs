@@ -1,0 +1,169 @@
+//! Server API: which channels are active, and acting on a user's connections on every node
+//! (subscribe, unsubscribe, disconnect). The commands travel through the broker, so with Redis
+//! they reach the user's connections wherever they are.
+
+use axum::Json;
+use axum::extract::State;
+use serde::{Deserialize, Serialize};
+
+use super::{ApiError, ApiKey, AppState, JsonBody};
+use crate::broker::Control;
+use crate::protocol::{ChannelName, CloseCode};
+
+/// Channels per page unless the request asks for fewer; and the most it may ask for.
+const DEFAULT_PAGE: usize = 100;
+const MAX_PAGE: usize = 1000;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelsRequest {
+    /// Only channels whose name starts with this.
+    #[serde(default)]
+    prefix: Option<String>,
+    /// The `next_cursor` of the previous page.
+    #[serde(default)]
+    cursor: Option<String>,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ChannelEntry {
+    channel: String,
+    subscribers: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ChannelsPage {
+    channels: Vec<ChannelEntry>,
+    /// Pass it as `cursor` for the next page; `null` on the last one.
+    next_cursor: Option<String>,
+}
+
+/// `POST /api/channels {"prefix"?,"cursor"?,"limit"?}`: channels with subscribers on any
+/// node, by name, with their subscriber counts (other nodes' as of at most a few seconds ago).
+pub async fn channels(
+    _: ApiKey,
+    State(state): State<AppState>,
+    JsonBody(request): JsonBody<ChannelsRequest>,
+) -> Result<Json<ChannelsPage>, ApiError> {
+    let limit = request.limit.unwrap_or(DEFAULT_PAGE);
+    if limit == 0 || limit > MAX_PAGE {
+        return Err(ApiError::BadRequest(format!(
+            "\"limit\" must be 1 to {MAX_PAGE}"
+        )));
+    }
+    let all = state.node.channels().await?;
+    let prefix = request.prefix.unwrap_or_default();
+    let mut page: Vec<ChannelEntry> = all
+        .into_iter()
+        .filter(|(channel, _)| channel.as_str().starts_with(&prefix))
+        .filter(|(channel, _)| {
+            request
+                .cursor
+                .as_deref()
+                .is_none_or(|cursor| channel.as_str() > cursor)
+        })
+        .take(limit + 1)
+        .map(|(channel, subscribers)| ChannelEntry {
+            channel: channel.to_string(),
+            subscribers,
+        })
+        .collect();
+    let next_cursor = if page.len() > limit {
+        page.truncate(limit);
+        page.last().map(|entry| entry.channel.clone())
+    } else {
+        None
+    };
+    Ok(Json(ChannelsPage {
+        channels: page,
+        next_cursor,
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserChannelRequest {
+    user: String,
+    channel: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Done {}
+
+fn user(name: &str) -> Result<String, ApiError> {
+    if name.is_empty() || name.len() > 256 {
+        return Err(ApiError::BadRequest(
+            "\"user\" must be 1 to 256 bytes (a token's sub)".into(),
+        ));
+    }
+    Ok(name.to_owned())
+}
+
+fn channel(name: &str) -> Result<ChannelName, ApiError> {
+    ChannelName::parse(name).map_err(|message| ApiError::BadRequest(format!("{name:?}: {message}")))
+}
+
+/// `POST /api/subscribe {"user","channel"}`: subscribes every connection of the user, on every
+/// node, regardless of the channel's rules; each gets a `subscribed` push.
+pub async fn subscribe(
+    _: ApiKey,
+    State(state): State<AppState>,
+    JsonBody(request): JsonBody<UserChannelRequest>,
+) -> Result<Json<Done>, ApiError> {
+    let command = Control::Subscribe {
+        user: user(&request.user)?,
+        channel: channel(&request.channel)?,
+    };
+    state.node.control(&command).await?;
+    Ok(Json(Done {}))
+}
+
+/// `POST /api/unsubscribe {"user","channel"}`: unsubscribes every connection of the user, on
+/// every node; each gets an `unsubscribed` push.
+pub async fn unsubscribe(
+    _: ApiKey,
+    State(state): State<AppState>,
+    JsonBody(request): JsonBody<UserChannelRequest>,
+) -> Result<Json<Done>, ApiError> {
+    let command = Control::Unsubscribe {
+        user: user(&request.user)?,
+        channel: channel(&request.channel)?,
+    };
+    state.node.control(&command).await?;
+    Ok(Json(Done {}))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DisconnectRequest {
+    user: String,
+    /// Let the clients reconnect (close 4005) instead of telling them not to (4501).
+    #[serde(default)]
+    reconnect: bool,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// `POST /api/disconnect {"user","reconnect"?,"reason"?}`: closes every connection of the
+/// user on every node.
+pub async fn disconnect(
+    _: ApiKey,
+    State(state): State<AppState>,
+    JsonBody(request): JsonBody<DisconnectRequest>,
+) -> Result<Json<Done>, ApiError> {
+    let command = Control::Disconnect {
+        user: user(&request.user)?,
+        code: if request.reconnect {
+            CloseCode::DISCONNECTED_RECONNECT
+        } else {
+            CloseCode::DISCONNECTED
+        },
+        reason: request
+            .reason
+            .unwrap_or_else(|| "disconnected by the server".into()),
+    };
+    state.node.control(&command).await?;
+    Ok(Json(Done {}))
+}

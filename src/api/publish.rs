@@ -1,0 +1,204 @@
+//! Server API: publish, broadcast and history, for application backends.
+//!
+//! Publications made here carry `info: {"client":"api","user":"server"}`, so clients can tell
+//! them from their peers'. The channel rules' `publish=false` binds clients only.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use super::{ApiError, ApiKey, AppState, JsonBody};
+use crate::node::HistoryError;
+use crate::protocol::{
+    ChannelName, ClientInfo, HistoryOk, Publication, StreamPosition, valid_idempotency_key,
+};
+
+/// Most channels one broadcast may name.
+pub const MAX_BROADCAST_CHANNELS: usize = 1000;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishRequest {
+    channel: String,
+    data: Box<RawValue>,
+    #[serde(default)]
+    idempotency_key: Option<String>,
+}
+
+/// Where a publication was stored.
+#[derive(Debug, Serialize)]
+pub struct Published {
+    offset: u64,
+    epoch: String,
+}
+
+impl From<StreamPosition> for Published {
+    fn from(position: StreamPosition) -> Self {
+        Self {
+            offset: position.offset,
+            epoch: position.epoch.to_string(),
+        }
+    }
+}
+
+fn channel(name: &str) -> Result<ChannelName, ApiError> {
+    ChannelName::parse(name).map_err(|message| ApiError::BadRequest(format!("{name:?}: {message}")))
+}
+
+fn server_info() -> ClientInfo {
+    ClientInfo {
+        client: "api".into(),
+        user: "server".into(),
+    }
+}
+
+fn checked_data(state: &AppState, data: Box<RawValue>) -> Result<Arc<RawValue>, ApiError> {
+    if data.get().len() > state.max_message_size {
+        return Err(ApiError::TooLarge(format!(
+            "data is {} bytes; the limit is {} (--max-message-size)",
+            data.get().len(),
+            state.max_message_size
+        )));
+    }
+    Ok(Arc::from(data))
+}
+
+fn checked_key(key: Option<String>) -> Result<Option<String>, ApiError> {
+    if let Some(key) = &key {
+        valid_idempotency_key(key).map_err(ApiError::BadRequest)?;
+    }
+    Ok(key)
+}
+
+/// `POST /api/publish {"channel","data","idempotency_key"?}` → `{"offset","epoch"}`.
+pub async fn publish(
+    _: ApiKey,
+    State(state): State<AppState>,
+    JsonBody(request): JsonBody<PublishRequest>,
+) -> Result<Json<Published>, ApiError> {
+    let channel = channel(&request.channel)?;
+    let data = checked_data(&state, request.data)?;
+    let key = checked_key(request.idempotency_key)?;
+    let position = state
+        .node
+        .publish(&channel, data, server_info(), key)
+        .await?;
+    Ok(Json(position.into()))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BroadcastRequest {
+    channels: Vec<String>,
+    data: Box<RawValue>,
+    #[serde(default)]
+    idempotency_key: Option<String>,
+}
+
+/// One channel's outcome in a broadcast.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum BroadcastResult {
+    Published {
+        channel: String,
+        offset: u64,
+        epoch: String,
+    },
+    Failed {
+        channel: String,
+        error: ErrorBody,
+    },
+}
+
+#[derive(Debug, Serialize)]
+pub struct ErrorBody {
+    code: &'static str,
+    message: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Broadcasted {
+    results: Vec<BroadcastResult>,
+}
+
+/// `POST /api/broadcast {"channels":[…],"data","idempotency_key"?}`: one payload to many
+/// channels, each published on its own (a failure on one does not undo the others); the
+/// idempotency key applies per channel.
+pub async fn broadcast(
+    _: ApiKey,
+    State(state): State<AppState>,
+    JsonBody(request): JsonBody<BroadcastRequest>,
+) -> Result<Json<Broadcasted>, ApiError> {
+    if request.channels.is_empty() || request.channels.len() > MAX_BROADCAST_CHANNELS {
+        return Err(ApiError::BadRequest(format!(
+            "\"channels\" must name 1 to {MAX_BROADCAST_CHANNELS} channels"
+        )));
+    }
+    let channels = request
+        .channels
+        .iter()
+        .map(|name| channel(name))
+        .collect::<Result<Vec<_>, _>>()?;
+    let data = checked_data(&state, request.data)?;
+    let key = checked_key(request.idempotency_key)?;
+    let mut results = Vec::with_capacity(channels.len());
+    for channel in channels {
+        let published = state
+            .node
+            .publish(&channel, data.clone(), server_info(), key.clone())
+            .await;
+        results.push(match published {
+            Ok(position) => BroadcastResult::Published {
+                channel: channel.to_string(),
+                offset: position.offset,
+                epoch: position.epoch.to_string(),
+            },
+            Err(err) => {
+                let err = ApiError::from(err);
+                BroadcastResult::Failed {
+                    channel: channel.to_string(),
+                    error: ErrorBody {
+                        code: err.status_and_code().1,
+                        message: err.to_string(),
+                    },
+                }
+            }
+        });
+    }
+    Ok(Json(Broadcasted { results }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryRequest {
+    channel: String,
+    #[serde(default)]
+    limit: Option<usize>,
+    #[serde(default)]
+    since: Option<StreamPosition>,
+}
+
+/// `POST /api/history {"channel","limit"?,"since"?}` → `{"publications","offset","epoch"}`.
+pub async fn history(
+    _: ApiKey,
+    State(state): State<AppState>,
+    JsonBody(request): JsonBody<HistoryRequest>,
+) -> Result<Json<HistoryOk<Publication>>, ApiError> {
+    let channel = channel(&request.channel)?;
+    let history = state
+        .node
+        .history(&channel, request.since.as_ref(), request.limit)
+        .await
+        .map_err(|err| match err {
+            HistoryError::Broker(err) => ApiError::from(err),
+            HistoryError::Unrecoverable(reason) => ApiError::Unrecoverable(reason),
+        })?;
+    Ok(Json(HistoryOk {
+        publications: history.publications,
+        offset: history.position.offset,
+        epoch: history.position.epoch.to_string(),
+    }))
+}
