@@ -8,17 +8,19 @@
 //! - `ramp`: fan-out at rising rates until loss or the p99 bound breaks; the highest rate
 //!   sustained.
 //! - cross-node: any scenario given several `--url`s (connections spread over them).
+//! - `--processes N`: any scenario split over N generator processes, one merged report.
 //!
 //! Every payload carries its send time and (publisher, sequence), so each receiver counts
 //! lost, duplicated and out-of-order deliveries and the latency of each.
 
 mod conn;
+mod processes;
 mod report;
 mod scenario;
 
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Result, ensure};
 use clap::{Args, Parser, Subcommand};
 
 use conn::{Protocol, Target};
@@ -58,14 +60,40 @@ struct Common {
     /// Print the report as JSON.
     #[arg(long, global = true)]
     json: bool,
-    /// Channel namespace; give each generator process its own when several share a server.
+    /// Channel namespace; give each generator process its own when several share a server
+    /// (--processes derives what each of its processes needs from it).
     #[arg(long, global = true, default_value = "bench")]
     prefix: String,
     /// Begin the measured window at this time (ms since the Unix epoch), after connecting: lets
     /// several generator processes (one process holds at most ~19,000 connections here)
-    /// measure the same window.
+    /// measure the same window (--processes does this itself).
     #[arg(long, global = true)]
     start_at: Option<u64>,
+    /// Run the scenario as N generator processes (copies of this program) and print one merged
+    /// report: for more connections than one process may open (~19,000 here).
+    ///
+    /// They connect one after the other (one connection storm at a time); once the last has
+    /// connected, all start their window together, 0.5 s later (or at --start-at if that is
+    /// later); --pid is sampled once, by this process, over that window. fanout: subscribers
+    /// and publishers split, one channel for all, every subscriber expects every process's
+    /// publications; chat: whole rooms per process (channel prefix PREFIX-K); idle:
+    /// connections split over the same --channels channels, RSS per connection over all of
+    /// them; ramp: every step split so. Counts are summed, latency and connect-time
+    /// histograms merged (exact percentiles).
+    #[arg(long, global = true, default_value_t = 1, value_name = "N", value_parser = at_least_one)]
+    processes: usize,
+    /// Run as one of --processes' children: say when connected and take the start time from
+    /// stdin.
+    #[arg(long, global = true, hide = true)]
+    child: bool,
+}
+
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse() {
+        Ok(0) => Err("at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(err) => Err(format!("{err}")),
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -98,6 +126,10 @@ async fn main() -> Result<()> {
         protocol: cli.common.protocol,
         source_ips: cli.common.source_ips.max(1),
     };
+    ensure!(
+        !(cli.common.child && cli.common.processes > 1),
+        "a --processes child runs as one process"
+    );
     let env = scenario::Env {
         target,
         pids: cli.common.pids.clone(),
@@ -105,14 +137,40 @@ async fn main() -> Result<()> {
         drain: Duration::from_secs(5),
         prefix: cli.common.prefix.clone(),
         start_at: cli.common.start_at,
+        coordinator: cli.common.child.then(processes::Coordinator::stdio),
     };
-    let reports = match cli.scenario {
-        Scenario::Fanout(args) => vec![scenario::fanout(&env, &args).await?],
-        Scenario::Chat(args) => vec![scenario::chat(&env, &args).await?],
-        Scenario::Idle(args) => vec![scenario::idle(&env, &args).await?],
-        Scenario::Ramp(args) => scenario::ramp(&env, &args).await?,
+    let common = &cli.common;
+    let reports = if common.processes > 1 {
+        match &cli.scenario {
+            Scenario::Fanout(args) => vec![processes::fanout(common, args).await?],
+            Scenario::Chat(args) => vec![processes::chat(common, args).await?],
+            Scenario::Idle(args) => vec![processes::idle(common, args).await?],
+            Scenario::Ramp(args) => {
+                scenario::ramp(args, |step| async move {
+                    processes::fanout(common, &step).await
+                })
+                .await?
+            }
+        }
+    } else {
+        let env = &env;
+        match &cli.scenario {
+            Scenario::Fanout(args) => vec![scenario::fanout(env, args).await?],
+            Scenario::Chat(args) => vec![scenario::chat(env, args).await?],
+            Scenario::Idle(args) => vec![scenario::idle(env, args).await?],
+            Scenario::Ramp(args) => {
+                scenario::ramp(
+                    args,
+                    |step| async move { scenario::fanout(env, &step).await },
+                )
+                .await?
+            }
+        }
     };
-    if cli.common.json {
+    if cli.common.child {
+        // One line: the parent reads it to the end.
+        println!("{}", serde_json::to_string(&reports)?);
+    } else if cli.common.json {
         println!("{}", serde_json::to_string_pretty(&reports)?);
     } else {
         for (i, report) in reports.iter().enumerate() {

@@ -4,8 +4,34 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use anyhow::{Context, Result};
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+
+/// The histograms every latency and connect time is recorded in (microseconds).
+pub fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds")
+}
+
+/// A histogram as (value, count) pairs, one per non-empty bucket: each value is its bucket's
+/// highest equivalent value, so recording the pairs into [`histogram`] rebuilds the same
+/// buckets, and percentiles merged across processes are exact, not averaged.
+pub fn to_pairs(histogram: &Histogram<u64>) -> Vec<(u64, u64)> {
+    histogram
+        .iter_recorded()
+        .map(|v| (v.value_iterated_to(), v.count_at_value()))
+        .collect()
+}
+
+/// Adds pairs made by [`to_pairs`] into `histogram`.
+pub fn add_pairs(histogram: &mut Histogram<u64>, pairs: &[(u64, u64)]) -> Result<()> {
+    for &(value, count) in pairs {
+        histogram
+            .record_n(value, count)
+            .with_context(|| format!("recording {count} × {value} µs"))?;
+    }
+    Ok(())
+}
 
 /// Per-receiver tallies, merged at the end.
 #[derive(Debug)]
@@ -34,7 +60,7 @@ struct Sequence {
 impl Tally {
     pub fn new(publishers: usize) -> Self {
         Self {
-            latency: Histogram::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds"),
+            latency: histogram(),
             delivered: 0,
             duplicated: 0,
             out_of_order: 0,
@@ -93,7 +119,7 @@ impl Tally {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Latency {
     pub p50_ms: f64,
     pub p90_ms: f64,
@@ -116,7 +142,7 @@ impl Latency {
 }
 
 /// A server process as seen from /proc.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ProcessSample {
     pub pid: u32,
     pub rss_kib: u64,
@@ -169,9 +195,12 @@ pub fn sample(pids: &[u32], ticks_before: &[Option<u64>], window: Duration) -> V
 }
 
 /// The result of one run.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Report {
     pub scenario: String,
+    /// Generator processes whose reports were merged into this one (`--processes`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub processes: Option<usize>,
     pub protocol: crate::conn::Protocol,
     pub urls: Vec<String>,
     pub connections: usize,
@@ -191,11 +220,24 @@ pub struct Report {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rss_kib_per_connection: Option<f64>,
     pub seconds: f64,
+    /// Only in a `--processes` child's report, for the parent to merge percentiles exactly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub histograms: Option<Histograms>,
+}
+
+/// The raw histograms behind a report's percentiles, as [`to_pairs`] writes them.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Histograms {
+    pub latency_us: Vec<(u64, u64)>,
+    pub connect_us: Vec<(u64, u64)>,
 }
 
 impl Report {
     pub fn print(&self) {
         println!("scenario      {} ({:?})", self.scenario, self.protocol);
+        if let Some(processes) = self.processes {
+            println!("processes     {processes} (one merged report)");
+        }
         println!("targets       {}", self.urls.join(" "));
         println!("connections   {}", self.connections);
         if let Some(c) = &self.connect_ms {
@@ -236,7 +278,46 @@ impl Report {
 
 #[cfg(test)]
 mod tests {
-    use super::Tally;
+    use super::{Latency, Tally, add_pairs, histogram, to_pairs};
+
+    #[test]
+    fn histograms_rebuilt_from_pairs_have_the_same_percentiles() {
+        let mut a = histogram();
+        let mut b = histogram();
+        let mut both = histogram();
+        // Values spread over several orders of magnitude, so buckets of many widths are used.
+        let mut x: u64 = 12345;
+        for i in 0..20_000u64 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let value = 1 + (x >> 33) % 10u64.pow(1 + (i % 6) as u32);
+            if i % 3 == 0 {
+                a.record(value)
+            } else {
+                b.record(value)
+            }
+            .unwrap();
+            both.record(value).unwrap();
+        }
+        let mut merged = histogram();
+        add_pairs(&mut merged, &to_pairs(&a)).unwrap();
+        add_pairs(&mut merged, &to_pairs(&b)).unwrap();
+        assert_eq!(merged.len(), both.len());
+        assert_eq!(merged.max(), both.max());
+        for q in [0.0, 0.1, 0.5, 0.9, 0.99, 0.999, 0.9999, 1.0] {
+            assert_eq!(
+                merged.value_at_quantile(q),
+                both.value_at_quantile(q),
+                "q {q}"
+            );
+        }
+        let (m, o) = (Latency::of(&merged), Latency::of(&both));
+        assert_eq!(
+            (m.p50_ms, m.p999_ms, m.max_ms),
+            (o.p50_ms, o.p999_ms, o.max_ms)
+        );
+    }
 
     #[test]
     fn a_late_delivery_is_out_of_order_and_a_repeated_one_duplicated() {

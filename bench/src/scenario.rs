@@ -12,7 +12,8 @@ use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::conn::{self, Protocol, Received, Target, Ws};
-use crate::report::{self, Latency, Report, Tally};
+use crate::processes::Coordinator;
+use crate::report::{self, Histograms, Latency, Report, Tally};
 
 /// What every scenario shares.
 #[derive(Debug)]
@@ -27,24 +28,54 @@ pub struct Env {
     /// Start the measured window at this wall-clock time (ms since the Unix epoch), so that
     /// several generator processes measure the same window.
     pub start_at: Option<u64>,
+    /// Set in a child of `--processes`: the parent, over stdin and stdout, says when to start
+    /// and when to let the connections go.
+    pub coordinator: Option<Coordinator>,
 }
 
 impl Env {
     /// When the measured window starts: the agreed time if there is one, else now.
     fn start(&self) -> tokio::time::Instant {
-        let now = tokio::time::Instant::now();
-        let Some(at) = self.start_at else {
-            return now;
-        };
-        let wall = conn::now_ns() / 1_000_000;
-        if at < wall {
-            eprintln!(
-                "warning: --start-at passed {} ms ago while connecting",
-                wall - at
-            );
+        match self.start_at {
+            Some(at) => instant_at(at),
+            None => tokio::time::Instant::now(),
         }
-        now + Duration::from_millis(at.saturating_sub(wall))
     }
+
+    /// Like [`Env::start`], but a `--processes` child first tells the parent it is ready and
+    /// waits for the start the parent chose. `sockets` are connections that nothing reads yet;
+    /// they answer heartbeats while waiting (other processes may take long to connect) and are
+    /// handed back.
+    async fn agree_start(&self, sockets: Vec<Ws>) -> Result<(tokio::time::Instant, Vec<Ws>)> {
+        let Some(coordinator) = &self.coordinator else {
+            return Ok((self.start(), sockets));
+        };
+        let (release, released) = watch::channel(false);
+        let keepers: Vec<_> = sockets
+            .into_iter()
+            .map(|ws| tokio::spawn(keep_alive(ws, self.target.protocol, released.clone())))
+            .collect();
+        let at = coordinator.ready().await;
+        let _ = release.send(true);
+        let mut sockets = Vec::with_capacity(keepers.len());
+        for keeper in keepers {
+            sockets.push(keeper.await?);
+        }
+        Ok((instant_at(at?), sockets))
+    }
+}
+
+/// The monotonic instant of `at` (ms since the Unix epoch); now if it has passed.
+fn instant_at(at: u64) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    let wall = conn::now_ns() / 1_000_000;
+    if at < wall {
+        eprintln!(
+            "warning: --start-at passed {} ms ago while connecting",
+            wall - at
+        );
+    }
+    now + Duration::from_millis(at.saturating_sub(wall))
 }
 
 #[derive(Clone, Debug, Args)]
@@ -64,6 +95,14 @@ pub struct FanoutArgs {
     /// Bytes of padding in each payload (the payload is about 70 bytes more).
     #[arg(long, default_value_t = 64)]
     pub padding: usize,
+    /// Id of this process's first publisher: under `--processes`, publishers of different
+    /// processes publish to the same channel, so their ids must not collide.
+    #[arg(long, hide = true, default_value_t = 0)]
+    pub first_publisher: u32,
+    /// Publishers of all processes together (default: --publishers); the rate is shared by
+    /// them all and every subscriber expects all of their publications.
+    #[arg(long, hide = true)]
+    pub all_publishers: Option<usize>,
 }
 
 #[derive(Clone, Debug, Args)]
@@ -94,6 +133,11 @@ pub struct IdleArgs {
     /// Seconds to hold the connections after measuring.
     #[arg(long, default_value_t = 2.0)]
     pub hold: f64,
+    /// Index of this process's first connection: under `--processes`, connection i of all
+    /// processes still takes channel i mod --channels, so the channels are the same as with
+    /// one process.
+    #[arg(long, hide = true, default_value_t = 0)]
+    pub first_connection: usize,
 }
 
 #[derive(Clone, Debug, Args)]
@@ -139,7 +183,8 @@ async fn open(
             .buffer_unordered(env.connect_concurrency)
             .collect()
             .await;
-    let mut connect = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
+    // Same bounds as every other histogram: --processes merges them bucket by bucket.
+    let mut connect = report::histogram();
     let mut keepers = Vec::with_capacity(n);
     for result in results {
         let (keeper, took) = result?;
@@ -162,13 +207,21 @@ async fn keep_alive(mut ws: Ws, protocol: Protocol, mut released: watch::Receive
         }
         tokio::select! {
             _ = released.changed() => {}
-            message = ws.next() => {
-                if let Some(Ok(Message::Text(text))) = message
-                    && let Received::Ping = conn::parse(protocol, &text)
-                {
-                    let _ = ws.send(Message::text(conn::pong(protocol))).await;
+            message = ws.next() => match message {
+                Some(Ok(Message::Text(text))) => {
+                    if let Received::Ping = conn::parse(protocol, &text) {
+                        let _ = ws.send(Message::text(conn::pong(protocol))).await;
+                    }
                 }
-            }
+                Some(Ok(_)) => {}
+                // Closed: polling again would return at once, spinning a core for as long as
+                // the hold lasts (under --processes, while other processes connect). The
+                // scenario sees the closed connection when it reads.
+                _ => {
+                    let _ = released.wait_for(|released| *released).await;
+                    return ws;
+                }
+            },
         }
     }
 }
@@ -269,13 +322,13 @@ async fn publish(
     sent
 }
 
-struct Window {
-    started: Instant,
-    ticks: Vec<Option<u64>>,
+pub(crate) struct Window {
+    pub(crate) started: Instant,
+    pub(crate) ticks: Vec<Option<u64>>,
 }
 
 impl Window {
-    fn open(pids: &[u32]) -> Self {
+    pub(crate) fn open(pids: &[u32]) -> Self {
         Self {
             started: Instant::now(),
             ticks: pids.iter().map(|&pid| report::cpu_ticks(pid)).collect(),
@@ -306,6 +359,7 @@ pub async fn fanout(env: &Env, args: &FanoutArgs) -> Result<Report> {
     let (publishers, _) = open(env, args.subscribers, args.publishers, |_| None)
         .await
         .context("opening publishers")?;
+    let all_publishers = args.all_publishers.unwrap_or(args.publishers);
     let delivered = Arc::new(AtomicU64::new(0));
     let (stop_tx, stop_rx) = watch::channel(false);
     let receivers: Vec<_> = subscribers
@@ -314,15 +368,15 @@ pub async fn fanout(env: &Env, args: &FanoutArgs) -> Result<Report> {
             tokio::spawn(receive(
                 ws,
                 protocol,
-                args.publishers,
+                all_publishers,
                 delivered.clone(),
                 stop_rx.clone(),
             ))
         })
         .collect();
 
-    let start = env.start();
-    let per_publisher = (args.rate / args.publishers as f64).max(1e-9);
+    let (start, publishers) = env.agree_start(publishers).await?;
+    let per_publisher = (args.rate / all_publishers as f64).max(1e-9);
     let count = (per_publisher * args.duration).round() as u64;
     let padding = "x".repeat(args.padding);
     let tasks: Vec<_> = publishers
@@ -333,7 +387,7 @@ pub async fn fanout(env: &Env, args: &FanoutArgs) -> Result<Report> {
                 ws,
                 protocol,
                 channel.clone(),
-                p as u32,
+                args.first_publisher + p as u32,
                 start,
                 per_publisher,
                 count,
@@ -347,7 +401,10 @@ pub async fn fanout(env: &Env, args: &FanoutArgs) -> Result<Report> {
     for task in tasks {
         sent += task.await?;
     }
-    let expected = sent * args.subscribers as u64;
+    // Other processes' publications are counted as scheduled: this process cannot see how many
+    // they sent. (The parent recomputes `expected` from every process's `sent`.)
+    let others = count * all_publishers.saturating_sub(args.publishers) as u64;
+    let expected = (sent + others) * args.subscribers as u64;
     drain(&delivered, expected, env.drain).await;
     finish(
         env,
@@ -379,6 +436,11 @@ async fn finish(
 ) -> Result<Report> {
     let elapsed = window.started.elapsed();
     let servers = report::sample(&env.pids, &window.ticks, elapsed);
+    if let Some(coordinator) = &env.coordinator {
+        // Hold the connections until every process has measured and the parent has sampled the
+        // servers: closing thousands of them now would be server work inside its window.
+        coordinator.measured().await?;
+    }
     let _ = stop.send(true);
     let mut total = Tally::new(0);
     for receiver in receivers {
@@ -403,6 +465,11 @@ async fn finish(
         servers,
         rss_kib_per_connection: None,
         seconds: elapsed.as_secs_f64(),
+        processes: None,
+        histograms: env.coordinator.is_some().then(|| Histograms {
+            latency_us: report::to_pairs(&total.latency),
+            connect_us: report::to_pairs(&connect),
+        }),
     })
 }
 
@@ -419,7 +486,7 @@ pub async fn chat(env: &Env, args: &ChatArgs) -> Result<Report> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let count = (args.rate * args.duration).round() as u64;
     let padding = "x".repeat(args.padding);
-    let start = env.start();
+    let (start, sockets) = env.agree_start(sockets).await?;
     // Each member: a receiver on one half, an open-loop publisher on the other.
     let members_tasks: Vec<_> = sockets
         .into_iter()
@@ -531,7 +598,11 @@ pub async fn idle(env: &Env, args: &IdleArgs) -> Result<Report> {
     let window = Window::open(&env.pids);
     let channels = args.channels.max(1);
     let (sockets, connect) = open(env, 0, args.connections, |i| {
-        Some(format!("{}:idle:{}", env.prefix, i % channels))
+        Some(format!(
+            "{}:idle:{}",
+            env.prefix,
+            (args.first_connection + i) % channels
+        ))
     })
     .await
     .context("opening idle connections")?;
@@ -552,6 +623,11 @@ pub async fn idle(env: &Env, args: &IdleArgs) -> Result<Report> {
         .collect();
     // Let allocations settle before reading memory.
     tokio::time::sleep(Duration::from_secs(1)).await;
+    if let Some(coordinator) = &env.coordinator {
+        // The parent reads the servers' memory once every process is connected and settled,
+        // then answers; the time it names does not matter here.
+        coordinator.ready().await?;
+    }
     let after: Vec<u64> = env
         .pids
         .iter()
@@ -581,16 +657,21 @@ pub async fn idle(env: &Env, args: &IdleArgs) -> Result<Report> {
     Ok(report)
 }
 
-pub async fn ramp(env: &Env, args: &RampArgs) -> Result<Vec<Report>> {
+/// Runs the ramp's fan-out steps with `step` (one process, or several under --processes).
+pub async fn ramp<F, Fut>(args: &RampArgs, mut step: F) -> Result<Vec<Report>>
+where
+    F: FnMut(FanoutArgs) -> Fut,
+    Fut: Future<Output = Result<Report>>,
+{
     let mut reports = Vec::new();
     let mut rate = args.fanout.rate;
     let mut best = None;
     while rate <= args.max_rate {
-        let step = FanoutArgs {
+        let mut report = step(FanoutArgs {
             rate,
             ..args.fanout.clone()
-        };
-        let mut report = fanout(env, &step).await?;
+        })
+        .await?;
         report.scenario = format!("ramp step {rate:.0} publications/s");
         let p99 = report.latency.as_ref().map_or(f64::INFINITY, |l| l.p99_ms);
         let held = report.lost == 0 && report.duplicated == 0 && p99 <= args.p99_bound_ms;

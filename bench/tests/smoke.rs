@@ -1,6 +1,7 @@
 //! The benchmark tool works end to end: against a real Tidings server and the naive peer it
-//! opens connections, publishes, receives, and reports consistent counts as JSON. (Numbers are
-//! measured in docs/benchmarks.md, never asserted here.)
+//! opens connections, publishes, receives, and reports consistent counts as JSON, from one
+//! process or merged from several (`--processes`). (Numbers are measured in
+//! docs/benchmarks.md, never asserted here.)
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -135,4 +136,98 @@ fn chat_and_idle_against_tidings_and_fanout_against_the_naive_peer() {
     ])[0];
     assert_eq!(fanout["sent"], 100);
     assert_eq!(fanout["delivered"], 1000);
+}
+
+#[test]
+fn several_processes_merge_into_one_report_with_consistent_counts() {
+    let server = start(
+        &tidings_binary(),
+        &["--listen", "127.0.0.1:0", "--log", "warn"],
+    );
+    let pid = server.0.id().to_string();
+    let url = format!("ws://{}/ws", server.1);
+
+    // First, while the server has not yet freed memory that new connections could reuse.
+    let idle = &bench(&[
+        "idle",
+        "--processes",
+        "2",
+        "--url",
+        &url,
+        "--pid",
+        &pid,
+        "-n",
+        "200",
+        "--channels",
+        "10",
+        "--hold",
+        "0",
+    ])[0];
+    assert_eq!(idle["processes"], 2);
+    assert_eq!(
+        idle["connections"], 200,
+        "the processes' connections add up"
+    );
+    assert!(idle["rss_kib_per_connection"].as_f64().unwrap() > 0.0);
+    assert_eq!(idle["servers"].as_array().unwrap().len(), 1, "sampled once");
+
+    // 2 processes × 20 subscribers on one channel and one publisher each: every subscriber
+    // expects the publications of both processes, whose publisher ids must not collide.
+    let fanout = &bench(&[
+        "fanout",
+        "--processes",
+        "2",
+        "--url",
+        &url,
+        "--pid",
+        &pid,
+        "-s",
+        "40",
+        "-p",
+        "2",
+        "-r",
+        "300",
+        "-d",
+        "1",
+    ])[0];
+    assert_eq!(fanout["processes"], 2);
+    assert_eq!(fanout["connections"], 42);
+    assert_eq!(fanout["sent"], 300);
+    assert_eq!(fanout["expected"], 40 * 300);
+    assert_eq!(fanout["delivered"], 40 * 300);
+    assert_eq!(fanout["lost"], 0);
+    assert_eq!(fanout["duplicated"], 0);
+    assert_eq!(fanout["out_of_order"], 0);
+    assert_eq!(fanout["errors"], 0);
+    assert!(fanout["latency"]["p50_ms"].as_f64().unwrap() > 0.0);
+    assert!(fanout["connect_ms"]["max_ms"].as_f64().unwrap() > 0.0);
+    assert!(fanout["servers"][0]["rss_kib"].as_u64().unwrap() > 0);
+    assert!(
+        fanout.get("histograms").is_none(),
+        "raw histograms stay between the processes"
+    );
+
+    // Rooms of different processes must be different channels: a shared "room 0" would
+    // deliver each of its messages to eight members, not four.
+    let chat = &bench(&[
+        "chat",
+        "--processes",
+        "2",
+        "--url",
+        &url,
+        "-c",
+        "5",
+        "-m",
+        "4",
+        "-r",
+        "5",
+        "-d",
+        "1",
+    ])[0];
+    assert_eq!(chat["connections"], 20);
+    assert_eq!(chat["sent"], 100);
+    assert_eq!(chat["expected"], 400);
+    assert_eq!(chat["delivered"], 400);
+    assert_eq!(chat["lost"], 0);
+    assert_eq!(chat["duplicated"], 0);
 }
