@@ -1,0 +1,180 @@
+#!/usr/bin/env bash
+# The side-by-side run behind docs/benchmarks.md: Tidings, the naive broadcast server, the
+# socketioxide peer and the FastAPI + broadcaster peer, measured by tidings-bench in one
+# session on this machine. Loopback only; every process it starts is stopped on exit.
+#
+#   bench/compare.sh [SECTION…]     sections: fanout1k fanout10k idle crossnode channels chat
+#                                   (default: all of them)
+#
+# Needs: cargo (release builds), redis-server, and for the peers
+#   - socketioxide: built by this script (bench/peers/socketioxide, its own Cargo project);
+#   - FastAPI: a venv with bench/peers/fastapi/requirements.txt at $FASTAPI_VENV
+#     (default /tmp/fapi; skipped when missing).
+# Results: one JSON report per run in target/compare/, and a table line per run on stdout.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+OUT=target/compare
+mkdir -p "$OUT"
+FASTAPI_VENV=${FASTAPI_VENV:-/tmp/fapi}
+SECTIONS=("$@")
+[ ${#SECTIONS[@]} -eq 0 ] && SECTIONS=(fanout1k fanout10k idle crossnode channels chat)
+
+cargo build --release --workspace -q
+(cd bench/peers/socketioxide && cargo build --release -q)
+BENCH=target/release/tidings-bench
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# Starts a process in the background; waits until PORT accepts connections.
+start() { # name port command…
+  local name=$1 port=$2; shift 2
+  "$@" >"$OUT/$name.log" 2>&1 &
+  PIDS+=($!)
+  LAST_PID=$!
+  for _ in $(seq 200); do
+    (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
+    sleep 0.05
+  done
+  echo "$name did not start; see $OUT/$name.log" >&2
+  exit 1
+}
+stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
+
+redis() { # port → starts a throwaway redis-server
+  start "redis-$1" "$1" redis-server --port "$1" --save "" --appendonly no
+}
+
+# One bench run: LABEL, then tidings-bench arguments; prints a summary line.
+run() {
+  local label=$1; shift
+  "$BENCH" "$@" --json >"$OUT/$label.json"
+  python3 - "$OUT/$label.json" "$label" <<'EOF'
+import json, sys
+r = json.load(open(sys.argv[1]))
+lat = r.get("latency") or {}
+srv = r.get("servers") or []
+cpu = "+".join(f"{s.get('cpu_percent', 0):.0f}%" for s in srv)
+rss = "+".join(f"{s.get('rss_kib', 0)/1024:.0f}MiB" for s in srv)
+per = r.get("rss_kib_per_connection")
+print(f"{sys.argv[2]:<28} conns {r.get('connections')} sent {r.get('sent')} expected {r.get('expected')} "
+      f"delivered {r.get('delivered')} lost {r.get('lost')} dup {r.get('duplicated')} "
+      f"delivered/s {r.get('delivered_per_sec', 0):.0f} p50 {lat.get('p50_ms', 0):.2f} p99 {lat.get('p99_ms', 0):.2f} "
+      f"max {lat.get('max_ms', 0):.1f} cpu {cpu} rss {rss}" + (f" KiB/conn {per:.2f}" if per else ""))
+EOF
+}
+
+tidings() { # port [flags…]
+  local port=$1; shift
+  start "tidings-$port" "$port" target/release/tidings --listen "127.0.0.1:$port" --log warn "$@"
+}
+naive() { start "naive-$1" "$1" target/release/naive-broadcast "127.0.0.1:$1"; }
+sio() { # port redis_port
+  start "socketioxide-$1" "$1" bench/peers/socketioxide/target/release/socketioxide-peer \
+    --listen "127.0.0.1:$1" --redis-url "redis://127.0.0.1:$2"
+}
+fastapi() { # port redis_port
+  [ -x "$FASTAPI_VENV/bin/uvicorn" ] || return 1
+  (cd bench/peers/fastapi && REDIS_URL="redis://127.0.0.1:$2" exec "$FASTAPI_VENV/bin/uvicorn" app:app \
+    --host 127.0.0.1 --port "$1" --log-level warning --workers 1) >"$OUT/fastapi-$1.log" 2>&1 &
+  PIDS+=($!); LAST_PID=$!
+  for _ in $(seq 200); do (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done
+  return 1
+}
+
+# Fan-out at fixed offered rates (deliveries/s = rate × subscribers) against each server.
+fanout_set() { # subscribers rates…
+  local subs=$1; shift
+  local rates=("$@") port rport
+  for server in tidings naive socketioxide; do
+    for rate in "${rates[@]}"; do
+      port=$(free_port)
+      case $server in
+        tidings) tidings "$port"; url=ws://127.0.0.1:$port/ws; proto=tidings ;;
+        naive) naive "$port"; url=ws://127.0.0.1:$port/; proto=naive ;;
+        socketioxide) rport=$(free_port); redis "$rport"; local redis_pid=$LAST_PID
+                      sio "$port" "$rport"; url=ws://127.0.0.1:$port; proto=socketio ;;
+      esac
+      local pid=$LAST_PID
+      run "fanout-$subs-$server-$rate" fanout --protocol "$proto" --url "$url" --pid "$pid" \
+        -s "$subs" -p 4 -r "$rate" -d 5 || true
+      stop "$pid"
+      [ "$server" = socketioxide ] && stop "$redis_pid"
+    done
+  done
+}
+
+for section in "${SECTIONS[@]}"; do
+  case $section in
+  fanout1k)
+    fanout_set 1000 100 200 400 800 1600
+    rport=$(free_port); redis "$rport"; redis_pid=$LAST_PID
+    for rate in 10 20 40; do
+      port=$(free_port)
+      if fastapi "$port" "$rport"; then
+        pid=$LAST_PID
+        run "fanout-1000-fastapi-$rate" fanout --protocol naive \
+          --url "ws://127.0.0.1:$port/ws?username=bench&token=" --pid "$pid" -s 1000 -p 1 -r "$rate" -d 5 || true
+        stop "$pid"
+      fi
+    done
+    stop "$redis_pid"
+    ;;
+  fanout10k)
+    fanout_set 10000 10 20 40
+    ;;
+  idle)
+    port=$(free_port); tidings "$port"; pid=$LAST_PID
+    run idle-19000-tidings idle --url "ws://127.0.0.1:$port/ws" --pid "$pid" -n 19000
+    stop "$pid"
+    port=$(free_port); naive "$port"; pid=$LAST_PID
+    run idle-19000-naive idle --protocol naive --url "ws://127.0.0.1:$port/" --pid "$pid" -n 19000
+    stop "$pid"
+    rport=$(free_port); redis "$rport"; redis_pid=$LAST_PID
+    port=$(free_port); sio "$port" "$rport"; pid=$LAST_PID
+    run idle-19000-socketioxide idle --protocol socketio --url "ws://127.0.0.1:$port" --pid "$pid" -n 19000
+    stop "$pid"
+    port=$(free_port)
+    if fastapi "$port" "$rport"; then
+      pid=$LAST_PID
+      run idle-2000-fastapi idle --protocol naive --url "ws://127.0.0.1:$port/ws?username=bench&token=" \
+        --pid "$pid" -n 2000
+      stop "$pid"
+      port=$(free_port); tidings "$port"; pid=$LAST_PID
+      run idle-2000-tidings idle --url "ws://127.0.0.1:$port/ws" --pid "$pid" -n 2000
+      stop "$pid"
+    fi
+    stop "$redis_pid"
+    ;;
+  crossnode)
+    port=$(free_port); tidings "$port"; pid=$LAST_PID
+    run crossnode-1node-10000 fanout --url "ws://127.0.0.1:$port/ws" --pid "$pid" -s 10000 -p 4 -r 20 -d 5
+    stop "$pid"
+    rport=$(free_port); redis "$rport"; redis_pid=$LAST_PID
+    p1=$(free_port); tidings "$p1" --redis-url "redis://127.0.0.1:$rport"; n1=$LAST_PID
+    p2=$(free_port); tidings "$p2" --redis-url "redis://127.0.0.1:$rport"; n2=$LAST_PID
+    redis-cli -p "$rport" CONFIG RESETSTAT >/dev/null
+    run crossnode-2nodes-10000 fanout --url "ws://127.0.0.1:$p1/ws" --url "ws://127.0.0.1:$p2/ws" \
+      --pid "$n1" --pid "$n2" --pid "$redis_pid" -s 10000 -p 4 -r 20 -d 5
+    redis-cli -p "$rport" INFO commandstats | grep -E "cmdstat_(publish|evalsha|subscribe)" | tee "$OUT/crossnode-commandstats.txt"
+    stop "$n1"; stop "$n2"; stop "$redis_pid"
+    ;;
+  channels)
+    port=$(free_port); tidings "$port"; pid=$LAST_PID
+    run channels-10000x2 chat --url "ws://127.0.0.1:$port/ws" --pid "$pid" -c 10000 -m 2 -r 1 -d 10 --processes 2
+    stop "$pid"
+    ;;
+  chat)
+    port=$(free_port); tidings "$port"; pid=$LAST_PID
+    run chat-500x10 chat --url "ws://127.0.0.1:$port/ws" --pid "$pid" -c 500 -m 10 -r 1 -d 10
+    stop "$pid"
+    ;;
+  *) echo "unknown section $section" >&2; exit 2 ;;
+  esac
+done
