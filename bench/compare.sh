@@ -5,6 +5,7 @@
 #
 #   bench/compare.sh [SECTION…]     sections: fanout1k fanout10k idle crossnode channels chat
 #                                   (default: all of them)
+#   SERVERS="tidings naive" bench/compare.sh fanout1k     limits the fan-out sections' servers
 #
 # Needs: cargo (release builds), redis-server, and for the peers
 #   - socketioxide: built by this script (bench/peers/socketioxide, its own Cargo project);
@@ -30,7 +31,23 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# Below Linux's ephemeral range (32768+), which the generator's own connections use up.
+free_port() {
+  python3 -c '
+import random, socket
+while True:
+    port = random.randint(20000, 32000)
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", port))
+        print(port)
+        break
+    except OSError:
+        pass
+    finally:
+        s.close()
+'
+}
 
 # Starts a process in the background; waits until PORT accepts connections.
 start() { # name port command…
@@ -54,19 +71,23 @@ redis() { # port → starts a throwaway redis-server
 # One bench run: LABEL, then tidings-bench arguments; prints a summary line.
 run() {
   local label=$1; shift
-  "$BENCH" "$@" --json >"$OUT/$label.json"
+  if ! timeout 300 "$BENCH" "$@" --json >"$OUT/$label.json" 2>"$OUT/$label.err"; then
+    echo "$label: tidings-bench failed: $(tail -1 "$OUT/$label.err")"
+    return 0
+  fi
   python3 - "$OUT/$label.json" "$label" <<'EOF'
 import json, sys
-r = json.load(open(sys.argv[1]))
-lat = r.get("latency") or {}
-srv = r.get("servers") or []
-cpu = "+".join(f"{s.get('cpu_percent', 0):.0f}%" for s in srv)
-rss = "+".join(f"{s.get('rss_kib', 0)/1024:.0f}MiB" for s in srv)
-per = r.get("rss_kib_per_connection")
-print(f"{sys.argv[2]:<28} conns {r.get('connections')} sent {r.get('sent')} expected {r.get('expected')} "
-      f"delivered {r.get('delivered')} lost {r.get('lost')} dup {r.get('duplicated')} "
-      f"delivered/s {r.get('delivered_per_sec', 0):.0f} p50 {lat.get('p50_ms', 0):.2f} p99 {lat.get('p99_ms', 0):.2f} "
-      f"max {lat.get('max_ms', 0):.1f} cpu {cpu} rss {rss}" + (f" KiB/conn {per:.2f}" if per else ""))
+for r in json.load(open(sys.argv[1])):
+    lat = r.get("latency") or {}
+    srv = r.get("servers") or []
+    cpu = "+".join(f"{s.get('cpu_percent', 0):.0f}%" for s in srv)
+    rss = "+".join(f"{s.get('rss_kib', 0)/1024:.0f}MiB" for s in srv)
+    per = r.get("rss_kib_per_connection")
+    print(f"{sys.argv[2]:<28} conns {r.get('connections')} sent {r.get('sent')} expected {r.get('expected')} "
+          f"delivered {r.get('delivered')} lost {r.get('lost')} dup {r.get('duplicated')} ooo {r.get('out_of_order')} "
+          f"offered/s {r.get('offered_per_sec', 0):.0f} delivered/s {r.get('delivered_per_sec', 0):.0f} "
+          f"p50 {lat.get('p50_ms', 0):.2f} p99 {lat.get('p99_ms', 0):.2f} max {lat.get('max_ms', 0):.1f} "
+          f"cpu {cpu} rss {rss}" + (f" KiB/conn {per:.2f}" if per else ""), flush=True)
 EOF
 }
 
@@ -92,7 +113,7 @@ fastapi() { # port redis_port
 fanout_set() { # subscribers rates…
   local subs=$1; shift
   local rates=("$@") port rport
-  for server in tidings naive socketioxide; do
+  for server in ${SERVERS:-tidings naive socketioxide}; do
     for rate in "${rates[@]}"; do
       port=$(free_port)
       case $server in
@@ -103,7 +124,7 @@ fanout_set() { # subscribers rates…
       esac
       local pid=$LAST_PID
       run "fanout-$subs-$server-$rate" fanout --protocol "$proto" --url "$url" --pid "$pid" \
-        -s "$subs" -p 4 -r "$rate" -d 5 || true
+        -s "$subs" -p 2 -r "$rate" -d 5 || true
       stop "$pid"
       [ "$server" = socketioxide ] && stop "$redis_pid"
     done
@@ -167,7 +188,9 @@ for section in "${SECTIONS[@]}"; do
     ;;
   channels)
     port=$(free_port); tidings "$port"; pid=$LAST_PID
-    run channels-10000x2 chat --url "ws://127.0.0.1:$port/ws" --pid "$pid" -c 10000 -m 2 -r 1 -d 10 --processes 2
+    # 9,990 rooms: one node holds every connection, and 20,000 open files (the hard limit here)
+    # must also cover its listener and standard streams.
+    run channels-9990x2 chat --url "ws://127.0.0.1:$port/ws" --pid "$pid" -c 9990 -m 2 -r 1 -d 10 --processes 2
     stop "$pid"
     ;;
   chat)

@@ -155,6 +155,9 @@ pub struct RampArgs {
     pub p99_bound_ms: f64,
 }
 
+/// How long one connection's handshake and subscribe may take during set-up.
+const SET_UP_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Opens `n` connections (numbered from `first`), subscribing connection i to `channel(i)`.
 /// Until every one is open, each is kept alive by a task that answers heartbeats: opening
 /// tens of thousands can take longer than the server's ping interval.
@@ -173,10 +176,23 @@ async fn open(
                 let channel = channel(i);
                 let released = released.clone();
                 async move {
-                    let (mut ws, took) = target.connect(i).await?;
-                    if let Some(channel) = channel {
-                        conn::subscribe(&mut ws, protocol, &channel).await?;
-                    }
+                    // A server that accepts TCP but never answers (out of file descriptors,
+                    // a lost ack) must fail the run, not hang it.
+                    let set_up = async {
+                        let (mut ws, took) = target.connect(i).await?;
+                        if let Some(channel) = channel {
+                            conn::subscribe(&mut ws, protocol, &channel).await?;
+                        }
+                        anyhow::Ok((ws, took))
+                    };
+                    let (ws, took) = tokio::time::timeout(SET_UP_TIMEOUT, set_up)
+                        .await
+                        .map_err(|_| {
+                            anyhow::anyhow!(
+                                "connection {i}: no handshake or subscribe reply within {}s",
+                                SET_UP_TIMEOUT.as_secs()
+                            )
+                        })??;
                     Ok((tokio::spawn(keep_alive(ws, protocol, released)), took))
                 }
             })
