@@ -155,7 +155,7 @@ pub struct ServeArgs {
     #[arg(long = "namespace", env = "TIDINGS_NAMESPACES", value_delimiter = ';')]
     pub namespaces: Vec<String>,
 
-    /// Origin allowed to open WebSockets from a browser (e.g. https://chat.example.com), or
+    /// Origin allowed to open WebSockets from a browser (e.g. `https://chat.example.com`), or
     /// `*` for any; repeatable. By default only pages served from the same host may connect;
     /// clients that send no Origin (non-browsers) are always allowed.
     #[arg(long, env = "TIDINGS_ALLOWED_ORIGIN", value_delimiter = ',')]

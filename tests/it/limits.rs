@@ -202,7 +202,7 @@ async fn a_connection_that_sends_no_request_headers_is_dropped_after_the_handsha
 
 #[tokio::test]
 async fn an_idle_connection_is_closed_and_a_subscribed_one_is_not() {
-    let server = TestServer::start(&["--idle-timeout", "300ms"]).await;
+    let server = TestServer::start(&["--idle-timeout", "1s"]).await;
     let mut subscribed = server.client("").await;
     subscribed.subscribe("news").await;
     let mut idle = server.client("").await;
