@@ -6,9 +6,9 @@ use axum::Json;
 use axum::extract::State;
 use serde::{Deserialize, Serialize};
 
-use super::{ApiError, ApiKey, AppState, JsonBody};
+use super::{ApiError, ApiKey, AppState, JsonBody, channel_name as channel};
 use crate::broker::Control;
-use crate::protocol::{ChannelName, CloseCode};
+use crate::protocol::CloseCode;
 
 /// Channels per page unless the request asks for fewer; and the most it may ask for.
 const DEFAULT_PAGE: usize = 100;
@@ -99,10 +99,6 @@ fn user(name: &str) -> Result<String, ApiError> {
         ));
     }
     Ok(name.to_owned())
-}
-
-fn channel(name: &str) -> Result<ChannelName, ApiError> {
-    ChannelName::parse(name).map_err(|message| ApiError::BadRequest(format!("{name:?}: {message}")))
 }
 
 /// `POST /api/subscribe {"user","channel"}`: subscribes every connection of the user, on every

@@ -167,6 +167,12 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// A channel name from a request body, or a 400 saying what is wrong with it.
+fn channel_name(name: &str) -> Result<crate::protocol::ChannelName, ApiError> {
+    crate::protocol::ChannelName::parse(name)
+        .map_err(|message| ApiError::BadRequest(format!("{name:?}: {message}")))
+}
+
 /// A JSON request body, refused with a JSON 400 (not axum's plain-text rejection).
 #[derive(Debug)]
 pub struct JsonBody<T>(pub T);

@@ -10,11 +10,9 @@ use axum::extract::State;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::{ApiError, ApiKey, AppState, JsonBody};
+use super::{ApiError, ApiKey, AppState, JsonBody, channel_name as channel};
 use crate::node::HistoryError;
-use crate::protocol::{
-    ChannelName, ClientInfo, HistoryOk, Publication, StreamPosition, valid_idempotency_key,
-};
+use crate::protocol::{ClientInfo, HistoryOk, Publication, StreamPosition, valid_idempotency_key};
 
 /// Most channels one broadcast may name.
 pub const MAX_BROADCAST_CHANNELS: usize = 1000;
@@ -42,10 +40,6 @@ impl From<StreamPosition> for Published {
             epoch: position.epoch.to_string(),
         }
     }
-}
-
-fn channel(name: &str) -> Result<ChannelName, ApiError> {
-    ChannelName::parse(name).map_err(|message| ApiError::BadRequest(format!("{name:?}: {message}")))
 }
 
 fn server_info() -> ClientInfo {
