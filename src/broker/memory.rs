@@ -274,30 +274,11 @@ mod tests {
             ChannelName::parse("a").unwrap(),
             ChannelName::parse("b").unwrap(),
         );
-        assert_eq!(
-            broker
-                .publish(&a, data(), info(), &PublishOptions::default())
-                .await
-                .unwrap()
-                .offset,
-            1
-        );
-        assert_eq!(
-            broker
-                .publish(&a, data(), info(), &PublishOptions::default())
-                .await
-                .unwrap()
-                .offset,
-            2
-        );
-        assert_eq!(
-            broker
-                .publish(&b, data(), info(), &PublishOptions::default())
-                .await
-                .unwrap()
-                .offset,
-            1
-        );
+        let options = PublishOptions::default();
+        let publish = |channel| broker.publish(channel, data(), info(), &options);
+        assert_eq!(publish(&a).await.unwrap().offset, 1);
+        assert_eq!(publish(&a).await.unwrap().offset, 2);
+        assert_eq!(publish(&b).await.unwrap().offset, 1);
         assert_eq!(broker.position(&a).await.unwrap().offset, 2);
         assert_eq!(
             *collect.0.lock().unwrap(),
