@@ -178,6 +178,9 @@ export class Tidings extends EventTarget {
   scheduleRefresh(expiresInMs) {
     clearTimeout(this.refreshTimer);
     if (expiresInMs == null || !this.options.getToken) return;
+    // setTimeout fires at once for delays past 2^31-1 ms (~24.8 days): a long-lived token
+    // would otherwise be refreshed in a tight loop. Refreshing early is harmless.
+    const delayMs = Math.min(2_147_483_647, Math.max(1_000, expiresInMs * 0.8));
     this.refreshTimer = setTimeout(async () => {
       try {
         const token = await this.options.getToken();
@@ -187,7 +190,7 @@ export class Tidings extends EventTarget {
         // The server closes with 4003 at expiry; the reconnect then fetches a new token.
         this.emit("error", { code: err.code ?? 0, message: `token refresh failed: ${err.message}` });
       }
-    }, Math.max(1_000, expiresInMs * 0.8));
+    }, delayMs);
   }
 
   onFrame(text) {

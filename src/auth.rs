@@ -24,12 +24,12 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
 use crate::broker::HistoryRetention;
-use crate::protocol::ChannelName;
+use crate::protocol::{ChannelName, Secret};
 
 /// Where the token keys come from and how strictly tokens are checked.
 #[derive(Clone, Debug, Default)]
 pub struct TokenSettings {
-    pub hmac_secret: Option<String>,
+    pub hmac_secret: Option<Secret>,
     pub public_keys: Vec<PathBuf>,
     pub jwks: Option<PathBuf>,
     /// Clock skew tolerated on `exp` and `nbf`.
@@ -105,9 +105,50 @@ struct RawClaims {
     #[serde(default)]
     sub: Option<String>,
     #[serde(default)]
-    exp: Option<u64>,
+    exp: Option<NumericDate>,
+    #[serde(default)]
+    nbf: Option<NumericDate>,
     #[serde(default)]
     channel: Option<String>,
+}
+
+/// A JWT time (RFC 7519 §2): seconds since 1970, integer or fractional, kept as whole
+/// milliseconds. `exp` is rounded down and `nbf` up, so rounding never widens a token's life;
+/// values beyond [`LATEST_TIME_MS`] are clamped there, so no client-chosen number reaches time
+/// arithmetic that could overflow.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct NumericDate(f64);
+
+impl<'de> Deserialize<'de> for NumericDate {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let seconds = serde_json::Number::deserialize(deserializer)?;
+        seconds
+            .as_f64()
+            .filter(|s| s.is_finite())
+            .map(NumericDate)
+            .ok_or_else(|| serde::de::Error::custom("a time claim must be a number of seconds"))
+    }
+}
+
+/// 9999-12-31T23:59:59Z in milliseconds: the latest time a token may name.
+const LATEST_TIME_MS: i64 = 253_402_300_799_000;
+
+impl NumericDate {
+    fn floor_ms(self) -> i64 {
+        // `as` saturates (and the clamp keeps the result a valid SystemTime offset).
+        ((self.0 * 1000.0).floor() as i64).clamp(-LATEST_TIME_MS, LATEST_TIME_MS)
+    }
+
+    fn ceil_ms(self) -> i64 {
+        ((self.0 * 1000.0).ceil() as i64).clamp(-LATEST_TIME_MS, LATEST_TIME_MS)
+    }
+}
+
+/// Milliseconds since 1970 now (0 for a clock set before it).
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| {
+        i64::try_from(d.as_millis()).unwrap_or(LATEST_TIME_MS)
+    })
 }
 
 struct Key {
@@ -144,6 +185,7 @@ impl Verifier {
         }
         let mut keys = Vec::new();
         if let Some(secret) = &settings.hmac_secret {
+            let secret = secret.expose();
             if secret.len() < MIN_HMAC_SECRET {
                 return Err(KeyError::ShortSecret);
             }
@@ -198,7 +240,11 @@ impl Verifier {
         let claims = self.verify(token)?;
         Ok(ConnectionClaims {
             user: claims.sub.unwrap_or_default(),
-            expires: claims.exp.map(|exp| UNIX_EPOCH + Duration::from_secs(exp)),
+            // Validation refused an `exp` in the past, so the offset is positive.
+            expires: claims.exp.map(|exp| {
+                let ms = u64::try_from(exp.floor_ms()).unwrap_or(0);
+                UNIX_EPOCH + Duration::from_millis(ms)
+            }),
         })
     }
 
@@ -237,8 +283,10 @@ impl Verifier {
             return Err(AuthError::Algorithm(format!("{:?}", header.alg)));
         }
         let mut validation = Validation::new(header.alg);
-        validation.leeway = self.leeway;
-        validation.validate_nbf = true;
+        // The library reads `exp` and `nbf` as integers only and refuses fractional ones,
+        // which RFC 7519 allows: time claims are checked below instead.
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
         validation.set_required_spec_claims(&["sub"]);
         match &self.audience {
             Some(aud) => {
@@ -255,10 +303,11 @@ impl Verifier {
         for key in candidates {
             match jsonwebtoken::decode::<RawClaims>(token, &key.key, &validation) {
                 Ok(data) => {
-                    return match data.claims.sub.as_deref() {
-                        None | Some("") => Err(AuthError::Claims("missing sub".into())),
-                        Some(_) => Ok(data.claims),
-                    };
+                    if matches!(data.claims.sub.as_deref(), None | Some("")) {
+                        return Err(AuthError::Claims("missing sub".into()));
+                    }
+                    self.check_times(&data.claims)?;
+                    return Ok(data.claims);
                 }
                 Err(err) => {
                     use jsonwebtoken::errors::ErrorKind as K;
@@ -284,6 +333,27 @@ impl Verifier {
             }
         }
         Err(error)
+    }
+}
+
+impl Verifier {
+    /// `exp` must not have passed and `nbf` must have come, both give or take the leeway.
+    fn check_times(&self, claims: &RawClaims) -> Result<(), AuthError> {
+        let now = now_ms();
+        let leeway = i64::try_from(self.leeway.saturating_mul(1000)).unwrap_or(LATEST_TIME_MS);
+        if claims
+            .exp
+            .is_some_and(|exp| exp.floor_ms() < now.saturating_sub(leeway))
+        {
+            return Err(AuthError::Expired);
+        }
+        if claims
+            .nbf
+            .is_some_and(|nbf| nbf.ceil_ms() > now.saturating_add(leeway))
+        {
+            return Err(AuthError::NotYetValid);
+        }
+        Ok(())
     }
 }
 
@@ -570,7 +640,7 @@ mod tests {
 
     fn hmac_verifier() -> Verifier {
         Verifier::load(&TokenSettings {
-            hmac_secret: Some(SECRET.into()),
+            hmac_secret: Some(Secret::new(SECRET)),
             leeway: Duration::from_secs(2),
             ..Default::default()
         })
@@ -619,6 +689,44 @@ mod tests {
     }
 
     #[test]
+    fn time_claims_may_be_fractional_and_huge() {
+        let v = hmac_verifier();
+        let fractional = v
+            .connection(&sign(
+                json!({"sub": "1", "exp": now() as f64 + 600.5, "iat": 1.5}),
+            ))
+            .unwrap();
+        let left = fractional
+            .expires
+            .unwrap()
+            .duration_since(SystemTime::now());
+        assert!(left.unwrap() > Duration::from_secs(599));
+        assert_eq!(
+            v.connection(&sign(json!({"sub": "1", "nbf": now() as f64 + 60.25}))),
+            Err(AuthError::NotYetValid)
+        );
+        assert_eq!(
+            v.connection(&sign(json!({"sub": "1", "exp": now() as f64 - 10.5}))),
+            Err(AuthError::Expired)
+        );
+        // Far beyond any SystemTime arithmetic: accepted, clamped to the year 9999.
+        let huge = v
+            .connection(&sign(json!({"sub": "1", "exp": u64::MAX})))
+            .unwrap();
+        let clamped = UNIX_EPOCH + Duration::from_millis(LATEST_TIME_MS as u64);
+        assert_eq!(huge.expires, Some(clamped));
+        assert!(millis_until(clamped) < 1 << 53, "fits a JavaScript number");
+        assert!(
+            v.connection(&sign(json!({"sub": "1", "exp": 1e300})))
+                .is_ok()
+        );
+        assert!(matches!(
+            v.connection(&sign(json!({"sub": "1", "exp": "tomorrow"}))),
+            Err(AuthError::Claims(_))
+        ));
+    }
+
+    #[test]
     fn forged_and_malformed_tokens_are_rejected() {
         let v = hmac_verifier();
         let good = sign(json!({"sub": "1"}));
@@ -644,7 +752,7 @@ mod tests {
     #[test]
     fn short_hmac_secrets_are_refused() {
         let err = Verifier::load(&TokenSettings {
-            hmac_secret: Some("short".into()),
+            hmac_secret: Some(Secret::new("short")),
             ..Default::default()
         })
         .unwrap_err();

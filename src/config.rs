@@ -13,6 +13,7 @@ use crate::auth::{ChannelRules, NamespaceRule, SubscribeRule, TokenSettings, par
 use crate::broker::Retention;
 use crate::broker::redis::RedisOptions;
 use crate::limits::{ConnectionCaps, Rate};
+use crate::protocol::Secret;
 use crate::session::SessionConfig;
 
 /// Tidings: a real-time messaging server. Clients hold a WebSocket to `/ws`, subscribe to
@@ -112,7 +113,7 @@ pub struct ServeArgs {
 
     /// Secret for HS256 connection and subscription tokens (at least 32 bytes).
     #[arg(long, env = "TIDINGS_TOKEN_HMAC_SECRET", hide_env_values = true)]
-    pub token_hmac_secret: Option<String>,
+    pub token_hmac_secret: Option<Secret>,
 
     /// PEM public key for RS256 (RSA), ES256 (P-256) or EdDSA (Ed25519) tokens; repeatable.
     /// The environment variable takes a comma-separated list.
@@ -199,6 +200,11 @@ pub struct ServeArgs {
     #[arg(long, env = "TIDINGS_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub handshake_timeout: Duration,
 
+    /// Time an HTTP request has to send its whole body once its headers have arrived; a
+    /// request whose body is slower gets 408.
+    #[arg(long, env = "TIDINGS_BODY_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub body_timeout: Duration,
+
     /// A connection subscribed to nothing that sends no command for this long is closed
     /// with 4500 (0s: never).
     #[arg(long, env = "TIDINGS_IDLE_TIMEOUT", default_value = "10m", value_parser = humantime::parse_duration)]
@@ -207,16 +213,29 @@ pub struct ServeArgs {
     /// Key of the server HTTP API (`/api/...`), sent as `Authorization: apikey KEY`; at least
     /// 16 bytes. Without it the API is off.
     #[arg(long, env = "TIDINGS_API_KEY", hide_env_values = true)]
-    pub api_key: Option<String>,
+    pub api_key: Option<Secret>,
 
     /// How long a publish's idempotency key is remembered: a retry with the same key within
     /// it is answered with the first publication's offset and stored once.
     #[arg(long, env = "TIDINGS_IDEMPOTENCY_WINDOW", default_value = "5m", value_parser = humantime::parse_duration)]
     pub idempotency_window: Duration,
 
-    /// Log filter, in `tracing` EnvFilter syntax (e.g. `info`, `tidings=debug`).
-    #[arg(long, env = "TIDINGS_LOG", default_value = "info")]
-    pub log: String,
+    /// Log filter, in `tracing` EnvFilter syntax (e.g. `info`, `tidings=debug`). Without it
+    /// (and without TIDINGS_LOG) `RUST_LOG` applies, and without that `info`. No level prints
+    /// tokens or keys: the WebSocket library's frame dumps (trace) are never logged.
+    #[arg(long, env = "TIDINGS_LOG")]
+    pub log: Option<String>,
+}
+
+impl ServeArgs {
+    /// The log filter: `--log`, else `TIDINGS_LOG`, else `RUST_LOG`, else `info`.
+    pub fn log_filter(&self) -> String {
+        self.log
+            .clone()
+            .or_else(|| std::env::var("RUST_LOG").ok())
+            .filter(|filter| !filter.trim().is_empty())
+            .unwrap_or_else(|| "info".to_owned())
+    }
 }
 
 /// Why the settings cannot be used.
@@ -230,6 +249,8 @@ pub enum ConfigError {
     QueueSmallerThanMessage { queue: usize, message: usize },
     #[error("--{flag}: {message}")]
     Invalid { flag: &'static str, message: String },
+    #[error("--{flag} must be at most 100 years")]
+    TooLong { flag: &'static str },
     #[error("--api-key must be at least 16 bytes long")]
     ShortApiKey,
     #[error("--namespace {0} is given twice")]
@@ -251,6 +272,9 @@ pub struct AuthConfig {
     pub allowed_origins: Vec<String>,
 }
 
+/// The longest duration any setting accepts: 100 years.
+const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+
 /// Upper bound of what a `pub` push adds to the publisher's data: channel, epoch, info, keys.
 const PUSH_OVERHEAD: usize = 1024;
 
@@ -268,8 +292,9 @@ pub struct Config {
     pub auth: AuthConfig,
     pub caps: ConnectionCaps,
     pub handshake_timeout: Duration,
+    pub body_timeout: Duration,
     /// `None`: the server API is off.
-    pub api_key: Option<String>,
+    pub api_key: Option<Secret>,
     pub idempotency_window: Duration,
 }
 
@@ -304,8 +329,30 @@ impl ServeArgs {
         nonzero(self.command_rate.into(), "command-rate")?;
         nonzero(self.command_burst.into(), "command-burst")?;
         nonzero(self.handshake_timeout.as_millis(), "handshake-timeout")?;
+        nonzero(self.body_timeout.as_millis(), "body-timeout")?;
+        for (value, flag) in [
+            (self.ping_interval, "ping-interval"),
+            (self.pong_timeout, "pong-timeout"),
+            (self.history_ttl, "history-ttl"),
+            (self.position_ttl, "position-ttl"),
+            (self.shutdown_timeout, "shutdown-timeout"),
+            (self.token_leeway, "token-leeway"),
+            (self.handshake_timeout, "handshake-timeout"),
+            (self.body_timeout, "body-timeout"),
+            (self.idle_timeout, "idle-timeout"),
+            (self.idempotency_window, "idempotency-window"),
+        ] {
+            // Far past any use, and short enough that no deadline built from it overflows.
+            if value > MAX_DURATION {
+                return Err(ConfigError::TooLong { flag });
+            }
+        }
         nonzero(self.idempotency_window.as_millis(), "idempotency-window")?;
-        if self.api_key.as_ref().is_some_and(|key| key.len() < 16) {
+        if self
+            .api_key
+            .as_ref()
+            .is_some_and(|key| key.expose().len() < 16)
+        {
             return Err(ConfigError::ShortApiKey);
         }
         let tokens = TokenSettings {
@@ -381,6 +428,7 @@ impl ServeArgs {
                 per_ip: self.max_connections_per_ip,
             },
             handshake_timeout: self.handshake_timeout,
+            body_timeout: self.body_timeout,
             api_key: self.api_key,
             idempotency_window: self.idempotency_window,
         })

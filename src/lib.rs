@@ -11,6 +11,7 @@
 //! - [`auth`]: tokens → identities; who may subscribe and publish where.
 //! - [`limits`]: per-connection rate limits and connection caps.
 //! - [`hub`]: local channel → subscribers; fan-out of frames encoded once.
+//! - [`metrics`]: the counters the server keeps.
 //! - [`outbox`]: one connection's bounded outgoing queue; slow-consumer detection.
 //! - [`broker`]: offsets, history and delivery between nodes (memory, Redis, Redis Cluster).
 //! - [`transport`]: the WebSocket library behind a small seam.
@@ -22,6 +23,7 @@ pub mod broker;
 pub mod config;
 pub mod hub;
 pub mod limits;
+pub mod metrics;
 pub mod node;
 pub mod outbox;
 pub mod protocol;

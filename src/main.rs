@@ -8,6 +8,9 @@ use clap::Parser;
 use tidings::config::Cli;
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::filter_fn;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 fn main() -> ExitCode {
     let runtime = match tokio::runtime::Runtime::new() {
@@ -29,13 +32,19 @@ fn main() -> ExitCode {
 
 async fn serve() -> anyhow::Result<()> {
     let args = Cli::parse().into_serve_args();
-    let filter = EnvFilter::try_new(&args.log)
-        .with_context(|| format!("invalid --log filter {:?}", args.log))?;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
+    let log = args.log_filter();
+    let filter = EnvFilter::try_new(&log).with_context(|| format!("invalid log filter {log:?}"))?;
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(filter_fn(|event| !dumps_frames(event)))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::stderr().is_terminal()),
+        )
         .init();
+    // Panics go to the same log, once each, naming the client when a session panicked.
+    std::panic::set_hook(Box::new(tidings::server::log_panic));
     let config = args.into_config()?;
     // Every connection is a file descriptor; the usual soft limit (1024) would cap a server at
     // about a thousand clients, so take whatever the hard limit allows.
@@ -58,6 +67,12 @@ async fn serve() -> anyhow::Result<()> {
 
     server.serve(listener, shutdown_signal()).await;
     Ok(())
+}
+
+/// The WebSocket library's trace lines print whole frames, tokens sent in `connect`,
+/// `refresh` and `subscribe` included: no filter may let them through.
+fn dumps_frames(event: &tracing::Metadata<'_>) -> bool {
+    *event.level() == tracing::Level::TRACE && event.target().starts_with("tungstenite")
 }
 
 /// Resolves on SIGINT or SIGTERM.

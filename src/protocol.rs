@@ -105,6 +105,36 @@ impl fmt::Display for ChannelName {
     }
 }
 
+/// A secret (a token, a key): its `Debug` form never shows it, so no log line can print it.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(Arc<str>);
+
+impl Secret {
+    pub fn new(secret: impl Into<Arc<str>>) -> Self {
+        Self(secret.into())
+    }
+
+    /// The secret itself, for the one place that checks it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(…)")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Ok(Self::new(text))
+    }
+}
+
 /// A position in a channel's stream: the last offset and the epoch of the history it belongs to.
 ///
 /// Offsets number a channel's publications 1, 2, 3… without gaps. The epoch names one
@@ -276,18 +306,18 @@ pub enum Command {
     /// First command only: sets the user's name, or proves who the user is with a token.
     Connect {
         name: Option<String>,
-        token: Option<String>,
+        token: Option<Secret>,
     },
     /// Replaces the connection's token before it expires (same user).
     Refresh {
-        token: String,
+        token: Secret,
     },
     /// With `since`, the reply also recovers what was published after that position;
     /// `token` is a subscription token, for channels that require one.
     Subscribe {
         channel: ChannelName,
         since: Option<StreamPosition>,
-        token: Option<String>,
+        token: Option<Secret>,
     },
     Unsubscribe {
         channel: ChannelName,
@@ -481,21 +511,23 @@ pub fn decode_request(text: &str) -> Result<Request, DecodeError> {
     let command = match op.as_str() {
         "connect" => Command::Connect {
             name: optional_string("name", envelope.name)?,
-            token: optional_string("token", envelope.token)?,
+            token: optional_string("token", envelope.token)?.map(Secret::new),
         },
         "refresh" => Command::Refresh {
-            token: optional_string("token", envelope.token)?.ok_or_else(|| {
-                DecodeError::new(
-                    id,
-                    ErrorCode::InvalidField,
-                    "refresh needs the field \"token\"",
-                )
-            })?,
+            token: optional_string("token", envelope.token)?
+                .map(Secret::new)
+                .ok_or_else(|| {
+                    DecodeError::new(
+                        id,
+                        ErrorCode::InvalidField,
+                        "refresh needs the field \"token\"",
+                    )
+                })?,
         },
         "subscribe" => Command::Subscribe {
             channel: channel()?,
             since: since(envelope.since)?,
-            token: optional_string("token", envelope.token)?,
+            token: optional_string("token", envelope.token)?.map(Secret::new),
         },
         "history" => Command::History {
             channel: channel()?,

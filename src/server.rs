@@ -34,6 +34,32 @@ use crate::limits::Admission;
 use crate::node::Node;
 use crate::session::Gate;
 
+/// The process's panic hook: one `error` event per panic, in the same log as everything else,
+/// naming the client when a session panicked (the session then closes with 1011 and releases
+/// what it held; see [`crate::session::run`]).
+pub fn log_panic(info: &std::panic::PanicHookInfo<'_>) {
+    let payload = info.payload();
+    let message = payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(a panic without a message)");
+    let location = info.location().map(ToString::to_string).unwrap_or_default();
+    let backtrace = std::backtrace::Backtrace::capture();
+    let backtrace = (backtrace.status() == std::backtrace::BacktraceStatus::Captured)
+        .then(|| backtrace.to_string());
+    match crate::session::current_client() {
+        Some(client) => tracing::error!(
+            %client,
+            panic = message,
+            %location,
+            backtrace,
+            "session panicked; its connection closes with 1011 and its subscriptions are released"
+        ),
+        None => tracing::error!(panic = message, %location, backtrace, "panicked"),
+    }
+}
+
 /// Why the server stopped abnormally.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -95,8 +121,10 @@ impl Server {
             }),
             admission: Admission::new(config.caps),
             allowed_origins: config.auth.allowed_origins.clone().into(),
-            api_key: config.api_key.clone().map(Arc::from),
+            api_key: config.api_key.clone(),
             max_message_size: config.max_message_size,
+            body_timeout: config.body_timeout,
+            metrics: Arc::default(),
             shutdown: stopping.clone(),
             connections: connections.clone(),
         };

@@ -4,6 +4,7 @@
 //! Handlers translate between HTTP and the [`Node`]; they hold no business logic.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use axum::Router;
 use axum::extract::{FromRequestParts, State};
@@ -16,7 +17,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::limits::Admission;
+use crate::metrics::Metrics;
 use crate::node::Node;
+use crate::protocol::Secret;
 use crate::session::{Gate, SessionConfig};
 
 pub mod channels;
@@ -33,8 +36,11 @@ pub struct AppState {
     /// Origins allowed besides the server's own host (`*`: any).
     pub allowed_origins: Arc<[String]>,
     /// The server API's key; `None`: the API is off.
-    pub api_key: Option<Arc<str>>,
+    pub api_key: Option<Secret>,
     pub max_message_size: usize,
+    /// How long a request body may take to arrive.
+    pub body_timeout: std::time::Duration,
+    pub metrics: Arc<Metrics>,
     /// Cancelled when the server starts shutting down.
     pub shutdown: CancellationToken,
     /// Tracks every WebSocket connection so shutdown can wait for their close handshakes.
@@ -83,6 +89,8 @@ pub enum ApiError {
     Disabled,
     #[error("{0}")]
     TooLarge(String),
+    #[error("the request body did not arrive within {0:?} (--body-timeout)")]
+    BodyTimeout(std::time::Duration),
     #[error("{0}")]
     Unrecoverable(String),
     #[error("{0}")]
@@ -98,6 +106,7 @@ impl ApiError {
             Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             Self::Disabled => (StatusCode::NOT_FOUND, "api_disabled"),
             Self::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            Self::BodyTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
             Self::Unrecoverable(_) => (StatusCode::CONFLICT, "unrecoverable_position"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Self::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
@@ -139,7 +148,7 @@ impl FromRequestParts<AppState> for ApiKey {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let expected = state.api_key.as_deref().ok_or(ApiError::Disabled)?;
+        let expected = state.api_key.as_ref().ok_or(ApiError::Disabled)?.expose();
         let given = parts
             .headers
             .get(header::AUTHORIZATION)
@@ -184,9 +193,17 @@ impl<T: DeserializeOwned> axum::extract::FromRequest<AppState> for JsonBody<T> {
         request: axum::extract::Request,
         state: &AppState,
     ) -> Result<Self, ApiError> {
-        let bytes = axum::body::Bytes::from_request(request, state)
-            .await
-            .map_err(|err| ApiError::TooLarge(format!("request body: {err}")))?;
+        // Headers have a deadline (--handshake-timeout); without this one a client could hold
+        // a request open forever by never sending the body it announced.
+        let read = axum::body::Bytes::from_request(request, state);
+        let bytes = match tokio::time::timeout(state.body_timeout, read).await {
+            Ok(bytes) => bytes.map_err(|err| ApiError::TooLarge(format!("request body: {err}")))?,
+            Err(_) => {
+                let total = state.metrics.body_timeouts.fetch_add(1, Ordering::Relaxed) + 1;
+                tracing::info!(total, "request body too slow; answered 408");
+                return Err(ApiError::BodyTimeout(state.body_timeout));
+            }
+        };
         serde_json::from_slice(&bytes)
             .map(JsonBody)
             .map_err(|err| ApiError::BadRequest(format!("invalid JSON body: {err}")))

@@ -17,7 +17,7 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 use super::AppState;
-use crate::protocol::CloseCode;
+use crate::protocol::{CloseCode, Secret};
 use crate::session::{self, Handshake};
 use crate::transport::{self, Inbound};
 
@@ -28,7 +28,7 @@ const ECHO_MAX_MESSAGE_SIZE: usize = 16 << 20;
 #[derive(Debug, Deserialize)]
 pub struct ConnectParams {
     name: Option<String>,
-    token: Option<String>,
+    token: Option<Secret>,
 }
 
 /// `GET /ws`: upgrades to a protocol v1 session.
@@ -92,12 +92,12 @@ pub async fn connect(
 }
 
 /// The token of an `Authorization: Bearer TOKEN` header.
-fn bearer_token(headers: &HeaderMap) -> Option<String> {
+fn bearer_token(headers: &HeaderMap) -> Option<Secret> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     scheme
         .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim().to_owned())
+        .then(|| Secret::new(token.trim()))
 }
 
 /// Lets through requests without an `Origin` (not from a browser), from the server's own
@@ -200,7 +200,10 @@ mod tests {
             header::AUTHORIZATION,
             HeaderValue::from_static("Bearer abc.def"),
         );
-        assert_eq!(bearer_token(&h).as_deref(), Some("abc.def"));
+        assert_eq!(
+            bearer_token(&h).as_ref().map(Secret::expose),
+            Some("abc.def")
+        );
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic xyz"));
         assert_eq!(bearer_token(&h), None);
     }

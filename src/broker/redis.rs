@@ -56,6 +56,8 @@ const READ_LUA: &str = include_str!("read.lua");
 
 /// How long any Redis command may take before it fails (and a publish is refused).
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long `/readyz` waits for Redis to answer a PING.
+const READY_TIMEOUT: Duration = Duration::from_secs(1);
 /// Pub/sub messages buffered between the connection and the delivery task; overflowing it is
 /// detected (and recovered from) like any other gap.
 const MESSAGE_BUFFER: usize = 1 << 16;
@@ -706,11 +708,23 @@ impl Broker for RedisBroker {
         })
     }
 
+    /// Ready when both connections answer a PING in time. A Redis that is frozen (SIGSTOP, a
+    /// stalled host) keeps its TCP connections open, so "connected" alone says nothing.
     async fn ready(&self) -> Result<(), BrokerError> {
-        if self.inner.client.is_connected() && self.inner.subscriber.is_connected() {
-            Ok(())
-        } else {
-            Err(BrokerError::Unavailable("not connected to Redis".into()))
+        let inner = &self.inner;
+        if !inner.client.is_connected() || !inner.subscriber.is_connected() {
+            return Err(BrokerError::Unavailable("not connected to Redis".into()));
+        }
+        let pings = async {
+            inner.client.ping::<Value>(None).await?;
+            inner.subscriber.ping::<Value>(None).await
+        };
+        match tokio::time::timeout(READY_TIMEOUT, pings).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(err)) => Err(unavailable("pinging Redis", err)),
+            Err(_) => Err(BrokerError::Unavailable(format!(
+                "Redis did not answer a PING within {READY_TIMEOUT:?}"
+            ))),
         }
     }
 

@@ -22,10 +22,12 @@
 //! On exit the session leaves every channel it joined.
 
 use std::collections::HashSet;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -37,7 +39,7 @@ use crate::node::{HistoryError, Node, Recovery, Subscribed};
 use crate::outbox::{Closing, Outbox};
 use crate::protocol::{
     self, ChannelName, ClientInfo, CloseCode, Command, Connected, Empty, ErrorCode, HistoryOk,
-    PublishOk, Refreshed, StreamPosition, SubscribeOk,
+    PublishOk, Refreshed, Secret, StreamPosition, SubscribeOk,
 };
 use crate::transport::{Frame, Inbound, Reader, Writer};
 
@@ -87,9 +89,13 @@ impl Gate {
 pub struct Handshake {
     pub name: Option<String>,
     /// From the `token` query parameter or an `Authorization: Bearer` header.
-    pub token: Option<String>,
+    pub token: Option<Secret>,
     pub ticket: Ticket,
 }
+
+/// With the `fault-injection` feature (test builds only), this frame panics its session.
+#[cfg(feature = "fault-injection")]
+pub const FAULT_PANIC: &str = r#"{"op":"fault-injection:panic"}"#;
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -97,6 +103,7 @@ const PING: Frame = Frame::from_static(protocol::PING_FRAME);
 
 /// "No deadline" in [`Clocks`].
 const NEVER: u64 = u64::MAX;
+const DAY_MS: u64 = 86_400_000;
 
 /// Deadlines the reader sets and the writer enforces, in milliseconds since the session
 /// started ([`NEVER`] when unset).
@@ -145,19 +152,15 @@ impl Clocks {
         }
     }
 
-    /// The earliest deadline, as an instant far away when none is set.
+    /// The earliest deadline, but no more than a day away: a day is as good as never (the
+    /// ping deadline comes much sooner anyway), and a token may expire in the year 9999.
     fn next_deadline(&self, config: &SessionConfig) -> Instant {
         let earliest = self
             .expires
             .load(Ordering::Relaxed)
             .min(self.identify_by.load(Ordering::Relaxed))
             .min(self.idle_deadline(config));
-        if earliest == NEVER {
-            // A day is as good as never: the ping deadline comes much sooner anyway.
-            Instant::now() + Duration::from_secs(86_400)
-        } else {
-            self.at(earliest)
-        }
+        self.at(earliest.min(self.now().saturating_add(DAY_MS)))
     }
 
     /// The close owed to a deadline that has passed at `now`.
@@ -197,10 +200,24 @@ pub struct Connection {
     pub shutdown: CancellationToken,
 }
 
+tokio::task_local! {
+    /// The client id of the session being polled, for the panic hook to name.
+    static CLIENT: Arc<str>;
+}
+
+/// The client id of the session whose code is running on this thread, if any.
+pub fn current_client() -> Option<Arc<str>> {
+    CLIENT.try_with(Arc::clone).ok()
+}
+
 /// Serves one upgraded connection until it closes.
 ///
 /// Takes its start boxed: an async fn keeps its arguments and the locals they move into side
 /// by side, and every byte of this future is paid by every idle connection.
+///
+/// A panic inside the session is caught here: the panic hook has logged it (naming the
+/// client), the session's `Drop` has released its subscriptions and registrations, and the
+/// client is told 1011 so that it reconnects. Other sessions never notice.
 pub async fn run(connection: Box<Connection>) {
     let Connection {
         mut reader,
@@ -211,12 +228,49 @@ pub async fn run(connection: Box<Connection>) {
         handshake,
         shutdown,
     } = *connection;
+    let client: Arc<str> = random_id().into();
+    let close_timeout = config.close_timeout;
+    let parts = Parts {
+        node,
+        config,
+        gate,
+        handshake,
+        shutdown,
+    };
+    let serving = serve(&mut reader, &mut writer, client.clone(), parts);
+    let served = AssertUnwindSafe(CLIENT.scope(client, serving))
+        .catch_unwind()
+        .await;
+    if served.is_err() {
+        writer
+            .close(CloseCode::INTERNAL_ERROR, "internal error", close_timeout)
+            .await;
+    }
+}
+
+/// What a session starts from besides its socket.
+struct Parts {
+    node: Node,
+    config: Arc<SessionConfig>,
+    gate: Arc<Gate>,
+    handshake: Handshake,
+    shutdown: CancellationToken,
+}
+
+async fn serve(reader: &mut Reader, writer: &mut Writer, client: Arc<str>, parts: Parts) {
+    let Parts {
+        node,
+        config,
+        gate,
+        handshake,
+        shutdown,
+    } = parts;
     let outbox = Outbox::new(config.max_queue_size);
     let alive = AtomicBool::new(true);
     let clocks = Clocks::new();
     let mut session = Session {
         id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-        client: random_id().into(),
+        client,
         identity: None,
         node,
         outbox: outbox.clone(),
@@ -229,7 +283,7 @@ pub async fn run(connection: Box<Connection>) {
     };
     tracing::debug!(client = %session.client, "connection opened");
     match (&handshake.token, &handshake.name) {
-        (Some(token), _) => session.connect_with_token(None, token),
+        (Some(token), _) => session.connect_with_token(None, token.expose()),
         (None, Some(name)) if session.gate.allow_anonymous => {
             session.establish_anonymous(None, Some(name))
         }
@@ -241,8 +295,8 @@ pub async fn run(connection: Box<Connection>) {
     }
 
     let (_, closing) = tokio::join!(
-        session.read_loop(&mut reader, &alive),
-        writer::write_loop(&mut writer, &outbox, &alive, &clocks, &config, &shutdown),
+        session.read_loop(reader, &alive),
+        writer::write_loop(writer, &outbox, &alive, &clocks, &config, &shutdown),
     );
     if let Closing::Send { .. } = closing {
         // Give the peer a bounded moment to answer our close frame.
@@ -358,6 +412,10 @@ impl Session<'_> {
     }
 
     async fn handle(&mut self, text: &str) {
+        #[cfg(feature = "fault-injection")]
+        if text == FAULT_PANIC {
+            panic!("fault injection: this session was asked to panic");
+        }
         let request = match protocol::decode_request(text) {
             Ok(request) => request,
             Err(err) => {
@@ -386,7 +444,7 @@ impl Session<'_> {
                     );
                 }
                 match token {
-                    Some(token) => self.connect_with_token(id, &token),
+                    Some(token) => self.connect_with_token(id, token.expose()),
                     None if self.gate.allow_anonymous => {
                         self.establish_anonymous(id, name.as_deref())
                     }
@@ -424,7 +482,7 @@ impl Session<'_> {
                         self.publish(id, channel, Arc::from(data), idempotency_key)
                             .await
                     }
-                    Command::Refresh { token } => self.refresh(id, &token),
+                    Command::Refresh { token } => self.refresh(id, token.expose()),
                     Command::Ping => self.reply_ok(id, &Empty {}),
                     Command::Pong | Command::Connect { .. } => {}
                 }
@@ -560,7 +618,7 @@ impl Session<'_> {
         id: Option<u64>,
         channel: ChannelName,
         since: Option<StreamPosition>,
-        token: Option<String>,
+        token: Option<Secret>,
     ) {
         self.join(id, channel, since, token, false).await;
     }
@@ -573,7 +631,7 @@ impl Session<'_> {
         id: Option<u64>,
         channel: ChannelName,
         since: Option<StreamPosition>,
-        token: Option<String>,
+        token: Option<Secret>,
         by_server: bool,
     ) {
         if by_server && self.subscriptions.contains(&channel) {
@@ -583,7 +641,7 @@ impl Session<'_> {
             let allowed = self.node.rules().check_subscribe(
                 identity,
                 &channel,
-                token.as_deref(),
+                token.as_ref().map(Secret::expose),
                 self.gate.verifier.as_ref(),
             );
             if let Err(denied) = allowed {
@@ -608,6 +666,8 @@ impl Session<'_> {
             );
         }
         self.outbox.begin_subscription(&channel);
+        // Recorded before the hub knows it, so that a session ending mid-way still leaves it.
+        self.subscriptions.insert(channel.clone());
         let subscribed = self
             .node
             .subscribe(&channel, self.id, &self.outbox, since.as_ref())
@@ -615,6 +675,7 @@ impl Session<'_> {
         let Subscribed { position, recovery } = match subscribed {
             Ok(subscribed) => subscribed,
             Err(err) => {
+                self.subscriptions.remove(&channel);
                 self.outbox.end_subscription(&channel);
                 return self.reply_broker_error(id, &err);
             }
@@ -660,7 +721,6 @@ impl Session<'_> {
         };
         self.outbox
             .complete_subscription(&channel, frames, &position);
-        self.subscriptions.insert(channel);
     }
 
     async fn history(
@@ -765,10 +825,8 @@ impl Session<'_> {
         }
     }
 
+    /// Leaves every channel, waiting for the broker; `Drop` does the rest.
     async fn leave_all(&mut self) {
-        if let Some(identity) = self.identity.as_ref().filter(|i| i.authenticated) {
-            self.node.remove_user(&identity.user, self.id);
-        }
         for channel in std::mem::take(&mut self.subscriptions) {
             self.node.unsubscribe(&channel, self.id).await;
         }
@@ -792,6 +850,32 @@ impl Session<'_> {
             BrokerError::Internal(_) => ErrorCode::Internal,
         };
         self.reply_error(id, code, &err.to_string());
+    }
+}
+
+/// Releases what the session holds however it ends: after `leave_all` only the user
+/// registration is left (the admission place is the ticket's own `Drop`); during a panic's
+/// unwinding the subscriptions too, so that no dead connection stays subscribed.
+impl Drop for Session<'_> {
+    fn drop(&mut self) {
+        self.outbox.close(Closing::Gone);
+        if let Some(identity) = self.identity.as_ref().filter(|i| i.authenticated) {
+            self.node.remove_user(&identity.user, self.id);
+        }
+        let channels = std::mem::take(&mut self.subscriptions);
+        if channels.is_empty() {
+            return;
+        }
+        // Unsubscribing may wait for the broker; Drop cannot, so a task finishes the job.
+        // Without a runtime (the process is exiting) there is nobody left to tell.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let (node, id) = (self.node.clone(), self.id);
+            runtime.spawn(async move {
+                for channel in channels {
+                    node.unsubscribe(&channel, id).await;
+                }
+            });
+        }
     }
 }
 

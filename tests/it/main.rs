@@ -28,5 +28,7 @@ mod limits;
 mod pubsub;
 /// History and recovery from a position.
 mod recovery;
+/// Bug-reproducing tests, named `issue_<N>_…` after the issue that found the bug.
+mod regression;
 /// Several nodes through Redis: cross-node delivery, failover, recovery elsewhere.
 mod scale_out;

@@ -4,6 +4,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -34,6 +35,27 @@ pub async fn within<T>(limit: Duration, what: &str, future: impl Future<Output =
 pub struct TestServer {
     child: Child,
     pub addr: SocketAddr,
+    logs: Logs,
+}
+
+/// What a server has written to stderr so far (also echoed to the test's own output).
+#[derive(Clone, Debug, Default)]
+pub struct Logs(Arc<Mutex<String>>);
+
+impl Logs {
+    pub fn text(&self) -> String {
+        self.0.lock().expect("logs lock").clone()
+    }
+
+    /// Waits until the log contains `needle`.
+    pub async fn wait_for(&self, needle: &str, limit: Duration) {
+        within(limit, &format!("log line with {needle:?}"), async {
+            while !self.text().contains(needle) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+    }
 }
 
 impl TestServer {
@@ -43,21 +65,44 @@ impl TestServer {
     }
 
     pub async fn try_start(args: &[&str]) -> Result<Self> {
+        let level = std::env::var("TEST_TIDINGS_LOG").unwrap_or("warn".into());
+        Self::launch(args, &[("TIDINGS_LOG", Some(&level))]).await
+    }
+
+    /// Starts the server with environment changes: `(NAME, Some(value))` sets a variable,
+    /// `(NAME, None)` removes it.
+    pub async fn launch(args: &[&str], env: &[(&str, Option<&str>)]) -> Result<Self> {
         let mut command = Command::new(env!("CARGO_BIN_EXE_tidings"));
         if !args.contains(&"--listen") {
             command.args(["--listen", "127.0.0.1:0"]);
         }
+        // The test runner's own settings must not leak into the server under test.
+        command.env_remove("RUST_LOG").env_remove("TIDINGS_LOG");
+        for (name, value) in env {
+            match value {
+                Some(value) => command.env(name, value),
+                None => command.env_remove(name),
+            };
+        }
         let mut child = command
             .args(args)
-            .env(
-                "TIDINGS_LOG",
-                std::env::var("TEST_TIDINGS_LOG").unwrap_or("warn".into()),
-            )
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
             .context("spawning tidings")?;
+        let logs = Logs::default();
+        let stderr = child.stderr.take().context("stderr")?;
+        let sink = logs.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                eprintln!("{line}");
+                let mut text = sink.0.lock().expect("logs lock");
+                text.push_str(&line);
+                text.push('\n');
+            }
+        });
         let stdout = child.stdout.take().context("stdout")?;
         let mut lines = BufReader::new(stdout).lines();
         let addr = within(WAIT, "listening line", async {
@@ -71,7 +116,12 @@ impl TestServer {
         .await?;
         // Keep draining stdout so the child never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Ok(Self { child, addr })
+        Ok(Self { child, addr, logs })
+    }
+
+    /// Everything the server has logged so far.
+    pub fn logs(&self) -> &Logs {
+        &self.logs
     }
 
     /// Runs `tidings ARGS…` expecting it to refuse to start; returns what it printed to

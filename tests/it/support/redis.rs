@@ -128,6 +128,29 @@ impl RedisServer {
         }
     }
 
+    /// SIGSTOP: the process stays, its connections stay open, and nothing is answered.
+    pub fn freeze(&self) {
+        self.signal("STOP");
+    }
+
+    /// SIGCONT after [`Self::freeze`].
+    pub fn thaw(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self
+            .child
+            .as_ref()
+            .and_then(Child::id)
+            .expect("redis-server is running");
+        let status = std::process::Command::new("kill")
+            .args(["-s", signal, &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -s {signal} redis-server failed");
+    }
+
     /// Starts again on the same port (with its data only if persistent).
     pub async fn restart(&mut self) {
         self.kill().await;

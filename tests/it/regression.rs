@@ -1,0 +1,268 @@
+//! Bug-reproducing tests, one per defect, named `issue_<N>_…` after the issue that found it.
+
+use std::time::{Duration, Instant};
+
+use jsonwebtoken::{EncodingKey, Header};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::redis::RedisServer;
+use crate::support::{Ended, TestServer, WAIT, WsClient, http_request, within};
+
+const SECRET: &str = "test-secret-of-at-least-32-bytes!!";
+const KEY: &str = "api-key-for-the-tests";
+const AUTH: Option<&str> = Some("apikey api-key-for-the-tests");
+
+fn hs256(claims: Value) -> String {
+    jsonwebtoken::encode(
+        &Header::default(),
+        &claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .expect("signing a test token")
+}
+
+fn now() -> u64 {
+    jsonwebtoken::get_current_timestamp()
+}
+
+/// A server with a token key and the server API, logging at `level`.
+async fn server(level: &str, extra: &[&str]) -> TestServer {
+    let mut args = vec!["--token-hmac-secret", SECRET, "--api-key", KEY];
+    args.extend_from_slice(extra);
+    TestServer::launch(&args, &[("TIDINGS_LOG", Some(level))])
+        .await
+        .expect("server starts")
+}
+
+/// `/api/channels`, as (channel, subscribers) pairs.
+async fn channels(server: &TestServer) -> Vec<(String, u64)> {
+    let (status, body) = http_request(server.addr, "POST", "/api/channels", AUTH, "{}").await;
+    assert_eq!(status, 200, "{body}");
+    let body: Value = serde_json::from_str(&body).expect("JSON");
+    body["channels"]
+        .as_array()
+        .expect("channels")
+        .iter()
+        .map(|c| {
+            let name = c["channel"].as_str().expect("name").to_owned();
+            (name, c["subscribers"].as_u64().expect("count"))
+        })
+        .collect()
+}
+
+/// Waits until `/api/channels` lists exactly `expected`.
+async fn channels_become(server: &TestServer, expected: &[(&str, u64)]) {
+    let expected: Vec<(String, u64)> = expected
+        .iter()
+        .map(|(name, count)| ((*name).to_owned(), *count))
+        .collect();
+    within(WAIT, "the channel list to settle", async {
+        while channels(server).await != expected {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+}
+
+async fn connected_with(server: &TestServer, token: &str) -> (WsClient, Value) {
+    let mut client = server.client(&format!("?token={token}")).await;
+    let connected = serde_json::to_value(client.connected().await).expect("JSON");
+    (client, connected)
+}
+
+#[tokio::test]
+async fn issue_15_a_token_with_a_huge_exp_is_accepted_on_connect_and_refresh_without_a_panic() {
+    let server = server("info", &[]).await;
+    let huge = hs256(json!({"sub": "alice", "exp": u64::MAX}));
+
+    let (mut by_query, connected) = connected_with(&server, &huge).await;
+    let left = connected["expires_in_ms"].as_u64().expect("an expiry");
+    assert!(
+        left > 1 << 40 && left < 1 << 53,
+        "clamped far ahead, and exact in JavaScript: {left}"
+    );
+    by_query.subscribe("room").await;
+
+    let mut by_command = server.client("").await;
+    let body = by_command.ok(json!({"op": "connect", "token": huge})).await;
+    assert_eq!(body["user"], "alice");
+
+    let short = hs256(json!({"sub": "alice", "exp": now() + 60}));
+    let (mut refreshing, _) = connected_with(&server, &short).await;
+    let body = refreshing.ok(json!({"op": "refresh", "token": huge})).await;
+    assert!(body["expires_in_ms"].as_u64().expect("an expiry") > 1 << 40);
+    refreshing.ok(json!({"op": "ping"})).await;
+    by_query.ok(json!({"op": "ping"})).await;
+    channels_become(&server, &[("room", 1)]).await;
+
+    drop((by_query, by_command, refreshing));
+    channels_become(&server, &[]).await;
+    assert!(
+        !server.logs().text().contains("panic"),
+        "{}",
+        server.logs().text()
+    );
+}
+
+#[tokio::test]
+async fn issue_15_a_panicking_session_releases_everything_and_spares_the_others() {
+    let server = server("warn", &["--max-connections-per-user", "1"]).await;
+    let victim = hs256(json!({"sub": "victim"}));
+    let (mut doomed, connected) = connected_with(&server, &victim).await;
+    let client_id = connected["client"].as_str().expect("client id").to_owned();
+    doomed.subscribe("room").await;
+    doomed.subscribe("only-the-doomed").await;
+    let (mut bystander, _) = connected_with(&server, &hs256(json!({"sub": "bystander"}))).await;
+    bystander.subscribe("room").await;
+    channels_become(&server, &[("only-the-doomed", 1), ("room", 2)]).await;
+
+    doomed.send_text(tidings::session::FAULT_PANIC).await;
+    match doomed.ended(WAIT).await {
+        Ended::Closed(Some((1011, _))) => {}
+        other => panic!("expected close 1011, got {other:?}"),
+    }
+    channels_become(&server, &[("room", 1)]).await;
+    let logs = server.logs().text();
+    let panics: Vec<&str> = logs.lines().filter(|l| l.contains("panic")).collect();
+    assert_eq!(panics.len(), 1, "logged once: {logs}");
+    assert!(panics[0].contains(&client_id), "names the client: {logs}");
+
+    // The others did not notice, and the victim's place under the per-user cap is free.
+    let (status, body) = http_request(
+        server.addr,
+        "POST",
+        "/api/publish",
+        AUTH,
+        r#"{"channel":"room","data":"still here"}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(bystander.next_pub().await.data, json!("still here"));
+    let (_again, connected) = connected_with(&server, &victim).await;
+    assert_eq!(connected["user"], "victim");
+}
+
+#[tokio::test]
+async fn issue_15_readyz_turns_503_while_redis_is_frozen_and_200_after() {
+    let redis = RedisServer::start().await;
+    let node = TestServer::start(&["--redis-url", &redis.url()]).await;
+    assert_eq!(node.get("/readyz").await.0, 200);
+
+    redis.freeze();
+    let (_, _, body) = within(Duration::from_secs(5), "readyz says 503", async {
+        loop {
+            let response = node.get("/readyz").await;
+            if response.0 == 503 {
+                return response;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(body.contains("not ready"), "{body}");
+
+    redis.thaw();
+    within(WAIT, "readyz says 200 again", async {
+        while node.get("/readyz").await.0 != 200 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn issue_15_an_api_request_whose_body_never_arrives_gets_408() {
+    let server = server("warn", &["--body-timeout", "1s"]).await;
+    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+    let head = format!(
+        "POST /api/publish HTTP/1.1\r\nHost: {}\r\nAuthorization: apikey {KEY}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"chan",
+        server.addr
+    );
+    stream.write_all(head.as_bytes()).await.expect("write");
+    let started = Instant::now();
+    let mut response = String::new();
+    within(
+        Duration::from_secs(5),
+        "the 408",
+        stream.read_to_string(&mut response),
+    )
+    .await
+    .expect("read");
+    let elapsed = started.elapsed();
+    assert!(response.starts_with("HTTP/1.1 408"), "{response}");
+    assert!(response.contains(r#""code":"body_timeout""#), "{response}");
+    assert!(elapsed >= Duration::from_millis(900), "waited {elapsed:?}");
+}
+
+#[tokio::test]
+async fn issue_15_trace_logs_never_show_a_token_or_the_api_key() {
+    let server = server("trace", &["--namespace", "vault:subscribe=token"]).await;
+    let in_query = hs256(json!({"sub": "spy", "exp": now() + 600}));
+    let in_connect = hs256(json!({"sub": "spy", "exp": now() + 601}));
+    let in_refresh = hs256(json!({"sub": "spy", "exp": now() + 602}));
+    let in_subscribe = hs256(json!({"sub": "spy", "channel": "vault:gold"}));
+
+    let (mut first, _) = connected_with(&server, &in_query).await;
+    first
+        .ok(json!({"op": "refresh", "token": in_refresh}))
+        .await;
+    first
+        .ok(json!({"op": "subscribe", "channel": "vault:gold", "token": in_subscribe}))
+        .await;
+    let mut second = server.client("").await;
+    second
+        .ok(json!({"op": "connect", "token": in_connect}))
+        .await;
+    channels(&server).await;
+    drop((first, second));
+    server.logs().wait_for("connection closed", WAIT).await;
+
+    let logs = server.logs().text();
+    assert!(logs.contains(" TRACE "), "trace lines are logged at all");
+    for secret in [&in_query, &in_connect, &in_refresh, &in_subscribe] {
+        let signature = secret.rsplit('.').next().expect("signature");
+        assert!(!logs.contains(signature), "a token reached the log");
+    }
+    assert!(!logs.contains(KEY), "the API key reached the log");
+    assert!(!logs.contains(SECRET), "the HMAC secret reached the log");
+}
+
+#[tokio::test]
+async fn issue_15_fractional_time_claims_are_accepted() {
+    let server = server("warn", &[]).await;
+    let at = now() as f64;
+    let token = hs256(json!({"sub": "u", "exp": at + 600.5, "nbf": at - 0.5, "iat": at - 0.25}));
+    let (mut client, connected) = connected_with(&server, &token).await;
+    let left = connected["expires_in_ms"].as_u64().expect("an expiry");
+    assert!((590_000..=601_000).contains(&left), "{left}");
+    let body = client
+        .ok(json!({"op": "refresh", "token": hs256(json!({"sub": "u", "exp": at + 900.75}))}))
+        .await;
+    assert!(body["expires_in_ms"].as_u64().expect("an expiry") > 890_000);
+    let soon = hs256(json!({"sub": "u", "nbf": at + 60.5}));
+    let mut early = server.client(&format!("?token={soon}")).await;
+    match early.try_recv(WAIT).await {
+        Err(Ended::Closed(Some((1008, reason)))) => assert!(reason.contains("not valid yet")),
+        other => panic!("expected 1008, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn issue_15_rust_log_sets_the_level_unless_a_flag_does() {
+    let debug = TestServer::launch(&[], &[("RUST_LOG", Some("debug"))])
+        .await
+        .expect("server starts");
+    debug.logs().wait_for("open-files limit", WAIT).await;
+
+    let flagged = TestServer::launch(&["--log", "info"], &[("RUST_LOG", Some("debug"))])
+        .await
+        .expect("server starts");
+    flagged.logs().wait_for("tidings started", WAIT).await;
+    assert!(
+        !flagged.logs().text().contains("open-files limit"),
+        "--log wins over RUST_LOG"
+    );
+}
