@@ -1,4 +1,6 @@
-//! Configuration: every flag and its `TIDINGS_*` environment twin, validated once.
+//! Configuration: every flag and its `TIDINGS_*` environment twin, validated once into plain
+//! settings ([`Config`]). A leaf: it knows no other module but the wire's [`Secret`]; `server`
+//! turns these settings into the session, broker, auth and limit configurations.
 //!
 //! Precedence: flags > environment > defaults (a config file joins later, between the
 //! environment and the defaults). Nothing else in the crate reads the environment.
@@ -9,12 +11,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::auth::{ChannelRules, NamespaceRule, SubscribeRule, TokenSettings, parse_namespace};
-use crate::broker::Retention;
-use crate::broker::redis::RedisOptions;
-use crate::limits::{ConnectionCaps, Rate};
 use crate::protocol::Secret;
-use crate::session::SessionConfig;
 
 /// Tidings: a real-time messaging server. Clients hold a WebSocket to `/ws`, subscribe to
 /// channels and receive every publication, in order, within milliseconds.
@@ -243,14 +240,18 @@ impl ServeArgs {
 pub enum ConfigError {
     #[error("--{flag} must be greater than zero")]
     Zero { flag: &'static str },
+    #[error("--{flag} must be at most 100 years")]
+    TooLong { flag: &'static str },
     #[error(
         "--max-queue-size ({queue} bytes) must be at least --max-message-size ({message}) + 1 KiB"
     )]
     QueueSmallerThanMessage { queue: usize, message: usize },
-    #[error("--{flag}: {message}")]
-    Invalid { flag: &'static str, message: String },
-    #[error("--{flag} must be at most 100 years")]
-    TooLong { flag: &'static str },
+    #[error("--{flag}: {source}")]
+    Namespace {
+        flag: &'static str,
+        #[source]
+        source: NamespaceError,
+    },
     #[error("--api-key must be at least 16 bytes long")]
     ShortApiKey,
     #[error("--namespace {0} is given twice")]
@@ -262,21 +263,218 @@ pub enum ConfigError {
     NobodyCanConnect,
 }
 
-/// Who may connect, and what they may do.
-#[derive(Clone, Debug)]
-pub struct AuthConfig {
-    pub tokens: TokenSettings,
-    pub allow_anonymous: bool,
-    pub rules: ChannelRules,
-    /// Origins allowed besides the server's own host; `*` allows any.
-    pub allowed_origins: Vec<String>,
+/// Why a namespace rule (`NAME:key=value,…`) cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NamespaceError {
+    #[error(
+        "{spec:?}: a namespace rule is NAME:key=value,… with NAME made of letters, digits, _ and -"
+    )]
+    Name { spec: String },
+    #[error("{spec:?}: {pair:?} is not key=value")]
+    Pair { spec: String, pair: String },
+    #[error("{spec:?}: {key}={value} is not {expected}")]
+    Value {
+        spec: String,
+        key: &'static str,
+        value: String,
+        expected: &'static str,
+    },
+    #[error("{spec:?}: unknown key {key:?} (subscribe, publish, history-size, history-ttl)")]
+    Key { spec: String, key: String },
 }
 
-/// The longest duration any setting accepts: 100 years.
-const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+/// How connections prove who they are: the token keys and how strictly tokens are checked.
+#[derive(Clone, Debug, Default)]
+pub struct TokenSettings {
+    pub hmac_secret: Option<Secret>,
+    pub public_keys: Vec<PathBuf>,
+    pub jwks: Option<PathBuf>,
+    /// Clock skew tolerated on `exp` and `nbf`.
+    pub leeway: Duration,
+    pub audience: Option<String>,
+    pub issuer: Option<String>,
+}
+
+impl TokenSettings {
+    pub fn has_keys(&self) -> bool {
+        self.hmac_secret.is_some() || !self.public_keys.is_empty() || self.jwks.is_some()
+    }
+}
+
+/// Who may subscribe to a namespace's channels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SubscribeRule {
+    Anyone,
+    /// Connections with a verified token.
+    Authenticated,
+    /// Connections that present a subscription token for the channel.
+    Token,
+    /// Personal channels: `<namespace>:<id>` only for the authenticated user `<id>`.
+    User,
+}
+
+/// How much history a channel keeps: at most `size` publications, dropped once the channel has
+/// been quiet for `ttl`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HistorySettings {
+    pub size: usize,
+    pub ttl: Duration,
+}
+
+/// Everything configured per namespace: who may do what, and how the channels behave.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NamespaceOptions {
+    pub subscribe: SubscribeRule,
+    /// Whether clients may publish (the server API always may).
+    pub publish: bool,
+    pub history: HistorySettings,
+}
+
+/// The namespace of personal channels unless configured otherwise.
+pub const PERSONAL_NAMESPACE: &str = "user";
+
+/// Per-namespace options, with the default for channels without a namespace or in one nobody
+/// configured. `user` is personal unless listed.
+#[derive(Clone, Debug)]
+pub struct Namespaces {
+    default: NamespaceOptions,
+    by_name: HashMap<String, NamespaceOptions>,
+}
+
+impl Namespaces {
+    pub fn new(default: NamespaceOptions, mut by_name: HashMap<String, NamespaceOptions>) -> Self {
+        by_name
+            .entry(PERSONAL_NAMESPACE.to_owned())
+            .or_insert(NamespaceOptions {
+                subscribe: SubscribeRule::User,
+                publish: false,
+                history: default.history,
+            });
+        Self { default, by_name }
+    }
+
+    /// The options of a channel in `namespace` (`None`: a channel without one).
+    pub fn get(&self, namespace: Option<&str>) -> &NamespaceOptions {
+        namespace
+            .and_then(|ns| self.by_name.get(ns))
+            .unwrap_or(&self.default)
+    }
+}
+
+impl Default for Namespaces {
+    fn default() -> Self {
+        Self::new(
+            NamespaceOptions {
+                subscribe: SubscribeRule::Anyone,
+                publish: true,
+                history: HistorySettings {
+                    size: 100,
+                    ttl: Duration::from_secs(600),
+                },
+            },
+            HashMap::new(),
+        )
+    }
+}
+
+/// Parses a namespace rule: `NAME:key=value,…` with keys `subscribe`
+/// (`anyone|authenticated|token|user`), `publish` (`true|false`), `history-size` (count) and
+/// `history-ttl` (duration). Unset keys take `base`'s values.
+pub fn parse_namespace(
+    spec: &str,
+    base: &NamespaceOptions,
+) -> Result<(String, NamespaceOptions), NamespaceError> {
+    let (name, rules) = spec.split_once(':').unwrap_or((spec, ""));
+    let valid_name = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if !valid_name {
+        return Err(NamespaceError::Name { spec: spec.into() });
+    }
+    let mut options = base.clone();
+    for pair in rules.split(',').filter(|p| !p.trim().is_empty()) {
+        let (key, value) = pair.split_once('=').ok_or_else(|| NamespaceError::Pair {
+            spec: spec.into(),
+            pair: pair.into(),
+        })?;
+        let (key, value) = (key.trim(), value.trim());
+        let bad = |key: &'static str, expected: &'static str| NamespaceError::Value {
+            spec: spec.into(),
+            key,
+            value: value.into(),
+            expected,
+        };
+        match key {
+            "subscribe" => {
+                options.subscribe = match value {
+                    "anyone" => SubscribeRule::Anyone,
+                    "authenticated" => SubscribeRule::Authenticated,
+                    "token" => SubscribeRule::Token,
+                    "user" => SubscribeRule::User,
+                    _ => return Err(bad("subscribe", "anyone, authenticated, token or user")),
+                }
+            }
+            "publish" => {
+                options.publish = value.parse().map_err(|_| bad("publish", "true or false"))?
+            }
+            "history-size" => {
+                options.history.size = value.parse().map_err(|_| bad("history-size", "a count"))?
+            }
+            "history-ttl" => {
+                options.history.ttl = humantime::parse_duration(value)
+                    .map_err(|_| bad("history-ttl", "a duration like 10m"))?
+            }
+            other => {
+                return Err(NamespaceError::Key {
+                    spec: spec.into(),
+                    key: other.into(),
+                });
+            }
+        }
+    }
+    Ok((name.to_owned(), options))
+}
+
+/// Per-connection settings.
+#[derive(Clone, Debug)]
+pub struct SessionSettings {
+    pub max_queue_size: usize,
+    pub max_subscriptions: usize,
+    pub ping_interval: Duration,
+    pub pong_timeout: Duration,
+    pub publish_rate: u32,
+    pub publish_burst: u32,
+    pub command_rate: u32,
+    pub command_burst: u32,
+    /// For the connection to authenticate, and for HTTP request headers.
+    pub handshake_timeout: Duration,
+    /// `None`: idle connections are never closed.
+    pub idle_timeout: Option<Duration>,
+}
+
+/// Where Redis is.
+#[derive(Clone, Debug)]
+pub struct RedisSettings {
+    /// `redis://host:port[/db]` or `redis+cluster://host:port[,host:port…]`.
+    pub url: String,
+    pub cluster: bool,
+    pub prefix: String,
+}
+
+/// Caps on open connections; 0 means no cap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectionCaps {
+    pub total: usize,
+    pub per_user: usize,
+    pub per_ip: usize,
+}
 
 /// Upper bound of what a `pub` push adds to the publisher's data: channel, epoch, info, keys.
 const PUSH_OVERHEAD: usize = 1024;
+
+/// The longest duration any setting accepts: 100 years.
+const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
 
 /// Validated settings of a running server.
 #[derive(Clone, Debug)]
@@ -284,14 +482,20 @@ pub struct Config {
     pub listen: String,
     pub enable_echo: bool,
     pub max_message_size: usize,
-    pub session: SessionConfig,
-    pub retention: Retention,
+    pub session: SessionSettings,
+    /// The server-wide history (each namespace's default).
+    pub history: HistorySettings,
+    /// How long a channel's position outlives its last use.
+    pub position_ttl: Duration,
     /// `None`: the in-memory broker.
-    pub redis: Option<RedisOptions>,
+    pub redis: Option<RedisSettings>,
     pub shutdown_timeout: Duration,
-    pub auth: AuthConfig,
+    pub tokens: TokenSettings,
+    pub allow_anonymous: bool,
+    pub namespaces: Namespaces,
+    /// Origins allowed besides the server's own host; `*` allows any.
+    pub allowed_origins: Vec<String>,
     pub caps: ConnectionCaps,
-    pub handshake_timeout: Duration,
     pub body_timeout: Duration,
     /// `None`: the server API is off.
     pub api_key: Option<Secret>,
@@ -301,6 +505,66 @@ pub struct Config {
 impl ServeArgs {
     /// Checks the settings against each other and builds the server's configuration.
     pub fn into_config(self) -> Result<Config, ConfigError> {
+        self.check()?;
+        let tokens = TokenSettings {
+            hmac_secret: self.token_hmac_secret,
+            public_keys: self.token_public_key,
+            jwks: self.token_jwks,
+            leeway: self.token_leeway,
+            audience: self.token_audience,
+            issuer: self.token_issuer,
+        };
+        let allow_anonymous = self.allow_anonymous.unwrap_or(!tokens.has_keys());
+        if !allow_anonymous && !tokens.has_keys() {
+            return Err(ConfigError::NobodyCanConnect);
+        }
+        let history = HistorySettings {
+            size: self.history_size,
+            ttl: self.history_ttl,
+        };
+        let namespaces = namespaces(&self.channel_rule, &self.namespaces, history)?;
+        Ok(Config {
+            listen: self.listen,
+            enable_echo: self.enable_echo,
+            max_message_size: self.max_message_size,
+            session: SessionSettings {
+                max_queue_size: self.max_queue_size,
+                max_subscriptions: self.max_subscriptions,
+                ping_interval: self.ping_interval,
+                pong_timeout: self.pong_timeout,
+                publish_rate: self.publish_rate,
+                publish_burst: self.publish_burst,
+                command_rate: self.command_rate,
+                command_burst: self.command_burst,
+                handshake_timeout: self.handshake_timeout,
+                idle_timeout: (!self.idle_timeout.is_zero()).then_some(self.idle_timeout),
+            },
+            history,
+            // A position must outlive the history it numbers.
+            position_ttl: self.position_ttl.max(self.history_ttl),
+            redis: self.redis_url.map(|url| RedisSettings {
+                url,
+                cluster: self.redis_cluster,
+                prefix: self.redis_prefix,
+            }),
+            shutdown_timeout: self.shutdown_timeout,
+            tokens,
+            allow_anonymous,
+            namespaces,
+            allowed_origins: self.allowed_origin,
+            caps: ConnectionCaps {
+                total: self.max_connections,
+                per_user: self.max_connections_per_user,
+                per_ip: self.max_connections_per_ip,
+            },
+            body_timeout: self.body_timeout,
+            api_key: self.api_key,
+            idempotency_window: self.idempotency_window,
+        })
+    }
+
+    /// The checks that need no assembly: zeros, lengths, sizes.
+    fn check(&self) -> Result<(), ConfigError> {
         let nonzero = |value: u128, flag| {
             if value == 0 {
                 Err(ConfigError::Zero { flag })
@@ -316,20 +580,13 @@ impl ServeArgs {
         if self.history_size > 0 {
             nonzero(self.history_ttl.as_millis(), "history-ttl")?;
         }
-        // The push of the largest publication (its data plus channel, epoch and info) must fit
-        // the queue, or every subscriber would be cut off by one honest publish.
-        if self.max_queue_size < self.max_message_size + PUSH_OVERHEAD {
-            return Err(ConfigError::QueueSmallerThanMessage {
-                queue: self.max_queue_size,
-                message: self.max_message_size,
-            });
-        }
         nonzero(self.publish_rate.into(), "publish-rate")?;
         nonzero(self.publish_burst.into(), "publish-burst")?;
         nonzero(self.command_rate.into(), "command-rate")?;
         nonzero(self.command_burst.into(), "command-burst")?;
         nonzero(self.handshake_timeout.as_millis(), "handshake-timeout")?;
         nonzero(self.body_timeout.as_millis(), "body-timeout")?;
+        nonzero(self.idempotency_window.as_millis(), "idempotency-window")?;
         for (value, flag) in [
             (self.ping_interval, "ping-interval"),
             (self.pong_timeout, "pong-timeout"),
@@ -347,7 +604,14 @@ impl ServeArgs {
                 return Err(ConfigError::TooLong { flag });
             }
         }
-        nonzero(self.idempotency_window.as_millis(), "idempotency-window")?;
+        // The push of the largest publication (its data plus channel, epoch and info) must fit
+        // the queue, or every subscriber would be cut off by one honest publish.
+        if self.max_queue_size < self.max_message_size + PUSH_OVERHEAD {
+            return Err(ConfigError::QueueSmallerThanMessage {
+                queue: self.max_queue_size,
+                message: self.max_message_size,
+            });
+        }
         if self
             .api_key
             .as_ref()
@@ -355,84 +619,41 @@ impl ServeArgs {
         {
             return Err(ConfigError::ShortApiKey);
         }
-        let tokens = TokenSettings {
-            hmac_secret: self.token_hmac_secret,
-            public_keys: self.token_public_key,
-            jwks: self.token_jwks,
-            leeway: self.token_leeway,
-            audience: self.token_audience,
-            issuer: self.token_issuer,
-        };
-        let allow_anonymous = self.allow_anonymous.unwrap_or(!tokens.has_keys());
-        if !allow_anonymous && !tokens.has_keys() {
-            return Err(ConfigError::NobodyCanConnect);
-        }
-        let open = NamespaceRule {
-            subscribe: SubscribeRule::Anyone,
-            publish: true,
-            history: None,
-        };
-        let (_, default_rule) = parse_namespace(&format!("default:{}", self.channel_rule), &open)
-            .map_err(|message| ConfigError::Invalid {
-            flag: "channel-rule",
-            message,
-        })?;
-        let mut namespaces = HashMap::new();
-        for spec in &self.namespaces {
-            let (name, rule) =
-                parse_namespace(spec, &default_rule).map_err(|message| ConfigError::Invalid {
-                    flag: "namespace",
-                    message,
-                })?;
-            if namespaces.insert(name.clone(), rule).is_some() {
-                return Err(ConfigError::DuplicateNamespace(name));
-            }
-        }
-        Ok(Config {
-            listen: self.listen,
-            enable_echo: self.enable_echo,
-            max_message_size: self.max_message_size,
-            session: SessionConfig {
-                max_queue_size: self.max_queue_size,
-                max_subscriptions: self.max_subscriptions,
-                ping_interval: self.ping_interval,
-                pong_timeout: self.pong_timeout,
-                write_timeout: self.pong_timeout,
-                close_timeout: Duration::from_secs(2).min(self.shutdown_timeout),
-                publish_rate: Rate::new(self.publish_rate, self.publish_burst),
-                command_rate: Rate::new(self.command_rate, self.command_burst),
-                handshake_timeout: self.handshake_timeout,
-                idle_timeout: (!self.idle_timeout.is_zero()).then_some(self.idle_timeout),
-            },
-            retention: Retention {
-                history_size: self.history_size,
-                history_ttl: self.history_ttl,
-                // A position must outlive the history it numbers.
-                position_ttl: self.position_ttl.max(self.history_ttl),
-            },
-            redis: self.redis_url.map(|url| RedisOptions {
-                url,
-                cluster: self.redis_cluster,
-                prefix: self.redis_prefix,
-            }),
-            shutdown_timeout: self.shutdown_timeout,
-            auth: AuthConfig {
-                tokens,
-                allow_anonymous,
-                rules: ChannelRules::new(default_rule, namespaces),
-                allowed_origins: self.allowed_origin,
-            },
-            caps: ConnectionCaps {
-                total: self.max_connections,
-                per_user: self.max_connections_per_user,
-                per_ip: self.max_connections_per_ip,
-            },
-            handshake_timeout: self.handshake_timeout,
-            body_timeout: self.body_timeout,
-            api_key: self.api_key,
-            idempotency_window: self.idempotency_window,
-        })
+        Ok(())
     }
+}
+
+/// The default rule (`--channel-rule`, over the server-wide history) and every `--namespace`
+/// (over the default rule).
+fn namespaces(
+    channel_rule: &str,
+    specs: &[String],
+    history: HistorySettings,
+) -> Result<Namespaces, ConfigError> {
+    let open = NamespaceOptions {
+        subscribe: SubscribeRule::Anyone,
+        publish: true,
+        history,
+    };
+    let (_, default) =
+        parse_namespace(&format!("default:{channel_rule}"), &open).map_err(|source| {
+            ConfigError::Namespace {
+                flag: "channel-rule",
+                source,
+            }
+        })?;
+    let mut by_name = HashMap::new();
+    for spec in specs {
+        let (name, options) =
+            parse_namespace(spec, &default).map_err(|source| ConfigError::Namespace {
+                flag: "namespace",
+                source,
+            })?;
+        if by_name.insert(name.clone(), options).is_some() {
+            return Err(ConfigError::DuplicateNamespace(name));
+        }
+    }
+    Ok(Namespaces::new(default, by_name))
 }
 
 /// Parses `65536`, `64KiB`, `64kb`, `1MiB`, `2mb` (binary units either way).
@@ -497,5 +718,59 @@ mod tests {
         ])
         .unwrap();
         assert!(cli.into_serve_args().into_config().is_err());
+    }
+
+    #[test]
+    fn namespace_specs_parse_over_their_base() {
+        let base = Namespaces::default().get(None).clone();
+        let (name, options) = parse_namespace(
+            "news:subscribe=authenticated,publish=false,history-size=5",
+            &base,
+        )
+        .unwrap();
+        assert_eq!(name, "news");
+        assert_eq!(options.subscribe, SubscribeRule::Authenticated);
+        assert!(!options.publish);
+        assert_eq!(options.history.size, 5);
+        assert_eq!(options.history.ttl, base.history.ttl, "inherited");
+        assert!(matches!(
+            parse_namespace("news:subscribe=nobody", &base),
+            Err(NamespaceError::Value {
+                key: "subscribe",
+                ..
+            })
+        ));
+        assert!(matches!(
+            parse_namespace("bad name:publish=true", &base),
+            Err(NamespaceError::Name { .. })
+        ));
+        assert!(matches!(
+            parse_namespace("news:colour=blue", &base),
+            Err(NamespaceError::Key { .. })
+        ));
+    }
+
+    #[test]
+    fn namespaces_inherit_the_server_wide_history_and_user_is_personal() {
+        let cli = Cli::try_parse_from([
+            "tidings",
+            "--history-size",
+            "7",
+            "--namespace",
+            "news:history-ttl=1m",
+        ])
+        .unwrap();
+        let config = cli.into_serve_args().into_config().unwrap();
+        let news = config.namespaces.get(Some("news"));
+        assert_eq!(
+            news.history,
+            HistorySettings {
+                size: 7,
+                ttl: Duration::from_secs(60)
+            }
+        );
+        assert_eq!(config.namespaces.get(Some("other")).history.size, 7);
+        let user = config.namespaces.get(Some(PERSONAL_NAMESPACE));
+        assert_eq!((user.subscribe, user.publish), (SubscribeRule::User, false));
     }
 }

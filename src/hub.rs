@@ -5,22 +5,18 @@
 //! subscribers; every subscriber's outbox receives a clone of the same shared bytes. Pushing
 //! into an outbox never blocks (a full one closes its own connection), so a slow client cannot
 //! delay the others. The map is sharded by channel so that publishes to different channels do
-//! not contend; each shard is a std `Mutex` held for short, non-async sections only.
-//!
-//! The hub also knows which local connections belong to which authenticated user, so that a
-//! server command (disconnect, subscribe, unsubscribe a user) reaches them on every node.
+//! not contend; each shard is a std `Mutex` held for short, non-async sections only, and the
+//! encoding happens outside it.
 //!
 //! The hub never calls the broker: the node decides when a channel's first subscriber needs a
 //! broker subscription.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use crate::broker::{Control, Deliver};
-use crate::outbox::{Closing, Outbox};
-use crate::protocol::{ChannelName, Publication, StreamPosition, encode_publication};
-use crate::transport::Frame;
+use crate::outbox::{Frame, Outbox};
+use crate::protocol::{ChannelName, Publication, Push, StreamPosition, encode};
 
 const SHARDS: usize = 64;
 
@@ -28,19 +24,13 @@ const SHARDS: usize = 64;
 pub type SubscriberId = u64;
 
 /// One shard: channel → its local subscribers.
-type Shard = HashMap<ChannelName, Vec<(SubscriberId, Outbox)>>;
-
-/// Authenticated user → their connections on this node.
-type Users = HashMap<Arc<str>, Vec<(SubscriberId, Outbox)>>;
+type Shard = HashMap<ChannelName, Vec<Outbox>>;
 
 /// Local channel → subscribers map with encode-once fan-out.
 #[derive(Debug)]
 pub struct Hub {
     shards: Box<[Mutex<Shard>]>,
     hasher: std::collections::hash_map::RandomState,
-    /// Authenticated user → their connections on this node. Touched on connect and close
-    /// only, never on the publish path, so one lock serves.
-    users: Mutex<Users>,
 }
 
 impl Default for Hub {
@@ -54,7 +44,6 @@ impl Hub {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: Default::default(),
-            users: Mutex::new(HashMap::new()),
         }
     }
 
@@ -66,21 +55,21 @@ impl Hub {
     }
 
     /// Adds a subscriber; returns true if it is the channel's first on this node.
-    pub fn add(&self, channel: &ChannelName, id: SubscriberId, outbox: Outbox) -> bool {
+    pub fn add(&self, channel: &ChannelName, outbox: Outbox) -> bool {
         let mut shard = self.shard(channel);
         let subscribers = shard.entry(channel.clone()).or_default();
-        subscribers.push((id, outbox));
+        subscribers.push(outbox);
         subscribers.len() == 1
     }
 
-    /// Removes a subscriber; returns true if the channel has no local subscribers left.
+    /// Removes a subscriber; returns true if it was the channel's last one on this node.
     pub fn remove(&self, channel: &ChannelName, id: SubscriberId) -> bool {
         let mut shard = self.shard(channel);
         let Some(subscribers) = shard.get_mut(channel) else {
             return false;
         };
         let before = subscribers.len();
-        subscribers.retain(|(sub, _)| *sub != id);
+        subscribers.retain(|outbox| outbox.id() != id);
         let removed = subscribers.len() < before;
         if subscribers.is_empty() {
             shard.remove(channel);
@@ -89,49 +78,9 @@ impl Hub {
     }
 
     /// How many local connections subscribe to `channel`.
+    #[cfg(test)]
     pub fn subscriber_count(&self, channel: &ChannelName) -> usize {
         self.shard(channel).get(channel).map_or(0, Vec::len)
-    }
-
-    fn users(&self) -> MutexGuard<'_, Users> {
-        self.users.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Records a connection of an authenticated user.
-    pub fn add_user(&self, user: &Arc<str>, id: SubscriberId, outbox: Outbox) {
-        self.users()
-            .entry(user.clone())
-            .or_default()
-            .push((id, outbox));
-    }
-
-    /// Forgets a connection of `user`.
-    pub fn remove_user(&self, user: &str, id: SubscriberId) {
-        let mut users = self.users();
-        if let Some(connections) = users.get_mut(user) {
-            connections.retain(|(connection, _)| *connection != id);
-            if connections.is_empty() {
-                users.remove(user);
-            }
-        }
-    }
-
-    /// Applies a server command to the local connections of its user.
-    pub fn control(&self, command: &Control) {
-        let targets: Vec<Outbox> = self
-            .users()
-            .get(command.user())
-            .map(|connections| connections.iter().map(|(_, o)| o.clone()).collect())
-            .unwrap_or_default();
-        for outbox in targets {
-            match command {
-                Control::Disconnect { code, reason, .. } => outbox.close(Closing::Send {
-                    code: *code,
-                    reason: reason.clone().into(),
-                }),
-                other => outbox.command(other.clone()),
-            }
-        }
     }
 
     /// Every channel with local subscribers, and how many.
@@ -150,45 +99,26 @@ impl Hub {
 
     /// Fans a publication out to the channel's local subscribers.
     pub fn broadcast(&self, publication: &Publication) {
-        let shard = self.shard(&publication.channel);
-        let Some(subscribers) = shard.get(&publication.channel) else {
+        let channel = &publication.channel;
+        if !self.shard(channel).contains_key(channel) {
             return;
-        };
-        let frame = Frame::from(encode_publication(publication));
-        for (_, outbox) in subscribers {
-            outbox.push_publication(
-                &publication.channel,
-                publication.offset,
-                &publication.epoch,
-                &frame,
-            );
+        }
+        // Encoded between two short holds of the lock rather than under it: subscribers that
+        // come or go meanwhile get or miss it exactly as if it had arrived a moment later or
+        // earlier, which their outbox's offset check already allows for.
+        let frame = Frame::from(encode(&Push::Pub(publication.clone())));
+        let shard = self.shard(channel);
+        for outbox in shard.get(channel).into_iter().flatten() {
+            outbox.push_publication(channel, publication.offset, &publication.epoch, &frame);
         }
     }
 
     /// Has every local subscriber of `channel` compare its delivery with `position`.
     pub fn reconcile(&self, channel: &ChannelName, position: &StreamPosition) {
         let shard = self.shard(channel);
-        for (_, outbox) in shard.get(channel).into_iter().flatten() {
+        for outbox in shard.get(channel).into_iter().flatten() {
             outbox.check_position(channel, position);
         }
-    }
-}
-
-impl Deliver for Hub {
-    fn deliver(&self, publication: &Publication) {
-        self.broadcast(publication);
-    }
-
-    fn reconcile(&self, channel: &ChannelName, position: &StreamPosition) {
-        Hub::reconcile(self, channel, position);
-    }
-
-    fn control(&self, command: &Control) {
-        Hub::control(self, command);
-    }
-
-    fn local_channels(&self) -> Vec<(ChannelName, usize)> {
-        Hub::local_channels(self)
     }
 }
 
@@ -203,18 +133,22 @@ mod tests {
     fn first_and_last_subscribers_are_reported() {
         let hub = Hub::new();
         let ch = ChannelName::parse("c").unwrap();
-        assert!(hub.add(&ch, 1, Outbox::new(1024)));
-        assert!(!hub.add(&ch, 2, Outbox::new(1024)));
+        let (first, second) = (Outbox::new(1024), Outbox::new(1024));
+        assert!(hub.add(&ch, first.clone()));
+        assert!(!hub.add(&ch, second.clone()));
         assert_eq!(hub.subscriber_count(&ch), 2);
-        assert!(!hub.remove(&ch, 1));
-        assert!(!hub.remove(&ch, 1), "removing twice is not a last removal");
-        assert!(hub.remove(&ch, 2));
+        assert!(!hub.remove(&ch, first.id()));
+        assert!(
+            !hub.remove(&ch, first.id()),
+            "removing twice is not a last removal"
+        );
+        assert!(hub.remove(&ch, second.id()));
         assert_eq!(hub.subscriber_count(&ch), 0);
     }
 
     fn live_outboxes(hub: &Hub, ch: &ChannelName, n: usize) -> Vec<Outbox> {
         (0..n)
-            .map(|i| {
+            .map(|_| {
                 let outbox = Outbox::new(1 << 16);
                 outbox.begin_subscription(ch);
                 outbox.complete_subscription(
@@ -225,7 +159,7 @@ mod tests {
                         epoch: "e".into(),
                     },
                 );
-                hub.add(ch, i as u64, outbox.clone());
+                hub.add(ch, outbox.clone());
                 outbox
             })
             .collect()
@@ -283,7 +217,7 @@ mod tests {
         let hub = Hub::new();
         let ch = ChannelName::parse("c").unwrap();
         let outboxes: Vec<Outbox> = (0..3).map(|_| Outbox::new(1 << 16)).collect();
-        for (i, outbox) in outboxes.iter().enumerate() {
+        for outbox in &outboxes {
             outbox.begin_subscription(&ch);
             outbox.complete_subscription(
                 &ch,
@@ -293,7 +227,7 @@ mod tests {
                     epoch: "e".into(),
                 },
             );
-            hub.add(&ch, i as u64, outbox.clone());
+            hub.add(&ch, outbox.clone());
         }
         hub.broadcast(&Publication {
             channel: ch.clone(),

@@ -1,32 +1,45 @@
 //! Tidings: a real-time messaging server.
 //!
 //! # Layout
-//! Each module uses only the ones listed after it.
+//! Each module uses only the ones listed after it (a test in `tests/it/architecture.rs` keeps
+//! the rules that matter most: sessions and the HTTP API never reach past the node, and only
+//! `server` names a concrete broker).
 //!
-//! - [`server`]: wiring and lifecycle — builds everything, serves, shuts down in order.
-//! - [`config`]: every flag and environment variable, validated once.
-//! - [`api`]: HTTP routes and WebSocket endpoints; translates to calls on the node.
-//! - [`session`]: one connection — reader, writer, identity, subscriptions, heartbeats.
-//! - [`node`]: this process's handle on the system: hub + broker kept in step.
-//! - [`auth`]: tokens → identities; who may subscribe and publish where.
-//! - [`limits`]: per-connection rate limits and connection caps.
-//! - [`hub`]: local channel → subscribers; fan-out of frames encoded once.
-//! - [`metrics`]: the counters the server keeps.
-//! - [`outbox`]: one connection's bounded outgoing queue; slow-consumer detection.
+//! - [`server`]: wiring and lifecycle — builds everything from the settings, serves, shuts
+//!   down in order; the only module that names concrete brokers.
+//! - `api`: HTTP routes; translates requests into calls on the node.
+//! - `transport`: the ways a client reaches a session (WebSocket).
+//! - `session`: one connection, whatever carries it — identity, commands, subscriptions,
+//!   heartbeats, limits, its outbox.
+//! - `node`: this process's handle on the system: hub, broker and namespace options kept in
+//!   step; users' connections; what a failure tells a client.
+//! - `hub`: local channel → subscribers; fan-out of frames encoded once.
+//! - `outbox`: one connection's bounded outgoing queue and its subscriptions' delivery state.
+//! - `limits`: per-connection rate limits and connection caps.
 //! - [`broker`]: offsets, history and delivery between nodes (memory, Redis, Redis Cluster).
-//! - [`transport`]: the WebSocket library behind a small seam.
-//! - [`protocol`]: the wire format, pure data.
+//! - [`auth`]: tokens → identities; who may subscribe and publish where.
+//! - [`config`]: every flag and environment variable, validated once into plain settings.
+//! - `metrics`: the counters the server keeps.
+//! - [`protocol`]: the wire format, pure data; shared with the tests and the benchmark.
+//!
+//! # Lock order
+//! Locks are std mutexes held for short sections without `.await`, except the node's
+//! per-channel subscribe locks (tokio, held across the broker calls of one subscribe or
+//! unsubscribe). When several are held they are taken in this order, never the reverse:
+//! node channel lock → memory broker stream lock → hub shard → outbox state. The node's user
+//! registry, a mailbox, the admission counters and the Redis broker's channel set are each
+//! taken alone.
 
-pub mod api;
+pub(crate) mod api;
 pub mod auth;
 pub mod broker;
 pub mod config;
-pub mod hub;
-pub mod limits;
-pub mod metrics;
-pub mod node;
-pub mod outbox;
+pub(crate) mod hub;
+pub(crate) mod limits;
+pub(crate) mod metrics;
+pub(crate) mod node;
+pub(crate) mod outbox;
 pub mod protocol;
 pub mod server;
-pub mod session;
-pub mod transport;
+pub(crate) mod session;
+pub(crate) mod transport;

@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::time::Instant;
 
+use crate::config::ConnectionCaps;
 use crate::protocol::CloseCode;
 
 /// A sustained rate with a burst allowance.
@@ -123,14 +124,6 @@ impl Limiter {
     }
 }
 
-/// Caps on open connections; 0 means no cap.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ConnectionCaps {
-    pub total: usize,
-    pub per_user: usize,
-    pub per_ip: usize,
-}
-
 /// Why a connection is refused, with the close code that says so.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Refused {
@@ -143,10 +136,10 @@ pub enum Refused {
 }
 
 impl Refused {
-    pub fn close_code(self) -> u16 {
+    pub fn close_code(self) -> CloseCode {
         match self {
-            Self::Total => CloseCode::TRY_AGAIN_LATER,
-            Self::Ip | Self::User => CloseCode::POLICY_VIOLATION,
+            Self::Total => CloseCode::TryAgainLater,
+            Self::Ip | Self::User => CloseCode::PolicyViolation,
         }
     }
 }
@@ -191,6 +184,7 @@ impl Admission {
     }
 
     /// Connections open now.
+    #[cfg(test)]
     pub fn open(&self) -> usize {
         self.total.load(Ordering::Acquire)
     }

@@ -1,24 +1,46 @@
-//! Node: this process's handle on the system — the hub of local subscribers and the broker.
+//! Node: this process's handle on the system — the hub of local subscribers, the broker, the
+//! per-namespace options, and the registry of which local connections belong to which user.
 //!
-//! Sessions and the HTTP API call only the node. It keeps the two in step: the first local
-//! subscriber of a channel subscribes the node at the broker (undone if that fails), the last
-//! one to leave unsubscribes it. Both happen under a per-channel async lock, so a second
-//! subscriber never gets its reply before the node's broker subscription is in place.
+//! Sessions and the HTTP API call only the node. It keeps the hub and the broker in step: the
+//! first local subscriber of a channel subscribes the node at the broker (undone if that
+//! fails), the last one to leave unsubscribes it. Both happen under a per-channel async lock,
+//! so a second subscriber never gets its reply before the node's broker subscription is in
+//! place. Whether a connection is subscribed to a channel is its [`Outbox`]'s to say (that is
+//! where its deliveries are filtered); the hub is only the index for fan-out.
+//!
+//! ## Server commands
+//! Subscribing, unsubscribing and disconnecting a user (from the server API) must reach the
+//! user's connections on every node: the node encodes a [`Control`] message, the broker carries
+//! it as opaque bytes to every node, and each node hands it to the [`Mailbox`] of each of its
+//! connections of that user.
+//!
+//! ## Failures
+//! A [`NodeError`] is what a failed operation tells whoever asked: [`NodeError::code`] is the
+//! one mapping from a broker failure to the protocol's error code (and so to the server API's
+//! HTTP status), and [`NodeError::client_message`] the documented text a client sees. The
+//! backend's own error text stays in the log.
 
+use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex as StdMutex, PoisonError};
+use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, Notify};
+use tokio_util::sync::CancellationToken;
 
 use crate::auth::ChannelRules;
 use crate::broker::{
-    Broker, BrokerError, Control, History, HistoryQuery, HistoryRetention, Idempotency,
-    PublishOptions,
+    ANNOUNCE_PERIOD, Broker, BrokerError, Deliver, History, HistoryQuery, HistoryRetention,
+    Idempotency, PublishOptions,
 };
+use crate::config::Namespaces;
 use crate::hub::{Hub, SubscriberId};
 use crate::outbox::Outbox;
-use crate::protocol::{ChannelName, ClientInfo, Publication, StreamPosition};
+use crate::protocol::{
+    ChannelName, ClientInfo, CloseCode, ErrorCode, IdempotencyKey, Publication, StreamPosition,
+};
 
 const CHANNEL_LOCKS: usize = 256;
 
@@ -28,17 +50,133 @@ pub struct Node(Arc<Inner>);
 
 #[derive(Debug)]
 struct Inner {
-    hub: Arc<Hub>,
+    local: Arc<Local>,
     broker: Arc<dyn Broker>,
     /// Serialises subscribe/unsubscribe per channel (sharded: channels may share a lock).
     channel_locks: Box<[Mutex<()>]>,
     hasher: std::collections::hash_map::RandomState,
-    /// Per-namespace history settings, where they differ from `history`.
-    rules: Arc<ChannelRules>,
-    /// The server-wide history setting.
-    history: HistoryRetention,
+    namespaces: Arc<Namespaces>,
+    rules: ChannelRules,
     /// How long an idempotency key is remembered.
-    idempotency_window: std::time::Duration,
+    idempotency_window: Duration,
+}
+
+/// What this node holds of its own connections, and where the broker hands things down.
+#[derive(Debug, Default)]
+pub struct Local {
+    hub: Hub,
+    /// Authenticated user → mailboxes of their connections here. Touched on connect, close and
+    /// server commands only, never on the publish path, so one std lock serves.
+    users: StdMutex<Users>,
+}
+
+/// Authenticated user → their connections on this node, each with its mailbox.
+type Users = HashMap<Arc<str>, Vec<(SubscriberId, Arc<Mailbox>)>>;
+
+impl Local {
+    fn users(&self) -> std::sync::MutexGuard<'_, Users> {
+        self.users.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Deliver for Local {
+    fn deliver(&self, publication: &Publication) {
+        self.hub.broadcast(publication);
+    }
+
+    fn reconcile(&self, channel: &ChannelName, position: &StreamPosition) {
+        self.hub.reconcile(channel, position);
+    }
+
+    fn control(&self, message: &[u8]) {
+        let Ok(control) = serde_json::from_slice::<Control>(message) else {
+            tracing::warn!("undecodable server command from the broker");
+            return;
+        };
+        let (user, command) = control.split();
+        let users = self.users();
+        for (_, mailbox) in users.get(user.as_str()).into_iter().flatten() {
+            mailbox.send(command.clone());
+        }
+    }
+}
+
+/// A server command for every connection of one user, as it travels between nodes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+enum Control {
+    Disconnect {
+        user: String,
+        code: CloseCode,
+        reason: String,
+    },
+    Subscribe {
+        user: String,
+        channel: ChannelName,
+    },
+    Unsubscribe {
+        user: String,
+        channel: ChannelName,
+    },
+}
+
+impl Control {
+    fn split(self) -> (String, UserCommand) {
+        match self {
+            Self::Disconnect { user, code, reason } => {
+                (user, UserCommand::Disconnect { code, reason })
+            }
+            Self::Subscribe { user, channel } => (user, UserCommand::Subscribe(channel)),
+            Self::Unsubscribe { user, channel } => (user, UserCommand::Unsubscribe(channel)),
+        }
+    }
+}
+
+/// What the server API asks of one connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UserCommand {
+    /// Subscribe regardless of the channel's rules, telling the client with a push.
+    Subscribe(ChannelName),
+    /// Unsubscribe, telling the client with a push.
+    Unsubscribe(ChannelName),
+    Disconnect {
+        code: CloseCode,
+        reason: String,
+    },
+}
+
+/// One connection's queue of server commands. Nothing is allocated until a command arrives:
+/// every authenticated connection has one, and most never receive anything.
+#[derive(Debug, Default)]
+pub struct Mailbox {
+    commands: StdMutex<VecDeque<UserCommand>>,
+    /// `notify_one` keeps a permit, so a command sent between two `recv`s is never missed.
+    ready: Notify,
+}
+
+impl Mailbox {
+    fn send(&self, command: UserCommand) {
+        self.commands
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push_back(command);
+        self.ready.notify_one();
+    }
+
+    /// The next command, in the order they were sent.
+    pub async fn recv(&self) -> UserCommand {
+        loop {
+            let next = self
+                .commands
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .pop_front();
+            if let Some(command) = next {
+                return command;
+            }
+            self.ready.notified().await;
+        }
+    }
 }
 
 /// A local subscription in place: where the channel stands, and what recovery found.
@@ -54,46 +192,96 @@ pub struct Subscribed {
 pub enum Recovery {
     /// Every publication after the position, in offset order (possibly none).
     Recovered(Vec<Publication>),
-    /// Not all of them can be had; the reason is meant for people.
-    Unrecoverable(String),
+    /// Not all of them can be had.
+    Unrecoverable(ContinuityError),
 }
 
-/// Why a history read cannot be served.
+/// Why the publications after a position cannot all be had.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ContinuityError {
+    #[error("the channel's history was lost: epoch {was:?} is now {now:?}")]
+    EpochChanged { was: Arc<str>, now: Arc<str> },
+    #[error("offset {offset} is ahead of the channel, which is at {at}")]
+    Ahead { offset: u64, at: u64 },
+    #[error("the history no longer reaches back to offset {0}")]
+    TooOld(u64),
+    #[error("{missed} publications were missed; only {kept} can be recovered")]
+    Incomplete { missed: u64, kept: usize },
+}
+
+/// Why a node operation failed.
 #[derive(Debug, thiserror::Error)]
-pub enum HistoryError {
+pub enum NodeError {
     #[error(transparent)]
     Broker(#[from] BrokerError),
-    #[error("{0}")]
-    Unrecoverable(String),
+    #[error(transparent)]
+    Unrecoverable(#[from] ContinuityError),
+}
+
+impl NodeError {
+    /// The protocol's error code for this failure; the server API's HTTP status follows from
+    /// it ([`ErrorCode::http_status`]).
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::Broker(BrokerError::Unavailable { .. } | BrokerError::Indeterminate { .. }) => {
+                ErrorCode::Unavailable
+            }
+            Self::Broker(BrokerError::Internal { .. }) => ErrorCode::Internal,
+            Self::Unrecoverable(_) => ErrorCode::UnrecoverablePosition,
+        }
+    }
+
+    /// What a client is told: documented texts, never the backend's own error.
+    pub fn client_message(&self) -> String {
+        match self {
+            Self::Broker(BrokerError::Unavailable { .. }) => {
+                "the broker cannot take requests now; retry later".into()
+            }
+            Self::Broker(BrokerError::Indeterminate { .. }) => {
+                "the broker did not answer in time: the publication may or may not have been \
+                 stored; retry with the same idempotency_key to be sure"
+                    .into()
+            }
+            Self::Broker(BrokerError::Internal { .. }) => "internal error".into(),
+            Self::Unrecoverable(err) => err.to_string(),
+        }
+    }
 }
 
 impl Node {
     pub fn new(
-        hub: Arc<Hub>,
+        local: Arc<Local>,
         broker: Arc<dyn Broker>,
-        rules: Arc<ChannelRules>,
-        history: HistoryRetention,
-        idempotency_window: std::time::Duration,
+        namespaces: Arc<Namespaces>,
+        idempotency_window: Duration,
     ) -> Self {
         Self(Arc::new(Inner {
-            hub,
+            local,
             broker,
             channel_locks: (0..CHANNEL_LOCKS).map(|_| Mutex::new(())).collect(),
             hasher: Default::default(),
-            rules,
-            history,
+            rules: ChannelRules::new(namespaces.clone()),
+            namespaces,
             idempotency_window,
         }))
     }
 
-    /// The channel rules this node applies.
+    /// Who may subscribe and publish where.
     pub fn rules(&self) -> &ChannelRules {
         &self.0.rules
     }
 
-    /// How much history `channel` keeps: its namespace's setting, else the server's.
+    fn hub(&self) -> &Hub {
+        &self.0.local.hub
+    }
+
+    /// How much history `channel` keeps: its namespace's setting.
     fn history_of(&self, channel: &ChannelName) -> HistoryRetention {
-        self.0.rules.rule(channel).history.unwrap_or(self.0.history)
+        let history = self.0.namespaces.get(channel.namespace()).history;
+        HistoryRetention {
+            size: history.size,
+            ttl: history.ttl,
+        }
     }
 
     fn channel_lock(&self, channel: &ChannelName) -> &Mutex<()> {
@@ -101,56 +289,60 @@ impl Node {
         &self.0.channel_locks[index]
     }
 
-    /// Registers a local subscriber and returns the channel's current position, with `since`
-    /// also the publications after it. Publications reach `outbox` from the moment of
-    /// registration — before the position is read, so none can fall between the two; the
-    /// outbox holds them back until the caller completes the subscription, then delivers only
-    /// those past the position.
+    /// Subscribes a connection and returns the channel's current position, with `since` also
+    /// the publications after it. The subscription is pending in `outbox` from before the hub
+    /// knows it, so publications that race the read are held, not lost; the caller completes
+    /// it ([`Outbox::complete_subscription`]) with its reply. On failure nothing is left.
     pub async fn subscribe(
         &self,
         channel: &ChannelName,
-        id: SubscriberId,
         outbox: &Outbox,
         since: Option<&StreamPosition>,
-    ) -> Result<Subscribed, BrokerError> {
+    ) -> Result<Subscribed, NodeError> {
         let _guard = self.channel_lock(channel).lock().await;
-        if self.0.hub.add(channel, id, outbox.clone()) {
+        outbox.begin_subscription(channel);
+        if self.hub().add(channel, outbox.clone()) {
             if let Err(err) = self.0.broker.subscribe(channel).await {
-                self.0.hub.remove(channel, id);
-                return Err(err);
+                self.hub().remove(channel, outbox.id());
+                outbox.end_subscription(channel);
+                return Err(err.into());
             }
         }
-        let read = match since {
-            None => self
-                .0
-                .broker
-                .position(channel)
-                .await
-                .map(|position| Subscribed {
-                    position,
-                    recovery: None,
-                }),
-            Some(since) => {
-                let query = HistoryQuery {
-                    since: Some(since.offset),
-                    limit: self.history_of(channel).size,
-                };
-                self.0.broker.history(channel, query).await.map(|history| {
-                    let recovery = match continuity(since, &history, true) {
-                        Ok(()) => Recovery::Recovered(history.publications),
-                        Err(reason) => Recovery::Unrecoverable(reason),
-                    };
-                    Subscribed {
-                        position: history.position,
-                        recovery: Some(recovery),
-                    }
-                })
+        let read = self.read_position(channel, since).await;
+        if read.is_err() {
+            outbox.end_subscription(channel);
+            if self.hub().remove(channel, outbox.id()) {
+                let _ = self.0.broker.unsubscribe(channel).await;
             }
-        };
-        if read.is_err() && self.0.hub.remove(channel, id) {
-            let _ = self.0.broker.unsubscribe(channel).await;
         }
         read
+    }
+
+    async fn read_position(
+        &self,
+        channel: &ChannelName,
+        since: Option<&StreamPosition>,
+    ) -> Result<Subscribed, NodeError> {
+        let Some(since) = since else {
+            let position = self.0.broker.position(channel).await?;
+            return Ok(Subscribed {
+                position,
+                recovery: None,
+            });
+        };
+        let query = HistoryQuery {
+            since: Some(since.offset),
+            limit: self.history_of(channel).size,
+        };
+        let history = self.0.broker.history(channel, query).await?;
+        let recovery = match continuity(since, &history, true) {
+            Ok(()) => Recovery::Recovered(history.publications),
+            Err(reason) => Recovery::Unrecoverable(reason),
+        };
+        Ok(Subscribed {
+            position: history.position,
+            recovery: Some(recovery),
+        })
     }
 
     /// Reads a channel's history: after `since` (which must be in this epoch and still within
@@ -160,7 +352,7 @@ impl Node {
         channel: &ChannelName,
         since: Option<&StreamPosition>,
         limit: Option<usize>,
-    ) -> Result<History, HistoryError> {
+    ) -> Result<History, NodeError> {
         let limit = limit
             .unwrap_or(usize::MAX)
             .min(self.history_of(channel).size);
@@ -170,20 +362,45 @@ impl Node {
         };
         let history = self.0.broker.history(channel, query).await?;
         if let Some(since) = since {
-            continuity(since, &history, false).map_err(HistoryError::Unrecoverable)?;
+            continuity(since, &history, false)?;
         }
         Ok(history)
     }
 
-    /// Removes a local subscriber; the last one out unsubscribes the node at the broker.
-    pub async fn unsubscribe(&self, channel: &ChannelName, id: SubscriberId) {
+    /// Unsubscribes a connection: its outbox drops what is in flight for the channel, the hub
+    /// forgets it, and the last one out unsubscribes the node at the broker. False when the
+    /// connection was not subscribed.
+    pub async fn unsubscribe(&self, channel: &ChannelName, outbox: &Outbox) -> bool {
+        if !outbox.end_subscription(channel) {
+            return false;
+        }
         let _guard = self.channel_lock(channel).lock().await;
-        if self.0.hub.remove(channel, id) {
+        if self.hub().remove(channel, outbox.id()) {
             if let Err(err) = self.0.broker.unsubscribe(channel).await {
                 // The broker may keep sending this channel; the hub drops it, so only
                 // bandwidth is wasted.
                 tracing::warn!(%channel, %err, "broker unsubscribe failed");
             }
+        }
+        true
+    }
+
+    /// Unsubscribes a connection from everything it holds.
+    pub async fn leave_all(&self, outbox: &Outbox) {
+        for channel in outbox.channels() {
+            self.unsubscribe(&channel, outbox).await;
+        }
+    }
+
+    /// [`Self::leave_all`] for code that cannot wait (a `Drop`): a task does it.
+    pub fn leave_all_later(&self, outbox: &Outbox) {
+        if outbox.channels().is_empty() {
+            return;
+        }
+        // Without a runtime the process is exiting, and nobody is left to tell.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let (node, outbox) = (self.clone(), outbox.clone());
+            runtime.spawn(async move { node.leave_all(&outbox).await });
         }
     }
 
@@ -195,8 +412,8 @@ impl Node {
         channel: &ChannelName,
         data: Arc<RawValue>,
         info: ClientInfo,
-        idempotency_key: Option<String>,
-    ) -> Result<StreamPosition, BrokerError> {
+        idempotency_key: Option<IdempotencyKey>,
+    ) -> Result<StreamPosition, NodeError> {
         let options = PublishOptions {
             history: Some(self.history_of(channel)),
             idempotency: idempotency_key.map(|key| Idempotency {
@@ -204,78 +421,137 @@ impl Node {
                 window: self.0.idempotency_window,
             }),
         };
-        self.0.broker.publish(channel, data, info, &options).await
+        Ok(self.0.broker.publish(channel, data, info, &options).await?)
     }
 
-    /// Tells every local subscriber of `channel` where the broker says it stands, so that a
-    /// subscriber that missed publications (the node lost its broker connection for a while)
-    /// is closed to recover instead of waiting for a publication that was already sent.
-    pub fn reconcile(&self, channel: &ChannelName, position: &StreamPosition) {
-        self.0.hub.reconcile(channel, position);
+    /// Makes a connection of an authenticated user reachable by server commands; its commands
+    /// arrive in the returned mailbox.
+    pub fn register_user(&self, user: &Arc<str>, id: SubscriberId) -> Arc<Mailbox> {
+        let mailbox = Arc::new(Mailbox::default());
+        self.0
+            .local
+            .users()
+            .entry(user.clone())
+            .or_default()
+            .push((id, mailbox.clone()));
+        mailbox
     }
 
-    /// Sends a server command to every node (this one included).
-    pub async fn control(&self, command: &Control) -> Result<(), BrokerError> {
-        self.0.broker.control(command).await
+    pub fn unregister_user(&self, user: &str, id: SubscriberId) {
+        let mut users = self.0.local.users();
+        if let Some(connections) = users.get_mut(user) {
+            connections.retain(|(connection, _)| *connection != id);
+            if connections.is_empty() {
+                users.remove(user);
+            }
+        }
     }
 
-    /// Every channel with subscribers on any node, sorted by name, with their counts.
-    pub async fn channels(&self) -> Result<Vec<(ChannelName, usize)>, BrokerError> {
-        let mut channels: Vec<(ChannelName, usize)> =
-            self.0.broker.channels().await?.into_iter().collect();
+    async fn control(&self, control: &Control) -> Result<(), NodeError> {
+        let message = serde_json::to_vec(control).map_err(|err| BrokerError::Internal {
+            context: "encoding a server command",
+            source: Box::new(err),
+        })?;
+        Ok(self.0.broker.control(&message).await?)
+    }
+
+    /// Subscribes every connection of `user`, on every node, regardless of the rules.
+    pub async fn subscribe_user(&self, user: &str, channel: &ChannelName) -> Result<(), NodeError> {
+        let user = user.to_owned();
+        let channel = channel.clone();
+        self.control(&Control::Subscribe { user, channel }).await
+    }
+
+    /// Unsubscribes every connection of `user`, on every node.
+    pub async fn unsubscribe_user(
+        &self,
+        user: &str,
+        channel: &ChannelName,
+    ) -> Result<(), NodeError> {
+        let user = user.to_owned();
+        let channel = channel.clone();
+        self.control(&Control::Unsubscribe { user, channel }).await
+    }
+
+    /// Closes every connection of `user`, on every node.
+    pub async fn disconnect_user(
+        &self,
+        user: &str,
+        code: CloseCode,
+        reason: &str,
+    ) -> Result<(), NodeError> {
+        let (user, reason) = (user.to_owned(), reason.to_owned());
+        self.control(&Control::Disconnect { user, code, reason })
+            .await
+    }
+
+    /// Every channel with subscribers on any node, sorted by name, with their counts: this
+    /// node's live, the others' as of their last announcement.
+    pub async fn channels(&self) -> Result<Vec<(ChannelName, usize)>, NodeError> {
+        let mut all = self.0.broker.channels().await?;
+        for (channel, count) in self.hub().local_channels() {
+            *all.entry(channel).or_default() += count;
+        }
+        let mut channels: Vec<(ChannelName, usize)> = all.into_iter().collect();
         channels.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         Ok(channels)
     }
 
-    /// Makes a connection of an authenticated user reachable by server commands.
-    pub fn add_user(&self, user: &Arc<str>, id: SubscriberId, outbox: &Outbox) {
-        self.0.hub.add_user(user, id, outbox.clone());
-    }
-
-    pub fn remove_user(&self, user: &str, id: SubscriberId) {
-        self.0.hub.remove_user(user, id);
+    /// Announces this node's channel counts every [`ANNOUNCE_PERIOD`] until `stop`.
+    pub async fn announce_until(&self, stop: CancellationToken) {
+        loop {
+            let counts = self.hub().local_channels();
+            if let Err(err) = self.0.broker.announce(&counts).await {
+                tracing::debug!(%err, "announcing channel counts failed");
+            }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(ANNOUNCE_PERIOD) => {}
+            }
+        }
     }
 
     /// Whether the broker can serve requests now.
-    pub async fn ready(&self) -> Result<(), BrokerError> {
-        self.0.broker.ready().await
+    pub async fn ready(&self) -> Result<(), NodeError> {
+        Ok(self.0.broker.ready().await?)
     }
 }
 
 /// Checks that `history` continues `since` without a gap: same epoch, and (when `complete`)
 /// every publication up to the current offset present.
-fn continuity(since: &StreamPosition, history: &History, complete: bool) -> Result<(), String> {
+fn continuity(
+    since: &StreamPosition,
+    history: &History,
+    complete: bool,
+) -> Result<(), ContinuityError> {
     let position = &history.position;
     if position.epoch != since.epoch {
-        return Err(format!(
-            "the channel's history was lost: epoch {:?} is now {:?}",
-            since.epoch, position.epoch
-        ));
+        return Err(ContinuityError::EpochChanged {
+            was: since.epoch.clone(),
+            now: position.epoch.clone(),
+        });
     }
     if since.offset > position.offset {
-        return Err(format!(
-            "offset {} is ahead of the channel, which is at {}",
-            since.offset, position.offset
-        ));
+        return Err(ContinuityError::Ahead {
+            offset: since.offset,
+            at: position.offset,
+        });
     }
     let missed = position.offset - since.offset;
     if missed == 0 {
         return Ok(());
     }
+    // `since.offset < position.offset` here, so the sum cannot overflow.
+    let first_missing = since.offset + 1;
     match history.publications.first() {
-        Some(first) if first.offset == since.offset + 1 => {}
-        _ => {
-            return Err(format!(
-                "the history no longer reaches back to offset {}",
-                since.offset + 1
-            ));
-        }
+        Some(first) if first.offset == first_missing => {}
+        _ => return Err(ContinuityError::TooOld(first_missing)),
     }
     if complete && (history.publications.len() as u64) < missed {
-        return Err(format!(
-            "{missed} publications were missed; only {} can be recovered",
-            history.publications.len()
-        ));
+        return Err(ContinuityError::Incomplete {
+            missed,
+            kept: history.publications.len(),
+        });
     }
     Ok(())
 }

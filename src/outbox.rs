@@ -1,7 +1,9 @@
-//! Outbox: one connection's bounded queue of outgoing frames.
+//! Outbox: one connection's bounded queue of outgoing [`Frame`]s, and the one record of which
+//! channels the connection subscribes to.
 //!
 //! The hub pushes publications into it, the session pushes replies, and the session's writer
-//! drains it in batches. It is the single place where a connection's memory is bounded.
+//! drains it in batches into whatever transport carries the connection. It is the single place
+//! where a connection's memory is bounded.
 //!
 //! ## Slow consumers
 //! Queued bytes are counted; a push that would pass the limit empties the queue and asks the
@@ -18,42 +20,102 @@
 //! and the connection is closed with [`CloseCode::INSUFFICIENT_STATE`] so that the client
 //! reconnects and recovers them from history — never a silent gap.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use axum::extract::ws::Utf8Bytes;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::Control;
+use crate::hub::SubscriberId;
 use crate::protocol::{ChannelName, CloseCode, StreamPosition};
-use crate::transport::Frame;
+
+/// A text frame whose bytes are shared: cloning it for another subscriber is a reference-count
+/// increment, never a copy or a re-encode. The bytes are the WebSocket library's own type, so
+/// that transport hands them to the socket as they are.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frame(Utf8Bytes);
+
+impl Frame {
+    pub const fn from_static(text: &'static str) -> Self {
+        Self(Utf8Bytes::from_static(text))
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+
+    /// Payload length in bytes: what a queued frame costs.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// The shared bytes, for the transport.
+    pub fn into_bytes(self) -> Utf8Bytes {
+        self.0
+    }
+}
+
+impl From<String> for Frame {
+    fn from(text: String) -> Self {
+        Self(Utf8Bytes::from(text))
+    }
+}
+
+impl From<Utf8Bytes> for Frame {
+    fn from(text: Utf8Bytes) -> Self {
+        Self(text)
+    }
+}
 
 /// Why the connection is closing: what the writer must do last.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Closing {
-    /// The peer sent a close frame; the library has queued the reply, the writer flushes it.
+    /// The peer sent a close frame; the transport has queued the reply, the writer flushes it.
     ByPeer,
     /// The connection is gone; nothing more can be written.
     Gone,
-    /// Send this close frame, then end.
+    /// Send this close code, then end.
     Send {
-        code: u16,
-        reason: std::borrow::Cow<'static, str>,
+        code: CloseCode,
+        reason: Cow<'static, str>,
     },
+}
+
+impl Closing {
+    /// A close with the code's documented reason.
+    pub fn with(code: CloseCode) -> Self {
+        Self::Send {
+            code,
+            reason: Cow::Borrowed(code.reason()),
+        }
+    }
+
+    /// A close with a reason of its own.
+    pub fn because(code: CloseCode, reason: impl Into<Cow<'static, str>>) -> Self {
+        Self::Send {
+            code,
+            reason: reason.into(),
+        }
+    }
 }
 
 /// A cheap-to-clone handle on one connection's queue.
 #[derive(Clone, Debug)]
 pub struct Outbox(Arc<Inner>);
 
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
 #[derive(Debug)]
 struct Inner {
+    /// The connection's id in the hub.
+    id: SubscriberId,
     state: Mutex<State>,
     /// Wakes the writer; `notify_one` keeps a permit, so a push between a drain and the next
     /// wait is never missed.
     ready: Notify,
-    /// Wakes the reader for a server command; a permit is kept the same way.
-    commanded: Notify,
     closed: CancellationToken,
     max_bytes: usize,
 }
@@ -65,10 +127,10 @@ struct State {
     queued_bytes: usize,
     /// Bytes held for pending subscriptions.
     held_bytes: usize,
+    /// Every channel the connection subscribes to (pending or live), and where its delivery
+    /// stands: the node's one answer to "is this connection subscribed to C?".
     channels: HashMap<ChannelName, Delivery>,
     closing: Option<Closing>,
-    /// Server commands for the session's reader (rare: an empty Vec allocates nothing).
-    commands: Vec<Control>,
 }
 
 #[derive(Debug)]
@@ -94,12 +156,32 @@ impl Outbox {
     /// An empty outbox that holds at most `max_bytes` of queued frames.
     pub fn new(max_bytes: usize) -> Self {
         Self(Arc::new(Inner {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             state: Mutex::new(State::default()),
             ready: Notify::new(),
-            commanded: Notify::new(),
             closed: CancellationToken::new(),
             max_bytes,
         }))
+    }
+
+    /// The connection's id, unique in this process.
+    pub fn id(&self) -> SubscriberId {
+        self.0.id
+    }
+
+    /// Whether the connection subscribes to `channel` (or is subscribing).
+    pub fn is_subscribed(&self, channel: &ChannelName) -> bool {
+        self.state().channels.contains_key(channel)
+    }
+
+    /// How many channels the connection subscribes to.
+    pub fn subscription_count(&self) -> usize {
+        self.state().channels.len()
+    }
+
+    /// The channels the connection subscribes to.
+    pub fn channels(&self) -> Vec<ChannelName> {
+        self.state().channels.keys().cloned().collect()
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -124,29 +206,16 @@ impl Outbox {
         true
     }
 
-    /// Hands a server command to the session's reader.
-    pub fn command(&self, command: Control) {
-        self.state().commands.push(command);
-        self.0.commanded.notify_one();
-    }
-
-    /// The next server command for this connection.
-    pub async fn next_command(&self) -> Control {
-        loop {
-            if let Some(command) = {
-                let mut state = self.state();
-                (!state.commands.is_empty()).then(|| state.commands.remove(0))
-            } {
-                return command;
-            }
-            self.0.commanded.notified().await;
-        }
-    }
-
     /// Queues a publication of `channel`, applying the per-channel delivery rules: held while
     /// pending; dropped at or below the last offset; the connection closed with
     /// [`CloseCode::INSUFFICIENT_STATE`] on a gap or another epoch.
-    pub fn push_publication(&self, channel: &ChannelName, offset: u64, epoch: &str, frame: &Frame) {
+    pub fn push_publication(
+        &self,
+        channel: &ChannelName,
+        offset: u64,
+        epoch: &Arc<str>,
+        frame: &Frame,
+    ) {
         let mut state = self.state();
         if state.closing.is_some() {
             return;
@@ -157,7 +226,10 @@ impl Outbox {
             // Unsubscribed while this publication was in flight.
             None => return,
             Some(Delivery::Live { last, epoch: live }) => {
-                if **live != *epoch || offset > *last + 1 {
+                // Brokers hand out one shared epoch per channel: comparing pointers first
+                // skips the string comparison on the fan-out path.
+                let same_epoch = Arc::ptr_eq(live, epoch) || **live == **epoch;
+                if !same_epoch || offset > *last + 1 {
                     drop(state);
                     return self.close_insufficient();
                 }
@@ -173,7 +245,7 @@ impl Outbox {
                 if fits {
                     held.push(Held {
                         offset,
-                        epoch: epoch.into(),
+                        epoch: epoch.clone(),
                         frame: frame.clone(),
                     });
                 }
@@ -296,18 +368,21 @@ impl Outbox {
         state.queue.clear();
         state.queued_bytes = 0;
         drop(state);
-        self.close(Closing::Send {
-            code: CloseCode::INSUFFICIENT_STATE,
-            reason: "missed publications; reconnect and recover".into(),
-        });
+        self.close(Closing::with(CloseCode::InsufficientState));
     }
 
-    /// Forgets `channel`: publications still in flight for it are dropped.
-    pub fn end_subscription(&self, channel: &ChannelName) {
+    /// Forgets `channel`: publications still in flight for it are dropped. False when the
+    /// connection did not subscribe to it.
+    pub fn end_subscription(&self, channel: &ChannelName) -> bool {
         let mut state = self.state();
-        if let Some(Delivery::Pending { held, .. }) = state.channels.remove(channel) {
-            let freed: usize = held.iter().map(|h| h.frame.len()).sum();
-            state.held_bytes -= freed;
+        match state.channels.remove(channel) {
+            Some(Delivery::Pending { held, .. }) => {
+                let freed: usize = held.iter().map(|h| h.frame.len()).sum();
+                state.held_bytes -= freed;
+                true
+            }
+            Some(Delivery::Live { .. }) => true,
+            None => false,
         }
     }
 
@@ -370,13 +445,15 @@ impl Outbox {
             "outgoing queue full: slow consumer"
         );
         state.queue.clear();
-        state.channels.clear();
+        // The channels stay listed (the session still has to leave them); what they held goes.
+        for delivery in state.channels.values_mut() {
+            if let Delivery::Pending { held, .. } = delivery {
+                *held = Vec::new();
+            }
+        }
         state.queued_bytes = 0;
         state.held_bytes = 0;
-        state.closing = Some(Closing::Send {
-            code: CloseCode::SLOW_CONSUMER,
-            reason: "slow consumer".into(),
-        });
+        state.closing = Some(Closing::with(CloseCode::SlowConsumer));
         self.0.ready.notify_one();
         self.0.closed.cancel();
         false
@@ -400,6 +477,10 @@ mod tests {
         )
     }
 
+    fn e() -> Arc<str> {
+        "e".into()
+    }
+
     fn at(offset: u64) -> StreamPosition {
         StreamPosition {
             offset,
@@ -412,19 +493,16 @@ mod tests {
         let outbox = Outbox::new(1 << 20);
         let ch = ChannelName::parse("c").unwrap();
         outbox.begin_subscription(&ch);
-        outbox.push_publication(&ch, 5, "e", &frame("p5"));
-        outbox.push_publication(&ch, 6, "e", &frame("p6"));
+        outbox.push_publication(&ch, 5, &e(), &frame("p5"));
+        outbox.push_publication(&ch, 6, &e(), &frame("p6"));
         outbox.complete_subscription(&ch, vec![frame("reply")], &at(5));
-        outbox.push_publication(&ch, 6, "e", &frame("p6-again"));
-        outbox.push_publication(&ch, 7, "e", &frame("p7"));
+        outbox.push_publication(&ch, 6, &e(), &frame("p6-again"));
+        outbox.push_publication(&ch, 7, &e(), &frame("p7"));
         assert_eq!(drained(&outbox).0, ["reply", "p6", "p7"]);
     }
 
     fn insufficient() -> Option<Closing> {
-        Some(Closing::Send {
-            code: CloseCode::INSUFFICIENT_STATE,
-            reason: "missed publications; reconnect and recover".into(),
-        })
+        Some(Closing::with(CloseCode::InsufficientState))
     }
 
     #[test]
@@ -437,11 +515,11 @@ mod tests {
             outbox
         };
         let gap = live();
-        gap.push_publication(&ch, 7, "e", &frame("p7"));
+        gap.push_publication(&ch, 7, &e(), &frame("p7"));
         assert_eq!(drained(&gap), (vec![], insufficient()));
 
         let epoch = live();
-        epoch.push_publication(&ch, 1, "other", &frame("p1"));
+        epoch.push_publication(&ch, 1, &"other".into(), &frame("p1"));
         assert_eq!(drained(&epoch), (vec![], insufficient()));
 
         let behind = live();
@@ -454,7 +532,7 @@ mod tests {
         // only for 6 (its position) and 7 (held): 8 and 9 were missed.
         let floor = Outbox::new(1 << 20);
         floor.begin_subscription(&ch);
-        floor.push_publication(&ch, 7, "e", &frame("p7"));
+        floor.push_publication(&ch, 7, &e(), &frame("p7"));
         floor.check_position(&ch, &at(9));
         floor.complete_subscription(&ch, vec![frame("reply")], &at(6));
         assert_eq!(drained(&floor), (vec![], insufficient()));
@@ -466,7 +544,7 @@ mod tests {
 
         let held_gap = Outbox::new(1 << 20);
         held_gap.begin_subscription(&ch);
-        held_gap.push_publication(&ch, 8, "e", &frame("p8"));
+        held_gap.push_publication(&ch, 8, &e(), &frame("p8"));
         held_gap.complete_subscription(&ch, vec![frame("reply")], &at(6));
         assert_eq!(drained(&held_gap), (vec![], insufficient()));
     }
@@ -475,12 +553,12 @@ mod tests {
     fn unsubscribed_channels_receive_nothing() {
         let outbox = Outbox::new(1 << 20);
         let ch = ChannelName::parse("c").unwrap();
-        outbox.push_publication(&ch, 1, "e", &frame("p1"));
+        outbox.push_publication(&ch, 1, &e(), &frame("p1"));
         outbox.begin_subscription(&ch);
         outbox.complete_subscription(&ch, vec![], &at(1));
-        outbox.push_publication(&ch, 2, "e", &frame("p2"));
+        outbox.push_publication(&ch, 2, &e(), &frame("p2"));
         outbox.end_subscription(&ch);
-        outbox.push_publication(&ch, 3, "e", &frame("p3"));
+        outbox.push_publication(&ch, 3, &e(), &frame("p3"));
         assert_eq!(drained(&outbox).0, ["p2"]);
     }
 
@@ -491,13 +569,7 @@ mod tests {
         assert!(!outbox.push(frame("123456")));
         let (frames, closing) = drained(&outbox);
         assert!(frames.is_empty());
-        assert_eq!(
-            closing,
-            Some(Closing::Send {
-                code: CloseCode::SLOW_CONSUMER,
-                reason: "slow consumer".into()
-            })
-        );
+        assert_eq!(closing, Some(Closing::with(CloseCode::SlowConsumer)));
         assert!(!outbox.push(frame("x")), "a closing outbox accepts nothing");
     }
 
@@ -520,7 +592,7 @@ mod tests {
         let strict = Outbox::new(10);
         strict.begin_subscription(&ch);
         strict.complete_subscription(&ch, vec![], &at(0));
-        strict.push_publication(&ch, 1, "e", &frame(&"x".repeat(11)));
+        strict.push_publication(&ch, 1, &e(), &frame(&"x".repeat(11)));
         assert!(
             drained(&strict).1.is_some(),
             "live publications get no such allowance"
@@ -534,8 +606,13 @@ mod tests {
         outbox.begin_subscription(&ch);
         outbox.complete_subscription(&ch, vec![], &at(5));
         for _ in 0..5 {
-            outbox.push_publication(&ch, 3, "e", &frame("12345678"));
-            outbox.push_publication(&ChannelName::parse("other").unwrap(), 9, "e", &frame("123"));
+            outbox.push_publication(&ch, 3, &e(), &frame("12345678"));
+            outbox.push_publication(
+                &ChannelName::parse("other").unwrap(),
+                9,
+                &e(),
+                &frame("123"),
+            );
         }
         assert!(outbox.push(frame("12345678")));
     }

@@ -26,17 +26,16 @@ use tower::ServiceExt;
 use crate::api::{self, AppState};
 use crate::auth::{KeyError, Verifier};
 use crate::broker::memory::MemoryBroker;
-use crate::broker::redis::RedisBroker;
-use crate::broker::{Broker, BrokerError};
-use crate::config::Config;
-use crate::hub::Hub;
-use crate::limits::Admission;
-use crate::node::Node;
-use crate::session::Gate;
+use crate::broker::redis::{RedisBroker, RedisOptions};
+use crate::broker::{Broker, BrokerError, Retention};
+use crate::config::{Config, SessionSettings};
+use crate::limits::{Admission, Rate};
+use crate::node::{Local, Node};
+use crate::session::{Gate, SessionConfig};
 
 /// The process's panic hook: one `error` event per panic, in the same log as everything else,
 /// naming the client when a session panicked (the session then closes with 1011 and releases
-/// what it held; see [`crate::session::run`]).
+/// what it held: see `session::run`).
 pub fn log_panic(info: &std::panic::PanicHookInfo<'_>) {
     let payload = info.payload();
     let message = payload
@@ -79,48 +78,50 @@ pub struct Server {
     config: Config,
 }
 
-/// Builds and serves in one step.
-pub async fn run(
-    config: Config,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), ServerError> {
-    Server::build(config).await?.serve(listener, shutdown).await;
-    Ok(())
-}
-
 impl Server {
     /// Loads the token keys and connects the broker: what can fail is found out before the
     /// process says it is listening.
     pub async fn build(config: Config) -> Result<Self, ServerError> {
-        let verifier = Verifier::load(&config.auth.tokens).map_err(ServerError::Keys)?;
-        let hub = Arc::new(Hub::new());
+        let verifier = Verifier::load(&config.tokens).map_err(ServerError::Keys)?;
+        let retention = Retention {
+            history_size: config.history.size,
+            history_ttl: config.history.ttl,
+            position_ttl: config.position_ttl,
+        };
+        let local = Arc::new(Local::default());
         let broker: Arc<dyn Broker> = match &config.redis {
-            None => Arc::new(MemoryBroker::new(hub.clone(), config.retention)),
-            Some(options) => Arc::new(
-                RedisBroker::connect(options.clone(), hub.clone(), config.retention)
-                    .await
-                    .map_err(ServerError::Broker)?,
-            ),
+            None => Arc::new(MemoryBroker::new(local.clone(), retention)),
+            Some(redis) => {
+                let options = RedisOptions {
+                    url: redis.url.clone(),
+                    cluster: redis.cluster,
+                    prefix: redis.prefix.clone(),
+                };
+                let broker = RedisBroker::connect(options, local.clone(), retention).await;
+                Arc::new(broker.map_err(ServerError::Broker)?)
+            }
         };
         let node = Node::new(
-            hub,
+            local,
             broker.clone(),
-            Arc::new(config.auth.rules.clone()),
-            config.retention.history(),
+            Arc::new(config.namespaces.clone()),
             config.idempotency_window,
         );
         let stopping = CancellationToken::new();
+        tokio::spawn({
+            let (node, stopping) = (node.clone(), stopping.clone());
+            async move { node.announce_until(stopping).await }
+        });
         let connections = TaskTracker::new();
         let state = AppState {
             node,
-            session: Arc::new(config.session.clone()),
+            session: Arc::new(session_config(&config.session, config.shutdown_timeout)),
             gate: Arc::new(Gate {
                 verifier,
-                allow_anonymous: config.auth.allow_anonymous,
+                allow_anonymous: config.allow_anonymous,
             }),
             admission: Admission::new(config.caps),
-            allowed_origins: config.auth.allowed_origins.clone().into(),
+            allowed_origins: config.allowed_origins.clone().into(),
             api_key: config.api_key.clone(),
             max_message_size: config.max_message_size,
             body_timeout: config.body_timeout,
@@ -159,7 +160,8 @@ impl Server {
             }
         };
         tokio::spawn(signal);
-        let http = serve(listener, app, config.handshake_timeout, &stopping).await;
+        let header_timeout = config.session.handshake_timeout;
+        let http = serve(listener, app, header_timeout, &stopping).await;
         http.close();
 
         connections.close();
@@ -177,6 +179,22 @@ impl Server {
         let _ = tokio::time::timeout_at(deadline, http.wait()).await;
         broker.close().await;
         tracing::info!("stopped");
+    }
+}
+
+/// The sessions' settings, from the plain ones.
+fn session_config(settings: &SessionSettings, shutdown_timeout: Duration) -> SessionConfig {
+    SessionConfig {
+        max_queue_size: settings.max_queue_size,
+        max_subscriptions: settings.max_subscriptions,
+        ping_interval: settings.ping_interval,
+        pong_timeout: settings.pong_timeout,
+        write_timeout: settings.pong_timeout,
+        close_timeout: Duration::from_secs(2).min(shutdown_timeout),
+        publish_rate: Rate::new(settings.publish_rate, settings.publish_burst),
+        command_rate: Rate::new(settings.command_rate, settings.command_burst),
+        handshake_timeout: settings.handshake_timeout,
+        idle_timeout: settings.idle_timeout,
     }
 }
 

@@ -11,6 +11,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
+use serde_json::value::RawValue;
+use tidings::protocol::{
+    ChannelName, Command, Outcome, PublicationRef, Publish, Push, Reply, Request, ServerFrame,
+    Subscribe,
+};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -140,18 +145,30 @@ pub async fn subscribe(ws: &mut Ws, protocol: Protocol, channel: &str) -> Result
         Protocol::Socketio => return socketio_subscribe(ws, channel).await,
         Protocol::Tidings => {}
     }
-    let request = serde_json::json!({"id": 1, "op": "subscribe", "channel": channel});
-    ws.send(Message::text(request.to_string())).await?;
+    let request = Request {
+        id: Some(1),
+        command: Command::<()>::Subscribe(Subscribe {
+            channel: ChannelName::parse(channel)?,
+            since: None,
+            token: None,
+        }),
+    };
+    ws.send(Message::text(serde_json::to_string(&request)?))
+        .await?;
     while let Some(message) = ws.next().await {
         let Message::Text(text) = message? else {
             continue;
         };
-        let frame: serde_json::Value = serde_json::from_str(&text)?;
-        if frame["id"] == 1 {
-            if frame.get("ok").is_some() {
-                return Ok(());
-            }
-            bail!("subscribe {channel} failed: {}", frame["error"]);
+        match ServerFrame::parse(&text)? {
+            ServerFrame::Reply(Reply {
+                id: 1,
+                outcome: Outcome::Ok(_),
+            }) => return Ok(()),
+            ServerFrame::Reply(Reply {
+                outcome: Outcome::Error(error),
+                ..
+            }) => bail!("subscribe {channel} failed: {error:?}"),
+            _ => continue,
         }
     }
     bail!("connection closed while subscribing")
@@ -187,7 +204,22 @@ pub fn publish_frame(protocol: Protocol, channel: &str, payload: &str) -> String
     match protocol {
         // No id: success has no reply, so publishers add no traffic of their own.
         Protocol::Tidings => {
-            format!(r#"{{"op":"publish","channel":"{channel}","data":{payload}}}"#)
+            let (Ok(channel), Ok(data)) = (
+                ChannelName::parse(channel),
+                serde_json::from_str::<&RawValue>(payload),
+            ) else {
+                // The scenarios name valid channels and build valid payloads.
+                unreachable!("invalid channel {channel:?} or payload {payload:?}")
+            };
+            let request = Request {
+                id: None,
+                command: Command::Publish(Publish {
+                    channel,
+                    data,
+                    idempotency_key: None,
+                }),
+            };
+            serde_json::to_string(&request).unwrap_or_default()
         }
         Protocol::Naive => payload.to_owned(),
         // No ack requested, for the same reason.
@@ -214,20 +246,6 @@ pub enum Received {
     Other,
 }
 
-#[derive(Deserialize)]
-struct PushFrame {
-    #[serde(rename = "pub")]
-    publication: Option<PubBody>,
-    ping: Option<serde::de::IgnoredAny>,
-    error: Option<serde::de::IgnoredAny>,
-}
-
-#[derive(Deserialize)]
-struct PubBody {
-    offset: u64,
-    data: Delivery,
-}
-
 pub fn parse(protocol: Protocol, text: &str) -> Received {
     match protocol {
         Protocol::Naive => match serde_json::from_str::<Delivery>(text) {
@@ -237,16 +255,15 @@ pub fn parse(protocol: Protocol, text: &str) -> Received {
             },
             Err(_) => Received::Other,
         },
-        Protocol::Tidings => match serde_json::from_str::<PushFrame>(text) {
-            Ok(PushFrame {
-                publication: Some(body),
-                ..
-            }) => Received::Delivery {
-                offset: Some(body.offset),
-                delivery: body.data,
+        // Publications are read without allocating: the generator reads every one.
+        Protocol::Tidings => match serde_json::from_str::<Push<PublicationRef<'_, Delivery>>>(text)
+        {
+            Ok(Push::Pub(publication)) => Received::Delivery {
+                offset: Some(publication.offset),
+                delivery: publication.data,
             },
-            Ok(PushFrame { ping: Some(_), .. }) => Received::Ping,
-            Ok(PushFrame { error: Some(_), .. }) => Received::Error,
+            Ok(Push::Ping {}) => Received::Ping,
+            Ok(Push::Error(_)) => Received::Error,
             _ => Received::Other,
         },
         Protocol::Socketio => parse_socketio(text),
@@ -278,10 +295,16 @@ fn parse_socketio(text: &str) -> Received {
 const SOCKETIO_PONG: &str = "3";
 
 /// The answer to a server heartbeat (the naive peer sends none).
-pub fn pong(protocol: Protocol) -> &'static str {
+pub fn pong(protocol: Protocol) -> String {
     match protocol {
-        Protocol::Socketio => SOCKETIO_PONG,
-        Protocol::Tidings | Protocol::Naive => r#"{"op":"pong"}"#,
+        Protocol::Socketio => SOCKETIO_PONG.to_owned(),
+        Protocol::Tidings | Protocol::Naive => {
+            let pong = Request {
+                id: None,
+                command: Command::<()>::Pong,
+            };
+            serde_json::to_string(&pong).unwrap_or_default()
+        }
     }
 }
 
@@ -326,5 +349,31 @@ mod tests {
             publish_frame(Protocol::Socketio, "c", &body),
             format!(r#"42["publish","c",{body}]"#)
         );
+    }
+
+    #[test]
+    fn tidings_frames_are_what_the_server_reads_and_writes() {
+        let body = payload(5, 1, 7, "xx");
+        let frame = publish_frame(Protocol::Tidings, "bench", &body);
+        let request = tidings::protocol::decode_request(&frame).expect("a request");
+        match request.command {
+            Command::Publish(publish) => {
+                assert_eq!(publish.channel.as_str(), "bench");
+                assert_eq!(publish.data.get(), body);
+            }
+            other => panic!("decoded as {other:?}"),
+        }
+        let push = format!(
+            r#"{{"pub":{{"channel":"bench","offset":9,"epoch":"e","data":{body},"info":{{"client":"c","user":"u"}}}}}}"#
+        );
+        let Received::Delivery { offset, delivery } = parse(Protocol::Tidings, &push) else {
+            panic!("not a delivery: {push}");
+        };
+        assert_eq!((offset, delivery.s), (Some(9), 7));
+        assert!(matches!(
+            parse(Protocol::Tidings, r#"{"ping":{}}"#),
+            Received::Ping
+        ));
+        assert_eq!(pong(Protocol::Tidings), r#"{"op":"pong"}"#);
     }
 }

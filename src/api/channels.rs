@@ -7,7 +7,6 @@ use axum::extract::State;
 use serde::{Deserialize, Serialize};
 
 use super::{ApiError, ApiKey, AppState, JsonBody, channel_name as channel};
-use crate::broker::Control;
 use crate::protocol::CloseCode;
 
 /// Channels per page unless the request asks for fewer; and the most it may ask for.
@@ -108,11 +107,8 @@ pub async fn subscribe(
     State(state): State<AppState>,
     JsonBody(request): JsonBody<UserChannelRequest>,
 ) -> Result<Json<Done>, ApiError> {
-    let command = Control::Subscribe {
-        user: user(&request.user)?,
-        channel: channel(&request.channel)?,
-    };
-    state.node.control(&command).await?;
+    let (user, channel) = (user(&request.user)?, channel(&request.channel)?);
+    state.node.subscribe_user(&user, &channel).await?;
     Ok(Json(Done {}))
 }
 
@@ -123,11 +119,8 @@ pub async fn unsubscribe(
     State(state): State<AppState>,
     JsonBody(request): JsonBody<UserChannelRequest>,
 ) -> Result<Json<Done>, ApiError> {
-    let command = Control::Unsubscribe {
-        user: user(&request.user)?,
-        channel: channel(&request.channel)?,
-    };
-    state.node.control(&command).await?;
+    let (user, channel) = (user(&request.user)?, channel(&request.channel)?);
+    state.node.unsubscribe_user(&user, &channel).await?;
     Ok(Json(Done {}))
 }
 
@@ -149,17 +142,13 @@ pub async fn disconnect(
     State(state): State<AppState>,
     JsonBody(request): JsonBody<DisconnectRequest>,
 ) -> Result<Json<Done>, ApiError> {
-    let command = Control::Disconnect {
-        user: user(&request.user)?,
-        code: if request.reconnect {
-            CloseCode::DISCONNECTED_RECONNECT
-        } else {
-            CloseCode::DISCONNECTED
-        },
-        reason: request
-            .reason
-            .unwrap_or_else(|| "disconnected by the server".into()),
+    let user = user(&request.user)?;
+    let code = if request.reconnect {
+        CloseCode::DisconnectedReconnect
+    } else {
+        CloseCode::Disconnected
     };
-    state.node.control(&command).await?;
+    let reason = request.reason.as_deref().unwrap_or(code.reason());
+    state.node.disconnect_user(&user, code, reason).await?;
     Ok(Json(Done {}))
 }

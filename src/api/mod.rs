@@ -18,8 +18,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::limits::Admission;
 use crate::metrics::Metrics;
-use crate::node::Node;
-use crate::protocol::Secret;
+use crate::node::{Node, NodeError};
+use crate::protocol::{ChannelName, ErrorCode, Secret};
 use crate::session::{Gate, SessionConfig};
 
 pub mod channels;
@@ -91,12 +91,10 @@ pub enum ApiError {
     TooLarge(String),
     #[error("the request body did not arrive within {0:?} (--body-timeout)")]
     BodyTimeout(std::time::Duration),
-    #[error("{0}")]
-    Unrecoverable(String),
-    #[error("{0}")]
-    Unavailable(String),
-    #[error("internal error")]
-    Internal,
+    /// A node operation failed: the status and the code's name follow from its
+    /// [`ErrorCode`], the message is the client-facing one.
+    #[error("{message}")]
+    Failed { code: ErrorCode, message: String },
 }
 
 impl ApiError {
@@ -107,22 +105,25 @@ impl ApiError {
             Self::Disabled => (StatusCode::NOT_FOUND, "api_disabled"),
             Self::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             Self::BodyTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
-            Self::Unrecoverable(_) => (StatusCode::CONFLICT, "unrecoverable_position"),
-            Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
-            Self::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            Self::Failed { code, .. } => (
+                StatusCode::from_u16(code.http_status())
+                    .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                code.name(),
+            ),
         }
     }
 }
 
-impl From<crate::broker::BrokerError> for ApiError {
-    fn from(err: crate::broker::BrokerError) -> Self {
-        match err {
-            crate::broker::BrokerError::Unavailable(message) => Self::Unavailable(message),
-            crate::broker::BrokerError::Internal(message) => {
-                // Logged here, where it is handled; the caller learns only that it failed.
-                tracing::error!(message, "server API request failed");
-                Self::Internal
-            }
+impl From<NodeError> for ApiError {
+    fn from(err: NodeError) -> Self {
+        if let NodeError::Broker(err) = &err {
+            // Logged here, where it is handled; the caller gets the documented message.
+            let err: &dyn std::error::Error = err;
+            tracing::warn!(error = err, "server API request failed");
+        }
+        Self::Failed {
+            code: err.code(),
+            message: err.client_message(),
         }
     }
 }
@@ -177,9 +178,8 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// A channel name from a request body, or a 400 saying what is wrong with it.
-fn channel_name(name: &str) -> Result<crate::protocol::ChannelName, ApiError> {
-    crate::protocol::ChannelName::parse(name)
-        .map_err(|message| ApiError::BadRequest(format!("{name:?}: {message}")))
+fn channel_name(name: &str) -> Result<ChannelName, ApiError> {
+    ChannelName::parse(name).map_err(|err| ApiError::BadRequest(format!("{name:?}: {err}")))
 }
 
 /// A JSON request body, refused with a JSON 400 (not axum's plain-text rejection).
@@ -241,10 +241,24 @@ async fn readyz(State(state): State<AppState>) -> Response {
     match state.node.ready().await {
         Ok(()) => (json, r#"{"status":"ready"}"#).into_response(),
         Err(err) => {
-            let body = serde_json::json!({"status": "not ready", "reason": err.to_string()});
+            // For operators: the whole cause chain, Redis's own words included.
+            let reason = error_chain(&err);
+            let body = serde_json::json!({"status": "not ready", "reason": reason});
             (StatusCode::SERVICE_UNAVAILABLE, json, body.to_string()).into_response()
         }
     }
+}
+
+/// `err: its source: its source's source…`
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// Liveness: the process serves HTTP.

@@ -11,8 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::{ApiError, ApiKey, AppState, JsonBody, channel_name as channel};
-use crate::node::HistoryError;
-use crate::protocol::{ClientInfo, HistoryOk, Publication, StreamPosition, valid_idempotency_key};
+use crate::protocol::{ClientInfo, HistoryOk, IdempotencyKey, StreamPosition};
 
 /// Most channels one broadcast may name.
 pub const MAX_BROADCAST_CHANNELS: usize = 1000;
@@ -42,13 +41,6 @@ impl From<StreamPosition> for Published {
     }
 }
 
-fn server_info() -> ClientInfo {
-    ClientInfo {
-        client: "api".into(),
-        user: "server".into(),
-    }
-}
-
 fn checked_data(state: &AppState, data: Box<RawValue>) -> Result<Arc<RawValue>, ApiError> {
     if data.get().len() > state.max_message_size {
         return Err(ApiError::TooLarge(format!(
@@ -60,11 +52,10 @@ fn checked_data(state: &AppState, data: Box<RawValue>) -> Result<Arc<RawValue>, 
     Ok(Arc::from(data))
 }
 
-fn checked_key(key: Option<String>) -> Result<Option<String>, ApiError> {
-    if let Some(key) = &key {
-        valid_idempotency_key(key).map_err(ApiError::BadRequest)?;
-    }
-    Ok(key)
+fn checked_key(key: Option<String>) -> Result<Option<IdempotencyKey>, ApiError> {
+    key.map(|key| IdempotencyKey::parse(&key))
+        .transpose()
+        .map_err(|err| ApiError::BadRequest(err.to_string()))
 }
 
 /// `POST /api/publish {"channel","data","idempotency_key"?}` → `{"offset","epoch"}`.
@@ -78,7 +69,7 @@ pub async fn publish(
     let key = checked_key(request.idempotency_key)?;
     let position = state
         .node
-        .publish(&channel, data, server_info(), key)
+        .publish(&channel, data, ClientInfo::server(), key)
         .await?;
     Ok(Json(position.into()))
 }
@@ -142,7 +133,7 @@ pub async fn broadcast(
     for channel in channels {
         let published = state
             .node
-            .publish(&channel, data.clone(), server_info(), key.clone())
+            .publish(&channel, data.clone(), ClientInfo::server(), key.clone())
             .await;
         results.push(match published {
             Ok(position) => BroadcastResult::Published {
@@ -180,16 +171,12 @@ pub async fn history(
     _: ApiKey,
     State(state): State<AppState>,
     JsonBody(request): JsonBody<HistoryRequest>,
-) -> Result<Json<HistoryOk<Publication>>, ApiError> {
+) -> Result<Json<HistoryOk<Arc<RawValue>>>, ApiError> {
     let channel = channel(&request.channel)?;
     let history = state
         .node
         .history(&channel, request.since.as_ref(), request.limit)
-        .await
-        .map_err(|err| match err {
-            HistoryError::Broker(err) => ApiError::from(err),
-            HistoryError::Unrecoverable(reason) => ApiError::Unrecoverable(reason),
-        })?;
+        .await?;
     Ok(Json(HistoryOk {
         publications: history.publications,
         offset: history.position.offset,

@@ -18,8 +18,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::AppState;
 use crate::protocol::{CloseCode, Secret};
-use crate::session::{self, Handshake};
-use crate::transport::{self, Inbound};
+use crate::session::{self, Handshake, Inbound, Outgoing, Start};
+use crate::transport::ws::{self, Received};
 
 /// The echo route's message limit: large enough for the conformance suite's biggest cases.
 const ECHO_MAX_MESSAGE_SIZE: usize = 16 << 20;
@@ -55,10 +55,10 @@ pub async fn connect(
     let admitted = state.admission.admit(peer.ip());
     let token = params.token.or_else(|| bearer_token(&headers));
     let name = params.name;
-    transport::configure(upgrade, state.max_message_size)
+    ws::configure(upgrade, state.max_message_size)
         .on_failed_upgrade(|err| tracing::debug!(%err, "WebSocket upgrade failed"))
         .on_upgrade(move |socket| async move {
-            let (reader, mut writer) = transport::split(socket);
+            let (reader, mut writer) = ws::split(socket);
             let ticket = match admitted {
                 Ok(ticket) => ticket,
                 Err(refused) => {
@@ -69,9 +69,7 @@ pub async fn connect(
                     return;
                 }
             };
-            let connection = Box::new(session::Connection {
-                reader,
-                writer,
+            let start = Box::new(Start {
                 node: state.node,
                 config: state.session,
                 gate: state.gate,
@@ -85,7 +83,7 @@ pub async fn connect(
             // A task of its own, sized to the session alone: the upgrade task (with axum's
             // and this closure's state) ends here instead of living as long as the socket.
             tokio::spawn(async move {
-                session::run(connection).await;
+                session::run(reader, writer, start).await;
                 drop(tracked);
             });
         })
@@ -125,7 +123,7 @@ fn check_origin<'h>(headers: &'h HeaderMap, allowed: &[String]) -> Result<(), &'
 pub async fn echo(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> Response {
     let tracked = state.connections.token();
     let close_timeout = state.session.close_timeout;
-    transport::configure(upgrade, ECHO_MAX_MESSAGE_SIZE).on_upgrade(move |socket| async move {
+    ws::configure(upgrade, ECHO_MAX_MESSAGE_SIZE).on_upgrade(move |socket| async move {
         echo_loop(socket, state.shutdown, close_timeout).await;
         drop(tracked);
     })
@@ -136,30 +134,31 @@ async fn echo_loop(
     shutdown: CancellationToken,
     close_timeout: Duration,
 ) {
-    let (mut reader, mut writer) = transport::split(socket);
+    let (mut reader, mut writer) = ws::split(socket);
     loop {
-        let inbound = tokio::select! {
+        let received = tokio::select! {
             () = shutdown.cancelled() => {
-                writer.close(CloseCode::GOING_AWAY, "server shutting down", close_timeout).await;
+                let code = CloseCode::GoingAway;
+                writer.close(code, code.reason(), close_timeout).await;
                 return;
             }
-            inbound = reader.next() => inbound,
+            received = reader.next_message() => received,
         };
-        let sent = match inbound {
+        let sent = match received {
             None => return,
             Some(Err(err)) => {
-                if let Some((code, reason)) = err.close_frame() {
-                    writer.close(code, reason, close_timeout).await;
+                if let Some(crate::outbox::Closing::Send { code, reason }) = err.closing() {
+                    writer.close(code, &reason, close_timeout).await;
                 }
                 return;
             }
-            Some(Ok(Inbound::Close(_))) => {
+            Some(Ok(Received::Inbound(Inbound::Close))) => {
                 writer.finish(close_timeout).await;
                 return;
             }
-            Some(Ok(Inbound::Control)) => continue,
-            Some(Ok(Inbound::Text(text))) => writer.feed(text).await,
-            Some(Ok(Inbound::Binary(bytes))) => writer.feed_binary(bytes).await,
+            Some(Ok(Received::Inbound(Inbound::Alive | Inbound::Binary))) => continue,
+            Some(Ok(Received::Inbound(Inbound::Text(text)))) => writer.feed(text).await,
+            Some(Ok(Received::Binary(bytes))) => writer.feed_binary(bytes).await,
         };
         if sent.is_err() || writer.flush().await.is_err() {
             return;

@@ -20,10 +20,9 @@ use async_trait::async_trait;
 use serde_json::value::RawValue;
 
 use super::{
-    Broker, BrokerError, Control, Deliver, History, HistoryQuery, PublishOptions, Retention,
-    new_epoch,
+    Broker, BrokerError, Deliver, History, HistoryQuery, PublishOptions, Retention, new_epoch,
 };
-use crate::protocol::{ChannelName, ClientInfo, Publication, StreamPosition};
+use crate::protocol::{ChannelName, ClientInfo, IdempotencyKey, Publication, StreamPosition};
 
 /// The in-process broker.
 pub struct MemoryBroker {
@@ -49,7 +48,7 @@ struct Stream {
     /// The history's lifetime, as the last publication asked.
     history_ttl: std::time::Duration,
     /// Idempotency keys seen recently: key → (offset, remembered until).
-    idempotency: HashMap<String, (u64, Instant)>,
+    idempotency: HashMap<IdempotencyKey, (u64, Instant)>,
     /// Removed from the map by a sweep; whoever still holds it must look the channel up again.
     evicted: bool,
 }
@@ -182,13 +181,18 @@ impl Broker for MemoryBroker {
         }))
     }
 
-    async fn control(&self, command: &Control) -> Result<(), BrokerError> {
-        self.deliver.control(command);
+    async fn control(&self, message: &[u8]) -> Result<(), BrokerError> {
+        self.deliver.control(message);
+        Ok(())
+    }
+
+    /// One process is the only node: there is nobody to tell.
+    async fn announce(&self, _: &[(ChannelName, usize)]) -> Result<(), BrokerError> {
         Ok(())
     }
 
     async fn channels(&self) -> Result<HashMap<ChannelName, usize>, BrokerError> {
-        Ok(self.deliver.local_channels().into_iter().collect())
+        Ok(HashMap::new())
     }
 
     async fn subscribe(&self, channel: &ChannelName) -> Result<(), BrokerError> {
@@ -248,11 +252,7 @@ mod tests {
 
         fn reconcile(&self, _: &ChannelName, _: &StreamPosition) {}
 
-        fn control(&self, _: &Control) {}
-
-        fn local_channels(&self) -> Vec<(ChannelName, usize)> {
-            Vec::new()
-        }
+        fn control(&self, _: &[u8]) {}
     }
 
     fn data() -> Arc<RawValue> {

@@ -26,8 +26,13 @@
 //! reads; a position older than the history cannot be recovered, and says so.
 //!
 //! ## Failures
-//! An error means the operation did not happen, so a `publish` that returned an error was not
-//! assigned an offset and will never be delivered; nothing is lost silently.
+//! A [`BrokerError`] says which of three things happened: the backend is
+//! [unavailable](BrokerError::Unavailable) and the operation did not happen; it did not answer
+//! in time and the operation [may or may not have happened](BrokerError::Indeterminate) — a
+//! timed-out `publish` may have been stored and delivered, so a publisher that must not
+//! duplicate retries with the same idempotency key; or it failed for another
+//! [internal](BrokerError::Internal) reason. Every error keeps the backend's own error as its
+//! source, for the log; what a client is told is decided by the node, in one place.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -35,39 +40,56 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::protocol::{ChannelName, ClientInfo, Publication, StreamPosition};
+use crate::protocol::{ChannelName, ClientInfo, IdempotencyKey, Publication, StreamPosition};
 
 pub mod memory;
 pub mod redis;
 
-/// The node's side of a broker: it receives every publication of subscribed channels.
+/// The node's side of a broker: what a broker hands down. Every method must return quickly and
+/// never block (it runs on the broker's delivery path).
 pub trait Deliver: Send + Sync + 'static {
-    /// Called once per publication, in offset order per channel. Must not block.
+    /// Called once per publication, in offset order per channel.
     fn deliver(&self, publication: &Publication);
 
     /// Called when the broker may have missed publications of `channel` (it lost its
     /// connection): `position` is where the channel stands now.
     fn reconcile(&self, channel: &ChannelName, position: &StreamPosition);
 
-    /// Carries out a server command on this node's connections of the user it names.
-    fn control(&self, command: &Control);
-
-    /// This node's channels with local subscribers, and how many each has.
-    fn local_channels(&self) -> Vec<(ChannelName, usize)>;
+    /// A message some node sent with [`Broker::control`]; opaque to the broker.
+    fn control(&self, message: &[u8]);
 }
 
-/// Why a broker operation failed.
+/// The underlying error of a failed broker operation.
+pub type Source = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why a broker operation failed. The `context` says what was being done; the source is the
+/// backend's own error.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
-    /// The backend cannot be reached or cannot guarantee ordering now; retrying later may work.
-    #[error("broker unavailable: {0}")]
-    Unavailable(String),
+    /// The backend cannot be reached or cannot guarantee ordering now; the operation did not
+    /// happen, and retrying later may work.
+    #[error("broker unavailable: {context}")]
+    Unavailable {
+        context: &'static str,
+        #[source]
+        source: Source,
+    },
+    /// The backend did not answer in time: the operation may or may not have happened.
+    #[error("broker did not answer in time: {context}")]
+    Indeterminate {
+        context: &'static str,
+        #[source]
+        source: Source,
+    },
     /// Anything else the backend reported.
-    #[error("broker failed: {0}")]
-    Internal(String),
+    #[error("broker failed: {context}")]
+    Internal {
+        context: &'static str,
+        #[source]
+        source: Source,
+    },
 }
 
 /// Assigns offsets and carries publications between nodes. See the module docs for the
@@ -75,7 +97,8 @@ pub enum BrokerError {
 #[async_trait]
 pub trait Broker: Send + Sync + fmt::Debug + 'static {
     /// Appends a publication to `channel`, assigning the next offset, and delivers it to every
-    /// node subscribed to the channel. Returns the publication's position.
+    /// node subscribed to the channel. Returns the publication's position. An `Indeterminate`
+    /// error means it may have been stored and delivered all the same.
     async fn publish(
         &self,
         channel: &ChannelName,
@@ -101,11 +124,15 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
         query: HistoryQuery,
     ) -> Result<History, BrokerError>;
 
-    /// Sends `command` to every node, this one included.
-    async fn control(&self, command: &Control) -> Result<(), BrokerError>;
+    /// Hands `message` to [`Deliver::control`] on every node, this one included.
+    async fn control(&self, message: &[u8]) -> Result<(), BrokerError>;
 
-    /// Every channel with subscribers on any node, and how many it has in all. Other nodes'
-    /// counts may be a few seconds old.
+    /// Publishes this node's channels and their local subscriber counts for the other nodes.
+    /// The node calls it every [`ANNOUNCE_PERIOD`]; an announcement not renewed within three
+    /// periods counts as a node gone.
+    async fn announce(&self, counts: &[(ChannelName, usize)]) -> Result<(), BrokerError>;
+
+    /// The channels the *other* nodes announced, with their subscriber counts summed.
     async fn channels(&self) -> Result<HashMap<ChannelName, usize>, BrokerError>;
 
     /// Whether the broker can serve requests now (for `/readyz`).
@@ -116,6 +143,9 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
     /// Closes connections on shutdown.
     async fn close(&self) {}
 }
+
+/// How often a node announces its channel counts ([`Broker::announce`]).
+pub const ANNOUNCE_PERIOD: Duration = Duration::from_secs(5);
 
 /// How much of each channel a broker keeps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -166,34 +196,8 @@ pub struct PublishOptions {
 /// An idempotency key and how long it is remembered.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Idempotency {
-    pub key: String,
+    pub key: IdempotencyKey,
     pub window: Duration,
-}
-
-/// A server command that every node applies to its own connections of one user.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
-pub enum Control {
-    /// Close every connection of `user` with `code` and `reason`.
-    Disconnect {
-        user: String,
-        code: u16,
-        reason: String,
-    },
-    /// Subscribe every connection of `user` to `channel`, telling each client.
-    Subscribe { user: String, channel: ChannelName },
-    /// Unsubscribe every connection of `user` from `channel`, telling each client.
-    Unsubscribe { user: String, channel: ChannelName },
-}
-
-impl Control {
-    pub fn user(&self) -> &str {
-        match self {
-            Self::Disconnect { user, .. }
-            | Self::Subscribe { user, .. }
-            | Self::Unsubscribe { user, .. } => user,
-        }
-    }
 }
 
 impl Default for Retention {

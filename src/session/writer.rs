@@ -1,84 +1,51 @@
-//! The writer half of a session: the only code that writes to the socket. It drains the
-//! outbox in batches (one flush per batch), sends heartbeats, enforces the session's
-//! deadlines (token expiry, idle, authentication) and performs the close.
+//! The writer half of a session: the only code that writes to the transport. It drains the
+//! outbox in batches (one flush per batch), sends heartbeats, enforces the session's deadlines
+//! (token expiry, idle, authentication) and performs the close.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{Clocks, PING, SessionConfig};
-use crate::outbox::{Closing, Outbox};
-use crate::protocol::CloseCode;
-use crate::transport::Writer;
+use super::heartbeat::{Beat, Clocks, Heartbeat};
+use super::{Outgoing, SessionConfig};
+use crate::outbox::{Closing, Frame, Outbox};
+use crate::protocol::{CloseCode, PING_FRAME};
 
-/// Drains the outbox to the socket, sends heartbeats, and closes; returns how it closed.
-pub(super) async fn write_loop(
-    writer: &mut Writer,
+const PING: Frame = Frame::from_static(PING_FRAME);
+
+/// How one batch's write ended.
+enum Written {
+    Done,
+    Failed,
+    TimedOut,
+    /// Something decided to close while the write was blocked.
+    Interrupted,
+}
+
+/// Drains the outbox to the transport, sends heartbeats, and closes; returns how it closed.
+pub(super) async fn write_loop<O: Outgoing>(
+    out: &mut O,
     outbox: &Outbox,
-    alive: &AtomicBool,
     clocks: &Clocks,
     config: &SessionConfig,
     shutdown: &CancellationToken,
 ) -> Closing {
-    enum Written {
-        Done,
-        Failed,
-        TimedOut,
-        /// Something decided to close while the write was blocked.
-        Interrupted,
-    }
     let mut batch = Vec::new();
-    let mut ping_due = false;
-    let mut awaiting_pong = false;
-    let mut last_ping = Instant::now();
-    let mut deadline = last_ping + config.ping_interval;
+    let mut heartbeat = Heartbeat::new(Instant::now(), config.ping_interval, config.pong_timeout);
     loop {
         let closing = outbox.drain(&mut batch);
         if matches!(closing, Some(Closing::ByPeer | Closing::Gone)) {
-            // After the peer's close frame nothing but the library's reply may be sent.
+            // After the peer's close frame nothing but the transport's reply may be sent.
             batch.clear();
         }
-        let with_ping = ping_due && closing.is_none();
+        let with_ping = heartbeat.ping_due() && closing.is_none();
         if with_ping {
-            ping_due = false;
-            alive.store(false, Ordering::Relaxed);
+            clocks.alive.store(false, Ordering::Relaxed);
             batch.push(PING);
         }
         if !batch.is_empty() {
-            // A client that stopped reading blocks the write: bound it, and let overflow,
-            // shutdown or another close reason interrupt it.
-            let limit = if closing.is_some() {
-                config.close_timeout
-            } else {
-                config.write_timeout
-            };
-            let write = async {
-                for frame in batch.drain(..) {
-                    writer.feed(frame).await?;
-                }
-                writer.flush().await
-            };
-            let written = tokio::select! {
-                result = tokio::time::timeout(limit, write) => match result {
-                    Ok(Ok(())) => Written::Done,
-                    Ok(Err(err)) => {
-                        tracing::debug!(%err, "write failed");
-                        Written::Failed
-                    }
-                    Err(_) => Written::TimedOut,
-                },
-                () = outbox.closed(), if closing.is_none() => Written::Interrupted,
-                () = shutdown.cancelled(), if closing.is_none() => {
-                    outbox.close(Closing::Send {
-                        code: CloseCode::GOING_AWAY,
-                        reason: "server shutting down".into(),
-                    });
-                    Written::Interrupted
-                }
-            };
-            batch.clear();
-            match written {
+            match write_batch(out, &mut batch, outbox, closing.is_some(), config, shutdown).await {
                 Written::Done => {}
                 Written::Failed => {
                     outbox.close(Closing::Gone);
@@ -86,19 +53,13 @@ pub(super) async fn write_loop(
                 }
                 Written::TimedOut if closing.is_some() => return Closing::Gone,
                 Written::TimedOut => {
-                    outbox.close(Closing::Send {
-                        code: CloseCode::SLOW_CONSUMER,
-                        reason: "write timed out".into(),
-                    });
+                    outbox.close(Closing::because(CloseCode::SlowConsumer, "write timed out"));
                     continue;
                 }
                 Written::Interrupted => continue,
             }
             if with_ping {
-                // The pong clock starts when the ping has left, not when it was queued.
-                awaiting_pong = true;
-                last_ping = Instant::now();
-                deadline = last_ping + config.pong_timeout;
+                heartbeat.ping_sent(Instant::now());
             }
             if batch.capacity() > 256 {
                 batch = Vec::new();
@@ -107,37 +68,82 @@ pub(super) async fn write_loop(
         if let Some(closing) = closing {
             match &closing {
                 Closing::Send { code, reason } => {
-                    writer.close(*code, reason, config.close_timeout).await
+                    out.close(*code, reason, config.close_timeout).await
                 }
-                Closing::ByPeer => writer.finish(config.close_timeout).await,
+                Closing::ByPeer => out.finish(config.close_timeout).await,
                 Closing::Gone => {}
             }
             return closing;
         }
-        // The reader moves the other deadlines; each of its replies wakes this loop, which
-        // then sleeps until the earliest one.
-        let wake = deadline.min(clocks.next_deadline(config));
-        tokio::select! {
-            () = outbox.ready() => {}
-            () = tokio::time::sleep_until(wake), if !ping_due => {
-                let now = Instant::now();
-                if let Some(closing) = clocks.expired(now, config) {
-                    outbox.close(closing);
-                } else if now < deadline {
-                    // Woken for a deadline the reader has since moved.
-                } else if !awaiting_pong {
-                    ping_due = true;
-                } else if alive.load(Ordering::Relaxed) {
-                    awaiting_pong = false;
-                    deadline = (last_ping + config.ping_interval).max(Instant::now());
-                } else {
-                    outbox.close(Closing::Send { code: CloseCode::NO_PONG, reason: "no pong".into() });
-                }
-            }
-            () = shutdown.cancelled() => outbox.close(Closing::Send {
-                code: CloseCode::GOING_AWAY,
-                reason: "server shutting down".into(),
-            }),
+        wait(outbox, &mut heartbeat, clocks, config, shutdown).await;
+    }
+}
+
+/// Writes one batch, bounded: a client that stopped reading blocks the write, and overflow,
+/// shutdown or another close reason may interrupt it.
+async fn write_batch<O: Outgoing>(
+    out: &mut O,
+    batch: &mut Vec<Frame>,
+    outbox: &Outbox,
+    closing: bool,
+    config: &SessionConfig,
+    shutdown: &CancellationToken,
+) -> Written {
+    let limit = if closing {
+        config.close_timeout
+    } else {
+        config.write_timeout
+    };
+    let write = async {
+        for frame in batch.drain(..) {
+            out.feed(frame).await?;
         }
+        out.flush().await
+    };
+    let written = tokio::select! {
+        result = tokio::time::timeout(limit, write) => match result {
+            Ok(Ok(())) => Written::Done,
+            Ok(Err(err)) => {
+                tracing::debug!(%err, "write failed");
+                Written::Failed
+            }
+            Err(_) => Written::TimedOut,
+        },
+        () = outbox.closed(), if !closing => Written::Interrupted,
+        () = shutdown.cancelled(), if !closing => {
+            outbox.close(Closing::with(CloseCode::GoingAway));
+            Written::Interrupted
+        }
+    };
+    batch.clear();
+    written
+}
+
+/// Sleeps until there is something to write or a deadline passes, and acts on the deadline.
+async fn wait(
+    outbox: &Outbox,
+    heartbeat: &mut Heartbeat,
+    clocks: &Clocks,
+    config: &SessionConfig,
+    shutdown: &CancellationToken,
+) {
+    // The reader moves the other deadlines; each of its replies wakes this loop, which then
+    // sleeps until the earliest one.
+    let next = clocks.next_deadline(config);
+    let wake = heartbeat.deadline().map_or(next, |beat| beat.min(next));
+    tokio::select! {
+        () = outbox.ready() => {}
+        () = tokio::time::sleep_until(wake), if heartbeat.deadline().is_some() => {
+            let now = Instant::now();
+            if let Some(closing) = clocks.expired(now, config) {
+                outbox.close(closing);
+                return;
+            }
+            match heartbeat.expire(now, clocks.alive.load(Ordering::Relaxed)) {
+                Beat::Rest | Beat::Ping => {}
+                Beat::Dead => outbox.close(Closing::with(CloseCode::NoPong)),
+            }
+        }
+        () = shutdown.cancelled() => outbox.close(Closing::with(CloseCode::GoingAway)),
     }
 }

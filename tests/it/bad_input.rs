@@ -179,7 +179,7 @@ async fn a_reply_never_arrives_for_a_pong_and_ids_are_echoed_exactly() {
         .send_text(r#"{"id":9007199254740993,"op":"ping"}"#)
         .await;
     match client.recv().await {
-        ServerFrame::Reply { id, .. } => assert_eq!(id, 9007199254740993),
+        ServerFrame::Reply(tidings::protocol::Reply { id, .. }) => assert_eq!(id, 9007199254740993),
         other => panic!("expected the ping reply first, got {other:?}"),
     }
 }

@@ -9,10 +9,9 @@ use serde_json::value::RawValue;
 use tidings::broker::memory::MemoryBroker;
 use tidings::broker::redis::{RedisBroker, RedisOptions};
 use tidings::broker::{
-    Broker, Control, Deliver, HistoryQuery, HistoryRetention, Idempotency, PublishOptions,
-    Retention,
+    Broker, Deliver, HistoryQuery, HistoryRetention, Idempotency, PublishOptions, Retention,
 };
-use tidings::protocol::{ChannelName, ClientInfo, Publication, StreamPosition};
+use tidings::protocol::{ChannelName, ClientInfo, IdempotencyKey, Publication, StreamPosition};
 use tokio::sync::Notify;
 
 use crate::support::redis::{RedisCluster, RedisServer};
@@ -22,6 +21,7 @@ use crate::support::{WAIT, within};
 #[derive(Default)]
 pub struct Sink {
     publications: Mutex<Vec<Publication>>,
+    controls: Mutex<Vec<Vec<u8>>>,
     changed: Notify,
 }
 
@@ -33,10 +33,9 @@ impl Deliver for Sink {
 
     fn reconcile(&self, _: &ChannelName, _: &StreamPosition) {}
 
-    fn control(&self, _: &Control) {}
-
-    fn local_channels(&self) -> Vec<(ChannelName, usize)> {
-        Vec::new()
+    fn control(&self, message: &[u8]) {
+        self.controls.lock().unwrap().push(message.to_vec());
+        self.changed.notify_waiters();
     }
 }
 
@@ -244,7 +243,7 @@ broker_test!(
         let keyed = |key: &str| PublishOptions {
             history: None,
             idempotency: Some(Idempotency {
-                key: key.into(),
+                key: IdempotencyKey::parse(key).unwrap(),
                 window: Duration::from_secs(60),
             }),
         };
@@ -418,5 +417,36 @@ broker_test!(
             .unwrap();
         let offsets = sink.offsets("contract:resub", 2).await;
         assert_eq!(offsets.last(), Some(&2));
+    }
+);
+
+broker_test!(
+    a_control_message_reaches_this_node_as_it_was_sent,
+    |broker, sink| {
+        let message = br#"{"op":"disconnect","user":"u"}"#;
+        broker.control(message).await.unwrap();
+        within(WAIT, "the control message", async {
+            loop {
+                let changed = sink.changed.notified();
+                if sink.controls.lock().unwrap().iter().any(|m| m == message) {
+                    return;
+                }
+                changed.await;
+            }
+        })
+        .await;
+    }
+);
+
+broker_test!(
+    a_node_announces_its_channels_and_does_not_count_itself_among_the_others,
+    |broker, sink| {
+        let counts = [(channel("contract:announced"), 3)];
+        broker.announce(&counts).await.unwrap();
+        let others = broker.channels().await.unwrap();
+        assert!(
+            !others.contains_key(&counts[0].0),
+            "its own counts are the node's to add: {others:?}"
+        );
     }
 );

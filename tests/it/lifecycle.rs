@@ -101,7 +101,9 @@ async fn a_client_that_never_reads_is_closed_while_fifty_others_receive_everythi
     let ended = within(WAIT * 3, "stalled client end", async {
         loop {
             match stalled.try_recv(WAIT).await {
-                Ok(ServerFrame::Push(Push::Pub(p))) if p.channel == "flood" => flood_seen += 1,
+                Ok(ServerFrame::Push(Push::Pub(p))) if p.channel.as_str() == "flood" => {
+                    flood_seen += 1
+                }
                 Ok(_) => {}
                 Err(ended) => return ended,
             }

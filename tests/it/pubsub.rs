@@ -21,9 +21,9 @@ async fn two_clients_exchange_a_message_through_a_channel() {
     assert_eq!(offset, 1);
     for client in [&mut alice, &mut bob] {
         let publication = client.next_pub().await;
-        assert_eq!(publication.channel, "chat:lobby");
+        assert_eq!(publication.channel.as_str(), "chat:lobby");
         assert_eq!(publication.offset, 1);
-        assert_eq!(publication.epoch, sub["epoch"]);
+        assert_eq!(&*publication.epoch, sub["epoch"]);
         assert_eq!(publication.data, json!({"text": "hi alice"}));
         assert_eq!(&*publication.info.user, "bob");
     }
@@ -93,7 +93,7 @@ async fn subscribe_reports_the_current_position_and_delivers_only_later_publicat
     publisher.publish("feed", json!(4)).await;
     let publication = late.next_pub().await;
     assert_eq!((publication.offset, publication.data), (4, json!(4)));
-    assert_eq!(publication.epoch, sub["epoch"]);
+    assert_eq!(&*publication.epoch, sub["epoch"]);
 }
 
 #[tokio::test]

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use tidings::protocol::{Connected, Outcome, PubPush, Push, ServerFrame};
+use tidings::protocol::{Connected, Outcome, Publication, Push, Reply, ServerFrame};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
@@ -389,7 +389,7 @@ impl WsClient {
         }
         loop {
             match self.try_recv(WAIT).await {
-                Ok(ServerFrame::Reply { id: got, outcome }) if got == id => return outcome,
+                Ok(ServerFrame::Reply(Reply { id: got, outcome })) if got == id => return outcome,
                 Ok(_) => continue,
                 Err(_) => return ended_outcome(),
             }
@@ -400,8 +400,8 @@ impl WsClient {
     pub async fn reply_to(&mut self, id: u64) -> Outcome {
         loop {
             match self.recv().await {
-                ServerFrame::Reply { id: got, outcome } if got == id => return outcome,
-                ServerFrame::Reply { id: got, .. } => {
+                ServerFrame::Reply(Reply { id: got, outcome }) if got == id => return outcome,
+                ServerFrame::Reply(Reply { id: got, .. }) => {
                     panic!("reply to {got} while waiting for {id}")
                 }
                 ServerFrame::Push(push) => self.pushes.push_back(push),
@@ -448,7 +448,7 @@ impl WsClient {
     }
 
     /// The next publication, skipping other pushes (connected, errors are a failure).
-    pub async fn next_pub(&mut self) -> PubPush {
+    pub async fn next_pub(&mut self) -> Publication<Value> {
         loop {
             match self.next_push().await {
                 Push::Pub(publication) => return publication,
@@ -570,7 +570,9 @@ pub async fn resilient_subscriber(
         client.send_json(&subscribe).await;
         let reply = loop {
             match client.try_recv(WAIT).await {
-                Ok(ServerFrame::Reply { id: got, outcome }) if got == id => break Some(outcome),
+                Ok(ServerFrame::Reply(Reply { id: got, outcome })) if got == id => {
+                    break Some(outcome);
+                }
                 Ok(_) => continue,
                 Err(_) => break None,
             }

@@ -16,7 +16,8 @@
 //!
 //! ## Faults
 //! Commands time out instead of hanging while Redis is unreachable, and fail with
-//! [`BrokerError::Unavailable`]: a publish is either acknowledged and in history, or refused.
+//! [`BrokerError::Unavailable`] — or, for a publish whose answer did not come in time,
+//! [`BrokerError::Indeterminate`]: it may have been stored.
 //! The connections reconnect with exponential back-off. After the subscriber reconnects, the
 //! node subscribes again and reconciles every channel with its position in Redis: subscribers
 //! that missed publications meanwhile are closed to recover from history. If Redis lost the
@@ -30,26 +31,23 @@ use std::time::Duration;
 use async_trait::async_trait;
 use fred::bytes::Bytes;
 use fred::clients::SubscriberClient;
-use fred::interfaces::EventInterface;
 use fred::prelude::{
     Builder, Client, ClientLike, Config, Error as RedisError, PubsubInterface, ReconnectPolicy,
     Value,
 };
-use fred::types::config::Options;
 use fred::types::scripts::Script;
-use fred::types::{ClusterHash, Message};
-use fred::util::redis_keyslot;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::{
-    Broker, BrokerError, Control, Deliver, History, HistoryQuery, PublishOptions, Retention,
-    new_epoch,
+    ANNOUNCE_PERIOD, Broker, BrokerError, Deliver, History, HistoryQuery, PublishOptions,
+    Retention, new_epoch,
 };
 use crate::protocol::{ChannelName, ClientInfo, Publication, StreamPosition};
+
+mod pubsub;
 
 const PUBLISH_LUA: &str = include_str!("publish.lua");
 const READ_LUA: &str = include_str!("read.lua");
@@ -64,10 +62,8 @@ const MESSAGE_BUFFER: usize = 1 << 16;
 /// How often subscribed channels are refreshed and reconciled (more often if the position TTL
 /// is short).
 const MAINTENANCE_PERIOD: Duration = Duration::from_secs(30);
-/// How often a node writes its channels and their subscriber counts for the others to read.
-const ANNOUNCE_PERIOD: Duration = Duration::from_secs(5);
 /// A node whose announcement is older than this counts as gone.
-const ANNOUNCE_TTL: Duration = Duration::from_secs(15);
+const ANNOUNCE_TTL: Duration = Duration::from_secs(3 * ANNOUNCE_PERIOD.as_secs());
 
 /// Where Redis is and how to use it.
 #[derive(Clone, Debug)]
@@ -101,6 +97,9 @@ struct Inner {
     reconciliations: mpsc::UnboundedSender<(ChannelName, StreamPosition)>,
     /// This node's id among the announcements of channel counts.
     node_id: String,
+    /// The pub/sub channel of server commands. It has no `{…}` part, so no client channel
+    /// can map onto it.
+    control_channel: String,
 }
 
 impl fmt::Debug for RedisBroker {
@@ -128,25 +127,53 @@ struct Payload<'a> {
     info: ClientInfo,
 }
 
-fn unavailable(context: &str, err: RedisError) -> BrokerError {
-    BrokerError::Unavailable(format!("{context}: {err}"))
+fn unavailable(context: &'static str, err: RedisError) -> BrokerError {
+    BrokerError::Unavailable {
+        context,
+        source: Box::new(err),
+    }
+}
+
+/// Why `--redis-url` cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum UrlError {
+    #[error(
+        "unsupported Redis URL {0:?}: use redis://HOST:PORT or \
+         redis+cluster://HOST:PORT[,HOST:PORT…] (TLS is not supported yet)"
+    )]
+    Scheme(String),
+    #[error("invalid Redis URL {url:?}")]
+    Invalid {
+        url: String,
+        #[source]
+        source: RedisError,
+    },
+}
+
+impl From<UrlError> for BrokerError {
+    fn from(err: UrlError) -> Self {
+        BrokerError::Internal {
+            context: "reading --redis-url",
+            source: Box::new(err),
+        }
+    }
 }
 
 /// Turns `redis+cluster://h1:p1,h2:p2` (or `redis://…` with `cluster`) into fred's config.
-fn redis_config(options: &RedisOptions) -> Result<Config, BrokerError> {
+fn redis_config(options: &RedisOptions) -> Result<Config, UrlError> {
     let url = options.url.trim();
+    let invalid = |url: &str| {
+        let url = url.to_owned();
+        move |source| UrlError::Invalid { url, source }
+    };
     let (cluster, rest) = if let Some(rest) = url.strip_prefix("redis+cluster://") {
         (true, rest)
     } else if let Some(rest) = url.strip_prefix("redis://") {
         (options.cluster, rest)
     } else if url.starts_with("redis-cluster://") {
-        return Config::from_url(url)
-            .map_err(|err| BrokerError::Internal(format!("invalid Redis URL {url:?}: {err}")));
+        return Config::from_url(url).map_err(invalid(url));
     } else {
-        return Err(BrokerError::Internal(format!(
-            "unsupported Redis URL {url:?}: use redis://HOST:PORT or \
-             redis+cluster://HOST:PORT[,HOST:PORT…] (TLS is not supported yet)"
-        )));
+        return Err(UrlError::Scheme(url.to_owned()));
     };
     let url = if cluster {
         let (hosts, tail) = rest.split_once('/').unwrap_or((rest, ""));
@@ -162,8 +189,7 @@ fn redis_config(options: &RedisOptions) -> Result<Config, BrokerError> {
     } else {
         format!("redis://{rest}")
     };
-    Config::from_url(&url)
-        .map_err(|err| BrokerError::Internal(format!("invalid Redis URL {url:?}: {err}")))
+    Config::from_url(&url).map_err(invalid(&url))
 }
 
 impl RedisBroker {
@@ -209,6 +235,7 @@ impl RedisBroker {
             .map_err(|err| unavailable("connecting the Redis subscriber", err))?;
 
         let (reconciliations, reconciliations_rx) = mpsc::unbounded_channel();
+        let control_channel = format!("{}:control", options.prefix);
         let inner = Arc::new(Inner {
             publish_script: Script::from_lua(PUBLISH_LUA),
             read_script: Script::from_lua(READ_LUA),
@@ -221,16 +248,16 @@ impl RedisBroker {
             subscribed: Mutex::new(HashSet::new()),
             reconciliations,
             node_id: format!("{:016x}", fastrand::u64(..)),
+            control_channel,
         });
         inner
             .control_subscribe()
             .await
             .map_err(|err| unavailable("subscribing to the control channel", err))?;
         let tasks = vec![
-            tokio::spawn(pump_messages(inner.clone(), reconciliations_rx)),
-            tokio::spawn(restore_after_reconnects(inner.clone())),
-            tokio::spawn(maintain(inner.clone())),
-            tokio::spawn(announce(inner.clone())),
+            tokio::spawn(pubsub::pump_messages(inner.clone(), reconciliations_rx)),
+            tokio::spawn(pubsub::restore_after_reconnects(inner.clone())),
+            tokio::spawn(pubsub::maintain(inner.clone())),
         ];
         Ok(Self { inner, tasks })
     }
@@ -244,17 +271,12 @@ impl Inner {
         ]
     }
 
-    /// The pub/sub channel of server commands. It has no `{…}` part, so no client channel
-    /// can map onto it.
-    fn control_channel(&self) -> String {
-        format!("{}:control", self.prefix)
-    }
-
     async fn control_subscribe(&self) -> Result<(), RedisError> {
+        let channel = self.control_channel.clone();
         if self.sharded {
-            self.subscriber.ssubscribe(self.control_channel()).await
+            self.subscriber.ssubscribe(channel).await
         } else {
-            self.subscriber.subscribe(self.control_channel()).await
+            self.subscriber.subscribe(channel).await
         }
     }
 
@@ -351,219 +373,10 @@ fn ttl_seconds(ttl: Duration) -> i64 {
     i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX).max(1)
 }
 
-/// Delivers every pub/sub message to the node, in the order Redis sent them, and carries out
-/// reconciliations in that same order (see [`reconcile`]).
-async fn pump_messages(
-    inner: Arc<Inner>,
-    mut reconciliations: mpsc::UnboundedReceiver<(ChannelName, StreamPosition)>,
-) {
-    let mut messages = inner.subscriber.message_rx();
-    loop {
-        let message = tokio::select! {
-            biased;
-            message = messages.recv() => message,
-            Some((channel, position)) = reconciliations.recv() => {
-                // Everything Redis sent before the barrier is buffered by now: deliver it
-                // first, so only publications this node truly missed count as missed.
-                loop {
-                    match messages.try_recv() {
-                        Ok(message) => inner.deliver_message(&message),
-                        Err(TryRecvError::Lagged(_)) => continue,
-                        Err(_) => break,
-                    }
-                }
-                inner.deliver.reconcile(&channel, &position);
-                continue;
-            }
-        };
-        match message {
-            Ok(message) => inner.deliver_message(&message),
-            Err(RecvError::Lagged(missed)) => {
-                // Messages were dropped before we read them: the gaps they leave are caught
-                // per subscriber, and reconciling catches the ones at the end of a burst.
-                tracing::warn!(missed, "Redis pub/sub buffer overflowed; reconciling");
-                let inner = inner.clone();
-                tokio::spawn(async move { reconcile_all(&inner).await });
-            }
-            Err(RecvError::Closed) => return,
-        }
-    }
-}
-
-impl Inner {
-    fn deliver_message(&self, message: &Message) {
-        if *message.channel == *self.control_channel() {
-            let command = message
-                .value
-                .as_str()
-                .and_then(|text| serde_json::from_str::<Control>(&text).ok());
-            match command {
-                Some(command) => self.deliver.control(&command),
-                None => tracing::warn!("undecodable control message"),
-            }
-            return;
-        }
-        let Some(channel) = self.channel_of(&message.channel) else {
-            return;
-        };
-        let Ok(raw) = message.value.clone().convert::<Bytes>() else {
-            return;
-        };
-        let decoded = std::str::from_utf8(&raw)
-            .ok()
-            .and_then(|text| text.split_once(':'))
-            .and_then(|(epoch, entry)| self.decode(&channel, &epoch.into(), entry.as_bytes()));
-        match decoded {
-            Some(publication) => self.deliver.deliver(&publication),
-            None => tracing::warn!(%channel, "undecodable pub/sub message"),
-        }
-    }
-}
-
-/// After every reconnect of the subscriber: subscribe again, then reconcile.
-async fn restore_after_reconnects(inner: Arc<Inner>) {
-    let mut reconnects = inner.subscriber.reconnect_rx();
-    loop {
-        match reconnects.recv().await {
-            Ok(server) => {
-                // Several nodes of a cluster may report at once: one pass serves them all.
-                while reconnects.try_recv().is_ok() {}
-                tracing::info!(%server, "Redis subscriber reconnected; restoring subscriptions");
-                restore(&inner).await;
-            }
-            Err(RecvError::Lagged(_)) => continue,
-            Err(RecvError::Closed) => return,
-        }
-    }
-}
-
-/// Subscribes again to every channel this node needs, then reconciles them.
-async fn restore(inner: &Inner) {
-    if let Err(err) = inner.control_subscribe().await {
-        tracing::warn!(%err, "resubscribing to the control channel failed");
-    }
-    let channels: Vec<ChannelName> = inner.subscribed().iter().cloned().collect();
-    for channel in &channels {
-        if let Err(err) = inner.redis_subscribe(channel).await {
-            // Until it succeeds this node hears nothing of the channel; closing its
-            // subscribers makes them reconnect (perhaps elsewhere) and recover.
-            tracing::warn!(%channel, %err, "resubscribing failed");
-            inner.deliver.reconcile(
-                channel,
-                &StreamPosition {
-                    offset: u64::MAX,
-                    epoch: "".into(),
-                },
-            );
-        }
-    }
-    reconcile_all(inner).await;
-}
-
-/// Periodically keeps subscribed channels' positions from expiring while clients hold them,
-/// and in cluster mode subscribes again (a slot that moved to another shard silently drops
-/// its sharded subscriptions) and reconciles.
-async fn maintain(inner: Arc<Inner>) {
-    let period = (inner.retention.position_ttl / 4).min(MAINTENANCE_PERIOD);
-    loop {
-        tokio::time::sleep(period).await;
-        if inner.sharded {
-            restore(&inner).await;
-        } else {
-            reconcile_all(&inner).await;
-        }
-    }
-}
-
-/// Periodically writes this node's channel counts (JSON, expiring) and its id with the time
-/// into a sorted set, so that any node can sum the counts of the nodes alive.
-async fn announce(inner: Arc<Inner>) {
-    loop {
-        if let Err(err) = announce_once(&inner).await {
-            tracing::debug!(%err, "announcing channel counts failed");
-        }
-        tokio::time::sleep(ANNOUNCE_PERIOD).await;
-    }
-}
-
-async fn announce_once(inner: &Inner) -> Result<(), RedisError> {
-    use fred::interfaces::{KeysInterface, SortedSetsInterface};
-    use fred::types::Expiration;
-    let counts: HashMap<String, usize> = inner
-        .deliver
-        .local_channels()
-        .into_iter()
-        .map(|(channel, count)| (channel.to_string(), count))
-        .collect();
-    let json = serde_json::to_string(&counts).unwrap_or_else(|_| "{}".into());
-    let now = unix_seconds();
-    let ttl = i64::try_from(ANNOUNCE_TTL.as_secs()).unwrap_or(15);
-    inner
-        .client
-        .set::<(), _, _>(
-            inner.node_key(&inner.node_id),
-            json,
-            Some(Expiration::EX(ttl)),
-            None,
-            false,
-        )
-        .await?;
-    inner
-        .client
-        .zadd::<(), _, _>(
-            inner.nodes_key(),
-            None,
-            None,
-            false,
-            false,
-            (now as f64, inner.node_id.as_str()),
-        )
-        .await?;
-    inner
-        .client
-        .zremrangebyscore::<(), _, _, _>(
-            inner.nodes_key(),
-            f64::NEG_INFINITY,
-            (now - 4 * ttl) as f64,
-        )
-        .await
-}
-
 fn unix_seconds() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-}
-
-/// Compares every subscribed channel's local delivery with its position in Redis.
-async fn reconcile_all(inner: &Inner) {
-    let channels: Vec<ChannelName> = inner.subscribed().iter().cloned().collect();
-    for channel in channels {
-        if let Err(err) = reconcile(inner, &channel).await {
-            tracing::warn!(%channel, %err, "reconciling failed");
-        }
-    }
-}
-
-/// Reads the channel's position (which also keeps it from expiring), then a PING on the
-/// subscriber connection as a barrier: its answer comes after every message Redis published
-/// before the read. The pump then delivers what it buffered before comparing.
-async fn reconcile(inner: &Inner, channel: &ChannelName) -> Result<(), BrokerError> {
-    let (position, _) = inner.read(channel, false).await?;
-    let barrier = Options {
-        cluster_hash: Some(ClusterHash::Custom(redis_keyslot(
-            inner.pubsub_channel(channel).as_bytes(),
-        ))),
-        ..Default::default()
-    };
-    inner
-        .subscriber
-        .with_options(&barrier)
-        .ping::<Value>(None)
-        .await
-        .map_err(|err| unavailable("pinging the subscriber", err))?;
-    let _ = inner.reconciliations.send((channel.clone(), position));
-    Ok(())
 }
 
 #[async_trait]
@@ -577,8 +390,12 @@ impl Broker for RedisBroker {
     ) -> Result<StreamPosition, BrokerError> {
         let inner = &self.inner;
         let history = options.history.unwrap_or_else(|| inner.retention.history());
-        let payload = serde_json::to_string(&Payload { data: &data, info })
-            .map_err(|err| BrokerError::Internal(format!("encoding a publication: {err}")))?;
+        let payload = serde_json::to_string(&Payload { data: &data, info }).map_err(|err| {
+            BrokerError::Internal {
+                context: "encoding a publication",
+                source: Box::new(err),
+            }
+        })?;
         let args: Vec<Value> = vec![
             payload.into(),
             i64::try_from(history.size).unwrap_or(i64::MAX).into(),
@@ -593,7 +410,8 @@ impl Broker for RedisBroker {
         if let Some(idempotency) = &options.idempotency {
             keys.push(format!(
                 "{}:{{{channel}}}:idem:{}",
-                inner.prefix, idempotency.key
+                inner.prefix,
+                idempotency.key.as_str()
             ));
             args.push(ttl_seconds(idempotency.window).into());
         }
@@ -604,11 +422,10 @@ impl Broker for RedisBroker {
             .map_err(|err| {
                 // A timeout may hide a script that ran: say so rather than claim it failed.
                 if *err.kind() == fred::error::ErrorKind::Timeout {
-                    BrokerError::Unavailable(
-                        "Redis did not answer in time; the publication may or may not have \
-                         been stored"
-                            .into(),
-                    )
+                    BrokerError::Indeterminate {
+                        context: "publishing through Redis",
+                        source: Box::new(err),
+                    }
                 } else {
                     unavailable("publishing through Redis", err)
                 }
@@ -619,16 +436,51 @@ impl Broker for RedisBroker {
         })
     }
 
-    async fn control(&self, command: &Control) -> Result<(), BrokerError> {
-        let json = serde_json::to_string(command)
-            .map_err(|err| BrokerError::Internal(format!("encoding a command: {err}")))?;
-        let channel = self.inner.control_channel();
-        let sent = if self.inner.sharded {
-            self.inner.client.spublish::<(), _, _>(channel, json).await
+    async fn control(&self, message: &[u8]) -> Result<(), BrokerError> {
+        let inner = &self.inner;
+        let message = Bytes::copy_from_slice(message);
+        let channel = inner.control_channel.clone();
+        let sent = if inner.sharded {
+            inner.client.spublish::<(), _, _>(channel, message).await
         } else {
-            self.inner.client.publish::<(), _, _>(channel, json).await
+            inner.client.publish::<(), _, _>(channel, message).await
         };
         sent.map_err(|err| unavailable("sending a command to the nodes", err))
+    }
+
+    /// Writes the counts (JSON, expiring) under this node's key and the node's id with the
+    /// time into a sorted set, so that any node can sum the counts of the nodes alive.
+    async fn announce(&self, counts: &[(ChannelName, usize)]) -> Result<(), BrokerError> {
+        use fred::interfaces::{KeysInterface, SortedSetsInterface};
+        use fred::types::Expiration;
+        let inner = &self.inner;
+        let counts: HashMap<&str, usize> = counts
+            .iter()
+            .map(|(channel, count)| (channel.as_str(), *count))
+            .collect();
+        let json = serde_json::to_string(&counts).unwrap_or_else(|_| "{}".into());
+        let now = unix_seconds();
+        let ttl = i64::try_from(ANNOUNCE_TTL.as_secs()).unwrap_or(15);
+        let fail = |err| unavailable("announcing channel counts", err);
+        let key = inner.node_key(&inner.node_id);
+        let expiry = Some(Expiration::EX(ttl));
+        inner
+            .client
+            .set::<(), _, _>(key, json, expiry, None, false)
+            .await
+            .map_err(fail)?;
+        let member = (now as f64, inner.node_id.as_str());
+        inner
+            .client
+            .zadd::<(), _, _>(inner.nodes_key(), None, None, false, false, member)
+            .await
+            .map_err(fail)?;
+        let gone = (now - 4 * ttl) as f64;
+        inner
+            .client
+            .zremrangebyscore::<(), _, _, _>(inner.nodes_key(), f64::NEG_INFINITY, gone)
+            .await
+            .map_err(fail)
     }
 
     async fn channels(&self) -> Result<HashMap<ChannelName, usize>, BrokerError> {
@@ -645,22 +497,20 @@ impl Broker for RedisBroker {
             .filter(|id| *id != inner.node_id)
             .map(|id| inner.node_key(&id))
             .collect();
-        // This node's own counts are live; the others' as of their last announcement.
-        let mut total: HashMap<ChannelName, usize> =
-            inner.deliver.local_channels().into_iter().collect();
-        if !others.is_empty() {
-            let announced: Vec<Option<String>> = inner
-                .client
-                .mget(others)
-                .await
-                .map_err(|err| unavailable("reading node announcements", err))?;
-            for json in announced.into_iter().flatten() {
-                let counts: HashMap<String, usize> =
-                    serde_json::from_str(&json).unwrap_or_default();
-                for (name, count) in counts {
-                    if let Ok(channel) = ChannelName::parse(&name) {
-                        *total.entry(channel).or_default() += count;
-                    }
+        let mut total: HashMap<ChannelName, usize> = HashMap::new();
+        if others.is_empty() {
+            return Ok(total);
+        }
+        let announced: Vec<Option<String>> = inner
+            .client
+            .mget(others)
+            .await
+            .map_err(|err| unavailable("reading node announcements", err))?;
+        for json in announced.into_iter().flatten() {
+            let counts: HashMap<String, usize> = serde_json::from_str(&json).unwrap_or_default();
+            for (name, count) in counts {
+                if let Ok(channel) = ChannelName::parse(&name) {
+                    *total.entry(channel).or_default() += count;
                 }
             }
         }
@@ -713,7 +563,10 @@ impl Broker for RedisBroker {
     async fn ready(&self) -> Result<(), BrokerError> {
         let inner = &self.inner;
         if !inner.client.is_connected() || !inner.subscriber.is_connected() {
-            return Err(BrokerError::Unavailable("not connected to Redis".into()));
+            return Err(BrokerError::Unavailable {
+                context: "checking readiness",
+                source: "not connected to Redis".into(),
+            });
         }
         let pings = async {
             inner.client.ping::<Value>(None).await?;
@@ -722,9 +575,10 @@ impl Broker for RedisBroker {
         match tokio::time::timeout(READY_TIMEOUT, pings).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(err)) => Err(unavailable("pinging Redis", err)),
-            Err(_) => Err(BrokerError::Unavailable(format!(
-                "Redis did not answer a PING within {READY_TIMEOUT:?}"
-            ))),
+            Err(_) => Err(BrokerError::Unavailable {
+                context: "checking readiness",
+                source: format!("Redis did not answer a PING within {READY_TIMEOUT:?}").into(),
+            }),
         }
     }
 

@@ -1,0 +1,202 @@
+//! The Redis broker's receiving side: one task pumps pub/sub messages to the node in the order
+//! Redis sent them; after a reconnect the node's channels are subscribed again and reconciled
+//! with their positions, so that subscribers who missed publications recover them.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use fred::bytes::Bytes;
+use fred::interfaces::EventInterface;
+use fred::prelude::{ClientLike, Value};
+use fred::types::config::Options;
+use fred::types::{ClusterHash, Message};
+use fred::util::redis_keyslot;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+use tokio::sync::mpsc;
+
+use super::{Inner, MAINTENANCE_PERIOD, unavailable};
+use crate::broker::BrokerError;
+use crate::protocol::{ChannelName, StreamPosition};
+
+/// The channel and epoch last seen on each pub/sub channel, so that a burst of messages shares
+/// one `ChannelName` and one epoch instead of allocating both per message.
+#[derive(Default)]
+struct Interned {
+    by_pubsub: HashMap<Box<str>, (ChannelName, Arc<str>)>,
+}
+
+impl Interned {
+    /// Bounded by the channels in use: once it holds far more names than the node subscribes
+    /// to, it starts over.
+    fn lookup(
+        &mut self,
+        inner: &Inner,
+        pubsub: &str,
+        epoch: &str,
+    ) -> Option<(ChannelName, Arc<str>)> {
+        if let Some((channel, interned)) = self.by_pubsub.get_mut(pubsub) {
+            if **interned != *epoch {
+                *interned = epoch.into();
+            }
+            return Some((channel.clone(), interned.clone()));
+        }
+        let channel = inner.channel_of(pubsub)?;
+        if self.by_pubsub.len() > 2 * inner.subscribed().len() + 64 {
+            self.by_pubsub.clear();
+        }
+        let epoch: Arc<str> = epoch.into();
+        self.by_pubsub
+            .insert(pubsub.into(), (channel.clone(), epoch.clone()));
+        Some((channel, epoch))
+    }
+}
+
+/// Delivers every pub/sub message to the node, in the order Redis sent them, and carries out
+/// reconciliations in that same order (see [`reconcile`]).
+pub(super) async fn pump_messages(
+    inner: Arc<Inner>,
+    mut reconciliations: mpsc::UnboundedReceiver<(ChannelName, StreamPosition)>,
+) {
+    let mut messages = inner.subscriber.message_rx();
+    let mut interned = Interned::default();
+    loop {
+        let message = tokio::select! {
+            biased;
+            message = messages.recv() => message,
+            Some((channel, position)) = reconciliations.recv() => {
+                // Everything Redis sent before the barrier is buffered by now: deliver it
+                // first, so only publications this node truly missed count as missed.
+                loop {
+                    match messages.try_recv() {
+                        Ok(message) => deliver_message(&inner, &mut interned, &message),
+                        Err(TryRecvError::Lagged(_)) => continue,
+                        Err(_) => break,
+                    }
+                }
+                inner.deliver.reconcile(&channel, &position);
+                continue;
+            }
+        };
+        match message {
+            Ok(message) => deliver_message(&inner, &mut interned, &message),
+            Err(RecvError::Lagged(missed)) => {
+                // Messages were dropped before we read them: the gaps they leave are caught
+                // per subscriber, and reconciling catches the ones at the end of a burst.
+                tracing::warn!(missed, "Redis pub/sub buffer overflowed; reconciling");
+                let inner = inner.clone();
+                tokio::spawn(async move { reconcile_all(&inner).await });
+            }
+            Err(RecvError::Closed) => return,
+        }
+    }
+}
+
+fn deliver_message(inner: &Inner, interned: &mut Interned, message: &Message) {
+    let Ok(raw) = message.value.clone().convert::<Bytes>() else {
+        return;
+    };
+    if *message.channel == *inner.control_channel {
+        inner.deliver.control(&raw);
+        return;
+    }
+    let Some((epoch, entry)) = std::str::from_utf8(&raw)
+        .ok()
+        .and_then(|text| text.split_once(':'))
+    else {
+        tracing::warn!(channel = %message.channel, "undecodable pub/sub message");
+        return;
+    };
+    let Some((channel, epoch)) = interned.lookup(inner, &message.channel, epoch) else {
+        return;
+    };
+    match inner.decode(&channel, &epoch, entry.as_bytes()) {
+        Some(publication) => inner.deliver.deliver(&publication),
+        None => tracing::warn!(%channel, "undecodable pub/sub message"),
+    }
+}
+
+/// After every reconnect of the subscriber: subscribe again, then reconcile.
+pub(super) async fn restore_after_reconnects(inner: Arc<Inner>) {
+    let mut reconnects = inner.subscriber.reconnect_rx();
+    loop {
+        match reconnects.recv().await {
+            Ok(server) => {
+                // Several nodes of a cluster may report at once: one pass serves them all.
+                while reconnects.try_recv().is_ok() {}
+                tracing::info!(%server, "Redis subscriber reconnected; restoring subscriptions");
+                restore(&inner).await;
+            }
+            Err(RecvError::Lagged(_)) => continue,
+            Err(RecvError::Closed) => return,
+        }
+    }
+}
+
+/// Subscribes again to every channel this node needs, then reconciles them.
+async fn restore(inner: &Inner) {
+    if let Err(err) = inner.control_subscribe().await {
+        tracing::warn!(%err, "resubscribing to the control channel failed");
+    }
+    let channels: Vec<ChannelName> = inner.subscribed().iter().cloned().collect();
+    for channel in &channels {
+        if let Err(err) = inner.redis_subscribe(channel).await {
+            // Until it succeeds this node hears nothing of the channel; closing its
+            // subscribers makes them reconnect (perhaps elsewhere) and recover.
+            tracing::warn!(%channel, %err, "resubscribing failed");
+            inner.deliver.reconcile(
+                channel,
+                &StreamPosition {
+                    offset: u64::MAX,
+                    epoch: "".into(),
+                },
+            );
+        }
+    }
+    reconcile_all(inner).await;
+}
+
+/// Periodically keeps subscribed channels' positions from expiring while clients hold them,
+/// and in cluster mode subscribes again (a slot that moved to another shard silently drops
+/// its sharded subscriptions) and reconciles.
+pub(super) async fn maintain(inner: Arc<Inner>) {
+    let period = (inner.retention.position_ttl / 4).min(MAINTENANCE_PERIOD);
+    loop {
+        tokio::time::sleep(period).await;
+        if inner.sharded {
+            restore(&inner).await;
+        } else {
+            reconcile_all(&inner).await;
+        }
+    }
+}
+
+/// Compares every subscribed channel's local delivery with its position in Redis.
+async fn reconcile_all(inner: &Inner) {
+    let channels: Vec<ChannelName> = inner.subscribed().iter().cloned().collect();
+    for channel in channels {
+        if let Err(err) = reconcile(inner, &channel).await {
+            tracing::warn!(%channel, %err, "reconciling failed");
+        }
+    }
+}
+
+/// Reads the channel's position (which also keeps it from expiring), then a PING on the
+/// subscriber connection as a barrier: its answer comes after every message Redis published
+/// before the read. The pump then delivers what it buffered before comparing.
+async fn reconcile(inner: &Inner, channel: &ChannelName) -> Result<(), BrokerError> {
+    let (position, _) = inner.read(channel, false).await?;
+    let barrier = Options {
+        cluster_hash: Some(ClusterHash::Custom(redis_keyslot(
+            inner.pubsub_channel(channel).as_bytes(),
+        ))),
+        ..Default::default()
+    };
+    inner
+        .subscriber
+        .with_options(&barrier)
+        .ping::<Value>(None)
+        .await
+        .map_err(|err| unavailable("pinging the subscriber", err))?;
+    let _ = inner.reconciliations.send((channel.clone(), position));
+    Ok(())
+}

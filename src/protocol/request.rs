@@ -1,0 +1,245 @@
+//! Client → server: a [`Request`] is an optional `id`, an `op`, and that operation's fields.
+//!
+//! Clients build requests from these types and serialise them; the server reads them with
+//! [`decode_request`], which reads `id` and `op` first (a thin pre-pass) so that every mistake
+//! gets its precise code: 100 not JSON, 101 not a command, 102 unknown op, 103 a field missing
+//! or of the wrong type, 104 a bad channel name. Unknown fields are ignored, so newer clients
+//! can talk to older servers.
+
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::value::RawValue;
+
+use super::{ChannelName, ErrorCode, IdempotencyKey, Secret, StreamPosition};
+
+/// One client request. `D` is how `publish` data is held: the raw JSON text on the server,
+/// anything serialisable in a client.
+#[derive(Debug, Serialize)]
+pub struct Request<D = Box<RawValue>> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<u64>,
+    #[serde(flatten)]
+    pub command: Command<D>,
+}
+
+/// What a client asks for, tagged by `op`.
+#[derive(Debug, Serialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Command<D = Box<RawValue>> {
+    Connect(Connect),
+    Refresh(Refresh),
+    Subscribe(Subscribe),
+    Unsubscribe(Unsubscribe),
+    Publish(Publish<D>),
+    History(History),
+    /// A client-side liveness probe; replied to with `ok {}`.
+    Ping,
+    /// The answer to a server `{"ping":{}}`; never replied to.
+    Pong,
+}
+
+/// First command only: sets the user's name, or proves who the user is with a token.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Connect {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<Secret>,
+}
+
+/// Replaces the connection's token before it expires (same user).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Refresh {
+    pub token: Secret,
+}
+
+/// With `since`, the reply also recovers what was published after that position; `token` is
+/// a subscription token, for channels that require one.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Subscribe {
+    pub channel: ChannelName,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<StreamPosition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<Secret>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Unsubscribe {
+    pub channel: ChannelName,
+}
+
+/// With `idempotency_key`, a retry within the server's window is answered with the first
+/// publication's offset and not published again.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Publish<D = Box<RawValue>> {
+    pub channel: ChannelName,
+    pub data: D,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<IdempotencyKey>,
+}
+
+/// Publications kept in the channel's history: after `since`, or the latest ones.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct History {
+    pub channel: ChannelName,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<StreamPosition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+}
+
+/// Why a frame could not be decoded; carries the request id when it could be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodeError {
+    pub id: Option<u64>,
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl DecodeError {
+    fn new(id: Option<u64>, code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            id,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// The pre-pass: the fields every request's code depends on, kept raw so that a wrong type
+/// gets a precise message.
+#[derive(Deserialize)]
+struct Head<'a> {
+    #[serde(borrow, default, deserialize_with = "present")]
+    id: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    op: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    channel: Option<&'a RawValue>,
+}
+
+/// Keeps an explicit `null` as present, so `"id":null` is a wrong id, not a missing one.
+fn present<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(deserializer).map(Some)
+}
+
+/// Decodes one text frame into a request.
+pub fn decode_request(text: &str) -> Result<Request, DecodeError> {
+    let head = decode_head(text)?;
+    let id = match head.id {
+        None => None,
+        Some(raw) => Some(serde_json::from_str::<u64>(raw.get()).map_err(|_| {
+            DecodeError::new(
+                None,
+                ErrorCode::InvalidCommand,
+                "\"id\" must be a non-negative integer",
+            )
+        })?),
+    };
+    let op: String = match head.op {
+        None => {
+            let message = "missing field \"op\"";
+            return Err(DecodeError::new(id, ErrorCode::InvalidCommand, message));
+        }
+        Some(raw) => serde_json::from_str(raw.get()).map_err(|_| {
+            DecodeError::new(id, ErrorCode::InvalidCommand, "\"op\" must be a string")
+        })?,
+    };
+    let fields = Fields { text, id, op: &op };
+    let command = match op.as_str() {
+        "connect" => Command::Connect(fields.read()?),
+        "refresh" => Command::Refresh(fields.read()?),
+        "subscribe" => Command::Subscribe(fields.with_channel(head.channel)?),
+        "unsubscribe" => Command::Unsubscribe(fields.with_channel(head.channel)?),
+        "publish" => Command::Publish(fields.with_channel(head.channel)?),
+        "history" => Command::History(fields.with_channel(head.channel)?),
+        "ping" => Command::Ping,
+        "pong" => Command::Pong,
+        other => {
+            let mut shown: String = other.chars().take(64).collect();
+            if shown.len() < other.len() {
+                shown.push('…');
+            }
+            let message = format!("unknown op {shown:?}");
+            return Err(DecodeError::new(id, ErrorCode::UnknownOp, message));
+        }
+    };
+    Ok(Request { id, command })
+}
+
+/// Reads `id`, `op` and `channel` raw: 100 for text that is not JSON, 101 for JSON that is not
+/// an object.
+fn decode_head(text: &str) -> Result<Head<'_>, DecodeError> {
+    // serde would read a JSON array as a struct's fields in order; a command is an object.
+    let not_a_command = "a command is a JSON object with an \"op\" field";
+    if !text.trim_start().starts_with('{') {
+        return Err(match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+            Ok(_) => DecodeError::new(None, ErrorCode::InvalidCommand, not_a_command),
+            Err(err) => DecodeError::new(
+                None,
+                ErrorCode::MalformedJson,
+                format!("invalid JSON: {err}"),
+            ),
+        });
+    }
+    serde_json::from_str(text).map_err(|err| {
+        use serde_json::error::Category;
+        match err.classify() {
+            Category::Syntax | Category::Eof | Category::Io => DecodeError::new(
+                None,
+                ErrorCode::MalformedJson,
+                format!("invalid JSON: {err}"),
+            ),
+            Category::Data => DecodeError::new(
+                None,
+                ErrorCode::InvalidCommand,
+                format!("{not_a_command}: {err}"),
+            ),
+        }
+    })
+}
+
+/// One request's text, once its `id` and `op` are known.
+struct Fields<'a> {
+    text: &'a str,
+    id: Option<u64>,
+    op: &'a str,
+}
+
+impl Fields<'_> {
+    /// The operation's fields; 103 naming the field that is missing or wrong.
+    fn read<T: serde::de::DeserializeOwned>(&self) -> Result<T, DecodeError> {
+        serde_json::from_str(self.text).map_err(|_| {
+            // Parsed again only to say where: the error path is rare, the happy one is not.
+            let mut deserializer = serde_json::Deserializer::from_str(self.text);
+            let message = match serde_path_to_error::deserialize::<_, T>(&mut deserializer) {
+                Err(err) if err.path().iter().next().is_some() => {
+                    format!("{}: \"{}\": {}", self.op, err.path(), err.inner())
+                }
+                Err(err) => format!("{}: {}", self.op, err.inner()),
+                Ok(_) => format!("{}: invalid fields", self.op),
+            };
+            DecodeError::new(self.id, ErrorCode::InvalidField, message)
+        })
+    }
+
+    /// As [`Self::read`], for an operation on a channel: a missing or non-string `channel` is
+    /// 103, a string that breaks the naming rules 104.
+    fn with_channel<T: serde::de::DeserializeOwned>(
+        &self,
+        channel: Option<&RawValue>,
+    ) -> Result<T, DecodeError> {
+        let invalid = |message: String| DecodeError::new(self.id, ErrorCode::InvalidField, message);
+        let raw =
+            channel.ok_or_else(|| invalid(format!("{} needs the field \"channel\"", self.op)))?;
+        let name: std::borrow::Cow<'_, str> = serde_json::from_str(raw.get())
+            .map_err(|_| invalid("\"channel\" must be a string".into()))?;
+        ChannelName::parse(&name)
+            .map_err(|err| DecodeError::new(self.id, ErrorCode::InvalidChannel, err.to_string()))?;
+        self.read()
+    }
+}

@@ -1,0 +1,228 @@
+//! Commands, carried out with an identity in hand: each client command, and each server
+//! command from the session's mailbox, becomes calls on the node and a reply or push in the
+//! outbox.
+//!
+//! Subscribing has two entry points over one core: [`Session::subscribe`] for the client (the
+//! channel rules apply; the reply says how it went) and [`Session::subscribe_for_server`] for
+//! the server API (the application decided; the client learns it from a `subscribed` push).
+
+use std::sync::Arc;
+
+use super::{Refusal, Session};
+use crate::auth::Identity;
+use crate::node::{Recovery, Subscribed, UserCommand};
+use crate::outbox::{Closing, Frame};
+use crate::protocol::{
+    ChannelName, Command, Empty, ErrorCode, History, HistoryOk, Publish, PublishOk, Push, Secret,
+    StreamPosition, Subscribe, SubscribeOk, SubscribedPush, Unsubscribe, UnsubscribedPush, encode,
+    encode_error, encode_ok,
+};
+
+impl Session<'_> {
+    /// Runs one client command other than `connect` and `pong`.
+    pub(super) async fn dispatch(
+        &mut self,
+        identity: &Identity,
+        id: Option<u64>,
+        command: Command,
+    ) {
+        // A connection's task is as large as its largest state and most connections sit idle:
+        // the rarer commands' states live on the heap only while they run.
+        match command {
+            Command::Subscribe(subscribe) => {
+                Box::pin(self.subscribe(identity, id, subscribe)).await
+            }
+            Command::History(history) => Box::pin(self.history(identity, id, history)).await,
+            Command::Unsubscribe(Unsubscribe { channel }) => {
+                // Unsubscribing from a channel one is not subscribed to succeeds: the state
+                // asked for holds either way, and retries stay harmless.
+                Box::pin(self.node.unsubscribe(&channel, &self.outbox)).await;
+                self.reply_ok(id, &Empty {});
+            }
+            Command::Publish(publish) => Box::pin(self.publish(identity, id, publish)).await,
+            Command::Refresh(refresh) => self.refresh(identity, id, refresh.token.expose()),
+            Command::Ping => self.reply_ok(id, &Empty {}),
+            Command::Connect(_) | Command::Pong => {}
+        }
+    }
+
+    /// Carries out a server command that reached this connection.
+    pub(super) async fn apply(&mut self, command: UserCommand) {
+        match command {
+            UserCommand::Subscribe(channel) => Box::pin(self.subscribe_for_server(channel)).await,
+            UserCommand::Unsubscribe(channel) => {
+                if self.node.unsubscribe(&channel, &self.outbox).await {
+                    let push = Push::<()>::Unsubscribed(UnsubscribedPush {
+                        channel: channel.to_string(),
+                    });
+                    self.outbox.push(Frame::from(encode(&push)));
+                }
+            }
+            UserCommand::Disconnect { code, reason } => {
+                self.outbox.close(Closing::because(code, reason));
+            }
+        }
+        self.note_activity();
+    }
+
+    /// The client's `subscribe`: the channel rules apply, and the reply tells the outcome
+    /// (with `since`, the recovered publications or why there are none).
+    async fn subscribe(&mut self, identity: &Identity, id: Option<u64>, request: Subscribe) {
+        let Subscribe {
+            channel,
+            since,
+            token,
+        } = request;
+        let allowed = self.node.rules().check_subscribe(
+            identity,
+            &channel,
+            token.as_ref().map(Secret::expose),
+            self.gate.verifier.as_ref(),
+        );
+        if let Err(denied) = allowed {
+            return self.reply_error(id, &Refusal::from(&denied));
+        }
+        if self.outbox.is_subscribed(&channel) {
+            let message = format!("already subscribed to {channel}");
+            return self.reply_error(id, &Refusal::new(ErrorCode::AlreadySubscribed, message));
+        }
+        let Subscribed { position, recovery } = match self.open(&channel, since.as_ref()).await {
+            Ok(subscribed) => subscribed,
+            Err(refusal) => return self.reply_error(id, &refusal),
+        };
+        let (recovered, publications, reason) = match recovery {
+            None => (None, None, None),
+            Some(Recovery::Recovered(publications)) => (Some(true), Some(publications), None),
+            Some(Recovery::Unrecoverable(reason)) => (Some(false), Some(Vec::new()), Some(reason)),
+        };
+        let frames: Vec<Frame> = match id {
+            Some(id) => vec![Frame::from(encode_ok(
+                id,
+                &SubscribeOk::<Arc<serde_json::value::RawValue>> {
+                    channel: channel.to_string(),
+                    offset: position.offset,
+                    epoch: position.epoch.to_string(),
+                    recovered,
+                    publications,
+                    reason: reason.as_ref().map(ToString::to_string),
+                },
+            ))],
+            // Without a reply to carry them, recovered publications come as pushes and a
+            // failed recovery as an error push.
+            None => match reason {
+                Some(reason) => vec![Frame::from(encode_error(
+                    None,
+                    ErrorCode::UnrecoverablePosition,
+                    &format!("{channel}: {reason}"),
+                ))],
+                None => publications
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|p| Frame::from(encode(&Push::Pub(p))))
+                    .collect(),
+            },
+        };
+        self.outbox
+            .complete_subscription(&channel, frames, &position);
+    }
+
+    /// The server API's subscribe: no rules, nothing to reply to, a `subscribed` push instead;
+    /// a connection already subscribed is left as it is.
+    async fn subscribe_for_server(&mut self, channel: ChannelName) {
+        if self.outbox.is_subscribed(&channel) {
+            return;
+        }
+        match self.open(&channel, None).await {
+            Ok(Subscribed { position, .. }) => {
+                let push = Push::<()>::Subscribed(SubscribedPush {
+                    channel: channel.to_string(),
+                    offset: position.offset,
+                    epoch: position.epoch.to_string(),
+                });
+                let frames = vec![Frame::from(encode(&push))];
+                self.outbox
+                    .complete_subscription(&channel, frames, &position);
+            }
+            Err(refusal) => self.reply_error(None, &refusal),
+        }
+    }
+
+    /// The core both entry points share: the subscription limit, then the node.
+    async fn open(
+        &mut self,
+        channel: &ChannelName,
+        since: Option<&StreamPosition>,
+    ) -> Result<Subscribed, Refusal> {
+        let limit = self.config.max_subscriptions;
+        if self.outbox.subscription_count() >= limit {
+            let message = format!("a connection may hold at most {limit} subscriptions");
+            return Err(Refusal::new(ErrorCode::LimitExceeded, message));
+        }
+        self.node
+            .subscribe(channel, &self.outbox, since)
+            .await
+            .map_err(|err| self.node_failure(err))
+    }
+
+    async fn history(&mut self, identity: &Identity, id: Option<u64>, request: History) {
+        let History {
+            channel,
+            since,
+            limit,
+        } = request;
+        // Whoever may subscribe may read the history; a channel that needs a subscription
+        // token is readable once subscribed with one.
+        if !self.outbox.is_subscribed(&channel) {
+            let verifier = self.gate.verifier.as_ref();
+            let allowed = self
+                .node
+                .rules()
+                .check_subscribe(identity, &channel, None, verifier);
+            if let Err(denied) = allowed {
+                return self.reply_error(id, &Refusal::from(&denied));
+            }
+        }
+        match self.node.history(&channel, since.as_ref(), limit).await {
+            Ok(history) => self.reply_ok(
+                id,
+                &HistoryOk::<Arc<serde_json::value::RawValue>> {
+                    publications: history.publications,
+                    offset: history.position.offset,
+                    epoch: history.position.epoch.to_string(),
+                },
+            ),
+            Err(err) => {
+                let refusal = self.node_failure(err);
+                self.reply_error(id, &refusal)
+            }
+        }
+    }
+
+    async fn publish(&mut self, identity: &Identity, id: Option<u64>, request: Publish) {
+        let Publish {
+            channel,
+            data,
+            idempotency_key,
+        } = request;
+        if let Err(denied) = self.node.rules().check_publish(&channel) {
+            return self.reply_error(id, &Refusal::from(&denied));
+        }
+        let info = self.client_info(identity);
+        let published = self
+            .node
+            .publish(&channel, Arc::from(data), info, idempotency_key)
+            .await;
+        match published {
+            Ok(position) => self.reply_ok(
+                id,
+                &PublishOk {
+                    offset: position.offset,
+                },
+            ),
+            Err(err) => {
+                let refusal = self.node_failure(err);
+                self.reply_error(id, &refusal)
+            }
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! Transports: one module per way a client reaches a session. Each turns its connection into
+//! the session's [`Incoming`](crate::session::Incoming) and
+//! [`Outgoing`](crate::session::Outgoing) halves; the session core never knows which one
+//! carries it.
+//!
+//! - [`ws`]: WebSocket (RFC 6455), through axum's upgrade.
+
+pub(crate) mod ws;
