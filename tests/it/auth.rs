@@ -177,11 +177,17 @@ async fn tokens_come_from_the_query_the_bearer_header_or_connect() {
 #[tokio::test]
 async fn a_connection_that_never_authenticates_is_closed_after_the_handshake_timeout() {
     let server = hmac_server(&["--handshake-timeout", "300ms"]).await;
+    let started = std::time::Instant::now();
     let mut silent = server.client("").await;
     match silent.ended(WAIT).await {
         Ended::Closed(Some((1008, reason))) => assert!(reason.contains("in time"), "{reason}"),
         other => panic!("expected 1008, got {other:?}"),
     }
+    let waited = started.elapsed();
+    assert!(
+        waited >= std::time::Duration::from_millis(300),
+        "closed after {waited:?}"
+    );
 }
 
 #[tokio::test]

@@ -32,17 +32,26 @@ async fn nodes_on_a_redis_cluster_deliver_and_recover_across_every_shard() {
     for channel in &channels {
         let mut subscriptions = 0;
         for &port in &cluster.ports {
-            let reply = command(port, &format!("PUBSUB SHARDNUMSUB tidings:{{{channel}}}"))
+            let name = format!("tidings:{{{channel}}}");
+            let sharded = command(port, &format!("PUBSUB SHARDNUMSUB {name}"))
                 .await
                 .unwrap();
-            if reply.ends_with(":1\r\n") {
-                subscriptions += 1;
-                masters_used.insert(port);
+            match subscriber_counts(&sharded).as_slice() {
+                [(got, 1)] if *got == name => {
+                    subscriptions += 1;
+                    masters_used.insert(port);
+                }
+                [(got, 0)] if *got == name => {}
+                other => panic!("SHARDNUMSUB {name} on {port}: {other:?} from {sharded:?}"),
             }
-            let classic = command(port, &format!("PUBSUB NUMSUB tidings:{{{channel}}}"))
+            let classic = command(port, &format!("PUBSUB NUMSUB {name}"))
                 .await
                 .unwrap();
-            assert!(classic.ends_with(":0\r\n"), "{classic:?}");
+            assert_eq!(
+                subscriber_counts(&classic),
+                [(name.clone(), 0)],
+                "{classic:?}"
+            );
         }
         assert_eq!(subscriptions, 1, "{channel}");
     }
@@ -67,4 +76,31 @@ async fn nodes_on_a_redis_cluster_deliver_and_recover_across_every_shard() {
         assert_eq!(sub["publications"][0]["offset"], 2);
         assert_eq!(sub["publications"][0]["data"], "missed");
     }
+}
+
+/// The (channel, subscribers) pairs of a `PUBSUB NUMSUB`/`SHARDNUMSUB` reply in RESP: an array
+/// alternating bulk-string names and integer counts.
+fn subscriber_counts(reply: &str) -> Vec<(String, u64)> {
+    let mut lines = reply.split("\r\n");
+    let header = lines.next().unwrap_or_default();
+    let items: usize = header
+        .strip_prefix('*')
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("not a RESP array: {reply:?}"));
+    let mut pairs = Vec::new();
+    for _ in 0..items / 2 {
+        let length = lines.next().unwrap_or_default();
+        assert!(
+            length.starts_with('$'),
+            "expected a bulk string in {reply:?}"
+        );
+        let name = lines.next().unwrap_or_default().to_owned();
+        let count = lines
+            .next()
+            .and_then(|line| line.strip_prefix(':'))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("expected an integer in {reply:?}"));
+        pairs.push((name, count));
+    }
+    pairs
 }

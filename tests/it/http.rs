@@ -72,7 +72,8 @@ async fn echo_can_be_enabled_from_the_environment() {
         .unwrap()
         .unwrap();
     let addr: std::net::SocketAddr = line.strip_prefix("listening on ").unwrap().parse().unwrap();
-    let (status, _, _) = crate::support::http_get(addr, "/ws/echo").await.unwrap();
-    // A plain GET to a WebSocket route is refused for lacking the upgrade, not "not found".
-    assert_ne!(status, 404);
+    let (status, _, body) = crate::support::http_get(addr, "/ws/echo").await.unwrap();
+    // The route exists: a plain GET is refused for lacking the upgrade, not "not found".
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_ascii_lowercase().contains("upgrade"), "{body}");
 }

@@ -7,35 +7,6 @@ use tokio_tungstenite::MaybeTlsStream;
 
 use crate::support::{Ended, TestServer, WAIT, WsClient, server_closed, within};
 
-#[tokio::test]
-async fn a_client_that_answers_pings_stays_and_a_silent_one_is_closed_with_4001() {
-    let server = TestServer::start(&["--ping-interval", "200ms", "--pong-timeout", "300ms"]).await;
-    let mut lively = server.client("?name=lively").await;
-    let mut silent = server.client("?name=silent").await;
-    lively.auto_pong = false;
-    silent.auto_pong = false;
-    lively.connected().await;
-    silent.connected().await;
-
-    // Answer five pings on one client while the other stays silent.
-    let lively = tokio::spawn(async move {
-        for _ in 0..5 {
-            assert_eq!(lively.recv().await, ServerFrame::Push(Push::Ping {}));
-            lively.send_json(&json!({"op": "pong"})).await;
-        }
-        lively
-    });
-    assert_eq!(silent.recv().await, ServerFrame::Push(Push::Ping {}));
-    match silent.ended(WAIT).await {
-        Ended::Closed(Some((code, _))) => assert_eq!(code, 4001),
-        other => panic!("expected close 4001, got {other:?}"),
-    }
-    // Five answered pings take past the point where the silent client was dropped.
-    let mut lively = within(WAIT, "lively pings", lively).await.unwrap();
-    lively.auto_pong = true;
-    assert_eq!(lively.ok(json!({"op": "ping"})).await, json!({}));
-}
-
 /// A client with a tiny receive buffer, so that not reading fills the server's side quickly;
 /// returns it with its local address (to watch the server close it).
 async fn small_window_client(server: &TestServer) -> (WsClient, std::net::SocketAddr) {

@@ -77,19 +77,26 @@ async fn a_flooding_client_is_limited_then_closed_while_fifty_others_lose_nothin
 
 #[tokio::test]
 async fn commands_over_the_rate_get_error_112_and_a_slower_client_is_not_closed() {
-    let server = TestServer::start(&["--command-rate", "5", "--command-burst", "5"]).await;
+    // One token a second and a burst of five: eight commands sent at once find five tokens,
+    // however long their round trips take.
+    let server = TestServer::start(&["--command-rate", "1", "--command-burst", "5"]).await;
     let mut client = server.client("").await;
+    for id in 1..=8 {
+        client.send_json(&json!({"id": id, "op": "ping"})).await;
+    }
     let mut codes = Vec::new();
-    for _ in 0..8 {
-        codes.push(match client.request(json!({"op": "ping"})).await {
+    for id in 1..=8 {
+        codes.push(match client.reply_to(id).await {
             Outcome::Ok(_) => 0,
             Outcome::Error(err) => err.code,
         });
     }
     assert_eq!(codes, [0, 0, 0, 0, 0, 112, 112, 112]);
-    // The bucket refills at 5 tokens a second: after a fifth of a second one more command
-    // passes. (Time passing is the behaviour under test here, not a synchronisation.)
-    tokio::time::sleep(Duration::from_millis(250)).await;
+    client.next_id = 9;
+    // The bucket refills at one token a second: a client that waits gets through, and is not
+    // closed for the refusals. (Time passing is the behaviour under test, not a
+    // synchronisation.)
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     client.ok(json!({"op": "ping"})).await;
 }
 
@@ -177,6 +184,7 @@ async fn one_user_may_hold_only_so_many_connections() {
 #[tokio::test]
 async fn a_connection_that_sends_no_request_headers_is_dropped_after_the_handshake_timeout() {
     let server = TestServer::start(&["--handshake-timeout", "300ms"]).await;
+    let started = std::time::Instant::now();
     let mut silent = TcpStream::connect(server.addr).await.unwrap();
     let mut slow = TcpStream::connect(server.addr).await.unwrap();
     slow.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n")
@@ -194,6 +202,11 @@ async fn a_connection_that_sends_no_request_headers_is_dropped_after_the_handsha
             }
         });
         read.await;
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(300),
+            "dropped after {waited:?}"
+        );
     }
     // A prompt client is unaffected.
     server.client("").await.ok(json!({"op": "ping"})).await;

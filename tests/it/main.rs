@@ -1,8 +1,13 @@
 //! Integration tests: every test starts the real `tidings` binary on an ephemeral port and
 //! talks to it over real sockets.
 
+// A failed unwrap in a test is a failed test, which is what it should be.
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
+/// The layout rules: who may use the broker, who names a concrete one, file and function size.
+mod architecture;
 /// Tokens, channel rules, personal channels, subscription tokens and the origin check.
 mod auth;
 /// Bad input of every kind gets its documented answer; the connection or the server survives.
@@ -20,7 +25,8 @@ mod http;
 /// The server HTTP API: key, errors, publish, broadcast, history, idempotency, channels, and
 /// user commands on every node.
 mod http_api;
-/// Heartbeats, slow consumers and shutdown: the lifecycle of a connection.
+/// Slow consumers and shutdown: the lifecycle of a connection (heartbeats are tested on
+/// tokio's paused clock beside the session core).
 mod lifecycle;
 /// Rate limits, connection caps, handshake and idle timeouts.
 mod limits;

@@ -1,0 +1,264 @@
+//! The command line: every flag with its `TIDINGS_*` environment twin, as clap reads them.
+//! [`ServeArgs::into_config`] turns them into the validated [`Config`](super::Config).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::protocol::Secret;
+
+/// Tidings: a real-time messaging server. Clients hold a WebSocket to `/ws`, subscribe to
+/// channels and receive every publication, in order, within milliseconds.
+#[derive(Debug, Parser)]
+#[command(name = "tidings", version, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<CliCommand>,
+    /// `tidings` alone means `tidings serve`.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CliCommand {
+    /// Run the server (the default when no command is given).
+    Serve(ServeArgs),
+}
+
+impl Cli {
+    /// The server settings, whichever form the command line took.
+    pub fn into_serve_args(self) -> ServeArgs {
+        match self.command {
+            Some(CliCommand::Serve(args)) => args,
+            None => self.serve,
+        }
+    }
+}
+
+/// Settings of `tidings serve`.
+#[derive(Clone, Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on, HOST:PORT. Port 0 picks a free port; the address actually bound
+    /// is printed as `listening on ADDR`.
+    #[arg(long, env = "TIDINGS_LISTEN", default_value = "127.0.0.1:8000")]
+    pub listen: String,
+
+    /// Serve `/ws/echo`, which echoes every message through the same WebSocket stack as `/ws`
+    /// with a 16 MiB limit: the route the conformance suite runs against. Off by default.
+    #[arg(long, env = "TIDINGS_ENABLE_ECHO", value_parser = clap::builder::BoolishValueParser::new())]
+    pub enable_echo: bool,
+
+    /// Largest WebSocket message a client may send, in bytes (suffixes KiB, MiB accepted).
+    /// A larger one closes the connection with 1009.
+    #[arg(long, env = "TIDINGS_MAX_MESSAGE_SIZE", default_value = "64KiB", value_parser = parse_size)]
+    pub max_message_size: usize,
+
+    /// Bytes that may wait in one connection's outgoing queue. A client that reads so slowly
+    /// that its queue passes this is closed with 4000 (slow consumer) and should reconnect.
+    #[arg(long, env = "TIDINGS_MAX_QUEUE_SIZE", default_value = "1MiB", value_parser = parse_size)]
+    pub max_queue_size: usize,
+
+    /// Channels one connection may subscribe to at the same time.
+    #[arg(long, env = "TIDINGS_MAX_SUBSCRIPTIONS", default_value_t = 1024)]
+    pub max_subscriptions: usize,
+
+    /// How often the server sends `{"ping":{}}` to each client (e.g. 25s, 500ms).
+    #[arg(long, env = "TIDINGS_PING_INTERVAL", default_value = "25s", value_parser = humantime::parse_duration)]
+    pub ping_interval: Duration,
+
+    /// How long after a ping the server waits for any frame before closing with 4001.
+    #[arg(long, env = "TIDINGS_PONG_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub pong_timeout: Duration,
+
+    /// Use Redis as the broker, so that several nodes share channels, offsets and history:
+    /// `redis://HOST:PORT[/DB]`, or `redis+cluster://HOST:PORT[,HOST:PORT…]` for a Redis
+    /// Cluster. Without it, the in-memory broker serves this process alone.
+    #[arg(long, env = "TIDINGS_REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// Treat --redis-url as a node of a Redis Cluster (sharded pub/sub; keys hash-tagged per
+    /// channel). Implied by a `redis+cluster://` URL.
+    #[arg(long, env = "TIDINGS_REDIS_CLUSTER", value_parser = clap::builder::BoolishValueParser::new())]
+    pub redis_cluster: bool,
+
+    /// Prefix of every Redis key and pub/sub channel, so deployments can share one Redis.
+    #[arg(long, env = "TIDINGS_REDIS_PREFIX", default_value = "tidings")]
+    pub redis_prefix: String,
+
+    /// Publications kept per channel for history and recovery (0 disables history).
+    #[arg(long, env = "TIDINGS_HISTORY_SIZE", default_value_t = 100)]
+    pub history_size: usize,
+
+    /// History is dropped once a channel has had no publication for this long.
+    #[arg(long, env = "TIDINGS_HISTORY_TTL", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub history_ttl: Duration,
+
+    /// How long a channel's position (offset and epoch) outlives its last publication. After
+    /// that the channel starts again at offset 1 in a new epoch.
+    #[arg(long, env = "TIDINGS_POSITION_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub position_ttl: Duration,
+
+    /// On SIGINT/SIGTERM, how long to wait for connections to finish their close handshake.
+    #[arg(long, env = "TIDINGS_SHUTDOWN_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub shutdown_timeout: Duration,
+
+    /// Secret for HS256 connection and subscription tokens (at least 32 bytes).
+    #[arg(long, env = "TIDINGS_TOKEN_HMAC_SECRET", hide_env_values = true)]
+    pub token_hmac_secret: Option<Secret>,
+
+    /// PEM public key for RS256 (RSA), ES256 (P-256) or EdDSA (Ed25519) tokens; repeatable.
+    /// The environment variable takes a comma-separated list.
+    #[arg(long, env = "TIDINGS_TOKEN_PUBLIC_KEY", value_delimiter = ',')]
+    pub token_public_key: Vec<PathBuf>,
+
+    /// JWKS file (`{"keys":[...]}`) of public keys; a token's `kid` picks its key.
+    #[arg(long, env = "TIDINGS_TOKEN_JWKS")]
+    pub token_jwks: Option<PathBuf>,
+
+    /// Clock skew tolerated on a token's `exp` and `nbf`.
+    #[arg(long, env = "TIDINGS_TOKEN_LEEWAY", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub token_leeway: Duration,
+
+    /// Require this `aud` claim in every token.
+    #[arg(long, env = "TIDINGS_TOKEN_AUDIENCE")]
+    pub token_audience: Option<String>,
+
+    /// Require this `iss` claim in every token.
+    #[arg(long, env = "TIDINGS_TOKEN_ISSUER")]
+    pub token_issuer: Option<String>,
+
+    /// Let connections without a token in (they pick a display name; `authenticated` is
+    /// false). Default: on when no token key is configured, off otherwise.
+    #[arg(long, env = "TIDINGS_ALLOW_ANONYMOUS", num_args = 0..=1, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
+    pub allow_anonymous: Option<bool>,
+
+    /// Rules for channels without a namespace and in namespaces not listed with --namespace:
+    /// `subscribe=anyone|authenticated|token|user,publish=true|false,history-size=N,history-ttl=DUR`.
+    #[arg(
+        long,
+        env = "TIDINGS_CHANNEL_RULE",
+        default_value = "subscribe=anyone,publish=true"
+    )]
+    pub channel_rule: String,
+
+    /// Rules of one namespace, `NAME:key=value,…` (keys as in --channel-rule); repeatable.
+    /// `user` is personal (`user:<id>` readable only by user `<id>`, no client publishing)
+    /// unless listed. The environment variable takes a `;`-separated list.
+    #[arg(long = "namespace", env = "TIDINGS_NAMESPACES", value_delimiter = ';')]
+    pub namespaces: Vec<String>,
+
+    /// Origin allowed to open WebSockets from a browser (e.g. `https://chat.example.com`), or
+    /// `*` for any; repeatable. By default only pages served from the same host may connect;
+    /// clients that send no Origin (non-browsers) are always allowed.
+    #[arg(long, env = "TIDINGS_ALLOWED_ORIGIN", value_delimiter = ',')]
+    pub allowed_origin: Vec<String>,
+
+    /// Publishes per second one connection may make on average; more get error 112.
+    #[arg(long, env = "TIDINGS_PUBLISH_RATE", default_value_t = 1000)]
+    pub publish_rate: u32,
+
+    /// Publishes one connection may make in a burst above --publish-rate.
+    #[arg(long, env = "TIDINGS_PUBLISH_BURST", default_value_t = 1000)]
+    pub publish_burst: u32,
+
+    /// Commands of any kind per second one connection may send on average; more get error
+    /// 112. A client refused more than the burst size within 10 seconds is closed with 4004.
+    #[arg(long, env = "TIDINGS_COMMAND_RATE", default_value_t = 2000)]
+    pub command_rate: u32,
+
+    /// Commands one connection may send in a burst above --command-rate.
+    #[arg(long, env = "TIDINGS_COMMAND_BURST", default_value_t = 2000)]
+    pub command_burst: u32,
+
+    /// WebSocket connections this node holds at once (0: no limit); more are closed with 1013.
+    #[arg(long, env = "TIDINGS_MAX_CONNECTIONS", default_value_t = 100_000)]
+    pub max_connections: usize,
+
+    /// Connections one authenticated user may hold on this node (0: no limit); more are
+    /// closed with 1008.
+    #[arg(long, env = "TIDINGS_MAX_CONNECTIONS_PER_USER", default_value_t = 100)]
+    pub max_connections_per_user: usize,
+
+    /// Connections one client IP address may hold on this node (0: no limit); more are
+    /// closed with 1008. Behind a proxy every client has the proxy's address: raise it or
+    /// set 0 there.
+    #[arg(long, env = "TIDINGS_MAX_CONNECTIONS_PER_IP", default_value_t = 10_000)]
+    pub max_connections_per_ip: usize,
+
+    /// Time a new TCP connection has to send its HTTP request headers, and a WebSocket that
+    /// must authenticate with `connect` has to do so; after it the connection is dropped
+    /// (closed with 1008 for WebSockets).
+    #[arg(long, env = "TIDINGS_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub handshake_timeout: Duration,
+
+    /// Time an HTTP request has to send its whole body once its headers have arrived; a
+    /// request whose body is slower gets 408.
+    #[arg(long, env = "TIDINGS_BODY_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub body_timeout: Duration,
+
+    /// A connection subscribed to nothing that sends no command for this long is closed
+    /// with 4500 (0s: never).
+    #[arg(long, env = "TIDINGS_IDLE_TIMEOUT", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// Key of the server HTTP API (`/api/...`), sent as `Authorization: apikey KEY`; at least
+    /// 16 bytes. Without it the API is off.
+    #[arg(long, env = "TIDINGS_API_KEY", hide_env_values = true)]
+    pub api_key: Option<Secret>,
+
+    /// How long a publish's idempotency key is remembered: a retry with the same key within
+    /// it is answered with the first publication's offset and stored once.
+    #[arg(long, env = "TIDINGS_IDEMPOTENCY_WINDOW", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub idempotency_window: Duration,
+
+    /// Log filter, in `tracing` EnvFilter syntax (e.g. `info`, `tidings=debug`). Without it
+    /// (and without TIDINGS_LOG) `RUST_LOG` applies, and without that `info`. No level prints
+    /// tokens or keys: the WebSocket library's frame dumps (trace) are never logged.
+    #[arg(long, env = "TIDINGS_LOG")]
+    pub log: Option<String>,
+}
+
+impl ServeArgs {
+    /// The log filter: `--log`, else `TIDINGS_LOG`, else `RUST_LOG`, else `info`.
+    pub fn log_filter(&self) -> String {
+        self.log
+            .clone()
+            .or_else(|| std::env::var("RUST_LOG").ok())
+            .filter(|filter| !filter.trim().is_empty())
+            .unwrap_or_else(|| "info".to_owned())
+    }
+}
+
+/// Why a size setting cannot be read.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SizeError {
+    #[error("{0:?} is not a size like 65536, 64KiB or 1MiB")]
+    Number(String),
+    #[error("unknown size unit {0:?}; use B, KiB, MiB or GiB")]
+    Unit(String),
+    #[error("{0:?} is too large")]
+    TooLarge(String),
+}
+
+/// Parses `65536`, `64KiB`, `64kb`, `1MiB`, `2mb` (binary units either way).
+pub fn parse_size(text: &str) -> Result<usize, SizeError> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: usize = number
+        .parse()
+        .map_err(|_| SizeError::Number(text.to_owned()))?;
+    let multiplier = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        other => return Err(SizeError::Unit(other.to_owned())),
+    };
+    number
+        .checked_mul(multiplier)
+        .ok_or_else(|| SizeError::TooLarge(text.to_owned()))
+}

@@ -1,0 +1,381 @@
+//! Configuration: every flag and its `TIDINGS_*` environment twin, validated once into plain
+//! settings ([`Config`]). A leaf: it knows no other module but the wire's [`Secret`]; `server`
+//! turns these settings into the session, broker, auth and limit configurations.
+//!
+//! Precedence: flags > environment > defaults (a config file joins later, between the
+//! environment and the defaults). Nothing else in the crate reads the environment.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::protocol::Secret;
+
+mod cli;
+mod namespaces;
+
+pub use cli::{Cli, CliCommand, ServeArgs, SizeError, parse_size};
+pub use namespaces::{
+    HistorySettings, NamespaceError, NamespaceOptions, Namespaces, PERSONAL_NAMESPACE,
+    SubscribeRule, parse_namespace,
+};
+
+/// Why the settings cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--{flag} must be greater than zero")]
+    Zero { flag: &'static str },
+    #[error("--{flag} must be at most 100 years")]
+    TooLong { flag: &'static str },
+    #[error(
+        "--max-queue-size ({queue} bytes) must be at least --max-message-size ({message}) + 1 KiB"
+    )]
+    QueueSmallerThanMessage { queue: usize, message: usize },
+    #[error("--{flag}: {source}")]
+    Namespace {
+        flag: &'static str,
+        #[source]
+        source: NamespaceError,
+    },
+    #[error("--api-key must be at least 16 bytes long")]
+    ShortApiKey,
+    #[error("--namespace {0} is given twice")]
+    DuplicateNamespace(String),
+    #[error(
+        "--allow-anonymous=false with no token key: nobody could connect; configure \
+         --token-hmac-secret, --token-public-key or --token-jwks"
+    )]
+    NobodyCanConnect,
+}
+
+/// How connections prove who they are: the token keys and how strictly tokens are checked.
+#[derive(Clone, Debug, Default)]
+pub struct TokenSettings {
+    pub hmac_secret: Option<Secret>,
+    pub public_keys: Vec<PathBuf>,
+    pub jwks: Option<PathBuf>,
+    /// Clock skew tolerated on `exp` and `nbf`.
+    pub leeway: Duration,
+    pub audience: Option<String>,
+    pub issuer: Option<String>,
+}
+
+impl TokenSettings {
+    pub fn has_keys(&self) -> bool {
+        self.hmac_secret.is_some() || !self.public_keys.is_empty() || self.jwks.is_some()
+    }
+}
+
+/// Per-connection settings.
+#[derive(Clone, Debug)]
+pub struct SessionSettings {
+    pub max_queue_size: usize,
+    pub max_subscriptions: usize,
+    pub ping_interval: Duration,
+    pub pong_timeout: Duration,
+    pub publish_rate: u32,
+    pub publish_burst: u32,
+    pub command_rate: u32,
+    pub command_burst: u32,
+    /// For the connection to authenticate, and for HTTP request headers.
+    pub handshake_timeout: Duration,
+    /// `None`: idle connections are never closed.
+    pub idle_timeout: Option<Duration>,
+}
+
+/// Where Redis is.
+#[derive(Clone, Debug)]
+pub struct RedisSettings {
+    /// `redis://host:port[/db]` or `redis+cluster://host:port[,host:port…]`.
+    pub url: String,
+    pub cluster: bool,
+    pub prefix: String,
+}
+
+/// Caps on open connections; 0 means no cap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectionCaps {
+    pub total: usize,
+    pub per_user: usize,
+    pub per_ip: usize,
+}
+
+/// Upper bound of what a `pub` push adds to the publisher's data: channel, epoch, info, keys.
+const PUSH_OVERHEAD: usize = 1024;
+
+/// The longest duration any setting accepts: 100 years.
+const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+
+/// Validated settings of a running server.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: String,
+    pub enable_echo: bool,
+    pub max_message_size: usize,
+    pub session: SessionSettings,
+    /// The server-wide history (each namespace's default).
+    pub history: HistorySettings,
+    /// How long a channel's position outlives its last use.
+    pub position_ttl: Duration,
+    /// `None`: the in-memory broker.
+    pub redis: Option<RedisSettings>,
+    pub shutdown_timeout: Duration,
+    pub tokens: TokenSettings,
+    pub allow_anonymous: bool,
+    pub namespaces: Namespaces,
+    /// Origins allowed besides the server's own host; `*` allows any.
+    pub allowed_origins: Vec<String>,
+    pub caps: ConnectionCaps,
+    pub body_timeout: Duration,
+    /// `None`: the server API is off.
+    pub api_key: Option<Secret>,
+    pub idempotency_window: Duration,
+}
+
+impl ServeArgs {
+    /// Checks the settings against each other and builds the server's configuration.
+    pub fn into_config(self) -> Result<Config, ConfigError> {
+        self.check()?;
+        let tokens = TokenSettings {
+            hmac_secret: self.token_hmac_secret,
+            public_keys: self.token_public_key,
+            jwks: self.token_jwks,
+            leeway: self.token_leeway,
+            audience: self.token_audience,
+            issuer: self.token_issuer,
+        };
+        let allow_anonymous = self.allow_anonymous.unwrap_or(!tokens.has_keys());
+        if !allow_anonymous && !tokens.has_keys() {
+            return Err(ConfigError::NobodyCanConnect);
+        }
+        let history = HistorySettings {
+            size: self.history_size,
+            ttl: self.history_ttl,
+        };
+        let namespaces = namespaces(&self.channel_rule, &self.namespaces, history)?;
+        Ok(Config {
+            listen: self.listen,
+            enable_echo: self.enable_echo,
+            max_message_size: self.max_message_size,
+            session: SessionSettings {
+                max_queue_size: self.max_queue_size,
+                max_subscriptions: self.max_subscriptions,
+                ping_interval: self.ping_interval,
+                pong_timeout: self.pong_timeout,
+                publish_rate: self.publish_rate,
+                publish_burst: self.publish_burst,
+                command_rate: self.command_rate,
+                command_burst: self.command_burst,
+                handshake_timeout: self.handshake_timeout,
+                idle_timeout: (!self.idle_timeout.is_zero()).then_some(self.idle_timeout),
+            },
+            history,
+            // A position must outlive the history it numbers.
+            position_ttl: self.position_ttl.max(self.history_ttl),
+            redis: self.redis_url.map(|url| RedisSettings {
+                url,
+                cluster: self.redis_cluster,
+                prefix: self.redis_prefix,
+            }),
+            shutdown_timeout: self.shutdown_timeout,
+            tokens,
+            allow_anonymous,
+            namespaces,
+            allowed_origins: self.allowed_origin,
+            caps: ConnectionCaps {
+                total: self.max_connections,
+                per_user: self.max_connections_per_user,
+                per_ip: self.max_connections_per_ip,
+            },
+            body_timeout: self.body_timeout,
+            api_key: self.api_key,
+            idempotency_window: self.idempotency_window,
+        })
+    }
+
+    /// The checks that need no assembly: zeros, lengths, sizes.
+    fn check(&self) -> Result<(), ConfigError> {
+        let nonzero = |value: u128, flag| {
+            if value == 0 {
+                Err(ConfigError::Zero { flag })
+            } else {
+                Ok(())
+            }
+        };
+        nonzero(self.max_message_size as u128, "max-message-size")?;
+        nonzero(self.max_subscriptions as u128, "max-subscriptions")?;
+        nonzero(self.ping_interval.as_millis(), "ping-interval")?;
+        nonzero(self.pong_timeout.as_millis(), "pong-timeout")?;
+        nonzero(self.position_ttl.as_millis(), "position-ttl")?;
+        if self.history_size > 0 {
+            nonzero(self.history_ttl.as_millis(), "history-ttl")?;
+        }
+        nonzero(self.publish_rate.into(), "publish-rate")?;
+        nonzero(self.publish_burst.into(), "publish-burst")?;
+        nonzero(self.command_rate.into(), "command-rate")?;
+        nonzero(self.command_burst.into(), "command-burst")?;
+        nonzero(self.handshake_timeout.as_millis(), "handshake-timeout")?;
+        nonzero(self.body_timeout.as_millis(), "body-timeout")?;
+        nonzero(self.idempotency_window.as_millis(), "idempotency-window")?;
+        for (value, flag) in [
+            (self.ping_interval, "ping-interval"),
+            (self.pong_timeout, "pong-timeout"),
+            (self.history_ttl, "history-ttl"),
+            (self.position_ttl, "position-ttl"),
+            (self.shutdown_timeout, "shutdown-timeout"),
+            (self.token_leeway, "token-leeway"),
+            (self.handshake_timeout, "handshake-timeout"),
+            (self.body_timeout, "body-timeout"),
+            (self.idle_timeout, "idle-timeout"),
+            (self.idempotency_window, "idempotency-window"),
+        ] {
+            // Far past any use, and short enough that no deadline built from it overflows.
+            if value > MAX_DURATION {
+                return Err(ConfigError::TooLong { flag });
+            }
+        }
+        // The push of the largest publication (its data plus channel, epoch and info) must fit
+        // the queue, or every subscriber would be cut off by one honest publish.
+        if self.max_queue_size < self.max_message_size + PUSH_OVERHEAD {
+            return Err(ConfigError::QueueSmallerThanMessage {
+                queue: self.max_queue_size,
+                message: self.max_message_size,
+            });
+        }
+        if self
+            .api_key
+            .as_ref()
+            .is_some_and(|key| key.expose().len() < 16)
+        {
+            return Err(ConfigError::ShortApiKey);
+        }
+        Ok(())
+    }
+}
+
+/// The default rule (`--channel-rule`, over the server-wide history) and every `--namespace`
+/// (over the default rule).
+fn namespaces(
+    channel_rule: &str,
+    specs: &[String],
+    history: HistorySettings,
+) -> Result<Namespaces, ConfigError> {
+    let open = NamespaceOptions {
+        subscribe: SubscribeRule::Anyone,
+        publish: true,
+        history,
+    };
+    let (_, default) =
+        parse_namespace(&format!("default:{channel_rule}"), &open).map_err(|source| {
+            ConfigError::Namespace {
+                flag: "channel-rule",
+                source,
+            }
+        })?;
+    let mut by_name = HashMap::new();
+    for spec in specs {
+        let (name, options) =
+            parse_namespace(spec, &default).map_err(|source| ConfigError::Namespace {
+                flag: "namespace",
+                source,
+            })?;
+        if by_name.insert(name.clone(), options).is_some() {
+            return Err(ConfigError::DuplicateNamespace(name));
+        }
+    }
+    Ok(Namespaces::new(default, by_name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn sizes_parse_with_units() {
+        assert_eq!(parse_size("65536"), Ok(65536));
+        assert_eq!(parse_size("64KiB"), Ok(65536));
+        assert_eq!(parse_size("1MiB"), Ok(1 << 20));
+        assert_eq!(parse_size("2 mb"), Ok(2 << 20));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn bare_tidings_means_serve_with_defaults() {
+        let cli = Cli::try_parse_from(["tidings"]).unwrap();
+        let config = cli.into_serve_args().into_config().unwrap();
+        assert_eq!(config.listen, "127.0.0.1:8000");
+        assert_eq!(config.max_message_size, 64 * 1024);
+        assert!(!config.enable_echo);
+        let cli = Cli::try_parse_from(["tidings", "serve", "--listen", "127.0.0.1:0"]).unwrap();
+        assert_eq!(cli.into_serve_args().listen, "127.0.0.1:0");
+    }
+
+    #[test]
+    fn contradictory_limits_are_refused() {
+        let cli = Cli::try_parse_from([
+            "tidings",
+            "--max-queue-size",
+            "1KiB",
+            "--max-message-size",
+            "64KiB",
+        ])
+        .unwrap();
+        assert!(cli.into_serve_args().into_config().is_err());
+    }
+
+    #[test]
+    fn namespace_specs_parse_over_their_base() {
+        let base = Namespaces::default().get(None).clone();
+        let (name, options) = parse_namespace(
+            "news:subscribe=authenticated,publish=false,history-size=5",
+            &base,
+        )
+        .unwrap();
+        assert_eq!(name, "news");
+        assert_eq!(options.subscribe, SubscribeRule::Authenticated);
+        assert!(!options.publish);
+        assert_eq!(options.history.size, 5);
+        assert_eq!(options.history.ttl, base.history.ttl, "inherited");
+        assert!(matches!(
+            parse_namespace("news:subscribe=nobody", &base),
+            Err(NamespaceError::Value {
+                key: "subscribe",
+                ..
+            })
+        ));
+        assert!(matches!(
+            parse_namespace("bad name:publish=true", &base),
+            Err(NamespaceError::Name { .. })
+        ));
+        assert!(matches!(
+            parse_namespace("news:colour=blue", &base),
+            Err(NamespaceError::Key { .. })
+        ));
+    }
+
+    #[test]
+    fn namespaces_inherit_the_server_wide_history_and_user_is_personal() {
+        let cli = Cli::try_parse_from([
+            "tidings",
+            "--history-size",
+            "7",
+            "--namespace",
+            "news:history-ttl=1m",
+        ])
+        .unwrap();
+        let config = cli.into_serve_args().into_config().unwrap();
+        let news = config.namespaces.get(Some("news"));
+        assert_eq!(
+            news.history,
+            HistorySettings {
+                size: 7,
+                ttl: Duration::from_secs(60)
+            }
+        );
+        assert_eq!(config.namespaces.get(Some("other")).history.size, 7);
+        let user = config.namespaces.get(Some(PERSONAL_NAMESPACE));
+        assert_eq!((user.subscribe, user.publish), (SubscribeRule::User, false));
+    }
+}
