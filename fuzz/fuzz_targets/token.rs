@@ -7,7 +7,9 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
-use tidings::auth::{TokenSettings, Verifier};
+use tidings::auth::Verifier;
+use tidings::config::{Namespaces, TokenSettings, parse_namespace};
+use tidings::protocol::Secret;
 
 const SECRET: &str = "fuzzing-secret-that-is-32-bytes-long!";
 
@@ -15,7 +17,7 @@ fn verifier() -> &'static Verifier {
     static VERIFIER: OnceLock<Verifier> = OnceLock::new();
     VERIFIER.get_or_init(|| {
         Verifier::load(&TokenSettings {
-            hmac_secret: Some(SECRET.into()),
+            hmac_secret: Some(Secret::new(SECRET)),
             leeway: Duration::from_secs(5),
             ..Default::default()
         })
@@ -32,9 +34,5 @@ fuzz_target!(|data: &[u8]| {
         panic!("accepted a forged token for {:?}: {text:?}", claims.user);
     }
     // Namespace rules come from operators, but a typo must be an error, not a crash.
-    let _ = tidings::auth::parse_namespace(text, &tidings::auth::NamespaceRule {
-        subscribe: tidings::auth::SubscribeRule::Anyone,
-        publish: true,
-        history: None,
-    });
+    let _ = parse_namespace(text, Namespaces::default().get(None));
 });

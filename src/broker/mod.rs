@@ -33,6 +33,39 @@
 //! duplicate retries with the same idempotency key; or it failed for another
 //! [internal](BrokerError::Internal) reason. Every error keeps the backend's own error as its
 //! source, for the log; what a client is told is decided by the node, in one place.
+//!
+//! ## Example
+//! ```
+//! use std::sync::Arc;
+//! use tidings::broker::memory::MemoryBroker;
+//! use tidings::broker::{Broker, Deliver, PublishOptions, Retention};
+//! use tidings::protocol::{ChannelName, ClientInfo, Publication, StreamPosition};
+//!
+//! /// A node's side, reduced to printing what it is handed.
+//! struct Print;
+//!
+//! impl Deliver for Print {
+//!     fn deliver(&self, publication: &Publication) {
+//!         println!("{} #{}: {}", publication.channel, publication.offset, publication.data);
+//!     }
+//!     fn reconcile(&self, _: &ChannelName, _: &StreamPosition) {}
+//!     fn control(&self, _: &[u8]) {}
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let broker = MemoryBroker::new(Arc::new(Print), Retention::default());
+//! let channel = ChannelName::parse("chat:lobby")?;
+//! broker.subscribe(&channel).await?;
+//! let data = serde_json::value::to_raw_value(&"hello")?;
+//! let info = ClientInfo::server();
+//! let position = broker
+//!     .publish(&channel, Arc::from(data), info, &PublishOptions::default())
+//!     .await?;
+//! assert_eq!(position.offset, 1, "offsets count from 1");
+//! # Ok(())
+//! # }
+//! ```
 
 use std::collections::HashMap;
 use std::fmt;
@@ -175,12 +208,6 @@ impl Retention {
 pub struct HistoryRetention {
     pub size: usize,
     pub ttl: Duration,
-}
-
-impl Default for HistoryRetention {
-    fn default() -> Self {
-        Retention::default().history()
-    }
 }
 
 /// How one publication is stored.

@@ -223,7 +223,7 @@ impl Fields<'_> {
                 Err(err) => format!("{}: {}", self.op, err.inner()),
                 Ok(_) => format!("{}: invalid fields", self.op),
             };
-            DecodeError::new(self.id, ErrorCode::InvalidField, message)
+            DecodeError::new(self.id, ErrorCode::InvalidField, shorten(message))
         })
     }
 
@@ -242,4 +242,20 @@ impl Fields<'_> {
             .map_err(|err| DecodeError::new(self.id, ErrorCode::InvalidChannel, err.to_string()))?;
         self.read()
     }
+}
+
+/// Longest error message sent back, in bytes: serde quotes the offending value, and a reply
+/// must not grow with what the client sent.
+const MAX_MESSAGE: usize = 256;
+
+fn shorten(mut message: String) -> String {
+    if message.len() > MAX_MESSAGE {
+        let mut end = MAX_MESSAGE;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push('…');
+    }
+    message
 }

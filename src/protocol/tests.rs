@@ -94,6 +94,16 @@ fn field_errors_name_the_field() {
     assert!(err.message.contains("\"name\""), "{}", err.message);
     let err = decode_request(r#"{"id":6,"op":"publish","channel":"a"}"#).unwrap_err();
     assert!(err.message.contains("data"), "{}", err.message);
+    let long = format!(
+        r#"{{"op":"history","channel":"a","limit":"{}"}}"#,
+        "9".repeat(5000)
+    );
+    let err = decode_request(&long).unwrap_err();
+    assert!(
+        err.message.len() <= 260,
+        "not echoed whole: {}",
+        err.message.len()
+    );
 }
 
 #[test]

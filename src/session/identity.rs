@@ -30,7 +30,7 @@ impl Gate {
 }
 
 /// Longest accepted user name, in characters.
-pub(crate) const MAX_NAME_CHARS: usize = 32;
+const MAX_NAME_CHARS: usize = 32;
 
 /// A user name is 1–32 characters of letters, digits, spaces and `_ - .`, trimmed.
 fn valid_name(name: &str) -> Option<String> {
