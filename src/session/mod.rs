@@ -96,11 +96,11 @@ pub(crate) enum ReadError {
     TooBig,
     #[error("text is not valid UTF-8")]
     InvalidUtf8,
-    #[error("transport protocol violation: {0}")]
-    Protocol(String),
+    #[error("transport protocol violation")]
+    Protocol(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The connection is gone (reset, EOF without a close): nobody is left to tell.
-    #[error("connection lost: {0}")]
-    Gone(String),
+    #[error("connection lost")]
+    Gone(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl ReadError {
@@ -329,7 +329,8 @@ impl Session<'_> {
             let inbound = match inbound {
                 None => return outbox.close(Closing::Gone),
                 Some(Err(err)) => {
-                    tracing::debug!(client = %self.client, %err, "read failed");
+                    let error: &dyn std::error::Error = &err;
+                    tracing::debug!(client = %self.client, error, "read failed");
                     return outbox.close(err.closing().unwrap_or(Closing::Gone));
                 }
                 Some(Ok(inbound)) => inbound,

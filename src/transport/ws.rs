@@ -56,14 +56,11 @@ fn read_error(err: axum::Error) -> ReadError {
         Ok(err) => match *err {
             E::Capacity(_) => ReadError::TooBig,
             E::Utf8(_) => ReadError::InvalidUtf8,
-            E::Protocol(P::ResetWithoutClosingHandshake) => {
-                ReadError::Gone("reset without closing handshake".into())
-            }
-            E::Protocol(p) => ReadError::Protocol(p.to_string()),
-            E::Io(io) => ReadError::Gone(io.to_string()),
-            other => ReadError::Gone(other.to_string()),
+            E::Protocol(P::ResetWithoutClosingHandshake) => ReadError::Gone(err),
+            E::Protocol(_) => ReadError::Protocol(err),
+            _ => ReadError::Gone(err),
         },
-        Err(other) => ReadError::Gone(other.to_string()),
+        Err(other) => ReadError::Gone(other),
     }
 }
 

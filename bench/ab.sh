@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Before/after for a change that must not cost speed or memory: the same tidings-bench runs
+# against two tidings binaries, interleaved (before, after, before, after…) so that a noisy
+# machine hurts both alike. Loopback only; each server is stopped after its run.
+#
+#   bench/ab.sh BEFORE_BINARY AFTER_BINARY [REPEATS]
+#
+# e.g. the binary of an earlier commit:
+#   git worktree add /tmp/before COMMIT && (cd /tmp/before && cargo build --release -p tidings)
+#   cargo build --release --workspace
+#   bench/ab.sh /tmp/before/target/release/tidings target/release/tidings
+#
+# Runs fan-out (1,000 subscribers, 2 publishers, 400k/800k/1.6M deliveries/s offered, 5 s)
+# and idle (19,000 connections). One JSON report per run in target/ab/, a line per run on
+# stdout.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ $# -ge 2 ] || { echo "usage: $0 BEFORE_BINARY AFTER_BINARY [REPEATS]" >&2; exit 2; }
+declare -A BINARY=([before]=$1 [after]=$2)
+REPEATS=${3:-2}
+BENCH=target/release/tidings-bench
+OUT=target/ab
+mkdir -p "$OUT"
+port=21000
+
+summary() { # json label
+  python3 - "$1" "$2" <<'PY'
+import json, sys
+for r in json.load(open(sys.argv[1])):
+    lat = r.get("latency") or {}
+    srv = (r.get("servers") or [{}])[0]
+    per = r.get("rss_kib_per_connection")
+    print(f'{sys.argv[2]:<22} offered/s {r.get("offered_per_sec", 0):>9.0f} '
+          f'delivered/s {r.get("delivered_per_sec", 0):>9.0f} lost {r.get("lost")} '
+          f'p50 {lat.get("p50_ms", 0):.1f} p99 {lat.get("p99_ms", 0):.1f} '
+          f'cpu {srv.get("cpu_percent", 0):.0f}% rss {srv.get("rss_kib", 0) / 1024:.0f}MiB'
+          + (f" KiB/conn {per:.2f}" if per else ""), flush=True)
+PY
+}
+
+run() { # label binary scenario-args…
+  local label=$1 binary=$2 pid
+  shift 2
+  port=$((port + 1))
+  "$binary" --listen "127.0.0.1:$port" --log warn >"$OUT/$label.log" 2>&1 &
+  pid=$!
+  for _ in $(seq 100); do (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.05; done
+  timeout 300 "$BENCH" "$@" --url "ws://127.0.0.1:$port/ws" --pid "$pid" --json \
+    >"$OUT/$label.json" 2>"$OUT/$label.err" || echo "$label: tidings-bench failed"
+  summary "$OUT/$label.json" "$label" || true
+  kill "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+}
+
+for rep in $(seq "$REPEATS"); do
+  for rate in 400 800 1600; do
+    for which in before after; do
+      run "fanout-$rate-$which-$rep" "${BINARY[$which]}" fanout -s 1000 -p 2 -r "$rate" -d 5
+    done
+  done
+done
+for rep in $(seq "$REPEATS"); do
+  for which in before after; do
+    run "idle-$which-$rep" "${BINARY[$which]}" idle -n 19000
+  done
+done
