@@ -116,6 +116,8 @@ pub struct ConnectionClaims {
     /// `sub`: the user id.
     pub user: String,
     pub expires: Option<SystemTime>,
+    /// `info`: what the application says about the user (shown in presence).
+    pub info: Option<Arc<serde_json::Value>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -129,6 +131,8 @@ struct RawClaims {
     nbf: Option<NumericDate>,
     #[serde(default)]
     channel: Option<String>,
+    #[serde(default)]
+    info: Option<serde_json::Value>,
 }
 
 /// A JWT time (RFC 7519 §2): seconds since 1970, integer or fractional, kept as whole
@@ -260,6 +264,7 @@ impl Verifier {
         let claims = self.verify(token)?;
         Ok(ConnectionClaims {
             user: claims.sub.unwrap_or_default(),
+            info: claims.info.map(Arc::new),
             // Validation refused an `exp` in the past, so the offset is positive.
             expires: claims.exp.map(|exp| {
                 let ms = u64::try_from(exp.floor_ms()).unwrap_or(0);
@@ -436,6 +441,8 @@ pub struct Identity {
     pub user: Arc<str>,
     /// Proven by a token; false for an anonymous, self-chosen name.
     pub authenticated: bool,
+    /// The token's `info` claim.
+    pub info: Option<Arc<serde_json::Value>>,
 }
 
 /// Why a command on a channel is refused.

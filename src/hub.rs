@@ -113,6 +113,14 @@ impl Hub {
         }
     }
 
+    /// Hands an event frame (a join, a leave) to the channel's local subscribers.
+    pub fn broadcast_event(&self, channel: &ChannelName, frame: &Frame) {
+        let shard = self.shard(channel);
+        for outbox in shard.get(channel).into_iter().flatten() {
+            outbox.push_event(channel, frame);
+        }
+    }
+
     /// Has every local subscriber of `channel` compare its delivery with `position`.
     pub fn reconcile(&self, channel: &ChannelName, position: &StreamPosition) {
         let shard = self.shard(channel);
@@ -133,7 +141,7 @@ mod tests {
     fn first_and_last_subscribers_are_reported() {
         let hub = Hub::new();
         let ch = ChannelName::parse("c").unwrap();
-        let (first, second) = (Outbox::new(1024), Outbox::new(1024));
+        let (first, second) = (Outbox::new(1024, "c".into()), Outbox::new(1024, "c".into()));
         assert!(hub.add(&ch, first.clone()));
         assert!(!hub.add(&ch, second.clone()));
         assert_eq!(hub.subscriber_count(&ch), 2);
@@ -149,7 +157,7 @@ mod tests {
     fn live_outboxes(hub: &Hub, ch: &ChannelName, n: usize) -> Vec<Outbox> {
         (0..n)
             .map(|_| {
-                let outbox = Outbox::new(1 << 16);
+                let outbox = Outbox::new(1 << 16, "c".into());
                 outbox.begin_subscription(ch);
                 outbox.complete_subscription(
                     ch,
@@ -216,7 +224,7 @@ mod tests {
     fn every_subscriber_gets_the_same_shared_frame() {
         let hub = Hub::new();
         let ch = ChannelName::parse("c").unwrap();
-        let outboxes: Vec<Outbox> = (0..3).map(|_| Outbox::new(1 << 16)).collect();
+        let outboxes: Vec<Outbox> = (0..3).map(|_| Outbox::new(1 << 16, "c".into())).collect();
         for outbox in &outboxes {
             outbox.begin_subscription(&ch);
             outbox.complete_subscription(

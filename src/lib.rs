@@ -17,6 +17,8 @@
 //! - `outbox`: one connection's bounded outgoing queue and its subscriptions' delivery state.
 //! - `limits`: per-connection rate limits and connection caps.
 //! - [`broker`]: offsets, history and delivery between nodes (memory, Redis, Redis Cluster).
+//! - [`presence`]: who is present in each channel, on every node (memory, Redis), and the
+//!   join and leave events.
 //! - [`auth`]: tokens → identities; who may subscribe and publish where.
 //! - [`config`]: every flag and environment variable, validated once into plain settings.
 //! - `metrics`: the counters the server keeps.
@@ -39,6 +41,7 @@ pub(crate) mod limits;
 pub(crate) mod metrics;
 pub(crate) mod node;
 pub(crate) mod outbox;
+pub mod presence;
 pub mod protocol;
 pub mod server;
 pub(crate) mod session;

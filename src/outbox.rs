@@ -112,6 +112,8 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 struct Inner {
     /// The connection's id in the hub.
     id: SubscriberId,
+    /// The connection's client id, as clients and presence know it.
+    client: Arc<str>,
     state: Mutex<State>,
     /// Wakes the writer; `notify_one` keeps a permit, so a push between a drain and the next
     /// wait is never missed.
@@ -145,18 +147,20 @@ enum Delivery {
     Live { last: u64, epoch: Arc<str> },
 }
 
+/// Something that arrived while its channel's subscription was pending: a publication (with
+/// its place in the stream) or an event (a join or leave, which has none).
 #[derive(Debug)]
 struct Held {
-    offset: u64,
-    epoch: Arc<str>,
+    publication: Option<(u64, Arc<str>)>,
     frame: Frame,
 }
 
 impl Outbox {
     /// An empty outbox that holds at most `max_bytes` of queued frames.
-    pub fn new(max_bytes: usize) -> Self {
+    pub fn new(max_bytes: usize, client: Arc<str>) -> Self {
         Self(Arc::new(Inner {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            client,
             state: Mutex::new(State::default()),
             ready: Notify::new(),
             closed: CancellationToken::new(),
@@ -167,6 +171,11 @@ impl Outbox {
     /// The connection's id, unique in this process.
     pub fn id(&self) -> SubscriberId {
         self.0.id
+    }
+
+    /// The connection's client id.
+    pub fn client(&self) -> &Arc<str> {
+        &self.0.client
     }
 
     /// Whether the connection subscribes to `channel` (or is subscribing).
@@ -244,8 +253,7 @@ impl Outbox {
             Some(Delivery::Pending { held, .. }) => {
                 if fits {
                     held.push(Held {
-                        offset,
-                        epoch: epoch.clone(),
+                        publication: Some((offset, epoch.clone())),
                         frame: frame.clone(),
                     });
                 }
@@ -258,6 +266,42 @@ impl Outbox {
             return;
         }
         if !queue {
+            state.held_bytes += frame.len();
+            return;
+        }
+        state.queued_bytes += frame.len();
+        state.queue.push_back(frame.clone());
+        drop(state);
+        self.0.ready.notify_one();
+    }
+
+    /// Queues an event of `channel` (a join or leave): held while the subscription is pending,
+    /// in order with its publications; dropped when the connection does not subscribe.
+    pub fn push_event(&self, channel: &ChannelName, frame: &Frame) {
+        let mut state = self.state();
+        if state.closing.is_some() {
+            return;
+        }
+        let fits = state.queued_bytes + state.held_bytes + frame.len() <= self.0.max_bytes;
+        let live = match state.channels.get_mut(channel) {
+            None => return,
+            Some(Delivery::Live { .. }) => true,
+            Some(Delivery::Pending { held, .. }) => {
+                if fits {
+                    held.push(Held {
+                        publication: None,
+                        frame: frame.clone(),
+                    });
+                }
+                false
+            }
+        };
+        if !fits {
+            // Closes the connection as a slow consumer.
+            self.reserve(&mut state, frame.len());
+            return;
+        }
+        if !live {
             state.held_bytes += frame.len();
             return;
         }
@@ -297,7 +341,7 @@ impl Outbox {
             last: position.offset,
             epoch: position.epoch.clone(),
         };
-        let (mut held, floor) = match state.channels.insert(channel.clone(), live) {
+        let (held, floor) = match state.channels.insert(channel.clone(), live) {
             Some(Delivery::Pending { held, floor }) => (held, floor),
             _ => (Vec::new(), None),
         };
@@ -309,19 +353,20 @@ impl Outbox {
             state.queued_bytes += reply.len();
             state.queue.push_back(reply);
         }
-        // Live delivery may interleave nodes' messages only through the broker, which keeps
-        // offset order; sorting is cheap insurance for the held few.
-        held.sort_by_key(|h| h.offset);
+        // Brokers deliver a channel's publications in offset order, and its events in order
+        // with them: what was held is released in arrival order.
         let mut last = position.offset;
         for h in held {
-            if *h.epoch != *position.epoch || h.offset > last + 1 {
-                drop(state);
-                return self.close_insufficient();
+            if let Some((offset, epoch)) = &h.publication {
+                if **epoch != *position.epoch || *offset > last + 1 {
+                    drop(state);
+                    return self.close_insufficient();
+                }
+                if *offset <= last {
+                    continue;
+                }
+                last = *offset;
             }
-            if h.offset <= last {
-                continue;
-            }
-            last = h.offset;
             if !self.reserve(&mut state, h.frame.len()) {
                 return;
             }
@@ -490,7 +535,7 @@ mod tests {
 
     #[test]
     fn pending_publications_follow_the_reply_and_skip_old_offsets() {
-        let outbox = Outbox::new(1 << 20);
+        let outbox = Outbox::new(1 << 20, "c".into());
         let ch = ChannelName::parse("c").unwrap();
         outbox.begin_subscription(&ch);
         outbox.push_publication(&ch, 5, &e(), &frame("p5"));
@@ -509,7 +554,7 @@ mod tests {
     fn a_gap_or_a_new_epoch_closes_to_recover() {
         let ch = ChannelName::parse("c").unwrap();
         let live = || {
-            let outbox = Outbox::new(1 << 20);
+            let outbox = Outbox::new(1 << 20, "c".into());
             outbox.begin_subscription(&ch);
             outbox.complete_subscription(&ch, vec![], &at(5));
             outbox
@@ -530,19 +575,19 @@ mod tests {
 
         // A reconciliation during the subscription saw offset 9; the subscription accounts
         // only for 6 (its position) and 7 (held): 8 and 9 were missed.
-        let floor = Outbox::new(1 << 20);
+        let floor = Outbox::new(1 << 20, "c".into());
         floor.begin_subscription(&ch);
         floor.push_publication(&ch, 7, &e(), &frame("p7"));
         floor.check_position(&ch, &at(9));
         floor.complete_subscription(&ch, vec![frame("reply")], &at(6));
         assert_eq!(drained(&floor), (vec![], insufficient()));
-        let reached = Outbox::new(1 << 20);
+        let reached = Outbox::new(1 << 20, "c".into());
         reached.begin_subscription(&ch);
         reached.check_position(&ch, &at(6));
         reached.complete_subscription(&ch, vec![frame("reply")], &at(6));
         assert_eq!(drained(&reached), (vec!["reply".to_string()], None));
 
-        let held_gap = Outbox::new(1 << 20);
+        let held_gap = Outbox::new(1 << 20, "c".into());
         held_gap.begin_subscription(&ch);
         held_gap.push_publication(&ch, 8, &e(), &frame("p8"));
         held_gap.complete_subscription(&ch, vec![frame("reply")], &at(6));
@@ -551,7 +596,7 @@ mod tests {
 
     #[test]
     fn unsubscribed_channels_receive_nothing() {
-        let outbox = Outbox::new(1 << 20);
+        let outbox = Outbox::new(1 << 20, "c".into());
         let ch = ChannelName::parse("c").unwrap();
         outbox.push_publication(&ch, 1, &e(), &frame("p1"));
         outbox.begin_subscription(&ch);
@@ -564,7 +609,7 @@ mod tests {
 
     #[test]
     fn overflow_empties_the_queue_and_closes_as_slow_consumer() {
-        let outbox = Outbox::new(10);
+        let outbox = Outbox::new(10, "c".into());
         assert!(outbox.push(frame("123456")));
         assert!(!outbox.push(frame("123456")));
         let (frames, closing) = drained(&outbox);
@@ -575,7 +620,7 @@ mod tests {
 
     #[test]
     fn draining_frees_the_budget_and_one_large_reply_fits_a_short_queue() {
-        let outbox = Outbox::new(10);
+        let outbox = Outbox::new(10, "c".into());
         for _ in 0..5 {
             assert!(outbox.push(frame("12345678")));
             assert_eq!(drained(&outbox).0.len(), 1);
@@ -589,7 +634,7 @@ mod tests {
             "but nothing may pile up behind it"
         );
         let ch = ChannelName::parse("c").unwrap();
-        let strict = Outbox::new(10);
+        let strict = Outbox::new(10, "c".into());
         strict.begin_subscription(&ch);
         strict.complete_subscription(&ch, vec![], &at(0));
         strict.push_publication(&ch, 1, &e(), &frame(&"x".repeat(11)));
@@ -601,7 +646,7 @@ mod tests {
 
     #[test]
     fn dropped_publications_cost_nothing() {
-        let outbox = Outbox::new(10);
+        let outbox = Outbox::new(10, "c".into());
         let ch = ChannelName::parse("c").unwrap();
         outbox.begin_subscription(&ch);
         outbox.complete_subscription(&ch, vec![], &at(5));

@@ -31,6 +31,9 @@ use crate::broker::{Broker, BrokerError, Retention};
 use crate::config::{Config, SessionSettings};
 use crate::limits::{Admission, Rate};
 use crate::node::{Local, Node};
+use crate::presence::PresenceStore;
+use crate::presence::memory::MemoryPresence;
+use crate::presence::redis::RedisPresence;
 use crate::session::{Gate, SessionConfig};
 
 /// The process's panic hook: one `error` event per panic, in the same log as everything else,
@@ -73,6 +76,7 @@ pub enum ServerError {
 pub struct Server {
     app: Router,
     broker: Arc<dyn Broker>,
+    presence: Arc<dyn PresenceStore>,
     stopping: CancellationToken,
     connections: TaskTracker,
     config: Config,
@@ -88,23 +92,29 @@ impl Server {
             history_ttl: config.history.ttl,
             position_ttl: config.position_ttl,
         };
-        let local = Arc::new(Local::default());
-        let broker: Arc<dyn Broker> = match &config.redis {
-            None => Arc::new(MemoryBroker::new(local.clone(), retention)),
+        let local = Local::new(Arc::new(config.namespaces.clone()));
+        let (broker, presence): (Arc<dyn Broker>, Arc<dyn PresenceStore>) = match &config.redis {
+            None => (
+                Arc::new(MemoryBroker::new(local.clone(), retention)),
+                Arc::new(MemoryPresence::new(local.clone())),
+            ),
             Some(redis) => {
                 let options = RedisOptions {
                     url: redis.url.clone(),
                     cluster: redis.cluster,
                     prefix: redis.prefix.clone(),
                 };
-                let broker = RedisBroker::connect(options, local.clone(), retention).await;
-                Arc::new(broker.map_err(ServerError::Broker)?)
+                let broker = RedisBroker::connect(options, local.clone(), retention)
+                    .await
+                    .map_err(ServerError::Broker)?;
+                let presence = RedisPresence::new(broker.shared(), config.presence_ttl);
+                (Arc::new(broker), Arc::new(presence))
             }
         };
         let node = Node::new(
             local,
             broker.clone(),
-            Arc::new(config.namespaces.clone()),
+            presence.clone(),
             config.idempotency_window,
         );
         let stopping = CancellationToken::new();
@@ -132,6 +142,7 @@ impl Server {
         Ok(Self {
             app: api::router(state, config.enable_echo),
             broker,
+            presence,
             stopping,
             connections,
             config,
@@ -147,6 +158,7 @@ impl Server {
         let Self {
             app,
             broker,
+            presence,
             stopping,
             connections,
             config,
@@ -177,6 +189,8 @@ impl Server {
         }
         // Plain HTTP requests in flight get what is left of the same deadline.
         let _ = tokio::time::timeout_at(deadline, http.wait()).await;
+        // Sessions removed their members as they closed; the store's refreshes can stop.
+        presence.close().await;
         broker.close().await;
         tracing::info!("stopped");
     }

@@ -1,6 +1,6 @@
 //! HTTP surface: the router, its shared state, and the plain handlers (chat page, JS client,
 //! health). WebSocket endpoints live in [`ws`]; the server API for application backends in
-//! [`publish`] and [`channels`], behind [`ApiKey`], answering errors as [`ApiError`].
+//! [`publish`], [`channels`] and [`presence`], behind [`ApiKey`], answering errors as [`ApiError`].
 //! Handlers translate between HTTP and the [`Node`]; they hold no business logic.
 
 use std::sync::Arc;
@@ -23,6 +23,7 @@ use crate::protocol::{ChannelName, ErrorCode, Secret};
 use crate::session::{Gate, SessionConfig};
 
 pub mod channels;
+pub mod presence;
 pub mod publish;
 pub mod ws;
 
@@ -62,7 +63,9 @@ pub fn router(state: AppState, enable_echo: bool) -> Router {
         .route("/api/channels", post(channels::channels))
         .route("/api/subscribe", post(channels::subscribe))
         .route("/api/unsubscribe", post(channels::unsubscribe))
-        .route("/api/disconnect", post(channels::disconnect));
+        .route("/api/disconnect", post(channels::disconnect))
+        .route("/api/presence", post(presence::presence))
+        .route("/api/presence_stats", post(presence::presence_stats));
     if enable_echo {
         router = router.route("/ws/echo", get(ws::echo));
     }

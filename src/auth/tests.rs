@@ -137,10 +137,12 @@ fn personal_channels_belong_to_their_user() {
     let alice = Identity {
         user: "42".into(),
         authenticated: true,
+        info: None,
     };
     let impostor = Identity {
         user: "42".into(),
         authenticated: false,
+        info: None,
     };
     assert!(rules.check_subscribe(&alice, &ch, None, None).is_ok());
     assert!(rules.check_subscribe(&impostor, &ch, None, None).is_err());

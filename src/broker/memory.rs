@@ -253,6 +253,8 @@ mod tests {
         fn reconcile(&self, _: &ChannelName, _: &StreamPosition) {}
 
         fn control(&self, _: &[u8]) {}
+
+        fn event(&self, _: &ChannelName, _: &[u8]) {}
     }
 
     fn data() -> Arc<RawValue> {

@@ -50,6 +50,7 @@
 //!     }
 //!     fn reconcile(&self, _: &ChannelName, _: &StreamPosition) {}
 //!     fn control(&self, _: &[u8]) {}
+//!     fn event(&self, _: &ChannelName, _: &[u8]) {}
 //! }
 //!
 //! # #[tokio::main(flavor = "current_thread")]
@@ -92,6 +93,11 @@ pub trait Deliver: Send + Sync + 'static {
 
     /// A message some node sent with [`Broker::control`]; opaque to the broker.
     fn control(&self, message: &[u8]);
+
+    /// An event of `channel` other than a publication (a presence change), opaque to the
+    /// broker, in order with the channel's publications. Brokers whose pub/sub carries such
+    /// events (Redis) hand them down; presence stores in the same process call it directly.
+    fn event(&self, channel: &ChannelName, message: &[u8]);
 }
 
 /// The underlying error of a failed broker operation.

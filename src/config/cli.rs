@@ -134,7 +134,10 @@ pub struct ServeArgs {
     pub allow_anonymous: Option<bool>,
 
     /// Rules for channels without a namespace and in namespaces not listed with --namespace:
-    /// `subscribe=anyone|authenticated|token|user,publish=true|false,history-size=N,history-ttl=DUR`.
+    /// `subscribe=anyone|authenticated|token|user,publish=true|false,history-size=N,
+    /// history-ttl=DUR,presence=true|false,join-leave=false|true|client|user,
+    /// join-leave-limit=N,join-leave-batch=DUR` (defaults: no presence; joins and leaves one
+    /// by one up to 1000 present connections, then one batch a second).
     #[arg(
         long,
         env = "TIDINGS_CHANNEL_RULE",
@@ -143,8 +146,9 @@ pub struct ServeArgs {
     pub channel_rule: String,
 
     /// Rules of one namespace, `NAME:key=value,…` (keys as in --channel-rule); repeatable.
-    /// `user` is personal (`user:<id>` readable only by user `<id>`, no client publishing)
-    /// unless listed. The environment variable takes a `;`-separated list.
+    /// Unless listed, `user` is personal (`user:<id>` readable only by user `<id>`, no client
+    /// publishing) and `chat` has presence with per-user joins and leaves
+    /// (`presence=true,join-leave=user`). The environment variable takes a `;`-separated list.
     #[arg(long = "namespace", env = "TIDINGS_NAMESPACES", value_delimiter = ';')]
     pub namespaces: Vec<String>,
 
@@ -201,6 +205,12 @@ pub struct ServeArgs {
     /// with 4500 (0s: never).
     #[arg(long, env = "TIDINGS_IDLE_TIMEOUT", default_value = "10m", value_parser = humantime::parse_duration)]
     pub idle_timeout: Duration,
+
+    /// How long a node's presence entries outlive its last refresh (it refreshes every quarter
+    /// of this): the members of a node that died without a goodbye leave presence — with a
+    /// `leave` push each — within this plus a quarter.
+    #[arg(long, env = "TIDINGS_PRESENCE_TTL", default_value = "20s", value_parser = humantime::parse_duration)]
+    pub presence_ttl: Duration,
 
     /// Key of the server HTTP API (`/api/...`), sent as `Authorization: apikey KEY`; at least
     /// 16 bytes. Without it the API is off.

@@ -16,8 +16,9 @@ mod namespaces;
 
 pub use cli::{Cli, CliCommand, ServeArgs, SizeError, parse_size};
 pub use namespaces::{
-    HistorySettings, NamespaceError, NamespaceOptions, Namespaces, PERSONAL_NAMESPACE,
-    SubscribeRule, parse_namespace,
+    CHAT_NAMESPACE, DEFAULT_JOIN_LEAVE_BATCH, DEFAULT_JOIN_LEAVE_LIMIT, HistorySettings, JoinLeave,
+    NamespaceError, NamespaceOptions, Namespaces, PERSONAL_NAMESPACE, SubscribeRule,
+    parse_namespace,
 };
 
 /// Why the settings cannot be used.
@@ -36,6 +37,11 @@ pub enum ConfigError {
         flag: &'static str,
         #[source]
         source: NamespaceError,
+    },
+    #[error("--{flag} {reason}")]
+    Invalid {
+        flag: &'static str,
+        reason: &'static str,
     },
     #[error("--api-key must be at least 16 bytes long")]
     ShortApiKey,
@@ -123,6 +129,8 @@ pub struct Config {
     pub tokens: TokenSettings,
     pub allow_anonymous: bool,
     pub namespaces: Namespaces,
+    /// How long presence entries outlive their node's last refresh.
+    pub presence_ttl: Duration,
     /// Origins allowed besides the server's own host; `*` allows any.
     pub allowed_origins: Vec<String>,
     pub caps: ConnectionCaps,
@@ -181,6 +189,7 @@ impl ServeArgs {
             tokens,
             allow_anonymous,
             namespaces,
+            presence_ttl: self.presence_ttl,
             allowed_origins: self.allowed_origin,
             caps: ConnectionCaps {
                 total: self.max_connections,
@@ -217,6 +226,12 @@ impl ServeArgs {
         nonzero(self.handshake_timeout.as_millis(), "handshake-timeout")?;
         nonzero(self.body_timeout.as_millis(), "body-timeout")?;
         nonzero(self.idempotency_window.as_millis(), "idempotency-window")?;
+        if self.presence_ttl < std::time::Duration::from_secs(1) {
+            return Err(ConfigError::Invalid {
+                flag: "presence-ttl",
+                reason: "must be at least 1s",
+            });
+        }
         for (value, flag) in [
             (self.ping_interval, "ping-interval"),
             (self.pong_timeout, "pong-timeout"),
@@ -228,6 +243,7 @@ impl ServeArgs {
             (self.body_timeout, "body-timeout"),
             (self.idle_timeout, "idle-timeout"),
             (self.idempotency_window, "idempotency-window"),
+            (self.presence_ttl, "presence-ttl"),
         ] {
             // Far past any use, and short enough that no deadline built from it overflows.
             if value > MAX_DURATION {
@@ -264,6 +280,10 @@ fn namespaces(
         subscribe: SubscribeRule::Anyone,
         publish: true,
         history,
+        presence: false,
+        join_leave: JoinLeave::Off,
+        join_leave_limit: DEFAULT_JOIN_LEAVE_LIMIT,
+        join_leave_batch: DEFAULT_JOIN_LEAVE_BATCH,
     };
     let (_, default) =
         parse_namespace(&format!("default:{channel_rule}"), &open).map_err(|source| {

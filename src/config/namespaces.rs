@@ -1,5 +1,6 @@
 //! Namespaces: everything configured per namespace (who may subscribe and publish, how much
-//! history the channels keep), and the `NAME:key=value,…` rules that set it.
+//! history the channels keep, presence and its join/leave pushes), and the
+//! `NAME:key=value,…` rules that set it.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -20,8 +21,13 @@ pub enum NamespaceError {
         value: String,
         expected: &'static str,
     },
-    #[error("{spec:?}: unknown key {key:?} (subscribe, publish, history-size, history-ttl)")]
+    #[error(
+        "{spec:?}: unknown key {key:?} (subscribe, publish, history-size, history-ttl, presence, \
+         join-leave, join-leave-limit, join-leave-batch)"
+    )]
     Key { spec: String, key: String },
+    #[error("{spec:?}: join-leave needs presence=true")]
+    JoinLeaveWithoutPresence { spec: String },
 }
 
 /// Who may subscribe to a namespace's channels.
@@ -44,6 +50,16 @@ pub struct HistorySettings {
     pub ttl: Duration,
 }
 
+/// Which presence changes are pushed to a channel's subscribers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JoinLeave {
+    Off,
+    /// Every connection's join and leave.
+    Client,
+    /// A user's first connection (join) and last (leave), as "who is online" lists want.
+    User,
+}
+
 /// Everything configured per namespace: who may do what, and how the channels behave.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NamespaceOptions {
@@ -51,13 +67,27 @@ pub struct NamespaceOptions {
     /// Whether clients may publish (the server API always may).
     pub publish: bool,
     pub history: HistorySettings,
+    /// Subscribers are present in the channel (`presence`, `presence_stats`).
+    pub presence: bool,
+    pub join_leave: JoinLeave,
+    /// Above this many present connections, joins and leaves are coalesced (or suppressed).
+    pub join_leave_limit: u64,
+    /// How often coalesced joins and leaves go out; zero suppresses them above the limit.
+    pub join_leave_batch: Duration,
 }
 
 /// The namespace of personal channels unless configured otherwise.
 pub const PERSONAL_NAMESPACE: &str = "user";
+/// The chat page's namespace: presence and per-user joins and leaves unless configured
+/// otherwise.
+pub const CHAT_NAMESPACE: &str = "chat";
+/// Joins and leaves pushed one by one up to this many present connections.
+pub const DEFAULT_JOIN_LEAVE_LIMIT: u64 = 1000;
+/// Above the limit, one batch of joins and leaves per this interval.
+pub const DEFAULT_JOIN_LEAVE_BATCH: Duration = Duration::from_secs(1);
 
 /// Per-namespace options, with the default for channels without a namespace or in one nobody
-/// configured. `user` is personal unless listed.
+/// configured. `user` is personal and `chat` has presence unless listed.
 #[derive(Clone, Debug)]
 pub struct Namespaces {
     default: NamespaceOptions,
@@ -71,7 +101,16 @@ impl Namespaces {
             .or_insert(NamespaceOptions {
                 subscribe: SubscribeRule::User,
                 publish: false,
-                history: default.history,
+                presence: false,
+                join_leave: JoinLeave::Off,
+                ..default.clone()
+            });
+        by_name
+            .entry(CHAT_NAMESPACE.to_owned())
+            .or_insert(NamespaceOptions {
+                presence: true,
+                join_leave: JoinLeave::User,
+                ..default.clone()
             });
         Self { default, by_name }
     }
@@ -94,6 +133,10 @@ impl Default for Namespaces {
                     size: 100,
                     ttl: Duration::from_secs(600),
                 },
+                presence: false,
+                join_leave: JoinLeave::Off,
+                join_leave_limit: DEFAULT_JOIN_LEAVE_LIMIT,
+                join_leave_batch: DEFAULT_JOIN_LEAVE_BATCH,
             },
             HashMap::new(),
         )
@@ -101,8 +144,10 @@ impl Default for Namespaces {
 }
 
 /// Parses a namespace rule: `NAME:key=value,…` with keys `subscribe`
-/// (`anyone|authenticated|token|user`), `publish` (`true|false`), `history-size` (count) and
-/// `history-ttl` (duration). Unset keys take `base`'s values.
+/// (`anyone|authenticated|token|user`), `publish` (`true|false`), `history-size` (count),
+/// `history-ttl` (duration), `presence` (`true|false`), `join-leave`
+/// (`false|true|client|user`; `true` is `client`), `join-leave-limit` (count) and
+/// `join-leave-batch` (duration; `0s` suppresses). Unset keys take `base`'s values.
 pub fn parse_namespace(
     spec: &str,
     base: &NamespaceOptions,
@@ -148,6 +193,28 @@ pub fn parse_namespace(
                 options.history.ttl = humantime::parse_duration(value)
                     .map_err(|_| bad("history-ttl", "a duration like 10m"))?
             }
+            "presence" => {
+                options.presence = value
+                    .parse()
+                    .map_err(|_| bad("presence", "true or false"))?
+            }
+            "join-leave" => {
+                options.join_leave = match value {
+                    "false" => JoinLeave::Off,
+                    "true" | "client" => JoinLeave::Client,
+                    "user" => JoinLeave::User,
+                    _ => return Err(bad("join-leave", "true, false, client or user")),
+                }
+            }
+            "join-leave-limit" => {
+                options.join_leave_limit = value
+                    .parse()
+                    .map_err(|_| bad("join-leave-limit", "a count"))?
+            }
+            "join-leave-batch" => {
+                options.join_leave_batch = humantime::parse_duration(value)
+                    .map_err(|_| bad("join-leave-batch", "a duration like 1s"))?
+            }
             other => {
                 return Err(NamespaceError::Key {
                     spec: spec.into(),
@@ -155,6 +222,9 @@ pub fn parse_namespace(
                 });
             }
         }
+    }
+    if options.join_leave != JoinLeave::Off && !options.presence {
+        return Err(NamespaceError::JoinLeaveWithoutPresence { spec: spec.into() });
     }
     Ok((name.to_owned(), options))
 }

@@ -38,6 +38,9 @@ pub enum ErrorCode {
     InvalidToken = 111,
     /// Too many commands or publishes per second: slow down (sustained, it closes with 4004).
     RateLimited = 112,
+    /// The channel's namespace does not enable this operation (`presence`, `presence_stats`
+    /// where `presence=false`).
+    NotEnabled = 113,
     /// Something failed inside the server; the request may be retried.
     Internal = 500,
     /// The broker cannot take the request now; retry later.
@@ -65,6 +68,7 @@ impl ErrorCode {
             Self::PermissionDenied => "permission_denied",
             Self::InvalidToken => "invalid_token",
             Self::RateLimited => "rate_limited",
+            Self::NotEnabled => "not_enabled",
             Self::Internal => "internal",
             Self::Unavailable => "unavailable",
         }

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{ErrorCode, Publication};
+use super::{ChannelName, ErrorCode, Member, Publication};
 
 /// The reply to a request that carried an `id`: `{"id":N,"ok":BODY}` or
 /// `{"id":N,"error":{...}}`.
@@ -53,6 +53,15 @@ pub enum Push<P = Publication<serde_json::Value>> {
     Subscribed(SubscribedPush),
     /// The server unsubscribed this connection (server API).
     Unsubscribed(UnsubscribedPush),
+    /// A connection became present in a subscribed channel (or, in a namespace with
+    /// `join-leave=user`, a user's first connection did).
+    Join(PresenceChange),
+    /// A connection left a subscribed channel (or a user's last one did).
+    Leave(PresenceChange),
+    /// In a channel past its namespace's `join-leave-limit`: the joins and leaves of one
+    /// interval, netted per client (or user).
+    #[serde(rename = "presence_batch")]
+    PresenceBatch(PresenceBatch),
     /// The server's heartbeat: answer `{"op":"pong"}`.
     Ping {},
     /// A request without an id failed.
@@ -145,6 +154,35 @@ pub struct SubscribedPush {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UnsubscribedPush {
     pub channel: String,
+}
+
+/// The body of a `join` or `leave` push.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresenceChange {
+    pub channel: ChannelName,
+    pub info: Member,
+}
+
+/// The body of a `presence_batch` push: who came and who went during one interval.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresenceBatch {
+    pub channel: ChannelName,
+    pub joined: Vec<Member>,
+    pub left: Vec<Member>,
+}
+
+/// `ok` body of a `presence` reply. `cursor` is `null` on the last page.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresenceOk {
+    pub clients: Vec<Member>,
+    pub cursor: Option<String>,
+}
+
+/// `ok` body of a `presence_stats` reply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresenceStatsOk {
+    pub clients: u64,
+    pub users: u64,
 }
 
 /// An empty `ok` body, `{}`.

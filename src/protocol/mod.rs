@@ -27,12 +27,13 @@ mod request;
 
 pub use codes::{CloseCode, ErrorCode};
 pub use frames::{
-    Connected, Empty, ErrorBody, HistoryOk, Outcome, PING_FRAME, PublishOk, Push, Refreshed, Reply,
-    ServerFrame, SubscribeOk, SubscribedPush, UnsubscribedPush, encode, encode_error, encode_ok,
+    Connected, Empty, ErrorBody, HistoryOk, Outcome, PING_FRAME, PresenceBatch, PresenceChange,
+    PresenceOk, PresenceStatsOk, PublishOk, Push, Refreshed, Reply, ServerFrame, SubscribeOk,
+    SubscribedPush, UnsubscribedPush, encode, encode_error, encode_ok,
 };
 pub use request::{
-    Command, Connect, DecodeError, History, Publish, Refresh, Request, Subscribe, Unsubscribe,
-    decode_request,
+    Command, Connect, DecodeError, History, Presence, PresenceStats, Publish, Refresh, Request,
+    Subscribe, Unsubscribe, decode_request,
 };
 
 /// The protocol version this server speaks; reported in the `connected` push.
@@ -231,6 +232,18 @@ pub struct ClientInfo {
     pub client: Arc<str>,
     /// The user: the token's `sub`, or an anonymous connection's chosen name.
     pub user: Arc<str>,
+}
+
+/// One connection present in a channel: its client id, its user, whether a token proved the
+/// user, and the token's `info` claim when it had one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub client: Arc<str>,
+    pub user: Arc<str>,
+    #[serde(default)]
+    pub authenticated: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub info: Option<Arc<serde_json::Value>>,
 }
 
 impl ClientInfo {

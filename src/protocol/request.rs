@@ -31,6 +31,8 @@ pub enum Command<D = Box<RawValue>> {
     Unsubscribe(Unsubscribe),
     Publish(Publish<D>),
     History(History),
+    Presence(Presence),
+    PresenceStats(PresenceStats),
     /// A client-side liveness probe; replied to with `ok {}`.
     Ping,
     /// The answer to a server `{"ping":{}}`; never replied to.
@@ -86,6 +88,29 @@ pub struct History {
     pub since: Option<StreamPosition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<usize>,
+}
+
+/// Who is present in a channel, a page at a time: at most `limit` (default
+/// [`Presence::DEFAULT_LIMIT`], at most [`Presence::MAX_LIMIT`]) after `cursor`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Presence {
+    pub channel: ChannelName,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+    /// The `cursor` of the previous page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+}
+
+impl Presence {
+    pub const DEFAULT_LIMIT: usize = 100;
+    pub const MAX_LIMIT: usize = 1000;
+}
+
+/// How many connections and users are present in a channel.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PresenceStats {
+    pub channel: ChannelName,
 }
 
 /// Why a frame could not be decoded; carries the request id when it could be read.
@@ -157,6 +182,8 @@ pub fn decode_request(text: &str) -> Result<Request, DecodeError> {
         "unsubscribe" => Command::Unsubscribe(fields.with_channel(head.channel)?),
         "publish" => Command::Publish(fields.with_channel(head.channel)?),
         "history" => Command::History(fields.with_channel(head.channel)?),
+        "presence" => Command::Presence(fields.with_channel(head.channel)?),
+        "presence_stats" => Command::PresenceStats(fields.with_channel(head.channel)?),
         "ping" => Command::Ping,
         "pong" => Command::Pong,
         other => {

@@ -13,9 +13,9 @@ use crate::auth::Identity;
 use crate::node::{Recovery, Subscribed, UserCommand};
 use crate::outbox::{Closing, Frame};
 use crate::protocol::{
-    ChannelName, Command, Empty, ErrorCode, History, HistoryOk, Publish, PublishOk, Push, Secret,
-    StreamPosition, Subscribe, SubscribeOk, SubscribedPush, Unsubscribe, UnsubscribedPush, encode,
-    encode_error, encode_ok,
+    ChannelName, Command, Empty, ErrorCode, History, HistoryOk, Presence, PresenceOk,
+    PresenceStats, PresenceStatsOk, Publish, PublishOk, Push, Secret, StreamPosition, Subscribe,
+    SubscribeOk, SubscribedPush, Unsubscribe, UnsubscribedPush, encode, encode_error, encode_ok,
 };
 
 impl Session<'_> {
@@ -40,6 +40,10 @@ impl Session<'_> {
                 self.reply_ok(id, &Empty {});
             }
             Command::Publish(publish) => Box::pin(self.publish(identity, id, publish)).await,
+            Command::Presence(presence) => Box::pin(self.presence(identity, id, presence)).await,
+            Command::PresenceStats(PresenceStats { channel }) => {
+                Box::pin(self.presence_stats(identity, id, channel)).await
+            }
             Command::Refresh(refresh) => self.refresh(identity, id, refresh.token.expose()),
             Command::Ping => self.reply_ok(id, &Empty {}),
             Command::Connect(_) | Command::Pong => {}
@@ -49,7 +53,12 @@ impl Session<'_> {
     /// Carries out a server command that reached this connection.
     pub(super) async fn apply(&mut self, command: UserCommand) {
         match command {
-            UserCommand::Subscribe(channel) => Box::pin(self.subscribe_for_server(channel)).await,
+            UserCommand::Subscribe(channel) => {
+                // Only connections with an identity have a mailbox.
+                if let Some(identity) = self.identity.clone() {
+                    Box::pin(self.subscribe_for_server(&identity, channel)).await
+                }
+            }
             UserCommand::Unsubscribe(channel) => {
                 if self.node.unsubscribe(&channel, &self.outbox).await {
                     let push = Push::<()>::Unsubscribed(UnsubscribedPush {
@@ -86,7 +95,8 @@ impl Session<'_> {
             let message = format!("already subscribed to {channel}");
             return self.reply_error(id, &Refusal::new(ErrorCode::AlreadySubscribed, message));
         }
-        let Subscribed { position, recovery } = match self.open(&channel, since.as_ref()).await {
+        let opened = self.open(identity, &channel, since.as_ref()).await;
+        let Subscribed { position, recovery } = match opened {
             Ok(subscribed) => subscribed,
             Err(refusal) => return self.reply_error(id, &refusal),
         };
@@ -128,11 +138,11 @@ impl Session<'_> {
 
     /// The server API's subscribe: no rules, nothing to reply to, a `subscribed` push instead;
     /// a connection already subscribed is left as it is.
-    async fn subscribe_for_server(&mut self, channel: ChannelName) {
+    async fn subscribe_for_server(&mut self, identity: &Identity, channel: ChannelName) {
         if self.outbox.is_subscribed(&channel) {
             return;
         }
-        match self.open(&channel, None).await {
+        match self.open(identity, &channel, None).await {
             Ok(Subscribed { position, .. }) => {
                 let push = Push::<()>::Subscribed(SubscribedPush {
                     channel: channel.to_string(),
@@ -150,6 +160,7 @@ impl Session<'_> {
     /// The core both entry points share: the subscription limit, then the node.
     async fn open(
         &mut self,
+        identity: &Identity,
         channel: &ChannelName,
         since: Option<&StreamPosition>,
     ) -> Result<Subscribed, Refusal> {
@@ -159,9 +170,70 @@ impl Session<'_> {
             return Err(Refusal::new(ErrorCode::LimitExceeded, message));
         }
         self.node
-            .subscribe(channel, &self.outbox, since)
+            .subscribe(channel, &self.outbox, since, identity)
             .await
             .map_err(|err| self.node_failure(err))
+    }
+
+    /// Whoever may subscribe may read; a channel that needs a subscription token is readable
+    /// once subscribed with one.
+    fn may_read(&self, identity: &Identity, channel: &ChannelName) -> Result<(), Refusal> {
+        if self.outbox.is_subscribed(channel) {
+            return Ok(());
+        }
+        let verifier = self.gate.verifier.as_ref();
+        self.node
+            .rules()
+            .check_subscribe(identity, channel, None, verifier)
+            .map_err(|denied| Refusal::from(&denied))
+    }
+
+    async fn presence(&mut self, identity: &Identity, id: Option<u64>, request: Presence) {
+        let Presence {
+            channel,
+            limit,
+            cursor,
+        } = request;
+        if let Err(refusal) = self.may_read(identity, &channel) {
+            return self.reply_error(id, &refusal);
+        }
+        let limit = limit.unwrap_or(Presence::DEFAULT_LIMIT);
+        if limit == 0 || limit > Presence::MAX_LIMIT {
+            let message = format!("\"limit\" must be 1 to {}", Presence::MAX_LIMIT);
+            return self.reply_error(id, &Refusal::new(ErrorCode::InvalidField, message));
+        }
+        match self.node.presence(&channel, cursor.as_deref(), limit).await {
+            Ok(page) => self.reply_ok(
+                id,
+                &PresenceOk {
+                    clients: page.members,
+                    cursor: page.cursor,
+                },
+            ),
+            Err(err) => {
+                let refusal = self.node_failure(err);
+                self.reply_error(id, &refusal)
+            }
+        }
+    }
+
+    async fn presence_stats(&mut self, identity: &Identity, id: Option<u64>, channel: ChannelName) {
+        if let Err(refusal) = self.may_read(identity, &channel) {
+            return self.reply_error(id, &refusal);
+        }
+        match self.node.presence_stats(&channel).await {
+            Ok(stats) => self.reply_ok(
+                id,
+                &PresenceStatsOk {
+                    clients: stats.clients,
+                    users: stats.users,
+                },
+            ),
+            Err(err) => {
+                let refusal = self.node_failure(err);
+                self.reply_error(id, &refusal)
+            }
+        }
     }
 
     async fn history(&mut self, identity: &Identity, id: Option<u64>, request: History) {
@@ -170,17 +242,8 @@ impl Session<'_> {
             since,
             limit,
         } = request;
-        // Whoever may subscribe may read the history; a channel that needs a subscription
-        // token is readable once subscribed with one.
-        if !self.outbox.is_subscribed(&channel) {
-            let verifier = self.gate.verifier.as_ref();
-            let allowed = self
-                .node
-                .rules()
-                .check_subscribe(identity, &channel, None, verifier);
-            if let Err(denied) = allowed {
-                return self.reply_error(id, &Refusal::from(&denied));
-            }
+        if let Err(refusal) = self.may_read(identity, &channel) {
+            return self.reply_error(id, &refusal);
         }
         match self.node.history(&channel, since.as_ref(), limit).await {
             Ok(history) => self.reply_ok(

@@ -110,6 +110,7 @@ impl Session<'_> {
         let identity = Identity {
             user,
             authenticated: true,
+            info: claims.info,
         };
         self.establish(id, identity, expires_in_ms);
     }
@@ -122,6 +123,7 @@ impl Session<'_> {
         let identity = Identity {
             user,
             authenticated: false,
+            info: None,
         };
         self.establish(id, identity, None);
     }

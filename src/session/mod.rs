@@ -218,7 +218,7 @@ async fn serve<I: Incoming, O: Outgoing>(
         handshake,
         shutdown,
     } = start;
-    let outbox = Outbox::new(config.max_queue_size);
+    let outbox = Outbox::new(config.max_queue_size, client.clone());
     let clocks = Clocks::new();
     let mut session = Session {
         client,

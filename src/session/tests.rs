@@ -16,6 +16,7 @@ use crate::broker::memory::MemoryBroker;
 use crate::config::{ConnectionCaps, Namespaces};
 use crate::limits::Admission;
 use crate::node::Local;
+use crate::presence::memory::MemoryPresence;
 use crate::protocol::{Outcome, Push, Reply, ServerFrame};
 
 pub(crate) fn config() -> SessionConfig {
@@ -34,14 +35,10 @@ pub(crate) fn config() -> SessionConfig {
 }
 
 fn node() -> Node {
-    let local = Arc::new(Local::default());
+    let local = Local::new(Arc::new(Namespaces::default()));
     let broker = Arc::new(MemoryBroker::new(local.clone(), Retention::default()));
-    Node::new(
-        local,
-        broker,
-        Arc::new(Namespaces::default()),
-        Duration::from_secs(300),
-    )
+    let presence = Arc::new(MemoryPresence::new(local.clone()));
+    Node::new(local, broker, presence, Duration::from_secs(300))
 }
 
 /// What the session did to its transport.

@@ -22,7 +22,8 @@ use crate::support::{WAIT, within};
 pub struct Sink {
     publications: Mutex<Vec<Publication>>,
     controls: Mutex<Vec<Vec<u8>>>,
-    changed: Notify,
+    pub events: Mutex<Vec<(String, Vec<u8>)>>,
+    pub changed: Notify,
 }
 
 impl Deliver for Sink {
@@ -35,6 +36,12 @@ impl Deliver for Sink {
 
     fn control(&self, message: &[u8]) {
         self.controls.lock().unwrap().push(message.to_vec());
+        self.changed.notify_waiters();
+    }
+
+    fn event(&self, channel: &ChannelName, message: &[u8]) {
+        let mut events = self.events.lock().unwrap();
+        events.push((channel.to_string(), message.to_vec()));
         self.changed.notify_waiters();
     }
 }
@@ -63,7 +70,7 @@ impl Sink {
     }
 }
 
-fn retention() -> Retention {
+pub fn retention() -> Retention {
     Retention {
         history_size: 10,
         history_ttl: Duration::from_secs(60),

@@ -30,6 +30,9 @@ mod http_api;
 mod lifecycle;
 /// Rate limits, connection caps, handshake and idle timeouts.
 mod limits;
+/// Presence: the store contract on memory, Redis and Redis Cluster; crash safety; presence
+/// across real nodes.
+mod presence;
 /// Channels: subscribe, publish, unsubscribe, ordering under concurrency.
 mod pubsub;
 /// History and recovery from a position.

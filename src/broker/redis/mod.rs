@@ -32,8 +32,7 @@ use async_trait::async_trait;
 use fred::bytes::Bytes;
 use fred::clients::SubscriberClient;
 use fred::prelude::{
-    Builder, Client, ClientLike, Config, Error as RedisError, PubsubInterface, ReconnectPolicy,
-    Value,
+    Builder, Client, ClientLike, Error as RedisError, PubsubInterface, ReconnectPolicy, Value,
 };
 use fred::types::scripts::Script;
 use serde::{Deserialize, Serialize};
@@ -48,6 +47,10 @@ use super::{
 use crate::protocol::{ChannelName, ClientInfo, Publication, StreamPosition};
 
 mod pubsub;
+mod url;
+
+pub use url::UrlError;
+use url::redis_config;
 
 const PUBLISH_LUA: &str = include_str!("publish.lua");
 const READ_LUA: &str = include_str!("read.lua");
@@ -132,64 +135,6 @@ fn unavailable(context: &'static str, err: RedisError) -> BrokerError {
         context,
         source: Box::new(err),
     }
-}
-
-/// Why `--redis-url` cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum UrlError {
-    #[error(
-        "unsupported Redis URL {0:?}: use redis://HOST:PORT or \
-         redis+cluster://HOST:PORT[,HOST:PORT…] (TLS is not supported yet)"
-    )]
-    Scheme(String),
-    #[error("invalid Redis URL {url:?}")]
-    Invalid {
-        url: String,
-        #[source]
-        source: RedisError,
-    },
-}
-
-impl From<UrlError> for BrokerError {
-    fn from(err: UrlError) -> Self {
-        BrokerError::Internal {
-            context: "reading --redis-url",
-            source: Box::new(err),
-        }
-    }
-}
-
-/// Turns `redis+cluster://h1:p1,h2:p2` (or `redis://…` with `cluster`) into fred's config.
-fn redis_config(options: &RedisOptions) -> Result<Config, UrlError> {
-    let url = options.url.trim();
-    let invalid = |url: &str| {
-        let url = url.to_owned();
-        move |source| UrlError::Invalid { url, source }
-    };
-    let (cluster, rest) = if let Some(rest) = url.strip_prefix("redis+cluster://") {
-        (true, rest)
-    } else if let Some(rest) = url.strip_prefix("redis://") {
-        (options.cluster, rest)
-    } else if url.starts_with("redis-cluster://") {
-        return Config::from_url(url).map_err(invalid(url));
-    } else {
-        return Err(UrlError::Scheme(url.to_owned()));
-    };
-    let url = if cluster {
-        let (hosts, tail) = rest.split_once('/').unwrap_or((rest, ""));
-        let mut hosts = hosts.split(',');
-        let first = hosts.next().unwrap_or_default();
-        let mut url = format!("redis-cluster://{first}/{tail}");
-        let others: Vec<String> = hosts.map(|h| format!("node={h}")).collect();
-        if !others.is_empty() {
-            url.push(if url.contains('?') { '&' } else { '?' });
-            url.push_str(&others.join("&"));
-        }
-        url
-    } else {
-        format!("redis://{rest}")
-    };
-    Config::from_url(&url).map_err(invalid(&url))
 }
 
 impl RedisBroker {
@@ -290,7 +235,7 @@ impl Inner {
     }
 
     fn pubsub_channel(&self, channel: &ChannelName) -> String {
-        format!("{}:{{{channel}}}", self.prefix)
+        pubsub_channel(&self.prefix, channel)
     }
 
     fn channel_of(&self, pubsub: &str) -> Option<ChannelName> {
@@ -371,6 +316,44 @@ impl Inner {
 
 fn ttl_seconds(ttl: Duration) -> i64 {
     i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX).max(1)
+}
+
+/// The pub/sub channel that carries `channel`'s publications and events. It shares the hash
+/// tag `{C}` with the channel's keys, so in a cluster all of them live on one shard.
+pub(crate) fn pubsub_channel(prefix: &str, channel: &ChannelName) -> String {
+    format!("{prefix}:{{{channel}}}")
+}
+
+/// The first byte of an event message on a channel's pub/sub channel; a publication's first
+/// byte is its epoch's (a letter or digit).
+pub(crate) const EVENT_MARKER: u8 = b'~';
+
+/// What a presence store on the same Redis needs from the broker: its connection and naming.
+#[derive(Clone)]
+pub struct Shared {
+    pub(crate) client: Client,
+    pub(crate) prefix: String,
+    pub(crate) sharded: bool,
+}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shared")
+            .field("prefix", &self.prefix)
+            .field("sharded", &self.sharded)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisBroker {
+    /// The connection and naming, for a presence store on the same Redis.
+    pub fn shared(&self) -> Shared {
+        Shared {
+            client: self.inner.client.clone(),
+            prefix: self.inner.prefix.clone(),
+            sharded: self.inner.sharded,
+        }
+    }
 }
 
 fn unix_seconds() -> i64 {
@@ -585,34 +568,5 @@ impl Broker for RedisBroker {
     async fn close(&self) {
         let _ = self.inner.subscriber.quit().await;
         let _ = self.inner.client.quit().await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn options(url: &str, cluster: bool) -> RedisOptions {
-        RedisOptions {
-            url: url.into(),
-            cluster,
-            prefix: "t".into(),
-        }
-    }
-
-    #[test]
-    fn cluster_urls_name_every_node() {
-        let config = redis_config(&options(
-            "redis+cluster://127.0.0.1:7000,127.0.0.1:7001",
-            false,
-        ))
-        .unwrap();
-        assert!(config.server.is_clustered());
-        assert_eq!(config.server.hosts().len(), 2);
-        let config = redis_config(&options("redis://127.0.0.1:7000", true)).unwrap();
-        assert!(config.server.is_clustered());
-        let config = redis_config(&options("redis://127.0.0.1:6379", false)).unwrap();
-        assert!(!config.server.is_clustered());
-        assert!(redis_config(&options("http://nope", false)).is_err());
     }
 }

@@ -99,6 +99,12 @@ fn deliver_message(inner: &Inner, interned: &mut Interned, message: &Message) {
         inner.deliver.control(&raw);
         return;
     }
+    if let Some(event) = raw.strip_prefix(&[super::EVENT_MARKER]) {
+        if let Some(channel) = inner.channel_of(&message.channel) {
+            inner.deliver.event(&channel, event);
+        }
+        return;
+    }
     let Some((epoch, entry)) = std::str::from_utf8(&raw)
         .ok()
         .and_then(|text| text.split_once(':'))

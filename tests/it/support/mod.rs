@@ -447,12 +447,15 @@ impl WsClient {
         }
     }
 
-    /// The next publication, skipping other pushes (connected, errors are a failure).
+    /// The next publication, skipping `connected` and presence pushes (anything else is a
+    /// failure).
     pub async fn next_pub(&mut self) -> Publication<Value> {
         loop {
             match self.next_push().await {
                 Push::Pub(publication) => return publication,
-                Push::Connected(_) => continue,
+                Push::Connected(_) | Push::Join(_) | Push::Leave(_) | Push::PresenceBatch(_) => {
+                    continue;
+                }
                 other => panic!("expected a publication, got {other:?}"),
             }
         }

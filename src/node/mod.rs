@@ -14,33 +14,46 @@
 //! it as opaque bytes to every node, and each node hands it to the [`Mailbox`] of each of its
 //! connections of that user.
 //!
+//! ## Presence
+//! In namespaces with `presence=true` a subscription makes its connection present: the node
+//! adds it to the [`PresenceStore`] once the subscription is in place (a failure undoes the
+//! subscription) and removes it when the connection leaves. Every node receives each change
+//! as an event from the broker's path and pushes `join`/`leave` to its local subscribers as
+//! the namespace's `join-leave` option says — one by one, or, past `join-leave-limit` present
+//! connections, netted into one `presence_batch` push per `join-leave-batch` interval.
+//!
 //! ## Failures
 //! A [`NodeError`] is what a failed operation tells whoever asked: [`NodeError::code`] is the
 //! one mapping from a broker failure to the protocol's error code (and so to the server API's
 //! HTTP status), and [`NodeError::client_message`] the documented text a client sees. The
 //! backend's own error text stays in the log.
 
-use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
-use std::sync::{Arc, Mutex as StdMutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use tokio::sync::{Mutex, Notify};
+use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::ChannelRules;
+use crate::auth::{ChannelRules, Identity};
 use crate::broker::{
-    ANNOUNCE_PERIOD, Broker, BrokerError, Deliver, History, HistoryQuery, HistoryRetention,
-    Idempotency, PublishOptions,
+    ANNOUNCE_PERIOD, Broker, BrokerError, History, HistoryQuery, HistoryRetention, Idempotency,
+    PublishOptions,
 };
 use crate::config::Namespaces;
 use crate::hub::{Hub, SubscriberId};
 use crate::outbox::Outbox;
+use crate::presence::{Page, PresenceStore, Stats};
 use crate::protocol::{
-    ChannelName, ClientInfo, CloseCode, ErrorCode, IdempotencyKey, Publication, StreamPosition,
+    ChannelName, ClientInfo, CloseCode, ErrorCode, IdempotencyKey, Member, Publication,
+    StreamPosition,
 };
+
+mod local;
+
+use local::Control;
+pub use local::{Local, Mailbox, UserCommand};
 
 const CHANNEL_LOCKS: usize = 256;
 
@@ -52,6 +65,7 @@ pub struct Node(Arc<Inner>);
 struct Inner {
     local: Arc<Local>,
     broker: Arc<dyn Broker>,
+    presence: Arc<dyn PresenceStore>,
     /// Serialises subscribe/unsubscribe per channel (sharded: channels may share a lock).
     channel_locks: Box<[Mutex<()>]>,
     hasher: std::collections::hash_map::RandomState,
@@ -59,124 +73,6 @@ struct Inner {
     rules: ChannelRules,
     /// How long an idempotency key is remembered.
     idempotency_window: Duration,
-}
-
-/// What this node holds of its own connections, and where the broker hands things down.
-#[derive(Debug, Default)]
-pub struct Local {
-    hub: Hub,
-    /// Authenticated user → mailboxes of their connections here. Touched on connect, close and
-    /// server commands only, never on the publish path, so one std lock serves.
-    users: StdMutex<Users>,
-}
-
-/// Authenticated user → their connections on this node, each with its mailbox.
-type Users = HashMap<Arc<str>, Vec<(SubscriberId, Arc<Mailbox>)>>;
-
-impl Local {
-    fn users(&self) -> std::sync::MutexGuard<'_, Users> {
-        self.users.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-impl Deliver for Local {
-    fn deliver(&self, publication: &Publication) {
-        self.hub.broadcast(publication);
-    }
-
-    fn reconcile(&self, channel: &ChannelName, position: &StreamPosition) {
-        self.hub.reconcile(channel, position);
-    }
-
-    fn control(&self, message: &[u8]) {
-        let Ok(control) = serde_json::from_slice::<Control>(message) else {
-            tracing::warn!("undecodable server command from the broker");
-            return;
-        };
-        let (user, command) = control.split();
-        let users = self.users();
-        for (_, mailbox) in users.get(user.as_str()).into_iter().flatten() {
-            mailbox.send(command.clone());
-        }
-    }
-}
-
-/// A server command for every connection of one user, as it travels between nodes.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
-enum Control {
-    Disconnect {
-        user: String,
-        code: CloseCode,
-        reason: String,
-    },
-    Subscribe {
-        user: String,
-        channel: ChannelName,
-    },
-    Unsubscribe {
-        user: String,
-        channel: ChannelName,
-    },
-}
-
-impl Control {
-    fn split(self) -> (String, UserCommand) {
-        match self {
-            Self::Disconnect { user, code, reason } => {
-                (user, UserCommand::Disconnect { code, reason })
-            }
-            Self::Subscribe { user, channel } => (user, UserCommand::Subscribe(channel)),
-            Self::Unsubscribe { user, channel } => (user, UserCommand::Unsubscribe(channel)),
-        }
-    }
-}
-
-/// What the server API asks of one connection.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum UserCommand {
-    /// Subscribe regardless of the channel's rules, telling the client with a push.
-    Subscribe(ChannelName),
-    /// Unsubscribe, telling the client with a push.
-    Unsubscribe(ChannelName),
-    Disconnect {
-        code: CloseCode,
-        reason: String,
-    },
-}
-
-/// One connection's queue of server commands. Nothing is allocated until a command arrives:
-/// every authenticated connection has one, and most never receive anything.
-#[derive(Debug, Default)]
-pub struct Mailbox {
-    commands: StdMutex<VecDeque<UserCommand>>,
-    /// `notify_one` keeps a permit, so a command sent between two `recv`s is never missed.
-    ready: Notify,
-}
-
-impl Mailbox {
-    fn send(&self, command: UserCommand) {
-        self.commands
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push_back(command);
-        self.ready.notify_one();
-    }
-
-    /// The next command, in the order they were sent.
-    pub async fn recv(&self) -> UserCommand {
-        loop {
-            let next = self
-                .commands
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .pop_front();
-            if let Some(command) = next {
-                return command;
-            }
-            self.ready.notified().await;
-        }
-    }
 }
 
 /// A local subscription in place: where the channel stands, and what recovery found.
@@ -216,6 +112,8 @@ pub enum NodeError {
     Broker(#[from] BrokerError),
     #[error(transparent)]
     Unrecoverable(#[from] ContinuityError),
+    #[error("presence is not enabled in the namespace of {0}")]
+    PresenceOff(ChannelName),
 }
 
 impl NodeError {
@@ -228,6 +126,7 @@ impl NodeError {
             }
             Self::Broker(BrokerError::Internal { .. }) => ErrorCode::Internal,
             Self::Unrecoverable(_) => ErrorCode::UnrecoverablePosition,
+            Self::PresenceOff(_) => ErrorCode::NotEnabled,
         }
     }
 
@@ -244,6 +143,7 @@ impl NodeError {
             }
             Self::Broker(BrokerError::Internal { .. }) => "internal error".into(),
             Self::Unrecoverable(err) => err.to_string(),
+            Self::PresenceOff(_) => self.to_string(),
         }
     }
 }
@@ -252,12 +152,14 @@ impl Node {
     pub fn new(
         local: Arc<Local>,
         broker: Arc<dyn Broker>,
-        namespaces: Arc<Namespaces>,
+        presence: Arc<dyn PresenceStore>,
         idempotency_window: Duration,
     ) -> Self {
+        let namespaces = local.namespaces.clone();
         Self(Arc::new(Inner {
             local,
             broker,
+            presence,
             channel_locks: (0..CHANNEL_LOCKS).map(|_| Mutex::new(())).collect(),
             hasher: Default::default(),
             rules: ChannelRules::new(namespaces.clone()),
@@ -292,12 +194,15 @@ impl Node {
     /// Subscribes a connection and returns the channel's current position, with `since` also
     /// the publications after it. The subscription is pending in `outbox` from before the hub
     /// knows it, so publications that race the read are held, not lost; the caller completes
-    /// it ([`Outbox::complete_subscription`]) with its reply. On failure nothing is left.
+    /// it ([`Outbox::complete_subscription`]) with its reply. Where the namespace has presence,
+    /// the connection is then present (its own join is held like a publication). On failure
+    /// nothing is left.
     pub async fn subscribe(
         &self,
         channel: &ChannelName,
         outbox: &Outbox,
         since: Option<&StreamPosition>,
+        identity: &Identity,
     ) -> Result<Subscribed, NodeError> {
         let _guard = self.channel_lock(channel).lock().await;
         outbox.begin_subscription(channel);
@@ -308,7 +213,18 @@ impl Node {
                 return Err(err.into());
             }
         }
-        let read = self.read_position(channel, since).await;
+        let mut read = self.read_position(channel, since).await;
+        if read.is_ok() && self.has_presence(channel) {
+            let member = Member {
+                client: outbox.client().clone(),
+                user: identity.user.clone(),
+                authenticated: identity.authenticated,
+                info: identity.info.clone(),
+            };
+            if let Err(err) = self.0.presence.add(channel, &member).await {
+                read = Err(err.into());
+            }
+        }
         if read.is_err() {
             outbox.end_subscription(channel);
             if self.hub().remove(channel, outbox.id()) {
@@ -316,6 +232,10 @@ impl Node {
             }
         }
         read
+    }
+
+    fn has_presence(&self, channel: &ChannelName) -> bool {
+        self.0.namespaces.get(channel.namespace()).presence
     }
 
     async fn read_position(
@@ -382,7 +302,34 @@ impl Node {
                 tracing::warn!(%channel, %err, "broker unsubscribe failed");
             }
         }
+        if self.has_presence(channel) {
+            if let Err(err) = self.0.presence.remove(channel, outbox.client()).await {
+                // The store retries: a member that left must not stay present.
+                tracing::warn!(%channel, %err, "presence removal failed; retrying later");
+            }
+        }
         true
+    }
+
+    /// A page of who is present in `channel`, by client id after `after`.
+    pub async fn presence(
+        &self,
+        channel: &ChannelName,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Page, NodeError> {
+        if !self.has_presence(channel) {
+            return Err(NodeError::PresenceOff(channel.clone()));
+        }
+        Ok(self.0.presence.page(channel, after, limit).await?)
+    }
+
+    /// How many connections and users are present in `channel`.
+    pub async fn presence_stats(&self, channel: &ChannelName) -> Result<Stats, NodeError> {
+        if !self.has_presence(channel) {
+            return Err(NodeError::PresenceOff(channel.clone()));
+        }
+        Ok(self.0.presence.stats(channel).await?)
     }
 
     /// Unsubscribes a connection from everything it holds.

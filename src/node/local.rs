@@ -1,0 +1,256 @@
+//! The node's local side: what the broker hands down (publications, reconciliations, server
+//! commands, channel events), the registry of which local connections belong to which user
+//! with each connection's [`Mailbox`], and the batching of joins and leaves in big rooms.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex as StdMutex, PoisonError, Weak};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+use crate::broker::Deliver;
+use crate::config::{JoinLeave, Namespaces};
+use crate::hub::{Hub, SubscriberId};
+use crate::outbox::Frame;
+use crate::presence::{Change, PresenceEvent};
+use crate::protocol::{
+    ChannelName, CloseCode, Member, PresenceBatch, PresenceChange, Publication, Push,
+    StreamPosition, encode,
+};
+
+/// What this node holds of its own connections, and where the broker hands things down.
+#[derive(Debug)]
+pub struct Local {
+    pub(super) hub: Hub,
+    /// Authenticated user → mailboxes of their connections here. Touched on connect, close and
+    /// server commands only, never on the publish path, so one std lock serves.
+    users: StdMutex<Users>,
+    pub(super) namespaces: Arc<Namespaces>,
+    /// Joins and leaves waiting to go out together, per channel.
+    batches: StdMutex<HashMap<ChannelName, Batch>>,
+    /// Itself, for the tasks that flush batches.
+    this: Weak<Local>,
+}
+
+/// The joins and leaves of one interval, netted per client (or user): only the first and the
+/// last change of each matter.
+#[derive(Debug, Default)]
+struct Batch {
+    order: Vec<Arc<str>>,
+    changes: HashMap<Arc<str>, (Change, Change, Member)>,
+}
+
+/// Authenticated user → their connections on this node, each with its mailbox.
+type Users = HashMap<Arc<str>, Vec<(SubscriberId, Arc<Mailbox>)>>;
+
+impl Local {
+    pub fn new(namespaces: Arc<Namespaces>) -> Arc<Self> {
+        Arc::new_cyclic(|this| Self {
+            hub: Hub::new(),
+            users: StdMutex::default(),
+            namespaces,
+            batches: StdMutex::default(),
+            this: this.clone(),
+        })
+    }
+
+    fn batches(&self) -> std::sync::MutexGuard<'_, HashMap<ChannelName, Batch>> {
+        self.batches.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Adds a change to the channel's batch, starting the batch (and its flush) if needed.
+    fn coalesce(
+        &self,
+        channel: &ChannelName,
+        event: PresenceEvent,
+        key: Arc<str>,
+        every: Duration,
+    ) {
+        let mut batches = self.batches();
+        let fresh = !batches.contains_key(channel);
+        let batch = batches.entry(channel.clone()).or_default();
+        match batch.changes.get_mut(&key) {
+            Some((_, last, member)) => {
+                *last = event.change;
+                *member = event.member;
+            }
+            None => {
+                batch.order.push(key.clone());
+                let changes = (event.change, event.change, event.member);
+                batch.changes.insert(key, changes);
+            }
+        }
+        if fresh {
+            let (this, channel) = (self.this.clone(), channel.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(every).await;
+                if let Some(local) = this.upgrade() {
+                    local.flush(&channel);
+                }
+            });
+        }
+    }
+
+    /// Pushes a channel's batch: who joined and stayed, who was there and left.
+    fn flush(&self, channel: &ChannelName) {
+        let Some(mut batch) = self.batches().remove(channel) else {
+            return;
+        };
+        let (mut joined, mut left) = (Vec::new(), Vec::new());
+        for key in &batch.order {
+            match batch.changes.remove(key) {
+                Some((Change::Join, Change::Join, member)) => joined.push(member),
+                Some((Change::Leave, Change::Leave, member)) => left.push(member),
+                _ => {}
+            }
+        }
+        if joined.is_empty() && left.is_empty() {
+            return;
+        }
+        let channel = channel.clone();
+        let push = Push::<()>::PresenceBatch(PresenceBatch {
+            channel: channel.clone(),
+            joined,
+            left,
+        });
+        self.hub
+            .broadcast_event(&channel, &Frame::from(encode(&push)));
+    }
+
+    pub(super) fn users(&self) -> std::sync::MutexGuard<'_, Users> {
+        self.users.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Deliver for Local {
+    fn deliver(&self, publication: &Publication) {
+        self.hub.broadcast(publication);
+    }
+
+    fn reconcile(&self, channel: &ChannelName, position: &StreamPosition) {
+        self.hub.reconcile(channel, position);
+    }
+
+    fn event(&self, channel: &ChannelName, message: &[u8]) {
+        let Some(event) = PresenceEvent::decode(message) else {
+            tracing::warn!(%channel, "undecodable channel event from the broker");
+            return;
+        };
+        let options = self.namespaces.get(channel.namespace());
+        let key = match options.join_leave {
+            JoinLeave::Off => return,
+            JoinLeave::User if !event.user_edge => return,
+            JoinLeave::User => event.member.user.clone(),
+            JoinLeave::Client => event.member.client.clone(),
+        };
+        // A batch already open keeps taking changes, so that none overtakes it.
+        let batching = self.batches().contains_key(channel);
+        if batching || event.clients > options.join_leave_limit {
+            if !options.join_leave_batch.is_zero() {
+                self.coalesce(channel, event, key, options.join_leave_batch);
+            }
+            return;
+        }
+        let change = PresenceChange {
+            channel: channel.clone(),
+            info: event.member,
+        };
+        let push = match event.change {
+            Change::Join => Push::<()>::Join(change),
+            Change::Leave => Push::Leave(change),
+        };
+        self.hub
+            .broadcast_event(channel, &Frame::from(encode(&push)));
+    }
+
+    fn control(&self, message: &[u8]) {
+        let Ok(control) = serde_json::from_slice::<Control>(message) else {
+            tracing::warn!("undecodable server command from the broker");
+            return;
+        };
+        let (user, command) = control.split();
+        let users = self.users();
+        for (_, mailbox) in users.get(user.as_str()).into_iter().flatten() {
+            mailbox.send(command.clone());
+        }
+    }
+}
+
+/// A server command for every connection of one user, as it travels between nodes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub(super) enum Control {
+    Disconnect {
+        user: String,
+        code: CloseCode,
+        reason: String,
+    },
+    Subscribe {
+        user: String,
+        channel: ChannelName,
+    },
+    Unsubscribe {
+        user: String,
+        channel: ChannelName,
+    },
+}
+
+impl Control {
+    fn split(self) -> (String, UserCommand) {
+        match self {
+            Self::Disconnect { user, code, reason } => {
+                (user, UserCommand::Disconnect { code, reason })
+            }
+            Self::Subscribe { user, channel } => (user, UserCommand::Subscribe(channel)),
+            Self::Unsubscribe { user, channel } => (user, UserCommand::Unsubscribe(channel)),
+        }
+    }
+}
+
+/// What the server API asks of one connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UserCommand {
+    /// Subscribe regardless of the channel's rules, telling the client with a push.
+    Subscribe(ChannelName),
+    /// Unsubscribe, telling the client with a push.
+    Unsubscribe(ChannelName),
+    Disconnect {
+        code: CloseCode,
+        reason: String,
+    },
+}
+
+/// One connection's queue of server commands. Nothing is allocated until a command arrives:
+/// every authenticated connection has one, and most never receive anything.
+#[derive(Debug, Default)]
+pub struct Mailbox {
+    commands: StdMutex<VecDeque<UserCommand>>,
+    /// `notify_one` keeps a permit, so a command sent between two `recv`s is never missed.
+    ready: Notify,
+}
+
+impl Mailbox {
+    fn send(&self, command: UserCommand) {
+        self.commands
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push_back(command);
+        self.ready.notify_one();
+    }
+
+    /// The next command, in the order they were sent.
+    pub async fn recv(&self) -> UserCommand {
+        loop {
+            let next = self
+                .commands
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .pop_front();
+            if let Some(command) = next {
+                return command;
+            }
+            self.ready.notified().await;
+        }
+    }
+}
