@@ -40,6 +40,9 @@ export class TidingsError extends Error {
  * - `publication`: a publication of a channel the backend subscribed this connection to
  * - `unrecovered`: `{channel, reason}` — publications sent while this client was away could
  *   not be recovered (history too short, or the channel's history was lost); reload state
+ * - `join` / `leave`: `{channel, info: {client, user, authenticated, info?}}` — somebody became
+ *   present in (or left) a subscribed channel whose namespace pushes joins and leaves; in a
+ *   big room they come from one batched push, one event per member, joins first
  */
 export class Tidings extends EventTarget {
   /**
@@ -70,6 +73,7 @@ export class Tidings extends EventTarget {
     this.reconnectTimer = null;
     this.stableTimer = null;
     this.refreshTimer = null;
+    this.presenceHandlers = { join: new Map(), leave: new Map() }; // channel -> Set(handler)
     this.connect();
   }
 
@@ -116,6 +120,57 @@ export class Tidings extends EventTarget {
    */
   publish(channel, data, { idempotencyKey } = {}) {
     return this.request({ op: "publish", channel, data, idempotency_key: idempotencyKey });
+  }
+
+  /**
+   * Who is present in `channel`: `{clients: [{client, user, authenticated, info?}], cursor}`,
+   * at most `limit` (100; up to 1000) ordered by client id. Pass `cursor` back for the next
+   * page until it is null, or use `presenceAll`.
+   */
+  presence(channel, { limit, cursor } = {}) {
+    return this.request({ op: "presence", channel, limit, cursor: cursor ?? undefined });
+  }
+
+  /** Everyone present in `channel`, following the pages. */
+  async presenceAll(channel) {
+    const clients = [];
+    let cursor = null;
+    do {
+      const page = await this.presence(channel, { limit: 1000, cursor });
+      clients.push(...page.clients);
+      cursor = page.cursor;
+    } while (cursor);
+    return clients;
+  }
+
+  /** How many connections and users are present: `{clients, users}`. */
+  presenceStats(channel) {
+    return this.request({ op: "presence_stats", channel });
+  }
+
+  /**
+   * Calls `handler({channel, info})` for each join in `channel` (a subscribed channel whose
+   * namespace pushes them). Returns a function that stops it.
+   */
+  onJoin(channel, handler) {
+    return this.onPresence("join", channel, handler);
+  }
+
+  /** As `onJoin`, for leaves. */
+  onLeave(channel, handler) {
+    return this.onPresence("leave", channel, handler);
+  }
+
+  onPresence(kind, channel, handler) {
+    const handlers = this.presenceHandlers[kind];
+    if (!handlers.has(channel)) handlers.set(channel, new Set());
+    handlers.get(channel).add(handler);
+    return () => handlers.get(channel)?.delete(handler);
+  }
+
+  presenceChanged(kind, change) {
+    for (const handler of this.presenceHandlers[kind].get(change.channel) ?? []) handler(change);
+    this.emit(kind, change);
   }
 
   /** Closes for good: no reconnect. */
@@ -238,6 +293,14 @@ export class Tidings extends EventTarget {
     } else if (frame.unsubscribed) {
       this.subscriptions.delete(frame.unsubscribed.channel);
       this.emit("unsubscribed", frame.unsubscribed);
+    } else if (frame.join) {
+      this.presenceChanged("join", frame.join);
+    } else if (frame.leave) {
+      this.presenceChanged("leave", frame.leave);
+    } else if (frame.presence_batch) {
+      const { channel, joined, left } = frame.presence_batch;
+      for (const info of joined) this.presenceChanged("join", { channel, info });
+      for (const info of left) this.presenceChanged("leave", { channel, info });
     } else if (frame.error) {
       this.emit("error", frame.error);
     }

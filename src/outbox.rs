@@ -546,6 +546,28 @@ mod tests {
         assert_eq!(drained(&outbox).0, ["reply", "p6", "p7"]);
     }
 
+    #[test]
+    fn events_wait_with_publications_while_subscribing_and_keep_their_order() {
+        let outbox = Outbox::new(1 << 20, "c".into());
+        let ch = ChannelName::parse("c").unwrap();
+        outbox.push_event(&ch, &frame("before"));
+        outbox.begin_subscription(&ch);
+        outbox.push_event(&ch, &frame("join"));
+        outbox.push_publication(&ch, 5, &e(), &frame("p5"));
+        outbox.push_publication(&ch, 6, &e(), &frame("p6"));
+        outbox.push_event(&ch, &frame("leave"));
+        outbox.complete_subscription(&ch, vec![frame("reply")], &at(5));
+        outbox.push_event(&ch, &frame("live"));
+        assert_eq!(
+            drained(&outbox).0,
+            ["reply", "join", "p6", "leave", "live"],
+            "nothing before the subscription; p5 was already in the position"
+        );
+        outbox.end_subscription(&ch);
+        outbox.push_event(&ch, &frame("after"));
+        assert!(drained(&outbox).0.is_empty());
+    }
+
     fn insufficient() -> Option<Closing> {
         Some(Closing::with(CloseCode::InsufficientState))
     }

@@ -14,6 +14,7 @@
 //! lost, duplicated and out-of-order deliveries and the latency of each.
 
 mod conn;
+mod presence;
 mod processes;
 mod report;
 mod scenario;
@@ -106,6 +107,9 @@ enum Scenario {
     Idle(scenario::IdleArgs),
     /// Fan-out at rising rates until loss or the latency bound breaks.
     Ramp(scenario::RampArgs),
+    /// Presence: the time of presence_stats and of a page, and (with --churn) what joins and
+    /// leaves cost the servers.
+    Presence(presence::PresenceArgs),
 }
 
 #[tokio::main]
@@ -140,6 +144,16 @@ async fn main() -> Result<()> {
         coordinator: cli.common.child.then(processes::Coordinator::stdio),
     };
     let common = &cli.common;
+    if let Scenario::Presence(args) = &cli.scenario {
+        ensure!(common.processes == 1, "presence runs as one process");
+        let report = presence::presence(&env, args).await?;
+        if common.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            report.print();
+        }
+        return Ok(());
+    }
     let reports = if common.processes > 1 {
         match &cli.scenario {
             Scenario::Fanout(args) => vec![processes::fanout(common, args).await?],
@@ -151,6 +165,7 @@ async fn main() -> Result<()> {
                 })
                 .await?
             }
+            Scenario::Presence(_) => unreachable!("answered above"),
         }
     } else {
         let env = &env;
@@ -165,6 +180,7 @@ async fn main() -> Result<()> {
                 )
                 .await?
             }
+            Scenario::Presence(_) => unreachable!("answered above"),
         }
     };
     if cli.common.child {

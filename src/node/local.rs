@@ -254,3 +254,80 @@ impl Mailbox {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{NamespaceOptions, Namespaces};
+    use crate::outbox::Outbox;
+    use crate::protocol::ServerFrame;
+
+    fn event(change: Change, client: &str) -> Vec<u8> {
+        PresenceEvent {
+            change,
+            member: Member {
+                client: client.into(),
+                user: client.into(),
+                authenticated: false,
+                info: None,
+            },
+            user_edge: true,
+            clients: 10,
+        }
+        .encode()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_nets_each_clients_changes_to_where_they_end() {
+        let base = Namespaces::default().get(None).clone();
+        let big = NamespaceOptions {
+            presence: true,
+            join_leave: JoinLeave::Client,
+            join_leave_limit: 5,
+            join_leave_batch: Duration::from_secs(1),
+            ..base.clone()
+        };
+        let namespaces = Namespaces::new(base, [("big".to_owned(), big)].into_iter().collect());
+        let local = Local::new(Arc::new(namespaces));
+        let channel = ChannelName::parse("big:room").unwrap();
+        let outbox = Outbox::new(1 << 20, "watcher".into());
+        outbox.begin_subscription(&channel);
+        let position = StreamPosition {
+            offset: 0,
+            epoch: "e".into(),
+        };
+        outbox.complete_subscription(&channel, vec![], &position);
+        local.hub.add(&channel, outbox.clone());
+
+        for (change, client) in [
+            (Change::Join, "came-and-went"),
+            (Change::Leave, "came-and-went"),
+            (Change::Join, "came"),
+            (Change::Leave, "went"),
+            (Change::Leave, "back"),
+            (Change::Join, "back"),
+            (Change::Join, "again"),
+            (Change::Leave, "again"),
+            (Change::Join, "again"),
+        ] {
+            local.event(&channel, &event(change, client));
+        }
+        let mut frames = Vec::new();
+        outbox.drain(&mut frames);
+        assert!(frames.is_empty(), "nothing before the interval ends");
+        tokio::time::sleep(Duration::from_millis(1001)).await;
+        outbox.drain(&mut frames);
+        assert_eq!(frames.len(), 1, "one push for the interval");
+        let Ok(ServerFrame::Push(Push::PresenceBatch(batch))) =
+            ServerFrame::parse(frames[0].as_str())
+        else {
+            panic!("not a batch: {}", frames[0].as_str());
+        };
+        let names = |members: &[Member]| -> Vec<String> {
+            members.iter().map(|m| m.client.to_string()).collect()
+        };
+        // "back" was there before and is after; "again" was not and is.
+        assert_eq!(names(&batch.joined), ["came", "again"]);
+        assert_eq!(names(&batch.left), ["went"]);
+    }
+}

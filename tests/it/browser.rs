@@ -32,6 +32,7 @@ impl Drop for Browser {
 /// One tab, addressed by its DevTools session.
 struct Tab {
     session: String,
+    target: String,
 }
 
 impl Browser {
@@ -130,6 +131,7 @@ impl Browser {
                 .as_str()
                 .context("sessionId")?
                 .to_owned(),
+            target: target["targetId"].as_str().context("targetId")?.to_owned(),
         };
         self.call(Some(&tab.session), "Page.navigate", json!({"url": url}))
             .await?;
@@ -210,6 +212,26 @@ impl Browser {
             &format!(
                 "window.tidings.subscriptions.has({})",
                 json!(format!("chat:{room}"))
+            ),
+        )
+        .await
+    }
+
+    /// Closes the tab, as a user closing it would.
+    async fn close(&mut self, tab: Tab) -> Result<()> {
+        self.call(None, "Target.closeTarget", json!({"targetId": tab.target}))
+            .await
+            .map(|_| ())
+    }
+
+    /// Waits until the member list shows exactly `users`.
+    async fn wait_for_members(&mut self, tab: &Tab, users: &[&str]) -> Result<()> {
+        self.wait_for(
+            tab,
+            &format!(
+                "JSON.stringify([...document.querySelectorAll('#member-list li')]
+                    .map(li => li.textContent)) === {}",
+                json!(json!(users).to_string())
             ),
         )
         .await
@@ -472,4 +494,42 @@ async fn the_js_client_fails_over_to_the_next_url_and_recovers_what_it_missed() 
         json!((1..=20).collect::<Vec<u64>>()),
         "every offset once, in order, across the failover"
     );
+}
+
+#[tokio::test]
+async fn chat_pages_on_two_nodes_list_each_other_and_see_a_leave() {
+    let redis = crate::support::redis::RedisServer::start().await;
+    let a = TestServer::start(&["--redis-url", &redis.url()]).await;
+    let b = TestServer::start(&["--redis-url", &redis.url()]).await;
+    let mut browser = Browser::launch().await.expect("launch chromium");
+    let on_a = browser.open(&format!("http://{}/", a.addr)).await.unwrap();
+    let on_b = browser.open(&format!("http://{}/", b.addr)).await.unwrap();
+    browser.join(&on_a, "ann", "members").await.unwrap();
+    browser.join(&on_b, "ben", "members").await.unwrap();
+    browser
+        .wait_for_members(&on_a, &["ann", "ben"])
+        .await
+        .unwrap();
+    browser
+        .wait_for_members(&on_b, &["ann", "ben"])
+        .await
+        .unwrap();
+    browser
+        .wait_for(
+            &on_a,
+            "[...document.querySelectorAll('#messages li.system')]
+                .some(li => li.textContent === 'ben joined')",
+        )
+        .await
+        .unwrap();
+    browser.close(on_b).await.unwrap();
+    browser.wait_for_members(&on_a, &["ann"]).await.unwrap();
+    browser
+        .wait_for(
+            &on_a,
+            "[...document.querySelectorAll('#messages li.system')]
+                .some(li => li.textContent === 'ben left')",
+        )
+        .await
+        .unwrap();
 }

@@ -45,6 +45,8 @@ async fn every_endpoint_checks_the_key_and_answers_errors_as_json() {
         ("/api/subscribe", json!({"user": "u", "channel": "c"})),
         ("/api/unsubscribe", json!({"user": "u", "channel": "c"})),
         ("/api/disconnect", json!({"user": "u"})),
+        ("/api/presence", json!({"channel": "chat:c"})),
+        ("/api/presence_stats", json!({"channel": "chat:c"})),
     ];
     for (path, body) in endpoints {
         let body = body.to_string();
@@ -109,6 +111,8 @@ async fn without_a_key_the_api_is_off_but_documented() {
         "/api/subscribe",
         "/api/unsubscribe",
         "/api/disconnect",
+        "/api/presence",
+        "/api/presence_stats",
     ] {
         assert!(spec["paths"][path]["post"].is_object(), "{path} documented");
     }

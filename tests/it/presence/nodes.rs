@@ -293,3 +293,53 @@ async fn ten_thousand_members_on_three_nodes_page_back_once_each() {
     assert_eq!(stats(&mut reader, "big:room").await, (10_000, 5_000));
     drop(clients);
 }
+
+#[tokio::test]
+async fn past_the_limit_joins_come_in_batches_or_not_at_all() {
+    let server = TestServer::start(&[
+        "--namespace",
+        "big:presence=true,join-leave=client,join-leave-limit=2,join-leave-batch=200ms",
+        "--namespace",
+        "huge:presence=true,join-leave=client,join-leave-limit=1,join-leave-batch=0s",
+    ])
+    .await;
+    let (mut watcher, watcher_id) = present(&server, "watcher", "big:room").await;
+    assert_eq!(next_seen(&mut watcher).await, format!("+{watcher_id}"));
+    let (_second, second_id) = present(&server, "second", "big:room").await;
+    assert_eq!(next_seen(&mut watcher).await, format!("+{second_id}"));
+    // Past two present connections, joins are netted into batches.
+    let mut crowd = Vec::new();
+    let mut expected = HashSet::new();
+    for n in 0..5 {
+        let (client, id) = present(&server, &format!("c{n}"), "big:room").await;
+        crowd.push(client);
+        expected.insert(id);
+    }
+    let mut batched = HashSet::new();
+    while batched.len() < 5 {
+        match watcher.next_push().await {
+            Push::PresenceBatch(batch) => {
+                assert_eq!(batch.channel.as_str(), "big:room");
+                assert!(batch.left.is_empty());
+                for member in batch.joined {
+                    assert!(batched.insert(member.client.to_string()));
+                }
+            }
+            other => panic!("expected a batch, got {other:?}"),
+        }
+    }
+    assert_eq!(batched, expected);
+
+    // With a zero interval they are not pushed at all past the limit: the next thing the
+    // watcher gets is the publication sent after the join.
+    let (mut watcher, watcher_id) = present(&server, "watcher", "huge:room").await;
+    assert_eq!(next_seen(&mut watcher).await, format!("+{watcher_id}"));
+    let (mut other, _) = present(&server, "other", "huge:room").await;
+    other.publish("huge:room", json!("after the join")).await;
+    assert_eq!(next_seen(&mut watcher).await, "#1");
+    assert_eq!(
+        stats(&mut watcher, "huge:room").await,
+        (2, 2),
+        "stats still count"
+    );
+}
