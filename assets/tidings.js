@@ -43,6 +43,8 @@ export class TidingsError extends Error {
  * - `join` / `leave`: `{channel, info: {client, user, authenticated, info?}}` — somebody became
  *   present in (or left) a subscribed channel whose namespace pushes joins and leaves; in a
  *   big room they come from one batched push, one event per member, joins first
+ * - `presence_incomplete`: `{channel, more}` — a batch left `more` changes out: reload the
+ *   member list with `presenceAll` if you keep one
  */
 export class Tidings extends EventTarget {
   /**
@@ -298,9 +300,11 @@ export class Tidings extends EventTarget {
     } else if (frame.leave) {
       this.presenceChanged("leave", frame.leave);
     } else if (frame.presence_batch) {
-      const { channel, joined, left } = frame.presence_batch;
+      const { channel, joined, left, more = 0 } = frame.presence_batch;
       for (const info of joined) this.presenceChanged("join", { channel, info });
       for (const info of left) this.presenceChanged("leave", { channel, info });
+      // More changed than one batch lists: whoever keeps a member list should reload it.
+      if (more > 0) this.emit("presence_incomplete", { channel, more });
     } else if (frame.error) {
       this.emit("error", frame.error);
     }

@@ -19,7 +19,8 @@ cargo build --release --workspace -q
 BENCH=target/release/tidings-bench
 PIDS=()
 cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  # --processes children first: killing a parent does not stop them.
+  for pid in "${PIDS[@]}"; do pkill -P "$pid" 2>/dev/null || true; kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
 }
 trap cleanup EXIT
@@ -95,6 +96,7 @@ for section in "${SECTIONS[@]}"; do
         --churn 50 -d 10 --stay 3 | tee "$OUT/churn-$mode.txt"
       kill "$idle" "$pid" 2>/dev/null || true
       wait "$idle" "$pid" 2>/dev/null || true
+      PIDS=()
     done
     ;;
   esac

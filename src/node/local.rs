@@ -97,11 +97,13 @@ impl Local {
         let Some(mut batch) = self.batches().remove(channel) else {
             return;
         };
-        let (mut joined, mut left) = (Vec::new(), Vec::new());
+        let (mut joined, mut left, mut more) = (Vec::new(), Vec::new(), 0);
         for key in &batch.order {
+            let listed = joined.len() + left.len() < PresenceBatch::MAX_MEMBERS;
             match batch.changes.remove(key) {
-                Some((Change::Join, Change::Join, member)) => joined.push(member),
-                Some((Change::Leave, Change::Leave, member)) => left.push(member),
+                Some((Change::Join, Change::Join, member)) if listed => joined.push(member),
+                Some((Change::Leave, Change::Leave, member)) if listed => left.push(member),
+                Some((first, last, _)) if first == last => more += 1,
                 _ => {}
             }
         }
@@ -113,6 +115,7 @@ impl Local {
             channel: channel.clone(),
             joined,
             left,
+            more,
         });
         self.hub
             .broadcast_event(&channel, &Frame::from(encode(&push)));
@@ -329,5 +332,22 @@ mod tests {
         // "back" was there before and is after; "again" was not and is.
         assert_eq!(names(&batch.joined), ["came", "again"]);
         assert_eq!(names(&batch.left), ["went"]);
+        assert_eq!(batch.more, 0);
+
+        // A storm: one push still, listing at most MAX_MEMBERS and counting the rest.
+        for n in 0..250 {
+            local.event(&channel, &event(Change::Join, &format!("storm-{n:03}")));
+        }
+        tokio::time::sleep(Duration::from_millis(1001)).await;
+        frames.clear();
+        outbox.drain(&mut frames);
+        assert_eq!(frames.len(), 1);
+        let Ok(ServerFrame::Push(Push::PresenceBatch(batch))) =
+            ServerFrame::parse(frames[0].as_str())
+        else {
+            panic!("not a batch");
+        };
+        assert_eq!(batch.joined.len(), PresenceBatch::MAX_MEMBERS);
+        assert_eq!(batch.more, 150);
     }
 }

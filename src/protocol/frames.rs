@@ -163,12 +163,26 @@ pub struct PresenceChange {
     pub info: Member,
 }
 
-/// The body of a `presence_batch` push: who came and who went during one interval.
+/// The body of a `presence_batch` push: who came and who went during one interval — at most
+/// [`PresenceBatch::MAX_MEMBERS`] of them; `more` counts the changes left out (ask `presence`
+/// for the whole list).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PresenceBatch {
     pub channel: ChannelName,
     pub joined: Vec<Member>,
     pub left: Vec<Member>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub more: u64,
+}
+
+impl PresenceBatch {
+    /// Members one batch lists at most: a push to every member of a big room must stay small
+    /// (a connection's write buffer keeps the size of the largest frame it sent).
+    pub const MAX_MEMBERS: usize = 100;
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// `ok` body of a `presence` reply. `cursor` is `null` on the last page.
