@@ -343,3 +343,59 @@ async fn past_the_limit_joins_come_in_batches_or_not_at_all() {
         "stats still count"
     );
 }
+
+#[tokio::test]
+async fn a_members_token_info_and_authentication_show_in_presence() {
+    let secret = "test-secret-of-at-least-32-bytes!!";
+    let server = TestServer::start(&["--token-hmac-secret", secret, "--namespace", ROOM]).await;
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &json!({"sub": "42", "info": {"name": "Ada", "avatar": "/a.png"}}),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap();
+    let mut client = server.client(&format!("?token={token}")).await;
+    client.connected().await;
+    client.subscribe("room:vip").await;
+    let page = client
+        .ok(json!({"op": "presence", "channel": "room:vip"}))
+        .await;
+    let member = &page["clients"][0];
+    assert_eq!(member["user"], "42");
+    assert_eq!(member["authenticated"], true);
+    assert_eq!(member["info"], json!({"name": "Ada", "avatar": "/a.png"}));
+    match client.next_push().await {
+        Push::Join(change) => {
+            assert_eq!(
+                change.info.info.as_deref(),
+                Some(&json!({"name": "Ada", "avatar": "/a.png"}))
+            )
+        }
+        other => panic!("expected the join, got {other:?}"),
+    }
+}
+
+/// A node whose entries were swept while it was cut off from Redis (here: deleted by hand)
+/// adds its members again at its next refresh.
+#[tokio::test]
+async fn a_node_whose_entries_vanished_adds_its_members_again() {
+    let redis = RedisServer::start().await;
+    let server = node(&redis, &["--presence-ttl", "2s"]).await;
+    let (mut client, id) = present(&server, "stayer", "room:lost").await;
+    assert_eq!(presence_ids(&mut client, "room:lost").await, [id.clone()]);
+    let keys = redis.command("KEYS tidings:{room:lost}:p*").await;
+    let names: Vec<&str> = keys
+        .lines()
+        .filter(|line| line.starts_with("tidings:"))
+        .collect();
+    assert!(names.len() >= 5, "the presence keys: {keys:?}");
+    redis.command(&format!("DEL {}", names.join(" "))).await;
+    assert_eq!(stats(&mut client, "room:lost").await, (0, 0));
+    within(WAIT, "the member back in presence", async {
+        while presence_ids(&mut client, "room:lost").await != [id.clone()] {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert_eq!(stats(&mut client, "room:lost").await, (1, 1));
+}
