@@ -382,7 +382,10 @@ async fn a_node_whose_entries_vanished_adds_its_members_again() {
     let redis = RedisServer::start().await;
     let server = node(&redis, &["--presence-ttl", "2s"]).await;
     let (mut client, id) = present(&server, "stayer", "room:lost").await;
-    assert_eq!(presence_ids(&mut client, "room:lost").await, [id.clone()]);
+    assert_eq!(
+        presence_ids(&mut client, "room:lost").await,
+        std::slice::from_ref(&id)
+    );
     let keys = redis.command("KEYS tidings:{room:lost}:p*").await;
     let names: Vec<&str> = keys
         .lines()
