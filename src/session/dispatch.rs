@@ -8,6 +8,7 @@
 
 use std::sync::Arc;
 
+use super::pipeline::Published;
 use super::{Refusal, Session};
 use crate::auth::Identity;
 use crate::node::{Recovery, Subscribed, UserCommand};
@@ -39,7 +40,7 @@ impl Session<'_> {
                 Box::pin(self.node.unsubscribe(&channel, &self.outbox)).await;
                 self.reply_ok(id, &Empty {});
             }
-            Command::Publish(publish) => Box::pin(self.publish(identity, id, publish)).await,
+            Command::Publish(publish) => self.publish(identity, id, publish),
             Command::Presence(presence) => Box::pin(self.presence(identity, id, presence)).await,
             Command::PresenceStats(PresenceStats { channel }) => {
                 Box::pin(self.presence_stats(identity, id, channel)).await
@@ -261,7 +262,8 @@ impl Session<'_> {
         }
     }
 
-    async fn publish(&mut self, identity: &Identity, id: Option<u64>, request: Publish) {
+    /// Sends a publish on its way (see `pipeline`); its reply follows when it settles.
+    pub(super) fn publish(&mut self, identity: &Identity, id: Option<u64>, request: Publish) {
         let Publish {
             channel,
             data,
@@ -271,10 +273,16 @@ impl Session<'_> {
             return self.reply_error(id, &Refusal::from(&denied));
         }
         let info = self.client_info(identity);
-        let published = self
-            .node
-            .publish(&channel, Arc::from(data), info, idempotency_key)
-            .await;
+        let node = self.node.clone();
+        let data = Arc::from(data);
+        self.pipeline.push(Box::pin(async move {
+            let published = node.publish(&channel, data, info, idempotency_key).await;
+            (id, published)
+        }));
+    }
+
+    /// Replies to a settled publish.
+    pub(super) fn published(&mut self, (id, published): Published) {
         match published {
             Ok(position) => self.reply_ok(
                 id,
@@ -286,6 +294,13 @@ impl Session<'_> {
                 let refusal = self.node_failure(err);
                 self.reply_error(id, &refusal)
             }
+        }
+    }
+
+    /// Waits for every publish in flight and replies to each, in order.
+    pub(super) async fn settle(&mut self) {
+        while let Some(published) = self.pipeline.next().await {
+            self.published(published);
         }
     }
 }

@@ -50,6 +50,7 @@ use crate::protocol::{
 mod dispatch;
 mod heartbeat;
 mod identity;
+mod pipeline;
 mod writer;
 
 use heartbeat::{Clocks, NEVER};
@@ -231,6 +232,7 @@ async fn serve<I: Incoming, O: Outgoing>(
         ticket: handshake.ticket,
         clocks: &clocks,
         mailbox: None,
+        pipeline: pipeline::Pipeline::default(),
     };
     tracing::debug!(client = %session.client, "connection opened");
     session.greet(handshake.token.as_ref(), handshake.name.as_deref());
@@ -291,6 +293,8 @@ struct Session<'a> {
     clocks: &'a Clocks,
     /// Server commands for this connection; only authenticated connections can be named.
     mailbox: Option<Arc<Mailbox>>,
+    /// Publishes sent to the node, not yet answered.
+    pipeline: pipeline::Pipeline,
 }
 
 impl Session<'_> {
@@ -315,16 +319,22 @@ impl Session<'_> {
         let outbox = self.outbox.clone();
         loop {
             let mailbox = self.mailbox.clone();
+            let reading = self.pipeline.len() < pipeline::MAX_IN_FLIGHT;
             let inbound = tokio::select! {
                 biased;
                 () = outbox.closed() => return,
+                Some(published) = self.pipeline.next(), if !self.pipeline.is_empty() => {
+                    self.published(published);
+                    continue;
+                }
                 command = async { mailbox.as_ref()?.recv().await.into() }, if mailbox.is_some() => {
                     if let Some(command) = command {
+                        self.settle().await;
                         Box::pin(self.apply(command)).await;
                     }
                     continue;
                 }
-                inbound = incoming.next() => inbound,
+                inbound = incoming.next(), if reading => inbound,
             };
             let inbound = match inbound {
                 None => return outbox.close(Closing::Gone),
@@ -391,12 +401,19 @@ impl Session<'_> {
         }
         match request.command {
             Command::Pong => return,
-            Command::Connect(connect) => self.connect(id, connect),
+            Command::Connect(connect) => {
+                self.settle().await;
+                self.connect(id, connect)
+            }
             command => {
                 self.note_activity();
                 let Some(identity) = self.identity_for_command() else {
                     return;
                 };
+                if !matches!(command, Command::Publish(_)) {
+                    // Whatever follows a publish sees it done.
+                    self.settle().await;
+                }
                 self.dispatch(&identity, id, command).await;
             }
         }

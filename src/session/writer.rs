@@ -132,7 +132,11 @@ async fn wait(
     let next = clocks.next_deadline(config);
     let wake = heartbeat.deadline().map_or(next, |beat| beat.min(next));
     tokio::select! {
-        () = outbox.ready() => {}
+        () = outbox.ready() => {
+            // Let whatever is fanning out finish its round before writing: under load a
+            // batch then carries several frames per system call instead of one.
+            tokio::task::yield_now().await;
+        }
         () = tokio::time::sleep_until(wake), if heartbeat.deadline().is_some() => {
             let now = Instant::now();
             if let Some(closing) = clocks.expired(now, config) {

@@ -186,3 +186,48 @@ async fn clients_of_a_node_killed_with_sigkill_recover_everything_on_the_others(
     }
     assert!(failed_over > 0, "some subscribers were on the killed node");
 }
+
+/// A connection's publishes go to Redis without waiting for each other (one round trip each
+/// would cap a publisher at a few thousand a second), yet they are stored, answered and
+/// delivered in the order sent — and a command after them sees them done.
+#[tokio::test]
+async fn a_burst_of_publishes_is_stored_answered_and_delivered_in_the_order_sent() {
+    use tidings::protocol::{Outcome, Reply, ServerFrame};
+    let redis = RedisServer::start().await;
+    let nodes = nodes(&redis, 2, &[]).await;
+    let mut subscriber = nodes[1].client("").await;
+    subscriber.subscribe("burst").await;
+    let mut publisher = nodes[0].client("?name=publisher").await;
+    publisher.connected().await;
+    for n in 1..=300u64 {
+        publisher
+            .send_json(&json!({"id": n, "op": "publish", "channel": "burst", "data": n}))
+            .await;
+    }
+    publisher
+        .send_json(&json!({"id": 301, "op": "history", "channel": "burst", "limit": 1}))
+        .await;
+    for n in 1..=301u64 {
+        match publisher.recv().await {
+            ServerFrame::Reply(Reply {
+                id,
+                outcome: Outcome::Ok(body),
+            }) => {
+                assert_eq!(id, n, "replies in the order sent");
+                if n <= 300 {
+                    assert_eq!(body["offset"], n, "stored in the order sent");
+                } else {
+                    assert_eq!(
+                        body["offset"], 300,
+                        "the history sees every publish before it"
+                    );
+                }
+            }
+            other => panic!("expected reply {n}, got {other:?}"),
+        }
+    }
+    for n in 1..=300u64 {
+        let publication = subscriber.next_pub().await;
+        assert_eq!((publication.offset, publication.data), (n, json!(n)));
+    }
+}
