@@ -60,8 +60,12 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long `/readyz` waits for Redis to answer a PING.
 const READY_TIMEOUT: Duration = Duration::from_secs(1);
 /// Pub/sub messages buffered between the connection and the delivery task; overflowing it is
-/// detected (and recovered from) like any other gap.
-const MESSAGE_BUFFER: usize = 1 << 16;
+/// detected (and recovered from) like any other gap. The delivery task keeps up (a backlog of
+/// a message or two at a million deliveries a second to 1,000 subscribers), so this absorbs
+/// bursts; every slot is allocated up front, nine channels' worth (docs/benchmarks.md).
+const MESSAGE_BUFFER: usize = 4096;
+/// Slots of the command client's event channels (it receives no pub/sub messages).
+const EVENT_BUFFER: usize = 32;
 /// How often subscribed channels are refreshed and reconciled (more often if the position TTL
 /// is short).
 const MAINTENANCE_PERIOD: Duration = Duration::from_secs(30);
@@ -160,13 +164,17 @@ impl RedisBroker {
             })
             .with_performance_config(|p| {
                 p.default_command_timeout = COMMAND_TIMEOUT;
-                p.broadcast_channel_capacity = MESSAGE_BUFFER;
+                // Every client preallocates this many slots in each of its nine event channels
+                // (messages, errors, reconnects…): the command client receives no messages and
+                // needs few.
+                p.broadcast_channel_capacity = EVENT_BUFFER;
             })
             // Retry forever: 100 ms doubling to 5 s, with jitter.
             .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2));
         let client = builder
             .build()
             .map_err(|err| unavailable("building the Redis client", err))?;
+        builder.with_performance_config(|p| p.broadcast_channel_capacity = MESSAGE_BUFFER);
         let subscriber = builder
             .build_subscriber_client()
             .map_err(|err| unavailable("building the Redis subscriber", err))?;
