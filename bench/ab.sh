@@ -33,7 +33,8 @@ for r in json.load(open(sys.argv[1])):
     print(f'{sys.argv[2]:<22} offered/s {r.get("offered_per_sec", 0):>9.0f} '
           f'delivered/s {r.get("delivered_per_sec", 0):>9.0f} lost {r.get("lost")} '
           f'p50 {lat.get("p50_ms", 0):.1f} p99 {lat.get("p99_ms", 0):.1f} '
-          f'cpu {srv.get("cpu_percent", 0):.0f}% rss {srv.get("rss_kib", 0) / 1024:.0f}MiB'
+          f'cpu {srv.get("cpu_percent", 0):.0f}% rss {srv.get("rss_kib", 0) / 1024:.0f}MiB '
+          f'gen {r.get("generator_cpu_percent", 0):.0f}%'
           + (f" KiB/conn {per:.2f}" if per else ""), flush=True)
 PY
 }

@@ -329,6 +329,7 @@ fn merge(reports: Vec<Report>) -> Result<Report> {
         delivered_per_sec: 0.0,
         latency: None,
         servers: Vec::new(),
+        generator_cpu_percent: 0.0,
         rss_kib_per_connection: None,
         seconds: 0.0,
         histograms: None,
@@ -352,6 +353,7 @@ fn merge(reports: Vec<Report>) -> Result<Report> {
         // Each child offers its own subscribers' share (fan-out: the full rate × its
         // subscribers), so the shares add up to the whole.
         merged.offered_per_sec += child.offered_per_sec;
+        merged.generator_cpu_percent += child.generator_cpu_percent;
         merged.seconds = merged.seconds.max(child.seconds);
     }
     merged.lost = merged.expected.saturating_sub(merged.delivered);

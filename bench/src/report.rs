@@ -176,6 +176,12 @@ pub fn memory_kib(pid: u32) -> Option<(u64, u64)> {
 }
 
 /// Samples `pids` at the end of a window that started with `ticks_before`.
+/// CPU ticks used over `window`, as a percentage of one core.
+pub fn cpu_percent(ticks: u64, window: Duration) -> f64 {
+    const TICKS_PER_SECOND: f64 = 100.0;
+    ticks as f64 / TICKS_PER_SECOND / window.as_secs_f64().max(1e-9) * 100.0
+}
+
 pub fn sample(pids: &[u32], ticks_before: &[Option<u64>], window: Duration) -> Vec<ProcessSample> {
     const TICKS_PER_SECOND: f64 = 100.0;
     pids.iter()
@@ -216,6 +222,11 @@ pub struct Report {
     pub delivered_per_sec: f64,
     pub latency: Option<Latency>,
     pub servers: Vec<ProcessSample>,
+    /// The load generator's own CPU over the window, in % of one core (all its processes
+    /// together): a figure counts as the server's limit only if the generator had CPU to
+    /// spare.
+    #[serde(default)]
+    pub generator_cpu_percent: f64,
     /// Idle scenario: server memory added per connection.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rss_kib_per_connection: Option<f64>,
@@ -270,6 +281,7 @@ impl Report {
                 s.pid, s.rss_kib, s.peak_rss_kib, s.cpu_percent
             );
         }
+        println!("generator     cpu {:.0}%", self.generator_cpu_percent);
         if let Some(per) = self.rss_kib_per_connection {
             println!("memory        {per:.2} KiB of server RSS per idle connection");
         }

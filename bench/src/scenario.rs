@@ -341,6 +341,8 @@ async fn publish(
 pub(crate) struct Window {
     pub(crate) started: Instant,
     pub(crate) ticks: Vec<Option<u64>>,
+    /// This generator process's own CPU ticks at the start.
+    pub(crate) own: Option<u64>,
 }
 
 impl Window {
@@ -348,7 +350,16 @@ impl Window {
         Self {
             started: Instant::now(),
             ticks: pids.iter().map(|&pid| report::cpu_ticks(pid)).collect(),
+            own: report::cpu_ticks(std::process::id()),
         }
+    }
+
+    /// The CPU this generator process used since the window opened, in % of one core.
+    pub(crate) fn own_cpu_percent(&self) -> f64 {
+        let used = report::cpu_ticks(std::process::id())
+            .zip(self.own)
+            .map_or(0, |(now, then)| now.saturating_sub(then));
+        report::cpu_percent(used, self.started.elapsed())
     }
 }
 
@@ -479,6 +490,7 @@ async fn finish(
         delivered_per_sec: total.delivered as f64 / elapsed.as_secs_f64(),
         latency: (!total.latency.is_empty()).then(|| Latency::of(&total.latency)),
         servers,
+        generator_cpu_percent: window.own_cpu_percent(),
         rss_kib_per_connection: None,
         seconds: elapsed.as_secs_f64(),
         processes: None,

@@ -21,6 +21,7 @@ use serde_json::value::RawValue;
 use socketioxide::SocketIo;
 use socketioxide::adapter::Adapter;
 use socketioxide::extract::{AckSender, Data, SocketRef};
+use socketioxide::handler::ConnectHandler;
 use socketioxide_redis::{FredAdapter, RedisAdapterCtr};
 
 #[derive(Debug, Parser)]
@@ -40,10 +41,20 @@ struct Args {
     ping_timeout_ms: u64,
 }
 
-async fn on_connect<A: Adapter>(socket: SocketRef<A>) {
+// The event handlers are registered in a connect *middleware*: socketioxide awaits
+// middlewares before it sends the namespace's connect packet, but spawns the connect handler
+// as a task of its own after sending it — so handlers registered there can come too late for
+// a fast client's first event, which is then dropped (tidings-bench lost subscribes that way,
+// and reported it as the peer failing set-up).
+async fn register_handlers<A: Adapter>(
+    socket: SocketRef<A>,
+) -> Result<(), std::convert::Infallible> {
     socket.on("subscribe", on_subscribe);
     socket.on("publish", on_publish);
+    Ok(())
 }
+
+async fn on_connect<A: Adapter>(_: SocketRef<A>) {}
 
 async fn on_subscribe<A: Adapter>(
     socket: SocketRef<A>,
@@ -87,7 +98,7 @@ async fn main() -> Result<()> {
         .ping_timeout(Duration::from_millis(args.ping_timeout_ms))
         .with_adapter::<FredAdapter<_>>(adapter)
         .build_layer();
-    io.ns("/", on_connect)
+    io.ns("/", on_connect.with(register_handlers))
         .await
         .context("setting up namespace / on the Redis adapter")?;
 
