@@ -31,6 +31,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use fred::bytes::Bytes;
 use fred::clients::SubscriberClient;
+use fred::interfaces::EventInterface;
 use fred::prelude::{
     Builder, Client, ClientLike, Error as RedisError, PubsubInterface, ReconnectPolicy, Value,
 };
@@ -207,16 +208,45 @@ impl RedisBroker {
             .control_subscribe()
             .await
             .map_err(|err| unavailable("subscribing to the control channel", err))?;
+        inner
+            .load_scripts()
+            .await
+            .map_err(|err| unavailable("loading the Lua scripts", err))?;
         let tasks = vec![
             tokio::spawn(pubsub::pump_messages(inner.clone(), reconciliations_rx)),
             tokio::spawn(pubsub::restore_after_reconnects(inner.clone())),
             tokio::spawn(pubsub::maintain(inner.clone())),
+            tokio::spawn(reload_scripts_after_reconnects(inner.clone())),
         ];
         Ok(Self { inner, tasks })
     }
 }
 
+/// A restarted Redis has forgotten the scripts. `EVALSHA` would then fail with `NOSCRIPT` and
+/// be retried after a `SCRIPT LOAD` — behind publishes of the same connection sent meanwhile,
+/// storing them out of the order sent. Loading the scripts as soon as the connection is back
+/// leaves that only to the publishes already in flight at that moment.
+async fn reload_scripts_after_reconnects(inner: Arc<Inner>) {
+    let mut reconnects = inner.client.reconnect_rx();
+    loop {
+        match reconnects.recv().await {
+            Ok(_) => {
+                if let Err(err) = inner.load_scripts().await {
+                    tracing::warn!(%err, "loading the Lua scripts after a reconnect failed");
+                }
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
 impl Inner {
+    async fn load_scripts(&self) -> Result<(), RedisError> {
+        self.publish_script.load(&self.client).await?;
+        self.read_script.load(&self.client).await
+    }
+
     fn keys(&self, channel: &ChannelName) -> Vec<String> {
         vec![
             format!("{}:{{{channel}}}:meta", self.prefix),
