@@ -6,6 +6,8 @@
 #   bench/compare.sh [SECTION…]     sections: fanout1k fanout10k idle crossnode channels chat
 #                                   (default: all of them)
 #   SERVERS="tidings naive" bench/compare.sh fanout1k     limits the fan-out sections' servers
+#                                   (tidings, tidings-redis: one node on a Redis of its own,
+#                                   naive, socketioxide)
 #
 # Needs: cargo (release builds), redis-server, and for the peers
 #   - socketioxide: built by this script (bench/peers/socketioxide, its own Cargo project);
@@ -113,11 +115,14 @@ fastapi() { # port redis_port
 fanout_set() { # subscribers rates…
   local subs=$1; shift
   local rates=("$@") port rport
-  for server in ${SERVERS:-tidings naive socketioxide}; do
+  for server in ${SERVERS:-tidings tidings-redis naive socketioxide}; do
     for rate in "${rates[@]}"; do
       port=$(free_port)
       case $server in
         tidings) tidings "$port"; url=ws://127.0.0.1:$port/ws; proto=tidings ;;
+        tidings-redis) rport=$(free_port); redis "$rport"; local redis_pid=$LAST_PID
+                       tidings "$port" --redis-url "redis://127.0.0.1:$rport"
+                       url=ws://127.0.0.1:$port/ws; proto=tidings ;;
         naive) naive "$port"; url=ws://127.0.0.1:$port/; proto=naive ;;
         socketioxide) rport=$(free_port); redis "$rport"; local redis_pid=$LAST_PID
                       sio "$port" "$rport"; url=ws://127.0.0.1:$port; proto=socketio ;;
@@ -126,7 +131,7 @@ fanout_set() { # subscribers rates…
       run "fanout-$subs-$server-$rate" fanout --protocol "$proto" --url "$url" --pid "$pid" \
         -s "$subs" -p 2 -r "$rate" -d 5 || true
       stop "$pid"
-      [ "$server" = socketioxide ] && stop "$redis_pid"
+      case $server in socketioxide|tidings-redis) stop "$redis_pid" ;; esac
     done
   done
 }
@@ -134,7 +139,7 @@ fanout_set() { # subscribers rates…
 for section in "${SECTIONS[@]}"; do
   case $section in
   fanout1k)
-    fanout_set 1000 100 200 400 800 1600
+    fanout_set 1000 100 400 800 1200 1600
     rport=$(free_port); redis "$rport"; redis_pid=$LAST_PID
     for rate in 10 20 40; do
       port=$(free_port)

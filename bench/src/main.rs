@@ -14,6 +14,7 @@
 //! lost, duplicated and out-of-order deliveries and the latency of each.
 
 mod conn;
+mod jitter;
 mod presence;
 mod processes;
 mod report;
@@ -110,6 +111,9 @@ enum Scenario {
     /// Presence: the time of presence_stats and of a page, and (with --churn) what joins and
     /// leaves cost the servers.
     Presence(presence::PresenceArgs),
+    /// Delivery under churn: clients dropped and back again while a publisher broadcasts;
+    /// the share delivered and the replay latency.
+    Jitter(jitter::JitterArgs),
 }
 
 #[tokio::main]
@@ -144,6 +148,16 @@ async fn main() -> Result<()> {
         coordinator: cli.common.child.then(processes::Coordinator::stdio),
     };
     let common = &cli.common;
+    if let Scenario::Jitter(args) = &cli.scenario {
+        ensure!(common.processes == 1, "jitter runs as one process");
+        let report = jitter::jitter(env, args).await?;
+        if common.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            report.print();
+        }
+        return Ok(());
+    }
     if let Scenario::Presence(args) = &cli.scenario {
         ensure!(common.processes == 1, "presence runs as one process");
         let report = presence::presence(&env, args).await?;
@@ -165,7 +179,7 @@ async fn main() -> Result<()> {
                 })
                 .await?
             }
-            Scenario::Presence(_) => unreachable!("answered above"),
+            Scenario::Presence(_) | Scenario::Jitter(_) => unreachable!("answered above"),
         }
     } else {
         let env = &env;
@@ -180,7 +194,7 @@ async fn main() -> Result<()> {
                 )
                 .await?
             }
-            Scenario::Presence(_) => unreachable!("answered above"),
+            Scenario::Presence(_) | Scenario::Jitter(_) => unreachable!("answered above"),
         }
     };
     if cli.common.child {

@@ -520,7 +520,7 @@ mod tests {
             Scenario::Chat(args) => chat_shares(&parent.common, args),
             Scenario::Idle(args) => idle_shares(&parent.common, args),
             Scenario::Ramp(_) => unreachable!("ramp steps run as fan-outs"),
-            Scenario::Presence(_) => unreachable!("presence runs as one process"),
+            Scenario::Presence(_) | Scenario::Jitter(_) => unreachable!("one process only"),
         }
         .expect("shares");
         shares
