@@ -3,7 +3,7 @@
 # socketioxide peer and the FastAPI + broadcaster peer, measured by tidings-bench in one
 # session on this machine. Loopback only; every process it starts is stopped on exit.
 #
-#   bench/compare.sh [SECTION…]     sections: fanout1k fanout10k idle crossnode channels chat
+#   bench/compare.sh [SECTION…]     sections: fanout1k fanout10k idle crossnode scaleout channels chat
 #                                   (default: all of them)
 #   SERVERS="tidings naive" bench/compare.sh fanout1k     limits the fan-out sections' servers
 #                                   (tidings, tidings-redis: one node on a Redis of its own,
@@ -153,7 +153,7 @@ for section in "${SECTIONS[@]}"; do
     stop "$redis_pid"
     ;;
   fanout10k)
-    fanout_set 10000 10 20 40
+    fanout_set 10000 ${RATES10K:-10 20 40 80 160}
     ;;
   idle)
     port=$(free_port); tidings "$port"; pid=$LAST_PID
@@ -190,6 +190,26 @@ for section in "${SECTIONS[@]}"; do
       --pid "$n1" --pid "$n2" --pid "$redis_pid" -s 10000 -p 4 -r 20 -d 5
     redis-cli -p "$rport" INFO commandstats | grep -E "cmdstat_(publish|evalsha|subscribe)" | tee "$OUT/crossnode-commandstats.txt"
     stop "$n1"; stop "$n2"; stop "$redis_pid"
+    ;;
+  scaleout)
+    # Redis at saturation: one node, then 2 nodes × 500 subscribers with the one publisher on
+    # the first node, at the same offered rates. One publisher of up to 1,600 publications/s
+    # needs the per-connection limits raised, as a user of such a publisher would.
+    limits=(--publish-rate 5000 --publish-burst 5000 --command-rate 10000 --command-burst 10000)
+    for rate in 400 800 1200 1600; do
+      rport=$(free_port); redis "$rport"; redis_pid=$LAST_PID
+      p1=$(free_port); tidings "$p1" --redis-url "redis://127.0.0.1:$rport" "${limits[@]}"; n1=$LAST_PID
+      run "scaleout-1node-$rate" fanout --url "ws://127.0.0.1:$p1/ws" --pid "$n1" --pid "$redis_pid" \
+        -s 1000 -p 1 -r "$rate" -d 5
+      stop "$n1"; stop "$redis_pid"
+      rport=$(free_port); redis "$rport"; redis_pid=$LAST_PID
+      p1=$(free_port); tidings "$p1" --redis-url "redis://127.0.0.1:$rport" "${limits[@]}"; n1=$LAST_PID
+      p2=$(free_port); tidings "$p2" --redis-url "redis://127.0.0.1:$rport" "${limits[@]}"; n2=$LAST_PID
+      # Subscribers alternate between the URLs; the publisher is connection 1,000: node 1.
+      run "scaleout-2nodes-$rate" fanout --url "ws://127.0.0.1:$p1/ws" --url "ws://127.0.0.1:$p2/ws" \
+        --pid "$n1" --pid "$n2" --pid "$redis_pid" -s 1000 -p 1 -r "$rate" -d 5
+      stop "$n1"; stop "$n2"; stop "$redis_pid"
+    done
     ;;
   channels)
     port=$(free_port); tidings "$port"; pid=$LAST_PID

@@ -32,6 +32,10 @@ use tokio_util::sync::CancellationToken;
 use crate::hub::SubscriberId;
 use crate::protocol::{ChannelName, CloseCode, StreamPosition};
 
+/// Up to this many frames a wake-up, the queue and the writer's batch give their capacity
+/// back after writing (see [`Outbox::drain`]).
+pub const SMALL_BATCH: usize = 4;
+
 /// A text frame whose bytes are shared: cloning it for another subscriber is a reference-count
 /// increment, never a copy or a re-encode. The bytes are the WebSocket library's own type, so
 /// that transport hands them to the socket as they are.
@@ -122,9 +126,48 @@ struct Inner {
     max_bytes: usize,
 }
 
+/// The queue proper. Most wake-ups find one frame, so the first lives inline: a connection
+/// that gets a frame now and then allocates nothing for it, and an idle one keeps no heap
+/// capacity (see [`Outbox::drain`]).
+#[derive(Debug, Default)]
+struct Frames {
+    /// Set whenever `rest` is not empty: the oldest frame.
+    first: Option<Frame>,
+    rest: VecDeque<Frame>,
+}
+
+impl Frames {
+    fn push_back(&mut self, frame: Frame) {
+        if self.first.is_none() {
+            self.first = Some(frame);
+        } else {
+            self.rest.push_back(frame);
+        }
+    }
+
+    fn clear(&mut self) {
+        self.first = None;
+        self.rest.clear();
+    }
+
+    /// Moves every frame into `batch`, in order, and gives back the capacity of a queue that
+    /// held few: the next small wake-up costs one allocation, which its system call dwarfs,
+    /// while a connection under load keeps what it needs, up to a bound.
+    fn drain_into(&mut self, batch: &mut Vec<Frame>) {
+        let drained = self.rest.len() + 1;
+        batch.extend(self.first.take());
+        batch.extend(self.rest.drain(..));
+        if drained <= SMALL_BATCH {
+            self.rest = VecDeque::new();
+        } else if self.rest.capacity() > 64 {
+            self.rest.shrink_to(16);
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
-    queue: VecDeque<Frame>,
+    queue: Frames,
     /// Bytes in `queue`.
     queued_bytes: usize,
     /// Bytes held for pending subscriptions.
@@ -456,12 +499,8 @@ impl Outbox {
     /// writing them.
     pub fn drain(&self, batch: &mut Vec<Frame>) -> Option<Closing> {
         let mut state = self.state();
-        batch.extend(state.queue.drain(..));
+        state.queue.drain_into(batch);
         state.queued_bytes = 0;
-        // An outbox that once held a burst should not keep its capacity on an idle connection.
-        if state.queue.capacity() > 64 {
-            state.queue.shrink_to(16);
-        }
         state.closing.clone()
     }
 

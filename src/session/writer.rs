@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::heartbeat::{Beat, Clocks, Heartbeat};
 use super::{Outgoing, SessionConfig};
-use crate::outbox::{Closing, Frame, Outbox};
+use crate::outbox::{Closing, Frame, Outbox, SMALL_BATCH};
 use crate::protocol::{CloseCode, PING_FRAME};
 
 const PING: Frame = Frame::from_static(PING_FRAME);
@@ -45,7 +45,18 @@ pub(super) async fn write_loop<O: Outgoing>(
             batch.push(PING);
         }
         if !batch.is_empty() {
-            match write_batch(out, &mut batch, outbox, closing.is_some(), config, shutdown).await {
+            let small = batch.len() <= SMALL_BATCH;
+            // Boxed: the write's state is only alive while writing, and the loop's future is
+            // held by every idle connection.
+            let written = Box::pin(write_batch(
+                out,
+                &mut batch,
+                outbox,
+                closing.is_some(),
+                config,
+                shutdown,
+            ));
+            match written.await {
                 Written::Done => {}
                 Written::Failed => {
                     outbox.close(Closing::Gone);
@@ -61,7 +72,7 @@ pub(super) async fn write_loop<O: Outgoing>(
             if with_ping {
                 heartbeat.ping_sent(Instant::now());
             }
-            if batch.capacity() > 256 {
+            if small || batch.capacity() > 256 {
                 batch = Vec::new();
             }
         }
