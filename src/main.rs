@@ -1,18 +1,43 @@
-//! The `tidings` binary: flags → configuration → logging → bind → serve until a signal.
+//! The `tidings` binary: flags and file → configuration → logging → bind → serve until a
+//! signal; or `tidings config check|example`.
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
+use std::path::Path;
+
 use anyhow::Context;
-use clap::Parser;
-use tidings::config::Cli;
+use tidings::config::{self, ConfigError, Invocation, LogFormat, ServeArgs};
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
+/// Exit code of a settings mistake (a bad flag, environment variable or configuration file),
+/// as clap uses for its own usage errors: scripts can tell it from a runtime failure (1).
+const SETTINGS_MISTAKE: u8 = 2;
+
 fn main() -> ExitCode {
+    let invocation = match config::parse_command_line(std::env::args_os().collect()) {
+        Ok(invocation) => invocation,
+        Err(err) => {
+            eprintln!("tidings: {err}");
+            return ExitCode::from(SETTINGS_MISTAKE);
+        }
+    };
+    let args = match invocation {
+        Invocation::Serve(args) => *args,
+        Invocation::Check(file) => return check(&file),
+        Invocation::Example => {
+            print!("{}", config::example());
+            return ExitCode::SUCCESS;
+        }
+        Invocation::Reference => {
+            print!("{}", config::reference());
+            return ExitCode::SUCCESS;
+        }
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(err) => {
@@ -20,32 +45,77 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve()) {
+    match runtime.block_on(serve(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             // One line with the whole cause chain, not a backtrace: this reaches users.
             eprintln!("tidings: {err:#}");
-            ExitCode::FAILURE
+            if err.downcast_ref::<ConfigError>().is_some() {
+                ExitCode::from(SETTINGS_MISTAKE)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
 
-async fn serve() -> anyhow::Result<()> {
-    let args = Cli::parse().into_serve_args();
+/// `tidings config check FILE`: the same reading and the same checks as a start, no start.
+fn check(file: &Path) -> ExitCode {
+    let checked = config::check_file(file)
+        .map_err(|err| err.to_string())
+        .and_then(|args| {
+            args.into_config()
+                .map_err(|err| format!("{}: {err}", file.display()))
+        });
+    match checked {
+        Ok(_) => {
+            println!("{}: valid", file.display());
+            ExitCode::SUCCESS
+        }
+        Err(message) => {
+            eprintln!("tidings: {message}");
+            ExitCode::from(SETTINGS_MISTAKE)
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let log = args.log_filter();
     let filter = EnvFilter::try_new(&log).with_context(|| format!("invalid log filter {log:?}"))?;
+    let (text, json) = match args.log_format {
+        LogFormat::Text => (
+            Some(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_ansi(std::io::stderr().is_terminal()),
+            ),
+            None,
+        ),
+        LogFormat::Json => (
+            None,
+            Some(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(std::io::stderr),
+            ),
+        ),
+    };
     tracing_subscriber::registry()
         .with(filter)
         .with(filter_fn(|event| !dumps_frames(event)))
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
-                .with_ansi(std::io::stderr().is_terminal()),
-        )
+        .with(text)
+        .with(json)
         .init();
     // Panics go to the same log, once each, naming the client when a session panicked.
     std::panic::set_hook(Box::new(tidings::server::log_panic));
-    let config = args.into_config()?;
+    let file = args.config.clone();
+    let config = args.into_config().map_err(|err| match file {
+        Some(file) => anyhow::Error::new(err).context(format!(
+            "the settings (flags, environment and {}) do not fit",
+            file.display()
+        )),
+        None => anyhow::Error::new(err),
+    })?;
     // Every connection is a file descriptor; the usual soft limit (1024) would cap a server at
     // about a thousand clients, so take whatever the hard limit allows.
     match rlimit::increase_nofile_limit(u64::MAX) {

@@ -23,15 +23,34 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum CliCommand {
     /// Run the server (the default when no command is given).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
+    /// Check or write a configuration file (`--config FILE`).
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate FILE without starting: exit 0 when the server would accept it, exit 2 with a
+    /// message naming the file and the key when not. Flags do not apply; `TIDINGS_*`
+    /// environment variables do, as they would for the server.
+    Check {
+        /// The TOML file.
+        file: PathBuf,
+    },
+    /// Print a complete, commented configuration file holding every setting at its default.
+    Example,
+    /// Print the reference of every setting as Markdown (docs/config.md).
+    #[command(hide = true)]
+    Reference,
 }
 
 impl Cli {
     /// The server settings, whichever form the command line took.
     pub fn into_serve_args(self) -> ServeArgs {
         match self.command {
-            Some(CliCommand::Serve(args)) => args,
-            None => self.serve,
+            Some(CliCommand::Serve(args)) => *args,
+            Some(CliCommand::Config(_)) | None => self.serve,
         }
     }
 }
@@ -39,9 +58,20 @@ impl Cli {
 /// Settings of `tidings serve`.
 #[derive(Clone, Debug, Args)]
 pub struct ServeArgs {
+    /// TOML file of settings: every flag below is a key of the same name (`max-queue-size =
+    /// "1MiB"`), namespaces are tables (`[namespace.room]`). Flags and environment variables
+    /// override the file; `tidings config example` prints a complete one.
+    #[arg(long, env = "TIDINGS_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
     /// Address to listen on, HOST:PORT. Port 0 picks a free port; the address actually bound
     /// is printed as `listening on ADDR`.
-    #[arg(long, env = "TIDINGS_LISTEN", default_value = "127.0.0.1:8000")]
+    #[arg(
+        value_name = "ADDR",
+        long,
+        env = "TIDINGS_LISTEN",
+        default_value = "127.0.0.1:8000"
+    )]
     pub listen: String,
 
     /// Serve `/ws/echo`, which echoes every message through the same WebSocket stack as `/ws`
@@ -51,30 +81,35 @@ pub struct ServeArgs {
 
     /// Largest WebSocket message a client may send, in bytes (suffixes KiB, MiB accepted).
     /// A larger one closes the connection with 1009.
-    #[arg(long, env = "TIDINGS_MAX_MESSAGE_SIZE", default_value = "64KiB", value_parser = parse_size)]
+    #[arg(value_name = "SIZE", long, env = "TIDINGS_MAX_MESSAGE_SIZE", default_value = "64KiB", value_parser = parse_size)]
     pub max_message_size: usize,
 
     /// Bytes that may wait in one connection's outgoing queue. A client that reads so slowly
     /// that its queue passes this is closed with 4000 (slow consumer) and should reconnect.
-    #[arg(long, env = "TIDINGS_MAX_QUEUE_SIZE", default_value = "1MiB", value_parser = parse_size)]
+    #[arg(value_name = "SIZE", long, env = "TIDINGS_MAX_QUEUE_SIZE", default_value = "1MiB", value_parser = parse_size)]
     pub max_queue_size: usize,
 
     /// Channels one connection may subscribe to at the same time.
-    #[arg(long, env = "TIDINGS_MAX_SUBSCRIPTIONS", default_value_t = 1024)]
+    #[arg(
+        value_name = "N",
+        long,
+        env = "TIDINGS_MAX_SUBSCRIPTIONS",
+        default_value_t = 1024
+    )]
     pub max_subscriptions: usize,
 
     /// How often the server sends `{"ping":{}}` to each client (e.g. 25s, 500ms).
-    #[arg(long, env = "TIDINGS_PING_INTERVAL", default_value = "25s", value_parser = humantime::parse_duration)]
+    #[arg(value_name = "DURATION", long, env = "TIDINGS_PING_INTERVAL", default_value = "25s", value_parser = humantime::parse_duration)]
     pub ping_interval: Duration,
 
     /// How long after a ping the server waits for any frame before closing with 4001.
-    #[arg(long, env = "TIDINGS_PONG_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(value_name = "DURATION", long, env = "TIDINGS_PONG_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub pong_timeout: Duration,
 
     /// Use Redis as the broker, so that several nodes share channels, offsets and history:
     /// `redis://HOST:PORT[/DB]`, or `redis+cluster://HOST:PORT[,HOST:PORT…]` for a Redis
     /// Cluster. Without it, the in-memory broker serves this process alone.
-    #[arg(long, env = "TIDINGS_REDIS_URL")]
+    #[arg(value_name = "URL", long, env = "TIDINGS_REDIS_URL")]
     pub redis_url: Option<String>,
 
     /// Treat --redis-url as a node of a Redis Cluster (sharded pub/sub; keys hash-tagged per
@@ -83,54 +118,74 @@ pub struct ServeArgs {
     pub redis_cluster: bool,
 
     /// Prefix of every Redis key and pub/sub channel, so deployments can share one Redis.
-    #[arg(long, env = "TIDINGS_REDIS_PREFIX", default_value = "tidings")]
+    #[arg(
+        value_name = "PREFIX",
+        long,
+        env = "TIDINGS_REDIS_PREFIX",
+        default_value = "tidings"
+    )]
     pub redis_prefix: String,
 
     /// Publications kept per channel for history and recovery (0 disables history).
-    #[arg(long, env = "TIDINGS_HISTORY_SIZE", default_value_t = 100)]
+    #[arg(
+        value_name = "N",
+        long,
+        env = "TIDINGS_HISTORY_SIZE",
+        default_value_t = 100
+    )]
     pub history_size: usize,
 
     /// History is dropped once a channel has had no publication for this long.
-    #[arg(long, env = "TIDINGS_HISTORY_TTL", default_value = "10m", value_parser = humantime::parse_duration)]
+    #[arg(value_name = "DURATION", long, env = "TIDINGS_HISTORY_TTL", default_value = "10m", value_parser = humantime::parse_duration)]
     pub history_ttl: Duration,
 
     /// How long a channel's position (offset and epoch) outlives its last publication. After
     /// that the channel starts again at offset 1 in a new epoch.
-    #[arg(long, env = "TIDINGS_POSITION_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
+    #[arg(value_name = "DURATION", long, env = "TIDINGS_POSITION_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
     pub position_ttl: Duration,
 
     /// On SIGINT/SIGTERM, how long to wait for connections to finish their close handshake.
-    #[arg(long, env = "TIDINGS_SHUTDOWN_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(value_name = "DURATION", long, env = "TIDINGS_SHUTDOWN_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
 
     /// Secret for HS256 connection and subscription tokens (at least 32 bytes).
-    #[arg(long, env = "TIDINGS_TOKEN_HMAC_SECRET", hide_env_values = true)]
+    #[arg(
+        value_name = "SECRET",
+        long,
+        env = "TIDINGS_TOKEN_HMAC_SECRET",
+        hide_env_values = true
+    )]
     pub token_hmac_secret: Option<Secret>,
 
     /// PEM public key for RS256 (RSA), ES256 (P-256) or EdDSA (Ed25519) tokens; repeatable.
     /// The environment variable takes a comma-separated list.
-    #[arg(long, env = "TIDINGS_TOKEN_PUBLIC_KEY", value_delimiter = ',')]
+    #[arg(
+        value_name = "FILE",
+        long,
+        env = "TIDINGS_TOKEN_PUBLIC_KEY",
+        value_delimiter = ','
+    )]
     pub token_public_key: Vec<PathBuf>,
 
     /// JWKS file (`{"keys":[...]}`) of public keys; a token's `kid` picks its key.
-    #[arg(long, env = "TIDINGS_TOKEN_JWKS")]
+    #[arg(value_name = "FILE", long, env = "TIDINGS_TOKEN_JWKS")]
     pub token_jwks: Option<PathBuf>,
 
     /// Clock skew tolerated on a token's `exp` and `nbf`.
-    #[arg(long, env = "TIDINGS_TOKEN_LEEWAY", default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(value_name = "DURATION", long, env = "TIDINGS_TOKEN_LEEWAY", default_value = "5s", value_parser = humantime::parse_duration)]
     pub token_leeway: Duration,
 
     /// Require this `aud` claim in every token.
-    #[arg(long, env = "TIDINGS_TOKEN_AUDIENCE")]
+    #[arg(value_name = "AUD", long, env = "TIDINGS_TOKEN_AUDIENCE")]
     pub token_audience: Option<String>,
 
     /// Require this `iss` claim in every token.
-    #[arg(long, env = "TIDINGS_TOKEN_ISSUER")]
+    #[arg(value_name = "ISS", long, env = "TIDINGS_TOKEN_ISSUER")]
     pub token_issuer: Option<String>,
 
     /// Let connections without a token in (they pick a display name; `authenticated` is
     /// false). Default: on when no token key is configured, off otherwise.
-    #[arg(long, env = "TIDINGS_ALLOW_ANONYMOUS", num_args = 0..=1, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
+    #[arg(value_name = "BOOL", long, env = "TIDINGS_ALLOW_ANONYMOUS", num_args = 0..=1, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
     pub allow_anonymous: Option<bool>,
 
     /// Rules for channels without a namespace and in namespaces not listed with --namespace:
@@ -139,6 +194,7 @@ pub struct ServeArgs {
     /// join-leave-limit=N,join-leave-batch=DUR` (defaults: no presence; joins and leaves one
     /// by one up to 1000 present connections, then one batch a second).
     #[arg(
+        value_name = "RULES",
         long,
         env = "TIDINGS_CHANNEL_RULE",
         default_value = "subscribe=anyone,publish=true"
@@ -149,84 +205,150 @@ pub struct ServeArgs {
     /// Unless listed, `user` is personal (`user:<id>` readable only by user `<id>`, no client
     /// publishing) and `chat` has presence with per-user joins and leaves
     /// (`presence=true,join-leave=user`). The environment variable takes a `;`-separated list.
-    #[arg(long = "namespace", env = "TIDINGS_NAMESPACES", value_delimiter = ';')]
+    #[arg(
+        value_name = "NAME:RULES",
+        long = "namespace",
+        env = "TIDINGS_NAMESPACES",
+        value_delimiter = ';'
+    )]
     pub namespaces: Vec<String>,
 
     /// Origin allowed to open WebSockets from a browser (e.g. `https://chat.example.com`), or
     /// `*` for any; repeatable. By default only pages served from the same host may connect;
     /// clients that send no Origin (non-browsers) are always allowed.
-    #[arg(long, env = "TIDINGS_ALLOWED_ORIGIN", value_delimiter = ',')]
+    #[arg(
+        value_name = "ORIGIN",
+        long,
+        env = "TIDINGS_ALLOWED_ORIGIN",
+        value_delimiter = ','
+    )]
     pub allowed_origin: Vec<String>,
 
     /// Publishes per second one connection may make on average; more get error 112.
-    #[arg(long, env = "TIDINGS_PUBLISH_RATE", default_value_t = 1000)]
+    #[arg(
+        value_name = "N",
+        long,
+        env = "TIDINGS_PUBLISH_RATE",
+        default_value_t = 1000
+    )]
     pub publish_rate: u32,
 
     /// Publishes one connection may make in a burst above --publish-rate.
-    #[arg(long, env = "TIDINGS_PUBLISH_BURST", default_value_t = 1000)]
+    #[arg(
+        value_name = "N",
+        long,
+        env = "TIDINGS_PUBLISH_BURST",
+        default_value_t = 1000
+    )]
     pub publish_burst: u32,
 
     /// Commands of any kind per second one connection may send on average; more get error
     /// 112. A client refused more than the burst size within 10 seconds is closed with 4004.
-    #[arg(long, env = "TIDINGS_COMMAND_RATE", default_value_t = 2000)]
+    #[arg(
+        value_name = "N",
+        long,
+        env = "TIDINGS_COMMAND_RATE",
+        default_value_t = 2000
+    )]
     pub command_rate: u32,
 
     /// Commands one connection may send in a burst above --command-rate.
-    #[arg(long, env = "TIDINGS_COMMAND_BURST", default_value_t = 2000)]
+    #[arg(
+        value_name = "N",
+        long,
+        env = "TIDINGS_COMMAND_BURST",
+        default_value_t = 2000
+    )]
     pub command_burst: u32,
 
     /// WebSocket connections this node holds at once (0: no limit); more are closed with 1013.
-    #[arg(long, env = "TIDINGS_MAX_CONNECTIONS", default_value_t = 100_000)]
+    #[arg(
+        value_name = "N",
+        long,
+        env = "TIDINGS_MAX_CONNECTIONS",
+        default_value_t = 100_000
+    )]
     pub max_connections: usize,
 
     /// Connections one authenticated user may hold on this node (0: no limit); more are
     /// closed with 1008.
-    #[arg(long, env = "TIDINGS_MAX_CONNECTIONS_PER_USER", default_value_t = 100)]
+    #[arg(
+        value_name = "N",
+        long,
+        env = "TIDINGS_MAX_CONNECTIONS_PER_USER",
+        default_value_t = 100
+    )]
     pub max_connections_per_user: usize,
 
     /// Connections one client IP address may hold on this node (0: no limit); more are
     /// closed with 1008. Behind a proxy every client has the proxy's address: raise it or
     /// set 0 there.
-    #[arg(long, env = "TIDINGS_MAX_CONNECTIONS_PER_IP", default_value_t = 10_000)]
+    #[arg(
+        value_name = "N",
+        long,
+        env = "TIDINGS_MAX_CONNECTIONS_PER_IP",
+        default_value_t = 10_000
+    )]
     pub max_connections_per_ip: usize,
 
     /// Time a new TCP connection has to send its HTTP request headers, and a WebSocket that
     /// must authenticate with `connect` has to do so; after it the connection is dropped
     /// (closed with 1008 for WebSockets).
-    #[arg(long, env = "TIDINGS_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(value_name = "DURATION", long, env = "TIDINGS_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub handshake_timeout: Duration,
 
     /// Time an HTTP request has to send its whole body once its headers have arrived; a
     /// request whose body is slower gets 408.
-    #[arg(long, env = "TIDINGS_BODY_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(value_name = "DURATION", long, env = "TIDINGS_BODY_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub body_timeout: Duration,
 
     /// A connection subscribed to nothing that sends no command for this long is closed
     /// with 4500 (0s: never).
-    #[arg(long, env = "TIDINGS_IDLE_TIMEOUT", default_value = "10m", value_parser = humantime::parse_duration)]
+    #[arg(value_name = "DURATION", long, env = "TIDINGS_IDLE_TIMEOUT", default_value = "10m", value_parser = humantime::parse_duration)]
     pub idle_timeout: Duration,
 
     /// How long a node's presence entries outlive its last refresh (it refreshes every quarter
     /// of this): the members of a node that died without a goodbye leave presence — with a
     /// `leave` push each — within this plus a quarter.
-    #[arg(long, env = "TIDINGS_PRESENCE_TTL", default_value = "20s", value_parser = humantime::parse_duration)]
+    #[arg(value_name = "DURATION", long, env = "TIDINGS_PRESENCE_TTL", default_value = "20s", value_parser = humantime::parse_duration)]
     pub presence_ttl: Duration,
 
     /// Key of the server HTTP API (`/api/...`), sent as `Authorization: apikey KEY`; at least
     /// 16 bytes. Without it the API is off.
-    #[arg(long, env = "TIDINGS_API_KEY", hide_env_values = true)]
+    #[arg(
+        value_name = "KEY",
+        long,
+        env = "TIDINGS_API_KEY",
+        hide_env_values = true
+    )]
     pub api_key: Option<Secret>,
 
     /// How long a publish's idempotency key is remembered: a retry with the same key within
     /// it is answered with the first publication's offset and stored once.
-    #[arg(long, env = "TIDINGS_IDEMPOTENCY_WINDOW", default_value = "5m", value_parser = humantime::parse_duration)]
+    #[arg(value_name = "DURATION", long, env = "TIDINGS_IDEMPOTENCY_WINDOW", default_value = "5m", value_parser = humantime::parse_duration)]
     pub idempotency_window: Duration,
 
     /// Log filter, in `tracing` EnvFilter syntax (e.g. `info`, `tidings=debug`). Without it
     /// (and without TIDINGS_LOG) `RUST_LOG` applies, and without that `info`. No level prints
     /// tokens or keys: the WebSocket library's frame dumps (trace) are never logged.
-    #[arg(long, env = "TIDINGS_LOG")]
+    #[arg(value_name = "FILTER", long, env = "TIDINGS_LOG")]
     pub log: Option<String>,
+
+    /// Log lines as readable text (`text`) or as one JSON object per line (`json`).
+    #[arg(
+        value_name = "FORMAT",
+        long,
+        env = "TIDINGS_LOG_FORMAT",
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 impl ServeArgs {

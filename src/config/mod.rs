@@ -2,8 +2,8 @@
 //! settings ([`Config`]). A leaf: it knows no other module but the wire's [`Secret`]; `server`
 //! turns these settings into the session, broker, auth and limit configurations.
 //!
-//! Precedence: flags > environment > defaults (a config file joins later, between the
-//! environment and the defaults). Nothing else in the crate reads the environment.
+//! Precedence: flags > environment > the configuration file (`file`) > defaults. Nothing
+//! else in the crate reads the environment.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -12,9 +12,11 @@ use std::time::Duration;
 use crate::protocol::Secret;
 
 mod cli;
+mod file;
 mod namespaces;
 
-pub use cli::{Cli, CliCommand, ServeArgs, SizeError, parse_size};
+pub use cli::{Cli, CliCommand, ConfigCommand, LogFormat, ServeArgs, SizeError, parse_size};
+pub use file::{FileError, Invocation, check_file, example, parse_command_line, reference};
 pub use namespaces::{
     CHAT_NAMESPACE, DEFAULT_JOIN_LEAVE_BATCH, DEFAULT_JOIN_LEAVE_LIMIT, HistorySettings, JoinLeave,
     NamespaceError, NamespaceOptions, Namespaces, PERSONAL_NAMESPACE, SubscribeRule,
@@ -276,15 +278,7 @@ fn namespaces(
     specs: &[String],
     history: HistorySettings,
 ) -> Result<Namespaces, ConfigError> {
-    let open = NamespaceOptions {
-        subscribe: SubscribeRule::Anyone,
-        publish: true,
-        history,
-        presence: false,
-        join_leave: JoinLeave::Off,
-        join_leave_limit: DEFAULT_JOIN_LEAVE_LIMIT,
-        join_leave_batch: DEFAULT_JOIN_LEAVE_BATCH,
-    };
+    let open = NamespaceOptions::open(history);
     let (_, default) =
         parse_namespace(&format!("default:{channel_rule}"), &open).map_err(|source| {
             ConfigError::Namespace {

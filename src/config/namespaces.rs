@@ -76,6 +76,21 @@ pub struct NamespaceOptions {
     pub join_leave_batch: Duration,
 }
 
+impl NamespaceOptions {
+    /// Anyone may subscribe and publish; no presence; joins and leaves at their defaults.
+    pub fn open(history: HistorySettings) -> Self {
+        Self {
+            subscribe: SubscribeRule::Anyone,
+            publish: true,
+            history,
+            presence: false,
+            join_leave: JoinLeave::Off,
+            join_leave_limit: DEFAULT_JOIN_LEAVE_LIMIT,
+            join_leave_batch: DEFAULT_JOIN_LEAVE_BATCH,
+        }
+    }
+}
+
 /// The namespace of personal channels unless configured otherwise.
 pub const PERSONAL_NAMESPACE: &str = "user";
 /// The chat page's namespace: presence and per-user joins and leaves unless configured

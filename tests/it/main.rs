@@ -18,6 +18,8 @@ mod broker_contract;
 mod browser;
 /// Tidings on a local three-master Redis Cluster.
 mod cluster;
+/// The configuration file: `config check`, `config example`, docs/config.md, precedence.
+mod config_file;
 /// Redis going away and coming back, with and without its data.
 mod faults;
 /// HTTP routes other than the protocol: chat page, JS client, health, echo.

@@ -1,0 +1,659 @@
+//! The configuration file (`--config FILE`, TOML) and the command line it joins.
+//!
+//! Every flag of `tidings serve` is a key of the file under its long name; namespaces are
+//! tables (`[namespace.room]`) and the default channel rule may be one (`[channel-rule]`).
+//! The file does not get a parser of its own: each of its values is checked by the flag's
+//! own value parser, then handed to clap as if it had been typed, for every key whose flag
+//! and environment variable are both absent. One parser, one set of defaults, and the
+//! precedence flags > environment > file > defaults falls out of clap's value sources.
+
+use std::ffi::OsString;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use clap::parser::ValueSource;
+use clap::{Arg, ArgAction, ArgMatches, CommandFactory, FromArgMatches, Parser};
+
+use super::cli::{Cli, CliCommand, ConfigCommand, ServeArgs};
+use super::namespaces::{NamespaceError, NamespaceOptions, parse_namespace};
+
+/// What the command line asks for.
+#[derive(Debug)]
+pub enum Invocation {
+    /// Run the server with these settings (the file, if any, merged in).
+    Serve(Box<ServeArgs>),
+    /// `tidings config check FILE`.
+    Check(PathBuf),
+    /// `tidings config example`.
+    Example,
+    /// `tidings config reference`.
+    Reference,
+}
+
+/// A mistake in a configuration file. Shown as one line naming the file and the key.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error("{file}: cannot read it: {source}")]
+    Read {
+        file: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{file}: not valid TOML: {message}")]
+    Syntax { file: String, message: String },
+    #[error("{file}: unknown key `{key}`{hint}")]
+    UnknownKey {
+        file: String,
+        key: String,
+        hint: String,
+    },
+    #[error("{file}: key `{key}`: expected {expected}, found {found}")]
+    WrongType {
+        file: String,
+        key: String,
+        expected: String,
+        found: &'static str,
+    },
+    #[error("{file}: key `{key}`: {message}")]
+    Invalid {
+        file: String,
+        key: String,
+        message: String,
+    },
+}
+
+/// Keys of the file that are not settings of the server.
+const NOT_IN_FILE: [&str; 3] = ["config", "help", "version"];
+
+/// Reads the command line (and the configuration file it names, if any). Usage mistakes of
+/// the command line itself end the process the way clap does (message, exit code 2).
+pub fn parse_command_line(argv: Vec<OsString>) -> Result<Invocation, FileError> {
+    let matches = Cli::command()
+        .try_get_matches_from(&argv)
+        .unwrap_or_else(|err| err.exit());
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|err| err.exit());
+    let serving = match cli.command {
+        Some(CliCommand::Config(ConfigCommand::Check { file })) => {
+            return Ok(Invocation::Check(file));
+        }
+        Some(CliCommand::Config(ConfigCommand::Example)) => return Ok(Invocation::Example),
+        Some(CliCommand::Config(ConfigCommand::Reference)) => return Ok(Invocation::Reference),
+        Some(CliCommand::Serve(_)) => matches
+            .subcommand_matches("serve")
+            .unwrap_or(&matches)
+            .clone(),
+        None => matches,
+    };
+    let args = cli.into_serve_args();
+    let Some(path) = args.config.clone() else {
+        return Ok(Invocation::Serve(Box::new(args)));
+    };
+    let extra = file_arguments(&path, &serving)?;
+    let mut argv = argv;
+    argv.extend(extra);
+    let cli = Cli::try_parse_from(&argv).map_err(|err| FileError::Invalid {
+        file: path.display().to_string(),
+        key: "?".into(),
+        message: err.to_string().trim().to_owned(),
+    })?;
+    Ok(Invocation::Serve(Box::new(cli.into_serve_args())))
+}
+
+/// The settings `tidings config check FILE` validates: the file over the environment's
+/// `TIDINGS_*` variables and the defaults, as the server would read them with no flags.
+pub fn check_file(path: &Path) -> Result<ServeArgs, FileError> {
+    let argv: Vec<OsString> = vec!["tidings".into(), "--config".into(), path.into()];
+    match parse_command_line(argv)? {
+        Invocation::Serve(args) => Ok(*args),
+        _ => unreachable!("a plain --config is a serve invocation"),
+    }
+}
+
+/// Reads the file and turns every key whose flag and environment variable are absent into
+/// command-line arguments; checks every key, overridden or not.
+fn file_arguments(path: &Path, serving: &ArgMatches) -> Result<Vec<OsString>, FileError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| FileError::Read {
+        file: file.clone(),
+        source,
+    })?;
+    let table: toml::Table = text.parse().map_err(|err: toml::de::Error| {
+        let at = err.span().map(|span| {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {column}: ")
+        });
+        FileError::Syntax {
+            file: file.clone(),
+            message: format!("{}{}", at.unwrap_or_default(), err.message()),
+        }
+    })?;
+    let command = Cli::command();
+    let mut extra = Vec::new();
+    for (key, value) in &table {
+        let arg = settings(&command)
+            .find(|arg| arg.get_long() == Some(key.as_str()))
+            .ok_or_else(|| FileError::UnknownKey {
+                file: file.clone(),
+                key: key.clone(),
+                hint: hint(&command, key),
+            })?;
+        let values = values_of(&file, key, arg, value)?;
+        for text in &values {
+            // The flag's own parser, through a throwaway command line holding only it.
+            let probe = if takes_no_value(arg) {
+                vec![]
+            } else {
+                vec![format!("--{key}={text}")]
+            };
+            Cli::command()
+                .try_get_matches_from(std::iter::once("tidings".to_owned()).chain(probe))
+                .map_err(|err| FileError::Invalid {
+                    file: file.clone(),
+                    key: key.clone(),
+                    message: format!("invalid value {text:?}: {}", clap_reason(&err)),
+                })?;
+        }
+        let overridden = matches!(
+            serving.value_source(arg.get_id().as_str()),
+            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+        );
+        if overridden {
+            continue;
+        }
+        for text in values {
+            if takes_no_value(arg) {
+                // A switch: present means on; off is its default.
+                if text == "true" {
+                    extra.push(format!("--{key}").into());
+                }
+            } else {
+                extra.push(format!("--{key}={text}").into());
+            }
+        }
+    }
+    Ok(extra)
+}
+
+/// Every setting of `tidings serve`, in the order of `--help`.
+fn settings(command: &clap::Command) -> impl Iterator<Item = &Arg> {
+    command.get_arguments().filter(|arg| {
+        arg.get_long()
+            .is_some_and(|long| !NOT_IN_FILE.contains(&long))
+            && !arg.is_hide_set()
+    })
+}
+
+/// What kind of value a setting takes, from its value name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Bool,
+    Integer,
+    Size,
+    Duration,
+    Text,
+}
+
+fn kind(arg: &Arg) -> Kind {
+    if takes_no_value(arg) {
+        return Kind::Bool;
+    }
+    let name = arg
+        .get_value_names()
+        .and_then(|names| names.first())
+        .map(|name| name.as_str())
+        .unwrap_or("");
+    match name {
+        "BOOL" => Kind::Bool,
+        "N" => Kind::Integer,
+        "SIZE" => Kind::Size,
+        "DURATION" => Kind::Duration,
+        _ => Kind::Text,
+    }
+}
+
+fn takes_no_value(arg: &Arg) -> bool {
+    matches!(arg.get_action(), ArgAction::SetTrue | ArgAction::SetFalse)
+}
+
+fn repeatable(arg: &Arg) -> bool {
+    matches!(arg.get_action(), ArgAction::Append)
+}
+
+impl Kind {
+    fn expected(self) -> &'static str {
+        match self {
+            Kind::Bool => "a boolean (true or false)",
+            Kind::Integer => "an integer",
+            Kind::Size => "a size (an integer of bytes, or a string like \"64KiB\")",
+            Kind::Duration => "a duration string like \"25s\", \"500ms\" or \"10m\"",
+            Kind::Text => "a string",
+        }
+    }
+
+    /// The value as the flag would take it, or `None` when the TOML type is wrong.
+    fn text(self, value: &toml::Value) -> Option<String> {
+        use toml::Value::{Boolean, Integer, String as Str};
+        match (self, value) {
+            (Kind::Bool, Boolean(b)) => Some(b.to_string()),
+            (Kind::Integer | Kind::Size, Integer(i)) => Some(i.to_string()),
+            (Kind::Size | Kind::Duration | Kind::Text, Str(s)) => Some(s.clone()),
+            _ => None,
+        }
+    }
+}
+
+/// The values a key gives its flag (several for a repeatable one).
+fn values_of(
+    file: &str,
+    key: &str,
+    arg: &Arg,
+    value: &toml::Value,
+) -> Result<Vec<String>, FileError> {
+    match (key, value) {
+        ("namespace", toml::Value::Table(namespaces)) => {
+            return namespaces
+                .iter()
+                .map(|(name, rules)| namespace_spec(file, name, rules))
+                .collect();
+        }
+        ("channel-rule", toml::Value::Table(rules)) => {
+            let spec = rules_spec(file, "channel-rule", rules)?;
+            let probe = format!("default:{spec}");
+            check_rules(file, "channel-rule", &probe)?;
+            return Ok(vec![spec]);
+        }
+        _ => {}
+    }
+    let kind = kind(arg);
+    let wrong = |expected: String| FileError::WrongType {
+        file: file.into(),
+        key: key.into(),
+        expected,
+        found: type_name(value),
+    };
+    match value {
+        toml::Value::Array(items) if repeatable(arg) => items
+            .iter()
+            .map(|item| kind.text(item).ok_or_else(|| wrong(kind.expected().into())))
+            .collect(),
+        _ if key == "namespace" => Err(wrong("a table of namespaces ([namespace.NAME])".into())),
+        _ => {
+            let expected = if repeatable(arg) {
+                format!("{} or an array of them", kind.expected())
+            } else {
+                kind.expected().into()
+            };
+            kind.text(value)
+                .map(|text| vec![text])
+                .ok_or_else(|| wrong(expected))
+        }
+    }
+}
+
+/// `[namespace.NAME]` → `NAME:key=value,…`, checked key by key.
+fn namespace_spec(file: &str, name: &str, rules: &toml::Value) -> Result<String, FileError> {
+    let key = format!("namespace.{name}");
+    let toml::Value::Table(rules) = rules else {
+        return Err(FileError::WrongType {
+            file: file.into(),
+            key,
+            expected: "a table of rules (subscribe = \"anyone\", presence = true, …)".into(),
+            found: type_name(rules),
+        });
+    };
+    let spec = format!("{name}:{}", rules_spec(file, &key, rules)?);
+    check_rules(file, &key, &spec)?;
+    Ok(spec)
+}
+
+/// A table of rules → `key=value,…`.
+fn rules_spec(file: &str, at: &str, rules: &toml::Table) -> Result<String, FileError> {
+    let mut spec = String::new();
+    for (key, value) in rules {
+        let text = match value {
+            toml::Value::String(s) => s.clone(),
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            other => {
+                return Err(FileError::WrongType {
+                    file: file.into(),
+                    key: format!("{at}.{key}"),
+                    expected: "a string, an integer or a boolean".into(),
+                    found: type_name(other),
+                });
+            }
+        };
+        if text.contains([',', '=', ';']) {
+            return Err(FileError::Invalid {
+                file: file.into(),
+                key: format!("{at}.{key}"),
+                message: format!("{text:?} may not contain `,`, `=` or `;`"),
+            });
+        }
+        if !spec.is_empty() {
+            spec.push(',');
+        }
+        let _ = write!(spec, "{key}={text}");
+    }
+    Ok(spec)
+}
+
+/// Checks a namespace spec now, so the message can name the key in the file.
+fn check_rules(file: &str, at: &str, spec: &str) -> Result<(), FileError> {
+    let base = NamespaceOptions::open(super::HistorySettings {
+        size: 0,
+        ttl: std::time::Duration::ZERO,
+    });
+    parse_namespace(spec, &base).map(drop).map_err(|err| {
+        let (key, message) = match &err {
+            NamespaceError::Value {
+                key,
+                value,
+                expected,
+                ..
+            } => (
+                format!("{at}.{key}"),
+                format!("{value:?} is not {expected}"),
+            ),
+            NamespaceError::Key { key, .. } => (
+                format!("{at}.{key}"),
+                "unknown rule (subscribe, publish, history-size, history-ttl, presence, \
+                 join-leave, join-leave-limit, join-leave-batch)"
+                    .into(),
+            ),
+            NamespaceError::Name { .. } => (
+                at.into(),
+                "a namespace name is made of letters, digits, _ and -".into(),
+            ),
+            NamespaceError::JoinLeaveWithoutPresence { .. } => {
+                (format!("{at}.join-leave"), "needs presence = true".into())
+            }
+            NamespaceError::Pair { .. } => (at.into(), err.to_string()),
+        };
+        FileError::Invalid {
+            file: file.into(),
+            key,
+            message,
+        }
+    })
+}
+
+fn type_name(value: &toml::Value) -> &'static str {
+    match value {
+        toml::Value::String(_) => "a string",
+        toml::Value::Integer(_) => "an integer",
+        toml::Value::Float(_) => "a float",
+        toml::Value::Boolean(_) => "a boolean",
+        toml::Value::Datetime(_) => "a date-time",
+        toml::Value::Array(_) => "an array",
+        toml::Value::Table(_) => "a table",
+    }
+}
+
+/// The reason inside a clap value error, without clap's usage decoration.
+fn clap_reason(err: &clap::Error) -> String {
+    use std::error::Error as _;
+    match err.source() {
+        Some(source) => source.to_string(),
+        None => err
+            .to_string()
+            .lines()
+            .next()
+            .unwrap_or("invalid value")
+            .trim_start_matches("error: ")
+            .to_owned(),
+    }
+}
+
+/// "; did you mean `x`?" for a key one or two edits from a real one.
+fn hint(command: &clap::Command, key: &str) -> String {
+    settings(command)
+        .filter_map(|arg| arg.get_long())
+        .map(|long| (edit_distance(key, long), long))
+        .filter(|(distance, _)| *distance <= 2)
+        .min()
+        .map(|(_, long)| format!("; did you mean `{long}`?"))
+        .unwrap_or_else(|| "; `tidings config example` lists every key".into())
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut previous = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substitution = previous + usize::from(ca != *cb);
+            previous = row[j + 1];
+            row[j + 1] = substitution.min(row[j] + 1).min(previous + 1);
+        }
+    }
+    row[b.len()]
+}
+
+/// Help text of a setting, one paragraph.
+fn help_of(arg: &Arg) -> String {
+    arg.get_long_help()
+        .or_else(|| arg.get_help())
+        .map(|help| help.to_string())
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn default_of(arg: &Arg) -> Option<String> {
+    let defaults = arg.get_default_values();
+    (!defaults.is_empty()).then(|| {
+        defaults
+            .iter()
+            .map(|d| d.to_string_lossy())
+            .collect::<Vec<_>>()
+            .join(",")
+    })
+}
+
+/// The value written in the example file for a default.
+fn toml_literal(kind: Kind, text: &str) -> String {
+    match kind {
+        Kind::Bool | Kind::Integer => text.to_owned(),
+        _ => format!("{text:?}"),
+    }
+}
+
+/// A complete configuration file: every key, with its help, its flag and environment twin,
+/// and its default (commented out where there is none, or where the default is computed).
+pub fn example() -> String {
+    let command = Cli::command();
+    let mut out = String::from(
+        "# Tidings configuration (TOML). Every key is a flag of `tidings serve` under the same\n\
+         # name; a flag or a TIDINGS_* variable overrides the file. Keys left commented out keep\n\
+         # their defaults. Check a file with `tidings config check FILE`.\n",
+    );
+    for arg in settings(&command) {
+        let Some(key) = arg.get_long() else { continue };
+        out.push('\n');
+        for line in wrap(&help_of(arg), 88) {
+            let _ = writeln!(out, "# {line}");
+        }
+        let env = arg
+            .get_env()
+            .map(|env| env.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let _ = writeln!(out, "# flag --{key}, environment {env}");
+        let kind = kind(arg);
+        if key == "namespace" {
+            out.push_str(
+                "# One table per namespace; keys as in channel-rule. For example:\n\
+                 # [namespace.room]\n\
+                 # presence = true\n\
+                 # join-leave = \"client\"\n\
+                 # history-size = 50\n",
+            );
+            continue;
+        }
+        match default_of(arg) {
+            Some(default) if kind == Kind::Bool && takes_no_value(arg) => {
+                let _ = writeln!(out, "{key} = {default}");
+            }
+            Some(default) if repeatable(arg) => {
+                let _ = writeln!(out, "# {key} = [{}]", toml_literal(kind, &default));
+            }
+            Some(default) => {
+                let _ = writeln!(out, "{key} = {}", toml_literal(kind, &default));
+            }
+            None if takes_no_value(arg) => {
+                let _ = writeln!(out, "{key} = false");
+            }
+            None => {
+                let sample = match kind {
+                    Kind::Bool => "true".to_owned(),
+                    Kind::Integer => "0".to_owned(),
+                    _ => format!(
+                        "{:?}",
+                        arg.get_value_names()
+                            .and_then(|names| names.first())
+                            .map(|name| name.as_str())
+                            .unwrap_or("VALUE")
+                    ),
+                };
+                let sample = if repeatable(arg) {
+                    format!("[{sample}]")
+                } else {
+                    sample
+                };
+                let _ = writeln!(out, "# {key} = {sample}");
+            }
+        }
+    }
+    out
+}
+
+/// docs/config.md: every key with its type, default, flag and environment variable.
+pub fn reference() -> String {
+    let command = Cli::command();
+    let mut out = String::from(
+        "# Configuration reference\n\n\
+         <!-- Generated by `tidings config reference`; a test checks it is current. -->\n\n\
+         Every setting is a flag of `tidings serve`, an environment variable and a key of the\n\
+         TOML file given with `--config FILE` (`TIDINGS_CONFIG`). Precedence: flags >\n\
+         environment > file > defaults. `tidings config example` prints a complete file;\n\
+         `tidings config check FILE` validates one (exit 0, or exit 2 with the file, the key\n\
+         and what was expected). Namespaces are tables: `[namespace.NAME]` with the keys of\n\
+         `channel-rule` (which may itself be a table, `[channel-rule]`).\n\n\
+         | key | type | default | flag | environment | meaning |\n\
+         | --- | --- | --- | --- | --- | --- |\n",
+    );
+    for arg in settings(&command) {
+        let Some(key) = arg.get_long() else { continue };
+        let kind = kind(arg);
+        let mut ty = match kind {
+            Kind::Bool => "boolean",
+            Kind::Integer => "integer",
+            Kind::Size => "size (integer or \"64KiB\")",
+            Kind::Duration => "duration (\"25s\")",
+            Kind::Text => "string",
+        }
+        .to_owned();
+        if key == "namespace" {
+            ty = "tables `[namespace.NAME]`".into();
+        } else if repeatable(arg) {
+            ty = format!("array of {ty}");
+        }
+        let default = default_of(arg)
+            .or_else(|| takes_no_value(arg).then(|| "false".to_owned()))
+            .map(|d| format!("`{d}`"))
+            .unwrap_or_else(|| "—".into());
+        let env = arg
+            .get_env()
+            .map(|env| format!("`{}`", env.to_string_lossy()))
+            .unwrap_or_default();
+        let help = help_of(arg).replace('|', "\\|");
+        let _ = writeln!(
+            out,
+            "| `{key}` | {ty} | {default} | `--{key}` | {env} | {help} |"
+        );
+    }
+    out
+}
+
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines = vec![String::new()];
+    for word in text.split_whitespace() {
+        let line = lines.last_mut().expect("never empty");
+        if !line.is_empty() && line.len() + 1 + word.len() > width {
+            lines.push(word.to_owned());
+        } else {
+            if !line.is_empty() {
+                line.push(' ');
+            }
+            line.push_str(word);
+        }
+    }
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_file(text: &str) -> Result<ServeArgs, FileError> {
+        let path = std::env::temp_dir().join(format!(
+            "tidings-unit-{}-{:x}.toml",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        std::fs::write(&path, text).expect("temp file");
+        let parsed = check_file(&path);
+        let _ = std::fs::remove_file(&path);
+        parsed
+    }
+
+    /// A valid value unlike the default, for each key.
+    fn sample(key: &str, kind: Kind) -> &'static str {
+        match (key, kind) {
+            ("listen", _) => "\"127.0.0.1:9\"",
+            ("redis-url", _) => "\"redis://127.0.0.1:1\"",
+            ("token-hmac-secret", _) => "\"a-secret-of-at-least-thirty-two-bytes\"",
+            ("token-public-key", _) => "[\"/keys/a.pem\", \"/keys/b.pem\"]",
+            ("allowed-origin", _) => "[\"https://a.example\"]",
+            ("channel-rule", _) => "{ subscribe = \"authenticated\", publish = false }",
+            ("namespace", _) => "{ room = { presence = true, join-leave = \"client\" } }",
+            ("log", _) => "\"debug\"",
+            ("log-format", _) => "\"json\"",
+            (_, Kind::Bool) => "true",
+            (_, Kind::Integer) => "7",
+            (_, Kind::Size) => "\"3MiB\"",
+            (_, Kind::Duration) => "\"3s\"",
+            (_, Kind::Text) => "\"x\"",
+        }
+    }
+
+    #[test]
+    fn every_key_of_the_file_reaches_its_setting() {
+        let default = format!("{:?}", parse_file("").expect("an empty file is valid"));
+        let command = Cli::command();
+        for arg in settings(&command) {
+            let key = arg.get_long().expect("settings have long names");
+            let text = format!("{key} = {}\n", sample(key, kind(arg)));
+            let parsed = parse_file(&text).unwrap_or_else(|err| panic!("{text}: {err}"));
+            assert_ne!(format!("{parsed:?}"), default, "{text} changed nothing");
+        }
+    }
+
+    #[test]
+    fn a_namespace_table_becomes_the_flag_form() {
+        let args =
+            parse_file("[namespace.room]\npresence = true\nhistory-size = 5\n").expect("valid");
+        assert_eq!(args.namespaces, ["room:history-size=5,presence=true"]);
+    }
+
+    #[test]
+    fn suggestions_are_for_near_misses_only() {
+        let command = Cli::command();
+        assert!(hint(&command, "pingg-interval").contains("`ping-interval`"));
+        assert!(hint(&command, "colour").contains("config example"));
+    }
+}
