@@ -1,14 +1,181 @@
-//! Metrics: every counter the server keeps, in one place, each with what it counts.
+//! Metrics: every counter the server keeps, in one place, each with what it counts, and their
+//! Prometheus text exposition (`/metrics`).
 //!
-//! Counters are plain atomics bumped where the event is handled and reported in that event's
-//! log line.
+//! One set per process, reached through [`metrics()`]: a process is one node, and every layer
+//! (transport, session, node, API) records where the event is handled without a handle being
+//! threaded through each of them. Labels are bounded whatever clients do: close and error
+//! codes are the protocol's fixed sets, namespaces are the configured ones (a channel of any
+//! other namespace counts as `default`), never a channel or a user.
 
-use std::sync::atomic::AtomicU64;
+use std::sync::LazyLock;
+use std::time::Duration;
 
-/// The server's counters; one instance per process, shared by handle.
-#[derive(Debug, Default)]
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
+};
+
+/// The server's metrics.
+#[derive(Debug)]
 pub struct Metrics {
+    registry: Registry,
+    /// Open client connections.
+    pub connections: IntGauge,
+    pub connections_opened: IntCounter,
+    /// By close code; `peer` when the client closed, `gone` when the connection was lost.
+    pub connections_closed: IntCounterVec,
+    /// Connections closed with 4000 because their outgoing queue overflowed.
+    pub slow_consumer_closes: IntCounter,
+    /// WebSocket messages received from clients, and their bytes.
+    pub messages_in: IntCounter,
+    pub bytes_in: IntCounter,
+    /// Frames written to clients (replies and pushes), and their bytes.
+    pub messages_out: IntCounter,
+    pub bytes_out: IntCounter,
+    /// Publications accepted by the broker, by namespace (clients and the server API).
+    pub publications: IntCounterVec,
+    /// From a publish reaching the node to the broker's acknowledgement, by namespace.
+    pub publish_duration: HistogramVec,
+    /// Subscriptions with a position: `recovered`, or why not.
+    pub recoveries: IntCounterVec,
+    /// Error replies sent to clients, by error code.
+    pub errors: IntCounterVec,
+    /// Commands refused by a rate limit (error 112).
+    pub rate_limited: IntCounter,
     /// Server API requests answered 408 because their body did not arrive within
     /// `--body-timeout`.
-    pub body_timeouts: AtomicU64,
+    pub body_timeouts: IntCounter,
+    /// Time a `/metrics` exposition took: so a slow scrape is visible on the next one.
+    scrape_duration: Histogram,
 }
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+/// This process's metrics.
+pub fn metrics() -> &'static Metrics {
+    &METRICS
+}
+
+/// Registers each metric as it is made. The names and options are constants: a failure here
+/// is a programming error caught by the first test that touches metrics.
+struct Register<'a>(&'a Registry);
+
+impl Register<'_> {
+    fn add<M: prometheus::core::Collector + Clone + 'static>(&self, metric: M) -> M {
+        self.0
+            .register(Box::new(metric.clone()))
+            .expect("metric names are unique and valid");
+        metric
+    }
+
+    fn counter(&self, name: &str, help: &str) -> IntCounter {
+        self.add(IntCounter::with_opts(Opts::new(name, help)).expect("valid metric"))
+    }
+
+    fn counters(&self, name: &str, help: &str, label: &str) -> IntCounterVec {
+        self.add(IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric"))
+    }
+
+    /// 0.5 ms to ~4 s: an in-memory publish is sub-millisecond, a Redis one a round trip.
+    fn latency(name: &str, help: &str) -> HistogramOpts {
+        let buckets = prometheus::exponential_buckets(0.0005, 2.0, 14).expect("valid buckets");
+        HistogramOpts::new(name, help).buckets(buckets)
+    }
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let registry = Registry::new();
+        let r = Register(&registry);
+        let gauge = IntGauge::new("tidings_connections", "Open client connections.");
+        let publish = Register::latency(
+            "tidings_publish_duration_seconds",
+            "From a publish reaching the node to the broker's acknowledgement.",
+        );
+        let scrape = Register::latency(
+            "tidings_metrics_scrape_duration_seconds",
+            "Time taken to render /metrics.",
+        );
+        Self {
+            connections: r.add(gauge.expect("valid metric")),
+            connections_opened: r.counter(
+                "tidings_connections_opened_total",
+                "Client connections opened.",
+            ),
+            connections_closed: r.counters(
+                "tidings_connections_closed_total",
+                "Client connections closed, by close code (peer: the client closed; gone: the \
+                 connection was lost).",
+                "code",
+            ),
+            slow_consumer_closes: r.counter(
+                "tidings_slow_consumer_closes_total",
+                "Connections closed with 4000 because their outgoing queue overflowed.",
+            ),
+            messages_in: r.counter(
+                "tidings_messages_in_total",
+                "WebSocket messages received from clients.",
+            ),
+            bytes_in: r.counter(
+                "tidings_bytes_in_total",
+                "Bytes of WebSocket messages received from clients.",
+            ),
+            messages_out: r.counter(
+                "tidings_messages_out_total",
+                "Frames written to clients (replies and pushes).",
+            ),
+            bytes_out: r.counter(
+                "tidings_bytes_out_total",
+                "Bytes of frames written to clients.",
+            ),
+            publications: r.counters(
+                "tidings_publications_total",
+                "Publications accepted, by namespace.",
+                "namespace",
+            ),
+            publish_duration: r
+                .add(HistogramVec::new(publish, &["namespace"]).expect("valid metric")),
+            recoveries: r.counters(
+                "tidings_recoveries_total",
+                "Subscriptions from a position: recovered, or the reason they were not.",
+                "outcome",
+            ),
+            errors: r.counters(
+                "tidings_errors_total",
+                "Error replies sent to clients, by error code.",
+                "code",
+            ),
+            rate_limited: r.counter(
+                "tidings_rate_limited_total",
+                "Commands refused by a rate limit (error 112).",
+            ),
+            body_timeouts: r.counter(
+                "tidings_api_body_timeouts_total",
+                "Server API requests answered 408: the body did not arrive in time.",
+            ),
+            scrape_duration: r.add(Histogram::with_opts(scrape).expect("valid metric")),
+            registry,
+        }
+    }
+
+    /// Records a publish the broker acknowledged.
+    pub fn published(&self, namespace: &str, took: Duration) {
+        self.publications.with_label_values(&[namespace]).inc();
+        self.publish_duration
+            .with_label_values(&[namespace])
+            .observe(took.as_secs_f64());
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let timer = self.scrape_duration.start_timer();
+        let mut out = Vec::new();
+        // Encoding into a Vec fails only on a broken metric family, which registration rules out.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        timer.observe_duration();
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// The content type of [`Metrics::render`].
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";

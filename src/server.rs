@@ -69,6 +69,8 @@ pub enum ServerError {
     Broker(#[source] BrokerError),
     #[error("cannot load the token keys")]
     Keys(#[source] KeyError),
+    #[error("cannot listen on {0} for metrics")]
+    MetricsListen(String, #[source] std::io::Error),
 }
 
 /// Everything the server needs before it accepts connections: keys read, broker connected.
@@ -79,6 +81,8 @@ pub struct Server {
     presence: Arc<dyn PresenceStore>,
     stopping: CancellationToken,
     connections: TaskTracker,
+    /// `--metrics-listen`: `/metrics` on an address of its own.
+    metrics_listener: Option<TcpListener>,
     config: Config,
 }
 
@@ -123,6 +127,14 @@ impl Server {
             async move { node.announce_until(stopping).await }
         });
         let connections = TaskTracker::new();
+        let metrics_listener = match &config.metrics_listen {
+            Some(address) => Some(
+                TcpListener::bind(address)
+                    .await
+                    .map_err(|err| ServerError::MetricsListen(address.clone(), err))?,
+            ),
+            None => None,
+        };
         let state = AppState {
             node,
             session: Arc::new(session_config(&config.session, config.shutdown_timeout)),
@@ -135,12 +147,12 @@ impl Server {
             api_key: config.api_key.clone(),
             max_message_size: config.max_message_size,
             body_timeout: config.body_timeout,
-            metrics: Arc::default(),
             shutdown: stopping.clone(),
             connections: connections.clone(),
         };
         Ok(Self {
-            app: api::router(state, config.enable_echo),
+            app: api::router(state, config.enable_echo, metrics_listener.is_none()),
+            metrics_listener,
             broker,
             presence,
             stopping,
@@ -161,6 +173,7 @@ impl Server {
             presence,
             stopping,
             connections,
+            metrics_listener,
             config,
         } = self;
         let signal = {
@@ -173,6 +186,13 @@ impl Server {
         };
         tokio::spawn(signal);
         let header_timeout = config.session.handshake_timeout;
+        if let Some(listener) = metrics_listener {
+            let stopping = stopping.clone();
+            tokio::spawn(async move {
+                let http = serve(listener, api::metrics_router(), header_timeout, &stopping).await;
+                http.close();
+            });
+        }
         let http = serve(listener, app, header_timeout, &stopping).await;
         http.close();
 

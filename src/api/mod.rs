@@ -4,7 +4,6 @@
 //! Handlers translate between HTTP and the [`Node`]; they hold no business logic.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use axum::Router;
 use axum::extract::{FromRequestParts, State};
@@ -17,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::limits::Admission;
-use crate::metrics::Metrics;
+use crate::metrics::{self, metrics};
 use crate::node::{Node, NodeError};
 use crate::protocol::{ChannelName, ErrorCode, Secret};
 use crate::session::{Gate, SessionConfig};
@@ -41,15 +40,15 @@ pub struct AppState {
     pub max_message_size: usize,
     /// How long a request body may take to arrive.
     pub body_timeout: std::time::Duration,
-    pub metrics: Arc<Metrics>,
     /// Cancelled when the server starts shutting down.
     pub shutdown: CancellationToken,
     /// Tracks every WebSocket connection so shutdown can wait for their close handshakes.
     pub connections: TaskTracker,
 }
 
-/// Builds the router; `/ws/echo` exists only when `enable_echo` is set.
-pub fn router(state: AppState, enable_echo: bool) -> Router {
+/// Builds the router; `/ws/echo` exists only when `enable_echo` is set, `/metrics` unless
+/// metrics are served on an address of their own (`--metrics-listen`).
+pub fn router(state: AppState, enable_echo: bool, with_metrics: bool) -> Router {
     let mut router = Router::new()
         .route("/", get(index))
         .route("/tidings.js", get(client_script))
@@ -66,6 +65,9 @@ pub fn router(state: AppState, enable_echo: bool) -> Router {
         .route("/api/disconnect", post(channels::disconnect))
         .route("/api/presence", post(presence::presence))
         .route("/api/presence_stats", post(presence::presence_stats));
+    if with_metrics {
+        router = router.route("/metrics", get(prometheus_metrics));
+    }
     if enable_echo {
         router = router.route("/ws/echo", get(ws::echo));
     }
@@ -202,7 +204,8 @@ impl<T: DeserializeOwned> axum::extract::FromRequest<AppState> for JsonBody<T> {
         let bytes = match tokio::time::timeout(state.body_timeout, read).await {
             Ok(bytes) => bytes.map_err(|err| ApiError::TooLarge(format!("request body: {err}")))?,
             Err(_) => {
-                let total = state.metrics.body_timeouts.fetch_add(1, Ordering::Relaxed) + 1;
+                metrics().body_timeouts.inc();
+                let total = metrics().body_timeouts.get();
                 tracing::info!(total, "request body too slow; answered 408");
                 return Err(ApiError::BodyTimeout(state.body_timeout));
             }
@@ -262,6 +265,19 @@ fn error_chain(err: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+/// Only `/metrics`: what `--metrics-listen` serves.
+pub fn metrics_router() -> Router {
+    Router::new().route("/metrics", get(prometheus_metrics))
+}
+
+/// The Prometheus text exposition of every metric.
+async fn prometheus_metrics() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
+        metrics().render(),
+    )
 }
 
 /// Liveness: the process serves HTTP.

@@ -328,6 +328,11 @@ pub struct ServeArgs {
     #[arg(value_name = "DURATION", long, env = "TIDINGS_IDEMPOTENCY_WINDOW", default_value = "5m", value_parser = humantime::parse_duration)]
     pub idempotency_window: Duration,
 
+    /// Serve `/metrics` (Prometheus text format) on this address, HOST:PORT, instead of
+    /// beside the other routes: keeps it off a public listener.
+    #[arg(value_name = "ADDR", long, env = "TIDINGS_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
+
     /// Log filter, in `tracing` EnvFilter syntax (e.g. `info`, `tidings=debug`). Without it
     /// (and without TIDINGS_LOG) `RUST_LOG` applies, and without that `info`. No level prints
     /// tokens or keys: the WebSocket library's frame dumps (trace) are never logged.

@@ -140,6 +140,8 @@ pub struct Config {
     /// `None`: the server API is off.
     pub api_key: Option<Secret>,
     pub idempotency_window: Duration,
+    /// `None`: `/metrics` is served beside the other routes.
+    pub metrics_listen: Option<String>,
 }
 
 impl ServeArgs {
@@ -201,6 +203,7 @@ impl ServeArgs {
             body_timeout: self.body_timeout,
             api_key: self.api_key,
             idempotency_window: self.idempotency_window,
+            metrics_listen: self.metrics_listen,
         })
     }
 

@@ -131,6 +131,14 @@ impl Namespaces {
     }
 
     /// The options of a channel in `namespace` (`None`: a channel without one).
+    /// The namespace as metrics label it: a configured one by name, any other `default`, so
+    /// that clients cannot grow a label's values.
+    pub fn label<'a>(&'a self, namespace: Option<&str>) -> &'a str {
+        namespace
+            .and_then(|ns| self.by_name.get_key_value(ns))
+            .map_or("default", |(name, _)| name.as_str())
+    }
+
     pub fn get(&self, namespace: Option<&str>) -> &NamespaceOptions {
         namespace
             .and_then(|ns| self.by_name.get(ns))

@@ -43,6 +43,7 @@ use crate::broker::{
 };
 use crate::config::Namespaces;
 use crate::hub::{Hub, SubscriberId};
+use crate::metrics::metrics;
 use crate::outbox::Outbox;
 use crate::presence::{Page, PresenceStore, Stats};
 use crate::protocol::{
@@ -368,7 +369,11 @@ impl Node {
                 window: self.0.idempotency_window,
             }),
         };
-        Ok(self.0.broker.publish(channel, data, info, &options).await?)
+        let started = std::time::Instant::now();
+        let position = self.0.broker.publish(channel, data, info, &options).await?;
+        let namespace = self.0.namespaces.label(channel.namespace());
+        metrics().published(namespace, started.elapsed());
+        Ok(position)
     }
 
     /// Makes a connection of an authenticated user reachable by server commands; its commands

@@ -11,7 +11,8 @@ use std::sync::Arc;
 use super::pipeline::Published;
 use super::{Refusal, Session};
 use crate::auth::Identity;
-use crate::node::{Recovery, Subscribed, UserCommand};
+use crate::metrics::metrics;
+use crate::node::{ContinuityError, Recovery, Subscribed, UserCommand};
 use crate::outbox::{Closing, Frame};
 use crate::protocol::{
     ChannelName, Command, Empty, ErrorCode, History, HistoryOk, Presence, PresenceOk,
@@ -101,6 +102,16 @@ impl Session<'_> {
             Ok(subscribed) => subscribed,
             Err(refusal) => return self.reply_error(id, &refusal),
         };
+        if let Some(recovery) = &recovery {
+            let outcome = match recovery {
+                Recovery::Recovered(_) => "recovered",
+                Recovery::Unrecoverable(ContinuityError::EpochChanged { .. }) => "epoch_changed",
+                Recovery::Unrecoverable(ContinuityError::Ahead { .. }) => "ahead",
+                Recovery::Unrecoverable(ContinuityError::TooOld(_)) => "too_old",
+                Recovery::Unrecoverable(ContinuityError::Incomplete { .. }) => "incomplete",
+            };
+            metrics().recoveries.with_label_values(&[outcome]).inc();
+        }
         let (recovered, publications, reason) = match recovery {
             None => (None, None, None),
             Some(Recovery::Recovered(publications)) => (Some(true), Some(publications), None),
@@ -121,11 +132,14 @@ impl Session<'_> {
             // Without a reply to carry them, recovered publications come as pushes and a
             // failed recovery as an error push.
             None => match reason {
-                Some(reason) => vec![Frame::from(encode_error(
-                    None,
-                    ErrorCode::UnrecoverablePosition,
-                    &format!("{channel}: {reason}"),
-                ))],
+                Some(reason) => vec![Frame::from({
+                    super::count_error(ErrorCode::UnrecoverablePosition);
+                    encode_error(
+                        None,
+                        ErrorCode::UnrecoverablePosition,
+                        &format!("{channel}: {reason}"),
+                    )
+                })],
                 None => publications
                     .unwrap_or_default()
                     .into_iter()

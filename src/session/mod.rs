@@ -41,6 +41,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::{Denied, Identity};
 use crate::limits::{Limiter, Rate, Ticket, Verdict};
+use crate::metrics::metrics;
 use crate::node::{Mailbox, Node, NodeError};
 use crate::outbox::{Closing, Frame, Outbox};
 use crate::protocol::{
@@ -205,6 +206,7 @@ pub(crate) fn run<I: Incoming, O: Outgoing>(
             .await;
         if served.is_err() {
             let code = CloseCode::InternalError;
+            count_close(&Closing::with(code));
             outgoing.close(code, code.reason(), close_timeout).await;
         }
     }
@@ -238,6 +240,7 @@ async fn serve<I: Incoming, O: Outgoing>(
         mailbox: None,
         pipeline: pipeline::Pipeline::default(),
     };
+    let _open = OpenConnection::count();
     tracing::debug!(client = %session.client, "connection opened");
     session.greet(handshake.token.as_ref(), handshake.name.as_deref());
     let (_, closing) = tokio::join!(
@@ -256,7 +259,60 @@ async fn serve<I: Incoming, O: Outgoing>(
         .await;
     }
     session.node.leave_all(&session.outbox).await;
+    count_close(&closing);
     tracing::debug!(client = %session.client, ?closing, "connection closed");
+}
+
+/// Counts an open connection for as long as it lives, a panicking session included.
+struct OpenConnection;
+
+impl OpenConnection {
+    fn count() -> Self {
+        let metrics = metrics();
+        metrics.connections_opened.inc();
+        metrics.connections.inc();
+        Self
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        metrics().connections.dec();
+    }
+}
+
+fn count_close(closing: &Closing) {
+    let metrics = metrics();
+    let code = match closing {
+        Closing::ByPeer => "peer".to_owned(),
+        Closing::Gone => "gone".to_owned(),
+        Closing::Send { code, .. } => code.number().to_string(),
+    };
+    metrics.connections_closed.with_label_values(&[&code]).inc();
+    if let Closing::Send {
+        code: CloseCode::SlowConsumer,
+        ..
+    } = closing
+    {
+        metrics.slow_consumer_closes.inc();
+    }
+}
+
+/// Counts a binary message (always true: it only counts).
+fn count_binary() -> bool {
+    metrics().messages_in.inc();
+    true
+}
+
+pub(super) fn count_error(code: ErrorCode) {
+    let metrics = metrics();
+    metrics
+        .errors
+        .with_label_values(&[&code.as_u16().to_string()])
+        .inc();
+    if code == ErrorCode::RateLimited {
+        metrics.rate_limited.inc();
+    }
 }
 
 /// Moves the value out and frees the box now: `*start` in the body of an async fn would keep
@@ -359,8 +415,13 @@ impl Session<'_> {
             };
             self.clocks.alive.store(true, Ordering::Relaxed);
             match inbound {
-                Inbound::Text(text) => Box::pin(self.handle(text.as_str())).await,
-                Inbound::Binary if self.admit(None, false) => {
+                Inbound::Text(text) => {
+                    let metrics = metrics();
+                    metrics.messages_in.inc();
+                    metrics.bytes_in.inc_by(text.len() as u64);
+                    Box::pin(self.handle(text.as_str())).await
+                }
+                Inbound::Binary if count_binary() && self.admit(None, false) => {
                     let message =
                         "binary frames are not part of protocol v1; send JSON text frames";
                     self.reply_error(None, &Refusal::new(ErrorCode::BinaryFrame, message))
@@ -458,6 +519,7 @@ impl Session<'_> {
 
     /// An error reply, or an error push for a request without an id: never silent.
     fn reply_error(&self, id: Option<u64>, refusal: &Refusal) {
+        count_error(refusal.code);
         let frame = encode_error(id, refusal.code, &refusal.message);
         self.outbox.push(Frame::from(frame));
     }

@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::heartbeat::{Beat, Clocks, Heartbeat};
 use super::{Outgoing, SessionConfig};
+use crate::metrics::metrics;
 use crate::outbox::{Closing, Frame, Outbox, SMALL_BATCH};
 use crate::protocol::{CloseCode, PING_FRAME};
 
@@ -46,6 +47,7 @@ pub(super) async fn write_loop<O: Outgoing>(
         }
         if !batch.is_empty() {
             let small = batch.len() <= SMALL_BATCH;
+            let (frames, bytes) = (batch.len(), batch.iter().map(Frame::len).sum::<usize>());
             // Boxed: the write's state is only alive while writing, and the loop's future is
             // held by every idle connection.
             let written = Box::pin(write_batch(
@@ -57,7 +59,13 @@ pub(super) async fn write_loop<O: Outgoing>(
                 shutdown,
             ));
             match written.await {
-                Written::Done => {}
+                Written::Done => {
+                    // Once per batch: one shared counter per frame would be contended under
+                    // fan-out.
+                    let metrics = metrics();
+                    metrics.messages_out.inc_by(frames as u64);
+                    metrics.bytes_out.inc_by(bytes as u64);
+                }
                 Written::Failed => {
                     outbox.close(Closing::Gone);
                     return Closing::Gone;
