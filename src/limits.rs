@@ -220,6 +220,11 @@ pub struct Ticket {
 }
 
 impl Ticket {
+    /// The client's address, as the caps count it.
+    pub fn ip(&self) -> Option<IpAddr> {
+        self.ip
+    }
+
     /// Counts the connection against `user`'s cap too (once identified).
     pub fn admit_user(&mut self, user: &Arc<str>) -> Result<(), Refused> {
         if self.user.is_some() {

@@ -241,8 +241,13 @@ async fn serve<I: Incoming, O: Outgoing>(
         pipeline: pipeline::Pipeline::default(),
     };
     let _open = OpenConnection::count();
-    tracing::debug!(client = %session.client, "connection opened");
     session.greet(handshake.token.as_ref(), handshake.name.as_deref());
+    tracing::debug!(
+        client = %session.client,
+        user = session.identity.as_ref().map(|i| &*i.user),
+        remote = ?session.ticket.ip(),
+        "connection opened"
+    );
     let (_, closing) = tokio::join!(
         session.read_loop(incoming),
         writer::write_loop(outgoing, &outbox, &clocks, &config, &shutdown),
@@ -259,8 +264,14 @@ async fn serve<I: Incoming, O: Outgoing>(
         .await;
     }
     session.node.leave_all(&session.outbox).await;
-    count_close(&closing);
-    tracing::debug!(client = %session.client, ?closing, "connection closed");
+    let code = count_close(&closing);
+    tracing::debug!(
+        client = %session.client,
+        user = session.identity.as_ref().map(|i| &*i.user),
+        remote = ?session.ticket.ip(),
+        code,
+        "connection closed"
+    );
 }
 
 /// Counts an open connection for as long as it lives, a panicking session included.
@@ -281,7 +292,8 @@ impl Drop for OpenConnection {
     }
 }
 
-fn count_close(closing: &Closing) {
+/// Counts a close; returns its code as logs and metrics show it (`peer`, `gone` or a number).
+fn count_close(closing: &Closing) -> String {
     let metrics = metrics();
     let code = match closing {
         Closing::ByPeer => "peer".to_owned(),
@@ -296,6 +308,7 @@ fn count_close(closing: &Closing) {
     {
         metrics.slow_consumer_closes.inc();
     }
+    code
 }
 
 /// Counts a binary message (always true: it only counts).

@@ -32,7 +32,8 @@ mod http_api;
 mod lifecycle;
 /// Rate limits, connection caps, handshake and idle timeouts.
 mod limits;
-/// `/metrics`: exact counts after a scripted session, the text format, bounded labels.
+/// `/metrics`: exact counts after a scripted session, the text format, bounded labels; the
+/// per-connection log lines.
 mod metrics;
 /// Presence: the store contract on memory, Redis and Redis Cluster; crash safety; presence
 /// across real nodes.

@@ -172,3 +172,32 @@ async fn metrics_listen_moves_metrics_to_an_address_of_their_own() {
     let samples = scrape(address.parse().unwrap()).await;
     assert_eq!(samples["tidings_connections"], 0.0);
 }
+
+#[tokio::test]
+async fn each_connection_logs_one_open_and_one_close_line() {
+    let server = TestServer::launch(&[], &[("TIDINGS_LOG", Some("tidings=debug"))])
+        .await
+        .unwrap();
+    let mut zoe = server.client("?name=zoe").await;
+    zoe.connected().await;
+    zoe.ws.send(Message::Close(None)).await.unwrap();
+    server.logs().wait_for("connection closed", WAIT).await;
+    let logs = server.logs().text();
+    let opened: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("connection opened"))
+        .collect();
+    let closed: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("connection closed"))
+        .collect();
+    assert_eq!((opened.len(), closed.len()), (1, 1), "{logs}");
+    for line in [opened[0], closed[0]] {
+        assert!(
+            line.contains("client=") && line.contains("user=\"zoe\""),
+            "{line}"
+        );
+        assert!(line.contains("remote=Some(127.0.0.1)"), "{line}");
+    }
+    assert!(closed[0].contains("code=\"peer\""), "{}", closed[0]);
+}
