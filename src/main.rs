@@ -135,7 +135,17 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     println!("listening on {address}");
     tracing::info!(%address, "tidings started; chat page at http://{address}/");
 
-    server.serve(listener, shutdown_signal()).await;
+    let first_signal = async {
+        shutdown_signal().await;
+        // A second signal means "now": an operator (or a supervisor's deadline) does not want
+        // to wait out the drain window.
+        tokio::spawn(async {
+            shutdown_signal().await;
+            tracing::warn!("second signal: stopping at once");
+            std::process::exit(0);
+        });
+    };
+    server.serve(listener, first_signal).await;
     Ok(())
 }
 

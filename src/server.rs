@@ -83,6 +83,7 @@ pub struct Server {
     connections: TaskTracker,
     /// `--metrics-listen`: `/metrics` on an address of its own.
     metrics_listener: Option<TcpListener>,
+    session: Arc<SessionConfig>,
     config: Config,
 }
 
@@ -135,9 +136,14 @@ impl Server {
             ),
             None => None,
         };
+        let session = Arc::new(session_config(
+            &config.session,
+            config.shutdown_timeout,
+            config.drain_window,
+        ));
         let state = AppState {
             node,
-            session: Arc::new(session_config(&config.session, config.shutdown_timeout)),
+            session: session.clone(),
             gate: Arc::new(Gate {
                 verifier,
                 allow_anonymous: config.allow_anonymous,
@@ -157,6 +163,7 @@ impl Server {
             presence,
             stopping,
             connections,
+            session,
             config,
         })
     }
@@ -174,13 +181,19 @@ impl Server {
             stopping,
             connections,
             metrics_listener,
+            session,
             config,
         } = self;
+        let drain_window = config.drain_window;
         let signal = {
             let stopping = stopping.clone();
             async move {
                 shutdown.await;
-                tracing::info!("shutting down: closing connections");
+                tracing::info!(
+                    ?drain_window,
+                    "shutting down: no new connections; closing the open ones over the drain window"
+                );
+                let _ = session.drain_started.set(tokio::time::Instant::now());
                 stopping.cancel();
             }
         };
@@ -197,7 +210,7 @@ impl Server {
         http.close();
 
         connections.close();
-        let deadline = tokio::time::Instant::now() + config.shutdown_timeout;
+        let deadline = tokio::time::Instant::now() + drain_window + config.shutdown_timeout;
         if tokio::time::timeout_at(deadline, connections.wait())
             .await
             .is_err()
@@ -217,7 +230,11 @@ impl Server {
 }
 
 /// The sessions' settings, from the plain ones.
-fn session_config(settings: &SessionSettings, shutdown_timeout: Duration) -> SessionConfig {
+fn session_config(
+    settings: &SessionSettings,
+    shutdown_timeout: Duration,
+    drain_window: Duration,
+) -> SessionConfig {
     SessionConfig {
         max_queue_size: settings.max_queue_size,
         max_subscriptions: settings.max_subscriptions,
@@ -229,6 +246,8 @@ fn session_config(settings: &SessionSettings, shutdown_timeout: Duration) -> Ses
         command_rate: Rate::new(settings.command_rate, settings.command_burst),
         handshake_timeout: settings.handshake_timeout,
         idle_timeout: settings.idle_timeout,
+        drain_window,
+        drain_started: Arc::default(),
     }
 }
 

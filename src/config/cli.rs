@@ -148,6 +148,13 @@ pub struct ServeArgs {
     #[arg(value_name = "DURATION", long, env = "TIDINGS_SHUTDOWN_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
 
+    /// On SIGTERM/SIGINT the node stops accepting and closes its connections with 1001 spread
+    /// evenly over this window, so clients do not all reconnect elsewhere at once (0s: all at
+    /// once); --shutdown-timeout then bounds their close handshakes. A second signal ends the
+    /// process at once.
+    #[arg(value_name = "DURATION", long, env = "TIDINGS_DRAIN_WINDOW", default_value = "3s", value_parser = humantime::parse_duration)]
+    pub drain_window: Duration,
+
     /// Secret for HS256 connection and subscription tokens (at least 32 bytes).
     #[arg(
         value_name = "SECRET",

@@ -140,6 +140,8 @@ pub struct Config {
     /// `None`: the server API is off.
     pub api_key: Option<Secret>,
     pub idempotency_window: Duration,
+    /// On SIGTERM, open connections close spread over this window.
+    pub drain_window: Duration,
     /// `None`: `/metrics` is served beside the other routes.
     pub metrics_listen: Option<String>,
 }
@@ -204,6 +206,7 @@ impl ServeArgs {
             api_key: self.api_key,
             idempotency_window: self.idempotency_window,
             metrics_listen: self.metrics_listen,
+            drain_window: self.drain_window,
         })
     }
 
@@ -243,6 +246,7 @@ impl ServeArgs {
             (self.history_ttl, "history-ttl"),
             (self.position_ttl, "position-ttl"),
             (self.shutdown_timeout, "shutdown-timeout"),
+            (self.drain_window, "drain-window"),
             (self.token_leeway, "token-leeway"),
             (self.handshake_timeout, "handshake-timeout"),
             (self.body_timeout, "body-timeout"),

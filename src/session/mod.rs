@@ -31,8 +31,8 @@
 use std::borrow::Cow;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use futures_util::FutureExt;
@@ -77,6 +77,10 @@ pub(crate) struct SessionConfig {
     pub handshake_timeout: Duration,
     /// Close connections with no subscription that send no command for this long.
     pub idle_timeout: Option<Duration>,
+    /// On shutdown, connections close with 1001 spread evenly over this window.
+    pub drain_window: Duration,
+    /// When the drain began; set just before the shutdown token is cancelled.
+    pub drain_started: Arc<OnceLock<tokio::time::Instant>>,
 }
 
 /// What a client sent, as a session sees it.

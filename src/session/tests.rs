@@ -31,6 +31,8 @@ pub(crate) fn config() -> SessionConfig {
         command_rate: Rate::new(1000, 1000),
         handshake_timeout: Duration::from_secs(10),
         idle_timeout: None,
+        drain_window: Duration::ZERO,
+        drain_started: Arc::default(),
     }
 }
 

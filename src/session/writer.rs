@@ -129,7 +129,7 @@ async fn write_batch<O: Outgoing>(
             Err(_) => Written::TimedOut,
         },
         () = outbox.closed(), if !closing => Written::Interrupted,
-        () = shutdown.cancelled(), if !closing => {
+        () = drain_turn(shutdown, config, outbox), if !closing => {
             outbox.close(Closing::with(CloseCode::GoingAway));
             Written::Interrupted
         }
@@ -167,6 +167,25 @@ async fn wait(
                 Beat::Dead => outbox.close(Closing::with(CloseCode::NoPong)),
             }
         }
-        () = shutdown.cancelled() => outbox.close(Closing::with(CloseCode::GoingAway)),
+        () = drain_turn(shutdown, config, outbox) => {
+            outbox.close(Closing::with(CloseCode::GoingAway))
+        }
     }
+}
+
+/// Resolves when it is this connection's turn to close in a drain. The drain begins when
+/// `shutdown` is cancelled, and connections close spread evenly over the drain window, each
+/// at a fixed fraction of it drawn from its id: no state per connection, and a connection
+/// that keeps writing meanwhile keeps its turn.
+async fn drain_turn(shutdown: &CancellationToken, config: &SessionConfig, outbox: &Outbox) {
+    shutdown.cancelled().await;
+    let started = config
+        .drain_started
+        .get()
+        .copied()
+        .unwrap_or_else(tokio::time::Instant::now);
+    // Fibonacci hashing: consecutive ids land far apart in [0, 1).
+    let spread = outbox.id().wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11;
+    let fraction = spread as f64 / (1u64 << 53) as f64;
+    tokio::time::sleep_until(started + config.drain_window.mul_f64(fraction)).await;
 }

@@ -150,3 +150,57 @@ async fn a_client_that_stops_reading_is_closed_even_when_its_queue_never_fills()
         other => panic!("stalled client ended with {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn sigterm_spreads_the_closes_over_the_drain_window() {
+    let mut server = TestServer::start(&["--drain-window", "2s"]).await;
+    let mut clients = Vec::new();
+    for n in 0..12 {
+        let mut client = server.client(&format!("?name=d{n}")).await;
+        client.subscribe("room").await;
+        clients.push(client);
+    }
+    let signalled = std::time::Instant::now();
+    server.signal("TERM");
+    let closes = futures_util::future::join_all(clients.iter_mut().map(|client| async move {
+        match client.ended(WAIT).await {
+            Ended::Closed(Some((code, _))) => assert_eq!(code, 1001),
+            other => panic!("expected close 1001, got {other:?}"),
+        }
+        signalled.elapsed()
+    }))
+    .await;
+    let status = server.wait_exit(WAIT).await;
+    assert!(status.success(), "exit status {status:?}");
+    let first = closes.iter().min().unwrap();
+    let last = closes.iter().max().unwrap();
+    assert!(
+        *last - *first >= Duration::from_millis(1000),
+        "closes not spread over the 2 s window: {closes:?}"
+    );
+    assert!(
+        *last < Duration::from_secs(4),
+        "drain overran its window: {closes:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_second_sigterm_ends_the_drain_at_once() {
+    let mut server =
+        TestServer::launch(&["--drain-window", "60s"], &[("TIDINGS_LOG", Some("info"))])
+            .await
+            .unwrap();
+    let mut client = server.client("?name=late").await;
+    client.subscribe("room").await;
+    server.signal("TERM");
+    server.logs().wait_for("shutting down", WAIT).await;
+    server.signal("TERM");
+    let status = server.wait_exit(Duration::from_secs(5)).await;
+    assert!(status.success(), "exit status {status:?}");
+    // Its turn in the 60 s window had not come: the process ended under it.
+    let ended = client.ended(WAIT).await;
+    assert!(
+        !matches!(ended, Ended::Closed(Some((1001, _)))),
+        "closed in turn, not at once: {ended:?}"
+    );
+}
