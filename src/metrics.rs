@@ -42,6 +42,9 @@ pub struct Metrics {
     pub errors: IntCounterVec,
     /// Commands refused by a rate limit (error 112).
     pub rate_limited: IntCounter,
+    /// Reconnects of the broker's pub/sub connection (each followed by a resubscribe and a
+    /// reconciliation of channel positions).
+    pub broker_reconnects: IntCounter,
     /// Server API requests answered 408 because their body did not arrive within
     /// `--body-timeout`.
     pub body_timeouts: IntCounter,
@@ -148,6 +151,10 @@ impl Metrics {
             rate_limited: r.counter(
                 "tidings_rate_limited_total",
                 "Commands refused by a rate limit (error 112).",
+            ),
+            broker_reconnects: r.counter(
+                "tidings_broker_reconnects_total",
+                "Reconnects of the broker's pub/sub connection.",
             ),
             body_timeouts: r.counter(
                 "tidings_api_body_timeouts_total",

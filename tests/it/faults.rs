@@ -105,6 +105,17 @@ async fn while_redis_is_down_publishes_are_refused_and_after_it_returns_nothing_
         println!("Redis outage with data kept: lost = {lost}, duplicated = {duplicated}");
         assert_eq!((lost, duplicated, tally.unrecovered), (0, 0, 0));
     }
+    // Every node counted its pub/sub reconnect.
+    for node in &nodes {
+        let (_, _, metrics) = node.get("/metrics").await;
+        let reconnects: f64 = metrics
+            .lines()
+            .find_map(|line| line.strip_prefix("tidings_broker_reconnects_total "))
+            .expect("the reconnect counter is exposed")
+            .parse()
+            .unwrap();
+        assert!(reconnects >= 1.0, "{metrics}");
+    }
 }
 
 #[tokio::test]

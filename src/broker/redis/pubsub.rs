@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 
 use super::{Inner, MAINTENANCE_PERIOD, unavailable};
 use crate::broker::BrokerError;
+use crate::metrics::metrics;
 use crate::protocol::{ChannelName, StreamPosition};
 
 /// The channel and epoch last seen on each pub/sub channel, so that a burst of messages shares
@@ -130,6 +131,7 @@ pub(super) async fn restore_after_reconnects(inner: Arc<Inner>) {
                 // Several nodes of a cluster may report at once: one pass serves them all.
                 while reconnects.try_recv().is_ok() {}
                 tracing::info!(%server, "Redis subscriber reconnected; restoring subscriptions");
+                metrics().broker_reconnects.inc();
                 restore(&inner).await;
             }
             Err(RecvError::Lagged(_)) => continue,
