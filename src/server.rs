@@ -229,6 +229,16 @@ impl Server {
     }
 }
 
+/// A node on the memory broker and presence store with default namespaces: what tests of
+/// the layers above the node (the session) run on, so that only this module names a broker.
+#[cfg(test)]
+pub(crate) fn memory_node() -> Node {
+    let local = Local::new(Arc::new(crate::config::Namespaces::default()));
+    let broker = Arc::new(MemoryBroker::new(local.clone(), Retention::default()));
+    let presence = Arc::new(MemoryPresence::new(local.clone()));
+    Node::new(local, broker, presence, Duration::from_secs(300))
+}
+
 /// The sessions' settings, from the plain ones.
 fn session_config(
     settings: &SessionSettings,

@@ -1,5 +1,5 @@
-//! Sessions driven through an in-memory transport: no sockets, the real node, hub, outbox and
-//! memory broker. Proves that the session core needs nothing of WebSockets.
+//! Sessions driven through an in-memory transport: no sockets, the real node, hub and outbox
+//! (on the memory broker, which only the server names). Proves that the session core needs nothing of WebSockets.
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr};
@@ -11,12 +11,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::*;
-use crate::broker::Retention;
-use crate::broker::memory::MemoryBroker;
-use crate::config::{ConnectionCaps, Namespaces};
+use crate::config::ConnectionCaps;
 use crate::limits::Admission;
-use crate::node::Local;
-use crate::presence::memory::MemoryPresence;
 use crate::protocol::{Outcome, Push, Reply, ServerFrame};
 
 pub(crate) fn config() -> SessionConfig {
@@ -37,10 +33,7 @@ pub(crate) fn config() -> SessionConfig {
 }
 
 fn node() -> Node {
-    let local = Local::new(Arc::new(Namespaces::default()));
-    let broker = Arc::new(MemoryBroker::new(local.clone(), Retention::default()));
-    let presence = Arc::new(MemoryPresence::new(local.clone()));
-    Node::new(local, broker, presence, Duration::from_secs(300))
+    crate::server::memory_node()
 }
 
 /// What the session did to its transport.
