@@ -11,8 +11,8 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// The server's metrics.
@@ -42,9 +42,14 @@ pub struct Metrics {
     pub errors: IntCounterVec,
     /// Commands refused by a rate limit (error 112).
     pub rate_limited: IntCounter,
-    /// Reconnects of the broker's pub/sub connection (each followed by a resubscribe and a
-    /// reconciliation of channel positions).
-    pub broker_reconnects: IntCounter,
+    /// Subscriptions of this node's connections, by namespace.
+    pub subscriptions: IntGaugeVec,
+    /// Channels with at least one subscriber on this node, by namespace.
+    pub channels: IntGaugeVec,
+    /// Connections this node made present in a channel with presence, by namespace.
+    pub presence_members: IntGaugeVec,
+    /// The broker's health and latency.
+    pub broker: BrokerMetrics,
     /// Server API requests answered 408 because their body did not arrive within
     /// `--body-timeout`.
     pub body_timeouts: IntCounter,
@@ -57,6 +62,58 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
 /// This process's metrics.
 pub fn metrics() -> &'static Metrics {
     &METRICS
+}
+
+/// The broker's health and latency (see `broker::redis` for the canary).
+#[derive(Debug)]
+pub struct BrokerMetrics {
+    /// 1 while the broker is reachable and delivers (its canary's heartbeats come back).
+    pub up: IntGauge,
+    /// Reconnects of the broker's pub/sub connection (each followed by a resubscribe and a
+    /// reconciliation of channel positions).
+    pub reconnects: IntCounter,
+    /// From publishing a canary heartbeat to receiving it through pub/sub.
+    pub round_trip: Histogram,
+    /// The last of those round trips.
+    pub canary_round_trip: Gauge,
+    /// Other nodes whose heartbeats reach this node.
+    pub canary_peers: IntGauge,
+    /// Pub/sub messages received from the broker and not yet handed to subscribers, sampled
+    /// when a heartbeat passes.
+    pub pubsub_backlog: IntGauge,
+}
+
+impl BrokerMetrics {
+    fn new(r: &Register<'_>) -> Self {
+        let round_trip = Register::latency(
+            "tidings_broker_round_trip_seconds",
+            "From publishing a canary heartbeat through the broker to receiving it.",
+        );
+        let last = Gauge::new(
+            "tidings_broker_canary_round_trip_seconds",
+            "The canary heartbeat's last round trip through the broker.",
+        );
+        Self {
+            up: r.gauge(
+                "tidings_broker_up",
+                "1 while the broker is reachable and its canary's heartbeats come back.",
+            ),
+            reconnects: r.counter(
+                "tidings_broker_reconnects_total",
+                "Reconnects of the broker's pub/sub connection.",
+            ),
+            round_trip: r.add(Histogram::with_opts(round_trip).expect("valid metric")),
+            canary_round_trip: r.add(last.expect("valid metric")),
+            canary_peers: r.gauge(
+                "tidings_broker_canary_peers",
+                "Other nodes whose canary heartbeats reach this node.",
+            ),
+            pubsub_backlog: r.gauge(
+                "tidings_broker_pubsub_backlog_messages",
+                "Pub/sub messages received and not yet delivered, sampled at each heartbeat.",
+            ),
+        }
+    }
 }
 
 /// Registers each metric as it is made. The names and options are constants: a failure here
@@ -75,6 +132,14 @@ impl Register<'_> {
         self.add(IntCounter::with_opts(Opts::new(name, help)).expect("valid metric"))
     }
 
+    fn gauge(&self, name: &str, help: &str) -> IntGauge {
+        self.add(IntGauge::with_opts(Opts::new(name, help)).expect("valid metric"))
+    }
+
+    fn gauges(&self, name: &str, help: &str) -> IntGaugeVec {
+        self.add(IntGaugeVec::new(Opts::new(name, help), &["namespace"]).expect("valid metric"))
+    }
+
     fn counters(&self, name: &str, help: &str, label: &str) -> IntCounterVec {
         self.add(IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric"))
     }
@@ -90,7 +155,6 @@ impl Metrics {
     fn new() -> Self {
         let registry = Registry::new();
         let r = Register(&registry);
-        let gauge = IntGauge::new("tidings_connections", "Open client connections.");
         let publish = Register::latency(
             "tidings_publish_duration_seconds",
             "From a publish reaching the node to the broker's acknowledgement.",
@@ -100,7 +164,7 @@ impl Metrics {
             "Time taken to render /metrics.",
         );
         Self {
-            connections: r.add(gauge.expect("valid metric")),
+            connections: r.gauge("tidings_connections", "Open client connections."),
             connections_opened: r.counter(
                 "tidings_connections_opened_total",
                 "Client connections opened.",
@@ -152,10 +216,19 @@ impl Metrics {
                 "tidings_rate_limited_total",
                 "Commands refused by a rate limit (error 112).",
             ),
-            broker_reconnects: r.counter(
-                "tidings_broker_reconnects_total",
-                "Reconnects of the broker's pub/sub connection.",
+            subscriptions: r.gauges(
+                "tidings_subscriptions",
+                "Subscriptions of this node's connections, by namespace.",
             ),
+            channels: r.gauges(
+                "tidings_channels",
+                "Channels with subscribers on this node, by namespace.",
+            ),
+            presence_members: r.gauges(
+                "tidings_presence_members",
+                "Connections this node made present in channels with presence, by namespace.",
+            ),
+            broker: BrokerMetrics::new(&r),
             body_timeouts: r.counter(
                 "tidings_api_body_timeouts_total",
                 "Server API requests answered 408: the body did not arrive in time.",

@@ -98,6 +98,10 @@ impl Server {
             position_ttl: config.position_ttl,
         };
         let local = Local::new(Arc::new(config.namespaces.clone()));
+        if config.redis.is_none() {
+            // One process: nothing between publishers and subscribers can fail.
+            crate::metrics::metrics().broker.up.set(1);
+        }
         let (broker, presence): (Arc<dyn Broker>, Arc<dyn PresenceStore>) = match &config.redis {
             None => (
                 Arc::new(MemoryBroker::new(local.clone(), retention)),
@@ -108,6 +112,7 @@ impl Server {
                     url: redis.url.clone(),
                     cluster: redis.cluster,
                     prefix: redis.prefix.clone(),
+                    canary_interval: redis.canary_interval,
                 };
                 let broker = RedisBroker::connect(options, local.clone(), retention)
                     .await
@@ -199,16 +204,19 @@ impl Server {
         };
         tokio::spawn(signal);
         let header_timeout = config.session.handshake_timeout;
+        // The listeners stay open while the sessions drain, so that probes hear "not ready"
+        // (and new WebSockets "shutting down") rather than find the port closed.
+        let closed = CancellationToken::new();
         if let Some(listener) = metrics_listener {
-            let stopping = stopping.clone();
+            let closed = closed.clone();
             tokio::spawn(async move {
-                let http = serve(listener, api::metrics_router(), header_timeout, &stopping).await;
+                let http = serve(listener, api::metrics_router(), header_timeout, closed).await;
                 http.close();
             });
         }
-        let http = serve(listener, app, header_timeout, &stopping).await;
-        http.close();
+        let accepting = tokio::spawn(serve(listener, app, header_timeout, closed.clone()));
 
+        stopping.cancelled().await;
         connections.close();
         let deadline = tokio::time::Instant::now() + drain_window + config.shutdown_timeout;
         if tokio::time::timeout_at(deadline, connections.wait())
@@ -220,8 +228,12 @@ impl Server {
                 "connections still open at the shutdown deadline; dropping them"
             );
         }
-        // Plain HTTP requests in flight get what is left of the same deadline.
-        let _ = tokio::time::timeout_at(deadline, http.wait()).await;
+        closed.cancel();
+        if let Ok(http) = accepting.await {
+            http.close();
+            // Plain HTTP requests in flight get what is left of the same deadline.
+            let _ = tokio::time::timeout_at(deadline, http.wait()).await;
+        }
         // Sessions removed their members as they closed; the store's refreshes can stop.
         presence.close().await;
         broker.close().await;
@@ -261,24 +273,24 @@ fn session_config(
     }
 }
 
-/// Accepts connections until `stopping` is cancelled; returns the tracker of the HTTP
-/// connections still open, which wind down once `stopping` is cancelled.
+/// Accepts connections until `closed` is cancelled; returns the tracker of the HTTP
+/// connections still open, which wind down once `closed` is cancelled.
 async fn serve(
     listener: TcpListener,
     app: Router,
     header_timeout: Duration,
-    stopping: &CancellationToken,
+    closed: CancellationToken,
 ) -> TaskTracker {
     let tracker = TaskTracker::new();
     loop {
         let accepted = tokio::select! {
-            () = stopping.cancelled() => break,
+            () = closed.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
         match accepted {
             Ok((tcp, peer)) => {
                 let connection = serve_connection(tcp, peer, app.clone(), header_timeout);
-                tracker.spawn(connection.with_graceful_shutdown(stopping.clone()));
+                tracker.spawn(connection.with_graceful_shutdown(closed.clone()));
             }
             Err(err) => {
                 // Out of file descriptors, most likely: give connections time to close rather

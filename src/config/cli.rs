@@ -126,6 +126,25 @@ pub struct ServeArgs {
     )]
     pub redis_prefix: String,
 
+    /// How often each node publishes a heartbeat through Redis pub/sub and checks that its own
+    /// come back; three missed in a row make the node not ready and reconnect its subscriber.
+    #[arg(value_name = "DURATION", long, env = "TIDINGS_REDIS_CANARY_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub redis_canary_interval: Duration,
+
+    /// With a `rediss://` URL: the PEM file of the certificate authorities that sign Redis's
+    /// certificate (default: the system's).
+    #[arg(value_name = "FILE", long, env = "TIDINGS_REDIS_TLS_CA")]
+    pub redis_tls_ca: Option<PathBuf>,
+
+    /// With a `rediss://` URL: a PEM client certificate (chain) for Redis servers that require
+    /// one (`tls-auth-clients yes`); needs --redis-tls-key.
+    #[arg(value_name = "FILE", long, env = "TIDINGS_REDIS_TLS_CERT")]
+    pub redis_tls_cert: Option<PathBuf>,
+
+    /// The PEM private key of --redis-tls-cert.
+    #[arg(value_name = "FILE", long, env = "TIDINGS_REDIS_TLS_KEY")]
+    pub redis_tls_key: Option<PathBuf>,
+
     /// Publications kept per channel for history and recovery (0 disables history).
     #[arg(
         value_name = "N",

@@ -98,6 +98,10 @@ pub struct RedisSettings {
     pub url: String,
     pub cluster: bool,
     pub prefix: String,
+    pub canary_interval: Duration,
+    /// For `rediss://`: the CA file and the client certificate and key, when given.
+    pub tls_ca: Option<PathBuf>,
+    pub tls_client: Option<(PathBuf, PathBuf)>,
 }
 
 /// Caps on open connections; 0 means no cap.
@@ -190,6 +194,9 @@ impl ServeArgs {
                 url,
                 cluster: self.redis_cluster,
                 prefix: self.redis_prefix,
+                canary_interval: self.redis_canary_interval,
+                tls_ca: self.redis_tls_ca,
+                tls_client: self.redis_tls_cert.zip(self.redis_tls_key),
             }),
             shutdown_timeout: self.shutdown_timeout,
             tokens,
@@ -234,6 +241,7 @@ impl ServeArgs {
         nonzero(self.handshake_timeout.as_millis(), "handshake-timeout")?;
         nonzero(self.body_timeout.as_millis(), "body-timeout")?;
         nonzero(self.idempotency_window.as_millis(), "idempotency-window")?;
+        self.check_redis()?;
         if self.presence_ttl < std::time::Duration::from_secs(1) {
             return Err(ConfigError::Invalid {
                 flag: "presence-ttl",
@@ -247,6 +255,7 @@ impl ServeArgs {
             (self.position_ttl, "position-ttl"),
             (self.shutdown_timeout, "shutdown-timeout"),
             (self.drain_window, "drain-window"),
+            (self.redis_canary_interval, "redis-canary-interval"),
             (self.token_leeway, "token-leeway"),
             (self.handshake_timeout, "handshake-timeout"),
             (self.body_timeout, "body-timeout"),
@@ -273,6 +282,39 @@ impl ServeArgs {
             .is_some_and(|key| key.expose().len() < 16)
         {
             return Err(ConfigError::ShortApiKey);
+        }
+        Ok(())
+    }
+
+    /// The Redis settings that only make sense together.
+    fn check_redis(&self) -> Result<(), ConfigError> {
+        if self.redis_canary_interval.is_zero() {
+            return Err(ConfigError::Zero {
+                flag: "redis-canary-interval",
+            });
+        }
+        if self.redis_tls_cert.is_some() != self.redis_tls_key.is_some() {
+            return Err(ConfigError::Invalid {
+                flag: "redis-tls-cert",
+                reason: "and --redis-tls-key go together: a client certificate needs its key",
+            });
+        }
+        let tls_files = self.redis_tls_ca.is_some() || self.redis_tls_cert.is_some();
+        if tls_files
+            && !self
+                .redis_url
+                .as_deref()
+                .is_some_and(|url| url.trim_start().starts_with("rediss"))
+        {
+            let flag = if self.redis_tls_ca.is_some() {
+                "redis-tls-ca"
+            } else {
+                "redis-tls-cert"
+            };
+            return Err(ConfigError::Invalid {
+                flag,
+                reason: "needs a TLS Redis URL (rediss://… or rediss+sentinel://…)",
+            });
         }
         Ok(())
     }

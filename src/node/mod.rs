@@ -213,6 +213,7 @@ impl Node {
                 outbox.end_subscription(channel);
                 return Err(err.into());
             }
+            self.count(&metrics().channels, channel, 1);
         }
         let mut read = self.read_position(channel, since).await;
         if read.is_ok() && self.has_presence(channel) {
@@ -222,17 +223,27 @@ impl Node {
                 authenticated: identity.authenticated,
                 info: identity.info.clone(),
             };
-            if let Err(err) = self.0.presence.add(channel, &member).await {
-                read = Err(err.into());
+            match self.0.presence.add(channel, &member).await {
+                Ok(()) => self.count(&metrics().presence_members, channel, 1),
+                Err(err) => read = Err(err.into()),
             }
         }
-        if read.is_err() {
+        if read.is_ok() {
+            self.count(&metrics().subscriptions, channel, 1);
+        } else {
             outbox.end_subscription(channel);
             if self.hub().remove(channel, outbox.id()) {
+                self.count(&metrics().channels, channel, -1);
                 let _ = self.0.broker.unsubscribe(channel).await;
             }
         }
         read
+    }
+
+    /// Moves one of the per-namespace gauges of `channel`'s namespace.
+    fn count(&self, gauge: &prometheus::IntGaugeVec, channel: &ChannelName, by: i64) {
+        let namespace = self.0.namespaces.label(channel.namespace());
+        gauge.with_label_values(&[namespace]).add(by);
     }
 
     fn has_presence(&self, channel: &ChannelName) -> bool {
@@ -295,8 +306,10 @@ impl Node {
         if !outbox.end_subscription(channel) {
             return false;
         }
+        self.count(&metrics().subscriptions, channel, -1);
         let _guard = self.channel_lock(channel).lock().await;
         if self.hub().remove(channel, outbox.id()) {
+            self.count(&metrics().channels, channel, -1);
             if let Err(err) = self.0.broker.unsubscribe(channel).await {
                 // The broker may keep sending this channel; the hub drops it, so only
                 // bandwidth is wasted.
@@ -304,6 +317,7 @@ impl Node {
             }
         }
         if self.has_presence(channel) {
+            self.count(&metrics().presence_members, channel, -1);
             if let Err(err) = self.0.presence.remove(channel, outbox.client()).await {
                 // The store retries: a member that left must not stay present.
                 tracing::warn!(%channel, %err, "presence removal failed; retrying later");

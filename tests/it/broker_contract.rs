@@ -91,6 +91,7 @@ pub async fn redis_broker() -> (Arc<dyn Broker>, Arc<Sink>, Option<RedisServer>)
         url: redis.url(),
         cluster: false,
         prefix: "contract".into(),
+        ..RedisOptions::default()
     };
     let broker = RedisBroker::connect(options, sink.clone(), retention())
         .await
@@ -105,6 +106,7 @@ pub async fn cluster_broker() -> (Arc<dyn Broker>, Arc<Sink>, Option<RedisCluste
         url: cluster.url(),
         cluster: false,
         prefix: "contract".into(),
+        ..RedisOptions::default()
     };
     let broker = RedisBroker::connect(options, sink.clone(), retention())
         .await

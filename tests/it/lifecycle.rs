@@ -3,9 +3,13 @@ use std::time::Duration;
 use serde_json::json;
 use tidings::protocol::{Push, ServerFrame};
 use tokio::net::TcpSocket;
+use tokio::sync::mpsc;
 use tokio_tungstenite::MaybeTlsStream;
 
-use crate::support::{Ended, TestServer, WAIT, WsClient, server_closed, within};
+use crate::support::redis::RedisServer;
+use crate::support::{
+    Ended, TestServer, WAIT, WsClient, resilient_subscriber, server_closed, within,
+};
 
 /// A client with a tiny receive buffer, so that not reading fills the server's side quickly;
 /// returns it with its local address (to watch the server close it).
@@ -202,5 +206,86 @@ async fn a_second_sigterm_ends_the_drain_at_once() {
     assert!(
         !matches!(ended, Ended::Closed(Some((1001, _)))),
         "closed in turn, not at once: {ended:?}"
+    );
+}
+
+/// 200 subscribers on node A of two; A is sent SIGTERM while B keeps publishing. A answers
+/// "not ready" while it drains, closes its clients with 1001 spread over the window and exits
+/// 0; the clients move to B and recover everything, once each.
+#[tokio::test]
+async fn draining_a_node_moves_its_200_clients_to_the_other_node_without_loss() {
+    const CLIENTS: usize = 200;
+    const LAST: u64 = 100;
+    let redis = RedisServer::start().await;
+    let args = ["--redis-url", &redis.url(), "--history-size", "1000"];
+    let mut a = TestServer::start(&[&args[..], &["--drain-window", "2s"]].concat()).await;
+    let b = TestServer::start(&args).await;
+    let urls = vec![a.url("/ws"), b.url("/ws")];
+    let (ready_tx, mut ready_rx) = mpsc::channel(CLIENTS);
+    let subscribers: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let subscriber =
+                resilient_subscriber(urls.clone(), "drain".into(), LAST, ready_tx.clone());
+            tokio::spawn(subscriber)
+        })
+        .collect();
+    for _ in 0..CLIENTS {
+        within(WAIT, "subscribers ready", ready_rx.recv()).await;
+    }
+    let mut publisher = b.client("").await;
+    for n in 1..=LAST / 2 {
+        assert_eq!(publisher.publish("drain", json!(n)).await, n);
+    }
+
+    let signalled = std::time::Instant::now();
+    a.signal("TERM");
+    let body = within(WAIT, "not ready while draining", async {
+        loop {
+            let (status, _, body) = a.get("/readyz").await;
+            if status == 503 {
+                return body;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(body.contains("shutting down"), "{body}");
+    // B keeps publishing through A's drain, and past it: every client is moved before the
+    // last publication.
+    for n in LAST / 2 + 1..=LAST {
+        assert_eq!(publisher.publish("drain", json!(n)).await, n);
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    let status = a.wait_exit(WAIT).await;
+    assert!(status.success(), "exit status {status:?}");
+    assert!(
+        signalled.elapsed() < Duration::from_secs(2 + 10),
+        "past the deadline"
+    );
+
+    let mut closes = Vec::new();
+    for subscriber in subscribers {
+        let tally = within(WAIT * 2, "subscriber", subscriber).await.unwrap();
+        assert_eq!(tally.lost_and_duplicated(LAST), (0, 0), "{tally:?}");
+        assert_eq!(tally.unrecovered, 0, "{tally:?}");
+        assert_eq!(tally.ends.len(), 1, "moved once: {tally:?}");
+        let (code, at) = tally.ends[0];
+        assert_eq!(code, Some(1001), "{tally:?}");
+        closes.push(at.duration_since(signalled));
+    }
+    closes.sort();
+    let (first, last) = (closes[0], closes[CLIENTS - 1]);
+    assert!(
+        last - first >= Duration::from_millis(1200),
+        "closes not spread over the 2 s window: first {first:?}, last {last:?}"
+    );
+    // Spread evenly: about as many in each half of the window.
+    let early = closes
+        .iter()
+        .filter(|c| **c < Duration::from_secs(1))
+        .count();
+    assert!(
+        (50..=150).contains(&early),
+        "{early} of {CLIENTS} closed in the first second"
     );
 }

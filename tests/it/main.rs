@@ -16,10 +16,16 @@ mod bad_input;
 mod broker_contract;
 /// The chat page in headless Chromium.
 mod browser;
+/// The broker canary: a node whose pub/sub connection stops delivering notices, reports not
+/// ready, reconnects and recovers what its subscribers missed.
+mod canary;
 /// Tidings on a local three-master Redis Cluster.
 mod cluster;
 /// The configuration file: `config check`, `config example`, docs/config.md, precedence.
 mod config_file;
+/// The files in `deploy/` against the binary: real flags and variables, stop timeouts that
+/// outlast the drain, a balancer that checks `/readyz`.
+mod deploy;
 /// Redis going away and coming back, with and without its data.
 mod faults;
 /// HTTP routes other than the protocol: chat page, JS client, health, echo.

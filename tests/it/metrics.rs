@@ -11,7 +11,7 @@ const KEY: &str = "apikey metrics-test-key-0123";
 
 /// Every sample of `/metrics`, parsed as Prometheus would read it, keyed `name{label="v"}`
 /// (labels sorted).
-async fn scrape(addr: std::net::SocketAddr) -> HashMap<String, f64> {
+pub(crate) async fn scrape(addr: std::net::SocketAddr) -> HashMap<String, f64> {
     let (status, head, body) = http_get(addr, "/metrics").await.unwrap();
     assert_eq!(status, 200, "{body}");
     assert!(
@@ -51,7 +51,11 @@ async fn scrape(addr: std::net::SocketAddr) -> HashMap<String, f64> {
 }
 
 /// Scrapes until `key` has `value` (the server counts as it handles, not as the client sends).
-async fn await_metric(addr: std::net::SocketAddr, key: &str, value: f64) -> HashMap<String, f64> {
+pub(crate) async fn await_metric(
+    addr: std::net::SocketAddr,
+    key: &str,
+    value: f64,
+) -> HashMap<String, f64> {
     within(WAIT * 3, &format!("{key} = {value}"), async {
         loop {
             let samples = scrape(addr).await;
@@ -73,6 +77,8 @@ async fn a_scripted_session_gives_exact_counts() {
         "1",
         "--namespace",
         "news:publish=false",
+        "--namespace",
+        "lobby:presence=true",
         "--api-key",
         &KEY["apikey ".len()..],
     ])
@@ -117,10 +123,27 @@ async fn a_scripted_session_gives_exact_counts() {
         .await;
     assert_eq!(recovered["recovered"], true);
 
+    // Two present in one presence channel, one of them also subscribed to another.
+    eve.subscribe("lobby:hall").await;
+    cy.subscribe("lobby:hall").await;
+    cy.subscribe("lobby:side").await;
+    let m = scrape(server.addr).await;
+    assert_eq!(m["tidings_presence_members{namespace=\"lobby\"}"], 3.0);
+    assert_eq!(m["tidings_channels{namespace=\"lobby\"}"], 2.0);
+    cy.ok(json!({"op": "unsubscribe", "channel": "lobby:side"}))
+        .await;
+
     ann.ws.send(Message::Close(None)).await.unwrap();
-    let m = await_metric(
+    await_metric(
         server.addr,
         "tidings_connections_closed_total{code=\"peer\"}",
+        1.0,
+    )
+    .await;
+    // Left: eve in room and lobby:hall, cy in lobby:hall (dee's and ann's are gone).
+    let m = await_metric(
+        server.addr,
+        "tidings_subscriptions{namespace=\"default\"}",
         1.0,
     )
     .await;
@@ -135,14 +158,19 @@ async fn a_scripted_session_gives_exact_counts() {
         ("tidings_errors_total{code=\"110\"}", 1.0),
         ("tidings_errors_total{code=\"112\"}", 1.0),
         ("tidings_rate_limited_total", 1.0),
+        // ann 3 (subscribe, publish, bad JSON), bob 2, cy 4, dee 1, eve 2.
+        ("tidings_messages_in_total", 12.0),
+        ("tidings_subscriptions{namespace=\"lobby\"}", 2.0),
+        ("tidings_channels{namespace=\"default\"}", 1.0),
+        ("tidings_channels{namespace=\"lobby\"}", 1.0),
+        ("tidings_presence_members{namespace=\"lobby\"}", 2.0),
+        ("tidings_broker_up", 1.0),
         ("tidings_recoveries_total{outcome=\"recovered\"}", 1.0),
         ("tidings_publications_total{namespace=\"default\"}", 402.0),
         (
             "tidings_publish_duration_seconds{namespace=\"default\"}",
             402.0,
         ),
-        // ann 3 (subscribe, publish, bad JSON), bob 2, cy 1, dee 1, eve 1.
-        ("tidings_messages_in_total", 8.0),
     ];
     for (key, value) in expect {
         assert_eq!(m.get(key), Some(&value), "{key}: {m:#?}");
@@ -153,8 +181,9 @@ async fn a_scripted_session_gives_exact_counts() {
     assert!(m["tidings_bytes_out_total"] >= 60_000.0, "{m:#?}");
     // No channel or user ever becomes a label.
     let (_, _, text) = http_get(server.addr, "/metrics").await.unwrap();
-    for needle in ["room", "flood", "ann", "news:today"] {
-        assert!(!text.contains(needle), "{needle} leaked into a label");
+    for needle in ["room", "flood", "ann", "news:today", "lobby:hall"] {
+        let value = format!("\"{needle}\"");
+        assert!(!text.contains(&value), "{needle} leaked into a label");
     }
     drop((bob, cy, dee, eve));
 }

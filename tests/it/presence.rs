@@ -45,6 +45,7 @@ async fn redis_store_on(url: String, ttl: Duration) -> Setup {
         url,
         cluster: false,
         prefix: "contract".into(),
+        ..RedisOptions::default()
     };
     let broker = RedisBroker::connect(options, sink.clone(), retention())
         .await

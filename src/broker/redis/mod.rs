@@ -42,11 +42,12 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::{
-    ANNOUNCE_PERIOD, Broker, BrokerError, Deliver, History, HistoryQuery, PublishOptions,
-    Retention, new_epoch,
+    Broker, BrokerError, Deliver, History, HistoryQuery, PublishOptions, Retention, new_epoch,
 };
 use crate::protocol::{ChannelName, ClientInfo, Publication, StreamPosition};
 
+mod canary;
+mod nodes;
 mod pubsub;
 mod url;
 
@@ -70,8 +71,6 @@ const EVENT_BUFFER: usize = 32;
 /// How often subscribed channels are refreshed and reconciled (more often if the position TTL
 /// is short).
 const MAINTENANCE_PERIOD: Duration = Duration::from_secs(30);
-/// A node whose announcement is older than this counts as gone.
-const ANNOUNCE_TTL: Duration = Duration::from_secs(3 * ANNOUNCE_PERIOD.as_secs());
 
 /// Where Redis is and how to use it.
 #[derive(Clone, Debug)]
@@ -82,6 +81,19 @@ pub struct RedisOptions {
     pub cluster: bool,
     /// Prefix of every key and channel name, so several deployments can share a Redis.
     pub prefix: String,
+    /// How often the node publishes a heartbeat through pub/sub to check its delivery.
+    pub canary_interval: Duration,
+}
+
+impl Default for RedisOptions {
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379".into(),
+            cluster: false,
+            prefix: "tidings".into(),
+            canary_interval: Duration::from_secs(1),
+        }
+    }
 }
 
 /// The Redis-backed broker.
@@ -108,6 +120,9 @@ struct Inner {
     /// The pub/sub channel of server commands. It has no `{…}` part, so no client channel
     /// can map onto it.
     control_channel: String,
+    /// The pub/sub channel of the nodes' heartbeats, and what they tell.
+    canary_channel: String,
+    canary: canary::Canary,
 }
 
 impl fmt::Debug for RedisBroker {
@@ -190,6 +205,7 @@ impl RedisBroker {
 
         let (reconciliations, reconciliations_rx) = mpsc::unbounded_channel();
         let control_channel = format!("{}:control", options.prefix);
+        let canary_channel = format!("{}:canary", options.prefix);
         let inner = Arc::new(Inner {
             publish_script: Script::from_lua(PUBLISH_LUA),
             read_script: Script::from_lua(READ_LUA),
@@ -203,6 +219,8 @@ impl RedisBroker {
             reconciliations,
             node_id: format!("{:016x}", fastrand::u64(..)),
             control_channel,
+            canary_channel,
+            canary: canary::Canary::new(options.canary_interval),
         });
         inner
             .control_subscribe()
@@ -217,6 +235,7 @@ impl RedisBroker {
             tokio::spawn(pubsub::restore_after_reconnects(inner.clone())),
             tokio::spawn(pubsub::maintain(inner.clone())),
             tokio::spawn(reload_scripts_after_reconnects(inner.clone())),
+            tokio::spawn(canary::run(inner.clone())),
         ];
         Ok(Self { inner, tasks })
     }
@@ -254,22 +273,16 @@ impl Inner {
         ]
     }
 
+    /// Subscribes to the channels of server commands and heartbeats.
     async fn control_subscribe(&self) -> Result<(), RedisError> {
-        let channel = self.control_channel.clone();
-        if self.sharded {
-            self.subscriber.ssubscribe(channel).await
-        } else {
-            self.subscriber.subscribe(channel).await
+        for channel in [&self.control_channel, &self.canary_channel] {
+            if self.sharded {
+                self.subscriber.ssubscribe(channel.clone()).await?;
+            } else {
+                self.subscriber.subscribe(channel.clone()).await?;
+            }
         }
-    }
-
-    /// Keys of the node announcements, all in one slot so they can be read together.
-    fn nodes_key(&self) -> String {
-        format!("{{{}:nodes}}", self.prefix)
-    }
-
-    fn node_key(&self, id: &str) -> String {
-        format!("{{{}:nodes}}:{id}", self.prefix)
+        Ok(())
     }
 
     fn pubsub_channel(&self, channel: &ChannelName) -> String {
@@ -394,12 +407,6 @@ impl RedisBroker {
     }
 }
 
-fn unix_seconds() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-}
-
 #[async_trait]
 impl Broker for RedisBroker {
     async fn publish(
@@ -469,73 +476,12 @@ impl Broker for RedisBroker {
         sent.map_err(|err| unavailable("sending a command to the nodes", err))
     }
 
-    /// Writes the counts (JSON, expiring) under this node's key and the node's id with the
-    /// time into a sorted set, so that any node can sum the counts of the nodes alive.
     async fn announce(&self, counts: &[(ChannelName, usize)]) -> Result<(), BrokerError> {
-        use fred::interfaces::{KeysInterface, SortedSetsInterface};
-        use fred::types::Expiration;
-        let inner = &self.inner;
-        let counts: HashMap<&str, usize> = counts
-            .iter()
-            .map(|(channel, count)| (channel.as_str(), *count))
-            .collect();
-        let json = serde_json::to_string(&counts).unwrap_or_else(|_| "{}".into());
-        let now = unix_seconds();
-        let ttl = i64::try_from(ANNOUNCE_TTL.as_secs()).unwrap_or(15);
-        let fail = |err| unavailable("announcing channel counts", err);
-        let key = inner.node_key(&inner.node_id);
-        let expiry = Some(Expiration::EX(ttl));
-        inner
-            .client
-            .set::<(), _, _>(key, json, expiry, None, false)
-            .await
-            .map_err(fail)?;
-        let member = (now as f64, inner.node_id.as_str());
-        inner
-            .client
-            .zadd::<(), _, _>(inner.nodes_key(), None, None, false, false, member)
-            .await
-            .map_err(fail)?;
-        let gone = (now - 4 * ttl) as f64;
-        inner
-            .client
-            .zremrangebyscore::<(), _, _, _>(inner.nodes_key(), f64::NEG_INFINITY, gone)
-            .await
-            .map_err(fail)
+        self.inner.announce(counts).await
     }
 
     async fn channels(&self) -> Result<HashMap<ChannelName, usize>, BrokerError> {
-        use fred::interfaces::{KeysInterface, SortedSetsInterface};
-        let inner = &self.inner;
-        let since = (unix_seconds() - i64::try_from(ANNOUNCE_TTL.as_secs()).unwrap_or(15)) as f64;
-        let nodes: Vec<String> = inner
-            .client
-            .zrangebyscore(inner.nodes_key(), since, f64::INFINITY, false, None)
-            .await
-            .map_err(|err| unavailable("listing nodes", err))?;
-        let others: Vec<String> = nodes
-            .into_iter()
-            .filter(|id| *id != inner.node_id)
-            .map(|id| inner.node_key(&id))
-            .collect();
-        let mut total: HashMap<ChannelName, usize> = HashMap::new();
-        if others.is_empty() {
-            return Ok(total);
-        }
-        let announced: Vec<Option<String>> = inner
-            .client
-            .mget(others)
-            .await
-            .map_err(|err| unavailable("reading node announcements", err))?;
-        for json in announced.into_iter().flatten() {
-            let counts: HashMap<String, usize> = serde_json::from_str(&json).unwrap_or_default();
-            for (name, count) in counts {
-                if let Ok(channel) = ChannelName::parse(&name) {
-                    *total.entry(channel).or_default() += count;
-                }
-            }
-        }
-        Ok(total)
+        self.inner.other_channels().await
     }
 
     async fn subscribe(&self, channel: &ChannelName) -> Result<(), BrokerError> {
@@ -579,10 +525,18 @@ impl Broker for RedisBroker {
         })
     }
 
-    /// Ready when both connections answer a PING in time. A Redis that is frozen (SIGSTOP, a
-    /// stalled host) keeps its TCP connections open, so "connected" alone says nothing.
+    /// Ready when both connections answer a PING in time and the canary's heartbeats come
+    /// back. A Redis that is frozen (SIGSTOP, a stalled host) keeps its TCP connections open,
+    /// so "connected" alone says nothing.
     async fn ready(&self) -> Result<(), BrokerError> {
         let inner = &self.inner;
+        inner
+            .canary
+            .check()
+            .map_err(|cause| BrokerError::Unavailable {
+                context: "broker canary",
+                source: cause.to_string().into(),
+            })?;
         if !inner.client.is_connected() || !inner.subscriber.is_connected() {
             return Err(BrokerError::Unavailable {
                 context: "checking readiness",

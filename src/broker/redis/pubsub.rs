@@ -69,6 +69,7 @@ pub(super) async fn pump_messages(
                 // first, so only publications this node truly missed count as missed.
                 loop {
                     match messages.try_recv() {
+                        Ok(message) if *message.channel == *inner.canary_channel => {}
                         Ok(message) => deliver_message(&inner, &mut interned, &message),
                         Err(TryRecvError::Lagged(_)) => continue,
                         Err(_) => break,
@@ -79,6 +80,11 @@ pub(super) async fn pump_messages(
             }
         };
         match message {
+            Ok(message) if *message.channel == *inner.canary_channel => {
+                if let Ok(raw) = message.value.convert::<Bytes>() {
+                    inner.canary.arrived(&inner.node_id, &raw, messages.len());
+                }
+            }
             Ok(message) => deliver_message(&inner, &mut interned, &message),
             Err(RecvError::Lagged(missed)) => {
                 // Messages were dropped before we read them: the gaps they leave are caught
@@ -131,7 +137,7 @@ pub(super) async fn restore_after_reconnects(inner: Arc<Inner>) {
                 // Several nodes of a cluster may report at once: one pass serves them all.
                 while reconnects.try_recv().is_ok() {}
                 tracing::info!(%server, "Redis subscriber reconnected; restoring subscriptions");
-                metrics().broker_reconnects.inc();
+                metrics().broker.reconnects.inc();
                 restore(&inner).await;
             }
             Err(RecvError::Lagged(_)) => continue,

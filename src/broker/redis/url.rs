@@ -72,6 +72,7 @@ mod tests {
             url: url.into(),
             cluster,
             prefix: "t".into(),
+            ..RedisOptions::default()
         }
     }
 

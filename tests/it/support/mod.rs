@@ -18,6 +18,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+pub mod proxy;
 pub mod redis;
 
 /// The bound every single await in these tests gets unless it says otherwise.
@@ -531,6 +532,8 @@ pub struct Tally {
     pub unrecovered: usize,
     /// How many connections it took.
     pub connections: usize,
+    /// How each connection but the last ended (close code, if any), and when.
+    pub ends: Vec<(Option<u16>, std::time::Instant)>,
 }
 
 impl Tally {
@@ -619,7 +622,14 @@ pub async fn resilient_subscriber(
                     }
                 }
                 Ok(_) => continue,
-                Err(_) => break,
+                Err(ended) => {
+                    let code = match ended {
+                        Ended::Closed(close) => close.map(|(code, _)| code),
+                        _ => None,
+                    };
+                    tally.ends.push((code, std::time::Instant::now()));
+                    break;
+                }
             }
         }
     }

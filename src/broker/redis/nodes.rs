@@ -1,0 +1,103 @@
+//! Node announcements: each node writes its channels' local subscriber counts under its own
+//! expiring key and its id with the time into a sorted set, so that any node can sum the
+//! counts of the nodes alive (`GET /api/channels`).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use super::{Inner, unavailable};
+use crate::broker::{ANNOUNCE_PERIOD, BrokerError};
+use crate::protocol::ChannelName;
+
+/// A node whose announcement is older than this counts as gone.
+const ANNOUNCE_TTL: Duration = Duration::from_secs(3 * ANNOUNCE_PERIOD.as_secs());
+
+fn unix_seconds() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+impl Inner {
+    /// Keys of the node announcements, all in one slot so they can be read together.
+    fn nodes_key(&self) -> String {
+        format!("{{{}:nodes}}", self.prefix)
+    }
+
+    fn node_key(&self, id: &str) -> String {
+        format!("{{{}:nodes}}:{id}", self.prefix)
+    }
+
+    /// Writes the counts (JSON, expiring) under this node's key and the node's id with the
+    /// time into a sorted set, so that any node can sum the counts of the nodes alive.
+    pub(super) async fn announce(
+        &self,
+        counts: &[(ChannelName, usize)],
+    ) -> Result<(), BrokerError> {
+        use fred::interfaces::{KeysInterface, SortedSetsInterface};
+        use fred::types::Expiration;
+        let inner = self;
+        let counts: HashMap<&str, usize> = counts
+            .iter()
+            .map(|(channel, count)| (channel.as_str(), *count))
+            .collect();
+        let json = serde_json::to_string(&counts).unwrap_or_else(|_| "{}".into());
+        let now = unix_seconds();
+        let ttl = i64::try_from(ANNOUNCE_TTL.as_secs()).unwrap_or(15);
+        let fail = |err| unavailable("announcing channel counts", err);
+        let key = inner.node_key(&inner.node_id);
+        let expiry = Some(Expiration::EX(ttl));
+        inner
+            .client
+            .set::<(), _, _>(key, json, expiry, None, false)
+            .await
+            .map_err(fail)?;
+        let member = (now as f64, inner.node_id.as_str());
+        inner
+            .client
+            .zadd::<(), _, _>(inner.nodes_key(), None, None, false, false, member)
+            .await
+            .map_err(fail)?;
+        let gone = (now - 4 * ttl) as f64;
+        inner
+            .client
+            .zremrangebyscore::<(), _, _, _>(inner.nodes_key(), f64::NEG_INFINITY, gone)
+            .await
+            .map_err(fail)
+    }
+
+    /// The channels the other nodes announced, their counts summed.
+    pub(super) async fn other_channels(&self) -> Result<HashMap<ChannelName, usize>, BrokerError> {
+        use fred::interfaces::{KeysInterface, SortedSetsInterface};
+        let inner = self;
+        let since = (unix_seconds() - i64::try_from(ANNOUNCE_TTL.as_secs()).unwrap_or(15)) as f64;
+        let nodes: Vec<String> = inner
+            .client
+            .zrangebyscore(inner.nodes_key(), since, f64::INFINITY, false, None)
+            .await
+            .map_err(|err| unavailable("listing nodes", err))?;
+        let others: Vec<String> = nodes
+            .into_iter()
+            .filter(|id| *id != inner.node_id)
+            .map(|id| inner.node_key(&id))
+            .collect();
+        let mut total: HashMap<ChannelName, usize> = HashMap::new();
+        if others.is_empty() {
+            return Ok(total);
+        }
+        let announced: Vec<Option<String>> = inner
+            .client
+            .mget(others)
+            .await
+            .map_err(|err| unavailable("reading node announcements", err))?;
+        for json in announced.into_iter().flatten() {
+            let counts: HashMap<String, usize> = serde_json::from_str(&json).unwrap_or_default();
+            for (name, count) in counts {
+                if let Ok(channel) = ChannelName::parse(&name) {
+                    *total.entry(channel).or_default() += count;
+                }
+            }
+        }
+        Ok(total)
+    }
+}
