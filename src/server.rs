@@ -26,7 +26,7 @@ use tower::ServiceExt;
 use crate::api::{self, AppState};
 use crate::auth::{KeyError, Verifier};
 use crate::broker::memory::MemoryBroker;
-use crate::broker::redis::{RedisBroker, RedisOptions};
+use crate::broker::redis::{RedisBroker, RedisOptions, RedisTls};
 use crate::broker::{Broker, BrokerError, Retention};
 use crate::config::{Config, SessionSettings};
 use crate::limits::{Admission, Rate};
@@ -98,29 +98,7 @@ impl Server {
             position_ttl: config.position_ttl,
         };
         let local = Local::new(Arc::new(config.namespaces.clone()));
-        if config.redis.is_none() {
-            // One process: nothing between publishers and subscribers can fail.
-            crate::metrics::metrics().broker.up.set(1);
-        }
-        let (broker, presence): (Arc<dyn Broker>, Arc<dyn PresenceStore>) = match &config.redis {
-            None => (
-                Arc::new(MemoryBroker::new(local.clone(), retention)),
-                Arc::new(MemoryPresence::new(local.clone())),
-            ),
-            Some(redis) => {
-                let options = RedisOptions {
-                    url: redis.url.clone(),
-                    cluster: redis.cluster,
-                    prefix: redis.prefix.clone(),
-                    canary_interval: redis.canary_interval,
-                };
-                let broker = RedisBroker::connect(options, local.clone(), retention)
-                    .await
-                    .map_err(ServerError::Broker)?;
-                let presence = RedisPresence::new(broker.shared(), config.presence_ttl);
-                (Arc::new(broker), Arc::new(presence))
-            }
-        };
+        let (broker, presence) = brokers(&config, &local, retention).await?;
         let node = Node::new(
             local,
             broker.clone(),
@@ -271,6 +249,42 @@ fn session_config(
         drain_window,
         drain_started: Arc::default(),
     }
+}
+
+/// The broker and presence store the settings ask for: in memory, or on Redis.
+async fn brokers(
+    config: &Config,
+    local: &Arc<Local>,
+    retention: Retention,
+) -> Result<(Arc<dyn Broker>, Arc<dyn PresenceStore>), ServerError> {
+    if config.redis.is_none() {
+        // One process: nothing between publishers and subscribers can fail.
+        crate::metrics::metrics().broker.up.set(1);
+    }
+    Ok(match &config.redis {
+        None => (
+            Arc::new(MemoryBroker::new(local.clone(), retention)),
+            Arc::new(MemoryPresence::new(local.clone())),
+        ),
+        Some(redis) => {
+            let options = RedisOptions {
+                url: redis.url.clone(),
+                cluster: redis.cluster,
+                prefix: redis.prefix.clone(),
+                canary_interval: redis.canary_interval,
+                replica_acks: redis.replica_acks,
+                tls: RedisTls {
+                    ca: redis.tls_ca.clone(),
+                    client: redis.tls_client.clone(),
+                },
+            };
+            let broker = RedisBroker::connect(options, local.clone(), retention)
+                .await
+                .map_err(ServerError::Broker)?;
+            let presence = RedisPresence::new(broker.shared(), config.presence_ttl);
+            (Arc::new(broker), Arc::new(presence))
+        }
+    })
 }
 
 /// Accepts connections until `closed` is cancelled; returns the tracker of the HTTP

@@ -131,6 +131,16 @@ pub struct ServeArgs {
     #[arg(value_name = "DURATION", long, env = "TIDINGS_REDIS_CANARY_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub redis_canary_interval: Duration,
 
+    /// Replicas that must confirm each publication before it is acknowledged (Redis `WAIT`), so
+    /// that a failover cannot lose an acknowledged publish; 0: the primary's word is enough.
+    #[arg(
+        value_name = "N",
+        long,
+        env = "TIDINGS_REDIS_REPLICA_ACKS",
+        default_value_t = 0
+    )]
+    pub redis_replica_acks: u32,
+
     /// With a `rediss://` URL: the PEM file of the certificate authorities that sign Redis's
     /// certificate (default: the system's).
     #[arg(value_name = "FILE", long, env = "TIDINGS_REDIS_TLS_CA")]

@@ -99,6 +99,7 @@ pub struct RedisSettings {
     pub cluster: bool,
     pub prefix: String,
     pub canary_interval: Duration,
+    pub replica_acks: u32,
     /// For `rediss://`: the CA file and the client certificate and key, when given.
     pub tls_ca: Option<PathBuf>,
     pub tls_client: Option<(PathBuf, PathBuf)>,
@@ -195,6 +196,7 @@ impl ServeArgs {
                 cluster: self.redis_cluster,
                 prefix: self.redis_prefix,
                 canary_interval: self.redis_canary_interval,
+                replica_acks: self.redis_replica_acks,
                 tls_ca: self.redis_tls_ca,
                 tls_client: self.redis_tls_cert.zip(self.redis_tls_key),
             }),

@@ -48,6 +48,9 @@ mod presence;
 mod pubsub;
 /// History and recovery from a position.
 mod recovery;
+/// Redis over TLS (with client certificates; no secret in any log line) and behind Sentinel
+/// through a failover.
+mod redis_deployments;
 /// Bug-reproducing tests, named `issue_<N>_…` after the issue that found the bug.
 mod regression;
 /// Several nodes through Redis: cross-node delivery, failover, recovery elsewhere.

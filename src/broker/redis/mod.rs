@@ -47,12 +47,13 @@ use super::{
 use crate::protocol::{ChannelName, ClientInfo, Publication, StreamPosition};
 
 mod canary;
+mod failover;
 mod nodes;
 mod pubsub;
 mod url;
 
-pub use url::UrlError;
 use url::redis_config;
+pub use url::{RedisTls, UrlError};
 
 const PUBLISH_LUA: &str = include_str!("publish.lua");
 const READ_LUA: &str = include_str!("read.lua");
@@ -83,6 +84,11 @@ pub struct RedisOptions {
     pub prefix: String,
     /// How often the node publishes a heartbeat through pub/sub to check its delivery.
     pub canary_interval: Duration,
+    /// The CA and client certificate files of a `rediss` URL.
+    pub tls: RedisTls,
+    /// Replicas that must confirm a publication before it is acknowledged (`WAIT`), so that a
+    /// failover cannot lose an acknowledged publish; 0: the primary's word is enough.
+    pub replica_acks: u32,
 }
 
 impl Default for RedisOptions {
@@ -92,6 +98,8 @@ impl Default for RedisOptions {
             cluster: false,
             prefix: "tidings".into(),
             canary_interval: Duration::from_secs(1),
+            tls: RedisTls::default(),
+            replica_acks: 0,
         }
     }
 }
@@ -123,6 +131,7 @@ struct Inner {
     /// The pub/sub channel of the nodes' heartbeats, and what they tell.
     canary_channel: String,
     canary: canary::Canary,
+    replica_acks: u32,
 }
 
 impl fmt::Debug for RedisBroker {
@@ -221,6 +230,7 @@ impl RedisBroker {
             control_channel,
             canary_channel,
             canary: canary::Canary::new(options.canary_interval),
+            replica_acks: options.replica_acks,
         });
         inner
             .control_subscribe()
@@ -458,6 +468,7 @@ impl Broker for RedisBroker {
                     unavailable("publishing through Redis", err)
                 }
             })?;
+        inner.wait_for_replicas(channel).await?;
         Ok(StreamPosition {
             offset,
             epoch: epoch.into(),

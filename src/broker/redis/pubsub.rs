@@ -19,11 +19,12 @@ use crate::broker::BrokerError;
 use crate::metrics::metrics;
 use crate::protocol::{ChannelName, StreamPosition};
 
-/// The channel and epoch last seen on each pub/sub channel, so that a burst of messages shares
-/// one `ChannelName` and one epoch instead of allocating both per message.
+/// The channel, epoch and last offset seen on each pub/sub channel, so that a burst of
+/// messages shares one `ChannelName` and one epoch instead of allocating both per message, and
+/// an offset seen twice in one epoch is noticed (see `failover`).
 #[derive(Default)]
 struct Interned {
-    by_pubsub: HashMap<Box<str>, (ChannelName, Arc<str>)>,
+    by_pubsub: HashMap<Box<str>, (ChannelName, Arc<str>, u64)>,
 }
 
 impl Interned {
@@ -35,9 +36,10 @@ impl Interned {
         pubsub: &str,
         epoch: &str,
     ) -> Option<(ChannelName, Arc<str>)> {
-        if let Some((channel, interned)) = self.by_pubsub.get_mut(pubsub) {
+        if let Some((channel, interned, last)) = self.by_pubsub.get_mut(pubsub) {
             if **interned != *epoch {
                 *interned = epoch.into();
+                *last = 0;
             }
             return Some((channel.clone(), interned.clone()));
         }
@@ -47,8 +49,17 @@ impl Interned {
         }
         let epoch: Arc<str> = epoch.into();
         self.by_pubsub
-            .insert(pubsub.into(), (channel.clone(), epoch.clone()));
+            .insert(pubsub.into(), (channel.clone(), epoch.clone(), 0));
         Some((channel, epoch))
+    }
+
+    /// Records `offset` as the last seen on `pubsub` (after [`Self::lookup`]); false when it is
+    /// not past the previous one: the channel's history went back.
+    fn advance(&mut self, pubsub: &str, offset: u64) -> bool {
+        match self.by_pubsub.get_mut(pubsub) {
+            Some((_, _, last)) => std::mem::replace(last, offset) < offset,
+            None => true,
+        }
     }
 }
 
@@ -98,7 +109,7 @@ pub(super) async fn pump_messages(
     }
 }
 
-fn deliver_message(inner: &Inner, interned: &mut Interned, message: &Message) {
+fn deliver_message(inner: &Arc<Inner>, interned: &mut Interned, message: &Message) {
     let Ok(raw) = message.value.clone().convert::<Bytes>() else {
         return;
     };
@@ -122,9 +133,16 @@ fn deliver_message(inner: &Inner, interned: &mut Interned, message: &Message) {
     let Some((channel, epoch)) = interned.lookup(inner, &message.channel, epoch) else {
         return;
     };
-    match inner.decode(&channel, &epoch, entry.as_bytes()) {
-        Some(publication) => inner.deliver.deliver(&publication),
-        None => tracing::warn!(%channel, "undecodable pub/sub message"),
+    let Some(publication) = inner.decode(&channel, &epoch, entry.as_bytes()) else {
+        tracing::warn!(%channel, "undecodable pub/sub message");
+        return;
+    };
+    // Delivered all the same: subscribers that saw the offset drop it, those that did not may
+    // use it, and both are closed to recover once the channel is in a new epoch.
+    inner.deliver.deliver(&publication);
+    if !interned.advance(&message.channel, publication.offset) {
+        let inner = inner.clone();
+        tokio::spawn(async move { super::failover::rewound(&inner, &channel, &epoch).await });
     }
 }
 

@@ -1,16 +1,33 @@
-//! `--redis-url`: the forms Tidings accepts, turned into the Redis client's configuration.
+//! `--redis-url` and the `--redis-tls-*` files: the forms Tidings accepts, turned into the
+//! Redis client's configuration.
+//!
+//! | URL | Redis |
+//! | --- | --- |
+//! | `redis://HOST:PORT[/DB]` | one server |
+//! | `redis+cluster://HOST:PORT[,HOST:PORT…]` | a Redis Cluster, found from any of the nodes |
+//! | `redis+sentinel://HOST:PORT[,HOST:PORT…]/MASTER_NAME` | the primary of `MASTER_NAME`, found (and followed through failovers) by asking the Sentinels |
+//!
+//! `rediss` instead of `redis` in any of them means TLS. Credentials go before the first host
+//! (`redis://:PASSWORD@HOST:PORT`, `redis://USER:PASSWORD@…`).
+
+use std::path::{Path, PathBuf};
 
 use fred::prelude::{Config, Error as RedisError};
+use fred::types::config::TlsConnector;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::{ClientConfig, RootCertStore};
 
 use super::RedisOptions;
 use crate::broker::BrokerError;
 
-/// Why `--redis-url` cannot be used.
+/// Why `--redis-url` or a TLS file cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum UrlError {
     #[error(
-        "unsupported Redis URL {0:?}: use redis://HOST:PORT or \
-         redis+cluster://HOST:PORT[,HOST:PORT…] (TLS is not supported yet)"
+        "unsupported Redis URL {0:?}: use redis://HOST:PORT, \
+         redis+cluster://HOST:PORT[,HOST:PORT…] or \
+         redis+sentinel://HOST:PORT[,HOST:PORT…]/MASTER_NAME (rediss… for TLS)"
     )]
     Scheme(String),
     #[error("invalid Redis URL {url:?}")]
@@ -19,6 +36,12 @@ pub enum UrlError {
         #[source]
         source: RedisError,
     },
+    #[error("Redis URL {0:?} names no master: use redis+sentinel://HOST:PORT/MASTER_NAME")]
+    NoMaster(String),
+    #[error("--redis-tls-* files need a TLS URL (rediss://…), not {0:?}")]
+    TlsWithoutTls(String),
+    #[error("TLS file {file}: {reason}")]
+    TlsFile { file: PathBuf, reason: String },
 }
 
 impl From<UrlError> for BrokerError {
@@ -30,37 +53,154 @@ impl From<UrlError> for BrokerError {
     }
 }
 
-/// Turns `redis+cluster://h1:p1,h2:p2` (or `redis://…` with `cluster`) into fred's config.
+/// TLS settings beyond the `rediss` scheme.
+#[derive(Clone, Debug, Default)]
+pub struct RedisTls {
+    /// PEM certificates of the authorities to trust instead of the system's.
+    pub ca: Option<PathBuf>,
+    /// A PEM client certificate chain and its key.
+    pub client: Option<(PathBuf, PathBuf)>,
+}
+
+impl RedisTls {
+    fn is_set(&self) -> bool {
+        self.ca.is_some() || self.client.is_some()
+    }
+}
+
+/// What kind of deployment a URL names.
+enum Topology {
+    Single,
+    Cluster,
+    Sentinel,
+}
+
+/// Turns any accepted URL into fred's config, with the TLS files applied.
 pub(super) fn redis_config(options: &RedisOptions) -> Result<Config, UrlError> {
     let url = options.url.trim();
     let invalid = |url: &str| {
         let url = url.to_owned();
         move |source| UrlError::Invalid { url, source }
     };
-    let (cluster, rest) = if let Some(rest) = url.strip_prefix("redis+cluster://") {
-        (true, rest)
-    } else if let Some(rest) = url.strip_prefix("redis://") {
-        (options.cluster, rest)
-    } else if url.starts_with("redis-cluster://") {
-        return Config::from_url(url).map_err(invalid(url));
-    } else {
-        return Err(UrlError::Scheme(url.to_owned()));
+    if url.starts_with("redis-cluster://") || url.starts_with("rediss-cluster://") {
+        return with_tls(Config::from_url(url).map_err(invalid(url))?, url, options);
+    }
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| UrlError::Scheme(url.to_owned()))?;
+    let (tls, topology) = match scheme {
+        "redis" if options.cluster => (false, Topology::Cluster),
+        "rediss" if options.cluster => (true, Topology::Cluster),
+        "redis" => (false, Topology::Single),
+        "rediss" => (true, Topology::Single),
+        "redis+cluster" => (false, Topology::Cluster),
+        "rediss+cluster" => (true, Topology::Cluster),
+        "redis+sentinel" => (false, Topology::Sentinel),
+        "rediss+sentinel" => (true, Topology::Sentinel),
+        _ => return Err(UrlError::Scheme(url.to_owned())),
     };
-    let url = if cluster {
-        let (hosts, tail) = rest.split_once('/').unwrap_or((rest, ""));
-        let mut hosts = hosts.split(',');
-        let first = hosts.next().unwrap_or_default();
-        let mut url = format!("redis-cluster://{first}/{tail}");
-        let others: Vec<String> = hosts.map(|h| format!("node={h}")).collect();
-        if !others.is_empty() {
-            url.push(if url.contains('?') { '&' } else { '?' });
-            url.push_str(&others.join("&"));
+    let s = if tls { "s" } else { "" };
+    let (hosts, tail) = rest.split_once('/').unwrap_or((rest, ""));
+    let (credentials, hosts) = match hosts.rsplit_once('@') {
+        Some((credentials, hosts)) => (format!("{credentials}@"), hosts),
+        None => (String::new(), hosts),
+    };
+    let mut hosts = hosts.split(',');
+    let first = hosts.next().unwrap_or_default();
+    let others: Vec<String> = hosts.map(|h| format!("node={h}")).collect();
+    let (converted, config) = match topology {
+        Topology::Single => {
+            let converted = format!("redis{s}://{rest}");
+            let config = Config::from_url(&converted);
+            (converted, config)
         }
-        url
-    } else {
-        format!("redis://{rest}")
+        Topology::Cluster => {
+            let converted = with_query(
+                format!("redis{s}-cluster://{credentials}{first}/{tail}"),
+                &others,
+            );
+            let config = Config::from_url(&converted);
+            (converted, config)
+        }
+        Topology::Sentinel => {
+            let master = tail.split(['/', '?']).next().unwrap_or_default();
+            if master.is_empty() {
+                return Err(UrlError::NoMaster(url.to_owned()));
+            }
+            let mut query = others;
+            query.insert(0, format!("sentinelServiceName={master}"));
+            let converted =
+                with_query(format!("redis{s}-sentinel://{credentials}{first}/"), &query);
+            let config = Config::from_url_sentinel(&converted);
+            (converted, config)
+        }
     };
-    Config::from_url(&url).map_err(invalid(&url))
+    with_tls(config.map_err(invalid(&converted))?, url, options)
+}
+
+fn with_query(mut url: String, pairs: &[String]) -> String {
+    if !pairs.is_empty() {
+        url.push(if url.contains('?') { '&' } else { '?' });
+        url.push_str(&pairs.join("&"));
+    }
+    url
+}
+
+/// Replaces the system-trusting TLS of a `rediss` URL with the configured files, if any.
+fn with_tls(mut config: Config, url: &str, options: &RedisOptions) -> Result<Config, UrlError> {
+    if !options.tls.is_set() {
+        return Ok(config);
+    }
+    if config.tls.is_none() {
+        return Err(UrlError::TlsWithoutTls(url.to_owned()));
+    }
+    config.tls = Some(tls_connector(&options.tls)?.into());
+    Ok(config)
+}
+
+fn tls_connector(tls: &RedisTls) -> Result<TlsConnector, UrlError> {
+    let mut roots = RootCertStore::empty();
+    match &tls.ca {
+        Some(file) => {
+            for cert in certificates(file)? {
+                roots.add(cert).map_err(|err| tls_error(file, err))?;
+            }
+        }
+        // The system's roots, as a `rediss` URL without --redis-tls-ca trusts.
+        None => {
+            roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+        }
+    }
+    let builder = ClientConfig::builder().with_root_certificates(roots);
+    let config = match &tls.client {
+        Some((cert, key)) => {
+            let chain = certificates(cert)?;
+            let key = PrivateKeyDer::from_pem_file(key).map_err(|err| tls_error(key, err))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|err| tls_error(cert, err))?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    Ok(TlsConnector::from(config))
+}
+
+/// Every certificate of a PEM file; at least one.
+fn certificates(file: &Path) -> Result<Vec<CertificateDer<'static>>, UrlError> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(file)
+        .and_then(|certs| certs.collect())
+        .map_err(|err| tls_error(file, err))?;
+    if certs.is_empty() {
+        return Err(tls_error(file, "no PEM certificate in it"));
+    }
+    Ok(certs)
+}
+
+fn tls_error(file: &Path, reason: impl std::fmt::Display) -> UrlError {
+    UrlError::TlsFile {
+        file: file.to_owned(),
+        reason: reason.to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -90,5 +230,42 @@ mod tests {
         let config = redis_config(&options("redis://127.0.0.1:6379", false)).unwrap();
         assert!(!config.server.is_clustered());
         assert!(redis_config(&options("http://nope", false)).is_err());
+    }
+
+    #[test]
+    fn sentinel_urls_name_every_sentinel_and_the_master() {
+        let config = redis_config(&options(
+            "redis+sentinel://:pw@127.0.0.1:26379,127.0.0.1:26380/mymaster",
+            false,
+        ))
+        .unwrap();
+        assert_eq!(config.server.hosts().len(), 2);
+        assert_eq!(config.password.as_deref(), Some("pw"));
+        match &config.server {
+            fred::types::config::ServerConfig::Sentinel { service_name, .. } => {
+                assert_eq!(service_name, "mymaster");
+            }
+            other => panic!("not a sentinel config: {other:?}"),
+        }
+        assert!(config.tls.is_none());
+        let tls = redis_config(&options("rediss+sentinel://127.0.0.1:26379/m", false)).unwrap();
+        assert!(tls.tls.is_some());
+        assert!(matches!(
+            redis_config(&options("redis+sentinel://127.0.0.1:26379", false)),
+            Err(UrlError::NoMaster(_))
+        ));
+    }
+
+    #[test]
+    fn tls_files_need_a_tls_url_and_readable_pem() {
+        let mut with_ca = options("redis://127.0.0.1:6379", false);
+        with_ca.tls.ca = Some("/nonexistent/ca.pem".into());
+        assert!(matches!(
+            redis_config(&with_ca),
+            Err(UrlError::TlsWithoutTls(_))
+        ));
+        with_ca.url = "rediss://127.0.0.1:6379".into();
+        let err = redis_config(&with_ca).unwrap_err().to_string();
+        assert!(err.contains("/nonexistent/ca.pem"), "{err}");
     }
 }

@@ -20,6 +20,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub mod proxy;
 pub mod redis;
+pub mod redis_ha;
 
 /// The bound every single await in these tests gets unless it says otherwise.
 pub const WAIT: Duration = Duration::from_secs(10);
@@ -528,6 +529,8 @@ pub async fn server_closed(server: SocketAddr, client: SocketAddr, limit: Durati
 pub struct Tally {
     /// Offsets in the order they were handed over (recovered ones included).
     pub offsets: Vec<u64>,
+    /// The data of each, in the same order.
+    pub data: Vec<Value>,
     /// How often the server said `recovered: false`.
     pub unrecovered: usize,
     /// How many connections it took.
@@ -598,6 +601,7 @@ pub async fn resilient_subscriber(
             tally
                 .offsets
                 .push(publication["offset"].as_u64().unwrap_or(0));
+            tally.data.push(publication["data"].clone());
         }
         let mut current = json!({"offset": body["offset"], "epoch": body["epoch"]});
         if let Some(&latest) = tally.offsets.last() {
@@ -615,6 +619,7 @@ pub async fn resilient_subscriber(
             match client.try_recv(WAIT).await {
                 Ok(ServerFrame::Push(Push::Pub(publication))) => {
                     tally.offsets.push(publication.offset);
+                    tally.data.push(publication.data.clone());
                     position =
                         Some(json!({"offset": publication.offset, "epoch": publication.epoch}));
                     if publication.offset == last {
