@@ -55,6 +55,8 @@ pub struct Metrics {
     pub body_timeouts: IntCounter,
     /// Time a `/metrics` exposition took: so a slow scrape is visible on the next one.
     scrape_duration: Histogram,
+    /// When the process started counting.
+    started: std::time::Instant,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -161,7 +163,7 @@ impl Metrics {
         );
         let scrape = Register::latency(
             "tidings_metrics_scrape_duration_seconds",
-            "Time taken to render /metrics.",
+            "Time to render /metrics.",
         );
         Self {
             connections: r.gauge("tidings_connections", "Open client connections."),
@@ -234,6 +236,7 @@ impl Metrics {
                 "Server API requests answered 408: the body did not arrive in time.",
             ),
             scrape_duration: r.add(Histogram::with_opts(scrape).expect("valid metric")),
+            started: std::time::Instant::now(),
             registry,
         }
     }
@@ -244,6 +247,22 @@ impl Metrics {
         self.publish_duration
             .with_label_values(&[namespace])
             .observe(took.as_secs_f64());
+    }
+
+    /// How long this process has been counting.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// The sum over every label of a labelled metric (gauges and counters alike).
+    pub fn total(metric: &impl prometheus::core::Collector) -> u64 {
+        let sum: f64 = metric
+            .collect()
+            .iter()
+            .flat_map(|family| family.get_metric())
+            .map(|m| m.get_gauge().get_value() + m.get_counter().get_value())
+            .sum();
+        sum.max(0.0) as u64
     }
 
     /// The Prometheus text exposition of every metric.

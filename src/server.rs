@@ -124,6 +124,10 @@ impl Server {
             config.shutdown_timeout,
             config.drain_window,
         ));
+        let rates = Arc::new(api::admin::Rates::default());
+        if config.api_key.is_some() {
+            tokio::spawn(rates.clone().sample_until(stopping.clone()));
+        }
         let state = AppState {
             node,
             session: session.clone(),
@@ -138,6 +142,12 @@ impl Server {
             body_timeout: config.body_timeout,
             shutdown: stopping.clone(),
             connections: connections.clone(),
+            broker_kind: if config.redis.is_some() {
+                "redis"
+            } else {
+                "memory"
+            },
+            rates: rates.clone(),
         };
         Ok(Self {
             app: api::router(state, config.enable_echo, metrics_listener.is_none()),

@@ -21,6 +21,7 @@ use crate::node::{Node, NodeError};
 use crate::protocol::{ChannelName, ErrorCode, Secret};
 use crate::session::{Gate, SessionConfig};
 
+pub mod admin;
 pub mod channels;
 pub mod presence;
 pub mod publish;
@@ -44,6 +45,10 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Tracks every WebSocket connection so shutdown can wait for their close handshakes.
     pub connections: TaskTracker,
+    /// `memory` or `redis`, for the admin page.
+    pub broker_kind: &'static str,
+    /// This node's message rates over the last minutes, for the admin page.
+    pub rates: Arc<admin::Rates>,
 }
 
 /// Builds the router; `/ws/echo` exists only when `enable_echo` is set, `/metrics` unless
@@ -64,7 +69,9 @@ pub fn router(state: AppState, enable_echo: bool, with_metrics: bool) -> Router 
         .route("/api/unsubscribe", post(channels::unsubscribe))
         .route("/api/disconnect", post(channels::disconnect))
         .route("/api/presence", post(presence::presence))
-        .route("/api/presence_stats", post(presence::presence_stats));
+        .route("/api/presence_stats", post(presence::presence_stats))
+        .route("/admin", get(admin::page))
+        .route("/admin/stats", get(admin::stats));
     if with_metrics {
         router = router.route("/metrics", get(prometheus_metrics));
     }

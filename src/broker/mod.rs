@@ -174,6 +174,22 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
     /// The channels the *other* nodes announced, with their subscriber counts summed.
     async fn channels(&self) -> Result<HashMap<ChannelName, usize>, BrokerError>;
 
+    /// Publishes this node's summary for the other nodes' admin pages; renewed like
+    /// [`Broker::announce`].
+    async fn announce_node(&self, _summary: &NodeSummary) -> Result<(), BrokerError> {
+        Ok(())
+    }
+
+    /// The summaries the *other* nodes announced (none with a broker that serves one node).
+    async fn nodes(&self) -> Result<Vec<NodeSummary>, BrokerError> {
+        Ok(Vec::new())
+    }
+
+    /// This node's id among the nodes.
+    fn node_id(&self) -> String {
+        "local".into()
+    }
+
     /// Whether the broker can serve requests now (for `/readyz`).
     async fn ready(&self) -> Result<(), BrokerError> {
         Ok(())
@@ -181,6 +197,16 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
 
     /// Closes connections on shutdown.
     async fn close(&self) {}
+}
+
+/// What a node tells the others about itself, for the admin page.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NodeSummary {
+    pub id: String,
+    pub connections: u64,
+    pub subscriptions: u64,
+    pub channels: u64,
+    pub uptime_seconds: u64,
 }
 
 /// How often a node announces its channel counts ([`Broker::announce`]).

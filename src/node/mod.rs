@@ -39,11 +39,11 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::{ChannelRules, Identity};
 use crate::broker::{
     ANNOUNCE_PERIOD, Broker, BrokerError, History, HistoryQuery, HistoryRetention, Idempotency,
-    PublishOptions,
+    NodeSummary, PublishOptions,
 };
 use crate::config::Namespaces;
 use crate::hub::{Hub, SubscriberId};
-use crate::metrics::metrics;
+use crate::metrics::{Metrics, metrics};
 use crate::outbox::Outbox;
 use crate::presence::{Page, PresenceStore, Stats};
 use crate::protocol::{
@@ -463,18 +463,41 @@ impl Node {
         Ok(channels)
     }
 
-    /// Announces this node's channel counts every [`ANNOUNCE_PERIOD`] until `stop`.
+    /// Announces this node's channel counts and summary every [`ANNOUNCE_PERIOD`] until
+    /// `stop`.
     pub async fn announce_until(&self, stop: CancellationToken) {
         loop {
             let counts = self.hub().local_channels();
             if let Err(err) = self.0.broker.announce(&counts).await {
                 tracing::debug!(%err, "announcing channel counts failed");
             }
+            if let Err(err) = self.0.broker.announce_node(&self.summary()).await {
+                tracing::debug!(%err, "announcing the node summary failed");
+            }
             tokio::select! {
                 () = stop.cancelled() => return,
                 () = tokio::time::sleep(ANNOUNCE_PERIOD) => {}
             }
         }
+    }
+
+    /// This node's figures, from its own metrics.
+    pub fn summary(&self) -> NodeSummary {
+        let m = metrics();
+        NodeSummary {
+            id: self.0.broker.node_id(),
+            connections: u64::try_from(m.connections.get()).unwrap_or(0),
+            subscriptions: Metrics::total(&m.subscriptions),
+            channels: Metrics::total(&m.channels),
+            uptime_seconds: m.uptime().as_secs(),
+        }
+    }
+
+    /// Every node's summary, this one's first.
+    pub async fn nodes(&self) -> Result<Vec<NodeSummary>, NodeError> {
+        let mut nodes = vec![self.summary()];
+        nodes.extend(self.0.broker.nodes().await?);
+        Ok(nodes)
     }
 
     /// Whether the broker can serve requests now.

@@ -16,7 +16,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use crate::support::{TestServer, WAIT, within};
 
 /// A headless Chromium and one DevTools connection to it; killed on drop.
-struct Browser {
+pub(crate) struct Browser {
     _child: Child,
     devtools: WebSocketStream<MaybeTlsStream<TcpStream>>,
     next_id: u64,
@@ -30,13 +30,13 @@ impl Drop for Browser {
 }
 
 /// One tab, addressed by its DevTools session.
-struct Tab {
-    session: String,
-    target: String,
+pub(crate) struct Tab {
+    pub(crate) session: String,
+    pub(crate) target: String,
 }
 
 impl Browser {
-    async fn launch() -> Result<Self> {
+    pub(crate) async fn launch() -> Result<Self> {
         let binary = std::env::var("TIDINGS_CHROMIUM").unwrap_or_else(|_| "chromium".into());
         let profile = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
             "chromium-{}-{}",
@@ -87,7 +87,12 @@ impl Browser {
     }
 
     /// Sends one DevTools command and returns its result, skipping events.
-    async fn call(&mut self, session: Option<&str>, method: &str, params: Value) -> Result<Value> {
+    pub(crate) async fn call(
+        &mut self,
+        session: Option<&str>,
+        method: &str,
+        params: Value,
+    ) -> Result<Value> {
         let id = self.next_id;
         self.next_id += 1;
         let mut command = json!({"id": id, "method": method, "params": params});
@@ -151,7 +156,7 @@ impl Browser {
     }
 
     /// Evaluates `expression` in the tab (awaiting a promise) and returns its JSON value.
-    async fn eval(&mut self, tab: &Tab, expression: &str) -> Result<Value> {
+    pub(crate) async fn eval(&mut self, tab: &Tab, expression: &str) -> Result<Value> {
         let result = self
             .call(
                 Some(&tab.session),
@@ -167,7 +172,7 @@ impl Browser {
 
     /// Resolves once `condition` holds in the page: the page re-checks it on every animation
     /// frame, bounded by the test's wait.
-    async fn wait_for(&mut self, tab: &Tab, condition: &str) -> Result<()> {
+    pub(crate) async fn wait_for(&mut self, tab: &Tab, condition: &str) -> Result<()> {
         let script = format!(
             "new Promise((resolve, reject) => {{
                 const deadline = performance.now() + {ms};

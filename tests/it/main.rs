@@ -6,6 +6,8 @@
 
 mod support;
 
+/// `/admin`: the API key guards it; in headless Chromium it shows every node and live rates.
+mod admin;
 /// The layout rules: who may use the broker, who names a concrete one, file and function size.
 mod architecture;
 /// Tokens, channel rules, personal channels, subscription tokens and the origin check.

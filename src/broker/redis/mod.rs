@@ -42,7 +42,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::{
-    Broker, BrokerError, Deliver, History, HistoryQuery, PublishOptions, Retention, new_epoch,
+    Broker, BrokerError, Deliver, History, HistoryQuery, NodeSummary, PublishOptions, Retention,
+    new_epoch,
 };
 use crate::protocol::{ChannelName, ClientInfo, Publication, StreamPosition};
 
@@ -493,6 +494,18 @@ impl Broker for RedisBroker {
 
     async fn channels(&self) -> Result<HashMap<ChannelName, usize>, BrokerError> {
         self.inner.other_channels().await
+    }
+
+    async fn announce_node(&self, summary: &NodeSummary) -> Result<(), BrokerError> {
+        self.inner.announce_node(summary).await
+    }
+
+    async fn nodes(&self) -> Result<Vec<NodeSummary>, BrokerError> {
+        self.inner.other_nodes().await
+    }
+
+    fn node_id(&self) -> String {
+        self.inner.node_id.clone()
     }
 
     async fn subscribe(&self, channel: &ChannelName) -> Result<(), BrokerError> {

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use super::{Inner, unavailable};
-use crate::broker::{ANNOUNCE_PERIOD, BrokerError};
+use crate::broker::{ANNOUNCE_PERIOD, BrokerError, NodeSummary};
 use crate::protocol::ChannelName;
 
 /// A node whose announcement is older than this counts as gone.
@@ -99,5 +99,56 @@ impl Inner {
             }
         }
         Ok(total)
+    }
+
+    fn summary_key(&self, id: &str) -> String {
+        format!("{{{}:nodes}}:{id}:summary", self.prefix)
+    }
+
+    /// Writes this node's summary under an expiring key beside its channel counts.
+    pub(super) async fn announce_node(&self, summary: &NodeSummary) -> Result<(), BrokerError> {
+        use fred::interfaces::KeysInterface;
+        use fred::types::Expiration;
+        let json = serde_json::to_string(summary).unwrap_or_else(|_| "{}".into());
+        let ttl = i64::try_from(ANNOUNCE_TTL.as_secs()).unwrap_or(15);
+        self.client
+            .set::<(), _, _>(
+                self.summary_key(&self.node_id),
+                json,
+                Some(Expiration::EX(ttl)),
+                None,
+                false,
+            )
+            .await
+            .map_err(|err| unavailable("announcing the node summary", err))
+    }
+
+    /// The summaries of the other nodes alive.
+    pub(super) async fn other_nodes(&self) -> Result<Vec<NodeSummary>, BrokerError> {
+        use fred::interfaces::{KeysInterface, SortedSetsInterface};
+        let since = (unix_seconds() - i64::try_from(ANNOUNCE_TTL.as_secs()).unwrap_or(15)) as f64;
+        let nodes: Vec<String> = self
+            .client
+            .zrangebyscore(self.nodes_key(), since, f64::INFINITY, false, None)
+            .await
+            .map_err(|err| unavailable("listing nodes", err))?;
+        let keys: Vec<String> = nodes
+            .iter()
+            .filter(|id| **id != self.node_id)
+            .map(|id| self.summary_key(id))
+            .collect();
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let summaries: Vec<Option<String>> = self
+            .client
+            .mget(keys)
+            .await
+            .map_err(|err| unavailable("reading node summaries", err))?;
+        Ok(summaries
+            .into_iter()
+            .flatten()
+            .filter_map(|json| serde_json::from_str(&json).ok())
+            .collect())
     }
 }
