@@ -146,6 +146,10 @@ impl Register<'_> {
         self.add(IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric"))
     }
 
+    fn histogram(&self, name: &str, help: &str) -> Histogram {
+        self.add(Histogram::with_opts(Self::latency(name, help)).expect("valid metric"))
+    }
+
     /// 0.5 ms to ~4 s: an in-memory publish is sub-millisecond, a Redis one a round trip.
     fn latency(name: &str, help: &str) -> HistogramOpts {
         let buckets = prometheus::exponential_buckets(0.0005, 2.0, 14).expect("valid buckets");
@@ -160,10 +164,6 @@ impl Metrics {
         let publish = Register::latency(
             "tidings_publish_duration_seconds",
             "From a publish reaching the node to the broker's acknowledgement.",
-        );
-        let scrape = Register::latency(
-            "tidings_metrics_scrape_duration_seconds",
-            "Time to render /metrics.",
         );
         Self {
             connections: r.gauge("tidings_connections", "Open client connections."),
@@ -235,7 +235,10 @@ impl Metrics {
                 "tidings_api_body_timeouts_total",
                 "Server API requests answered 408: the body did not arrive in time.",
             ),
-            scrape_duration: r.add(Histogram::with_opts(scrape).expect("valid metric")),
+            scrape_duration: r.histogram(
+                "tidings_metrics_scrape_duration_seconds",
+                "Time taken to render /metrics.",
+            ),
             started: std::time::Instant::now(),
             registry,
         }
