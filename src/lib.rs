@@ -20,6 +20,7 @@
 //! - [`presence`]: who is present in each channel, on every node (memory, Redis), and the
 //!   join and leave events.
 //! - [`auth`]: tokens → identities; who may subscribe and publish where.
+//! - [`backend`]: calls to the app's backend over HTTP (`--proxy-rpc`, …).
 //! - [`config`]: every flag and environment variable, validated once into plain settings.
 //! - `metrics`: the counters the server keeps.
 //! - [`protocol`]: the wire format, pure data; shared with the tests and the benchmark.
@@ -34,6 +35,7 @@
 
 pub(crate) mod api;
 pub mod auth;
+pub mod backend;
 pub mod broker;
 pub mod config;
 pub(crate) mod hub;

@@ -50,6 +50,8 @@ pub struct Metrics {
     pub presence_members: IntGaugeVec,
     /// The broker's health and latency.
     pub broker: BrokerMetrics,
+    /// Calls to the app's backend.
+    pub proxy: ProxyMetrics,
     /// Server API requests answered 408 because their body did not arrive within
     /// `--body-timeout`.
     pub body_timeouts: IntCounter,
@@ -118,6 +120,33 @@ impl BrokerMetrics {
     }
 }
 
+/// Calls to the app's backend, by kind (`rpc`, …).
+#[derive(Debug)]
+pub struct ProxyMetrics {
+    /// From sending a call to its answer (or failure).
+    pub duration: HistogramVec,
+    /// Failed calls, by kind and error (`timeout`, `unreachable`, `status`, `garbage`,
+    /// `busy`).
+    pub errors: IntCounterVec,
+}
+
+impl ProxyMetrics {
+    fn new(r: &Register<'_>) -> Self {
+        let errors = Opts::new(
+            "tidings_proxy_errors_total",
+            "Failed calls to the app's backend, by kind and error.",
+        );
+        Self {
+            duration: r.histograms(
+                "tidings_proxy_duration_seconds",
+                "Calls to the app's backend: from sending to the answer or failure, by kind.",
+                "kind",
+            ),
+            errors: r.add(IntCounterVec::new(errors, &["kind", "error"]).expect("valid metric")),
+        }
+    }
+}
+
 /// Registers each metric as it is made. The names and options are constants: a failure here
 /// is a programming error caught by the first test that touches metrics.
 struct Register<'a>(&'a Registry);
@@ -146,6 +175,11 @@ impl Register<'_> {
         self.add(IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric"))
     }
 
+    fn histograms(&self, name: &str, help: &str, label: &str) -> HistogramVec {
+        let opts = Self::latency(name, help);
+        self.add(HistogramVec::new(opts, &[label]).expect("valid metric"))
+    }
+
     fn histogram(&self, name: &str, help: &str) -> Histogram {
         self.add(Histogram::with_opts(Self::latency(name, help)).expect("valid metric"))
     }
@@ -161,10 +195,6 @@ impl Metrics {
     fn new() -> Self {
         let registry = Registry::new();
         let r = Register(&registry);
-        let publish = Register::latency(
-            "tidings_publish_duration_seconds",
-            "From a publish reaching the node to the broker's acknowledgement.",
-        );
         Self {
             connections: r.gauge("tidings_connections", "Open client connections."),
             connections_opened: r.counter(
@@ -202,8 +232,11 @@ impl Metrics {
                 "Publications accepted, by namespace.",
                 "namespace",
             ),
-            publish_duration: r
-                .add(HistogramVec::new(publish, &["namespace"]).expect("valid metric")),
+            publish_duration: r.histograms(
+                "tidings_publish_duration_seconds",
+                "From a publish reaching the node to the broker's acknowledgement.",
+                "namespace",
+            ),
             recoveries: r.counters(
                 "tidings_recoveries_total",
                 "Subscriptions from a position: recovered, or the reason they were not.",
@@ -231,6 +264,7 @@ impl Metrics {
                 "Connections this node made present in channels with presence, by namespace.",
             ),
             broker: BrokerMetrics::new(&r),
+            proxy: ProxyMetrics::new(&r),
             body_timeouts: r.counter(
                 "tidings_api_body_timeouts_total",
                 "Server API requests answered 408: the body did not arrive in time.",

@@ -25,6 +25,7 @@ use tower::ServiceExt;
 
 use crate::api::{self, AppState};
 use crate::auth::{KeyError, Verifier};
+use crate::backend::Backend;
 use crate::broker::memory::MemoryBroker;
 use crate::broker::redis::{RedisBroker, RedisOptions, RedisTls};
 use crate::broker::{Broker, BrokerError, Retention};
@@ -71,6 +72,8 @@ pub enum ServerError {
     Keys(#[source] KeyError),
     #[error("cannot listen on {0} for metrics")]
     MetricsListen(String, #[source] std::io::Error),
+    #[error("cannot set up calls to the backend")]
+    Backend(#[source] crate::backend::SettingsError),
 }
 
 /// Everything the server needs before it accepts connections: keys read, broker connected.
@@ -134,6 +137,7 @@ impl Server {
             gate: Arc::new(Gate {
                 verifier,
                 allow_anonymous: config.allow_anonymous,
+                backend: Arc::new(Backend::new(&config.proxy).map_err(ServerError::Backend)?),
             }),
             admission: Admission::new(config.caps),
             allowed_origins: config.allowed_origins.clone().into(),

@@ -55,6 +55,7 @@ pub async fn connect(
     let admitted = state.admission.admit(peer.ip());
     let token = params.token.or_else(|| bearer_token(&headers));
     let name = params.name;
+    let forwarded = state.gate.backend.forwarded(&headers);
     ws::configure(upgrade, state.max_message_size)
         .on_failed_upgrade(|err| tracing::debug!(%err, "WebSocket upgrade failed"))
         .on_upgrade(move |socket| async move {
@@ -77,6 +78,7 @@ pub async fn connect(
                     name,
                     token,
                     ticket,
+                    forwarded,
                 },
                 shutdown: state.shutdown,
             });

@@ -359,6 +359,25 @@ pub struct ServeArgs {
     )]
     pub api_key: Option<Secret>,
 
+    /// The app's backend handles `rpc` commands: Tidings POSTs each to this URL
+    /// (docs/backend.md).
+    #[arg(value_name = "URL", long, env = "TIDINGS_PROXY_RPC")]
+    pub proxy_rpc: Option<String>,
+
+    /// How long a call to the app's backend may take before the client gets error 502.
+    #[arg(value_name = "DURATION", long, env = "TIDINGS_PROXY_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub proxy_timeout: Duration,
+
+    /// A request header of the client's WebSocket handshake (e.g. Cookie) copied into every
+    /// call to the backend; only the headers named are ever forwarded.
+    #[arg(
+        value_name = "NAME",
+        long = "proxy-header",
+        env = "TIDINGS_PROXY_HEADER",
+        value_delimiter = ','
+    )]
+    pub proxy_headers: Vec<String>,
+
     /// How long a publish's idempotency key is remembered: a retry with the same key within
     /// it is answered with the first publication's offset and stored once.
     #[arg(value_name = "DURATION", long, env = "TIDINGS_IDEMPOTENCY_WINDOW", default_value = "5m", value_parser = humantime::parse_duration)]

@@ -105,6 +105,14 @@ pub struct RedisSettings {
     pub tls_client: Option<(PathBuf, PathBuf)>,
 }
 
+/// Where the app's backend is called, for what, and with which of the client's headers.
+#[derive(Clone, Debug, Default)]
+pub struct ProxySettings {
+    pub rpc: Option<String>,
+    pub timeout: Duration,
+    pub headers: Vec<String>,
+}
+
 /// Caps on open connections; 0 means no cap.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConnectionCaps {
@@ -144,6 +152,8 @@ pub struct Config {
     pub body_timeout: Duration,
     /// `None`: the server API is off.
     pub api_key: Option<Secret>,
+    /// Calls to the app's backend.
+    pub proxy: ProxySettings,
     pub idempotency_window: Duration,
     /// On SIGTERM, open connections close spread over this window.
     pub drain_window: Duration,
@@ -213,6 +223,11 @@ impl ServeArgs {
             },
             body_timeout: self.body_timeout,
             api_key: self.api_key,
+            proxy: ProxySettings {
+                rpc: self.proxy_rpc,
+                timeout: self.proxy_timeout,
+                headers: self.proxy_headers,
+            },
             idempotency_window: self.idempotency_window,
             metrics_listen: self.metrics_listen,
             drain_window: self.drain_window,
@@ -244,6 +259,7 @@ impl ServeArgs {
         nonzero(self.body_timeout.as_millis(), "body-timeout")?;
         nonzero(self.idempotency_window.as_millis(), "idempotency-window")?;
         self.check_redis()?;
+        self.check_proxy()?;
         if self.presence_ttl < std::time::Duration::from_secs(1) {
             return Err(ConfigError::Invalid {
                 flag: "presence-ttl",
@@ -264,6 +280,7 @@ impl ServeArgs {
             (self.idle_timeout, "idle-timeout"),
             (self.idempotency_window, "idempotency-window"),
             (self.presence_ttl, "presence-ttl"),
+            (self.proxy_timeout, "proxy-timeout"),
         ] {
             // Far past any use, and short enough that no deadline built from it overflows.
             if value > MAX_DURATION {
@@ -284,6 +301,35 @@ impl ServeArgs {
             .is_some_and(|key| key.expose().len() < 16)
         {
             return Err(ConfigError::ShortApiKey);
+        }
+        Ok(())
+    }
+
+    /// The backend's URLs and the headers named for it.
+    fn check_proxy(&self) -> Result<(), ConfigError> {
+        if self.proxy_timeout.is_zero() {
+            return Err(ConfigError::Zero {
+                flag: "proxy-timeout",
+            });
+        }
+        let http = |url: &str| url.starts_with("http://") || url.starts_with("https://");
+        if self.proxy_rpc.as_deref().is_some_and(|url| !http(url)) {
+            return Err(ConfigError::Invalid {
+                flag: "proxy-rpc",
+                reason: "must be an http:// or https:// URL",
+            });
+        }
+        let token = |name: &str| {
+            !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        };
+        if !self.proxy_headers.iter().all(|name| token(name.trim())) {
+            return Err(ConfigError::Invalid {
+                flag: "proxy-header",
+                reason: "must be HTTP header names (e.g. Cookie, X-Session)",
+            });
         }
         Ok(())
     }

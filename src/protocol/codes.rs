@@ -43,6 +43,9 @@ pub enum ErrorCode {
     NotEnabled = 113,
     /// Something failed inside the server; the request may be retried.
     Internal = 500,
+    /// The app's backend (a proxy call) did not answer in time, could not be reached, or
+    /// answered something unusable; the request may be retried.
+    BadBackend = 502,
     /// The broker cannot take the request now; retry later.
     Unavailable = 503,
 }
@@ -70,6 +73,7 @@ impl ErrorCode {
             Self::RateLimited => "rate_limited",
             Self::NotEnabled => "not_enabled",
             Self::Internal => "internal",
+            Self::BadBackend => "bad_backend",
             Self::Unavailable => "unavailable",
         }
     }
@@ -81,6 +85,7 @@ impl ErrorCode {
             Self::PermissionDenied | Self::InvalidToken => 403,
             Self::RateLimited => 429,
             Self::Internal => 500,
+            Self::BadBackend => 502,
             Self::Unavailable => 503,
             _ => 400,
         }
@@ -133,6 +138,9 @@ pub enum CloseCode {
     Idle,
     /// 4501: disconnected by the application through the server API: do not reconnect.
     Disconnected,
+    /// 4000–4999 chosen by the app's backend (a proxy call answered `disconnect`); the ranges
+    /// keep their meaning: below 4500 reconnect, from 4500 do not.
+    App(u16),
 }
 
 impl CloseCode {
@@ -174,6 +182,7 @@ impl CloseCode {
             Self::DisconnectedReconnect => 4005,
             Self::Idle => 4500,
             Self::Disconnected => 4501,
+            Self::App(number) => number,
         }
     }
 
@@ -198,7 +207,9 @@ impl CloseCode {
             Self::InsufficientState => "missed publications; reconnect and recover",
             Self::TokenExpired => "token expired",
             Self::RateLimited => "rate limit exceeded repeatedly",
-            Self::DisconnectedReconnect | Self::Disconnected => "disconnected by the server",
+            Self::DisconnectedReconnect | Self::Disconnected | Self::App(_) => {
+                "disconnected by the server"
+            }
             Self::Idle => "idle: no subscription and no command",
         }
     }
@@ -206,10 +217,13 @@ impl CloseCode {
     /// Whether a client should connect again (with back-off; after recovering where the
     /// code says so). 1002 and 1007 say yes: only once the client is fixed will it help.
     pub const fn reconnect(self) -> bool {
-        !matches!(
-            self,
-            Self::Normal | Self::PolicyViolation | Self::Idle | Self::Disconnected
-        )
+        match self {
+            Self::App(number) => number < 4500,
+            _ => !matches!(
+                self,
+                Self::Normal | Self::PolicyViolation | Self::Idle | Self::Disconnected
+            ),
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 //! [`ServerFrame`], or a push alone as a [`Push`].
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 use super::{ChannelName, ErrorCode, Member, Publication};
 
@@ -135,6 +136,12 @@ pub struct PublishOk {
     pub offset: u64,
 }
 
+/// `ok` body of an `rpc` reply: what the backend answered.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RpcOk<D = Box<RawValue>> {
+    pub data: D,
+}
+
 /// `ok` body of a `refresh` reply.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Refreshed {
@@ -223,7 +230,11 @@ pub fn encode_ok<T: Serialize>(id: u64, body: &T) -> String {
 
 /// Encodes an error reply (with an id) or an error push (without).
 pub fn encode_error(id: Option<u64>, code: ErrorCode, message: &str) -> String {
-    let body = ErrorBody::new(code, message);
+    encode_error_body(id, ErrorBody::new(code, message))
+}
+
+/// [`encode_error`] with any code: the app's own (400–1999) from its backend.
+pub fn encode_error_body(id: Option<u64>, body: ErrorBody) -> String {
     match id {
         Some(id) => encode(&Reply::<()> {
             id,

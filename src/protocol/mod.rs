@@ -28,12 +28,13 @@ mod request;
 pub use codes::{CloseCode, ErrorCode};
 pub use frames::{
     Connected, Empty, ErrorBody, HistoryOk, Outcome, PING_FRAME, PresenceBatch, PresenceChange,
-    PresenceOk, PresenceStatsOk, PublishOk, Push, Refreshed, Reply, ServerFrame, SubscribeOk,
-    SubscribedPush, UnsubscribedPush, encode, encode_error, encode_ok,
+    PresenceOk, PresenceStatsOk, PublishOk, Push, Refreshed, Reply, RpcOk, ServerFrame,
+    SubscribeOk, SubscribedPush, UnsubscribedPush, encode, encode_error, encode_error_body,
+    encode_ok,
 };
 pub use request::{
     Command, Connect, DecodeError, History, Presence, PresenceStats, Publish, Refresh, Request,
-    Subscribe, Unsubscribe, decode_request,
+    Rpc, Subscribe, Unsubscribe, decode_request,
 };
 
 /// The protocol version this server speaks; reported in the `connected` push.

@@ -33,6 +33,8 @@ pub enum Command<D = Box<RawValue>> {
     History(History),
     Presence(Presence),
     PresenceStats(PresenceStats),
+    /// A call to the app's backend (`--proxy-rpc`), answered with its `data`.
+    Rpc(Rpc<D>),
     /// A client-side liveness probe; replied to with `ok {}`.
     Ping,
     /// The answer to a server `{"ping":{}}`; never replied to.
@@ -68,6 +70,15 @@ pub struct Subscribe {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Unsubscribe {
     pub channel: ChannelName,
+}
+
+/// A remote procedure call handled by the app's backend: `method` names it, `data` is passed
+/// through as is.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Rpc<D = Box<RawValue>> {
+    pub method: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<D>,
 }
 
 /// With `idempotency_key`, a retry within the server's window is answered with the first
@@ -184,6 +195,7 @@ pub fn decode_request(text: &str) -> Result<Request, DecodeError> {
         "history" => Command::History(fields.with_channel(head.channel)?),
         "presence" => Command::Presence(fields.with_channel(head.channel)?),
         "presence_stats" => Command::PresenceStats(fields.with_channel(head.channel)?),
+        "rpc" => Command::Rpc(fields.read()?),
         "ping" => Command::Ping,
         "pong" => Command::Pong,
         other => {

@@ -11,13 +11,15 @@ use std::sync::Arc;
 use super::pipeline::Published;
 use super::{Refusal, Session};
 use crate::auth::Identity;
+use crate::backend::{Answer, Caller};
 use crate::metrics::metrics;
 use crate::node::{ContinuityError, Recovery, Subscribed, UserCommand};
 use crate::outbox::{Closing, Frame};
 use crate::protocol::{
-    ChannelName, Command, Empty, ErrorCode, History, HistoryOk, Presence, PresenceOk,
-    PresenceStats, PresenceStatsOk, Publish, PublishOk, Push, Secret, StreamPosition, Subscribe,
-    SubscribeOk, SubscribedPush, Unsubscribe, UnsubscribedPush, encode, encode_error, encode_ok,
+    ChannelName, CloseCode, Command, Empty, ErrorBody, ErrorCode, History, HistoryOk, Presence,
+    PresenceOk, PresenceStats, PresenceStatsOk, Publish, PublishOk, Push, Rpc, RpcOk, Secret,
+    StreamPosition, Subscribe, SubscribeOk, SubscribedPush, Unsubscribe, UnsubscribedPush, encode,
+    encode_error, encode_error_body, encode_ok,
 };
 
 impl Session<'_> {
@@ -47,8 +49,36 @@ impl Session<'_> {
                 Box::pin(self.presence_stats(identity, id, channel)).await
             }
             Command::Refresh(refresh) => self.refresh(identity, id, refresh.token.expose()),
+            Command::Rpc(rpc) => Box::pin(self.rpc(identity, id, rpc)).await,
             Command::Ping => self.reply_ok(id, &Empty {}),
             Command::Connect(_) | Command::Pong => {}
+        }
+    }
+
+    /// `rpc`: the backend answers (`--proxy-rpc`); the session waits for it, so a connection
+    /// has one call in flight at most.
+    async fn rpc(&mut self, identity: &Identity, id: Option<u64>, rpc: Rpc) {
+        let backend = self.gate.backend.clone();
+        if !backend.handles_rpc() {
+            let message = "rpc is off: the server has no --proxy-rpc";
+            return self.reply_error(id, &Refusal::new(ErrorCode::NotEnabled, message));
+        }
+        let caller = Caller {
+            client: &self.client,
+            user: &identity.user,
+            forwarded: &self.forwarded,
+        };
+        match backend.rpc(&caller, &rpc.method, rpc.data.as_deref()).await {
+            Ok(Answer::Result(data)) => self.reply_ok(id, &RpcOk { data }),
+            Ok(Answer::Error { code, message }) => {
+                let body = ErrorBody { code, message };
+                self.outbox.push(Frame::from(encode_error_body(id, body)));
+            }
+            Ok(Answer::Disconnect { code, reason }) => {
+                self.outbox
+                    .close(Closing::because(CloseCode::App(code), reason));
+            }
+            Err(err) => self.reply_error(id, &Refusal::new(ErrorCode::BadBackend, err)),
         }
     }
 

@@ -18,6 +18,8 @@ pub(crate) struct Gate {
     /// `None`: no token key is configured, and tokens are refused.
     pub verifier: Option<Verifier>,
     pub allow_anonymous: bool,
+    /// The app's backend, for the commands it decides.
+    pub backend: Arc<crate::backend::Backend>,
 }
 
 impl Gate {

@@ -160,6 +160,8 @@ pub(crate) struct Handshake {
     /// From the `token` query parameter or an `Authorization: Bearer` header.
     pub token: Option<Secret>,
     pub ticket: Ticket,
+    /// The handshake headers named with `--proxy-header`, for the backend.
+    pub forwarded: crate::backend::Forwarded,
 }
 
 /// Everything a session starts from besides its transport.
@@ -243,6 +245,7 @@ async fn serve<I: Incoming, O: Outgoing>(
         clocks: &clocks,
         mailbox: None,
         pipeline: pipeline::Pipeline::default(),
+        forwarded: handshake.forwarded,
     };
     let _open = OpenConnection::count();
     session.greet(handshake.token.as_ref(), handshake.name.as_deref());
@@ -380,6 +383,8 @@ struct Session<'a> {
     mailbox: Option<Arc<Mailbox>>,
     /// Publishes sent to the node, not yet answered.
     pipeline: pipeline::Pipeline,
+    /// The handshake headers forwarded to the backend.
+    forwarded: crate::backend::Forwarded,
 }
 
 impl Session<'_> {

@@ -108,11 +108,13 @@ impl Client {
             gate: Arc::new(Gate {
                 verifier: None,
                 allow_anonymous: true,
+                backend: no_backend(),
             }),
             handshake: Handshake {
                 name: Some(name.into()),
                 token: None,
                 ticket,
+                forwarded: Box::default(),
             },
             shutdown: CancellationToken::new(),
         });
@@ -313,11 +315,13 @@ async fn without_anonymous_access_no_command_runs_before_connect() {
         gate: Arc::new(Gate {
             verifier: None,
             allow_anonymous: false,
+            backend: no_backend(),
         }),
         handshake: Handshake {
             name: Some("sneaky".into()),
             token: None,
             ticket: admission.admit(IpAddr::V4(Ipv4Addr::LOCALHOST)).unwrap(),
+            forwarded: Box::default(),
         },
         shutdown: CancellationToken::new(),
     });
@@ -339,4 +343,10 @@ async fn without_anonymous_access_no_command_runs_before_connect() {
     );
     let channels = node.channels().await.unwrap();
     assert!(channels.is_empty(), "nothing was subscribed: {channels:?}");
+}
+
+/// A backend handle with no endpoint configured.
+fn no_backend() -> Arc<crate::backend::Backend> {
+    let settings = crate::config::ProxySettings::default();
+    Arc::new(crate::backend::Backend::new(&settings).expect("no backend"))
 }

@@ -46,6 +46,9 @@ mod metrics;
 /// Presence: the store contract on memory, Redis and Redis Cluster; crash safety; presence
 /// across real nodes.
 mod presence;
+/// Calls to the app's backend: `rpc` through `--proxy-rpc`, forwarded headers, the backend's
+/// answers and failures.
+mod proxy;
 /// Channels: subscribe, publish, unsubscribe, ordering under concurrency.
 mod pubsub;
 /// History and recovery from a position.

@@ -1,0 +1,325 @@
+//! The app's backend in the loop: calls Tidings makes to it over HTTP (`--proxy-*`), so that a
+//! backend with its own sessions and rules decides what clients may do.
+//!
+//! Each call POSTs JSON — `client`, `transport`, the client's handshake headers named with
+//! `--proxy-header`, the user, and the call's own fields — and the backend answers 200 with
+//! exactly one of `{"result":…}`, `{"error":{"code","message"}}` (the client gets that error;
+//! codes 400–1999 are the app's) or `{"disconnect":{"code","reason"}}` (the connection closes
+//! with that code, 4000–4999). Anything else — no answer within `--proxy-timeout`, a refused
+//! connection, another status, unreadable JSON — is the backend's failure: the client gets
+//! error 502, and the call is logged and counted (`tidings_proxy_errors_total`).
+//!
+//! Bounded: a connection makes one call at a time (its session awaits it), and the node at most
+//! [`MAX_IN_FLIGHT`]; past that, calls fail at once (`busy`) rather than queue behind a slow
+//! backend. Connections to the backend are kept alive and reused (HTTP/1.1, or HTTP/2 over TLS).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use tokio::sync::Semaphore;
+
+use crate::config::ProxySettings;
+use crate::metrics::metrics;
+
+/// Calls to the backend in flight on one node, at most.
+pub const MAX_IN_FLIGHT: usize = 1024;
+
+/// The handshake headers a connection forwards to the backend (only those named).
+pub type Forwarded = Box<[(HeaderName, HeaderValue)]>;
+
+/// The backend's endpoints and a pooled HTTP client for them.
+#[derive(Debug)]
+pub struct Backend {
+    client: reqwest::Client,
+    rpc: Option<reqwest::Url>,
+    timeout: Duration,
+    headers: Box<[HeaderName]>,
+    slots: Arc<Semaphore>,
+}
+
+/// Why the backend's answer could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("{MAX_IN_FLIGHT} calls to the backend are already in flight on this node")]
+    Busy,
+    #[error("the backend did not answer within {0:?} (--proxy-timeout)")]
+    Timeout(Duration),
+    #[error("the backend could not be reached: {0}")]
+    Unreachable(String),
+    #[error("the backend answered HTTP {0}, not 200")]
+    Status(u16),
+    #[error("the backend's answer is not usable: {0}")]
+    Garbage(String),
+}
+
+impl BackendError {
+    fn label(&self) -> &'static str {
+        match self {
+            Self::Busy => "busy",
+            Self::Timeout(_) => "timeout",
+            Self::Unreachable(_) => "unreachable",
+            Self::Status(_) => "status",
+            Self::Garbage(_) => "garbage",
+        }
+    }
+}
+
+/// What the backend decided.
+#[derive(Debug)]
+pub enum Answer {
+    /// Go ahead; the call's result.
+    Result(Box<RawValue>),
+    /// Refuse with the app's error (400–1999); the connection stays open.
+    Error { code: u16, message: String },
+    /// Close the connection with this code (4000–4999).
+    Disconnect { code: u16, reason: String },
+}
+
+/// Who is calling: what every call carries besides its own fields.
+#[derive(Debug)]
+pub struct Caller<'a> {
+    pub client: &'a str,
+    pub user: &'a str,
+    pub forwarded: &'a [(HeaderName, HeaderValue)],
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Reply {
+    #[serde(default)]
+    result: Option<Box<RawValue>>,
+    #[serde(default)]
+    error: Option<AppError>,
+    #[serde(default)]
+    disconnect: Option<AppDisconnect>,
+}
+
+#[derive(Deserialize)]
+struct AppError {
+    code: u16,
+    message: String,
+}
+
+#[derive(Deserialize)]
+struct AppDisconnect {
+    code: u16,
+    reason: String,
+}
+
+#[derive(Serialize)]
+struct RpcCall<'a> {
+    client: &'a str,
+    transport: &'static str,
+    headers: serde_json::Map<String, serde_json::Value>,
+    user: &'a str,
+    method: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<&'a RawValue>,
+}
+
+/// Why the settings cannot make a backend client.
+#[derive(Debug, thiserror::Error)]
+#[error("--proxy-*: {0}")]
+pub struct SettingsError(String);
+
+impl Backend {
+    pub fn new(settings: &ProxySettings) -> Result<Self, SettingsError> {
+        let url = |url: &Option<String>| {
+            url.as_deref()
+                .map(reqwest::Url::parse)
+                .transpose()
+                .map_err(|err| SettingsError(err.to_string()))
+        };
+        let headers = settings
+            .headers
+            .iter()
+            .map(|name| HeaderName::try_from(name.trim()))
+            .collect::<Result<Box<[_]>, _>>()
+            .map_err(|err| SettingsError(err.to_string()))?;
+        let mut client = reqwest::Client::builder()
+            .tcp_nodelay(true)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .tls_built_in_root_certs(false);
+        for cert in rustls_native_certs::load_native_certs().certs {
+            if let Ok(cert) = reqwest::Certificate::from_der(&cert) {
+                client = client.add_root_certificate(cert);
+            }
+        }
+        Ok(Self {
+            client: client
+                .build()
+                .map_err(|err| SettingsError(err.to_string()))?,
+            rpc: url(&settings.rpc)?,
+            timeout: settings.timeout,
+            headers,
+            slots: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+        })
+    }
+
+    /// The named headers of a handshake, to forward with every call of its connection.
+    pub fn forwarded(&self, headers: &HeaderMap) -> Forwarded {
+        self.headers
+            .iter()
+            .flat_map(|name| {
+                headers
+                    .get_all(name)
+                    .iter()
+                    .map(|value| (name.clone(), value.clone()))
+            })
+            .collect()
+    }
+
+    pub fn handles_rpc(&self) -> bool {
+        self.rpc.is_some()
+    }
+
+    /// An `rpc` call: the backend's `result` must be `{"data":…}`; its `data` is returned.
+    pub async fn rpc(
+        &self,
+        caller: &Caller<'_>,
+        method: &str,
+        data: Option<&RawValue>,
+    ) -> Result<Answer, BackendError> {
+        let Some(url) = &self.rpc else {
+            return Err(BackendError::Garbage("--proxy-rpc is not set".into()));
+        };
+        let body = RpcCall {
+            client: caller.client,
+            transport: "websocket",
+            headers: headers_json(caller.forwarded),
+            user: caller.user,
+            method,
+            data,
+        };
+        match self.post("rpc", url, caller.forwarded, &body).await? {
+            Answer::Result(result) => {
+                #[derive(Deserialize)]
+                struct Data {
+                    data: Box<RawValue>,
+                }
+                let Data { data } = serde_json::from_str(result.get()).map_err(|_| {
+                    self.failed(
+                        "rpc",
+                        BackendError::Garbage(r#"rpc result without "data""#.into()),
+                    )
+                })?;
+                Ok(Answer::Result(data))
+            }
+            other => Ok(other),
+        }
+    }
+
+    /// POSTs `body` and reads the answer, within the timeout and a slot of the node's bound.
+    async fn post(
+        &self,
+        kind: &'static str,
+        url: &reqwest::Url,
+        forwarded: &[(HeaderName, HeaderValue)],
+        body: &impl Serialize,
+    ) -> Result<Answer, BackendError> {
+        let Ok(_slot) = self.slots.clone().try_acquire_owned() else {
+            return Err(self.failed(kind, BackendError::Busy));
+        };
+        let started = Instant::now();
+        let body = serde_json::to_vec(body)
+            .map_err(|err| self.failed(kind, BackendError::Garbage(err.to_string())))?;
+        let mut request = self
+            .client
+            .post(url.clone())
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body);
+        for (name, value) in forwarded {
+            request = request.header(name, value);
+        }
+        let call = async {
+            let response = request
+                .send()
+                .await
+                .map_err(|err| BackendError::Unreachable(without_url(&err)))?;
+            let status = response.status().as_u16();
+            if status != 200 {
+                return Err(BackendError::Status(status));
+            }
+            let bytes = response
+                .bytes()
+                .await
+                .map_err(|err| BackendError::Unreachable(without_url(&err)))?;
+            parse(&bytes)
+        };
+        let answered = tokio::time::timeout(self.timeout, call).await;
+        metrics()
+            .proxy
+            .duration
+            .with_label_values(&[kind])
+            .observe(started.elapsed().as_secs_f64());
+        match answered {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(err)) => Err(self.failed(kind, err)),
+            Err(_) => Err(self.failed(kind, BackendError::Timeout(self.timeout))),
+        }
+    }
+
+    fn failed(&self, kind: &'static str, err: BackendError) -> BackendError {
+        metrics()
+            .proxy
+            .errors
+            .with_label_values(&[kind, err.label()])
+            .inc();
+        tracing::warn!(kind, %err, "call to the backend failed");
+        err
+    }
+}
+
+/// The forwarded headers as the JSON object of a call (lower-case names; values that are not
+/// text are left out).
+fn headers_json(
+    forwarded: &[(HeaderName, HeaderValue)],
+) -> serde_json::Map<String, serde_json::Value> {
+    let mut json = serde_json::Map::new();
+    for (name, value) in forwarded {
+        if let Ok(value) = value.to_str() {
+            json.insert(name.as_str().to_owned(), value.into());
+        }
+    }
+    json
+}
+
+/// reqwest's message without the URL (whose query could hold a secret).
+fn without_url(err: &reqwest::Error) -> String {
+    let mut text = String::from(if err.is_connect() {
+        "connection failed"
+    } else {
+        "request failed"
+    });
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+fn parse(bytes: &[u8]) -> Result<Answer, BackendError> {
+    let reply: Reply = serde_json::from_slice(bytes)
+        .map_err(|err| BackendError::Garbage(format!("not the expected JSON: {err}")))?;
+    match (reply.result, reply.error, reply.disconnect) {
+        (Some(result), None, None) => Ok(Answer::Result(result)),
+        (None, Some(AppError { code, message }), None) if (400..=1999).contains(&code) => {
+            Ok(Answer::Error { code, message })
+        }
+        (None, None, Some(AppDisconnect { code, reason })) if (4000..=4999).contains(&code) => {
+            Ok(Answer::Disconnect { code, reason })
+        }
+        (None, Some(_), None) => Err(BackendError::Garbage("error code outside 400–1999".into())),
+        (None, None, Some(_)) => Err(BackendError::Garbage(
+            "disconnect code outside 4000–4999".into(),
+        )),
+        _ => Err(BackendError::Garbage(
+            "expected exactly one of result, error, disconnect".into(),
+        )),
+    }
+}
