@@ -23,6 +23,7 @@ use tokio::sync::Semaphore;
 
 use crate::config::ProxySettings;
 use crate::metrics::metrics;
+use crate::protocol::ChannelName;
 
 /// Calls to the backend in flight on one node, at most.
 pub const MAX_IN_FLIGHT: usize = 1024;
@@ -34,6 +35,7 @@ pub type Forwarded = Box<[(HeaderName, HeaderValue)]>;
 #[derive(Debug)]
 pub struct Backend {
     client: reqwest::Client,
+    connect: Option<reqwest::Url>,
     rpc: Option<reqwest::Url>,
     timeout: Duration,
     headers: Box<[HeaderName]>,
@@ -69,13 +71,38 @@ impl BackendError {
 
 /// What the backend decided.
 #[derive(Debug)]
-pub enum Answer {
+pub enum Answer<T = Box<RawValue>> {
     /// Go ahead; the call's result.
-    Result(Box<RawValue>),
+    Result(T),
     /// Refuse with the app's error (400–1999); the connection stays open.
     Error { code: u16, message: String },
     /// Close the connection with this code (4000–4999).
     Disconnect { code: u16, reason: String },
+}
+
+/// A connection the backend let in (`--proxy-connect`).
+#[derive(Debug, Deserialize)]
+pub struct Admitted {
+    pub user: String,
+    /// Shown with the user in presence.
+    #[serde(default)]
+    pub info: Option<serde_json::Value>,
+    /// Unix seconds after which the connection must be refreshed or closes (4003).
+    #[serde(default)]
+    pub expire_at: Option<u64>,
+    /// Channels the connection is subscribed to by the server.
+    #[serde(default)]
+    pub channels: Vec<ChannelName>,
+}
+
+/// The call of a new connection: no user yet.
+#[derive(Serialize)]
+struct ConnectCall<'a> {
+    client: &'a str,
+    transport: &'static str,
+    headers: serde_json::Map<String, serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
 }
 
 /// Who is calling: what every call carries besides its own fields.
@@ -152,6 +179,7 @@ impl Backend {
             client: client
                 .build()
                 .map_err(|err| SettingsError(err.to_string()))?,
+            connect: url(&settings.connect)?,
             rpc: url(&settings.rpc)?,
             timeout: settings.timeout,
             headers,
@@ -174,6 +202,47 @@ impl Backend {
 
     pub fn handles_rpc(&self) -> bool {
         self.rpc.is_some()
+    }
+
+    pub fn handles_connect(&self) -> bool {
+        self.connect.is_some()
+    }
+
+    /// A new connection without a token: the backend says who it is (from the forwarded
+    /// cookies, say), refuses it, or closes it. `name` is what the client asked to be called.
+    pub async fn connect(
+        &self,
+        client: &str,
+        forwarded: &[(HeaderName, HeaderValue)],
+        name: Option<&str>,
+    ) -> Result<Answer<Admitted>, BackendError> {
+        let Some(url) = &self.connect else {
+            return Err(BackendError::Garbage("--proxy-connect is not set".into()));
+        };
+        let body = ConnectCall {
+            client,
+            transport: "websocket",
+            headers: headers_json(forwarded),
+            name,
+        };
+        let answer = self.post("connect", url, forwarded, &body).await?;
+        let Answer::Result(result) = answer else {
+            return Ok(answer.without_result());
+        };
+        let admitted: Admitted = serde_json::from_str(result.get()).map_err(|err| {
+            self.failed(
+                "connect",
+                BackendError::Garbage(format!("connect result: {err}")),
+            )
+        })?;
+        let user_ok = !admitted.user.is_empty()
+            && admitted.user.chars().count() <= 255
+            && !admitted.user.chars().any(char::is_control);
+        if !user_ok {
+            let err = BackendError::Garbage("connect result: user must be 1–255 characters".into());
+            return Err(self.failed("connect", err));
+        }
+        Ok(Answer::Result(admitted))
     }
 
     /// An `rpc` call: the backend's `result` must be `{"data":…}`; its `data` is returned.
@@ -301,6 +370,17 @@ fn without_url(err: &reqwest::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+impl Answer {
+    /// An error or disconnect answer, for a caller expecting another result type.
+    fn without_result<T>(self) -> Answer<T> {
+        match self {
+            Self::Result(_) => unreachable!("only called on error and disconnect answers"),
+            Self::Error { code, message } => Answer::Error { code, message },
+            Self::Disconnect { code, reason } => Answer::Disconnect { code, reason },
+        }
+    }
 }
 
 fn parse(bytes: &[u8]) -> Result<Answer, BackendError> {

@@ -220,7 +220,7 @@ pub struct ServeArgs {
     pub token_issuer: Option<String>,
 
     /// Let connections without a token in (they pick a display name; `authenticated` is
-    /// false). Default: on when no token key is configured, off otherwise.
+    /// false). Default: on when neither a token key nor --proxy-connect is configured.
     #[arg(value_name = "BOOL", long, env = "TIDINGS_ALLOW_ANONYMOUS", num_args = 0..=1, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
     pub allow_anonymous: Option<bool>,
 
@@ -358,6 +358,11 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     pub api_key: Option<Secret>,
+
+    /// The app's backend decides connections that come without a token (from the forwarded
+    /// headers, e.g. its session cookie): Tidings POSTs each to this URL (docs/backend.md).
+    #[arg(value_name = "URL", long, env = "TIDINGS_PROXY_CONNECT")]
+    pub proxy_connect: Option<String>,
 
     /// The app's backend handles `rpc` commands: Tidings POSTs each to this URL
     /// (docs/backend.md).

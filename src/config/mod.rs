@@ -51,7 +51,7 @@ pub enum ConfigError {
     DuplicateNamespace(String),
     #[error(
         "--allow-anonymous=false with no token key: nobody could connect; configure \
-         --token-hmac-secret, --token-public-key or --token-jwks"
+         --token-hmac-secret, --token-public-key, --token-jwks or --proxy-connect"
     )]
     NobodyCanConnect,
 }
@@ -108,6 +108,7 @@ pub struct RedisSettings {
 /// Where the app's backend is called, for what, and with which of the client's headers.
 #[derive(Clone, Debug, Default)]
 pub struct ProxySettings {
+    pub connect: Option<String>,
     pub rpc: Option<String>,
     pub timeout: Duration,
     pub headers: Vec<String>,
@@ -173,8 +174,11 @@ impl ServeArgs {
             audience: self.token_audience,
             issuer: self.token_issuer,
         };
-        let allow_anonymous = self.allow_anonymous.unwrap_or(!tokens.has_keys());
-        if !allow_anonymous && !tokens.has_keys() {
+        // With a connect proxy the backend decides: a connection it refuses must not get in
+        // anonymously by default.
+        let other_way_in = tokens.has_keys() || self.proxy_connect.is_some();
+        let allow_anonymous = self.allow_anonymous.unwrap_or(!other_way_in);
+        if !allow_anonymous && !other_way_in {
             return Err(ConfigError::NobodyCanConnect);
         }
         let history = HistorySettings {
@@ -224,6 +228,7 @@ impl ServeArgs {
             body_timeout: self.body_timeout,
             api_key: self.api_key,
             proxy: ProxySettings {
+                connect: self.proxy_connect,
                 rpc: self.proxy_rpc,
                 timeout: self.proxy_timeout,
                 headers: self.proxy_headers,
@@ -313,11 +318,16 @@ impl ServeArgs {
             });
         }
         let http = |url: &str| url.starts_with("http://") || url.starts_with("https://");
-        if self.proxy_rpc.as_deref().is_some_and(|url| !http(url)) {
-            return Err(ConfigError::Invalid {
-                flag: "proxy-rpc",
-                reason: "must be an http:// or https:// URL",
-            });
+        for (url, flag) in [
+            (&self.proxy_connect, "proxy-connect"),
+            (&self.proxy_rpc, "proxy-rpc"),
+        ] {
+            if url.as_deref().is_some_and(|url| !http(url)) {
+                return Err(ConfigError::Invalid {
+                    flag,
+                    reason: "must be an http:// or https:// URL",
+                });
+            }
         }
         let token = |name: &str| {
             !name.is_empty()

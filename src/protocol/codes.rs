@@ -134,6 +134,9 @@ pub enum CloseCode {
     RateLimited,
     /// 4005: disconnected by the application through the server API, reconnect allowed.
     DisconnectedReconnect,
+    /// 4006: the app's backend could not decide the connection (`--proxy-connect` timed out,
+    /// was unreachable or answered garbage): reconnect with back-off.
+    BackendUnavailable,
     /// 4500: subscribed to nothing and sent nothing for `--idle-timeout`.
     Idle,
     /// 4501: disconnected by the application through the server API: do not reconnect.
@@ -144,7 +147,7 @@ pub enum CloseCode {
 }
 
 impl CloseCode {
-    const ALL: [Self; 16] = [
+    const ALL: [Self; 17] = [
         Self::Normal,
         Self::GoingAway,
         Self::ProtocolError,
@@ -159,6 +162,7 @@ impl CloseCode {
         Self::TokenExpired,
         Self::RateLimited,
         Self::DisconnectedReconnect,
+        Self::BackendUnavailable,
         Self::Idle,
         Self::Disconnected,
     ];
@@ -180,6 +184,7 @@ impl CloseCode {
             Self::TokenExpired => 4003,
             Self::RateLimited => 4004,
             Self::DisconnectedReconnect => 4005,
+            Self::BackendUnavailable => 4006,
             Self::Idle => 4500,
             Self::Disconnected => 4501,
             Self::App(number) => number,
@@ -211,6 +216,7 @@ impl CloseCode {
                 "disconnected by the server"
             }
             Self::Idle => "idle: no subscription and no command",
+            Self::BackendUnavailable => "the app's backend could not decide the connection",
         }
     }
 

@@ -183,7 +183,7 @@ impl Session<'_> {
 
     /// The server API's subscribe: no rules, nothing to reply to, a `subscribed` push instead;
     /// a connection already subscribed is left as it is.
-    async fn subscribe_for_server(&mut self, identity: &Identity, channel: ChannelName) {
+    pub(super) async fn subscribe_for_server(&mut self, identity: &Identity, channel: ChannelName) {
         if self.outbox.is_subscribed(&channel) {
             return;
         }

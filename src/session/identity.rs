@@ -3,13 +3,16 @@
 //! runs no other command until it has an [`Identity`].
 
 use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
 
 use super::heartbeat::{NEVER, millis};
 use super::{Refusal, Session};
 use crate::auth::{AuthError, ConnectionClaims, Identity, Verifier, millis_until};
+use crate::backend::Answer;
 use crate::outbox::{Closing, Frame};
 use crate::protocol::{
-    self, CloseCode, Connect, Connected, ErrorCode, Push, Refreshed, encode, encode_ok,
+    self, CloseCode, Connect, Connected, ErrorBody, ErrorCode, Push, Refreshed, encode,
+    encode_error_body, encode_ok,
 };
 
 /// How connections prove who they are.
@@ -149,6 +152,53 @@ impl Session<'_> {
             None => encode(&Push::<()>::Connected(connected)),
         };
         self.outbox.push(Frame::from(frame));
+    }
+
+    /// A connection without a token where the app's backend decides (`--proxy-connect`): it
+    /// names the user (and the channels the server subscribes it to), refuses with an error
+    /// (the client may still connect otherwise before the handshake timeout), or closes it.
+    pub(super) async fn connect_via_backend(&mut self, name: Option<&str>) {
+        let backend = self.gate.backend.clone();
+        let admitted = match backend.connect(&self.client, &self.forwarded, name).await {
+            Ok(Answer::Result(admitted)) => admitted,
+            Ok(Answer::Error { code, message }) => {
+                let error = encode_error_body(None, ErrorBody { code, message });
+                self.outbox.push(Frame::from(error));
+                return self.greet(None, name);
+            }
+            Ok(Answer::Disconnect { code, reason }) => {
+                let closing = Closing::because(CloseCode::App(code), reason);
+                return self.outbox.close(closing);
+            }
+            Err(_) => {
+                // Logged and counted by the backend client; the client hears the code.
+                let code = CloseCode::BackendUnavailable;
+                return self.outbox.close(Closing::because(code, code.reason()));
+            }
+        };
+        let user: Arc<str> = admitted.user.into();
+        if let Err(refused) = self.ticket.admit_user(&user) {
+            self.outbox
+                .close(Closing::because(refused.close_code(), refused.to_string()));
+            return;
+        }
+        let expires_in_ms = admitted
+            .expire_at
+            .map(|at| millis_until(UNIX_EPOCH + Duration::from_secs(at)));
+        if let Some(left) = expires_in_ms {
+            let at = self.clocks.now().saturating_add(left);
+            self.clocks.set(&self.clocks.expires, at);
+        }
+        self.mailbox = Some(self.node.register_user(&user, self.outbox.id()));
+        let identity = Identity {
+            user,
+            authenticated: true,
+            info: admitted.info.map(Arc::new),
+        };
+        self.establish(None, identity.clone(), expires_in_ms);
+        for channel in admitted.channels {
+            Box::pin(self.subscribe_for_server(&identity, channel)).await;
+        }
     }
 
     /// Replaces the token of an authenticated connection, moving its expiry.

@@ -248,7 +248,11 @@ async fn serve<I: Incoming, O: Outgoing>(
         forwarded: handshake.forwarded,
     };
     let _open = OpenConnection::count();
-    session.greet(handshake.token.as_ref(), handshake.name.as_deref());
+    if handshake.token.is_none() && session.gate.backend.handles_connect() {
+        Box::pin(session.connect_via_backend(handshake.name.as_deref())).await;
+    } else {
+        session.greet(handshake.token.as_ref(), handshake.name.as_deref());
+    }
     tracing::debug!(
         client = %session.client,
         user = session.identity.as_ref().map(|i| &*i.user),

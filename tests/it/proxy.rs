@@ -14,11 +14,31 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use crate::metrics::scrape;
 use crate::support::{Ended, TestServer, WAIT, WsClient, within};
 
+/// The connect proxy's decisions, by the session cookie the client brought.
+async fn connect(headers: HeaderMap, Json(call): Json<Value>) -> Json<Value> {
+    assert_eq!(call["transport"], "websocket");
+    let cookie = headers
+        .get("cookie")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    Json(match cookie {
+        "session=ann" => json!({"result": {
+            "user": "ann-from-cookie", "info": {"plan": "pro"}, "channels": ["news"],
+        }}),
+        "session=banned" => json!({"disconnect": {"code": 4403, "reason": "banned"}}),
+        "session=slow" => {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            json!({"result": {"user": "late"}})
+        }
+        _ => json!({"error": {"code": 1401, "message": "log in first"}}),
+    })
+}
+
 /// A real HTTP backend on a loopback port: each `rpc` method answers its own way.
 async fn backend() -> (SocketAddr, Arc<AtomicUsize>) {
     let calls = Arc::new(AtomicUsize::new(0));
     let counted = calls.clone();
-    let app = Router::new().route(
+    let app = Router::new().route("/connect", post(connect)).route(
         "/rpc",
         post(move |headers: HeaderMap, Json(call): Json<Value>| {
             let counted = counted.clone();
@@ -54,12 +74,17 @@ async fn backend() -> (SocketAddr, Arc<AtomicUsize>) {
 }
 
 async fn client_with_headers(server: &TestServer, name: &str) -> WsClient {
+    client_with_cookie(server, name, "session=abc123").await
+}
+
+/// A client whose handshake carries `cookie` (and a header nobody named).
+async fn client_with_cookie(server: &TestServer, name: &str, cookie: &str) -> WsClient {
     let mut request = server
         .url(&format!("/ws?name={name}"))
         .into_client_request()
         .unwrap();
     let headers = request.headers_mut();
-    headers.insert("cookie", "session=abc123".parse().unwrap());
+    headers.insert("cookie", cookie.parse().unwrap());
     headers.insert("x-other", "must-not-travel".parse().unwrap());
     WsClient::connect_request(request, None).await.unwrap()
 }
@@ -171,6 +196,84 @@ async fn rpc_without_a_backend_is_not_enabled_and_an_unreachable_backend_is_a_50
     let m = scrape(server.addr).await;
     assert_eq!(
         m["tidings_proxy_errors_total{error=\"unreachable\",kind=\"rpc\"}"],
+        1.0
+    );
+}
+
+/// Cookie-authenticated connections: the backend names the user and the server-side
+/// subscriptions, refuses with its close code or its error, and a slow backend closes only
+/// the connection it was deciding (4006).
+#[tokio::test]
+async fn the_connect_proxy_lets_cookie_clients_in_as_the_user_the_backend_names() {
+    let (addr, _) = backend().await;
+    let url = format!("http://{addr}/connect");
+    let server = TestServer::start(&[
+        "--proxy-connect",
+        &url,
+        "--proxy-header",
+        "Cookie",
+        "--proxy-timeout",
+        "500ms",
+        "--handshake-timeout",
+        "1s",
+    ])
+    .await;
+    let mut ann = client_with_cookie(&server, "x", "session=ann").await;
+    let connected = ann.connected().await;
+    assert_eq!(
+        (connected.user.as_str(), connected.authenticated),
+        ("ann-from-cookie", true)
+    );
+    match ann.next_push().await {
+        tidings::protocol::Push::Subscribed(pushed) => assert_eq!(pushed.channel, "news"),
+        other => panic!("expected the server-side subscription, got {other:?}"),
+    }
+
+    // A slow backend: that connection closes with 4006; others get in meanwhile.
+    let slow = tokio::spawn({
+        let url = server.url("/ws");
+        async move {
+            let mut request = url.into_client_request().unwrap();
+            request
+                .headers_mut()
+                .insert("cookie", "session=slow".parse().unwrap());
+            let mut client = WsClient::connect_request(request, None).await.unwrap();
+            client.ended(WAIT).await
+        }
+    });
+    let mut again = client_with_cookie(&server, "y", "session=ann").await;
+    assert_eq!(again.connected().await.user, "ann-from-cookie");
+    match within(WAIT, "slow connect", slow).await.unwrap() {
+        Ended::Closed(Some((code, _))) => assert_eq!(code, 4006),
+        other => panic!("expected 4006, got {other:?}"),
+    }
+    let mut publisher = again;
+    publisher.publish("news", json!("extra")).await;
+    assert_eq!(ann.next_pub().await.data, json!("extra"));
+
+    let mut banned = client_with_cookie(&server, "z", "session=banned").await;
+    match banned.ended(WAIT).await {
+        Ended::Closed(Some((code, reason))) => {
+            assert_eq!((code, reason.as_str()), (4403, "banned"))
+        }
+        other => panic!("expected 4403, got {other:?}"),
+    }
+    // An error answer is told; without a token in time the connection is then refused
+    // (no anonymous fallback by default with a connect proxy).
+    let mut stranger = client_with_cookie(&server, "w", "session=nobody").await;
+    match stranger.try_recv(WAIT).await {
+        Ok(tidings::protocol::ServerFrame::Push(tidings::protocol::Push::Error(err))) => {
+            assert_eq!((err.code, err.message.as_str()), (1401, "log in first"));
+        }
+        other => panic!("expected the backend's error, got {other:?}"),
+    }
+    match stranger.ended(WAIT).await {
+        Ended::Closed(Some((code, _))) => assert_eq!(code, 1008),
+        other => panic!("expected 1008, got {other:?}"),
+    }
+    let m = scrape(server.addr).await;
+    assert_eq!(
+        m["tidings_proxy_errors_total{error=\"timeout\",kind=\"connect\"}"],
         1.0
     );
 }
