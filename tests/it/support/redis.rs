@@ -19,6 +19,17 @@ pub(crate) fn free_port() -> u16 {
         .expect("free port")
 }
 
+/// A free port for a cluster node: Redis listens for the cluster bus 10,000 above it, so the
+/// port must be at most 55,535 (Redis refuses to start otherwise) and its bus port free too.
+fn free_cluster_port() -> u16 {
+    loop {
+        let port = free_port();
+        if port <= 55_535 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+}
+
 pub(crate) fn temp_dir(tag: &str) -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
         "redis-{tag}-{}-{}",
@@ -190,7 +201,7 @@ impl RedisCluster {
         let mut ports = Vec::new();
         let mut children = Vec::new();
         for _ in 0..3 {
-            let port = free_port();
+            let port = free_cluster_port();
             let node_dir = dir.join(port.to_string());
             std::fs::create_dir_all(&node_dir).expect("node dir");
             let child = Command::new("redis-server")
