@@ -100,13 +100,24 @@ impl Session<'_> {
             Ok(claims) => claims,
             Err(err) => return self.refuse(&err.to_string()),
         };
-        let user: Arc<str> = claims.user.into();
+        let expires_in_ms = claims.expires.map(millis_until);
+        self.enter(id, claims.user.into(), claims.info, expires_in_ms);
+    }
+
+    /// Lets `user` in as authenticated, within the per-user cap (closing the connection
+    /// otherwise): the expiry clock set, reachable by server commands, told with `connected`.
+    fn enter(
+        &mut self,
+        id: Option<u64>,
+        user: Arc<str>,
+        info: Option<Arc<serde_json::Value>>,
+        expires_in_ms: Option<u64>,
+    ) -> Option<Identity> {
         if let Err(refused) = self.ticket.admit_user(&user) {
             self.outbox
                 .close(Closing::because(refused.close_code(), refused.to_string()));
-            return;
+            return None;
         }
-        let expires_in_ms = claims.expires.map(millis_until);
         if let Some(left) = expires_in_ms {
             let at = self.clocks.now().saturating_add(left);
             self.clocks.set(&self.clocks.expires, at);
@@ -115,9 +126,10 @@ impl Session<'_> {
         let identity = Identity {
             user,
             authenticated: true,
-            info: claims.info,
+            info,
         };
-        self.establish(id, identity, expires_in_ms);
+        self.establish(id, identity.clone(), expires_in_ms);
+        Some(identity)
     }
 
     pub(super) fn establish_anonymous(&mut self, id: Option<u64>, name: Option<&str>) {
@@ -176,26 +188,13 @@ impl Session<'_> {
                 return self.outbox.close(Closing::because(code, code.reason()));
             }
         };
-        let user: Arc<str> = admitted.user.into();
-        if let Err(refused) = self.ticket.admit_user(&user) {
-            self.outbox
-                .close(Closing::because(refused.close_code(), refused.to_string()));
-            return;
-        }
         let expires_in_ms = admitted
             .expire_at
             .map(|at| millis_until(UNIX_EPOCH + Duration::from_secs(at)));
-        if let Some(left) = expires_in_ms {
-            let at = self.clocks.now().saturating_add(left);
-            self.clocks.set(&self.clocks.expires, at);
-        }
-        self.mailbox = Some(self.node.register_user(&user, self.outbox.id()));
-        let identity = Identity {
-            user,
-            authenticated: true,
-            info: admitted.info.map(Arc::new),
+        let info = admitted.info.map(Arc::new);
+        let Some(identity) = self.enter(None, admitted.user.into(), info, expires_in_ms) else {
+            return;
         };
-        self.establish(None, identity.clone(), expires_in_ms);
         for channel in admitted.channels {
             Box::pin(self.subscribe_for_server(&identity, channel)).await;
         }

@@ -4,6 +4,7 @@
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -12,19 +13,33 @@ use tokio::process::{Child, Command};
 
 use super::{WAIT, within};
 
+/// A free port for a single redis-server (30000–32699; see [`port_in`]).
 pub(crate) fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|addr| addr.port())
-        .expect("free port")
+    port_in(30_000, 2_700)
 }
 
-/// A free port for a cluster node: Redis listens for the cluster bus 10,000 above it, so the
-/// port must be at most 55,535 (Redis refuses to start otherwise) and its bus port free too.
+/// A free port for a cluster node (10000–19999): Redis listens for the cluster bus 10,000
+/// above it, so its bus port (20000–29999) must be free too.
 fn free_cluster_port() -> u16 {
     loop {
-        let port = free_port();
-        if port <= 55_535 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+        let port = port_in(10_000, 10_000);
+        if TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// A free port in `base..base + span`, below the kernel's ephemeral range (32768 and up):
+/// nothing else this machine runs is handed such a port by `bind(0)` or as a connection's
+/// source port, so it stays free until the server binds it. A counter keeps this process's
+/// choices apart; the process id spreads concurrent test processes.
+fn port_in(base: u16, span: u16) -> u16 {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let spread = (std::process::id() % u32::from(span)) as u16;
+        let port = base + (spread.wrapping_mul(31).wrapping_add(n) % span);
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
     }
