@@ -145,6 +145,16 @@ export class Tidings extends EventTarget {
     return clients;
   }
 
+  /**
+   * Calls the app's backend (the server's `--proxy-rpc`): resolves with the `data` it
+   * answered, or rejects with a TidingsError carrying its code (the app's 400–1999, or 502 when
+   * the backend failed).
+   */
+  async rpc(method, data) {
+    const ok = await this.request({ op: "rpc", method, data });
+    return ok.data;
+  }
+
   /** How many connections and users are present: `{clients, users}`. */
   presenceStats(channel) {
     return this.request({ op: "presence_stats", channel });

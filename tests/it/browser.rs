@@ -120,7 +120,7 @@ impl Browser {
         .await
     }
 
-    async fn open(&mut self, url: &str) -> Result<Tab> {
+    pub(crate) async fn open(&mut self, url: &str) -> Result<Tab> {
         let target = self
             .call(None, "Target.createTarget", json!({"url": "about:blank"}))
             .await?;

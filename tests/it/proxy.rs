@@ -277,3 +277,39 @@ async fn the_connect_proxy_lets_cookie_clients_in_as_the_user_the_backend_names(
         1.0
     );
 }
+
+/// The JavaScript client's `rpc`, in headless Chromium: the backend's data comes back, its
+/// error rejects with the app's code and message.
+#[tokio::test]
+async fn the_js_client_calls_the_backend_with_rpc() {
+    let (addr, _) = backend().await;
+    let url = format!("http://{addr}/rpc");
+    let server = TestServer::start(&["--proxy-rpc", &url]).await;
+    let mut browser = crate::browser::Browser::launch().await.unwrap();
+    let tab = browser
+        .open(&format!("http://{}/", server.addr))
+        .await
+        .unwrap();
+    let script = format!(
+        "(async () => {{
+            const {{ Tidings }} = await import('/tidings.js');
+            const client = new Tidings({ws}, {{ name: 'js' }});
+            await new Promise((resolve) => {{
+                const check = setInterval(() => {{
+                    if (client.isConnected) {{ clearInterval(check); resolve(); }}
+                }}, 20);
+            }});
+            const answer = await client.rpc('echo', {{ n: 7 }});
+            let refused = null;
+            try {{ await client.rpc('refuse'); }} catch (e) {{ refused = [e.code, e.message]; }}
+            client.close();
+            return {{ user: answer.call.user, data: answer.call.data, refused }};
+        }})()",
+        ws = json!(server.url("/ws")),
+    );
+    let got = browser.eval(&tab, &script).await.unwrap();
+    assert_eq!(
+        got,
+        json!({"user": "js", "data": {"n": 7}, "refused": [1403, "not for you"]})
+    );
+}
