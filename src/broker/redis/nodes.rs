@@ -66,20 +66,27 @@ impl Inner {
             .map_err(fail)
     }
 
-    /// The channels the other nodes announced, their counts summed.
-    pub(super) async fn other_channels(&self) -> Result<HashMap<ChannelName, usize>, BrokerError> {
-        use fred::interfaces::{KeysInterface, SortedSetsInterface};
-        let inner = self;
+    /// The ids of the other nodes that announced themselves within the announcement TTL.
+    async fn others_alive(&self) -> Result<Vec<String>, BrokerError> {
+        use fred::interfaces::SortedSetsInterface;
         let since = (unix_seconds() - i64::try_from(ANNOUNCE_TTL.as_secs()).unwrap_or(15)) as f64;
-        let nodes: Vec<String> = inner
+        let nodes: Vec<String> = self
             .client
-            .zrangebyscore(inner.nodes_key(), since, f64::INFINITY, false, None)
+            .zrangebyscore(self.nodes_key(), since, f64::INFINITY, false, None)
             .await
             .map_err(|err| unavailable("listing nodes", err))?;
-        let others: Vec<String> = nodes
-            .into_iter()
-            .filter(|id| *id != inner.node_id)
-            .map(|id| inner.node_key(&id))
+        Ok(nodes.into_iter().filter(|id| *id != self.node_id).collect())
+    }
+
+    /// The channels the other nodes announced, their counts summed.
+    pub(super) async fn other_channels(&self) -> Result<HashMap<ChannelName, usize>, BrokerError> {
+        use fred::interfaces::KeysInterface;
+        let inner = self;
+        let others: Vec<String> = self
+            .others_alive()
+            .await?
+            .iter()
+            .map(|id| inner.node_key(id))
             .collect();
         let mut total: HashMap<ChannelName, usize> = HashMap::new();
         if others.is_empty() {
@@ -125,16 +132,11 @@ impl Inner {
 
     /// The summaries of the other nodes alive.
     pub(super) async fn other_nodes(&self) -> Result<Vec<NodeSummary>, BrokerError> {
-        use fred::interfaces::{KeysInterface, SortedSetsInterface};
-        let since = (unix_seconds() - i64::try_from(ANNOUNCE_TTL.as_secs()).unwrap_or(15)) as f64;
-        let nodes: Vec<String> = self
-            .client
-            .zrangebyscore(self.nodes_key(), since, f64::INFINITY, false, None)
-            .await
-            .map_err(|err| unavailable("listing nodes", err))?;
-        let keys: Vec<String> = nodes
+        use fred::interfaces::KeysInterface;
+        let keys: Vec<String> = self
+            .others_alive()
+            .await?
             .iter()
-            .filter(|id| **id != self.node_id)
             .map(|id| self.summary_key(id))
             .collect();
         if keys.is_empty() {
