@@ -1,8 +1,7 @@
-use std::time::Duration;
-
 use serde_json::json;
 use tokio::sync::mpsc;
 
+use crate::faults::readiness;
 use crate::metrics::{await_metric, scrape};
 use crate::support::proxy::PubsubEater;
 use crate::support::redis::RedisServer;
@@ -23,20 +22,6 @@ async fn node(redis_url: &str) -> TestServer {
     TestServer::launch(&args, &[("TIDINGS_LOG", Some("info"))])
         .await
         .expect("node starts")
-}
-
-/// Waits until `/readyz` answers `status`; returns its body.
-async fn readiness(server: &TestServer, status: u16) -> String {
-    within(WAIT * 2, &format!("/readyz {status}"), async {
-        loop {
-            let (got, _, body) = server.get("/readyz").await;
-            if got == status {
-                return body;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
 }
 
 /// Node A reaches Redis through a proxy that, once wedged, eats every pub/sub message while

@@ -14,8 +14,8 @@ async fn node(redis: &RedisServer) -> TestServer {
     TestServer::start(&["--redis-url", &redis.url(), "--history-size", "1000"]).await
 }
 
-/// Waits until `/readyz` answers `status` (200 or 503).
-async fn readiness(server: &TestServer, status: u16) -> String {
+/// Waits until `/readyz` answers `status` (200 or 503); returns its body.
+pub(crate) async fn readiness(server: &TestServer, status: u16) -> String {
     within(WAIT * 2, "readiness", async {
         loop {
             let (got, _, body) = server.get("/readyz").await;
