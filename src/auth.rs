@@ -501,6 +501,11 @@ impl ChannelRules {
         }
     }
 
+    /// Everything configured for `channel`'s namespace.
+    pub fn options(&self, channel: &ChannelName) -> &crate::config::NamespaceOptions {
+        self.namespaces.get(channel.namespace())
+    }
+
     /// Whether a client may publish in `channel`.
     pub fn check_publish(&self, channel: &ChannelName) -> Result<(), Denied> {
         if self.namespaces.get(channel.namespace()).publish {

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tokio::sync::Semaphore;
@@ -36,6 +37,9 @@ pub type Forwarded = Box<[(HeaderName, HeaderValue)]>;
 pub struct Backend {
     client: reqwest::Client,
     connect: Option<reqwest::Url>,
+    subscribe: Option<reqwest::Url>,
+    publish: Option<reqwest::Url>,
+    refresh: Option<reqwest::Url>,
     rpc: Option<reqwest::Url>,
     timeout: Duration,
     headers: Box<[HeaderName]>,
@@ -80,6 +84,26 @@ pub enum Answer<T = Box<RawValue>> {
     Disconnect { code: u16, reason: String },
 }
 
+/// What the backend says to a subscribe.
+#[derive(Debug, Deserialize)]
+pub struct SubscribeResult {
+    #[serde(default)]
+    pub info: Option<serde_json::Value>,
+}
+
+/// What the backend says to a publish: the data to publish instead, if any.
+#[derive(Debug, Deserialize)]
+pub struct PublishResult {
+    #[serde(default)]
+    pub data: Option<Box<RawValue>>,
+}
+
+/// What the backend says to a refresh: the connection's new expiry, in Unix seconds.
+#[derive(Debug, Deserialize)]
+pub struct RefreshResult {
+    pub expire_at: u64,
+}
+
 /// A connection the backend let in (`--proxy-connect`).
 #[derive(Debug, Deserialize)]
 pub struct Admitted {
@@ -95,22 +119,25 @@ pub struct Admitted {
     pub channels: Vec<ChannelName>,
 }
 
-/// The call of a new connection: no user yet.
-#[derive(Serialize)]
-struct ConnectCall<'a> {
-    client: &'a str,
-    transport: &'static str,
-    headers: serde_json::Map<String, serde_json::Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    name: Option<&'a str>,
-}
-
 /// Who is calling: what every call carries besides its own fields.
 #[derive(Debug)]
 pub struct Caller<'a> {
     pub client: &'a str,
-    pub user: &'a str,
+    /// `None` for a connection the backend has not named yet.
+    pub user: Option<&'a str>,
     pub forwarded: &'a [(HeaderName, HeaderValue)],
+}
+
+/// A call's body: the caller, then the call's own fields.
+#[derive(Serialize)]
+struct Call<'a, F> {
+    client: &'a str,
+    transport: &'static str,
+    headers: serde_json::Map<String, serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user: Option<&'a str>,
+    #[serde(flatten)]
+    fields: F,
 }
 
 #[derive(Deserialize)]
@@ -134,17 +161,6 @@ struct AppError {
 struct AppDisconnect {
     code: u16,
     reason: String,
-}
-
-#[derive(Serialize)]
-struct RpcCall<'a> {
-    client: &'a str,
-    transport: &'static str,
-    headers: serde_json::Map<String, serde_json::Value>,
-    user: &'a str,
-    method: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    data: Option<&'a RawValue>,
 }
 
 /// Why the settings cannot make a backend client.
@@ -180,6 +196,9 @@ impl Backend {
                 .build()
                 .map_err(|err| SettingsError(err.to_string()))?,
             connect: url(&settings.connect)?,
+            subscribe: url(&settings.subscribe)?,
+            publish: url(&settings.publish)?,
+            refresh: url(&settings.refresh)?,
             rpc: url(&settings.rpc)?,
             timeout: settings.timeout,
             headers,
@@ -200,49 +219,138 @@ impl Backend {
             .collect()
     }
 
+    pub fn handles_connect(&self) -> bool {
+        self.connect.is_some()
+    }
+
+    pub fn handles_subscribe(&self) -> bool {
+        self.subscribe.is_some()
+    }
+
+    pub fn handles_publish(&self) -> bool {
+        self.publish.is_some()
+    }
+
+    pub fn handles_refresh(&self) -> bool {
+        self.refresh.is_some()
+    }
+
     pub fn handles_rpc(&self) -> bool {
         self.rpc.is_some()
     }
 
-    pub fn handles_connect(&self) -> bool {
-        self.connect.is_some()
+    /// How long a call may take, at most.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Calls `kind` at `url` with the caller and `fields`, and reads the result as `R`.
+    async fn call<R: DeserializeOwned>(
+        &self,
+        kind: &'static str,
+        url: Option<&reqwest::Url>,
+        caller: &Caller<'_>,
+        fields: impl Serialize,
+    ) -> Result<Answer<R>, BackendError> {
+        let Some(url) = url else {
+            let err = BackendError::Garbage(format!("--proxy-{kind} is not set"));
+            return Err(self.failed(kind, err));
+        };
+        let body = Call {
+            client: caller.client,
+            transport: "websocket",
+            headers: headers_json(caller.forwarded),
+            user: caller.user,
+            fields,
+        };
+        match self.post(kind, url, caller.forwarded, &body).await? {
+            Answer::Result(result) => serde_json::from_str(result.get())
+                .map(Answer::Result)
+                .map_err(|err| {
+                    self.failed(kind, BackendError::Garbage(format!("{kind} result: {err}")))
+                }),
+            other => Ok(other.without_result()),
+        }
     }
 
     /// A new connection without a token: the backend says who it is (from the forwarded
     /// cookies, say), refuses it, or closes it. `name` is what the client asked to be called.
     pub async fn connect(
         &self,
-        client: &str,
-        forwarded: &[(HeaderName, HeaderValue)],
+        caller: &Caller<'_>,
         name: Option<&str>,
     ) -> Result<Answer<Admitted>, BackendError> {
-        let Some(url) = &self.connect else {
-            return Err(BackendError::Garbage("--proxy-connect is not set".into()));
-        };
-        let body = ConnectCall {
-            client,
-            transport: "websocket",
-            headers: headers_json(forwarded),
-            name,
-        };
-        let answer = self.post("connect", url, forwarded, &body).await?;
-        let Answer::Result(result) = answer else {
-            return Ok(answer.without_result());
-        };
-        let admitted: Admitted = serde_json::from_str(result.get()).map_err(|err| {
-            self.failed(
-                "connect",
-                BackendError::Garbage(format!("connect result: {err}")),
-            )
-        })?;
-        let user_ok = !admitted.user.is_empty()
-            && admitted.user.chars().count() <= 255
-            && !admitted.user.chars().any(char::is_control);
-        if !user_ok {
-            let err = BackendError::Garbage("connect result: user must be 1–255 characters".into());
-            return Err(self.failed("connect", err));
+        #[derive(Serialize)]
+        struct Fields<'a> {
+            #[serde(skip_serializing_if = "Option::is_none")]
+            name: Option<&'a str>,
         }
-        Ok(Answer::Result(admitted))
+        let answer: Answer<Admitted> = self
+            .call("connect", self.connect.as_ref(), caller, Fields { name })
+            .await?;
+        if let Answer::Result(admitted) = &answer {
+            let user = &admitted.user;
+            let user_ok = !user.is_empty()
+                && user.chars().count() <= 255
+                && !user.chars().any(char::is_control);
+            if !user_ok {
+                let err =
+                    BackendError::Garbage("connect result: user must be 1–255 characters".into());
+                return Err(self.failed("connect", err));
+            }
+        }
+        Ok(answer)
+    }
+
+    /// A client's subscribe to a channel of a `proxy-subscribe=true` namespace; the result's
+    /// `info` is the connection's in that channel's presence.
+    pub async fn subscribe(
+        &self,
+        caller: &Caller<'_>,
+        channel: &ChannelName,
+    ) -> Result<Answer<SubscribeResult>, BackendError> {
+        #[derive(Serialize)]
+        struct Fields<'a> {
+            channel: &'a str,
+        }
+        let fields = Fields {
+            channel: channel.as_str(),
+        };
+        self.call("subscribe", self.subscribe.as_ref(), caller, fields)
+            .await
+    }
+
+    /// A client's publish to a channel of a `proxy-publish=true` namespace; the result's
+    /// `data`, when present, is published instead of the client's.
+    pub async fn publish(
+        &self,
+        caller: &Caller<'_>,
+        channel: &ChannelName,
+        data: &RawValue,
+    ) -> Result<Answer<PublishResult>, BackendError> {
+        #[derive(Serialize)]
+        struct Fields<'a> {
+            channel: &'a str,
+            data: &'a RawValue,
+        }
+        let fields = Fields {
+            channel: channel.as_str(),
+            data,
+        };
+        self.call("publish", self.publish.as_ref(), caller, fields)
+            .await
+    }
+
+    /// A connection about to expire: the backend extends it (`expire_at`, Unix seconds),
+    /// refuses (it expires), or closes it.
+    pub async fn refresh(
+        &self,
+        caller: &Caller<'_>,
+    ) -> Result<Answer<RefreshResult>, BackendError> {
+        #[derive(Serialize)]
+        struct Fields {}
+        self.call("refresh", self.refresh.as_ref(), caller, Fields {})
+            .await
     }
 
     /// An `rpc` call: the backend's `result` must be `{"data":…}`; its `data` is returned.
@@ -251,34 +359,25 @@ impl Backend {
         caller: &Caller<'_>,
         method: &str,
         data: Option<&RawValue>,
-    ) -> Result<Answer, BackendError> {
-        let Some(url) = &self.rpc else {
-            return Err(BackendError::Garbage("--proxy-rpc is not set".into()));
-        };
-        let body = RpcCall {
-            client: caller.client,
-            transport: "websocket",
-            headers: headers_json(caller.forwarded),
-            user: caller.user,
-            method,
-            data,
-        };
-        match self.post("rpc", url, caller.forwarded, &body).await? {
-            Answer::Result(result) => {
-                #[derive(Deserialize)]
-                struct Data {
-                    data: Box<RawValue>,
-                }
-                let Data { data } = serde_json::from_str(result.get()).map_err(|_| {
-                    self.failed(
-                        "rpc",
-                        BackendError::Garbage(r#"rpc result without "data""#.into()),
-                    )
-                })?;
-                Ok(Answer::Result(data))
-            }
-            other => Ok(other),
+    ) -> Result<Answer<Box<RawValue>>, BackendError> {
+        #[derive(Serialize)]
+        struct Fields<'a> {
+            method: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            data: Option<&'a RawValue>,
         }
+        #[derive(Deserialize)]
+        struct RpcResult {
+            data: Box<RawValue>,
+        }
+        let answer = self
+            .call::<RpcResult>("rpc", self.rpc.as_ref(), caller, Fields { method, data })
+            .await?;
+        Ok(match answer {
+            Answer::Result(RpcResult { data }) => Answer::Result(data),
+            Answer::Error { code, message } => Answer::Error { code, message },
+            Answer::Disconnect { code, reason } => Answer::Disconnect { code, reason },
+        })
     }
 
     /// POSTs `body` and reads the answer, within the timeout and a slot of the node's bound.

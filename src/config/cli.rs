@@ -369,6 +369,21 @@ pub struct ServeArgs {
     #[arg(value_name = "URL", long, env = "TIDINGS_PROXY_RPC")]
     pub proxy_rpc: Option<String>,
 
+    /// The app's backend decides subscriptions to channels of namespaces with
+    /// `proxy-subscribe=true`: Tidings POSTs each to this URL (docs/backend.md).
+    #[arg(value_name = "URL", long, env = "TIDINGS_PROXY_SUBSCRIBE")]
+    pub proxy_subscribe: Option<String>,
+
+    /// The app's backend decides (and may rewrite) client publishes to channels of namespaces
+    /// with `proxy-publish=true`: Tidings POSTs each to this URL (docs/backend.md).
+    #[arg(value_name = "URL", long, env = "TIDINGS_PROXY_PUBLISH")]
+    pub proxy_publish: Option<String>,
+
+    /// The app's backend extends connections that would expire (their token's or the connect
+    /// proxy's `expire_at`): Tidings POSTs to this URL shortly before (docs/backend.md).
+    #[arg(value_name = "URL", long, env = "TIDINGS_PROXY_REFRESH")]
+    pub proxy_refresh: Option<String>,
+
     /// How long a call to the app's backend may take before the client gets error 502.
     #[arg(value_name = "DURATION", long, env = "TIDINGS_PROXY_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
     pub proxy_timeout: Duration,
@@ -382,6 +397,26 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub proxy_headers: Vec<String>,
+
+    /// Where lifecycle events (channel occupied/vacated, member added/removed, user
+    /// online/offline, undelivered) are POSTed, signed with --webhook-secret (docs/backend.md).
+    #[arg(value_name = "URL", long, env = "TIDINGS_WEBHOOK_URL")]
+    pub webhook_url: Option<String>,
+
+    /// The key webhook bodies are signed with (HMAC-SHA256, header `Tidings-Signature`); at
+    /// least 32 bytes.
+    #[arg(
+        value_name = "SECRET",
+        long,
+        env = "TIDINGS_WEBHOOK_SECRET",
+        hide_env_values = true
+    )]
+    pub webhook_secret: Option<Secret>,
+
+    /// A user is reported offline only after having no connection on any node for this long:
+    /// a page reload is not an offline.
+    #[arg(value_name = "DURATION", long, env = "TIDINGS_WEBHOOK_OFFLINE_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub webhook_offline_grace: Duration,
 
     /// How long a publish's idempotency key is remembered: a retry with the same key within
     /// it is answered with the first publication's offset and stored once.

@@ -342,10 +342,12 @@ fn rules_spec(file: &str, at: &str, rules: &toml::Table) -> Result<String, FileE
 
 /// Checks a namespace spec now, so the message can name the key in the file.
 fn check_rules(file: &str, at: &str, spec: &str) -> Result<(), FileError> {
-    let base = NamespaceOptions::open(super::HistorySettings {
+    let open = NamespaceOptions::open(super::HistorySettings {
         size: 0,
         ttl: std::time::Duration::ZERO,
     });
+    let name = spec.split_once(':').map_or(spec, |(name, _)| name);
+    let base = super::Namespaces::base(name, &open);
     parse_namespace(spec, &base).map(drop).map_err(|err| {
         let (key, message) = match &err {
             NamespaceError::Value {
@@ -360,7 +362,8 @@ fn check_rules(file: &str, at: &str, spec: &str) -> Result<(), FileError> {
             NamespaceError::Key { key, .. } => (
                 format!("{at}.{key}"),
                 "unknown rule (subscribe, publish, history-size, history-ttl, presence, \
-                 join-leave, join-leave-limit, join-leave-batch)"
+                 join-leave, join-leave-limit, join-leave-batch, proxy-subscribe, \
+                 proxy-publish, receipts)"
                     .into(),
             ),
             NamespaceError::Name { .. } => (
@@ -370,6 +373,10 @@ fn check_rules(file: &str, at: &str, spec: &str) -> Result<(), FileError> {
             NamespaceError::JoinLeaveWithoutPresence { .. } => {
                 (format!("{at}.join-leave"), "needs presence = true".into())
             }
+            NamespaceError::ReceiptsNotPersonal { .. } => (
+                format!("{at}.receipts"),
+                "is for personal channels: needs subscribe = \"user\"".into(),
+            ),
             NamespaceError::Pair { .. } => (at.into(), err.to_string()),
         };
         FileError::Invalid {

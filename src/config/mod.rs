@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use crate::protocol::Secret;
 
+mod backend;
 mod cli;
 mod file;
 mod namespaces;
@@ -109,9 +110,21 @@ pub struct RedisSettings {
 #[derive(Clone, Debug, Default)]
 pub struct ProxySettings {
     pub connect: Option<String>,
+    pub subscribe: Option<String>,
+    pub publish: Option<String>,
+    pub refresh: Option<String>,
     pub rpc: Option<String>,
     pub timeout: Duration,
     pub headers: Vec<String>,
+}
+
+/// Where lifecycle events go, and how they are signed.
+#[derive(Clone, Debug)]
+pub struct WebhookSettings {
+    pub url: String,
+    pub secret: Secret,
+    /// A user is offline after this long without a connection anywhere.
+    pub offline_grace: Duration,
 }
 
 /// Caps on open connections; 0 means no cap.
@@ -155,6 +168,8 @@ pub struct Config {
     pub api_key: Option<Secret>,
     /// Calls to the app's backend.
     pub proxy: ProxySettings,
+    /// `None`: no webhooks.
+    pub webhook: Option<WebhookSettings>,
     pub idempotency_window: Duration,
     /// On SIGTERM, open connections close spread over this window.
     pub drain_window: Duration,
@@ -166,6 +181,12 @@ impl ServeArgs {
     /// Checks the settings against each other and builds the server's configuration.
     pub fn into_config(self) -> Result<Config, ConfigError> {
         self.check()?;
+        let history = HistorySettings {
+            size: self.history_size,
+            ttl: self.history_ttl,
+        };
+        let namespaces = namespaces(&self.channel_rule, &self.namespaces, history)?;
+        self.check_namespaces_backend(&namespaces)?;
         let tokens = TokenSettings {
             hmac_secret: self.token_hmac_secret,
             public_keys: self.token_public_key,
@@ -181,11 +202,6 @@ impl ServeArgs {
         if !allow_anonymous && !other_way_in {
             return Err(ConfigError::NobodyCanConnect);
         }
-        let history = HistorySettings {
-            size: self.history_size,
-            ttl: self.history_ttl,
-        };
-        let namespaces = namespaces(&self.channel_rule, &self.namespaces, history)?;
         Ok(Config {
             listen: self.listen,
             enable_echo: self.enable_echo,
@@ -229,10 +245,21 @@ impl ServeArgs {
             api_key: self.api_key,
             proxy: ProxySettings {
                 connect: self.proxy_connect,
+                subscribe: self.proxy_subscribe,
+                publish: self.proxy_publish,
+                refresh: self.proxy_refresh,
                 rpc: self.proxy_rpc,
                 timeout: self.proxy_timeout,
                 headers: self.proxy_headers,
             },
+            webhook: self
+                .webhook_url
+                .zip(self.webhook_secret)
+                .map(|(url, secret)| WebhookSettings {
+                    url,
+                    secret,
+                    offline_grace: self.webhook_offline_grace,
+                }),
             idempotency_window: self.idempotency_window,
             metrics_listen: self.metrics_listen,
             drain_window: self.drain_window,
@@ -286,6 +313,7 @@ impl ServeArgs {
             (self.idempotency_window, "idempotency-window"),
             (self.presence_ttl, "presence-ttl"),
             (self.proxy_timeout, "proxy-timeout"),
+            (self.webhook_offline_grace, "webhook-offline-grace"),
         ] {
             // Far past any use, and short enough that no deadline built from it overflows.
             if value > MAX_DURATION {
@@ -306,40 +334,6 @@ impl ServeArgs {
             .is_some_and(|key| key.expose().len() < 16)
         {
             return Err(ConfigError::ShortApiKey);
-        }
-        Ok(())
-    }
-
-    /// The backend's URLs and the headers named for it.
-    fn check_proxy(&self) -> Result<(), ConfigError> {
-        if self.proxy_timeout.is_zero() {
-            return Err(ConfigError::Zero {
-                flag: "proxy-timeout",
-            });
-        }
-        let http = |url: &str| url.starts_with("http://") || url.starts_with("https://");
-        for (url, flag) in [
-            (&self.proxy_connect, "proxy-connect"),
-            (&self.proxy_rpc, "proxy-rpc"),
-        ] {
-            if url.as_deref().is_some_and(|url| !http(url)) {
-                return Err(ConfigError::Invalid {
-                    flag,
-                    reason: "must be an http:// or https:// URL",
-                });
-            }
-        }
-        let token = |name: &str| {
-            !name.is_empty()
-                && name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-        };
-        if !self.proxy_headers.iter().all(|name| token(name.trim())) {
-            return Err(ConfigError::Invalid {
-                flag: "proxy-header",
-                reason: "must be HTTP header names (e.g. Cookie, X-Session)",
-            });
         }
         Ok(())
     }
@@ -395,8 +389,12 @@ fn namespaces(
         })?;
     let mut by_name = HashMap::new();
     for spec in specs {
+        let base = Namespaces::base(
+            spec.split_once(':').map_or(&**spec, |(name, _)| name),
+            &default,
+        );
         let (name, options) =
-            parse_namespace(spec, &default).map_err(|source| ConfigError::Namespace {
+            parse_namespace(spec, &base).map_err(|source| ConfigError::Namespace {
                 flag: "namespace",
                 source,
             })?;

@@ -23,11 +23,13 @@ pub enum NamespaceError {
     },
     #[error(
         "{spec:?}: unknown key {key:?} (subscribe, publish, history-size, history-ttl, presence, \
-         join-leave, join-leave-limit, join-leave-batch)"
+         join-leave, join-leave-limit, join-leave-batch, proxy-subscribe, proxy-publish, receipts)"
     )]
     Key { spec: String, key: String },
     #[error("{spec:?}: join-leave needs presence=true")]
     JoinLeaveWithoutPresence { spec: String },
+    #[error("{spec:?}: receipts are for personal channels: they need subscribe=user")]
+    ReceiptsNotPersonal { spec: String },
 }
 
 /// Who may subscribe to a namespace's channels.
@@ -74,6 +76,13 @@ pub struct NamespaceOptions {
     pub join_leave_limit: u64,
     /// How often coalesced joins and leaves go out; zero suppresses them above the limit.
     pub join_leave_batch: Duration,
+    /// The app's backend decides client subscriptions (`--proxy-subscribe`).
+    pub proxy_subscribe: bool,
+    /// The app's backend decides, and may rewrite, client publishes (`--proxy-publish`).
+    pub proxy_publish: bool,
+    /// Personal channels whose publications must be acknowledged within this long, or the
+    /// backend hears `undelivered`.
+    pub receipts: Option<Duration>,
 }
 
 impl NamespaceOptions {
@@ -87,6 +96,9 @@ impl NamespaceOptions {
             join_leave: JoinLeave::Off,
             join_leave_limit: DEFAULT_JOIN_LEAVE_LIMIT,
             join_leave_batch: DEFAULT_JOIN_LEAVE_BATCH,
+            proxy_subscribe: false,
+            proxy_publish: false,
+            receipts: None,
         }
     }
 }
@@ -111,23 +123,37 @@ pub struct Namespaces {
 
 impl Namespaces {
     pub fn new(default: NamespaceOptions, mut by_name: HashMap<String, NamespaceOptions>) -> Self {
-        by_name
-            .entry(PERSONAL_NAMESPACE.to_owned())
-            .or_insert(NamespaceOptions {
+        for name in [PERSONAL_NAMESPACE, CHAT_NAMESPACE] {
+            by_name
+                .entry(name.to_owned())
+                .or_insert_with(|| Self::base(name, &default));
+        }
+        Self { default, by_name }
+    }
+
+    /// What a namespace starts from before its own rule: `user` is personal and `chat` has
+    /// presence, over the default rule; any other namespace is the default rule.
+    pub fn base(name: &str, default: &NamespaceOptions) -> NamespaceOptions {
+        match name {
+            PERSONAL_NAMESPACE => NamespaceOptions {
                 subscribe: SubscribeRule::User,
                 publish: false,
                 presence: false,
                 join_leave: JoinLeave::Off,
                 ..default.clone()
-            });
-        by_name
-            .entry(CHAT_NAMESPACE.to_owned())
-            .or_insert(NamespaceOptions {
+            },
+            CHAT_NAMESPACE => NamespaceOptions {
                 presence: true,
                 join_leave: JoinLeave::User,
                 ..default.clone()
-            });
-        Self { default, by_name }
+            },
+            _ => default.clone(),
+        }
+    }
+
+    /// Every namespace's options, the default's included.
+    pub fn all(&self) -> impl Iterator<Item = &NamespaceOptions> {
+        std::iter::once(&self.default).chain(self.by_name.values())
     }
 
     /// The options of a channel in `namespace` (`None`: a channel without one).
@@ -160,6 +186,9 @@ impl Default for Namespaces {
                 join_leave: JoinLeave::Off,
                 join_leave_limit: DEFAULT_JOIN_LEAVE_LIMIT,
                 join_leave_batch: DEFAULT_JOIN_LEAVE_BATCH,
+                proxy_subscribe: false,
+                proxy_publish: false,
+                receipts: None,
             },
             HashMap::new(),
         )
@@ -170,7 +199,8 @@ impl Default for Namespaces {
 /// (`anyone|authenticated|token|user`), `publish` (`true|false`), `history-size` (count),
 /// `history-ttl` (duration), `presence` (`true|false`), `join-leave`
 /// (`false|true|client|user`; `true` is `client`), `join-leave-limit` (count) and
-/// `join-leave-batch` (duration; `0s` suppresses). Unset keys take `base`'s values.
+/// `join-leave-batch` (duration; `0s` suppresses), `proxy-subscribe` and `proxy-publish`
+/// (`true|false`) and `receipts` (duration, or `false`). Unset keys take `base`'s values.
 pub fn parse_namespace(
     spec: &str,
     base: &NamespaceOptions,
@@ -238,6 +268,27 @@ pub fn parse_namespace(
                 options.join_leave_batch = humantime::parse_duration(value)
                     .map_err(|_| bad("join-leave-batch", "a duration like 1s"))?
             }
+            "proxy-subscribe" => {
+                options.proxy_subscribe = value
+                    .parse()
+                    .map_err(|_| bad("proxy-subscribe", "true or false"))?
+            }
+            "proxy-publish" => {
+                options.proxy_publish = value
+                    .parse()
+                    .map_err(|_| bad("proxy-publish", "true or false"))?
+            }
+            "receipts" => {
+                options.receipts = match value {
+                    "false" | "off" => None,
+                    _ => Some(
+                        humantime::parse_duration(value)
+                            .ok()
+                            .filter(|within| !within.is_zero())
+                            .ok_or_else(|| bad("receipts", "a duration like 30s, or false"))?,
+                    ),
+                }
+            }
             other => {
                 return Err(NamespaceError::Key {
                     spec: spec.into(),
@@ -248,6 +299,9 @@ pub fn parse_namespace(
     }
     if options.join_leave != JoinLeave::Off && !options.presence {
         return Err(NamespaceError::JoinLeaveWithoutPresence { spec: spec.into() });
+    }
+    if options.receipts.is_some() && options.subscribe != SubscribeRule::User {
+        return Err(NamespaceError::ReceiptsNotPersonal { spec: spec.into() });
     }
     Ok((name.to_owned(), options))
 }

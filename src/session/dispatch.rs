@@ -6,12 +6,13 @@
 //! channel rules apply; the reply says how it went) and [`Session::subscribe_for_server`] for
 //! the server API (the application decided; the client learns it from a `subscribed` push).
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use super::pipeline::Published;
 use super::{Refusal, Session};
 use crate::auth::Identity;
-use crate::backend::{Answer, Caller};
+use crate::backend::{Answer, BackendError, Caller};
 use crate::metrics::metrics;
 use crate::node::{ContinuityError, Recovery, Subscribed, UserCommand};
 use crate::outbox::{Closing, Frame};
@@ -43,7 +44,7 @@ impl Session<'_> {
                 Box::pin(self.node.unsubscribe(&channel, &self.outbox)).await;
                 self.reply_ok(id, &Empty {});
             }
-            Command::Publish(publish) => self.publish(identity, id, publish),
+            Command::Publish(publish) => self.publish(identity, id, publish).await,
             Command::Presence(presence) => Box::pin(self.presence(identity, id, presence)).await,
             Command::PresenceStats(PresenceStats { channel }) => {
                 Box::pin(self.presence_stats(identity, id, channel)).await
@@ -63,13 +64,31 @@ impl Session<'_> {
             let message = "rpc is off: the server has no --proxy-rpc";
             return self.reply_error(id, &Refusal::new(ErrorCode::NotEnabled, message));
         }
-        let caller = Caller {
+        let caller = self.caller(identity);
+        let answer = backend.rpc(&caller, &rpc.method, rpc.data.as_deref()).await;
+        if let Some(data) = self.decided(id, answer) {
+            self.reply_ok(id, &RpcOk { data });
+        }
+    }
+
+    /// Who the session is, for a call to the backend.
+    pub(super) fn caller<'a>(&'a self, identity: &'a Identity) -> Caller<'a> {
+        Caller {
             client: &self.client,
-            user: &identity.user,
+            user: Some(&identity.user),
             forwarded: &self.forwarded,
-        };
-        match backend.rpc(&caller, &rpc.method, rpc.data.as_deref()).await {
-            Ok(Answer::Result(data)) => self.reply_ok(id, &RpcOk { data }),
+        }
+    }
+
+    /// The result of the backend's answer to a client command; or, having told the client
+    /// (the app's error, the app's close, or 502 when the backend failed), `None`.
+    pub(super) fn decided<T>(
+        &self,
+        id: Option<u64>,
+        answer: Result<Answer<T>, BackendError>,
+    ) -> Option<T> {
+        match answer {
+            Ok(Answer::Result(result)) => return Some(result),
             Ok(Answer::Error { code, message }) => {
                 let body = ErrorBody { code, message };
                 self.outbox.push(Frame::from(encode_error_body(id, body)));
@@ -80,6 +99,7 @@ impl Session<'_> {
             }
             Err(err) => self.reply_error(id, &Refusal::new(ErrorCode::BadBackend, err)),
         }
+        None
     }
 
     /// Carries out a server command that reached this connection.
@@ -127,7 +147,19 @@ impl Session<'_> {
             let message = format!("already subscribed to {channel}");
             return self.reply_error(id, &Refusal::new(ErrorCode::AlreadySubscribed, message));
         }
-        let opened = self.open(identity, &channel, since.as_ref()).await;
+        let mut identity = Cow::Borrowed(identity);
+        if self.node.rules().options(&channel).proxy_subscribe {
+            let backend = self.gate.backend.clone();
+            let answer = backend.subscribe(&self.caller(&identity), &channel).await;
+            let Some(result) = self.decided(id, answer) else {
+                return;
+            };
+            if let Some(info) = result.info {
+                // The backend's info is the connection's in this channel's presence.
+                identity.to_mut().info = Some(Arc::new(info));
+            }
+        }
+        let opened = self.open(&identity, &channel, since.as_ref()).await;
         let Subscribed { position, recovery } = match opened {
             Ok(subscribed) => subscribed,
             Err(refusal) => return self.reply_error(id, &refusal),
@@ -306,15 +338,29 @@ impl Session<'_> {
         }
     }
 
-    /// Sends a publish on its way (see `pipeline`); its reply follows when it settles.
-    pub(super) fn publish(&mut self, identity: &Identity, id: Option<u64>, request: Publish) {
+    /// Sends a publish on its way (see `pipeline`); its reply follows when it settles. Where
+    /// the backend decides publishes, the session waits for its answer first: publishes stay
+    /// in order, and a connection has one call to the backend in flight at most.
+    pub(super) async fn publish(&mut self, identity: &Identity, id: Option<u64>, request: Publish) {
         let Publish {
             channel,
-            data,
+            mut data,
             idempotency_key,
         } = request;
         if let Err(denied) = self.node.rules().check_publish(&channel) {
             return self.reply_error(id, &Refusal::from(&denied));
+        }
+        if self.node.rules().options(&channel).proxy_publish {
+            let backend = self.gate.backend.clone();
+            let answer = backend
+                .publish(&self.caller(identity), &channel, &data)
+                .await;
+            let Some(result) = self.decided(id, answer) else {
+                return;
+            };
+            if let Some(replaced) = result.data {
+                data = replaced;
+            }
         }
         let info = self.client_info(identity);
         let node = self.node.clone();

@@ -132,7 +132,7 @@ impl Clocks {
         u64::try_from(at.saturating_duration_since(self.start).as_millis()).unwrap_or(NEVER - 1)
     }
 
-    fn at(&self, millis: u64) -> Instant {
+    pub(super) fn at(&self, millis: u64) -> Instant {
         self.start + Duration::from_millis(millis)
     }
 

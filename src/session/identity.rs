@@ -3,12 +3,13 @@
 //! runs no other command until it has an [`Identity`].
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, UNIX_EPOCH};
 
 use super::heartbeat::{NEVER, millis};
 use super::{Refusal, Session};
 use crate::auth::{AuthError, ConnectionClaims, Identity, Verifier, millis_until};
-use crate::backend::Answer;
+use crate::backend::{Answer, Caller, RefreshResult};
 use crate::outbox::{Closing, Frame};
 use crate::protocol::{
     self, CloseCode, Connect, Connected, ErrorBody, ErrorCode, Push, Refreshed, encode,
@@ -171,7 +172,12 @@ impl Session<'_> {
     /// (the client may still connect otherwise before the handshake timeout), or closes it.
     pub(super) async fn connect_via_backend(&mut self, name: Option<&str>) {
         let backend = self.gate.backend.clone();
-        let admitted = match backend.connect(&self.client, &self.forwarded, name).await {
+        let caller = Caller {
+            client: &self.client,
+            user: None,
+            forwarded: &self.forwarded,
+        };
+        let admitted = match backend.connect(&caller, name).await {
             Ok(Answer::Result(admitted)) => admitted,
             Ok(Answer::Error { code, message }) => {
                 let error = encode_error_body(None, ErrorBody { code, message });
@@ -188,15 +194,55 @@ impl Session<'_> {
                 return self.outbox.close(Closing::because(code, code.reason()));
             }
         };
-        let expires_in_ms = admitted
-            .expire_at
-            .map(|at| millis_until(UNIX_EPOCH + Duration::from_secs(at)));
+        let expires_in_ms = admitted.expire_at.map(millis_until_unix);
         let info = admitted.info.map(Arc::new);
         let Some(identity) = self.enter(None, admitted.user.into(), info, expires_in_ms) else {
             return;
         };
         for channel in admitted.channels {
             Box::pin(self.subscribe_for_server(&identity, channel)).await;
+        }
+    }
+
+    /// When the backend is to be asked to extend the connection (`--proxy-refresh`): shortly
+    /// before it expires, with time for the call to finish, and once per expiry.
+    pub(super) fn refresh_due(&self) -> Option<tokio::time::Instant> {
+        let backend = &self.gate.backend;
+        let expires = self.clocks.expires.load(Ordering::Relaxed);
+        if !backend.handles_refresh() || expires == NEVER || expires == self.refreshed_for {
+            return None;
+        }
+        let lead = millis(backend.timeout()) + REFRESH_MARGIN_MS;
+        Some(self.clocks.at(expires.saturating_sub(lead)))
+    }
+
+    /// Asks the backend to extend the connection: a new `expire_at` moves the expiry; an
+    /// error leaves it to expire (4003); a failed call closes it with 4006 at once.
+    pub(super) async fn refresh_via_backend(&mut self) {
+        self.refreshed_for = self.clocks.expires.load(Ordering::Relaxed);
+        let Some(identity) = self.identity.clone() else {
+            return;
+        };
+        let backend = self.gate.backend.clone();
+        match backend.refresh(&self.caller(&identity)).await {
+            Ok(Answer::Result(RefreshResult { expire_at })) => {
+                let at = self
+                    .clocks
+                    .now()
+                    .saturating_add(millis_until_unix(expire_at));
+                self.clocks.set(&self.clocks.expires, at);
+            }
+            Ok(Answer::Error { code, message }) => {
+                tracing::debug!(client = %self.client, code, message, "the backend did not extend a connection");
+            }
+            Ok(Answer::Disconnect { code, reason }) => {
+                let closing = Closing::because(CloseCode::App(code), reason);
+                self.outbox.close(closing);
+            }
+            Err(_) => {
+                let code = CloseCode::BackendUnavailable;
+                self.outbox.close(Closing::because(code, code.reason()));
+            }
         }
     }
 
@@ -219,6 +265,16 @@ impl Session<'_> {
         self.clocks.set(&self.clocks.expires, at);
         self.reply_ok(id, &Refreshed { expires_in_ms });
     }
+}
+
+/// How much sooner than `--proxy-timeout` before the expiry the backend is asked to refresh.
+const REFRESH_MARGIN_MS: u64 = 1000;
+
+/// Milliseconds from now until the Unix time `seconds` (0 if it has passed).
+fn millis_until_unix(seconds: u64) -> u64 {
+    UNIX_EPOCH
+        .checked_add(Duration::from_secs(seconds))
+        .map_or(u64::MAX, millis_until)
 }
 
 #[cfg(test)]

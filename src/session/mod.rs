@@ -246,6 +246,7 @@ async fn serve<I: Incoming, O: Outgoing>(
         mailbox: None,
         pipeline: pipeline::Pipeline::default(),
         forwarded: handshake.forwarded,
+        refreshed_for: NEVER,
     };
     let _open = OpenConnection::count();
     if handshake.token.is_none() && session.gate.backend.handles_connect() {
@@ -389,6 +390,8 @@ struct Session<'a> {
     pipeline: pipeline::Pipeline,
     /// The handshake headers forwarded to the backend.
     forwarded: crate::backend::Forwarded,
+    /// The expiry the backend was last asked to extend (`--proxy-refresh`).
+    refreshed_for: u64,
 }
 
 impl Session<'_> {
@@ -414,9 +417,19 @@ impl Session<'_> {
         loop {
             let mailbox = self.mailbox.clone();
             let reading = self.pipeline.len() < pipeline::MAX_IN_FLIGHT;
+            let refresh_at = self.refresh_due();
             let inbound = tokio::select! {
                 biased;
                 () = outbox.closed() => return,
+                // Boxed: the timer is only alive where the backend refreshes connections.
+                Some(()) = async {
+                    Box::pin(tokio::time::sleep_until(refresh_at?)).await;
+                    Some(())
+                }, if refresh_at.is_some() => {
+                    self.settle().await;
+                    Box::pin(self.refresh_via_backend()).await;
+                    continue;
+                }
                 Some(published) = self.pipeline.next(), if !self.pipeline.is_empty() => {
                     self.published(published);
                     continue;

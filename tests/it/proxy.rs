@@ -313,3 +313,157 @@ async fn the_js_client_calls_the_backend_with_rpc() {
         json!({"user": "js", "data": {"n": 7}, "refused": [1403, "not for you"]})
     );
 }
+
+/// Subscribe and publish decided by the backend in a `proxy-subscribe=true,proxy-publish=true`
+/// namespace: refusals carry the app's code, published data is rewritten for every
+/// subscriber, and channels of other namespaces never reach the backend.
+#[tokio::test]
+async fn the_backend_decides_subscribes_and_rewrites_publishes_in_its_namespaces() {
+    let calls = Arc::new(std::sync::Mutex::new(Vec::<Value>::new()));
+    let seen = calls.clone();
+    let app = Router::new().route(
+        "/{kind}",
+        post(
+            move |axum::extract::Path(kind): axum::extract::Path<String>,
+                  Json(call): Json<Value>| {
+                let seen = seen.clone();
+                async move {
+                    seen.lock()
+                        .unwrap()
+                        .push(json!({"kind": kind, "call": call}));
+                    let channel = call["channel"].as_str().unwrap_or_default();
+                    let text = call["data"]["text"].as_str().unwrap_or_default();
+                    Json(match (kind.as_str(), channel) {
+                        ("subscribe", "room:secret") => {
+                            json!({"error": {"code": 1403, "message": "members only"}})
+                        }
+                        ("subscribe", _) => json!({"result": {"info": {"role": "guest"}}}),
+                        ("publish", "room:quiet") => {
+                            json!({"error": {"code": 1409, "message": "read only"}})
+                        }
+                        ("publish", _) if text.contains("darn") => json!({"result": {"data": {
+                            "text": text.replace("darn", "****"), "by": call["user"],
+                        }}}),
+                        _ => json!({"result": {}}),
+                    })
+                }
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let server = TestServer::start(&[
+        "--proxy-subscribe",
+        &format!("http://{addr}/subscribe"),
+        "--proxy-publish",
+        &format!("http://{addr}/publish"),
+        "--namespace",
+        "room:proxy-subscribe=true,proxy-publish=true",
+    ])
+    .await;
+    let mut ann = server.client("?name=ann").await;
+    let mut bob = server.client("?name=bob").await;
+    ann.subscribe("room:open").await;
+    bob.subscribe("room:open").await;
+    match ann
+        .request(json!({"op": "subscribe", "channel": "room:secret"}))
+        .await
+    {
+        Outcome::Error(err) => assert_eq!((err.code, err.message.as_str()), (1403, "members only")),
+        Outcome::Ok(body) => panic!("refused subscribe answered {body}"),
+    }
+
+    ann.publish("room:open", json!({"text": "hello"})).await;
+    assert_eq!(bob.next_pub().await.data, json!({"text": "hello"}));
+    ann.publish("room:open", json!({"text": "oh darn"})).await;
+    let rewritten = json!({"text": "oh ****", "by": "ann"});
+    assert_eq!(bob.next_pub().await.data, rewritten);
+    assert_eq!(ann.next_pub().await.data, json!({"text": "hello"}));
+    assert_eq!(ann.next_pub().await.data, rewritten);
+    let history = ann
+        .ok(json!({"op": "history", "channel": "room:open"}))
+        .await;
+    assert_eq!(
+        history["publications"][1]["data"], rewritten,
+        "stored as rewritten"
+    );
+    let refused = json!({"op": "publish", "channel": "room:quiet", "data": {"text": "x"}});
+    match ann.request(refused).await {
+        Outcome::Error(err) => assert_eq!((err.code, err.message.as_str()), (1409, "read only")),
+        Outcome::Ok(body) => panic!("refused publish answered {body}"),
+    }
+
+    // Outside the namespace the backend is not asked.
+    let before = calls.lock().unwrap().len();
+    ann.subscribe("lobby").await;
+    ann.publish("lobby", json!({"text": "darn"})).await;
+    assert_eq!(ann.next_pub().await.data, json!({"text": "darn"}));
+    let calls = calls.lock().unwrap();
+    assert_eq!(calls.len(), before, "{calls:?}");
+    let subscribe = &calls[0];
+    assert_eq!(subscribe["kind"], "subscribe");
+    assert_eq!(subscribe["call"]["channel"], "room:open");
+    assert_eq!(subscribe["call"]["user"], "ann");
+    let publish = calls.iter().find(|c| c["kind"] == "publish").unwrap();
+    assert_eq!(publish["call"]["data"], json!({"text": "hello"}));
+    assert_eq!(publish["call"]["transport"], "websocket");
+}
+
+/// A connection the backend let in until `expire_at` is extended by `--proxy-refresh` before
+/// it expires; one the backend declines to extend closes with 4003 at its expiry.
+#[tokio::test]
+async fn the_refresh_proxy_extends_connections_and_a_declined_one_expires() {
+    let refreshes = Arc::new(AtomicUsize::new(0));
+    let counted = refreshes.clone();
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    let app = Router::new()
+        .route(
+            "/connect",
+            post(move |Json(call): Json<Value>| async move {
+                Json(json!({"result": {"user": call["name"], "expire_at": now() + 2}}))
+            }),
+        )
+        .route(
+            "/refresh",
+            post(move |Json(call): Json<Value>| {
+                let counted = counted.clone();
+                async move {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    Json(match call["user"].as_str() {
+                        Some("keep") => json!({"result": {"expire_at": now() + 3600}}),
+                        _ => json!({"error": {"code": 1401, "message": "session over"}}),
+                    })
+                }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let server = TestServer::start(&[
+        "--proxy-connect",
+        &format!("http://{addr}/connect"),
+        "--proxy-refresh",
+        &format!("http://{addr}/refresh"),
+        "--proxy-timeout",
+        "300ms",
+    ])
+    .await;
+    let mut keep = server.client("?name=keep").await;
+    let mut drop = server.client("?name=drop").await;
+    assert!(keep.connected().await.expires_in_ms.is_some());
+    assert!(drop.connected().await.expires_in_ms.is_some());
+    // The declined one expires at the time both were given …
+    match drop.ended(WAIT).await {
+        Ended::Closed(Some((code, _))) => assert_eq!(code, 4003),
+        other => panic!("expected 4003, got {other:?}"),
+    }
+    // … and the extended one outlives it.
+    assert_eq!(keep.ok(json!({"op": "ping"})).await, json!({}));
+    assert_eq!(refreshes.load(Ordering::SeqCst), 2, "one refresh call each");
+}

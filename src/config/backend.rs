@@ -1,0 +1,91 @@
+//! The settings of the app's backend in the loop: the proxies' URLs and forwarded headers, the
+//! webhook's URL and secret, and the namespace options that need them.
+
+use super::{ConfigError, Namespaces, ServeArgs};
+
+/// Shortest webhook secret, in bytes: HMAC-SHA256's block of entropy.
+const MIN_WEBHOOK_SECRET: usize = 32;
+
+impl ServeArgs {
+    /// The backend's URLs, the headers named for it, and the webhook's secret.
+    pub(super) fn check_proxy(&self) -> Result<(), ConfigError> {
+        if self.proxy_timeout.is_zero() {
+            return Err(ConfigError::Zero {
+                flag: "proxy-timeout",
+            });
+        }
+        let http = |url: &str| url.starts_with("http://") || url.starts_with("https://");
+        for (url, flag) in [
+            (&self.proxy_connect, "proxy-connect"),
+            (&self.proxy_subscribe, "proxy-subscribe"),
+            (&self.proxy_publish, "proxy-publish"),
+            (&self.proxy_refresh, "proxy-refresh"),
+            (&self.proxy_rpc, "proxy-rpc"),
+            (&self.webhook_url, "webhook-url"),
+        ] {
+            if url.as_deref().is_some_and(|url| !http(url)) {
+                return Err(ConfigError::Invalid {
+                    flag,
+                    reason: "must be an http:// or https:// URL",
+                });
+            }
+        }
+        let token = |name: &str| {
+            !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        };
+        if !self.proxy_headers.iter().all(|name| token(name.trim())) {
+            return Err(ConfigError::Invalid {
+                flag: "proxy-header",
+                reason: "must be HTTP header names (e.g. Cookie, X-Session)",
+            });
+        }
+        match (&self.webhook_url, &self.webhook_secret) {
+            (Some(_), None) => Err(ConfigError::Invalid {
+                flag: "webhook-url",
+                reason: "needs --webhook-secret: webhooks are always signed",
+            }),
+            (None, Some(_)) => Err(ConfigError::Invalid {
+                flag: "webhook-secret",
+                reason: "is only used with --webhook-url",
+            }),
+            (Some(_), Some(secret)) if secret.expose().len() < MIN_WEBHOOK_SECRET => {
+                Err(ConfigError::Invalid {
+                    flag: "webhook-secret",
+                    reason: "must be at least 32 bytes long",
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Namespace options that call the backend need its URL.
+    pub(super) fn check_namespaces_backend(
+        &self,
+        namespaces: &Namespaces,
+    ) -> Result<(), ConfigError> {
+        for options in namespaces.all() {
+            if options.proxy_subscribe && self.proxy_subscribe.is_none() {
+                return Err(ConfigError::Invalid {
+                    flag: "namespace",
+                    reason: "proxy-subscribe=true needs --proxy-subscribe URL",
+                });
+            }
+            if options.proxy_publish && self.proxy_publish.is_none() {
+                return Err(ConfigError::Invalid {
+                    flag: "namespace",
+                    reason: "proxy-publish=true needs --proxy-publish URL",
+                });
+            }
+            if options.receipts.is_some() && self.webhook_url.is_none() {
+                return Err(ConfigError::Invalid {
+                    flag: "namespace",
+                    reason: "receipts=DURATION needs --webhook-url (undelivered events are webhooks)",
+                });
+            }
+        }
+        Ok(())
+    }
+}
