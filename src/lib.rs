@@ -20,7 +20,9 @@
 //! - [`presence`]: who is present in each channel, on every node (memory, Redis), and the
 //!   join and leave events.
 //! - [`auth`]: tokens → identities; who may subscribe and publish where.
-//! - [`backend`]: calls to the app's backend over HTTP (`--proxy-rpc`, …).
+//! - [`webhook`]: lifecycle events and receipts, counted across nodes (memory, Redis) and
+//!   sent, signed, to the app's backend.
+//! - [`backend`]: calls to the app's backend over HTTP (`--proxy-*`).
 //! - [`config`]: every flag and environment variable, validated once into plain settings.
 //! - `metrics`: the counters the server keeps.
 //! - [`protocol`]: the wire format, pure data; shared with the tests and the benchmark.
@@ -48,3 +50,4 @@ pub mod protocol;
 pub mod server;
 pub(crate) mod session;
 pub(crate) mod transport;
+pub mod webhook;

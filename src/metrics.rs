@@ -52,6 +52,7 @@ pub struct Metrics {
     pub broker: BrokerMetrics,
     /// Calls to the app's backend.
     pub proxy: ProxyMetrics,
+    pub webhook: WebhookMetrics,
     /// Server API requests answered 408 because their body did not arrive within
     /// `--body-timeout`.
     pub body_timeouts: IntCounter,
@@ -147,6 +148,48 @@ impl ProxyMetrics {
     }
 }
 
+/// Lifecycle events on their way to `--webhook-url`.
+#[derive(Debug)]
+pub struct WebhookMetrics {
+    /// Events the receiver took (a 2xx to the POST that carried them).
+    pub sent: IntCounter,
+    /// POSTs that failed and will be retried (timeout, refused, non-2xx).
+    pub retries: IntCounter,
+    /// Events given up on after the retry window.
+    pub dropped: IntCounter,
+    /// Events waiting to be sent (all nodes' when the queue is in Redis).
+    pub queue: IntGauge,
+    /// From sending a POST to its answer or failure.
+    pub duration: Histogram,
+}
+
+impl WebhookMetrics {
+    fn new(r: &Register<'_>) -> Self {
+        Self {
+            sent: r.counter(
+                "tidings_webhook_events_sent_total",
+                "Webhook events the receiver accepted.",
+            ),
+            retries: r.counter(
+                "tidings_webhook_retries_total",
+                "Webhook POSTs that failed and are retried.",
+            ),
+            dropped: r.counter(
+                "tidings_webhook_events_dropped_total",
+                "Webhook events given up on after the retry window.",
+            ),
+            queue: r.gauge(
+                "tidings_webhook_queue_size",
+                "Webhook events waiting to be sent.",
+            ),
+            duration: r.histogram(
+                "tidings_webhook_duration_seconds",
+                "Webhook POSTs: from sending to the answer or failure.",
+            ),
+        }
+    }
+}
+
 /// Registers each metric as it is made. The names and options are constants: a failure here
 /// is a programming error caught by the first test that touches metrics.
 struct Register<'a>(&'a Registry);
@@ -203,8 +246,7 @@ impl Metrics {
             ),
             connections_closed: r.counters(
                 "tidings_connections_closed_total",
-                "Client connections closed, by close code (peer: the client closed; gone: the \
-                 connection was lost).",
+                "Client connections closed, by code (peer: the client closed; gone: lost).",
                 "code",
             ),
             slow_consumer_closes: r.counter(
@@ -265,6 +307,7 @@ impl Metrics {
             ),
             broker: BrokerMetrics::new(&r),
             proxy: ProxyMetrics::new(&r),
+            webhook: WebhookMetrics::new(&r),
             body_timeouts: r.counter(
                 "tidings_api_body_timeouts_total",
                 "Server API requests answered 408: the body did not arrive in time.",

@@ -36,6 +36,9 @@ use crate::presence::PresenceStore;
 use crate::presence::memory::MemoryPresence;
 use crate::presence::redis::RedisPresence;
 use crate::session::{Gate, SessionConfig};
+use crate::webhook::memory::MemoryLifecycle;
+use crate::webhook::redis::RedisLifecycle;
+use crate::webhook::{Debounce, Destination, Lifecycle, LifecycleStore, SETTLE};
 
 /// The process's panic hook: one `error` event per panic, in the same log as everything else,
 /// naming the client when a session panicked (the session then closes with 1011 and releases
@@ -82,6 +85,7 @@ pub struct Server {
     app: Router,
     broker: Arc<dyn Broker>,
     presence: Arc<dyn PresenceStore>,
+    lifecycle: Option<Arc<Lifecycle>>,
     stopping: CancellationToken,
     connections: TaskTracker,
     /// `--metrics-listen`: `/metrics` on an address of its own.
@@ -101,12 +105,14 @@ impl Server {
             position_ttl: config.position_ttl,
         };
         let local = Local::new(Arc::new(config.namespaces.clone()));
-        let (broker, presence) = brokers(&config, &local, retention).await?;
+        let (broker, presence, lifecycle_store) = brokers(&config, &local, retention).await?;
+        let lifecycle = lifecycle(&config, lifecycle_store)?;
         let node = Node::new(
             local,
             broker.clone(),
             presence.clone(),
             config.idempotency_window,
+            lifecycle.clone(),
         );
         let stopping = CancellationToken::new();
         tokio::spawn({
@@ -158,6 +164,7 @@ impl Server {
             metrics_listener,
             broker,
             presence,
+            lifecycle,
             stopping,
             connections,
             session,
@@ -175,6 +182,7 @@ impl Server {
             app,
             broker,
             presence,
+            lifecycle,
             stopping,
             connections,
             metrics_listener,
@@ -228,6 +236,9 @@ impl Server {
         }
         // Sessions removed their members as they closed; the store's refreshes can stop.
         presence.close().await;
+        if let Some(lifecycle) = lifecycle {
+            lifecycle.close().await;
+        }
         broker.close().await;
         tracing::info!("stopped");
     }
@@ -240,7 +251,7 @@ pub(crate) fn memory_node() -> Node {
     let local = Local::new(Arc::new(crate::config::Namespaces::default()));
     let broker = Arc::new(MemoryBroker::new(local.clone(), Retention::default()));
     let presence = Arc::new(MemoryPresence::new(local.clone()));
-    Node::new(local, broker, presence, Duration::from_secs(300))
+    Node::new(local, broker, presence, Duration::from_secs(300), None)
 }
 
 /// The sessions' settings, from the plain ones.
@@ -265,12 +276,50 @@ fn session_config(
     }
 }
 
-/// The broker and presence store the settings ask for: in memory, or on Redis.
+/// The lifecycle (webhooks and receipts) the settings ask for, on its store.
+fn lifecycle(
+    config: &Config,
+    store: Arc<dyn LifecycleStore>,
+) -> Result<Option<Arc<Lifecycle>>, ServerError> {
+    let Some(webhook) = &config.webhook else {
+        return Ok(None);
+    };
+    let url = reqwest::Url::parse(&webhook.url).map_err(|err| {
+        ServerError::Backend(crate::backend::SettingsError::new(format!(
+            "--webhook-url: {err}"
+        )))
+    })?;
+    let destination = Destination {
+        url,
+        secret: webhook.secret.clone(),
+    };
+    let client = crate::backend::http_client().map_err(ServerError::Backend)?;
+    Ok(Some(Lifecycle::start(store, destination, client)))
+}
+
+/// The broker, presence store and lifecycle store the settings ask for: in memory, or on
+/// Redis.
 async fn brokers(
     config: &Config,
     local: &Arc<Local>,
     retention: Retention,
-) -> Result<(Arc<dyn Broker>, Arc<dyn PresenceStore>), ServerError> {
+) -> Result<
+    (
+        Arc<dyn Broker>,
+        Arc<dyn PresenceStore>,
+        Arc<dyn LifecycleStore>,
+    ),
+    ServerError,
+> {
+    let debounce = Debounce {
+        // A channel is vacated just after its last member is removed, not before.
+        channel: SETTLE + Duration::from_millis(10),
+        member: SETTLE,
+        user: config
+            .webhook
+            .as_ref()
+            .map_or(SETTLE, |webhook| webhook.offline_grace),
+    };
     if config.redis.is_none() {
         // One process: nothing between publishers and subscribers can fail.
         crate::metrics::metrics().broker.up.set(1);
@@ -279,6 +328,7 @@ async fn brokers(
         None => (
             Arc::new(MemoryBroker::new(local.clone(), retention)),
             Arc::new(MemoryPresence::new(local.clone())),
+            Arc::new(MemoryLifecycle::new(debounce)),
         ),
         Some(redis) => {
             let options = RedisOptions {
@@ -296,7 +346,8 @@ async fn brokers(
                 .await
                 .map_err(ServerError::Broker)?;
             let presence = RedisPresence::new(broker.shared(), config.presence_ttl);
-            (Arc::new(broker), Arc::new(presence))
+            let lifecycle = RedisLifecycle::new(broker.shared(), broker.node_id(), debounce);
+            (Arc::new(broker), Arc::new(presence), Arc::new(lifecycle))
         }
     })
 }

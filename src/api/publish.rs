@@ -30,15 +30,9 @@ pub struct PublishRequest {
 pub struct Published {
     offset: u64,
     epoch: String,
-}
-
-impl From<StreamPosition> for Published {
-    fn from(position: StreamPosition) -> Self {
-        Self {
-            offset: position.offset,
-            epoch: position.epoch.to_string(),
-        }
-    }
+    /// The publication waits for its user's `ack` (a `receipts=…` namespace): without one in
+    /// time, the backend hears `undelivered`.
+    receipts: bool,
 }
 
 fn checked_data(state: &AppState, data: Box<RawValue>) -> Result<Arc<RawValue>, ApiError> {
@@ -58,7 +52,7 @@ fn checked_key(key: Option<String>) -> Result<Option<IdempotencyKey>, ApiError> 
         .map_err(|err| ApiError::BadRequest(err.to_string()))
 }
 
-/// `POST /api/publish {"channel","data","idempotency_key"?}` → `{"offset","epoch"}`.
+/// `POST /api/publish {"channel","data","idempotency_key"?}` → `{"offset","epoch","receipts"}`.
 pub async fn publish(
     _: ApiKey,
     State(state): State<AppState>,
@@ -71,7 +65,11 @@ pub async fn publish(
         .node
         .publish(&channel, data, ClientInfo::server(), key)
         .await?;
-    Ok(Json(position.into()))
+    Ok(Json(Published {
+        offset: position.offset,
+        epoch: position.epoch.to_string(),
+        receipts: state.node.tracks_receipts(&channel),
+    }))
 }
 
 #[derive(Debug, Deserialize)]

@@ -168,6 +168,12 @@ struct AppDisconnect {
 #[error("--proxy-*: {0}")]
 pub struct SettingsError(String);
 
+impl SettingsError {
+    pub fn new(message: String) -> Self {
+        Self(message)
+    }
+}
+
 impl Backend {
     pub fn new(settings: &ProxySettings) -> Result<Self, SettingsError> {
         let url = |url: &Option<String>| {
@@ -182,19 +188,8 @@ impl Backend {
             .map(|name| HeaderName::try_from(name.trim()))
             .collect::<Result<Box<[_]>, _>>()
             .map_err(|err| SettingsError(err.to_string()))?;
-        let mut client = reqwest::Client::builder()
-            .tcp_nodelay(true)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .tls_built_in_root_certs(false);
-        for cert in rustls_native_certs::load_native_certs().certs {
-            if let Ok(cert) = reqwest::Certificate::from_der(&cert) {
-                client = client.add_root_certificate(cert);
-            }
-        }
         Ok(Self {
-            client: client
-                .build()
-                .map_err(|err| SettingsError(err.to_string()))?,
+            client: http_client()?,
             connect: url(&settings.connect)?,
             subscribe: url(&settings.subscribe)?,
             publish: url(&settings.publish)?,
@@ -441,6 +436,20 @@ impl Backend {
     }
 }
 
+/// A pooled HTTP client (keep-alive; HTTP/2 where TLS negotiates it) trusting the system's CAs.
+pub(crate) fn http_client() -> Result<reqwest::Client, SettingsError> {
+    let mut client = reqwest::Client::builder()
+        .tcp_nodelay(true)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .tls_built_in_root_certs(false);
+    for cert in rustls_native_certs::load_native_certs().certs {
+        if let Ok(cert) = reqwest::Certificate::from_der(&cert) {
+            client = client.add_root_certificate(cert);
+        }
+    }
+    client.build().map_err(|err| SettingsError(err.to_string()))
+}
+
 /// The forwarded headers as the JSON object of a call (lower-case names; values that are not
 /// text are left out).
 fn headers_json(
@@ -456,7 +465,7 @@ fn headers_json(
 }
 
 /// reqwest's message without the URL (whose query could hold a secret).
-fn without_url(err: &reqwest::Error) -> String {
+pub(crate) fn without_url(err: &reqwest::Error) -> String {
     let mut text = String::from(if err.is_connect() {
         "connection failed"
     } else {

@@ -1,12 +1,32 @@
 //! The settings of the app's backend in the loop: the proxies' URLs and forwarded headers, the
 //! webhook's URL and secret, and the namespace options that need them.
 
-use super::{ConfigError, Namespaces, ServeArgs};
+use super::{ConfigError, Namespaces, ProxySettings, ServeArgs, WebhookSettings};
 
 /// Shortest webhook secret, in bytes: HMAC-SHA256's block of entropy.
 const MIN_WEBHOOK_SECRET: usize = 32;
 
 impl ServeArgs {
+    pub(super) fn proxy_settings(&self) -> ProxySettings {
+        ProxySettings {
+            connect: self.proxy_connect.clone(),
+            subscribe: self.proxy_subscribe.clone(),
+            publish: self.proxy_publish.clone(),
+            refresh: self.proxy_refresh.clone(),
+            rpc: self.proxy_rpc.clone(),
+            timeout: self.proxy_timeout,
+            headers: self.proxy_headers.clone(),
+        }
+    }
+
+    pub(super) fn webhook_settings(&self) -> Option<WebhookSettings> {
+        Some(WebhookSettings {
+            url: self.webhook_url.clone()?,
+            secret: self.webhook_secret.clone()?,
+            offline_grace: self.webhook_offline_grace,
+        })
+    }
+
     /// The backend's URLs, the headers named for it, and the webhook's secret.
     pub(super) fn check_proxy(&self) -> Result<(), ConfigError> {
         if self.proxy_timeout.is_zero() {

@@ -187,6 +187,7 @@ impl ServeArgs {
         };
         let namespaces = namespaces(&self.channel_rule, &self.namespaces, history)?;
         self.check_namespaces_backend(&namespaces)?;
+        let (proxy, webhook) = (self.proxy_settings(), self.webhook_settings());
         let tokens = TokenSettings {
             hmac_secret: self.token_hmac_secret,
             public_keys: self.token_public_key,
@@ -243,23 +244,8 @@ impl ServeArgs {
             },
             body_timeout: self.body_timeout,
             api_key: self.api_key,
-            proxy: ProxySettings {
-                connect: self.proxy_connect,
-                subscribe: self.proxy_subscribe,
-                publish: self.proxy_publish,
-                refresh: self.proxy_refresh,
-                rpc: self.proxy_rpc,
-                timeout: self.proxy_timeout,
-                headers: self.proxy_headers,
-            },
-            webhook: self
-                .webhook_url
-                .zip(self.webhook_secret)
-                .map(|(url, secret)| WebhookSettings {
-                    url,
-                    secret,
-                    offline_grace: self.webhook_offline_grace,
-                }),
+            proxy,
+            webhook,
             idempotency_window: self.idempotency_window,
             metrics_listen: self.metrics_listen,
             drain_window: self.drain_window,
@@ -496,5 +482,61 @@ mod tests {
         assert_eq!(config.namespaces.get(Some("other")).history.size, 7);
         let user = config.namespaces.get(Some(PERSONAL_NAMESPACE));
         assert_eq!((user.subscribe, user.publish), (SubscribeRule::User, false));
+    }
+
+    fn config_of(args: &[&str]) -> Result<Config, ConfigError> {
+        let argv = std::iter::once("tidings").chain(args.iter().copied());
+        Cli::try_parse_from(argv)
+            .unwrap()
+            .into_serve_args()
+            .into_config()
+    }
+
+    #[test]
+    fn backend_options_need_their_urls_and_receipts_a_personal_namespace() {
+        let config = config_of(&[
+            "--webhook-url",
+            "http://127.0.0.1:9/hook",
+            "--webhook-secret",
+            &"s".repeat(32),
+            "--namespace",
+            "user:receipts=30s",
+            "--proxy-subscribe",
+            "http://127.0.0.1:9/subscribe",
+            "--namespace",
+            "room:proxy-subscribe=true",
+        ])
+        .unwrap();
+        // Listing `user` keeps it personal: the rule starts from the built-in one.
+        let user = config.namespaces.get(Some(PERSONAL_NAMESPACE));
+        assert_eq!(user.subscribe, SubscribeRule::User);
+        assert_eq!(user.receipts, Some(Duration::from_secs(30)));
+        assert!(config.namespaces.get(Some("room")).proxy_subscribe);
+        assert_eq!(
+            config.webhook.unwrap().offline_grace,
+            Duration::from_secs(10)
+        );
+
+        for args in [
+            &["--namespace", "room:proxy-publish=true"][..],
+            &["--namespace", "user:receipts=30s"],
+            &["--webhook-url", "http://h/x", "--webhook-secret", "short"],
+            &["--webhook-url", "http://h/x"],
+            &["--proxy-refresh", "ftp://h/x"],
+        ] {
+            assert!(
+                matches!(config_of(args), Err(ConfigError::Invalid { .. })),
+                "{args:?}"
+            );
+        }
+        let base = Namespaces::default().get(None).clone();
+        assert!(matches!(
+            parse_namespace("news:receipts=30s", &base),
+            Err(NamespaceError::ReceiptsNotPersonal { .. })
+        ));
+        assert!(matches!(
+            parse_namespace("user:receipts=0s", &base),
+            Err(NamespaceError::Value { .. })
+        ));
     }
 }

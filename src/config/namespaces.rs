@@ -219,83 +219,7 @@ pub fn parse_namespace(
             spec: spec.into(),
             pair: pair.into(),
         })?;
-        let (key, value) = (key.trim(), value.trim());
-        let bad = |key: &'static str, expected: &'static str| NamespaceError::Value {
-            spec: spec.into(),
-            key,
-            value: value.into(),
-            expected,
-        };
-        match key {
-            "subscribe" => {
-                options.subscribe = match value {
-                    "anyone" => SubscribeRule::Anyone,
-                    "authenticated" => SubscribeRule::Authenticated,
-                    "token" => SubscribeRule::Token,
-                    "user" => SubscribeRule::User,
-                    _ => return Err(bad("subscribe", "anyone, authenticated, token or user")),
-                }
-            }
-            "publish" => {
-                options.publish = value.parse().map_err(|_| bad("publish", "true or false"))?
-            }
-            "history-size" => {
-                options.history.size = value.parse().map_err(|_| bad("history-size", "a count"))?
-            }
-            "history-ttl" => {
-                options.history.ttl = humantime::parse_duration(value)
-                    .map_err(|_| bad("history-ttl", "a duration like 10m"))?
-            }
-            "presence" => {
-                options.presence = value
-                    .parse()
-                    .map_err(|_| bad("presence", "true or false"))?
-            }
-            "join-leave" => {
-                options.join_leave = match value {
-                    "false" => JoinLeave::Off,
-                    "true" | "client" => JoinLeave::Client,
-                    "user" => JoinLeave::User,
-                    _ => return Err(bad("join-leave", "true, false, client or user")),
-                }
-            }
-            "join-leave-limit" => {
-                options.join_leave_limit = value
-                    .parse()
-                    .map_err(|_| bad("join-leave-limit", "a count"))?
-            }
-            "join-leave-batch" => {
-                options.join_leave_batch = humantime::parse_duration(value)
-                    .map_err(|_| bad("join-leave-batch", "a duration like 1s"))?
-            }
-            "proxy-subscribe" => {
-                options.proxy_subscribe = value
-                    .parse()
-                    .map_err(|_| bad("proxy-subscribe", "true or false"))?
-            }
-            "proxy-publish" => {
-                options.proxy_publish = value
-                    .parse()
-                    .map_err(|_| bad("proxy-publish", "true or false"))?
-            }
-            "receipts" => {
-                options.receipts = match value {
-                    "false" | "off" => None,
-                    _ => Some(
-                        humantime::parse_duration(value)
-                            .ok()
-                            .filter(|within| !within.is_zero())
-                            .ok_or_else(|| bad("receipts", "a duration like 30s, or false"))?,
-                    ),
-                }
-            }
-            other => {
-                return Err(NamespaceError::Key {
-                    spec: spec.into(),
-                    key: other.into(),
-                });
-            }
-        }
+        set(&mut options, spec, key.trim(), value.trim())?;
     }
     if options.join_leave != JoinLeave::Off && !options.presence {
         return Err(NamespaceError::JoinLeaveWithoutPresence { spec: spec.into() });
@@ -304,4 +228,70 @@ pub fn parse_namespace(
         return Err(NamespaceError::ReceiptsNotPersonal { spec: spec.into() });
     }
     Ok((name.to_owned(), options))
+}
+
+/// Sets one `key=value` of the rule `spec`.
+fn set(
+    options: &mut NamespaceOptions,
+    spec: &str,
+    key: &str,
+    value: &str,
+) -> Result<(), NamespaceError> {
+    let bad = |key: &'static str, expected: &'static str| NamespaceError::Value {
+        spec: spec.into(),
+        key,
+        value: value.into(),
+        expected,
+    };
+    let flag = |key| value.parse::<bool>().map_err(|_| bad(key, "true or false"));
+    let count = |key| value.parse::<u64>().map_err(|_| bad(key, "a count"));
+    let duration = |key, example| humantime::parse_duration(value).map_err(|_| bad(key, example));
+    match key {
+        "subscribe" => {
+            options.subscribe = match value {
+                "anyone" => SubscribeRule::Anyone,
+                "authenticated" => SubscribeRule::Authenticated,
+                "token" => SubscribeRule::Token,
+                "user" => SubscribeRule::User,
+                _ => return Err(bad("subscribe", "anyone, authenticated, token or user")),
+            }
+        }
+        "publish" => options.publish = flag("publish")?,
+        "history-size" => {
+            options.history.size = value.parse().map_err(|_| bad("history-size", "a count"))?
+        }
+        "history-ttl" => options.history.ttl = duration("history-ttl", "a duration like 10m")?,
+        "presence" => options.presence = flag("presence")?,
+        "join-leave" => {
+            options.join_leave = match value {
+                "false" => JoinLeave::Off,
+                "true" | "client" => JoinLeave::Client,
+                "user" => JoinLeave::User,
+                _ => return Err(bad("join-leave", "true, false, client or user")),
+            }
+        }
+        "join-leave-limit" => options.join_leave_limit = count("join-leave-limit")?,
+        "join-leave-batch" => {
+            options.join_leave_batch = duration("join-leave-batch", "a duration like 1s")?
+        }
+        "proxy-subscribe" => options.proxy_subscribe = flag("proxy-subscribe")?,
+        "proxy-publish" => options.proxy_publish = flag("proxy-publish")?,
+        "receipts" => {
+            let expected = "a duration like 30s, or false";
+            options.receipts = match value {
+                "false" | "off" => None,
+                _ => Some(duration("receipts", expected)?)
+                    .filter(|within| !within.is_zero())
+                    .map(Some)
+                    .ok_or_else(|| bad("receipts", expected))?,
+            }
+        }
+        other => {
+            return Err(NamespaceError::Key {
+                spec: spec.into(),
+                key: other.into(),
+            });
+        }
+    }
+    Ok(())
 }

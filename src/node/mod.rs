@@ -50,6 +50,7 @@ use crate::protocol::{
     ChannelName, ClientInfo, CloseCode, ErrorCode, IdempotencyKey, Member, Publication,
     StreamPosition,
 };
+use crate::webhook::{Lifecycle, Receipt};
 
 mod local;
 
@@ -74,6 +75,8 @@ struct Inner {
     rules: ChannelRules,
     /// How long an idempotency key is remembered.
     idempotency_window: Duration,
+    /// Lifecycle webhooks and receipts, when configured.
+    lifecycle: Option<Arc<Lifecycle>>,
 }
 
 /// A local subscription in place: where the channel stands, and what recovery found.
@@ -155,6 +158,7 @@ impl Node {
         broker: Arc<dyn Broker>,
         presence: Arc<dyn PresenceStore>,
         idempotency_window: Duration,
+        lifecycle: Option<Arc<Lifecycle>>,
     ) -> Self {
         let namespaces = local.namespaces.clone();
         Self(Arc::new(Inner {
@@ -166,6 +170,7 @@ impl Node {
             rules: ChannelRules::new(namespaces.clone()),
             namespaces,
             idempotency_window,
+            lifecycle,
         }))
     }
 
@@ -230,6 +235,10 @@ impl Node {
         }
         if read.is_ok() {
             self.count(&metrics().subscriptions, channel, 1);
+            if let Some(lifecycle) = &self.0.lifecycle {
+                let present = self.has_presence(channel);
+                lifecycle.subscribed(channel, outbox.client(), &identity.user, present);
+            }
         } else {
             outbox.end_subscription(channel);
             if self.hub().remove(channel, outbox.id()) {
@@ -307,6 +316,9 @@ impl Node {
             return false;
         }
         self.count(&metrics().subscriptions, channel, -1);
+        if let Some(lifecycle) = &self.0.lifecycle {
+            lifecycle.unsubscribed(channel, outbox.client());
+        }
         let _guard = self.channel_lock(channel).lock().await;
         if self.hub().remove(channel, outbox.id()) {
             self.count(&metrics().channels, channel, -1);
@@ -387,7 +399,53 @@ impl Node {
         let position = self.0.broker.publish(channel, data, info, &options).await?;
         let namespace = self.0.namespaces.label(channel.namespace());
         metrics().published(namespace, started.elapsed());
+        self.track_receipt(channel, &position).await;
         Ok(position)
+    }
+
+    /// Whether publications to `channel` wait for receipts.
+    pub fn tracks_receipts(&self, channel: &ChannelName) -> bool {
+        self.0.lifecycle.is_some()
+            && self
+                .0
+                .namespaces
+                .get(channel.namespace())
+                .receipts
+                .is_some()
+    }
+
+    /// On a `receipts=WITHIN` namespace, the publication now waits for its user's `ack`.
+    async fn track_receipt(&self, channel: &ChannelName, position: &StreamPosition) {
+        let (Some(lifecycle), Some(within)) = (
+            &self.0.lifecycle,
+            self.0.namespaces.get(channel.namespace()).receipts,
+        ) else {
+            return;
+        };
+        let user = channel
+            .as_str()
+            .split_once(':')
+            .map_or("", |(_, user)| user);
+        let receipt = Receipt {
+            channel: channel.clone(),
+            user: user.to_owned(),
+            epoch: position.epoch.to_string(),
+            offset: position.offset,
+            within,
+        };
+        if let Err(err) = lifecycle.track(&receipt).await {
+            tracing::warn!(%channel, %err, "a publication's receipt could not be tracked");
+        }
+    }
+
+    /// A connection processed `channel` up to `offset`: its user got those publications.
+    pub async fn ack(&self, channel: &ChannelName, offset: u64) -> Result<(), NodeError> {
+        match &self.0.lifecycle {
+            Some(lifecycle) if self.tracks_receipts(channel) => {
+                Ok(lifecycle.ack(channel, offset).await?)
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Makes a connection of an authenticated user reachable by server commands; its commands
@@ -400,13 +458,25 @@ impl Node {
             .entry(user.clone())
             .or_default()
             .push((id, mailbox.clone()));
+        if let Some(lifecycle) = &self.0.lifecycle {
+            lifecycle.connected(user);
+        }
         mailbox
     }
 
-    pub fn unregister_user(&self, user: &str, id: SubscriberId) {
+    pub fn unregister_user(&self, user: &Arc<str>, id: SubscriberId) {
         let mut users = self.0.local.users();
         if let Some(connections) = users.get_mut(user) {
+            let before = connections.len();
             connections.retain(|(connection, _)| *connection != id);
+            if let Some(lifecycle) = self
+                .0
+                .lifecycle
+                .as_ref()
+                .filter(|_| connections.len() < before)
+            {
+                lifecycle.disconnected(user);
+            }
             if connections.is_empty() {
                 users.remove(user);
             }

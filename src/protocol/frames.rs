@@ -120,6 +120,9 @@ pub struct SubscribeOk<D = serde_json::Value> {
     /// Only when `recovered` is false: why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The channel's publications wait for an `ack` (delivery receipts); absent otherwise.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub receipts: bool,
 }
 
 /// `ok` body of a `history` reply.
@@ -155,6 +158,9 @@ pub struct SubscribedPush {
     pub channel: String,
     pub offset: u64,
     pub epoch: String,
+    /// As in the `subscribe` reply.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub receipts: bool,
 }
 
 /// The body of an `{"unsubscribed":{...}}` push: the server unsubscribed this connection.

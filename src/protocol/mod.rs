@@ -33,8 +33,8 @@ pub use frames::{
     encode_ok,
 };
 pub use request::{
-    Command, Connect, DecodeError, History, Presence, PresenceStats, Publish, Refresh, Request,
-    Rpc, Subscribe, Unsubscribe, decode_request,
+    Ack, Command, Connect, DecodeError, History, Presence, PresenceStats, Publish, Refresh,
+    Request, Rpc, Subscribe, Unsubscribe, decode_request,
 };
 
 /// The protocol version this server speaks; reported in the `connected` push.

@@ -35,6 +35,8 @@ pub enum Command<D = Box<RawValue>> {
     PresenceStats(PresenceStats),
     /// A call to the app's backend (`--proxy-rpc`), answered with its `data`.
     Rpc(Rpc<D>),
+    /// The client processed a channel's publications up to an offset (delivery receipts).
+    Ack(Ack),
     /// A client-side liveness probe; replied to with `ok {}`.
     Ping,
     /// The answer to a server `{"ping":{}}`; never replied to.
@@ -79,6 +81,13 @@ pub struct Rpc<D = Box<RawValue>> {
     pub method: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<D>,
+}
+
+/// Cumulative: every publication of `channel` up to `offset` was processed.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Ack {
+    pub channel: ChannelName,
+    pub offset: u64,
 }
 
 /// With `idempotency_key`, a retry within the server's window is answered with the first
@@ -196,6 +205,7 @@ pub fn decode_request(text: &str) -> Result<Request, DecodeError> {
         "presence" => Command::Presence(fields.with_channel(head.channel)?),
         "presence_stats" => Command::PresenceStats(fields.with_channel(head.channel)?),
         "rpc" => Command::Rpc(fields.read()?),
+        "ack" => Command::Ack(fields.with_channel(head.channel)?),
         "ping" => Command::Ping,
         "pong" => Command::Pong,
         other => {

@@ -17,10 +17,10 @@ use crate::metrics::metrics;
 use crate::node::{ContinuityError, Recovery, Subscribed, UserCommand};
 use crate::outbox::{Closing, Frame};
 use crate::protocol::{
-    ChannelName, CloseCode, Command, Empty, ErrorBody, ErrorCode, History, HistoryOk, Presence,
-    PresenceOk, PresenceStats, PresenceStatsOk, Publish, PublishOk, Push, Rpc, RpcOk, Secret,
-    StreamPosition, Subscribe, SubscribeOk, SubscribedPush, Unsubscribe, UnsubscribedPush, encode,
-    encode_error, encode_error_body, encode_ok,
+    Ack, ChannelName, CloseCode, Command, Empty, ErrorBody, ErrorCode, History, HistoryOk,
+    Presence, PresenceOk, PresenceStats, PresenceStatsOk, Publish, PublishOk, Push, Rpc, RpcOk,
+    Secret, StreamPosition, Subscribe, SubscribeOk, SubscribedPush, Unsubscribe, UnsubscribedPush,
+    encode, encode_error, encode_error_body, encode_ok,
 };
 
 impl Session<'_> {
@@ -51,6 +51,7 @@ impl Session<'_> {
             }
             Command::Refresh(refresh) => self.refresh(identity, id, refresh.token.expose()),
             Command::Rpc(rpc) => Box::pin(self.rpc(identity, id, rpc)).await,
+            Command::Ack(ack) => Box::pin(self.ack(id, ack)).await,
             Command::Ping => self.reply_ok(id, &Empty {}),
             Command::Connect(_) | Command::Pong => {}
         }
@@ -68,6 +69,22 @@ impl Session<'_> {
         let answer = backend.rpc(&caller, &rpc.method, rpc.data.as_deref()).await;
         if let Some(data) = self.decided(id, answer) {
             self.reply_ok(id, &RpcOk { data });
+        }
+    }
+
+    /// `ack`: the connection processed a channel it is subscribed to up to an offset; on a
+    /// channel with receipts its user got those publications.
+    async fn ack(&mut self, id: Option<u64>, Ack { channel, offset }: Ack) {
+        if !self.outbox.is_subscribed(&channel) {
+            let message = format!("not subscribed to {channel}");
+            return self.reply_error(id, &Refusal::new(ErrorCode::PermissionDenied, message));
+        }
+        match self.node.ack(&channel, offset).await {
+            Ok(()) => self.reply_ok(id, &Empty {}),
+            Err(err) => {
+                let refusal = self.node_failure(err);
+                self.reply_error(id, &refusal)
+            }
         }
     }
 
@@ -189,6 +206,7 @@ impl Session<'_> {
                     recovered,
                     publications,
                     reason: reason.as_ref().map(ToString::to_string),
+                    receipts: self.node.tracks_receipts(&channel),
                 },
             ))],
             // Without a reply to carry them, recovered publications come as pushes and a
@@ -225,6 +243,7 @@ impl Session<'_> {
                     channel: channel.to_string(),
                     offset: position.offset,
                     epoch: position.epoch.to_string(),
+                    receipts: self.node.tracks_receipts(&channel),
                 });
                 let frames = vec![Frame::from(encode(&push))];
                 self.outbox

@@ -60,3 +60,6 @@ mod redis_deployments;
 mod regression;
 /// Several nodes through Redis: cross-node delivery, failover, recovery elsewhere.
 mod scale_out;
+/// Webhooks (lifecycle events once per transition across nodes, signed, retried, kept in
+/// Redis) and delivery receipts.
+mod webhook;

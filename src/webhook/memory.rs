@@ -1,0 +1,206 @@
+//! The lifecycle store of a single node: everything in this process (events not yet sent die
+//! with it).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use serde_json::json;
+
+use super::{Debounce, Edge, LifecycleStore, RECEIPT_COALESCE, Receipt};
+use crate::broker::BrokerError;
+use crate::protocol::ChannelName;
+
+#[derive(Debug)]
+pub struct MemoryLifecycle {
+    debounce: Debounce,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    held: HashSet<String>,
+    /// Outs waiting for their debounce: key → when due.
+    pending: HashMap<String, Instant>,
+    queue: VecDeque<String>,
+    era: u128,
+    seq: u64,
+    receipts: HashMap<ChannelName, Vec<Tracked>>,
+}
+
+#[derive(Debug)]
+struct Tracked {
+    offset: u64,
+    epoch: String,
+    user: String,
+    due: Instant,
+}
+
+impl MemoryLifecycle {
+    pub fn new(debounce: Debounce) -> Self {
+        let era = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis();
+        Self {
+            debounce,
+            state: Mutex::new(State {
+                era,
+                ..State::default()
+            }),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl State {
+    fn emit(&mut self, mut event: serde_json::Value) {
+        self.seq += 1;
+        let time_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis();
+        event["id"] = format!("{}-{}", self.era, self.seq).into();
+        event["time_ms"] = json!(time_ms);
+        self.queue.push_back(event.to_string());
+    }
+
+    /// The event of a holding's transition.
+    fn transition(&mut self, key: &str, enter: bool) {
+        let Ok((kind, channel, user)) = serde_json::from_str::<(String, String, String)>(key)
+        else {
+            return;
+        };
+        let kind = match (kind.as_str(), enter) {
+            ("c", true) => "channel_occupied",
+            ("c", false) => "channel_vacated",
+            ("m", true) => "member_added",
+            ("m", false) => "member_removed",
+            ("u", true) => "user_online",
+            ("u", false) => "user_offline",
+            _ => return,
+        };
+        let mut event = json!({ "type": kind });
+        if !channel.is_empty() {
+            event["channel"] = channel.into();
+        }
+        if !user.is_empty() {
+            event["user"] = user.into();
+        }
+        self.emit(event);
+    }
+}
+
+#[async_trait]
+impl LifecycleStore for MemoryLifecycle {
+    async fn apply(&self, edges: &[Edge]) -> Result<(), BrokerError> {
+        let now = Instant::now();
+        let mut state = self.state();
+        for edge in edges {
+            if edge.enter {
+                state.held.insert(edge.key.clone());
+                if state.pending.remove(&edge.key).is_none() {
+                    state.transition(&edge.key, true);
+                }
+            } else if state.held.remove(&edge.key) {
+                let wait = match edge.key.as_bytes().get(2) {
+                    Some(b'c') => self.debounce.channel,
+                    Some(b'm') => self.debounce.member,
+                    _ => self.debounce.user,
+                };
+                state.pending.insert(edge.key.clone(), now + wait);
+            }
+        }
+        Ok(())
+    }
+
+    async fn tick(&self) -> Result<(u64, bool), BrokerError> {
+        let now = Instant::now();
+        let mut state = self.state();
+        let mut due: Vec<(Instant, String)> = state
+            .pending
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(key, at)| (*at, key.clone()))
+            .collect();
+        due.sort();
+        for (_, key) in due {
+            state.pending.remove(&key);
+            state.transition(&key, false);
+        }
+        let ripe: Vec<ChannelName> = state
+            .receipts
+            .iter()
+            .filter(|(_, tracked)| {
+                tracked
+                    .first()
+                    .is_some_and(|t| t.due + RECEIPT_COALESCE <= now)
+            })
+            .map(|(channel, _)| channel.clone())
+            .collect();
+        for channel in ripe {
+            let tracked = state.receipts.remove(&channel).unwrap_or_default();
+            let (due, waiting): (Vec<_>, Vec<_>) = tracked.into_iter().partition(|t| t.due <= now);
+            let mut by_epoch: Vec<(String, String, Vec<u64>)> = Vec::new();
+            for t in due {
+                match by_epoch.iter_mut().find(|(epoch, _, _)| *epoch == t.epoch) {
+                    Some((_, _, offsets)) => offsets.push(t.offset),
+                    None => by_epoch.push((t.epoch, t.user, vec![t.offset])),
+                }
+            }
+            for (epoch, user, offsets) in by_epoch {
+                state.emit(json!({
+                    "type": "undelivered", "channel": channel.as_str(), "user": user,
+                    "offsets": offsets, "epoch": epoch,
+                }));
+            }
+            if !waiting.is_empty() {
+                state.receipts.insert(channel, waiting);
+            }
+        }
+        Ok((state.queue.len() as u64, true))
+    }
+
+    async fn track(&self, receipt: &Receipt) -> Result<(), BrokerError> {
+        let tracked = Tracked {
+            offset: receipt.offset,
+            epoch: receipt.epoch.clone(),
+            user: receipt.user.clone(),
+            due: Instant::now() + receipt.within,
+        };
+        self.state()
+            .receipts
+            .entry(receipt.channel.clone())
+            .or_default()
+            .push(tracked);
+        Ok(())
+    }
+
+    async fn ack(&self, channel: &ChannelName, offset: u64) -> Result<(), BrokerError> {
+        let mut state = self.state();
+        if let Some(tracked) = state.receipts.get_mut(channel) {
+            tracked.retain(|t| t.offset > offset);
+            if tracked.is_empty() {
+                state.receipts.remove(channel);
+            }
+        }
+        Ok(())
+    }
+
+    async fn peek(&self, max: usize) -> Result<Vec<String>, BrokerError> {
+        Ok(self.state().queue.iter().take(max).cloned().collect())
+    }
+
+    async fn pop(&self, count: usize) -> Result<(), BrokerError> {
+        let mut state = self.state();
+        let count = count.min(state.queue.len());
+        state.queue.drain(..count);
+        Ok(())
+    }
+
+    async fn close(&self) {}
+}

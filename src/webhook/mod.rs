@@ -1,0 +1,492 @@
+//! Webhooks: the app's backend hears about lifecycle transitions — a channel occupied or
+//! vacated, a user added to or removed from a presence channel, a user online or offline — and
+//! about personal publications nobody acknowledged (`undelivered`), as signed POSTs to
+//! `--webhook-url`.
+//!
+//! ## Exactly once across nodes
+//! Each node counts its own holders of each [`Holding`] (subscriptions of a channel, a user's
+//! connections present in a channel, a user's connections) and tells the [`LifecycleStore`]
+//! only of its edges: its first holder came, its last one left. The store counts the nodes
+//! holding each one and turns the first node in into the "in" event and the last node out into
+//! the "out" event, in one atomic step with enqueuing the event — so however many nodes see a
+//! transition, it is one event. Outs are debounced: the event waits ([`Debounce`]: a second for
+//! channels and members, `--webhook-offline-grace` for users) and is dropped if a holder comes
+//! back meanwhile, together with the "in" that came back. A page reload, or a user moving from
+//! one node to another, is no event at all.
+//!
+//! ## Delivery
+//! Events wait in one queue, in the order of their transitions (with Redis, in Redis: they
+//! survive a restart of any node). One node at a time holds the sending lease; it POSTs up to
+//! [`MAX_BATCH`] events per request, `{"events":[…]}`, signed with
+//! `Tidings-Signature: t=SECONDS,v1=HEX` (HMAC-SHA256 of `"{t}.{body}"`). A failure (timeout,
+//! refused connection, any status but 2xx) is retried with exponential back-off — from
+//! [`FIRST_BACKOFF`] up to [`MAX_BACKOFF`] — with the same events and ids, so order holds;
+//! after [`RETRY_WINDOW`] of failures the batch is dropped, counted and logged.
+//!
+//! ## Receipts
+//! On a namespace with `receipts=WITHIN`, each publication to a personal channel waits for an
+//! `ack` from any connection of its user; those still unacknowledged WITHIN later (gathered for
+//! [`RECEIPT_COALESCE`] more, so a burst is one event) become one `undelivered` event.
+//!
+//! ## Nodes that die
+//! A node refreshes its liveness every tick; once it has been silent for [`ALIVE_TTL`], the
+//! others release what it held (its outs debounced as usual).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::broker::BrokerError;
+use crate::metrics::metrics;
+use crate::protocol::{ChannelName, Secret};
+
+pub mod memory;
+pub mod redis;
+
+/// Events per POST, at most.
+pub const MAX_BATCH: usize = 100;
+/// The first retry of a failed POST waits this long; each next one twice as long.
+pub const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How long a batch is retried before it is dropped.
+pub const RETRY_WINDOW: Duration = Duration::from_secs(5 * 60);
+/// How long one POST may take.
+pub const POST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often due outs and receipts are looked at, and the queue is sent.
+pub const TICK: Duration = Duration::from_millis(250);
+/// A node silent this long is dead: the others release its holdings.
+pub const ALIVE_TTL: Duration = Duration::from_secs(5);
+/// The sending lease lapses this long after its holder's last round: longer than a POST may
+/// take, so that a slow receiver does not make two nodes send the same batch.
+pub const LEASE_TTL: Duration = Duration::from_secs(8);
+/// Unacknowledged publications of a personal channel are gathered this long past the first
+/// one's deadline into one `undelivered` event.
+pub const RECEIPT_COALESCE: Duration = Duration::from_secs(1);
+/// The debounce of channel and member outs.
+pub const SETTLE: Duration = Duration::from_secs(1);
+/// Edges waiting for the store, at most (a long outage of Redis drops the excess, logged).
+const MAX_PENDING_EDGES: usize = 65_536;
+
+/// What a node may hold.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Holding {
+    /// The channel has subscribers.
+    Channel(ChannelName),
+    /// The user is present in the channel (a presence namespace).
+    Member(ChannelName, Arc<str>),
+    /// The user has a connection.
+    User(Arc<str>),
+}
+
+impl Holding {
+    /// The store's key: the same JSON array for the same holding on every node.
+    pub fn key(&self) -> String {
+        let (kind, channel, user) = match self {
+            Self::Channel(channel) => ("c", channel.as_str(), ""),
+            Self::Member(channel, user) => ("m", channel.as_str(), &**user),
+            Self::User(user) => ("u", "", &**user),
+        };
+        serde_json::json!([kind, channel, user]).to_string()
+    }
+}
+
+/// A change of this node's holdings: its first holder of `key` came, or its last one left.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Edge {
+    pub key: String,
+    pub enter: bool,
+}
+
+/// How long each kind of out waits for a holder to come back.
+#[derive(Clone, Copy, Debug)]
+pub struct Debounce {
+    pub channel: Duration,
+    pub member: Duration,
+    pub user: Duration,
+}
+
+/// A personal publication awaiting an acknowledgement.
+#[derive(Clone, Debug)]
+pub struct Receipt {
+    pub channel: ChannelName,
+    pub user: String,
+    pub epoch: String,
+    pub offset: u64,
+    pub within: Duration,
+}
+
+/// Where holdings are counted across nodes and events wait to be sent.
+#[async_trait]
+pub trait LifecycleStore: Send + Sync + fmt::Debug {
+    /// Records this node's edges, in order; each first node in and last node out enqueues its
+    /// event (outs once their debounce has passed).
+    async fn apply(&self, edges: &[Edge]) -> Result<(), BrokerError>;
+    /// Keeps this node alive and does what is due: outs whose debounce passed, the holdings of
+    /// dead nodes, receipts past their window. Returns the queue's length, and whether this
+    /// node holds the sending lease (taking it if free, renewing it if its own).
+    async fn tick(&self) -> Result<(u64, bool), BrokerError>;
+    async fn track(&self, receipt: &Receipt) -> Result<(), BrokerError>;
+    /// Everything of `channel` up to `offset` is acknowledged.
+    async fn ack(&self, channel: &ChannelName, offset: u64) -> Result<(), BrokerError>;
+    /// The first `max` events of the queue, as JSON objects.
+    async fn peek(&self, max: usize) -> Result<Vec<String>, BrokerError>;
+    /// Removes the first `count` events (sent, or given up on).
+    async fn pop(&self, count: usize) -> Result<(), BrokerError>;
+    /// This node leaves: its lease and liveness go.
+    async fn close(&self);
+}
+
+/// Where events go and how they are signed.
+#[derive(Clone)]
+pub struct Destination {
+    pub url: reqwest::Url,
+    pub secret: Secret,
+}
+
+impl fmt::Debug for Destination {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Destination")
+            .field("url", &self.url.origin().ascii_serialization())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The user of each present connection, by channel and client id.
+type Members = HashMap<(ChannelName, Arc<str>), Arc<str>>;
+
+/// This node's side of the lifecycle: its holders, counted, and the tasks that feed the store
+/// and send the queue.
+#[derive(Debug)]
+pub struct Lifecycle {
+    store: Arc<dyn LifecycleStore>,
+    counts: Mutex<HashMap<String, u32>>,
+    /// Who each present connection is, by channel and client id: a leave knows only the client.
+    members: Mutex<Members>,
+    edges: mpsc::Sender<Message>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// What the applier receives: an edge, or a request to say when all before it are recorded.
+#[derive(Debug)]
+enum Message {
+    Edge(Edge),
+    Flush(oneshot::Sender<()>),
+}
+
+impl Lifecycle {
+    /// Starts feeding `store` and sending its queue to `destination`.
+    pub fn start(
+        store: Arc<dyn LifecycleStore>,
+        destination: Destination,
+        client: reqwest::Client,
+    ) -> Arc<Self> {
+        let (edges, pending) = mpsc::channel(MAX_PENDING_EDGES);
+        let applier = tokio::spawn(apply_edges(store.clone(), pending));
+        let sender = tokio::spawn(Sender::new(store.clone(), destination, client).run());
+        Arc::new(Self {
+            store,
+            counts: Mutex::default(),
+            members: Mutex::default(),
+            edges,
+            tasks: Mutex::new(vec![applier, sender]),
+        })
+    }
+
+    /// A connection subscribed to `channel`; `present` in a presence namespace.
+    pub fn subscribed(
+        &self,
+        channel: &ChannelName,
+        client: &Arc<str>,
+        user: &Arc<str>,
+        present: bool,
+    ) {
+        self.hold(Holding::Channel(channel.clone()));
+        if present {
+            self.members()
+                .insert((channel.clone(), client.clone()), user.clone());
+            self.hold(Holding::Member(channel.clone(), user.clone()));
+        }
+    }
+
+    /// A connection left `channel`.
+    pub fn unsubscribed(&self, channel: &ChannelName, client: &Arc<str>) {
+        let user = self.members().remove(&(channel.clone(), client.clone()));
+        if let Some(user) = user {
+            self.release(Holding::Member(channel.clone(), user));
+        }
+        self.release(Holding::Channel(channel.clone()));
+    }
+
+    /// An authenticated user's connection opened.
+    pub fn connected(&self, user: &Arc<str>) {
+        self.hold(Holding::User(user.clone()));
+    }
+
+    pub fn disconnected(&self, user: &Arc<str>) {
+        self.release(Holding::User(user.clone()));
+    }
+
+    pub async fn track(&self, receipt: &Receipt) -> Result<(), BrokerError> {
+        self.store.track(receipt).await
+    }
+
+    pub async fn ack(&self, channel: &ChannelName, offset: u64) -> Result<(), BrokerError> {
+        self.store.ack(channel, offset).await
+    }
+
+    fn members(&self) -> std::sync::MutexGuard<'_, Members> {
+        self.members.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn hold(&self, holding: Holding) {
+        let key = holding.key();
+        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = counts.entry(key.clone()).or_default();
+        *count += 1;
+        if *count == 1 {
+            // Sent under the lock: edges of one key reach the store in the order they happened.
+            self.send(Edge { key, enter: true });
+        }
+    }
+
+    fn release(&self, holding: Holding) {
+        let key = holding.key();
+        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(count) = counts.get_mut(&key) else {
+            return;
+        };
+        *count -= 1;
+        if *count == 0 {
+            counts.remove(&key);
+            self.send(Edge { key, enter: false });
+        }
+    }
+
+    fn send(&self, edge: Edge) {
+        if self.edges.try_send(Message::Edge(edge)).is_err() {
+            tracing::error!(
+                "{MAX_PENDING_EDGES} lifecycle changes are waiting for the store; dropping one \
+                 (webhook events may be missed)"
+            );
+        }
+    }
+
+    /// Hands every edge to the store (within [`POST_TIMEOUT`]) and leaves: what is queued
+    /// waits in the store for the next node to send it.
+    pub async fn close(&self) {
+        let (flushed, done) = oneshot::channel();
+        if self.edges.send(Message::Flush(flushed)).await.is_ok()
+            && tokio::time::timeout(POST_TIMEOUT, done).await.is_err()
+        {
+            tracing::warn!("lifecycle changes not recorded before shutdown");
+        }
+        for task in std::mem::take(&mut *self.tasks.lock().unwrap_or_else(PoisonError::into_inner))
+        {
+            task.abort();
+        }
+        self.store.close().await;
+    }
+}
+
+/// Applies edges in batches, in order; a failed batch is retried (Redis may be restarting).
+async fn apply_edges(store: Arc<dyn LifecycleStore>, mut pending: mpsc::Receiver<Message>) {
+    let mut messages = Vec::new();
+    while pending.recv_many(&mut messages, 512).await > 0 {
+        let mut edges = Vec::with_capacity(messages.len());
+        let mut flushes = Vec::new();
+        for message in messages.drain(..) {
+            match message {
+                Message::Edge(edge) => edges.push(edge),
+                Message::Flush(done) => flushes.push(done),
+            }
+        }
+        let mut backoff = Duration::from_millis(100);
+        while !edges.is_empty() {
+            match store.apply(&edges).await {
+                Ok(()) => break,
+                Err(err) => {
+                    tracing::warn!(%err, "lifecycle changes could not be recorded; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        for done in flushes {
+            let _ = done.send(());
+        }
+    }
+}
+
+/// Sends the queue from the node holding the lease.
+struct Sender {
+    store: Arc<dyn LifecycleStore>,
+    destination: Destination,
+    client: reqwest::Client,
+    /// Since when the batch at the head has been failing.
+    failing_since: Option<Instant>,
+    backoff: Duration,
+    /// No POST before this (the back-off after a failure); rounds go on, renewing the lease.
+    next_attempt: Instant,
+}
+
+impl Sender {
+    fn new(
+        store: Arc<dyn LifecycleStore>,
+        destination: Destination,
+        client: reqwest::Client,
+    ) -> Self {
+        Self {
+            store,
+            destination,
+            client,
+            failing_since: None,
+            backoff: FIRST_BACKOFF,
+            next_attempt: Instant::now(),
+        }
+    }
+
+    async fn run(mut self) {
+        loop {
+            let wait = match self.round().await {
+                Ok(wait) => wait,
+                Err(err) => {
+                    tracing::debug!(%err, "webhook round failed");
+                    TICK
+                }
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// One round: what is due, then (as the leader) one POST; returns how long to wait.
+    async fn round(&mut self) -> Result<Duration, BrokerError> {
+        let (queued, lead) = self.store.tick().await?;
+        metrics()
+            .webhook
+            .queue
+            .set(i64::try_from(queued).unwrap_or(i64::MAX));
+        if queued == 0 || !lead || Instant::now() < self.next_attempt {
+            return Ok(TICK);
+        }
+        let events = self.store.peek(MAX_BATCH).await?;
+        if events.is_empty() {
+            return Ok(TICK);
+        }
+        match self.post(&events).await {
+            Ok(()) => {
+                self.store.pop(events.len()).await?;
+                metrics().webhook.sent.inc_by(events.len() as u64);
+                self.failing_since = None;
+                self.backoff = FIRST_BACKOFF;
+                // More may be waiting: no pause.
+                Ok(if events.len() == MAX_BATCH {
+                    Duration::ZERO
+                } else {
+                    TICK
+                })
+            }
+            Err(err) => {
+                let since = *self.failing_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= RETRY_WINDOW {
+                    tracing::error!(
+                        events = events.len(),
+                        %err,
+                        "webhook delivery failed for the whole retry window; dropping these events"
+                    );
+                    self.store.pop(events.len()).await?;
+                    metrics().webhook.dropped.inc_by(events.len() as u64);
+                    self.failing_since = None;
+                    self.backoff = FIRST_BACKOFF;
+                    return Ok(Duration::ZERO);
+                }
+                metrics().webhook.retries.inc();
+                tracing::warn!(%err, retry_in = ?self.backoff, "webhook delivery failed; retrying");
+                self.next_attempt = Instant::now() + self.backoff;
+                self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+                Ok(TICK)
+            }
+        }
+    }
+
+    async fn post(&self, events: &[String]) -> Result<(), String> {
+        let body = format!("{{\"events\":[{}]}}", events.join(","));
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let signature = sign(
+            self.destination.secret.expose().as_bytes(),
+            now,
+            body.as_bytes(),
+        );
+        let started = Instant::now();
+        let sent = self
+            .client
+            .post(self.destination.url.clone())
+            .timeout(POST_TIMEOUT)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header("Tidings-Signature", signature)
+            .body(body)
+            .send()
+            .await;
+        metrics()
+            .webhook
+            .duration
+            .observe(started.elapsed().as_secs_f64());
+        match sent {
+            Ok(response) if response.status().is_success() => Ok(()),
+            Ok(response) => Err(format!(
+                "the receiver answered HTTP {}",
+                response.status().as_u16()
+            )),
+            Err(err) if err.is_timeout() => Err(format!("no answer within {POST_TIMEOUT:?}")),
+            Err(err) => Err(crate::backend::without_url(&err)),
+        }
+    }
+}
+
+/// The `Tidings-Signature` header of `body` sent at Unix time `t`.
+pub fn sign(secret: &[u8], t: u64, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length");
+    mac.update(format!("{t}.").as_bytes());
+    mac.update(body);
+    let digest = mac.finalize().into_bytes();
+    let hex: String = digest.iter().map(|byte| format!("{byte:02x}")).collect();
+    format!("t={t},v1={hex}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_one_json_array_per_holding() {
+        let channel = ChannelName::parse("chat:a").unwrap();
+        assert_eq!(
+            Holding::Channel(channel.clone()).key(),
+            r#"["c","chat:a",""]"#
+        );
+        assert_eq!(
+            Holding::Member(channel, "a\"b".into()).key(),
+            r#"["m","chat:a","a\"b"]"#
+        );
+        assert_eq!(Holding::User("ann".into()).key(), r#"["u","","ann"]"#);
+    }
+
+    #[test]
+    fn the_signature_is_hmac_sha256_of_time_dot_body() {
+        // Computed independently with Python's hmac module.
+        let signature = sign(b"0123456789abcdef0123456789abcdef", 1700000000, b"{}");
+        assert_eq!(
+            signature,
+            "t=1700000000,v1=417adf36b901772f658597a76d329694e335e65fc0849d7715c3ca33406309b5"
+        );
+    }
+}

@@ -1,0 +1,155 @@
+//! The lifecycle store shared by every node through Redis: holdings counted per node, outs
+//! debounced, receipts and the event queue, all in one script (`lifecycle.lua`) whose every
+//! call is one atomic step. Pending events live in Redis and outlive any node.
+
+use async_trait::async_trait;
+use fred::interfaces::ListInterface;
+use fred::prelude::{Client, Error as RedisError, Value};
+use fred::types::scripts::Script;
+
+use super::{ALIVE_TTL, Debounce, Edge, LEASE_TTL, LifecycleStore, RECEIPT_COALESCE, Receipt};
+use crate::broker::BrokerError;
+use crate::broker::redis::Shared;
+use crate::protocol::ChannelName;
+
+/// Lifecycle state in Redis.
+pub struct RedisLifecycle {
+    client: Client,
+    /// `{PREFIX:wh}`: every key shares this hash tag.
+    base: String,
+    node: String,
+    debounce: Debounce,
+    script: Script,
+}
+
+impl std::fmt::Debug for RedisLifecycle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisLifecycle")
+            .field("base", &self.base)
+            .field("node", &self.node)
+            .finish_non_exhaustive()
+    }
+}
+
+fn unavailable(context: &'static str, err: RedisError) -> BrokerError {
+    BrokerError::Unavailable {
+        context,
+        source: Box::new(err),
+    }
+}
+
+fn millis(duration: std::time::Duration) -> Value {
+    Value::from(i64::try_from(duration.as_millis()).unwrap_or(i64::MAX))
+}
+
+impl RedisLifecycle {
+    pub fn new(shared: Shared, node: String, debounce: Debounce) -> Self {
+        Self {
+            client: shared.client,
+            base: format!("{{{}:wh}}", shared.prefix),
+            node,
+            debounce,
+            script: Script::from_lua(include_str!("lifecycle.lua")),
+        }
+    }
+
+    async fn call(
+        &self,
+        context: &'static str,
+        op: &str,
+        extra: Vec<Value>,
+    ) -> Result<Value, BrokerError> {
+        let mut args: Vec<Value> = vec![
+            op.into(),
+            millis(self.debounce.channel),
+            millis(self.debounce.member),
+            millis(self.debounce.user),
+            self.node.clone().into(),
+            millis(ALIVE_TTL),
+        ];
+        args.extend(extra);
+        self.script
+            .evalsha_with_reload(&self.client, vec![self.base.clone()], args)
+            .await
+            .map_err(|err| unavailable(context, err))
+    }
+}
+
+#[async_trait]
+impl LifecycleStore for RedisLifecycle {
+    async fn apply(&self, edges: &[Edge]) -> Result<(), BrokerError> {
+        let args = edges
+            .iter()
+            .flat_map(|edge| {
+                [
+                    if edge.enter { "e" } else { "l" }.into(),
+                    edge.key.clone().into(),
+                ]
+            })
+            .collect();
+        self.call("recording lifecycle changes", "apply", args)
+            .await?;
+        Ok(())
+    }
+
+    async fn tick(&self) -> Result<(u64, bool), BrokerError> {
+        let args = vec![
+            Value::from(super::MAX_BATCH as i64),
+            millis(RECEIPT_COALESCE),
+            millis(LEASE_TTL),
+        ];
+        let answer = self
+            .call("running due lifecycle events", "tick", args)
+            .await?;
+        let (queued, lead) = match answer.into_array().as_slice() {
+            [queued, lead] => (queued.as_u64().unwrap_or(0), lead.as_u64() == Some(1)),
+            _ => (0, false),
+        };
+        Ok((queued, lead))
+    }
+
+    async fn track(&self, receipt: &Receipt) -> Result<(), BrokerError> {
+        let args = vec![
+            receipt.channel.as_str().into(),
+            receipt.user.clone().into(),
+            receipt.epoch.clone().into(),
+            Value::from(i64::try_from(receipt.offset).unwrap_or(i64::MAX)),
+            millis(receipt.within),
+            millis(RECEIPT_COALESCE),
+        ];
+        self.call("tracking a receipt", "track", args).await?;
+        Ok(())
+    }
+
+    async fn ack(&self, channel: &ChannelName, offset: u64) -> Result<(), BrokerError> {
+        let args = vec![
+            channel.as_str().into(),
+            Value::from(i64::try_from(offset).unwrap_or(i64::MAX)),
+        ];
+        self.call("recording an ack", "ack", args).await?;
+        Ok(())
+    }
+
+    async fn peek(&self, max: usize) -> Result<Vec<String>, BrokerError> {
+        let last = i64::try_from(max).unwrap_or(i64::MAX) - 1;
+        self.client
+            .lrange(format!("{}:queue", self.base), 0, last)
+            .await
+            .map_err(|err| unavailable("reading the webhook queue", err))
+    }
+
+    async fn pop(&self, count: usize) -> Result<(), BrokerError> {
+        let args = vec![Value::from(i64::try_from(count).unwrap_or(i64::MAX))];
+        self.call("trimming the webhook queue", "pop", args).await?;
+        Ok(())
+    }
+
+    async fn close(&self) {
+        if let Err(err) = self
+            .call("leaving the lifecycle store", "close", Vec::new())
+            .await
+        {
+            tracing::debug!(%err, "could not leave the lifecycle store");
+        }
+    }
+}
