@@ -87,7 +87,9 @@ export class Tidings extends EventTarget {
   /**
    * Subscribes (now, and again after every reconnect); `handler(pub)` gets each publication,
    * in offset order, once. With `since: {offset, epoch}` it starts right after that position
-   * (for example the one a `history` call returned), recovering what came in between.
+   * (for example the one a `history` call returned), recovering what came in between. On a
+   * channel with delivery receipts, each publication is acknowledged once `handler` returns
+   * (or the promise it returns resolves).
    */
   subscribe(channel, handler, { since } = {}) {
     const existing = this.subscriptions.get(channel);
@@ -292,7 +294,7 @@ export class Tidings extends EventTarget {
     } else if (frame.subscribed) {
       // The application's backend subscribed this connection (server API). Publications of
       // channels nobody passed a handler for arrive as `publication` events.
-      const { channel, offset, epoch } = frame.subscribed;
+      const { channel, offset, epoch, receipts = false } = frame.subscribed;
       if (!this.subscriptions.has(channel)) {
         this.subscriptions.set(channel, {
           handler: (pub) => this.emit("publication", pub),
@@ -301,6 +303,7 @@ export class Tidings extends EventTarget {
           retry: 0,
         });
       }
+      this.subscriptions.get(channel).receipts = receipts;
       this.emit("subscribed", { channel, offset, epoch, byServer: true });
     } else if (frame.unsubscribed) {
       this.subscriptions.delete(frame.unsubscribed.channel);
@@ -334,7 +337,36 @@ export class Tidings extends EventTarget {
     }
     sub.epoch = pub.epoch;
     sub.offset = pub.offset;
-    sub.handler(pub);
+    const handled = sub.handler(pub);
+    // Delivery receipts: the server hears the publication was processed once the handler
+    // returned (or its promise settled successfully).
+    if (sub.receipts) {
+      if (handled && typeof handled.then === "function") {
+        handled.then(() => this.ack(pub.channel, pub.epoch, pub.offset), () => {});
+      } else {
+        this.ack(pub.channel, pub.epoch, pub.offset);
+      }
+    }
+  }
+
+  /** Acknowledges `channel` up to `offset`: cumulative, so a burst sends one `ack`. */
+  ack(channel, epoch, offset) {
+    const sub = this.subscriptions.get(channel);
+    if (!sub || sub.epoch !== epoch) return;
+    if (sub.ackedEpoch !== epoch) {
+      sub.ackedEpoch = epoch;
+      sub.acked = 0;
+    }
+    if (offset <= sub.acked) return;
+    sub.acked = offset;
+    if (sub.ackQueued) return;
+    sub.ackQueued = true;
+    queueMicrotask(() => {
+      sub.ackQueued = false;
+      if (this.isConnected && this.subscriptions.get(channel) === sub) {
+        this.ws.send(JSON.stringify({ op: "ack", channel, offset: sub.acked }));
+      }
+    });
   }
 
   async sendSubscribe(channel) {
@@ -346,6 +378,7 @@ export class Tidings extends EventTarget {
       const sub = this.subscriptions.get(channel);
       if (!sub) return;
       sub.retry = 0;
+      sub.receipts = ok.receipts === true;
       if (ok.recovered) {
         for (const pub of ok.publications) this.onPublication(pub);
       } else if (ok.recovered === false) {

@@ -348,6 +348,11 @@ async fn api_publish(server: &TestServer, channel: &str, data: Value) -> Value {
 async fn receipts(redis: Option<&RedisServer>) {
     let receiver = Receiver::start().await;
     let server = node(redis, &receiver, &["--namespace", "user:receipts=1s"]).await;
+    // The JavaScript client acknowledges by itself once its handler returned.
+    let browser = match redis {
+        Some(_) => None,
+        None => Some(js_subscriber(&server, "dan").await),
+    };
     let mut ann_1 = user(&server, "ann").await;
     let mut ann_2 = user(&server, "ann").await;
     let mut bob = user(&server, "bob").await;
@@ -367,6 +372,18 @@ async fn receipts(redis: Option<&RedisServer>) {
     let carol = api_publish(&server, "user:carol", json!("for carol")).await;
     let not_tracked = api_publish(&server, "news", json!("for all")).await;
     assert_eq!(not_tracked["receipts"], false);
+    if let Some((mut browser, tab)) = browser {
+        api_publish(&server, "user:dan", json!("for dan")).await;
+        let script = "new Promise((resolve) => {
+            const check = setInterval(() => {
+                if (window.got.length > 0) { clearInterval(check); resolve(window.got); }
+            }, 20);
+        })";
+        assert_eq!(
+            browser.eval(&tab, script).await.unwrap(),
+            json!(["for dan"])
+        );
+    }
 
     let got = ann_1.next_pub().await;
     ann_1
@@ -407,6 +424,40 @@ async fn receipts(redis: Option<&RedisServer>) {
         !undelivered.contains_key("ann"),
         "ann acknowledged (epoch {epoch})"
     );
+    assert!(
+        !undelivered.contains_key("dan"),
+        "the JS client acknowledged"
+    );
+}
+
+/// A Chromium tab whose JS client is subscribed to `user`'s personal channel, collecting what
+/// it receives in `window.got`.
+async fn js_subscriber(
+    server: &TestServer,
+    user: &str,
+) -> (crate::browser::Browser, crate::browser::Tab) {
+    let mut browser = crate::browser::Browser::launch().await.unwrap();
+    let tab = browser
+        .open(&format!("http://{}/", server.addr))
+        .await
+        .unwrap();
+    let script = format!(
+        "(async () => {{
+            const {{ Tidings }} = await import('/tidings.js');
+            window.got = [];
+            const client = new Tidings({ws}, {{ token: {token} }});
+            const subscribed = new Promise((resolve) => client.addEventListener('subscribed',
+                (e) => {{ if (e.detail.channel === {channel}) resolve(e.detail.receipts); }}));
+            client.subscribe({channel}, (pub) => {{ window.got.push(pub.data); }});
+            return await subscribed;
+        }})()",
+        ws = json!(server.url("/ws")),
+        token = json!(token(user)),
+        channel = json!(format!("user:{user}")),
+    );
+    let receipts = browser.eval(&tab, &script).await.unwrap();
+    assert_eq!(receipts, json!(true));
+    (browser, tab)
 }
 
 #[tokio::test]
