@@ -44,6 +44,40 @@ pub struct Backend {
     timeout: Duration,
     headers: Box<[HeaderName]>,
     slots: Arc<Semaphore>,
+    log_gate: LogGate,
+}
+
+/// How often each kind of backend failure is logged, at most: a backend that is down fails
+/// every call of every client, and the log must stay readable (the metric counts them all).
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Lets one failure log line per kind through per [`LOG_EVERY`], counting those held back.
+#[derive(Debug, Default)]
+struct LogGate(std::sync::Mutex<std::collections::HashMap<&'static str, (Instant, u64)>>);
+
+impl LogGate {
+    /// `Some(failures not logged since the last line)` when this one is to be logged.
+    fn pass(&self, kind: &'static str) -> Option<u64> {
+        let mut kinds = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = Instant::now();
+        match kinds.get_mut(kind) {
+            Some((last, held)) if now.duration_since(*last) < LOG_EVERY => {
+                *held += 1;
+                None
+            }
+            Some((last, held)) => {
+                *last = now;
+                Some(std::mem::take(held))
+            }
+            None => {
+                kinds.insert(kind, (now, 0));
+                Some(0)
+            }
+        }
+    }
 }
 
 /// Why the backend's answer could not be used.
@@ -198,6 +232,7 @@ impl Backend {
             timeout: settings.timeout,
             headers,
             slots: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            log_gate: LogGate::default(),
         })
     }
 
@@ -431,7 +466,9 @@ impl Backend {
             .errors
             .with_label_values(&[kind, err.label()])
             .inc();
-        tracing::warn!(kind, %err, "call to the backend failed");
+        if let Some(suppressed) = self.log_gate.pass(kind) {
+            tracing::warn!(kind, %err, suppressed, "call to the backend failed");
+        }
         err
     }
 }

@@ -116,6 +116,18 @@ async fn without_a_key_the_api_is_off_but_documented() {
     ] {
         assert!(spec["paths"][path]["post"].is_object(), "{path} documented");
     }
+    for hook in [
+        "events",
+        "proxyConnect",
+        "proxySubscribe",
+        "proxyPublish",
+        "proxyRefresh",
+    ] {
+        assert!(
+            spec["webhooks"][hook]["post"].is_object(),
+            "{hook} documented"
+        );
+    }
 }
 
 #[tokio::test]

@@ -12,6 +12,9 @@ mod admin;
 mod architecture;
 /// Tokens, channel rules, personal channels, subscription tokens and the origin check.
 mod auth;
+/// The example backend of docs/backend.md (Python) and the Node.js signature recipe, against
+/// a real Tidings.
+mod backend_example;
 /// Bad input of every kind gets its documented answer; the connection or the server survives.
 mod bad_input;
 /// The Broker contract, one body per test run against the memory and the Redis broker.
