@@ -89,6 +89,7 @@ pub enum BroadcastResult {
         channel: String,
         offset: u64,
         epoch: String,
+        receipts: bool,
     },
     Failed {
         channel: String,
@@ -138,6 +139,7 @@ pub async fn broadcast(
                 channel: channel.to_string(),
                 offset: position.offset,
                 epoch: position.epoch.to_string(),
+                receipts: state.node.tracks_receipts(&channel),
             },
             Err(err) => {
                 let err = ApiError::from(err);

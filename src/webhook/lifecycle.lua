@@ -71,7 +71,6 @@ local function keep_alive()
 end
 
 if op == 'apply' then
-  keep_alive()
   for i = 7, #ARGV, 2 do
     if ARGV[i] == 'e' then enter(node, ARGV[i + 1]) else leave(node, ARGV[i + 1]) end
   end
@@ -79,6 +78,9 @@ if op == 'apply' then
 end
 
 if op == 'tick' then
+  -- This node's liveness lapsed (Redis lost its data, or the node was cut off long enough for
+  -- the others to release what it held): it must tell again what it holds.
+  local fresh = redis.call('EXISTS', P .. ':alive:' .. node) == 0 and 1 or 0
   keep_alive()
   local max = tonumber(ARGV[7])
   local lease_ttl = tonumber(ARGV[9])
@@ -133,7 +135,7 @@ if op == 'tick' then
     redis.call('PEXPIRE', P .. ':lease', lease_ttl)
     lead = 1
   end
-  return { redis.call('LLEN', P .. ':queue'), lead }
+  return { redis.call('LLEN', P .. ':queue'), lead, fresh }
 end
 
 if op == 'track' then

@@ -8,7 +8,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use serde_json::json;
 
-use super::{Debounce, Edge, LifecycleStore, RECEIPT_COALESCE, Receipt};
+use super::{Debounce, Edge, LifecycleStore, RECEIPT_COALESCE, Receipt, Tick};
 use crate::broker::BrokerError;
 use crate::protocol::ChannelName;
 
@@ -118,7 +118,7 @@ impl LifecycleStore for MemoryLifecycle {
         Ok(())
     }
 
-    async fn tick(&self) -> Result<(u64, bool), BrokerError> {
+    async fn tick(&self) -> Result<Tick, BrokerError> {
         let now = Instant::now();
         let mut state = self.state();
         let mut due: Vec<(Instant, String)> = state
@@ -162,7 +162,11 @@ impl LifecycleStore for MemoryLifecycle {
                 state.receipts.insert(channel, waiting);
             }
         }
-        Ok((state.queue.len() as u64, true))
+        Ok(Tick {
+            queued: state.queue.len() as u64,
+            lead: true,
+            fresh: false,
+        })
     }
 
     async fn track(&self, receipt: &Receipt) -> Result<(), BrokerError> {

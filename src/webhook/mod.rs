@@ -129,9 +129,8 @@ pub trait LifecycleStore: Send + Sync + fmt::Debug {
     /// event (outs once their debounce has passed).
     async fn apply(&self, edges: &[Edge]) -> Result<(), BrokerError>;
     /// Keeps this node alive and does what is due: outs whose debounce passed, the holdings of
-    /// dead nodes, receipts past their window. Returns the queue's length, and whether this
-    /// node holds the sending lease (taking it if free, renewing it if its own).
-    async fn tick(&self) -> Result<(u64, bool), BrokerError>;
+    /// dead nodes, receipts past their window.
+    async fn tick(&self) -> Result<Tick, BrokerError>;
     async fn track(&self, receipt: &Receipt) -> Result<(), BrokerError>;
     /// Everything of `channel` up to `offset` is acknowledged.
     async fn ack(&self, channel: &ChannelName, offset: u64) -> Result<(), BrokerError>;
@@ -141,6 +140,18 @@ pub trait LifecycleStore: Send + Sync + fmt::Debug {
     async fn pop(&self, count: usize) -> Result<(), BrokerError>;
     /// This node leaves: its lease and liveness go.
     async fn close(&self);
+}
+
+/// What a tick found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tick {
+    /// Events waiting.
+    pub queued: u64,
+    /// This node holds the sending lease (it took it if free, renewed it if its own).
+    pub lead: bool,
+    /// The store had forgotten this node (lost data, or released it as dead): the node must
+    /// tell again what it holds.
+    pub fresh: bool,
 }
 
 /// Where events go and how they are signed.
@@ -166,11 +177,71 @@ type Members = HashMap<(ChannelName, Arc<str>), Arc<str>>;
 #[derive(Debug)]
 pub struct Lifecycle {
     store: Arc<dyn LifecycleStore>,
-    counts: Mutex<HashMap<String, u32>>,
+    holdings: Arc<Holdings>,
     /// Who each present connection is, by channel and client id: a leave knows only the client.
     members: Mutex<Members>,
-    edges: mpsc::Sender<Message>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// This node's holders, counted per key, and the way its edges go to the store.
+#[derive(Debug)]
+struct Holdings {
+    counts: Mutex<HashMap<String, u32>>,
+    edges: mpsc::Sender<Message>,
+}
+
+impl Holdings {
+    fn hold(&self, holding: Holding) {
+        let key = holding.key();
+        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = counts.entry(key.clone()).or_default();
+        *count += 1;
+        if *count == 1 {
+            // Sent under the lock: edges of one key reach the store in the order they happened.
+            self.send(Edge { key, enter: true });
+        }
+    }
+
+    fn release(&self, holding: Holding) {
+        let key = holding.key();
+        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(count) = counts.get_mut(&key) else {
+            return;
+        };
+        *count -= 1;
+        if *count == 0 {
+            counts.remove(&key);
+            self.send(Edge { key, enter: false });
+        }
+    }
+
+    /// Tells the store again of everything held (it forgot this node); entering what it still
+    /// knows changes nothing.
+    fn reassert(&self) {
+        let counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        if !counts.is_empty() {
+            let holdings = counts.len();
+            tracing::info!(
+                holdings,
+                "telling the lifecycle store again what this node holds"
+            );
+        }
+        for key in counts.keys() {
+            self.send(Edge {
+                key: key.clone(),
+                enter: true,
+            });
+        }
+    }
+
+    fn send(&self, edge: Edge) {
+        if self.edges.try_send(Message::Edge(edge)).is_err() {
+            tracing::error!(
+                "{MAX_PENDING_EDGES} lifecycle changes are waiting for the store; dropping one \
+                 (webhook events may be missed)"
+            );
+        }
+    }
 }
 
 /// What the applier receives: an edge, or a request to say when all before it are recorded.
@@ -188,14 +259,17 @@ impl Lifecycle {
         client: reqwest::Client,
     ) -> Arc<Self> {
         let (edges, pending) = mpsc::channel(MAX_PENDING_EDGES);
+        let holdings = Arc::new(Holdings {
+            counts: Mutex::default(),
+            edges,
+        });
         let applier = tokio::spawn(apply_edges(store.clone(), pending));
-        let sender = tokio::spawn(Sender::new(store.clone(), destination, client).run());
+        let sender = Sender::new(store.clone(), holdings.clone(), destination, client);
         Arc::new(Self {
             store,
-            counts: Mutex::default(),
+            holdings,
             members: Mutex::default(),
-            edges,
-            tasks: Mutex::new(vec![applier, sender]),
+            tasks: Mutex::new(vec![applier, tokio::spawn(sender.run())]),
         })
     }
 
@@ -246,43 +320,23 @@ impl Lifecycle {
     }
 
     fn hold(&self, holding: Holding) {
-        let key = holding.key();
-        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
-        let count = counts.entry(key.clone()).or_default();
-        *count += 1;
-        if *count == 1 {
-            // Sent under the lock: edges of one key reach the store in the order they happened.
-            self.send(Edge { key, enter: true });
-        }
+        self.holdings.hold(holding);
     }
 
     fn release(&self, holding: Holding) {
-        let key = holding.key();
-        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some(count) = counts.get_mut(&key) else {
-            return;
-        };
-        *count -= 1;
-        if *count == 0 {
-            counts.remove(&key);
-            self.send(Edge { key, enter: false });
-        }
-    }
-
-    fn send(&self, edge: Edge) {
-        if self.edges.try_send(Message::Edge(edge)).is_err() {
-            tracing::error!(
-                "{MAX_PENDING_EDGES} lifecycle changes are waiting for the store; dropping one \
-                 (webhook events may be missed)"
-            );
-        }
+        self.holdings.release(holding);
     }
 
     /// Hands every edge to the store (within [`POST_TIMEOUT`]) and leaves: what is queued
     /// waits in the store for the next node to send it.
     pub async fn close(&self) {
         let (flushed, done) = oneshot::channel();
-        if self.edges.send(Message::Flush(flushed)).await.is_ok()
+        if self
+            .holdings
+            .edges
+            .send(Message::Flush(flushed))
+            .await
+            .is_ok()
             && tokio::time::timeout(POST_TIMEOUT, done).await.is_err()
         {
             tracing::warn!("lifecycle changes not recorded before shutdown");
@@ -327,6 +381,7 @@ async fn apply_edges(store: Arc<dyn LifecycleStore>, mut pending: mpsc::Receiver
 /// Sends the queue from the node holding the lease.
 struct Sender {
     store: Arc<dyn LifecycleStore>,
+    holdings: Arc<Holdings>,
     destination: Destination,
     client: reqwest::Client,
     /// Since when the batch at the head has been failing.
@@ -339,11 +394,13 @@ struct Sender {
 impl Sender {
     fn new(
         store: Arc<dyn LifecycleStore>,
+        holdings: Arc<Holdings>,
         destination: Destination,
         client: reqwest::Client,
     ) -> Self {
         Self {
             store,
+            holdings,
             destination,
             client,
             failing_since: None,
@@ -367,7 +424,14 @@ impl Sender {
 
     /// One round: what is due, then (as the leader) one POST; returns how long to wait.
     async fn round(&mut self) -> Result<Duration, BrokerError> {
-        let (queued, lead) = self.store.tick().await?;
+        let Tick {
+            queued,
+            lead,
+            fresh,
+        } = self.store.tick().await?;
+        if fresh {
+            self.holdings.reassert();
+        }
         metrics()
             .webhook
             .queue
@@ -394,14 +458,21 @@ impl Sender {
             }
             Err(err) => {
                 let since = *self.failing_since.get_or_insert_with(Instant::now);
-                if since.elapsed() >= RETRY_WINDOW {
+                // Given up on: the events failing for the whole window, and those older than
+                // it (a long outage must not grow the queue without bound).
+                let stale = if since.elapsed() >= RETRY_WINDOW {
+                    events.len()
+                } else {
+                    events.iter().take_while(|event| expired(event)).count()
+                };
+                if stale > 0 {
                     tracing::error!(
-                        events = events.len(),
+                        events = stale,
                         %err,
                         "webhook delivery failed for the whole retry window; dropping these events"
                     );
-                    self.store.pop(events.len()).await?;
-                    metrics().webhook.dropped.inc_by(events.len() as u64);
+                    self.store.pop(stale).await?;
+                    metrics().webhook.dropped.inc_by(stale as u64);
                     self.failing_since = None;
                     self.backoff = FIRST_BACKOFF;
                     return Ok(Duration::ZERO);
@@ -450,6 +521,20 @@ impl Sender {
             Err(err) => Err(crate::backend::without_url(&err)),
         }
     }
+}
+
+/// Whether an event was recorded longer than [`RETRY_WINDOW`] ago.
+fn expired(event: &str) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Recorded {
+        time_ms: u64,
+    }
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis();
+    serde_json::from_str::<Recorded>(event)
+        .is_ok_and(|r| u128::from(r.time_ms) + RETRY_WINDOW.as_millis() <= now)
 }
 
 /// The `Tidings-Signature` header of `body` sent at Unix time `t`.

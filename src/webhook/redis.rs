@@ -7,7 +7,9 @@ use fred::interfaces::ListInterface;
 use fred::prelude::{Client, Error as RedisError, Value};
 use fred::types::scripts::Script;
 
-use super::{ALIVE_TTL, Debounce, Edge, LEASE_TTL, LifecycleStore, RECEIPT_COALESCE, Receipt};
+use super::{
+    ALIVE_TTL, Debounce, Edge, LEASE_TTL, LifecycleStore, RECEIPT_COALESCE, Receipt, Tick,
+};
 use crate::broker::BrokerError;
 use crate::broker::redis::Shared;
 use crate::protocol::ChannelName;
@@ -92,7 +94,7 @@ impl LifecycleStore for RedisLifecycle {
         Ok(())
     }
 
-    async fn tick(&self) -> Result<(u64, bool), BrokerError> {
+    async fn tick(&self) -> Result<Tick, BrokerError> {
         let args = vec![
             Value::from(super::MAX_BATCH as i64),
             millis(RECEIPT_COALESCE),
@@ -101,11 +103,17 @@ impl LifecycleStore for RedisLifecycle {
         let answer = self
             .call("running due lifecycle events", "tick", args)
             .await?;
-        let (queued, lead) = match answer.into_array().as_slice() {
-            [queued, lead] => (queued.as_u64().unwrap_or(0), lead.as_u64() == Some(1)),
-            _ => (0, false),
-        };
-        Ok((queued, lead))
+        match answer.into_array().as_slice() {
+            [queued, lead, fresh] => Ok(Tick {
+                queued: queued.as_u64().unwrap_or(0),
+                lead: lead.as_u64() == Some(1),
+                fresh: fresh.as_u64() == Some(1),
+            }),
+            other => Err(BrokerError::Internal {
+                context: "running due lifecycle events",
+                source: format!("unexpected answer {other:?}").into(),
+            }),
+        }
     }
 
     async fn track(&self, receipt: &Receipt) -> Result<(), BrokerError> {

@@ -334,6 +334,53 @@ async fn events_pending_in_redis_are_delivered_after_their_node_dies() {
     );
 }
 
+/// Redis restarted without its data forgets what every node holds: each node tells it again
+/// (the backend sees the ins again, with new ids), so that the outs still come.
+#[tokio::test]
+async fn after_redis_loses_its_data_nodes_tell_it_again_and_outs_still_come() {
+    let mut redis = RedisServer::start().await;
+    let receiver = Receiver::start().await;
+    let a = node(
+        Some(&redis),
+        &receiver,
+        &["--webhook-offline-grace", "1500ms"],
+    )
+    .await;
+    let mut ann = user(&a, "ann").await;
+    ann.subscribe("chat:room").await;
+    let member_added = |e: &Value| e["type"] == "member_added" && e["user"] == "ann";
+    receiver.wait_for("ann added", member_added).await;
+
+    redis.restart().await;
+    receiver
+        .wait_for("ann added again", |_| {
+            receiver.events().iter().filter(|e| member_added(e)).count() == 2
+        })
+        .await;
+    drop(ann);
+    receiver
+        .wait_for("ann offline", |e| {
+            e["type"] == "user_offline" && e["user"] == "ann"
+        })
+        .await;
+    let got: Vec<String> = receiver.events().iter().map(summary).collect();
+    let once = [
+        "user_online ann",
+        "channel_occupied chat:room",
+        "member_added chat:room ann",
+    ];
+    let mut expected: Vec<&str> = once.iter().chain(once.iter()).copied().collect();
+    expected.extend([
+        "member_removed chat:room ann",
+        "channel_vacated chat:room",
+        "user_offline ann",
+    ]);
+    let mut sorted = got.clone();
+    sorted.sort();
+    expected.sort_unstable();
+    assert_eq!(sorted, expected, "{got:#?}");
+}
+
 async fn api_publish(server: &TestServer, channel: &str, data: Value) -> Value {
     let body = json!({"channel": channel, "data": data}).to_string();
     let auth = format!("apikey {API_KEY}");
