@@ -7,12 +7,14 @@
 //! - `idle`: N idle connections, each subscribed to a channel: server RSS per connection.
 //! - `ramp`: fan-out at rising rates until loss or the p99 bound breaks; the highest rate
 //!   sustained.
+//! - `rpc`: calls through Tidings to the app's backend (`backend` serves a minimal one).
 //! - cross-node: any scenario given several `--url`s (connections spread over them).
 //! - `--processes N`: any scenario split over N generator processes, one merged report.
 //!
 //! Every payload carries its send time and (publisher, sequence), so each receiver counts
 //! lost, duplicated and out-of-order deliveries and the latency of each.
 
+mod backend;
 mod conn;
 mod jitter;
 mod presence;
@@ -114,6 +116,10 @@ enum Scenario {
     /// Delivery under churn: clients dropped and back again while a publisher broadcasts;
     /// the share delivered and the replay latency.
     Jitter(jitter::JitterArgs),
+    /// Calls through Tidings to the app's backend (`--proxy-rpc`): calls/s and latency.
+    Rpc(backend::RpcArgs),
+    /// Serves a minimal backend for `rpc` (echoes `data`).
+    Backend(backend::BackendArgs),
 }
 
 #[tokio::main]
@@ -158,6 +164,19 @@ async fn main() -> Result<()> {
         }
         return Ok(());
     }
+    if let Scenario::Backend(args) = &cli.scenario {
+        return backend::serve_backend(args).await;
+    }
+    if let Scenario::Rpc(args) = &cli.scenario {
+        ensure!(common.processes == 1, "rpc runs as one process");
+        let report = backend::rpc(&env, args).await?;
+        if common.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            report.print();
+        }
+        return Ok(());
+    }
     if let Scenario::Presence(args) = &cli.scenario {
         ensure!(common.processes == 1, "presence runs as one process");
         let report = presence::presence(&env, args).await?;
@@ -179,7 +198,10 @@ async fn main() -> Result<()> {
                 })
                 .await?
             }
-            Scenario::Presence(_) | Scenario::Jitter(_) => unreachable!("answered above"),
+            Scenario::Presence(_)
+            | Scenario::Jitter(_)
+            | Scenario::Rpc(_)
+            | Scenario::Backend(_) => unreachable!("answered above"),
         }
     } else {
         let env = &env;
@@ -194,7 +216,10 @@ async fn main() -> Result<()> {
                 )
                 .await?
             }
-            Scenario::Presence(_) | Scenario::Jitter(_) => unreachable!("answered above"),
+            Scenario::Presence(_)
+            | Scenario::Jitter(_)
+            | Scenario::Rpc(_)
+            | Scenario::Backend(_) => unreachable!("answered above"),
         }
     };
     if cli.common.child {

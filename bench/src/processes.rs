@@ -520,7 +520,10 @@ mod tests {
             Scenario::Chat(args) => chat_shares(&parent.common, args),
             Scenario::Idle(args) => idle_shares(&parent.common, args),
             Scenario::Ramp(_) => unreachable!("ramp steps run as fan-outs"),
-            Scenario::Presence(_) | Scenario::Jitter(_) => unreachable!("one process only"),
+            Scenario::Presence(_)
+            | Scenario::Jitter(_)
+            | Scenario::Rpc(_)
+            | Scenario::Backend(_) => unreachable!("one process only"),
         }
         .expect("shares");
         shares
