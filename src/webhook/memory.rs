@@ -208,3 +208,67 @@ impl LifecycleStore for MemoryLifecycle {
 
     async fn close(&self) {}
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::webhook::Holding;
+
+    fn edge(holding: &Holding, enter: bool) -> Edge {
+        Edge {
+            key: holding.key(),
+            enter,
+        }
+    }
+
+    fn types(events: &[String]) -> Vec<String> {
+        events
+            .iter()
+            .map(|e| serde_json::from_str::<serde_json::Value>(e).unwrap()["type"].to_string())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn an_out_waits_for_its_debounce_and_a_comeback_cancels_both() {
+        let store = MemoryLifecycle::new(Debounce {
+            channel: Duration::ZERO,
+            member: Duration::ZERO,
+            user: Duration::from_secs(3600),
+        });
+        let user = Holding::User("ann".into());
+        let channel = Holding::Channel(ChannelName::parse("news").unwrap());
+        store
+            .apply(&[edge(&user, true), edge(&channel, true)])
+            .await
+            .unwrap();
+        // The user leaves and comes back within the grace: nothing.
+        store
+            .apply(&[edge(&user, false), edge(&user, true)])
+            .await
+            .unwrap();
+        // The channel is vacated once its (zero) debounce passed.
+        store.apply(&[edge(&channel, false)]).await.unwrap();
+        assert_eq!(store.tick().await.unwrap().queued, 3);
+        let events = store.peek(10).await.unwrap();
+        assert_eq!(
+            types(&events),
+            [
+                r#""user_online""#,
+                r#""channel_occupied""#,
+                r#""channel_vacated""#
+            ]
+        );
+        let ids: std::collections::HashSet<_> = events
+            .iter()
+            .map(|e| serde_json::from_str::<serde_json::Value>(e).unwrap()["id"].to_string())
+            .collect();
+        assert_eq!(ids.len(), 3);
+        store.pop(2).await.unwrap();
+        assert_eq!(
+            types(&store.peek(10).await.unwrap()),
+            [r#""channel_vacated""#]
+        );
+    }
+}

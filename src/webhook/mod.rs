@@ -566,6 +566,18 @@ mod tests {
     }
 
     #[test]
+    fn events_older_than_the_retry_window_have_expired() {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let old = now - RETRY_WINDOW.as_millis() as u64 - 1;
+        assert!(expired(&format!(r#"{{"id":"1","time_ms":{old}}}"#)));
+        assert!(!expired(&format!(r#"{{"id":"2","time_ms":{now}}}"#)));
+        assert!(!expired("not an event"));
+    }
+
+    #[test]
     fn the_signature_is_hmac_sha256_of_time_dot_body() {
         // Computed independently with Python's hmac module.
         let signature = sign(b"0123456789abcdef0123456789abcdef", 1700000000, b"{}");
