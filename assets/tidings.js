@@ -88,8 +88,8 @@ export class Tidings extends EventTarget {
    * Subscribes (now, and again after every reconnect); `handler(pub)` gets each publication,
    * in offset order, once. With `since: {offset, epoch}` it starts right after that position
    * (for example the one a `history` call returned), recovering what came in between. On a
-   * channel with delivery receipts, each publication is acknowledged once `handler` returns
-   * (or the promise it returns resolves).
+   * channel with delivery receipts, publications are acknowledged once `handler` returned
+   * (or the promise it returned settled), in offset order.
    */
   subscribe(channel, handler, { since } = {}) {
     const existing = this.subscriptions.get(channel);
@@ -338,14 +338,20 @@ export class Tidings extends EventTarget {
     sub.epoch = pub.epoch;
     sub.offset = pub.offset;
     const handled = sub.handler(pub);
-    // Delivery receipts: the server hears the publication was processed once the handler
-    // returned (or its promise settled successfully).
+    // Delivery receipts: the server hears a publication was processed once its handler
+    // returned (or its promise settled) — in offset order, since an ack is cumulative.
     if (sub.receipts) {
-      if (handled && typeof handled.then === "function") {
-        handled.then(() => this.ack(pub.channel, pub.epoch, pub.offset), () => {});
-      } else {
-        this.ack(pub.channel, pub.epoch, pub.offset);
-      }
+      const entry = { epoch: pub.epoch, offset: pub.offset, done: false };
+      sub.processing ??= [];
+      sub.processing.push(entry);
+      const settled = () => {
+        entry.done = true;
+        let last = null;
+        while (sub.processing.length > 0 && sub.processing[0].done) last = sub.processing.shift();
+        if (last) this.ack(pub.channel, last.epoch, last.offset);
+      };
+      if (handled && typeof handled.then === "function") handled.then(settled, settled);
+      else settled();
     }
   }
 
@@ -356,6 +362,7 @@ export class Tidings extends EventTarget {
     if (sub.ackedEpoch !== epoch) {
       sub.ackedEpoch = epoch;
       sub.acked = 0;
+      sub.ackSent = 0;
     }
     if (offset <= sub.acked) return;
     sub.acked = offset;
@@ -363,10 +370,16 @@ export class Tidings extends EventTarget {
     sub.ackQueued = true;
     queueMicrotask(() => {
       sub.ackQueued = false;
-      if (this.isConnected && this.subscriptions.get(channel) === sub) {
-        this.ws.send(JSON.stringify({ op: "ack", channel, offset: sub.acked }));
-      }
+      this.sendAck(channel, sub);
     });
+  }
+
+  /** Sends what is acknowledged and not yet sent (again after a reconnect). */
+  sendAck(channel, sub) {
+    if (!this.isConnected || this.subscriptions.get(channel) !== sub) return;
+    if (!sub.acked || sub.ackedEpoch !== sub.epoch || sub.acked <= (sub.ackSent ?? 0)) return;
+    this.ws.send(JSON.stringify({ op: "ack", channel, offset: sub.acked }));
+    sub.ackSent = sub.acked;
   }
 
   async sendSubscribe(channel) {
@@ -379,6 +392,9 @@ export class Tidings extends EventTarget {
       if (!sub) return;
       sub.retry = 0;
       sub.receipts = ok.receipts === true;
+      // An ack made while disconnected goes now.
+      sub.ackSent = 0;
+      queueMicrotask(() => this.sendAck(channel, sub));
       if (ok.recovered) {
         for (const pub of ok.publications) this.onPublication(pub);
       } else if (ok.recovered === false) {

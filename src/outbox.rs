@@ -222,6 +222,14 @@ impl Outbox {
     }
 
     /// Whether the connection subscribes to `channel` (or is subscribing).
+    /// The epoch of a live subscription (`None` while it is pending, or without one).
+    pub fn live_epoch(&self, channel: &ChannelName) -> Option<Arc<str>> {
+        match self.state().channels.get(channel) {
+            Some(Delivery::Live { epoch, .. }) => Some(epoch.clone()),
+            _ => None,
+        }
+    }
+
     pub fn is_subscribed(&self, channel: &ChannelName) -> bool {
         self.state().channels.contains_key(channel)
     }

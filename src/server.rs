@@ -130,6 +130,7 @@ impl Server {
         };
         let session = Arc::new(session_config(
             &config.session,
+            config.max_message_size,
             config.shutdown_timeout,
             config.drain_window,
         ));
@@ -257,11 +258,13 @@ pub(crate) fn memory_node() -> Node {
 /// The sessions' settings, from the plain ones.
 fn session_config(
     settings: &SessionSettings,
+    max_message_size: usize,
     shutdown_timeout: Duration,
     drain_window: Duration,
 ) -> SessionConfig {
     SessionConfig {
         max_queue_size: settings.max_queue_size,
+        max_message_size,
         max_subscriptions: settings.max_subscriptions,
         ping_interval: settings.ping_interval,
         pong_timeout: settings.pong_timeout,

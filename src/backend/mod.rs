@@ -157,8 +157,11 @@ pub struct Admitted {
 #[derive(Debug)]
 pub struct Caller<'a> {
     pub client: &'a str,
-    /// `None` for a connection the backend has not named yet.
+    /// An authenticated connection's user; `None` for one the backend has not named yet, and
+    /// for an anonymous one (whose self-chosen name proves nothing).
     pub user: Option<&'a str>,
+    /// An anonymous connection's self-chosen display name.
+    pub name: Option<&'a str>,
     pub forwarded: &'a [(HeaderName, HeaderValue)],
 }
 
@@ -170,6 +173,8 @@ struct Call<'a, F> {
     headers: serde_json::Map<String, serde_json::Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     user: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
     #[serde(flatten)]
     fields: F,
 }
@@ -291,6 +296,7 @@ impl Backend {
             transport: "websocket",
             headers: headers_json(caller.forwarded),
             user: caller.user,
+            name: caller.name,
             fields,
         };
         match self.post(kind, url, caller.forwarded, &body).await? {

@@ -50,9 +50,10 @@ use crate::protocol::{
     ChannelName, ClientInfo, CloseCode, ErrorCode, IdempotencyKey, Member, Publication,
     StreamPosition,
 };
-use crate::webhook::{Lifecycle, Receipt};
+use crate::webhook::Lifecycle;
 
 mod local;
+mod receipts;
 
 use local::Control;
 pub use local::{Local, Mailbox, UserCommand};
@@ -236,7 +237,8 @@ impl Node {
         if read.is_ok() {
             self.count(&metrics().subscriptions, channel, 1);
             if let Some(lifecycle) = &self.0.lifecycle {
-                let present = self.has_presence(channel);
+                // Member events are about users: an anonymous name proves nobody.
+                let present = self.has_presence(channel) && identity.authenticated;
                 lifecycle.subscribed(channel, outbox.client(), &identity.user, present);
             }
         } else {
@@ -401,51 +403,6 @@ impl Node {
         metrics().published(namespace, started.elapsed());
         self.track_receipt(channel, &position).await;
         Ok(position)
-    }
-
-    /// Whether publications to `channel` wait for receipts.
-    pub fn tracks_receipts(&self, channel: &ChannelName) -> bool {
-        self.0.lifecycle.is_some()
-            && self
-                .0
-                .namespaces
-                .get(channel.namespace())
-                .receipts
-                .is_some()
-    }
-
-    /// On a `receipts=WITHIN` namespace, the publication now waits for its user's `ack`.
-    async fn track_receipt(&self, channel: &ChannelName, position: &StreamPosition) {
-        let (Some(lifecycle), Some(within)) = (
-            &self.0.lifecycle,
-            self.0.namespaces.get(channel.namespace()).receipts,
-        ) else {
-            return;
-        };
-        let user = channel
-            .as_str()
-            .split_once(':')
-            .map_or("", |(_, user)| user);
-        let receipt = Receipt {
-            channel: channel.clone(),
-            user: user.to_owned(),
-            epoch: position.epoch.to_string(),
-            offset: position.offset,
-            within,
-        };
-        if let Err(err) = lifecycle.track(&receipt).await {
-            tracing::warn!(%channel, %err, "a publication's receipt could not be tracked");
-        }
-    }
-
-    /// A connection processed `channel` up to `offset`: its user got those publications.
-    pub async fn ack(&self, channel: &ChannelName, offset: u64) -> Result<(), NodeError> {
-        match &self.0.lifecycle {
-            Some(lifecycle) if self.tracks_receipts(channel) => {
-                Ok(lifecycle.ack(channel, offset).await?)
-            }
-            _ => Ok(()),
-        }
     }
 
     /// Makes a connection of an authenticated user reachable by server commands; its commands

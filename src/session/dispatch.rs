@@ -79,7 +79,12 @@ impl Session<'_> {
             let message = format!("not subscribed to {channel}");
             return self.reply_error(id, &Refusal::new(ErrorCode::PermissionDenied, message));
         }
-        match self.node.ack(&channel, offset).await {
+        // The epoch is the one this connection is being delivered; a subscription still
+        // pending has delivered nothing to acknowledge.
+        let Some(epoch) = self.outbox.live_epoch(&channel) else {
+            return self.reply_ok(id, &Empty {});
+        };
+        match self.node.ack(&channel, &epoch, offset).await {
             Ok(()) => self.reply_ok(id, &Empty {}),
             Err(err) => {
                 let refusal = self.node_failure(err);
@@ -90,9 +95,15 @@ impl Session<'_> {
 
     /// Who the session is, for a call to the backend.
     pub(super) fn caller<'a>(&'a self, identity: &'a Identity) -> Caller<'a> {
+        let (user, name) = if identity.authenticated {
+            (Some(&*identity.user), None)
+        } else {
+            (None, Some(&*identity.user))
+        };
         Caller {
             client: &self.client,
-            user: Some(&identity.user),
+            user,
+            name,
             forwarded: &self.forwarded,
         }
     }
@@ -378,6 +389,13 @@ impl Session<'_> {
                 return;
             };
             if let Some(replaced) = result.data {
+                let limit = self.config.max_message_size;
+                if replaced.get().len() > limit {
+                    let message = format!(
+                        "the backend's data for this publish is larger than the limit ({limit} bytes)"
+                    );
+                    return self.reply_error(id, &Refusal::new(ErrorCode::BadBackend, message));
+                }
                 data = replaced;
             }
         }

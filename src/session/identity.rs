@@ -172,9 +172,11 @@ impl Session<'_> {
     /// (the client may still connect otherwise before the handshake timeout), or closes it.
     pub(super) async fn connect_via_backend(&mut self, name: Option<&str>) {
         let backend = self.gate.backend.clone();
+        // The requested name travels as the call's own field.
         let caller = Caller {
             client: &self.client,
             user: None,
+            name: None,
             forwarded: &self.forwarded,
         };
         let admitted = match backend.connect(&caller, name).await {
@@ -226,11 +228,14 @@ impl Session<'_> {
         let backend = self.gate.backend.clone();
         match backend.refresh(&self.caller(&identity)).await {
             Ok(Answer::Result(RefreshResult { expire_at })) => {
-                let at = self
-                    .clocks
-                    .now()
-                    .saturating_add(millis_until_unix(expire_at));
+                let left = millis_until_unix(expire_at);
+                let at = self.clocks.now().saturating_add(left);
                 self.clocks.set(&self.clocks.expires, at);
+                // An expiry too close to refresh before it comes is not offered again: asking
+                // at once, over and over, would hammer the backend.
+                if left <= millis(backend.timeout()) + REFRESH_MARGIN_MS {
+                    self.refreshed_for = at;
+                }
             }
             Ok(Answer::Error { code, message }) => {
                 tracing::debug!(client = %self.client, code, message, "the backend did not extend a connection");

@@ -62,6 +62,8 @@ pub(crate) use identity::Gate;
 pub(crate) struct SessionConfig {
     /// Bytes a connection may have queued before it is closed as a slow consumer.
     pub max_queue_size: usize,
+    /// The largest publication data, in bytes (what the backend's rewritten data must fit).
+    pub max_message_size: usize,
     /// Channels one connection may subscribe to at once.
     pub max_subscriptions: usize,
     pub ping_interval: Duration,

@@ -18,6 +18,7 @@ use crate::protocol::{Outcome, Push, Reply, ServerFrame};
 pub(crate) fn config() -> SessionConfig {
     SessionConfig {
         max_queue_size: 1 << 20,
+        max_message_size: 64 << 10,
         max_subscriptions: 16,
         ping_interval: Duration::from_secs(25),
         pong_timeout: Duration::from_secs(10),

@@ -6,7 +6,8 @@
 --   P:alive:NODE  exists while NODE is alive (PX)      P:count   hash: key -> nodes holding it
 --   P:pending   zset: key -> when its out is due       P:queue   list of event JSON
 --   P:seq, P:era  event ids "ERA-SEQ"                   P:lease   the sending node (PX)
---   P:r:CHANNEL zset: offset -> receipt JSON           P:rdue    zset: channel -> when to look
+--   P:r:CHANNEL zset: "EPOCH|OFFSET|USER" -> when due   P:rdue    zset: channel -> when to look
+--   P:ra:CHANNEL  the highest acknowledged "EPOCH|OFFSET" (PX)
 --
 -- ARGV[1] is the operation; ARGV[2..4] the debounce of channel, member and user outs (ms);
 -- ARGV[5] this node; ARGV[6] its liveness TTL (ms); the operation's own arguments follow.
@@ -88,8 +89,13 @@ if op == 'tick' then
   for _, other in ipairs(redis.call('SMEMBERS', P .. ':nodes')) do
     if redis.call('EXISTS', P .. ':alive:' .. other) == 0 then
       local held = P .. ':n:' .. other
-      for _, key in ipairs(redis.call('SRANDMEMBER', held, max)) do
-        leave(other, key)
+      -- Members and users before channels: a channel is vacated after its members leave.
+      local keys = redis.call('SRANDMEMBER', held, 1000)
+      table.sort(keys, function(a, b) return string.sub(a, 3, 3) > string.sub(b, 3, 3) end)
+      -- A full batch with members in it may leave members behind: its channels wait.
+      local channels_wait = #keys == 1000 and keys[1] and string.sub(keys[1], 3, 3) ~= 'c'
+      for _, key in ipairs(keys) do
+        if not (channels_wait and string.sub(key, 3, 3) == 'c') then leave(other, key) end
       end
       if redis.call('SCARD', held) == 0 then
         redis.call('SREM', P .. ':nodes', other)
@@ -104,28 +110,38 @@ if op == 'tick' then
   local coalesce = tonumber(ARGV[8])
   for _, channel in ipairs(redis.call('ZRANGEBYSCORE', P .. ':rdue', '-inf', now, 'LIMIT', 0, max)) do
     local pending = P .. ':r:' .. channel
-    local groups, order, next_due = {}, {}, nil
-    for _, entry in ipairs(redis.call('ZRANGE', pending, 0, -1)) do
-      local r = cjson.decode(entry)
-      if r.due <= now then
-        local group = groups[r.epoch]
-        if not group then
-          group = { type = 'undelivered', channel = channel, user = r.user, epoch = r.epoch, offsets = {} }
-          groups[r.epoch] = group
-          table.insert(order, group)
-        end
-        table.insert(group.offsets, r.offset)
-        redis.call('ZREM', pending, entry)
-      elseif not next_due or r.due < next_due then
-        next_due = r.due
+    local groups, order = {}, {}
+    for _, member in ipairs(redis.call('ZRANGEBYSCORE', pending, '-inf', now)) do
+      local epoch, offset, user = string.match(member, '^([^|]*)|(%d+)|(.*)$')
+      local group = groups[epoch]
+      if not group then
+        group = { type = 'undelivered', channel = channel, user = user, epoch = epoch, offsets = {} }
+        groups[epoch] = group
+        table.insert(order, group)
       end
+      table.insert(group.offsets, tonumber(offset))
+      redis.call('ZREM', pending, member)
     end
-    for _, group in ipairs(order) do emit(group) end
+    for _, group in ipairs(order) do
+      table.sort(group.offsets)
+      emit(group)
+    end
+    local next_due = redis.call('ZRANGE', pending, 0, 0, 'WITHSCORES')[2]
     if next_due then
-      redis.call('ZADD', P .. ':rdue', next_due + coalesce, channel)
+      redis.call('ZADD', P .. ':rdue', tonumber(next_due) + coalesce, channel)
     else
       redis.call('ZREM', P .. ':rdue', channel)
     end
+  end
+  -- Events older than the retry window are given up on, sent or not: an outage of the
+  -- receiver must not grow the queue without bound.
+  local cutoff = now - tonumber(ARGV[10])
+  local expired = 0
+  while expired < 10000 do
+    local head = redis.call('LINDEX', P .. ':queue', 0)
+    if not head or cjson.decode(head).time_ms > cutoff then break end
+    redis.call('LPOP', P .. ':queue')
+    expired = expired + 1
   end
   -- The sending lease: taken when free, renewed by its holder.
   local lead = 0
@@ -135,29 +151,47 @@ if op == 'tick' then
     redis.call('PEXPIRE', P .. ':lease', lease_ttl)
     lead = 1
   end
-  return { redis.call('LLEN', P .. ':queue'), lead, fresh }
+  return { redis.call('LLEN', P .. ':queue'), lead, fresh, expired }
+end
+
+-- An acknowledgement mark per channel ("EPOCH|OFFSET", the highest acked): a publication
+-- acknowledged before its publisher tracked it (another node, another connection) is not
+-- tracked at all.
+local function acked(channel, epoch, offset)
+  local mark = redis.call('GET', P .. ':ra:' .. channel)
+  if not mark then return false end
+  local marked_epoch, marked = string.match(mark, '^(.*)|(%d+)$')
+  return marked_epoch == epoch and offset <= tonumber(marked)
 end
 
 if op == 'track' then
   local channel, user, epoch = ARGV[7], ARGV[8], ARGV[9]
   local offset, within, coalesce = tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[12])
+  if acked(channel, epoch, offset) then return 0 end
   local due = now_ms() + within
-  local entry = cjson.encode({ offset = offset, epoch = epoch, user = user, due = due })
-  redis.call('ZADD', P .. ':r:' .. channel, offset, entry)
-  redis.call('ZADD', P .. ':rdue', 'NX', due + coalesce, channel)
+  -- NX: tracking the same publication again (an idempotent retry) changes nothing.
+  if redis.call('ZADD', P .. ':r:' .. channel, 'NX', due, epoch .. '|' .. offset .. '|' .. user) == 1 then
+    redis.call('ZADD', P .. ':rdue', 'NX', due + coalesce, channel)
+  end
   return 0
 end
 
 if op == 'ack' then
-  local channel, offset = ARGV[7], ARGV[8]
+  local channel, epoch, offset, mark_ttl = ARGV[7], ARGV[8], tonumber(ARGV[9]), tonumber(ARGV[10])
   local pending = P .. ':r:' .. channel
-  redis.call('ZREMRANGEBYSCORE', pending, '-inf', offset)
+  for _, member in ipairs(redis.call('ZRANGE', pending, 0, -1)) do
+    local e, o = string.match(member, '^([^|]*)|(%d+)|')
+    if e == epoch and tonumber(o) <= offset then redis.call('ZREM', pending, member) end
+  end
   if redis.call('ZCARD', pending) == 0 then redis.call('ZREM', P .. ':rdue', channel) end
+  if not acked(channel, epoch, offset) then
+    redis.call('SET', P .. ':ra:' .. channel, epoch .. '|' .. offset, 'PX', mark_ttl)
+  end
   return 0
 end
 
 if op == 'pop' then
-  -- Only the lease holder removes what it sent.
+  -- Only the lease holder removes what it sent (another node has taken over and sends it).
   if redis.call('GET', P .. ':lease') ~= node then return 0 end
   redis.call('LTRIM', P .. ':queue', tonumber(ARGV[7]), -1)
   return 1

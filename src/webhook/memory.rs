@@ -8,7 +8,9 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use serde_json::json;
 
-use super::{Debounce, Edge, LifecycleStore, RECEIPT_COALESCE, Receipt, Tick};
+use super::{
+    ACK_MARK_MARGIN, Ack, Debounce, Edge, LifecycleStore, RECEIPT_COALESCE, Receipt, Tick,
+};
 use crate::broker::BrokerError;
 use crate::protocol::ChannelName;
 
@@ -27,6 +29,8 @@ struct State {
     era: u128,
     seq: u64,
     receipts: HashMap<ChannelName, Vec<Tracked>>,
+    /// The highest acknowledged position of each channel (epoch, offset), until when kept.
+    acked: HashMap<ChannelName, (String, u64, Instant)>,
 }
 
 #[derive(Debug)]
@@ -152,7 +156,8 @@ impl LifecycleStore for MemoryLifecycle {
                     None => by_epoch.push((t.epoch, t.user, vec![t.offset])),
                 }
             }
-            for (epoch, user, offsets) in by_epoch {
+            for (epoch, user, mut offsets) in by_epoch {
+                offsets.sort_unstable();
                 state.emit(json!({
                     "type": "undelivered", "channel": channel.as_str(), "user": user,
                     "offsets": offsets, "epoch": epoch,
@@ -162,35 +167,63 @@ impl LifecycleStore for MemoryLifecycle {
                 state.receipts.insert(channel, waiting);
             }
         }
+        let before = state.queue.len();
+        while state
+            .queue
+            .front()
+            .is_some_and(|event| super::expired(event))
+        {
+            state.queue.pop_front();
+        }
         Ok(Tick {
             queued: state.queue.len() as u64,
             lead: true,
             fresh: false,
+            expired: (before - state.queue.len()) as u64,
         })
     }
 
     async fn track(&self, receipt: &Receipt) -> Result<(), BrokerError> {
-        let tracked = Tracked {
-            offset: receipt.offset,
-            epoch: receipt.epoch.clone(),
-            user: receipt.user.clone(),
-            due: Instant::now() + receipt.within,
-        };
-        self.state()
-            .receipts
-            .entry(receipt.channel.clone())
-            .or_default()
-            .push(tracked);
+        let now = Instant::now();
+        let mut state = self.state();
+        state.acked.retain(|_, (_, _, until)| *until > now);
+        let acked = state
+            .acked
+            .get(&receipt.channel)
+            .is_some_and(|(epoch, offset, _)| *epoch == receipt.epoch && receipt.offset <= *offset);
+        let tracked = state.receipts.entry(receipt.channel.clone()).or_default();
+        let again = tracked
+            .iter()
+            .any(|t| t.offset == receipt.offset && t.epoch == receipt.epoch);
+        if !acked && !again {
+            tracked.push(Tracked {
+                offset: receipt.offset,
+                epoch: receipt.epoch.clone(),
+                user: receipt.user.clone(),
+                due: now + receipt.within,
+            });
+        }
+        if tracked.is_empty() {
+            state.receipts.remove(&receipt.channel);
+        }
         Ok(())
     }
 
-    async fn ack(&self, channel: &ChannelName, offset: u64) -> Result<(), BrokerError> {
+    async fn ack(&self, ack: &Ack) -> Result<(), BrokerError> {
         let mut state = self.state();
-        if let Some(tracked) = state.receipts.get_mut(channel) {
-            tracked.retain(|t| t.offset > offset);
+        if let Some(tracked) = state.receipts.get_mut(&ack.channel) {
+            tracked.retain(|t| t.epoch != ack.epoch || t.offset > ack.offset);
             if tracked.is_empty() {
-                state.receipts.remove(channel);
+                state.receipts.remove(&ack.channel);
             }
+        }
+        let until = Instant::now() + ack.within + ACK_MARK_MARGIN;
+        let mark = state
+            .acked
+            .entry(ack.channel.clone())
+            .or_insert_with(|| (ack.epoch.clone(), 0, until));
+        if mark.0 != ack.epoch || mark.1 < ack.offset {
+            *mark = (ack.epoch.clone(), ack.offset, until);
         }
         Ok(())
     }
@@ -199,11 +232,11 @@ impl LifecycleStore for MemoryLifecycle {
         Ok(self.state().queue.iter().take(max).cloned().collect())
     }
 
-    async fn pop(&self, count: usize) -> Result<(), BrokerError> {
+    async fn pop(&self, count: usize) -> Result<bool, BrokerError> {
         let mut state = self.state();
         let count = count.min(state.queue.len());
         state.queue.drain(..count);
-        Ok(())
+        Ok(true)
     }
 
     async fn close(&self) {}
@@ -269,6 +302,59 @@ mod tests {
         assert_eq!(
             types(&store.peek(10).await.unwrap()),
             [r#""channel_vacated""#]
+        );
+    }
+
+    #[tokio::test]
+    async fn an_ack_before_its_track_and_a_tracked_retry_are_not_reported() {
+        let store = MemoryLifecycle::new(Debounce {
+            channel: Duration::ZERO,
+            member: Duration::ZERO,
+            user: Duration::ZERO,
+        });
+        let channel = ChannelName::parse("user:ann").unwrap();
+        let receipt = |offset| Receipt {
+            channel: channel.clone(),
+            user: "ann".into(),
+            epoch: "e1".into(),
+            offset,
+            within: Duration::ZERO,
+        };
+        let ack = Ack {
+            channel: channel.clone(),
+            epoch: "e1".into(),
+            offset: 1,
+            within: Duration::ZERO,
+        };
+        // Acknowledged on another node before the publisher tracked it.
+        store.ack(&ack).await.unwrap();
+        store.track(&receipt(1)).await.unwrap();
+        // Tracked twice (an idempotent retry), never acknowledged.
+        store.track(&receipt(2)).await.unwrap();
+        store.track(&receipt(2)).await.unwrap();
+        // Another epoch's offset 1 is not covered by the mark.
+        let mut other = receipt(1);
+        other.epoch = "e2".into();
+        store.track(&other).await.unwrap();
+        tokio::time::sleep(RECEIPT_COALESCE).await;
+        store.tick().await.unwrap();
+        let events: Vec<serde_json::Value> = store
+            .peek(10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| serde_json::from_str(e).unwrap())
+            .collect();
+        let reported: Vec<_> = events
+            .iter()
+            .map(|e| (e["epoch"].as_str().unwrap(), e["offsets"].clone()))
+            .collect();
+        assert_eq!(
+            reported,
+            [
+                ("e1", serde_json::json!([2])),
+                ("e2", serde_json::json!([1]))
+            ]
         );
     }
 }

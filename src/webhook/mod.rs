@@ -40,7 +40,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::broker::BrokerError;
@@ -69,6 +69,8 @@ pub const LEASE_TTL: Duration = Duration::from_secs(8);
 /// Unacknowledged publications of a personal channel are gathered this long past the first
 /// one's deadline into one `undelivered` event.
 pub const RECEIPT_COALESCE: Duration = Duration::from_secs(1);
+/// How much longer than the receipt window an acknowledgement mark is kept.
+pub const ACK_MARK_MARGIN: Duration = Duration::from_secs(60);
 /// The debounce of channel and member outs.
 pub const SETTLE: Duration = Duration::from_secs(1);
 /// Edges waiting for the store, at most (a long outage of Redis drops the excess, logged).
@@ -122,6 +124,16 @@ pub struct Receipt {
     pub within: Duration,
 }
 
+/// A connection processed a personal channel up to a position.
+#[derive(Clone, Debug)]
+pub struct Ack {
+    pub channel: ChannelName,
+    pub epoch: String,
+    pub offset: u64,
+    /// The namespace's receipt window: how long the mark must outlive a late `track`.
+    pub within: Duration,
+}
+
 /// Where holdings are counted across nodes and events wait to be sent.
 #[async_trait]
 pub trait LifecycleStore: Send + Sync + fmt::Debug {
@@ -132,18 +144,20 @@ pub trait LifecycleStore: Send + Sync + fmt::Debug {
     /// dead nodes, receipts past their window.
     async fn tick(&self) -> Result<Tick, BrokerError>;
     async fn track(&self, receipt: &Receipt) -> Result<(), BrokerError>;
-    /// Everything of `channel` up to `offset` is acknowledged.
-    async fn ack(&self, channel: &ChannelName, offset: u64) -> Result<(), BrokerError>;
+    /// Everything of `channel` in `epoch` up to `offset` is acknowledged (and publications
+    /// tracked after this, up to there, are not tracked).
+    async fn ack(&self, ack: &Ack) -> Result<(), BrokerError>;
     /// The first `max` events of the queue, as JSON objects.
     async fn peek(&self, max: usize) -> Result<Vec<String>, BrokerError>;
-    /// Removes the first `count` events (sent, or given up on).
-    async fn pop(&self, count: usize) -> Result<(), BrokerError>;
+    /// Removes the first `count` events (sent, or given up on); false if this node no longer
+    /// holds the lease (and nothing was removed).
+    async fn pop(&self, count: usize) -> Result<bool, BrokerError>;
     /// This node leaves: its lease and liveness go.
     async fn close(&self);
 }
 
 /// What a tick found.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Tick {
     /// Events waiting.
     pub queued: u64,
@@ -152,6 +166,8 @@ pub struct Tick {
     /// The store had forgotten this node (lost data, or released it as dead): the node must
     /// tell again what it holds.
     pub fresh: bool,
+    /// Events given up on by this tick: older than [`RETRY_WINDOW`].
+    pub expired: u64,
 }
 
 /// Where events go and how they are signed.
@@ -219,18 +235,18 @@ impl Holdings {
     /// knows changes nothing.
     fn reassert(&self) {
         let counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
-        if !counts.is_empty() {
-            let holdings = counts.len();
-            tracing::info!(
-                holdings,
-                "telling the lifecycle store again what this node holds"
-            );
+        if counts.is_empty() {
+            return;
         }
-        for key in counts.keys() {
-            self.send(Edge {
-                key: key.clone(),
-                enter: true,
-            });
+        let holdings = counts.len();
+        tracing::info!(
+            holdings,
+            "telling the lifecycle store again what this node holds"
+        );
+        // One message however many: the queue's bound is for edges, not for this.
+        let keys = counts.keys().cloned().collect();
+        if self.edges.try_send(Message::Reassert(keys)).is_err() {
+            tracing::error!("the lifecycle queue is full; what this node holds was not re-sent");
         }
     }
 
@@ -248,6 +264,8 @@ impl Holdings {
 #[derive(Debug)]
 enum Message {
     Edge(Edge),
+    /// Everything this node holds, to be entered again.
+    Reassert(Vec<String>),
     Flush(oneshot::Sender<()>),
 }
 
@@ -264,12 +282,15 @@ impl Lifecycle {
             edges,
         });
         let applier = tokio::spawn(apply_edges(store.clone(), pending));
-        let sender = Sender::new(store.clone(), holdings.clone(), destination, client);
+        let (latest, ticks) = watch::channel(Tick::default());
+        // Ticks go on while a POST waits: the node stays alive and keeps its lease.
+        let ticker = tokio::spawn(tick_until_closed(store.clone(), holdings.clone(), latest));
+        let sender = Sender::new(store.clone(), ticks, destination, client);
         Arc::new(Self {
             store,
             holdings,
             members: Mutex::default(),
-            tasks: Mutex::new(vec![applier, tokio::spawn(sender.run())]),
+            tasks: Mutex::new(vec![applier, ticker, tokio::spawn(sender.run())]),
         })
     }
 
@@ -311,8 +332,8 @@ impl Lifecycle {
         self.store.track(receipt).await
     }
 
-    pub async fn ack(&self, channel: &ChannelName, offset: u64) -> Result<(), BrokerError> {
-        self.store.ack(channel, offset).await
+    pub async fn ack(&self, ack: &Ack) -> Result<(), BrokerError> {
+        self.store.ack(ack).await
     }
 
     fn members(&self) -> std::sync::MutexGuard<'_, Members> {
@@ -331,13 +352,12 @@ impl Lifecycle {
     /// waits in the store for the next node to send it.
     pub async fn close(&self) {
         let (flushed, done) = oneshot::channel();
-        if self
-            .holdings
-            .edges
-            .send(Message::Flush(flushed))
+        let edges = &self.holdings.edges;
+        let flush =
+            async { edges.send(Message::Flush(flushed)).await.is_ok() && done.await.is_ok() };
+        if !tokio::time::timeout(POST_TIMEOUT, flush)
             .await
-            .is_ok()
-            && tokio::time::timeout(POST_TIMEOUT, done).await.is_err()
+            .unwrap_or(false)
         {
             tracing::warn!("lifecycle changes not recorded before shutdown");
         }
@@ -358,18 +378,18 @@ async fn apply_edges(store: Arc<dyn LifecycleStore>, mut pending: mpsc::Receiver
         for message in messages.drain(..) {
             match message {
                 Message::Edge(edge) => edges.push(edge),
+                Message::Reassert(keys) => {
+                    edges.extend(keys.into_iter().map(|key| Edge { key, enter: true }))
+                }
                 Message::Flush(done) => flushes.push(done),
             }
         }
-        let mut backoff = Duration::from_millis(100);
-        while !edges.is_empty() {
-            match store.apply(&edges).await {
-                Ok(()) => break,
-                Err(err) => {
-                    tracing::warn!(%err, "lifecycle changes could not be recorded; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
+        for chunk in edges.chunks(512) {
+            let mut backoff = Duration::from_millis(100);
+            while let Err(err) = store.apply(chunk).await {
+                tracing::warn!(%err, "lifecycle changes could not be recorded; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
         for done in flushes {
@@ -378,10 +398,42 @@ async fn apply_edges(store: Arc<dyn LifecycleStore>, mut pending: mpsc::Receiver
     }
 }
 
+/// Ticks the store every [`TICK`] (liveness, due events, the lease) and publishes the result.
+async fn tick_until_closed(
+    store: Arc<dyn LifecycleStore>,
+    holdings: Arc<Holdings>,
+    latest: watch::Sender<Tick>,
+) {
+    loop {
+        match store.tick().await {
+            Ok(tick) => {
+                if tick.fresh {
+                    holdings.reassert();
+                }
+                let webhook = &metrics().webhook;
+                webhook
+                    .queue
+                    .set(i64::try_from(tick.queued).unwrap_or(i64::MAX));
+                if tick.expired > 0 {
+                    webhook.dropped.inc_by(tick.expired);
+                    tracing::error!(
+                        events = tick.expired,
+                        "webhook events not delivered within the retry window; dropped"
+                    );
+                }
+                latest.send_replace(tick);
+            }
+            Err(err) => tracing::debug!(%err, "lifecycle tick failed"),
+        }
+        tokio::time::sleep(TICK).await;
+    }
+}
+
 /// Sends the queue from the node holding the lease.
 struct Sender {
     store: Arc<dyn LifecycleStore>,
-    holdings: Arc<Holdings>,
+    /// The latest tick: whether events wait, and whether this node holds the lease.
+    ticks: watch::Receiver<Tick>,
     destination: Destination,
     client: reqwest::Client,
     /// Since when the batch at the head has been failing.
@@ -394,13 +446,13 @@ struct Sender {
 impl Sender {
     fn new(
         store: Arc<dyn LifecycleStore>,
-        holdings: Arc<Holdings>,
+        ticks: watch::Receiver<Tick>,
         destination: Destination,
         client: reqwest::Client,
     ) -> Self {
         Self {
             store,
-            holdings,
+            ticks,
             destination,
             client,
             failing_since: None,
@@ -424,18 +476,7 @@ impl Sender {
 
     /// One round: what is due, then (as the leader) one POST; returns how long to wait.
     async fn round(&mut self) -> Result<Duration, BrokerError> {
-        let Tick {
-            queued,
-            lead,
-            fresh,
-        } = self.store.tick().await?;
-        if fresh {
-            self.holdings.reassert();
-        }
-        metrics()
-            .webhook
-            .queue
-            .set(i64::try_from(queued).unwrap_or(i64::MAX));
+        let Tick { queued, lead, .. } = *self.ticks.borrow();
         if queued == 0 || !lead || Instant::now() < self.next_attempt {
             return Ok(TICK);
         }
@@ -445,8 +486,11 @@ impl Sender {
         }
         match self.post(&events).await {
             Ok(()) => {
-                self.store.pop(events.len()).await?;
-                metrics().webhook.sent.inc_by(events.len() as u64);
+                // Not popped: the lease passed to another node meanwhile, which sends them
+                // again (same ids).
+                if self.store.pop(events.len()).await? {
+                    metrics().webhook.sent.inc_by(events.len() as u64);
+                }
                 self.failing_since = None;
                 self.backoff = FIRST_BACKOFF;
                 // More may be waiting: no pause.
@@ -524,7 +568,7 @@ impl Sender {
 }
 
 /// Whether an event was recorded longer than [`RETRY_WINDOW`] ago.
-fn expired(event: &str) -> bool {
+pub(crate) fn expired(event: &str) -> bool {
     #[derive(serde::Deserialize)]
     struct Recorded {
         time_ms: u64,

@@ -8,11 +8,11 @@ use fred::prelude::{Client, Error as RedisError, Value};
 use fred::types::scripts::Script;
 
 use super::{
-    ALIVE_TTL, Debounce, Edge, LEASE_TTL, LifecycleStore, RECEIPT_COALESCE, Receipt, Tick,
+    ACK_MARK_MARGIN, ALIVE_TTL, Ack, Debounce, Edge, LEASE_TTL, LifecycleStore, RECEIPT_COALESCE,
+    RETRY_WINDOW, Receipt, Tick,
 };
 use crate::broker::BrokerError;
 use crate::broker::redis::Shared;
-use crate::protocol::ChannelName;
 
 /// Lifecycle state in Redis.
 pub struct RedisLifecycle {
@@ -99,15 +99,17 @@ impl LifecycleStore for RedisLifecycle {
             Value::from(super::MAX_BATCH as i64),
             millis(RECEIPT_COALESCE),
             millis(LEASE_TTL),
+            millis(RETRY_WINDOW),
         ];
         let answer = self
             .call("running due lifecycle events", "tick", args)
             .await?;
         match answer.into_array().as_slice() {
-            [queued, lead, fresh] => Ok(Tick {
+            [queued, lead, fresh, expired] => Ok(Tick {
                 queued: queued.as_u64().unwrap_or(0),
                 lead: lead.as_u64() == Some(1),
                 fresh: fresh.as_u64() == Some(1),
+                expired: expired.as_u64().unwrap_or(0),
             }),
             other => Err(BrokerError::Internal {
                 context: "running due lifecycle events",
@@ -129,10 +131,12 @@ impl LifecycleStore for RedisLifecycle {
         Ok(())
     }
 
-    async fn ack(&self, channel: &ChannelName, offset: u64) -> Result<(), BrokerError> {
+    async fn ack(&self, ack: &Ack) -> Result<(), BrokerError> {
         let args = vec![
-            channel.as_str().into(),
-            Value::from(i64::try_from(offset).unwrap_or(i64::MAX)),
+            ack.channel.as_str().into(),
+            ack.epoch.clone().into(),
+            Value::from(i64::try_from(ack.offset).unwrap_or(i64::MAX)),
+            millis(ack.within + ACK_MARK_MARGIN),
         ];
         self.call("recording an ack", "ack", args).await?;
         Ok(())
@@ -146,10 +150,10 @@ impl LifecycleStore for RedisLifecycle {
             .map_err(|err| unavailable("reading the webhook queue", err))
     }
 
-    async fn pop(&self, count: usize) -> Result<(), BrokerError> {
+    async fn pop(&self, count: usize) -> Result<bool, BrokerError> {
         let args = vec![Value::from(i64::try_from(count).unwrap_or(i64::MAX))];
-        self.call("trimming the webhook queue", "pop", args).await?;
-        Ok(())
+        let popped = self.call("trimming the webhook queue", "pop", args).await?;
+        Ok(popped.as_u64() == Some(1))
     }
 
     async fn close(&self) {

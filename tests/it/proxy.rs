@@ -112,7 +112,11 @@ async fn rpc_goes_to_the_backend_with_only_the_named_headers_and_its_answers_rea
     let call = &answer["data"]["call"];
     assert_eq!(call["method"], "echo");
     assert_eq!(call["data"], json!({"n": 1}));
-    assert_eq!(call["user"], "ann");
+    // An anonymous connection has no user the backend could trust, only its chosen name.
+    assert_eq!(
+        (&call["user"], &call["name"]),
+        (&Value::Null, &json!("ann"))
+    );
     assert_eq!(call["transport"], "websocket");
     assert!(
         call["client"].as_str().is_some_and(|c| !c.is_empty()),
@@ -307,7 +311,7 @@ async fn the_js_client_calls_the_backend_with_rpc() {
             let refused = null;
             try {{ await client.rpc('refuse'); }} catch (e) {{ refused = [e.code, e.message]; }}
             client.close();
-            return {{ user: answer.call.user, data: answer.call.data, refused }};
+            return {{ user: answer.call.name, data: answer.call.data, refused }};
         }})()",
         ws = json!(server.url("/ws")),
     );
@@ -346,7 +350,7 @@ async fn the_backend_decides_subscribes_and_rewrites_publishes_in_its_namespaces
                             json!({"error": {"code": 1409, "message": "read only"}})
                         }
                         ("publish", _) if text.contains("darn") => json!({"result": {"data": {
-                            "text": text.replace("darn", "****"), "by": call["user"],
+                            "text": text.replace("darn", "****"), "by": call["name"],
                         }}}),
                         _ => json!({"result": {}}),
                     })
@@ -408,7 +412,8 @@ async fn the_backend_decides_subscribes_and_rewrites_publishes_in_its_namespaces
     let subscribe = &calls[0];
     assert_eq!(subscribe["kind"], "subscribe");
     assert_eq!(subscribe["call"]["channel"], "room:open");
-    assert_eq!(subscribe["call"]["user"], "ann");
+    assert_eq!(subscribe["call"]["name"], "ann");
+    assert_eq!(subscribe["call"]["user"], Value::Null, "anonymous: no user");
     let publish = calls.iter().find(|c| c["kind"] == "publish").unwrap();
     assert_eq!(publish["call"]["data"], json!({"text": "hello"}));
     assert_eq!(publish["call"]["transport"], "websocket");
