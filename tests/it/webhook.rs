@@ -156,8 +156,11 @@ fn token(user: &str) -> String {
 }
 
 async fn node(redis: Option<&RedisServer>, receiver: &Receiver, extra: &[&str]) -> TestServer {
+    node_on(redis.map(RedisServer::url), receiver, extra).await
+}
+
+async fn node_on(redis_url: Option<String>, receiver: &Receiver, extra: &[&str]) -> TestServer {
     let url = receiver.url();
-    let redis_url = redis.map(RedisServer::url);
     let mut args = vec![
         "--webhook-url",
         &url,
@@ -379,6 +382,48 @@ async fn after_redis_loses_its_data_nodes_tell_it_again_and_outs_still_come() {
     sorted.sort();
     expected.sort_unstable();
     assert_eq!(sorted, expected, "{got:#?}");
+}
+
+/// On a Redis Cluster every lifecycle key shares one hash tag: the scripts run on one shard.
+#[tokio::test]
+async fn lifecycle_events_on_a_redis_cluster_come_once() {
+    let cluster = crate::support::redis::RedisCluster::start().await;
+    let receiver = Receiver::start().await;
+    let grace = ["--webhook-offline-grace", "1s"];
+    let a = node_on(Some(cluster.url()), &receiver, &grace).await;
+    let b = node_on(Some(cluster.url()), &receiver, &grace).await;
+    let mut ann = user(&a, "ann").await;
+    let mut bob = user(&b, "bob").await;
+    ann.subscribe("chat:room").await;
+    bob.subscribe("chat:room").await;
+    drop(ann);
+    drop(bob);
+    for name in ["ann", "bob"] {
+        receiver
+            .wait_for("offline", |e| {
+                e["type"] == "user_offline" && e["user"] == name
+            })
+            .await;
+    }
+    receiver
+        .wait_for("vacated", |e| e["type"] == "channel_vacated")
+        .await;
+    let mut got: Vec<String> = receiver.events().iter().map(summary).collect();
+    got.sort();
+    let mut expected = vec![
+        "channel_occupied chat:room",
+        "channel_vacated chat:room",
+        "member_added chat:room ann",
+        "member_added chat:room bob",
+        "member_removed chat:room ann",
+        "member_removed chat:room bob",
+        "user_offline ann",
+        "user_offline bob",
+        "user_online ann",
+        "user_online bob",
+    ];
+    expected.sort_unstable();
+    assert_eq!(got, expected);
 }
 
 async fn api_publish(server: &TestServer, channel: &str, data: Value) -> Value {
