@@ -305,7 +305,8 @@ impl Backend {
                 .map_err(|err| {
                     self.failed(kind, BackendError::Garbage(format!("{kind} result: {err}")))
                 }),
-            other => Ok(other.without_result()),
+            Answer::Error { code, message } => Ok(Answer::Error { code, message }),
+            Answer::Disconnect { code, reason } => Ok(Answer::Disconnect { code, reason }),
         }
     }
 
@@ -409,11 +410,7 @@ impl Backend {
         let answer = self
             .call::<RpcResult>("rpc", self.rpc.as_ref(), caller, Fields { method, data })
             .await?;
-        Ok(match answer {
-            Answer::Result(RpcResult { data }) => Answer::Result(data),
-            Answer::Error { code, message } => Answer::Error { code, message },
-            Answer::Disconnect { code, reason } => Answer::Disconnect { code, reason },
-        })
+        Ok(answer.map(|RpcResult { data }| data))
     }
 
     /// POSTs `body` and reads the answer, within the timeout and a slot of the node's bound.
@@ -523,11 +520,11 @@ pub(crate) fn without_url(err: &reqwest::Error) -> String {
     text
 }
 
-impl Answer {
-    /// An error or disconnect answer, for a caller expecting another result type.
-    fn without_result<T>(self) -> Answer<T> {
+impl<T> Answer<T> {
+    /// The same decision with the result transformed.
+    fn map<U>(self, f: impl FnOnce(T) -> U) -> Answer<U> {
         match self {
-            Self::Result(_) => unreachable!("only called on error and disconnect answers"),
+            Self::Result(result) => Answer::Result(f(result)),
             Self::Error { code, message } => Answer::Error { code, message },
             Self::Disconnect { code, reason } => Answer::Disconnect { code, reason },
         }

@@ -21,7 +21,7 @@
 //! `Tidings-Signature: t=SECONDS,v1=HEX` (HMAC-SHA256 of `"{t}.{body}"`). A failure (timeout,
 //! refused connection, any status but 2xx) is retried with exponential back-off — from
 //! [`FIRST_BACKOFF`] up to [`MAX_BACKOFF`] — with the same events and ids, so order holds;
-//! after [`RETRY_WINDOW`] of failures the batch is dropped, counted and logged.
+//! an event not taken within [`RETRY_WINDOW`] of its transition is dropped, counted and logged.
 //!
 //! ## Receipts
 //! On a namespace with `receipts=WITHIN`, each publication to a personal channel waits for an
@@ -55,7 +55,7 @@ pub const MAX_BATCH: usize = 100;
 /// The first retry of a failed POST waits this long; each next one twice as long.
 pub const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
-/// How long a batch is retried before it is dropped.
+/// How long after its transition an event is given up on if not delivered.
 pub const RETRY_WINDOW: Duration = Duration::from_secs(5 * 60);
 /// How long one POST may take.
 pub const POST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -436,8 +436,6 @@ struct Sender {
     ticks: watch::Receiver<Tick>,
     destination: Destination,
     client: reqwest::Client,
-    /// Since when the batch at the head has been failing.
-    failing_since: Option<Instant>,
     backoff: Duration,
     /// No POST before this (the back-off after a failure); rounds go on, renewing the lease.
     next_attempt: Instant,
@@ -455,7 +453,6 @@ impl Sender {
             ticks,
             destination,
             client,
-            failing_since: None,
             backoff: FIRST_BACKOFF,
             next_attempt: Instant::now(),
         }
@@ -491,7 +488,6 @@ impl Sender {
                 if self.store.pop(events.len()).await? {
                     metrics().webhook.sent.inc_by(events.len() as u64);
                 }
-                self.failing_since = None;
                 self.backoff = FIRST_BACKOFF;
                 // More may be waiting: no pause.
                 Ok(if events.len() == MAX_BATCH {
@@ -501,26 +497,8 @@ impl Sender {
                 })
             }
             Err(err) => {
-                let since = *self.failing_since.get_or_insert_with(Instant::now);
-                // Given up on: the events failing for the whole window, and those older than
-                // it (a long outage must not grow the queue without bound).
-                let stale = if since.elapsed() >= RETRY_WINDOW {
-                    events.len()
-                } else {
-                    events.iter().take_while(|event| expired(event)).count()
-                };
-                if stale > 0 {
-                    tracing::error!(
-                        events = stale,
-                        %err,
-                        "webhook delivery failed for the whole retry window; dropping these events"
-                    );
-                    self.store.pop(stale).await?;
-                    metrics().webhook.dropped.inc_by(stale as u64);
-                    self.failing_since = None;
-                    self.backoff = FIRST_BACKOFF;
-                    return Ok(Duration::ZERO);
-                }
+                // Retried until the ticks give the events up, RETRY_WINDOW after their
+                // transitions.
                 metrics().webhook.retries.inc();
                 tracing::warn!(%err, retry_in = ?self.backoff, "webhook delivery failed; retrying");
                 self.next_attempt = Instant::now() + self.backoff;

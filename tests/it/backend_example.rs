@@ -14,7 +14,7 @@ use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-use crate::support::{TestServer, WAIT, WsClient, within};
+use crate::support::{TestServer, WAIT, WsClient, serve_app, within};
 
 const SECRET: &str = "webhook-secret-of-at-least-32-bytes!";
 
@@ -169,9 +169,7 @@ async fn the_node_recipe_verifies_a_real_webhook() {
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let addr = serve_app(app).await;
     let hook = format!("http://{addr}/hook");
     let server = TestServer::start(&["--webhook-url", &hook, "--webhook-secret", SECRET]).await;
     let mut client = server.client("?name=zed").await;

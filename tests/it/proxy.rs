@@ -12,7 +12,7 @@ use tidings::protocol::Outcome;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::metrics::scrape;
-use crate::support::{Ended, TestServer, WAIT, WsClient, within};
+use crate::support::{Ended, TestServer, WAIT, WsClient, serve_app, within};
 
 /// The connect proxy's decisions, by the session cookie the client brought.
 async fn connect(headers: HeaderMap, Json(call): Json<Value>) -> Json<Value> {
@@ -67,9 +67,7 @@ async fn backend() -> (SocketAddr, Arc<AtomicUsize>) {
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let addr = serve_app(app).await;
     (addr, calls)
 }
 
@@ -358,9 +356,7 @@ async fn the_backend_decides_subscribes_and_rewrites_publishes_in_its_namespaces
             },
         ),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let addr = serve_app(app).await;
     let server = TestServer::start(&[
         "--proxy-subscribe",
         &format!("http://{addr}/subscribe"),
@@ -451,9 +447,7 @@ async fn the_refresh_proxy_extends_connections_and_a_declined_one_expires() {
                 }
             }),
         );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let addr = serve_app(app).await;
     let server = TestServer::start(&[
         "--proxy-connect",
         &format!("http://{addr}/connect"),

@@ -21,7 +21,7 @@ use tokio::sync::Notify;
 
 use crate::metrics::await_metric;
 use crate::support::redis::RedisServer;
-use crate::support::{TestServer, WAIT, WsClient, http_request, within};
+use crate::support::{TestServer, WAIT, WsClient, http_request, serve_app, within};
 
 const WEBHOOK_SECRET: &str = "webhook-secret-of-at-least-32-bytes!";
 const TOKEN_SECRET: &str = "test-secret-of-at-least-32-bytes!!";
@@ -88,9 +88,7 @@ impl Receiver {
                 async move { state.receive(&headers, &body) }
             }),
         );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        receiver.addr = Some(listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        receiver.addr = Some(serve_app(app).await);
         receiver
     }
 

@@ -202,6 +202,14 @@ impl TestServer {
     }
 }
 
+/// Serves `app` (a backend, a webhook receiver) on a loopback port for the rest of the test.
+pub async fn serve_app(app: axum::Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
 pub async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String, String)> {
     within(WAIT, "HTTP GET", async {
         let mut stream = TcpStream::connect(addr).await?;
