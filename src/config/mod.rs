@@ -35,7 +35,8 @@ pub enum ConfigError {
         "--max-queue-size ({queue} bytes) must be at least --max-message-size ({message}) + 1 KiB"
     )]
     QueueSmallerThanMessage { queue: usize, message: usize },
-    #[error("--{flag}: {source}")]
+    // The rule's own error follows as the source: the chain printed says it once.
+    #[error("--{flag}")]
     Namespace {
         flag: &'static str,
         #[source]

@@ -417,4 +417,12 @@ async fn bad_key_configuration_stops_the_server_with_a_clear_error() {
     assert!(err.contains("nobody could connect"), "{err}");
     let err = TestServer::refused(&["--namespace", "vip:subscribe=everyone"]).await;
     assert!(err.contains("subscribe=everyone"), "{err}");
+    // The rule's error is said once, after the flag that carried it.
+    assert_eq!(err.matches("is not").count(), 1, "{err}");
+    let err = TestServer::refused(&["--namespace", "news:receipts=30s"]).await;
+    assert_eq!(
+        err.matches("receipts are for personal channels").count(),
+        1,
+        "{err}"
+    );
 }
