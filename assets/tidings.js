@@ -12,10 +12,106 @@
 // was published meanwhile is recovered from history — or it says plainly that it was not.
 // With `getToken` it authenticates every connection with a fresh token and refreshes the
 // token before it expires.
+//
+// Where WebSockets do not work — a proxy refuses the upgrade, or lets it through and then
+// passes nothing — it falls back by itself to an HTTP stream (`/stream`, one frame per line)
+// with its commands sent as requests (`POST /stream`); `client.transport` says which is in use.
 
 const CLOSE_NO_RECONNECT_MIN = 4500;
 const CLOSE_NO_RECONNECT_MAX = 4999;
 const CLOSE_POLICY_VIOLATION = 1008;
+const OPEN = 1;
+const CLOSED = 3;
+/** Commands one request carries at most (the server's limit). */
+const COMMANDS_PER_REQUEST = 100;
+
+/**
+ * The two-way HTTP fallback, shaped like a WebSocket for the client below: `GET /stream` reads
+ * the frames (one JSON object per line), `send` POSTs commands to `/stream`, one request at a
+ * time so that they arrive in order whichever server takes each.
+ */
+class StreamSocket {
+  constructor(url) {
+    this.url = url;
+    this.readyState = 0;
+    this.session = null;
+    this.queue = [];
+    this.sending = false;
+    this.abort = new AbortController();
+    this.onopen = this.onmessage = this.onclose = null;
+    this.read();
+  }
+
+  async read() {
+    let closed = { code: 1006, reason: "the stream ended" };
+    try {
+      const response = await fetch(this.url, { signal: this.abort.signal, cache: "no-store" });
+      if (!response.ok) {
+        const refused = response.status === 401 || response.status === 403;
+        closed = { code: refused ? CLOSE_POLICY_VIOLATION : 1006, reason: await response.text() };
+        throw new Error(closed.reason);
+      }
+      this.session = response.headers.get("tidings-session");
+      this.readyState = OPEN;
+      this.onopen?.();
+      const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buffer = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffer += value;
+        let end;
+        while ((end = buffer.indexOf("\n")) >= 0) {
+          const line = buffer.slice(0, end);
+          buffer = buffer.slice(end + 1);
+          // The server's close comes as the last line, with the code a WebSocket would carry.
+          if (line.startsWith('{"close":')) closed = JSON.parse(line).close;
+          else if (line) this.onmessage?.({ data: line });
+        }
+      }
+    } catch {
+      // Aborted, refused or cut: reported below as a close.
+    }
+    this.finish(closed);
+  }
+
+  send(text) {
+    if (this.readyState !== OPEN) return;
+    this.queue.push(text);
+    if (!this.sending) this.flush();
+  }
+
+  async flush() {
+    this.sending = true;
+    while (this.queue.length > 0 && this.readyState === OPEN) {
+      const commands = this.queue.splice(0, COMMANDS_PER_REQUEST).map((text) => JSON.parse(text));
+      try {
+        const response = await fetch(this.url.origin + this.url.pathname, {
+          method: "POST",
+          // text/plain: a simple request, no preflight.
+          headers: { "content-type": "text/plain" },
+          body: JSON.stringify({ session: this.session, commands }),
+        });
+        if (!response.ok) throw new Error(`command request answered ${response.status}`);
+      } catch (err) {
+        // A command lost would leave its caller waiting: start over on a fresh stream.
+        this.close(4000, `${err.message ?? err}`);
+      }
+    }
+    this.sending = false;
+  }
+
+  close(code, reason) {
+    this.abort.abort();
+    this.finish({ code, reason });
+  }
+
+  finish(closed) {
+    if (this.readyState === CLOSED) return;
+    this.readyState = CLOSED;
+    this.onclose?.(closed);
+  }
+}
 
 /** Error carried by a rejected request: `code` is the protocol's error code. */
 export class TidingsError extends Error {
@@ -50,9 +146,12 @@ export class Tidings extends EventTarget {
   /**
    * @param {string|string[]} urls WebSocket URL(s) of `/ws`; several are tried in turn.
    * @param {{name?: string, token?: string, getToken?: () => Promise<string>,
-   *          minDelayMs?: number, maxDelayMs?: number, requestTimeoutMs?: number}} options
+   *          minDelayMs?: number, maxDelayMs?: number, requestTimeoutMs?: number,
+   *          transport?: "auto"|"websocket"|"stream", fallbackAfterMs?: number}} options
    *   `token` is sent in `connect`; `getToken` is asked for a fresh one on every connect and
-   *   before the current one expires (`refresh`).
+   *   before the current one expires (`refresh`). `transport` (default `auto`): WebSocket
+   *   first, then the HTTP stream when a WebSocket cannot connect, delivers nothing within
+   *   `fallbackAfterMs` (3 s), or is cut twice in a row within seconds of connecting.
    */
   constructor(urls, options = {}) {
     super();
@@ -61,8 +160,14 @@ export class Tidings extends EventTarget {
       minDelayMs: 300,
       maxDelayMs: 10_000,
       requestTimeoutMs: 10_000,
+      transport: "auto",
+      fallbackAfterMs: 3_000,
       ...options,
     };
+    /** The transport in use or being tried: `websocket` or `stream`. */
+    this.transport = this.options.transport === "stream" ? "stream" : "websocket";
+    this.wsFailures = 0;
+    this.fallbackTimer = null;
     this.ws = null;
     this.urlIndex = 0;
     this.attempt = 0;
@@ -81,7 +186,7 @@ export class Tidings extends EventTarget {
 
   /** True while the socket is open and the server has said `connected`. */
   get isConnected() {
-    return this.connectedInfo !== null && this.ws?.readyState === WebSocket.OPEN;
+    return this.connectedInfo !== null && this.ws?.readyState === OPEN;
   }
 
   /**
@@ -194,6 +299,7 @@ export class Tidings extends EventTarget {
     clearTimeout(this.deadTimer);
     clearTimeout(this.stableTimer);
     clearTimeout(this.refreshTimer);
+    clearTimeout(this.fallbackTimer);
     this.ws?.close(1000, "client closed");
   }
 
@@ -215,13 +321,28 @@ export class Tidings extends EventTarget {
 
   connect() {
     const url = new URL(this.urls[this.urlIndex % this.urls.length], location.href);
-    if (url.protocol === "http:") url.protocol = "ws:";
-    if (url.protocol === "https:") url.protocol = "wss:";
+    const stream = this.transport === "stream";
+    if (stream) {
+      // The stream lives beside the WebSocket route: /ws → /stream.
+      url.protocol = url.protocol === "wss:" || url.protocol === "https:" ? "https:" : "http:";
+      url.pathname = url.pathname.replace(/\/ws$/, "") + "/stream";
+    } else {
+      if (url.protocol === "http:") url.protocol = "ws:";
+      if (url.protocol === "https:") url.protocol = "wss:";
+    }
     const withToken = Boolean(this.options.getToken || this.options.token);
     // Tokens travel in the first command, not the URL, which proxies and servers log.
     if (this.options.name && !withToken) url.searchParams.set("name", this.options.name);
-    const ws = new WebSocket(url);
+    const ws = stream ? new StreamSocket(url) : new WebSocket(url);
     this.ws = ws;
+    this.connectedAt = null;
+    clearTimeout(this.fallbackTimer);
+    if (!stream && this.options.transport === "auto") {
+      // A middlebox may let the upgrade through and then pass nothing, not even `connected`.
+      this.fallbackTimer = setTimeout(() => {
+        if (this.ws === ws && !this.connectedInfo) this.dropConnection(4000, "WebSocket silent");
+      }, this.options.fallbackAfterMs);
+    }
     ws.onmessage = (event) => this.onFrame(event.data);
     ws.onclose = (event) => this.onClose(event);
     ws.onopen = async () => {
@@ -283,10 +404,15 @@ export class Tidings extends EventTarget {
       this.ws.send('{"op":"pong"}');
     } else if (frame.connected) {
       this.connectedInfo = frame.connected;
+      this.connectedAt = Date.now();
+      clearTimeout(this.fallbackTimer);
       // Back-off starts over only once a connection has proved stable, so a server that
       // accepts and drops at once is not hammered.
       clearTimeout(this.stableTimer);
-      this.stableTimer = setTimeout(() => (this.attempt = 0), 5_000);
+      this.stableTimer = setTimeout(() => {
+        this.attempt = 0;
+        if (this.transport === "websocket") this.wsFailures = 0;
+      }, 5_000);
       this.armDeadTimer();
       this.scheduleRefresh(frame.connected.expires_in_ms);
       this.emit("connected", frame.connected);
@@ -436,7 +562,11 @@ export class Tidings extends EventTarget {
     clearTimeout(this.deadTimer);
     clearTimeout(this.stableTimer);
     clearTimeout(this.refreshTimer);
+    clearTimeout(this.fallbackTimer);
+    const lived = this.connectedAt === null ? 0 : Date.now() - this.connectedAt;
+    this.connectedAt = null;
     this.connectedInfo = null;
+    const switched = this.chooseTransport(lived);
     for (const { reject, timer } of this.pending.values()) {
       clearTimeout(timer);
       reject(new TidingsError(0, "connection closed"));
@@ -447,7 +577,10 @@ export class Tidings extends EventTarget {
       event.code === CLOSE_POLICY_VIOLATION ||
       (event.code >= CLOSE_NO_RECONNECT_MIN && event.code <= CLOSE_NO_RECONNECT_MAX);
     let delayMs = 0;
-    if (!final) {
+    if (!final && switched) {
+      // Another transport to the same server: try it at once.
+      this.reconnectTimer = setTimeout(() => this.connect(), 0);
+    } else if (!final) {
       // Full jitter: a restarting server is not hit by every client in the same instant.
       const ceiling = Math.min(this.options.maxDelayMs, this.options.minDelayMs * 2 ** this.attempt);
       delayMs = Math.round(this.options.minDelayMs / 2 + Math.random() * ceiling);
@@ -460,7 +593,32 @@ export class Tidings extends EventTarget {
       reason: event.reason,
       reconnecting: !final,
       delayMs,
+      transport: this.transport,
     });
+  }
+
+  /**
+   * After a connection ended, picks the next transport (with `transport: "auto"`); true if it
+   * changed at once. A WebSocket that never said `connected`, or two in a row cut within
+   * seconds, means something between here and the server stops them: use the stream. A
+   * stream that never connected either means the server is away, not the WebSocket: try
+   * WebSocket again next time.
+   */
+  chooseTransport(lived) {
+    if (this.options.transport !== "auto") return false;
+    if (this.transport === "websocket") {
+      if (lived < 5_000) this.wsFailures += 1;
+      if (lived > 0 && this.wsFailures < 2) return false;
+      this.transport = "stream";
+      this.emit("transport", { transport: this.transport });
+      return lived === 0;
+    }
+    if (lived === 0) {
+      this.transport = "websocket";
+      this.wsFailures = 0;
+      this.emit("transport", { transport: this.transport });
+    }
+    return false;
   }
 
   /** Drops a connection that has been silent longer than the server's heartbeat allows. */

@@ -53,9 +53,7 @@ pub struct Metrics {
     /// Calls to the app's backend.
     pub proxy: ProxyMetrics,
     pub webhook: WebhookMetrics,
-    /// Server API requests answered 408 because their body did not arrive within
-    /// `--body-timeout`.
-    pub body_timeouts: IntCounter,
+    pub http: HttpMetrics,
     /// Time a `/metrics` exposition took: so a slow scrape is visible on the next one.
     scrape_duration: Histogram,
     /// When the process started counting.
@@ -190,6 +188,39 @@ impl WebhookMetrics {
     }
 }
 
+/// Transports and requests: how clients reach the server.
+#[derive(Debug)]
+pub struct HttpMetrics {
+    /// Open client connections by transport (`websocket`, `sse`, `stream`).
+    pub transports: IntGaugeVec,
+    /// Command requests for stream sessions (`POST /stream`), by outcome.
+    pub stream_commands: IntCounterVec,
+    /// Server API requests answered 408 because their body did not arrive within
+    /// `--body-timeout`.
+    pub body_timeouts: IntCounter,
+}
+
+impl HttpMetrics {
+    fn new(r: &Register<'_>) -> Self {
+        let transports = Opts::new(
+            "tidings_transport_connections",
+            "Open client connections, by transport.",
+        );
+        Self {
+            transports: r.add(IntGaugeVec::new(transports, &["transport"]).expect("valid metric")),
+            stream_commands: r.counters(
+                "tidings_stream_command_requests_total",
+                "Command requests for stream sessions, by outcome.",
+                "outcome",
+            ),
+            body_timeouts: r.counter(
+                "tidings_api_body_timeouts_total",
+                "Server API requests answered 408: the body did not arrive in time.",
+            ),
+        }
+    }
+}
+
 /// Registers each metric as it is made. The names and options are constants: a failure here
 /// is a programming error caught by the first test that touches metrics.
 struct Register<'a>(&'a Registry);
@@ -308,10 +339,7 @@ impl Metrics {
             broker: BrokerMetrics::new(&r),
             proxy: ProxyMetrics::new(&r),
             webhook: WebhookMetrics::new(&r),
-            body_timeouts: r.counter(
-                "tidings_api_body_timeouts_total",
-                "Server API requests answered 408: the body did not arrive in time.",
-            ),
+            http: HttpMetrics::new(&r),
             scrape_duration: r.histogram(
                 "tidings_metrics_scrape_duration_seconds",
                 "Time taken to render /metrics.",

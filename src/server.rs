@@ -204,18 +204,21 @@ impl Server {
             }
         };
         tokio::spawn(signal);
-        let header_timeout = config.session.handshake_timeout;
+        let timeouts = TcpTimeouts {
+            header: config.session.handshake_timeout,
+            unacknowledged: config.session.ping_interval + config.session.pong_timeout,
+        };
         // The listeners stay open while the sessions drain, so that probes hear "not ready"
         // (and new WebSockets "shutting down") rather than find the port closed.
         let closed = CancellationToken::new();
         if let Some(listener) = metrics_listener {
             let closed = closed.clone();
             tokio::spawn(async move {
-                let http = serve(listener, api::metrics_router(), header_timeout, closed).await;
+                let http = serve(listener, api::metrics_router(), timeouts, closed).await;
                 http.close();
             });
         }
-        let accepting = tokio::spawn(serve(listener, app, header_timeout, closed.clone()));
+        let accepting = tokio::spawn(serve(listener, app, timeouts, closed.clone()));
 
         stopping.cancelled().await;
         connections.close();
@@ -360,7 +363,7 @@ async fn brokers(
 async fn serve(
     listener: TcpListener,
     app: Router,
-    header_timeout: Duration,
+    timeouts: TcpTimeouts,
     closed: CancellationToken,
 ) -> TaskTracker {
     let tracker = TaskTracker::new();
@@ -371,7 +374,7 @@ async fn serve(
         };
         match accepted {
             Ok((tcp, peer)) => {
-                let connection = serve_connection(tcp, peer, app.clone(), header_timeout);
+                let connection = serve_connection(tcp, peer, app.clone(), timeouts);
                 tracker.spawn(connection.with_graceful_shutdown(closed.clone()));
             }
             Err(err) => {
@@ -391,16 +394,34 @@ struct Connection<F> {
     peer: SocketAddr,
 }
 
+/// The deadlines of one accepted connection.
+#[derive(Clone, Copy, Debug)]
+struct TcpTimeouts {
+    /// To send a request's headers.
+    header: Duration,
+    /// For data sent to be acknowledged by the peer's TCP before the connection is dropped:
+    /// a peer that vanished without closing (a lost network, a dead host) is noticed by the
+    /// next ping left unacknowledged. What a pong does for WebSockets, this does for HTTP
+    /// streams, whose `EventSource` cannot answer.
+    unacknowledged: Duration,
+}
+
 fn serve_connection(
     tcp: TcpStream,
     peer: SocketAddr,
     app: Router,
-    header_timeout: Duration,
+    timeouts: TcpTimeouts,
 ) -> Connection<impl Future<Output = Result<(), hyper::Error>> + GracefulConnection + Send> {
     // Small frames must leave at once: without TCP_NODELAY they wait for Nagle's algorithm
     // and the peer's delayed ACK (~40 ms on Linux).
     if let Err(err) = tcp.set_nodelay(true) {
         tracing::debug!(%err, "TCP_NODELAY not set");
+    }
+    #[cfg(target_os = "linux")]
+    if let Err(err) =
+        socket2::SockRef::from(&tcp).set_tcp_user_timeout(Some(timeouts.unacknowledged))
+    {
+        tracing::debug!(%err, "TCP_USER_TIMEOUT not set");
     }
     let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
         request.extensions_mut().insert(ConnectInfo(peer));
@@ -408,7 +429,7 @@ fn serve_connection(
     });
     let serving = http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout)
+        .header_read_timeout(timeouts.header)
         .serve_connection(TokioIo::new(tcp), service)
         .with_upgrades();
     Connection { serving, peer }

@@ -25,6 +25,7 @@ pub mod admin;
 pub mod channels;
 pub mod presence;
 pub mod publish;
+pub mod stream;
 pub mod ws;
 
 /// What every handler may use.
@@ -60,6 +61,8 @@ pub fn router(state: AppState, enable_echo: bool, with_metrics: bool) -> Router 
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/ws", get(ws::connect))
+        .route("/sse", get(stream::sse).post(stream::commands))
+        .route("/stream", get(stream::ndjson).post(stream::commands))
         .route("/api/openapi.json", get(openapi))
         .route("/api/publish", post(publish::publish))
         .route("/api/broadcast", post(publish::broadcast))
@@ -211,8 +214,8 @@ impl<T: DeserializeOwned> axum::extract::FromRequest<AppState> for JsonBody<T> {
         let bytes = match tokio::time::timeout(state.body_timeout, read).await {
             Ok(bytes) => bytes.map_err(|err| ApiError::TooLarge(format!("request body: {err}")))?,
             Err(_) => {
-                metrics().body_timeouts.inc();
-                let total = metrics().body_timeouts.get();
+                metrics().http.body_timeouts.inc();
+                let total = metrics().http.body_timeouts.get();
                 tracing::info!(total, "request body too slow; answered 408");
                 return Err(ApiError::BodyTimeout(state.body_timeout));
             }

@@ -75,6 +75,7 @@ pub async fn connect(
                 config: state.session,
                 gate: state.gate,
                 handshake: Handshake {
+                    transport: "websocket",
                     name,
                     token,
                     ticket,
@@ -92,7 +93,7 @@ pub async fn connect(
 }
 
 /// The token of an `Authorization: Bearer TOKEN` header.
-fn bearer_token(headers: &HeaderMap) -> Option<Secret> {
+pub(super) fn bearer_token(headers: &HeaderMap) -> Option<Secret> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     scheme
@@ -102,7 +103,7 @@ fn bearer_token(headers: &HeaderMap) -> Option<Secret> {
 
 /// Lets through requests without an `Origin` (not from a browser), from the server's own
 /// host, or from an allowed origin; returns the refused origin otherwise.
-fn check_origin<'h>(headers: &'h HeaderMap, allowed: &[String]) -> Result<(), &'h str> {
+pub(super) fn check_origin<'h>(headers: &'h HeaderMap, allowed: &[String]) -> Result<(), &'h str> {
     let Some(origin) = headers.get(header::ORIGIN) else {
         return Ok(());
     };

@@ -157,6 +157,8 @@ pub struct Admitted {
 #[derive(Debug)]
 pub struct Caller<'a> {
     pub client: &'a str,
+    /// How the connection reaches the server: `websocket`, `sse` or `stream`.
+    pub transport: &'static str,
     /// An authenticated connection's user; `None` for one the backend has not named yet, and
     /// for an anonymous one (whose self-chosen name proves nothing).
     pub user: Option<&'a str>,
@@ -293,7 +295,7 @@ impl Backend {
         };
         let body = Call {
             client: caller.client,
-            transport: "websocket",
+            transport: caller.transport,
             headers: headers_json(caller.forwarded),
             user: caller.user,
             name: caller.name,

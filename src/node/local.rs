@@ -29,6 +29,8 @@ pub struct Local {
     pub(super) namespaces: Arc<Namespaces>,
     /// Joins and leaves waiting to go out together, per channel.
     batches: StdMutex<HashMap<ChannelName, Batch>>,
+    /// Stream sessions here, which take commands from any node.
+    pub(super) streams: super::streams::Streams,
     /// Itself, for the tasks that flush batches.
     this: Weak<Local>,
 }
@@ -51,6 +53,7 @@ impl Local {
             users: StdMutex::default(),
             namespaces,
             batches: StdMutex::default(),
+            streams: super::streams::Streams::default(),
             this: this.clone(),
         })
     }
@@ -172,7 +175,16 @@ impl Deliver for Local {
             tracing::warn!("undecodable server command from the broker");
             return;
         };
-        let (user, command) = control.split();
+        let (user, command) = match control {
+            Control::Commands { session, commands } => {
+                return self.streams.deliver(&session, commands);
+            }
+            Control::Disconnect { user, code, reason } => {
+                (user, UserCommand::Disconnect { code, reason })
+            }
+            Control::Subscribe { user, channel } => (user, UserCommand::Subscribe(channel)),
+            Control::Unsubscribe { user, channel } => (user, UserCommand::Unsubscribe(channel)),
+        };
         let users = self.users();
         for (_, mailbox) in users.get(user.as_str()).into_iter().flatten() {
             mailbox.send(command.clone());
@@ -180,7 +192,8 @@ impl Deliver for Local {
     }
 }
 
-/// A server command for every connection of one user, as it travels between nodes.
+/// A server command for every connection of one user, or commands for one stream session, as
+/// they travel between nodes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub(super) enum Control {
@@ -197,18 +210,11 @@ pub(super) enum Control {
         user: String,
         channel: ChannelName,
     },
-}
-
-impl Control {
-    fn split(self) -> (String, UserCommand) {
-        match self {
-            Self::Disconnect { user, code, reason } => {
-                (user, UserCommand::Disconnect { code, reason })
-            }
-            Self::Subscribe { user, channel } => (user, UserCommand::Subscribe(channel)),
-            Self::Unsubscribe { user, channel } => (user, UserCommand::Unsubscribe(channel)),
-        }
-    }
+    /// Protocol commands (JSON text) for the stream session `session`.
+    Commands {
+        session: String,
+        commands: Vec<String>,
+    },
 }
 
 /// What the server API asks of one connection.

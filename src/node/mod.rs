@@ -54,9 +54,11 @@ use crate::webhook::Lifecycle;
 
 mod local;
 mod receipts;
+mod streams;
 
 use local::Control;
 pub use local::{Local, Mailbox, UserCommand};
+pub use streams::{StreamInbox, StreamInput};
 
 const CHANNEL_LOCKS: usize = 256;
 

@@ -102,6 +102,7 @@ impl Session<'_> {
         };
         Caller {
             client: &self.client,
+            transport: self.transport,
             user,
             name,
             forwarded: &self.forwarded,

@@ -27,6 +27,12 @@ pub(crate) struct Gate {
 }
 
 impl Gate {
+    /// Whether a connection token would be accepted now: for transports that answer before
+    /// a session starts.
+    pub(crate) fn check_token(&self, token: &str) -> Result<(), AuthError> {
+        self.verify(token).map(drop)
+    }
+
     fn verify(&self, token: &str) -> Result<ConnectionClaims, AuthError> {
         self.verifier
             .as_ref()
@@ -175,6 +181,7 @@ impl Session<'_> {
         // The requested name travels as the call's own field.
         let caller = Caller {
             client: &self.client,
+            transport: self.transport,
             user: None,
             name: None,
             forwarded: &self.forwarded,

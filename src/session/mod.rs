@@ -104,6 +104,9 @@ pub(crate) enum ReadError {
     TooBig,
     #[error("text is not valid UTF-8")]
     InvalidUtf8,
+    /// More commands arrived than the connection could queue (an HTTP stream's requests).
+    #[error("too many commands at once")]
+    Flooded,
     #[error("transport protocol violation")]
     Protocol(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The connection is gone (reset, EOF without a close): nobody is left to tell.
@@ -117,6 +120,7 @@ impl ReadError {
         let code = match self {
             Self::TooBig => CloseCode::MessageTooBig,
             Self::InvalidUtf8 => CloseCode::InvalidPayload,
+            Self::Flooded => CloseCode::RateLimited,
             Self::Protocol(_) => CloseCode::ProtocolError,
             Self::Gone(_) => return None,
         };
@@ -137,6 +141,11 @@ pub(crate) trait Incoming: Send {
 
 /// The writing half of a transport: owned by exactly one task.
 pub(crate) trait Outgoing: Send {
+    /// A transport the client cannot answer on by itself (an HTTP stream read by an
+    /// `EventSource`): a ping its connection accepted is proof enough of life. Its connection's
+    /// TCP user timeout (`crate::server`) bounds how long a vanished peer can go unnoticed.
+    const ONE_WAY: bool = false;
+
     /// Queues a frame without flushing, so that a batch leaves in as few writes as possible.
     fn feed(&mut self, frame: Frame) -> impl Future<Output = Result<(), WriteError>> + Send;
 
@@ -158,6 +167,8 @@ pub(crate) trait Outgoing: Send {
 /// What the client sent with its request to connect, and its place under the caps.
 #[derive(Debug)]
 pub(crate) struct Handshake {
+    /// The transport's name: `websocket`, `sse` or `stream`.
+    pub transport: &'static str,
     pub name: Option<String>,
     /// From the `token` query parameter or an `Authorization: Bearer` header.
     pub token: Option<Secret>,
@@ -249,8 +260,9 @@ async fn serve<I: Incoming, O: Outgoing>(
         pipeline: pipeline::Pipeline::default(),
         forwarded: handshake.forwarded,
         refreshed_for: NEVER,
+        transport: handshake.transport,
     };
-    let _open = OpenConnection::count();
+    let _open = OpenConnection::count(session.transport);
     if handshake.token.is_none() && session.gate.backend.handles_connect() {
         Box::pin(session.connect_via_backend(handshake.name.as_deref())).await;
     } else {
@@ -289,20 +301,27 @@ async fn serve<I: Incoming, O: Outgoing>(
 }
 
 /// Counts an open connection for as long as it lives, a panicking session included.
-struct OpenConnection;
+struct OpenConnection(&'static str);
 
 impl OpenConnection {
-    fn count() -> Self {
+    fn count(transport: &'static str) -> Self {
         let metrics = metrics();
         metrics.connections_opened.inc();
         metrics.connections.inc();
-        Self
+        metrics
+            .http
+            .transports
+            .with_label_values(&[transport])
+            .inc();
+        Self(transport)
     }
 }
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
-        metrics().connections.dec();
+        let metrics = metrics();
+        metrics.connections.dec();
+        metrics.http.transports.with_label_values(&[self.0]).dec();
     }
 }
 
@@ -394,6 +413,7 @@ struct Session<'a> {
     forwarded: crate::backend::Forwarded,
     /// The expiry the backend was last asked to extend (`--proxy-refresh`).
     refreshed_for: u64,
+    transport: &'static str,
 }
 
 impl Session<'_> {

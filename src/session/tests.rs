@@ -112,6 +112,7 @@ impl Client {
                 backend: no_backend(),
             }),
             handshake: Handshake {
+                transport: "websocket",
                 name: Some(name.into()),
                 token: None,
                 ticket,
@@ -319,6 +320,7 @@ async fn without_anonymous_access_no_command_runs_before_connect() {
             backend: no_backend(),
         }),
         handshake: Handshake {
+            transport: "websocket",
             name: Some("sneaky".into()),
             token: None,
             ticket: admission.admit(IpAddr::V4(Ipv4Addr::LOCALHOST)).unwrap(),

@@ -79,6 +79,9 @@ pub(super) async fn write_loop<O: Outgoing>(
             }
             if with_ping {
                 heartbeat.ping_sent(Instant::now());
+                if O::ONE_WAY {
+                    clocks.alive.store(true, Ordering::Relaxed);
+                }
             }
             if small || batch.capacity() > 256 {
                 batch = Vec::new();

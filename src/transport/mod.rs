@@ -4,5 +4,8 @@
 //! carries it.
 //!
 //! - [`ws`]: WebSocket (RFC 6455), through axum's upgrade.
+//! - [`stream`]: Server-Sent Events and newline-delimited JSON over a streaming HTTP response,
+//!   with commands as HTTP requests.
 
+pub(crate) mod stream;
 pub(crate) mod ws;

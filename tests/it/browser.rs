@@ -191,7 +191,7 @@ impl Browser {
         self.eval(tab, &script).await.map(|_| ())
     }
 
-    async fn join(&mut self, tab: &Tab, name: &str, room: &str) -> Result<()> {
+    pub(crate) async fn join(&mut self, tab: &Tab, name: &str, room: &str) -> Result<()> {
         self.eval(
             tab,
             &format!(
@@ -242,7 +242,7 @@ impl Browser {
         .await
     }
 
-    async fn say(&mut self, tab: &Tab, text: &str) -> Result<()> {
+    pub(crate) async fn say(&mut self, tab: &Tab, text: &str) -> Result<()> {
         self.eval(
             tab,
             &format!(
@@ -255,7 +255,12 @@ impl Browser {
         .map(|_| ())
     }
 
-    async fn wait_for_message(&mut self, tab: &Tab, user: &str, text: &str) -> Result<()> {
+    pub(crate) async fn wait_for_message(
+        &mut self,
+        tab: &Tab,
+        user: &str,
+        text: &str,
+    ) -> Result<()> {
         self.wait_for(
             tab,
             &format!(

@@ -63,6 +63,9 @@ mod redis_deployments;
 mod regression;
 /// Several nodes through Redis: cross-node delivery, failover, recovery elsewhere.
 mod scale_out;
+/// HTTP streams: SSE (Python and Chromium's EventSource) and `/stream`, resumed on another
+/// node; the two-way fallback behind a balancer that is never sticky.
+mod streams;
 /// Webhooks (lifecycle events once per transition across nodes, signed, retried, kept in
 /// Redis) and delivery receipts.
 mod webhook;

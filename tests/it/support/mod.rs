@@ -21,6 +21,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 pub mod proxy;
 pub mod redis;
 pub mod redis_ha;
+pub mod streams;
 
 /// The bound every single await in these tests gets unless it says otherwise.
 pub const WAIT: Duration = Duration::from_secs(10);

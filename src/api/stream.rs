@@ -1,0 +1,278 @@
+//! HTTP streaming endpoints: `GET /sse` (Server-Sent Events), `GET /stream` (newline-delimited
+//! JSON), and `POST /sse` / `POST /stream`, which carry a stream session's commands to it on
+//! whichever node holds it (see `crate::transport::stream` and `crate::node::StreamInbox`).
+//!
+//! They admit a client as `/ws` does — origin, caps, token or name — but answer what they can
+//! with an HTTP status before the stream starts: an `EventSource` stops reconnecting on an
+//! HTTP error, whereas a stream that opens and closes would be reopened forever.
+
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::ws::{bearer_token, check_origin};
+use super::{AppState, JsonBody};
+use crate::metrics::metrics;
+use crate::protocol::{ChannelName, Secret, StreamPosition};
+use crate::session::{self, Handshake, Start};
+use crate::transport::stream::{self, Format, Positions};
+
+/// The header that names a stream session for its command requests.
+pub const SESSION_HEADER: &str = "tidings-session";
+
+/// Commands one request may carry.
+pub const MAX_COMMANDS: usize = 100;
+
+/// `GET /sse`.
+pub async fn sse(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    open(Format::Sse, state, peer, &headers, query.as_deref()).await
+}
+
+/// `GET /stream`.
+pub async fn ndjson(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    open(Format::Ndjson, state, peer, &headers, query.as_deref()).await
+}
+
+/// What the query of `/sse` and `/stream` holds.
+#[derive(Debug, Default)]
+struct StreamParams {
+    channels: Vec<ChannelName>,
+    name: Option<String>,
+    token: Option<Secret>,
+    /// Where to resume: `since` (a JSON object), or an SSE `Last-Event-ID` token.
+    since: Option<Positions>,
+}
+
+fn parse_query(query: Option<&str>, headers: &HeaderMap) -> Result<StreamParams, String> {
+    let mut params = StreamParams::default();
+    let mut last_event_id = headers
+        .get("last-event-id")
+        .and_then(|value| value.to_str().ok())
+        .filter(|value| !value.is_empty())
+        .map(str::to_owned);
+    for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        match &*key {
+            "channel" => {
+                let channel = ChannelName::parse(&value)
+                    .map_err(|err| format!("channel {value:?}: {err}"))?;
+                if !params.channels.contains(&channel) {
+                    params.channels.push(channel);
+                }
+            }
+            "name" => params.name = Some(value.into_owned()),
+            "token" => params.token = Some(Secret::new(value.into_owned())),
+            "since" => {
+                let since = Positions::from_since(&value).ok_or(
+                    "since: expected a JSON object {\"CHANNEL\":{\"offset\":N,\"epoch\":\"E\"},…}",
+                )?;
+                params.since = Some(since);
+            }
+            // For EventSource polyfills that cannot set the header.
+            "last_event_id" | "lastEventId" => last_event_id = Some(value.into_owned()),
+            _ => {}
+        }
+    }
+    if params.since.is_none()
+        && let Some(id) = last_event_id
+    {
+        let since = Positions::from_token(&id)
+            .ok_or("Last-Event-ID: not a position token of this server")?;
+        params.since = Some(since);
+    }
+    Ok(params)
+}
+
+fn refuse(status: StatusCode, message: impl Into<String>) -> Response {
+    let body = serde_json::json!({ "error": { "message": message.into() } });
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+async fn open(
+    format: Format,
+    state: AppState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Response {
+    if state.shutdown.is_cancelled() {
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+    }
+    if let Err(origin) = check_origin(headers, &state.allowed_origins) {
+        tracing::info!(%peer, origin, "stream from a foreign origin refused");
+        let message = format!("origin {origin} may not open streams here (see --allowed-origin)");
+        return refuse(StatusCode::FORBIDDEN, message);
+    }
+    let params = match parse_query(query, headers) {
+        Ok(params) => params,
+        Err(message) => return refuse(StatusCode::BAD_REQUEST, message),
+    };
+    if params.channels.len() > state.session.max_subscriptions {
+        let most = state.session.max_subscriptions;
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            format!("at most {most} channels per stream (--max-subscriptions)"),
+        );
+    }
+    let token = params.token.or_else(|| bearer_token(headers));
+    if let Some(token) = &token
+        && let Err(err) = state.gate.check_token(token.expose())
+    {
+        return refuse(StatusCode::UNAUTHORIZED, format!("token rejected: {err}"));
+    }
+    let ticket = match state.admission.admit(peer.ip()) {
+        Ok(ticket) => ticket,
+        Err(refused) => {
+            tracing::info!(%peer, %refused, "connection refused");
+            return refuse(StatusCode::SERVICE_UNAVAILABLE, refused.to_string());
+        }
+    };
+    let tracked = state.connections.token();
+    let inbox = state.node.open_stream();
+    let session_id = inbox.id().clone();
+    let subscribe: Vec<(ChannelName, Option<StreamPosition>)> = params
+        .channels
+        .into_iter()
+        .map(|channel| {
+            let since = params.since.as_ref().and_then(|s| s.get(channel.as_str()));
+            (channel, since)
+        })
+        .collect();
+    let (reader, writer, body) = stream::open(format, inbox, &subscribe);
+    let start = Box::new(Start {
+        node: state.node,
+        config: state.session,
+        gate: state.gate.clone(),
+        handshake: Handshake {
+            transport: format.name(),
+            name: params.name,
+            token,
+            ticket,
+            forwarded: state.gate.backend.forwarded(headers),
+        },
+        shutdown: state.shutdown,
+    });
+    tokio::spawn(async move {
+        session::run(reader, writer, start).await;
+        drop(tracked);
+    });
+    let mut response = Response::new(body);
+    let out = response.headers_mut();
+    out.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(format.content_type()),
+    );
+    out.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    // Tells nginx (and proxies that copy it) not to buffer the stream.
+    out.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    if let Ok(id) = HeaderValue::from_str(&session_id) {
+        out.insert(SESSION_HEADER, id);
+    }
+    allow_origin(headers, out);
+    response
+}
+
+/// Lets a page of an allowed origin read the response (the origin check has passed).
+fn allow_origin(request: &HeaderMap, response: &mut HeaderMap) {
+    if let Some(origin) = request.get(header::ORIGIN) {
+        response.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+        response.insert(
+            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            HeaderValue::from_static("true"),
+        );
+        response.insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static(SESSION_HEADER),
+        );
+        response.insert(header::VARY, HeaderValue::from_static("origin"));
+    }
+}
+
+/// The body of `POST /stream`: protocol v1 commands for one stream session.
+#[derive(Debug, Deserialize)]
+pub struct Commands {
+    session: String,
+    commands: Vec<Box<RawValue>>,
+}
+
+/// `POST /sse`, `POST /stream`: hands the commands to their session, on whichever node holds
+/// it, in order. Answered 202 once the broker has them; the replies come on the stream.
+pub async fn commands(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    JsonBody(request): JsonBody<Commands>,
+) -> Response {
+    let outcome = |name: &str| {
+        metrics()
+            .http
+            .stream_commands
+            .with_label_values(&[name])
+            .inc();
+    };
+    if check_origin(&headers, &state.allowed_origins).is_err() {
+        outcome("refused");
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "origin not allowed (see --allowed-origin)",
+        );
+    }
+    if request.session.len() != 32 || !request.session.bytes().all(|b| b.is_ascii_hexdigit()) {
+        outcome("refused");
+        return refuse(StatusCode::BAD_REQUEST, "session: not a stream session id");
+    }
+    if request.commands.is_empty() || request.commands.len() > MAX_COMMANDS {
+        outcome("refused");
+        let message = format!("commands: between 1 and {MAX_COMMANDS} per request");
+        return refuse(StatusCode::BAD_REQUEST, message);
+    }
+    if let Some(big) = request
+        .commands
+        .iter()
+        .find(|c| c.get().len() > state.max_message_size)
+    {
+        outcome("refused");
+        let (size, limit) = (big.get().len(), state.max_message_size);
+        let message = format!("a command of {size} bytes is over the {limit}-byte limit");
+        return refuse(StatusCode::PAYLOAD_TOO_LARGE, message);
+    }
+    let commands = request
+        .commands
+        .into_iter()
+        .map(|command| String::from(Box::<str>::from(command)))
+        .collect();
+    let mut response = match state.node.send_to_stream(&request.session, commands).await {
+        Ok(()) => {
+            outcome("accepted");
+            (
+                StatusCode::ACCEPTED,
+                [(header::CONTENT_TYPE, "application/json")],
+                "{}",
+            )
+                .into_response()
+        }
+        Err(err) => {
+            outcome("failed");
+            refuse(StatusCode::SERVICE_UNAVAILABLE, err.client_message())
+        }
+    };
+    allow_origin(&headers, response.headers_mut());
+    response
+}
