@@ -510,3 +510,48 @@ async fn an_event_source_that_cannot_pong_is_kept_alive_by_keep_alive_comments()
     publisher.publish("news", json!("still here")).await;
     assert_eq!(sse.next("pub").await["data"], "still here");
 }
+
+#[tokio::test]
+async fn the_server_api_reaches_stream_clients_as_it_reaches_websockets() {
+    const SECRET: &str = "test-secret-of-at-least-32-bytes!!";
+    const AUTH: Option<&str> = Some("apikey key-for-stream-tests");
+    let server = TestServer::start(&[
+        "--api-key",
+        "key-for-stream-tests",
+        "--token-hmac-secret",
+        SECRET,
+    ])
+    .await;
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &json!({"sub": "42"}),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    let mut sse = PythonSse::open(&server.url(&format!("/sse?token={token}")), None).await;
+    let connected = sse.next("connected").await;
+    assert_eq!(
+        (
+            connected["user"].clone(),
+            connected["authenticated"].clone()
+        ),
+        (json!("42"), json!(true))
+    );
+    let api = |path: &'static str, body: Value| {
+        let addr = server.addr;
+        async move { http_request(addr, "POST", path, AUTH, &body.to_string()).await }
+    };
+    let (status, body) = api("/api/subscribe", json!({"user": "42", "channel": "alerts"})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(sse.next("subscribed").await["channel"], "alerts");
+    let (status, _) = api("/api/publish", json!({"channel": "alerts", "data": "ring"})).await;
+    assert_eq!(status, 200);
+    assert_eq!(sse.next("pub").await["data"], "ring");
+    let (status, _) = api("/api/disconnect", json!({"user": "42"})).await;
+    assert_eq!(status, 200);
+    assert_eq!(sse.next("close").await["code"], 4501);
+    assert!(
+        sse.line().await.get("end").is_some(),
+        "the stream ends after its close"
+    );
+}
