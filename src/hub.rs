@@ -98,7 +98,8 @@ impl Hub {
     }
 
     /// Fans a publication out to the channel's local subscribers.
-    pub fn broadcast(&self, publication: &Publication) {
+    /// `compress_from`: the size from which the frame may go out compressed (`None`: never).
+    pub fn broadcast(&self, publication: &Publication, compress_from: Option<usize>) {
         let channel = &publication.channel;
         if !self.shard(channel).contains_key(channel) {
             return;
@@ -106,7 +107,11 @@ impl Hub {
         // Encoded between two short holds of the lock rather than under it: subscribers that
         // come or go meanwhile get or miss it exactly as if it had arrived a moment later or
         // earlier, which their outbox's offset check already allows for.
-        let frame = Frame::from(encode(&Push::Pub(publication.clone())));
+        let text = encode(&Push::Pub(publication.clone()));
+        let frame = match compress_from {
+            Some(min) if text.len() >= min => Frame::compressible(text),
+            _ => Frame::from(text),
+        };
         let shard = self.shard(channel);
         for outbox in shard.get(channel).into_iter().flatten() {
             outbox.push_publication(channel, publication.offset, &publication.epoch, &frame);
@@ -194,12 +199,12 @@ mod tests {
         let outboxes = live_outboxes(&hub, &ch, n);
         let mut batch = Vec::new();
         let (first, second) = (publication(&ch, 1), publication(&ch, 2));
-        hub.broadcast(&first);
+        hub.broadcast(&first, None);
         for outbox in &outboxes {
             outbox.drain(&mut batch);
             batch.clear();
         }
-        let counted = allocation_counter::measure(|| hub.broadcast(&second));
+        let counted = allocation_counter::measure(|| hub.broadcast(&second, None));
         for outbox in &outboxes {
             outbox.drain(&mut batch);
             assert_eq!(batch.len(), 1, "every subscriber got the publication");
@@ -220,6 +225,49 @@ mod tests {
         );
     }
 
+    /// Allocations and compressions made by the second fan-out of a compressible publication
+    /// to `n` subscribers, each of whose writers asks for the compressed frame.
+    fn compressed_broadcast(n: usize) -> (u64, usize) {
+        let hub = Hub::new();
+        let ch = ChannelName::parse("c").unwrap();
+        let outboxes = live_outboxes(&hub, &ch, n);
+        let mut batch = Vec::new();
+        let compressions = std::sync::atomic::AtomicUsize::new(0);
+        let deflate = |text: &[u8]| {
+            compressions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            crate::transport::deflate::deflate(text)
+        };
+        let mut fan_out = |publication: &Publication| {
+            hub.broadcast(publication, Some(0));
+            for outbox in &outboxes {
+                outbox.drain(&mut batch);
+                for frame in batch.drain(..) {
+                    assert!(frame.deflated(deflate).is_some(), "compressed");
+                }
+            }
+        };
+        fan_out(&publication(&ch, 1));
+        compressions.store(0, std::sync::atomic::Ordering::Relaxed);
+        let counted = allocation_counter::measure(|| fan_out(&publication(&ch, 2)));
+        (
+            counted.count_total,
+            compressions.load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+
+    #[test]
+    fn a_compressed_publication_is_compressed_once_for_ten_thousand_subscribers() {
+        let (one, once) = compressed_broadcast(1);
+        let (many, still_once) = compressed_broadcast(10_000);
+        eprintln!("compressed fan-out: {one} allocations for 1 subscriber, {many} for 10,000");
+        assert_eq!(
+            (once, still_once),
+            (1, 1),
+            "one compression per publication"
+        );
+        assert_eq!(many, one, "allocations do not grow with the subscribers");
+    }
+
     #[test]
     fn every_subscriber_gets_the_same_shared_frame() {
         let hub = Hub::new();
@@ -237,16 +285,19 @@ mod tests {
             );
             hub.add(&ch, outbox.clone());
         }
-        hub.broadcast(&Publication {
-            channel: ch.clone(),
-            offset: 1,
-            epoch: "e".into(),
-            data: Arc::from(RawValue::from_string("1".into()).unwrap()),
-            info: ClientInfo {
-                client: "c".into(),
-                user: "u".into(),
+        hub.broadcast(
+            &Publication {
+                channel: ch.clone(),
+                offset: 1,
+                epoch: "e".into(),
+                data: Arc::from(RawValue::from_string("1".into()).unwrap()),
+                info: ClientInfo {
+                    client: "c".into(),
+                    user: "u".into(),
+                },
             },
-        });
+            None,
+        );
         let frames: Vec<Frame> = outboxes
             .iter()
             .map(|outbox| {

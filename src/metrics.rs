@@ -195,6 +195,8 @@ pub struct HttpMetrics {
     pub transports: IntGaugeVec,
     /// Command requests for stream sessions (`POST /stream`), by outcome.
     pub stream_commands: IntCounterVec,
+    /// Publications compressed for WebSocket clients (once per publication and node).
+    pub compressions: IntCounter,
     /// Server API requests answered 408 because their body did not arrive within
     /// `--body-timeout`.
     pub body_timeouts: IntCounter,
@@ -212,6 +214,10 @@ impl HttpMetrics {
                 "tidings_stream_command_requests_total",
                 "Command requests for stream sessions, by outcome.",
                 "outcome",
+            ),
+            compressions: r.counter(
+                "tidings_compressions_total",
+                "Publications compressed (permessage-deflate), once each per node.",
             ),
             body_timeouts: r.counter(
                 "tidings_api_body_timeouts_total",

@@ -23,11 +23,12 @@
 use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
-use axum::extract::ws::Utf8Bytes;
+use bytes::Bytes;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tungstenite::Utf8Bytes;
 
 use crate::hub::SubscriberId;
 use crate::protocol::{ChannelName, CloseCode, StreamPosition};
@@ -39,38 +40,77 @@ pub const SMALL_BATCH: usize = 4;
 /// A text frame whose bytes are shared: cloning it for another subscriber is a reference-count
 /// increment, never a copy or a re-encode. The bytes are the WebSocket library's own type, so
 /// that transport hands them to the socket as they are.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Frame(Utf8Bytes);
+///
+/// A publication that may go out compressed also carries a slot for its compressed form, made
+/// by the first connection that needs it and shared by every other: one compression per
+/// publication on a node, however many subscribers.
+#[derive(Clone, Debug)]
+pub struct Frame {
+    text: Utf8Bytes,
+    deflated: Option<Arc<OnceLock<Option<Bytes>>>>,
+}
+
+impl PartialEq for Frame {
+    fn eq(&self, other: &Self) -> bool {
+        self.text == other.text
+    }
+}
+
+impl Eq for Frame {}
 
 impl Frame {
     pub const fn from_static(text: &'static str) -> Self {
-        Self(Utf8Bytes::from_static(text))
+        Self {
+            text: Utf8Bytes::from_static(text),
+            deflated: None,
+        }
+    }
+
+    /// A frame that may go out compressed (a publication, on a channel that compresses).
+    pub fn compressible(text: String) -> Self {
+        Self {
+            text: Utf8Bytes::from(text),
+            deflated: Some(Arc::default()),
+        }
     }
 
     pub fn as_str(&self) -> &str {
-        self.0.as_str()
+        self.text.as_str()
     }
 
     /// Payload length in bytes: what a queued frame costs.
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.text.len()
+    }
+
+    /// The compressed form, made with `deflate` by the first caller; `None` if this frame is
+    /// not to be compressed, or compressing did not make it smaller.
+    pub fn deflated(&self, deflate: impl FnOnce(&[u8]) -> Option<Bytes>) -> Option<Bytes> {
+        let slot = self.deflated.as_ref()?;
+        slot.get_or_init(|| deflate(self.text.as_bytes())).clone()
     }
 
     /// The shared bytes, for the transport.
     pub fn into_bytes(self) -> Utf8Bytes {
-        self.0
+        self.text
     }
 }
 
 impl From<String> for Frame {
     fn from(text: String) -> Self {
-        Self(Utf8Bytes::from(text))
+        Self {
+            text: Utf8Bytes::from(text),
+            deflated: None,
+        }
     }
 }
 
 impl From<Utf8Bytes> for Frame {
     fn from(text: Utf8Bytes) -> Self {
-        Self(text)
+        Self {
+            text,
+            deflated: None,
+        }
     }
 }
 

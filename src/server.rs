@@ -150,6 +150,7 @@ impl Server {
             allowed_origins: config.allowed_origins.clone().into(),
             api_key: config.api_key.clone(),
             max_message_size: config.max_message_size,
+            compression: config.namespaces.any_compression(),
             body_timeout: config.body_timeout,
             shutdown: stopping.clone(),
             connections: connections.clone(),

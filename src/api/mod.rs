@@ -40,6 +40,8 @@ pub struct AppState {
     /// The server API's key; `None`: the API is off.
     pub api_key: Option<Secret>,
     pub max_message_size: usize,
+    /// Agree to permessage-deflate with WebSocket clients that offer it.
+    pub compression: bool,
     /// How long a request body may take to arrive.
     pub body_timeout: std::time::Duration,
     /// Cancelled when the server starts shutting down.

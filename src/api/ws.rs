@@ -9,7 +9,6 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -19,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use super::AppState;
 use crate::protocol::{CloseCode, Secret};
 use crate::session::{self, Handshake, Inbound, Outgoing, Start};
-use crate::transport::ws::{self, Received};
+use crate::transport::ws::{Received, SocketSettings, Upgrade};
 
 /// The echo route's message limit: large enough for the conformance suite's biggest cases.
 const ECHO_MAX_MESSAGE_SIZE: usize = 16 << 20;
@@ -37,7 +36,7 @@ pub async fn connect(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Query(params): Query<ConnectParams>,
-    upgrade: WebSocketUpgrade,
+    upgrade: Upgrade,
 ) -> Response {
     if state.shutdown.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
@@ -56,40 +55,41 @@ pub async fn connect(
     let token = params.token.or_else(|| bearer_token(&headers));
     let name = params.name;
     let forwarded = state.gate.backend.forwarded(&headers);
-    ws::configure(upgrade, state.max_message_size)
-        .on_failed_upgrade(|err| tracing::debug!(%err, "WebSocket upgrade failed"))
-        .on_upgrade(move |socket| async move {
-            let (reader, mut writer) = ws::split(socket);
-            let ticket = match admitted {
-                Ok(ticket) => ticket,
-                Err(refused) => {
-                    tracing::info!(%peer, %refused, "connection refused");
-                    let reason = refused.to_string();
-                    let within = state.session.close_timeout;
-                    writer.close(refused.close_code(), &reason, within).await;
-                    return;
-                }
-            };
-            let start = Box::new(Start {
-                node: state.node,
-                config: state.session,
-                gate: state.gate,
-                handshake: Handshake {
-                    transport: "websocket",
-                    name,
-                    token,
-                    ticket,
-                    forwarded,
-                },
-                shutdown: state.shutdown,
-            });
-            // A task of its own, sized to the session alone: the upgrade task (with axum's
-            // and this closure's state) ends here instead of living as long as the socket.
-            tokio::spawn(async move {
-                session::run(reader, writer, start).await;
-                drop(tracked);
-            });
-        })
+    let settings = SocketSettings {
+        max_message_size: state.max_message_size,
+        compression: state.compression,
+    };
+    upgrade.accept(settings, move |reader, mut writer| async move {
+        let ticket = match admitted {
+            Ok(ticket) => ticket,
+            Err(refused) => {
+                tracing::info!(%peer, %refused, "connection refused");
+                let reason = refused.to_string();
+                let within = state.session.close_timeout;
+                writer.close(refused.close_code(), &reason, within).await;
+                return;
+            }
+        };
+        let start = Box::new(Start {
+            node: state.node,
+            config: state.session,
+            gate: state.gate,
+            handshake: Handshake {
+                transport: "websocket",
+                name,
+                token,
+                ticket,
+                forwarded,
+            },
+            shutdown: state.shutdown,
+        });
+        // A task of its own, sized to the session alone: the upgrade task (with this
+        // closure's state) ends here instead of living as long as the socket.
+        tokio::spawn(async move {
+            session::run(reader, writer, start).await;
+            drop(tracked);
+        });
+    })
 }
 
 /// The token of an `Authorization: Bearer TOKEN` header.
@@ -123,21 +123,25 @@ pub(super) fn check_origin<'h>(headers: &'h HeaderMap, allowed: &[String]) -> Re
 }
 
 /// `GET /ws/echo`: echoes text and binary messages, closing as `/ws` does on bad input.
-pub async fn echo(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> Response {
+pub async fn echo(State(state): State<AppState>, upgrade: Upgrade) -> Response {
     let tracked = state.connections.token();
     let close_timeout = state.session.close_timeout;
-    ws::configure(upgrade, ECHO_MAX_MESSAGE_SIZE).on_upgrade(move |socket| async move {
-        echo_loop(socket, state.shutdown, close_timeout).await;
+    let settings = SocketSettings {
+        max_message_size: ECHO_MAX_MESSAGE_SIZE,
+        compression: state.compression,
+    };
+    upgrade.accept(settings, move |reader, writer| async move {
+        echo_loop(reader, writer, state.shutdown, close_timeout).await;
         drop(tracked);
     })
 }
 
 async fn echo_loop(
-    socket: axum::extract::ws::WebSocket,
+    mut reader: crate::transport::ws::Reader,
+    mut writer: crate::transport::ws::Writer,
     shutdown: CancellationToken,
     close_timeout: Duration,
 ) {
-    let (mut reader, mut writer) = ws::split(socket);
     loop {
         let received = tokio::select! {
             () = shutdown.cancelled() => {
@@ -160,8 +164,11 @@ async fn echo_loop(
                 return;
             }
             Some(Ok(Received::Inbound(Inbound::Alive | Inbound::Binary))) => continue,
-            Some(Ok(Received::Inbound(Inbound::Text(text)))) => writer.feed(text).await,
-            Some(Ok(Received::Binary(bytes))) => writer.feed_binary(bytes).await,
+            Some(Ok(Received::Inbound(Inbound::Text(text)))) => {
+                let bytes = bytes::Bytes::from(text.into_bytes());
+                writer.feed_echo(false, bytes).await
+            }
+            Some(Ok(Received::Binary(bytes))) => writer.feed_echo(true, bytes).await,
         };
         if sent.is_err() || writer.flush().await.is_err() {
             return;

@@ -89,6 +89,17 @@ pub struct ServeArgs {
     #[arg(value_name = "SIZE", long, env = "TIDINGS_MAX_QUEUE_SIZE", default_value = "1MiB", value_parser = parse_size)]
     pub max_queue_size: usize,
 
+    /// Compress publications (permessage-deflate, RFC 7692) for WebSocket clients that offer
+    /// it: each publication is compressed once per node and shared by every subscriber. A
+    /// namespace's `compression=false` opts its channels out (`compression=true` opts them in
+    /// without this flag).
+    #[arg(long, env = "TIDINGS_COMPRESSION")]
+    pub compression: bool,
+
+    /// Publications smaller than this go out uncompressed (too small to gain).
+    #[arg(value_name = "SIZE", long, env = "TIDINGS_COMPRESSION_MIN_SIZE", default_value = "256", value_parser = parse_size)]
+    pub compression_min_size: usize,
+
     /// Channels one connection may subscribe to at the same time.
     #[arg(
         value_name = "N",

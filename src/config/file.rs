@@ -363,7 +363,7 @@ fn check_rules(file: &str, at: &str, spec: &str) -> Result<(), FileError> {
                 format!("{at}.{key}"),
                 "unknown rule (subscribe, publish, history-size, history-ttl, presence, \
                  join-leave, join-leave-limit, join-leave-batch, proxy-subscribe, \
-                 proxy-publish, receipts)"
+                 proxy-publish, receipts, compression)"
                     .into(),
             ),
             NamespaceError::Name { .. } => (

@@ -19,9 +19,9 @@ mod namespaces;
 pub use cli::{Cli, CliCommand, ConfigCommand, LogFormat, ServeArgs, SizeError, parse_size};
 pub use file::{FileError, Invocation, check_file, example, parse_command_line, reference};
 pub use namespaces::{
-    CHAT_NAMESPACE, DEFAULT_JOIN_LEAVE_BATCH, DEFAULT_JOIN_LEAVE_LIMIT, HistorySettings, JoinLeave,
-    NamespaceError, NamespaceOptions, Namespaces, PERSONAL_NAMESPACE, SubscribeRule,
-    parse_namespace,
+    CHAT_NAMESPACE, Compression, DEFAULT_JOIN_LEAVE_BATCH, DEFAULT_JOIN_LEAVE_LIMIT,
+    HistorySettings, JoinLeave, NamespaceError, NamespaceOptions, Namespaces, PERSONAL_NAMESPACE,
+    SubscribeRule, parse_namespace,
 };
 
 /// Why the settings cannot be used.
@@ -186,7 +186,11 @@ impl ServeArgs {
             size: self.history_size,
             ttl: self.history_ttl,
         };
-        let namespaces = namespaces(&self.channel_rule, &self.namespaces, history)?;
+        let namespaces = namespaces(&self.channel_rule, &self.namespaces, history)?
+            .with_compression(Compression {
+                enabled: self.compression,
+                min_size: self.compression_min_size,
+            });
         self.check_namespaces_backend(&namespaces)?;
         let (proxy, webhook) = (self.proxy_settings(), self.webhook_settings());
         let tokens = TokenSettings {

@@ -23,7 +23,8 @@ pub enum NamespaceError {
     },
     #[error(
         "{spec:?}: unknown key {key:?} (subscribe, publish, history-size, history-ttl, presence, \
-         join-leave, join-leave-limit, join-leave-batch, proxy-subscribe, proxy-publish, receipts)"
+         join-leave, join-leave-limit, join-leave-batch, proxy-subscribe, proxy-publish, receipts, \
+         compression)"
     )]
     Key { spec: String, key: String },
     #[error("{spec:?}: join-leave needs presence=true")]
@@ -83,6 +84,9 @@ pub struct NamespaceOptions {
     /// Personal channels whose publications must be acknowledged within this long, or the
     /// backend hears `undelivered`.
     pub receipts: Option<Duration>,
+    /// Whether publications go out compressed (permessage-deflate) to connections that
+    /// agreed to it; `None`: as `--compression` says.
+    pub compression: Option<bool>,
 }
 
 impl NamespaceOptions {
@@ -99,6 +103,7 @@ impl NamespaceOptions {
             proxy_subscribe: false,
             proxy_publish: false,
             receipts: None,
+            compression: None,
         }
     }
 }
@@ -119,6 +124,16 @@ pub const DEFAULT_JOIN_LEAVE_BATCH: Duration = Duration::from_secs(1);
 pub struct Namespaces {
     default: NamespaceOptions,
     by_name: HashMap<String, NamespaceOptions>,
+    compression: Compression,
+}
+
+/// permessage-deflate, server-wide: `--compression` and `--compression-min-size`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Compression {
+    /// Namespaces without a `compression=` of their own compress.
+    pub enabled: bool,
+    /// Publications smaller than this go uncompressed: too small to gain.
+    pub min_size: usize,
 }
 
 impl Namespaces {
@@ -128,7 +143,34 @@ impl Namespaces {
                 .entry(name.to_owned())
                 .or_insert_with(|| Self::base(name, &default));
         }
-        Self { default, by_name }
+        Self {
+            default,
+            by_name,
+            compression: Compression::default(),
+        }
+    }
+
+    /// With `--compression` and `--compression-min-size`.
+    pub fn with_compression(self, compression: Compression) -> Self {
+        Self {
+            compression,
+            ..self
+        }
+    }
+
+    /// The size from which publications of `namespace` go out compressed; `None`: never.
+    pub fn compress_from(&self, namespace: Option<&str>) -> Option<usize> {
+        let on = self
+            .get(namespace)
+            .compression
+            .unwrap_or(self.compression.enabled);
+        on.then_some(self.compression.min_size)
+    }
+
+    /// Whether any channel compresses, so that connections agree to permessage-deflate.
+    pub fn any_compression(&self) -> bool {
+        self.all()
+            .any(|options| options.compression.unwrap_or(self.compression.enabled))
     }
 
     /// What a namespace starts from before its own rule: `user` is personal and `chat` has
@@ -189,6 +231,7 @@ impl Default for Namespaces {
                 proxy_subscribe: false,
                 proxy_publish: false,
                 receipts: None,
+                compression: None,
             },
             HashMap::new(),
         )
@@ -200,7 +243,8 @@ impl Default for Namespaces {
 /// `history-ttl` (duration), `presence` (`true|false`), `join-leave`
 /// (`false|true|client|user`; `true` is `client`), `join-leave-limit` (count) and
 /// `join-leave-batch` (duration; `0s` suppresses), `proxy-subscribe` and `proxy-publish`
-/// (`true|false`) and `receipts` (duration, or `false`). Unset keys take `base`'s values.
+/// (`true|false`), `receipts` (duration, or `false`) and `compression` (`true|false`). Unset
+/// keys take `base`'s values.
 pub fn parse_namespace(
     spec: &str,
     base: &NamespaceOptions,
@@ -276,6 +320,7 @@ fn set(
         }
         "proxy-subscribe" => options.proxy_subscribe = flag("proxy-subscribe")?,
         "proxy-publish" => options.proxy_publish = flag("proxy-publish")?,
+        "compression" => options.compression = Some(flag("compression")?),
         "receipts" => {
             let expected = "a duration like 30s, or false";
             options.receipts = match value {

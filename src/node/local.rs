@@ -131,7 +131,10 @@ impl Local {
 
 impl Deliver for Local {
     fn deliver(&self, publication: &Publication) {
-        self.hub.broadcast(publication);
+        let compress_from = self
+            .namespaces
+            .compress_from(publication.channel.namespace());
+        self.hub.broadcast(publication, compress_from);
     }
 
     fn reconcile(&self, channel: &ChannelName, position: &StreamPosition) {

@@ -3,9 +3,10 @@
 //! [`Outgoing`](crate::session::Outgoing) halves; the session core never knows which one
 //! carries it.
 //!
-//! - [`ws`]: WebSocket (RFC 6455), through axum's upgrade.
+//! - [`ws`]: WebSocket (RFC 6455), with permessage-deflate (RFC 7692, [`deflate`]).
 //! - [`stream`]: Server-Sent Events and newline-delimited JSON over a streaming HTTP response,
 //!   with commands as HTTP requests.
 
+pub(crate) mod deflate;
 pub(crate) mod stream;
 pub(crate) mod ws;

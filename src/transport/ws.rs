@@ -1,19 +1,33 @@
-//! The WebSocket transport: the upgrade settings, the socket's [`Reader`] and [`Writer`] halves
+//! The WebSocket transport: the upgrade (with permessage-deflate agreed where the server
+//! compresses, see [`deflate`](super::deflate)), the socket's [`Reader`] and [`Writer`] halves
 //! as a session's [`Incoming`] and [`Outgoing`], and the mapping of the library's errors to
-//! what a session understands. No other module names the WebSocket library's types, so
-//! swapping it (for one with permessage-deflate, say) touches this file and the upgrade call in
-//! `api::ws` only.
+//! what a session understands. No other module names the WebSocket library's types.
 //!
-//! Today that library is axum's `ws` (tokio-tungstenite), chosen because it passes the whole
-//! Autobahn TestSuite without a failure. Compression is not negotiated.
+//! The library is tokio-tungstenite, chosen because it passes the whole Autobahn TestSuite
+//! without a failure; the upgrade is done here rather than by axum so that the socket can be
+//! wrapped for permessage-deflate (which the library lacks) and a frame compressed once can go
+//! to every subscriber as it is.
 
+use std::future::Future;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::body::Body;
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
+use hyper::upgrade::{OnUpgrade, Upgraded};
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::WebSocketStream;
+use tungstenite::protocol::frame::coding::{Data, OpCode};
+use tungstenite::protocol::frame::{Frame as WireFrame, FrameHeader};
+use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tungstenite::{Message, Utf8Bytes};
 
+use super::deflate::{self, Agreed, Inflating};
 use crate::outbox::Frame;
 use crate::protocol::CloseCode;
 use crate::session::{Inbound, Incoming, Outgoing, ReadError, WriteError};
@@ -26,19 +40,136 @@ const READ_BUFFER_SIZE: usize = 256;
 /// this only bounds how a large batch is cut into syscalls.
 const WRITE_BUFFER_SIZE: usize = 16 * 1024;
 
-/// Applies the server's socket settings to an upgrade: buffer sizes and the message limit.
-pub(crate) fn configure(upgrade: WebSocketUpgrade, max_message_size: usize) -> WebSocketUpgrade {
-    upgrade
-        .read_buffer_size(READ_BUFFER_SIZE)
-        .write_buffer_size(WRITE_BUFFER_SIZE)
-        .max_message_size(max_message_size)
-        .max_frame_size(max_message_size)
+type Socket = WebSocketStream<Inflating<TokioIo<Upgraded>>>;
+
+/// A WebSocket handshake request, checked; [`Upgrade::accept`] answers it.
+#[derive(Debug)]
+pub(crate) struct Upgrade {
+    key: HeaderValue,
+    on_upgrade: OnUpgrade,
+    /// The client's `Sec-WebSocket-Extensions` offers.
+    offers: Vec<String>,
 }
 
-/// Splits an upgraded socket into the halves a session's reader and writer own.
-pub(crate) fn split(socket: WebSocket) -> (Reader, Writer) {
-    let (sink, stream) = socket.split();
-    (Reader(stream), Writer(sink))
+/// Why a request is not a WebSocket handshake.
+#[derive(Debug)]
+pub(crate) struct NotAnUpgrade(StatusCode, &'static str);
+
+impl IntoResponse for NotAnUpgrade {
+    fn into_response(self) -> Response {
+        (self.0, self.1).into_response()
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
+    type Rejection = NotAnUpgrade;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, NotAnUpgrade> {
+        let bad = |why| NotAnUpgrade(StatusCode::BAD_REQUEST, why);
+        if parts.method != Method::GET {
+            return Err(NotAnUpgrade(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "a WebSocket handshake is a GET",
+            ));
+        }
+        if !header_has_token(&parts.headers, header::CONNECTION, "upgrade") {
+            return Err(bad("Connection header did not include 'upgrade'"));
+        }
+        if !header_has_token(&parts.headers, header::UPGRADE, "websocket") {
+            return Err(bad("`Upgrade` header did not include 'websocket'"));
+        }
+        let version = parts.headers.get(header::SEC_WEBSOCKET_VERSION);
+        if version.is_none_or(|v| v.as_bytes() != b"13") {
+            return Err(bad("`Sec-WebSocket-Version` header did not include '13'"));
+        }
+        let key = parts
+            .headers
+            .get(header::SEC_WEBSOCKET_KEY)
+            .cloned()
+            .ok_or(bad("`Sec-WebSocket-Key` header missing"))?;
+        let on_upgrade = parts.extensions.remove::<OnUpgrade>().ok_or(NotAnUpgrade(
+            StatusCode::UPGRADE_REQUIRED,
+            "WebSocket request couldn't be upgraded since no upgrade state was present",
+        ))?;
+        let offers = parts
+            .headers
+            .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .map(str::to_owned)
+            .collect();
+        Ok(Self {
+            key,
+            on_upgrade,
+            offers,
+        })
+    }
+}
+
+fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|part| part.trim().eq_ignore_ascii_case(token))
+}
+
+/// How one socket is set up.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SocketSettings {
+    /// The largest message a client may send (after inflating, when compressed).
+    pub max_message_size: usize,
+    /// Agree to permessage-deflate when the client offers it.
+    pub compression: bool,
+}
+
+impl Upgrade {
+    /// Answers the handshake (101, with permessage-deflate if agreed) and, once the connection
+    /// is switched, hands its halves to `serve` in a task of its own.
+    pub(crate) fn accept<F, Fut>(self, settings: SocketSettings, serve: F) -> Response
+    where
+        F: FnOnce(Reader, Writer) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let agreed = settings
+            .compression
+            .then(|| deflate::negotiate(self.offers.iter().map(String::as_str)))
+            .flatten();
+        let mut response = Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header(header::CONNECTION, HeaderValue::from_static("upgrade"))
+            .header(header::UPGRADE, HeaderValue::from_static("websocket"))
+            .header(
+                header::SEC_WEBSOCKET_ACCEPT,
+                tungstenite::handshake::derive_accept_key(self.key.as_bytes()),
+            );
+        if let Some((_, extension)) = &agreed {
+            response = response.header(header::SEC_WEBSOCKET_EXTENSIONS, extension);
+        }
+        let agreed = agreed.map(|(agreed, _)| agreed);
+        let on_upgrade = self.on_upgrade;
+        tokio::spawn(async move {
+            let upgraded = match on_upgrade.await {
+                Ok(upgraded) => upgraded,
+                Err(err) => return tracing::debug!(%err, "WebSocket upgrade failed"),
+            };
+            let limit = settings.max_message_size;
+            // Without compression agreed nothing is inflated; the wrapper only passes bytes.
+            let io = Inflating::new(TokioIo::new(upgraded), limit, agreed.is_some());
+            let config = WebSocketConfig::default()
+                .read_buffer_size(READ_BUFFER_SIZE)
+                .write_buffer_size(WRITE_BUFFER_SIZE)
+                .max_message_size(Some(limit))
+                .max_frame_size(Some(limit));
+            let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+            let (sink, stream) = socket.split();
+            serve(Reader(stream), Writer { sink, agreed }).await;
+        });
+        response
+            .body(Body::empty())
+            .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+    }
 }
 
 /// What the peer sent, binary payloads kept (the echo route returns them).
@@ -48,19 +179,15 @@ pub(crate) enum Received {
     Binary(Bytes),
 }
 
-fn read_error(err: axum::Error) -> ReadError {
+fn read_error(err: tungstenite::Error) -> ReadError {
     use tungstenite::Error as E;
     use tungstenite::error::ProtocolError as P;
-    let inner = err.into_inner();
-    match inner.downcast::<E>() {
-        Ok(err) => match *err {
-            E::Capacity(_) => ReadError::TooBig,
-            E::Utf8(_) => ReadError::InvalidUtf8,
-            E::Protocol(P::ResetWithoutClosingHandshake) => ReadError::Gone(err),
-            E::Protocol(_) => ReadError::Protocol(err),
-            _ => ReadError::Gone(err),
-        },
-        Err(other) => ReadError::Gone(other),
+    match err {
+        E::Capacity(_) => ReadError::TooBig,
+        E::Utf8(_) => ReadError::InvalidUtf8,
+        E::Protocol(P::ResetWithoutClosingHandshake) => ReadError::Gone(Box::new(err)),
+        E::Protocol(_) => ReadError::Protocol(Box::new(err)),
+        _ => ReadError::Gone(Box::new(err)),
     }
 }
 
@@ -81,7 +208,7 @@ fn truncate(text: &str, max: usize) -> &str {
 
 /// The reading half of a socket.
 #[derive(Debug)]
-pub(crate) struct Reader(SplitStream<WebSocket>);
+pub(crate) struct Reader(SplitStream<Socket>);
 
 impl Reader {
     /// The next message with binary payloads kept; `None` once the connection has ended.
@@ -93,7 +220,9 @@ impl Reader {
         Some(Ok(match message {
             Message::Text(text) => Received::Inbound(Inbound::Text(Frame::from(text))),
             Message::Binary(bytes) => Received::Binary(bytes),
-            Message::Ping(_) | Message::Pong(_) => Received::Inbound(Inbound::Alive),
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {
+                Received::Inbound(Inbound::Alive)
+            }
             Message::Close(_) => Received::Inbound(Inbound::Close),
         }))
     }
@@ -110,29 +239,70 @@ impl Incoming for Reader {
 
 /// The writing half of a socket: owned by exactly one task.
 #[derive(Debug)]
-pub(crate) struct Writer(SplitSink<WebSocket, Message>);
+pub(crate) struct Writer {
+    sink: SplitSink<Socket, Message>,
+    /// permessage-deflate, when agreed.
+    agreed: Option<Agreed>,
+}
+
+/// A message already deflated, sent as one frame with RSV1 set.
+fn compressed(opcode: Data, payload: Bytes) -> Message {
+    let header = FrameHeader {
+        is_final: true,
+        rsv1: true,
+        opcode: OpCode::Data(opcode),
+        ..FrameHeader::default()
+    };
+    Message::Frame(WireFrame::from_payload(header, payload))
+}
 
 impl Writer {
-    /// Queues a binary message (used only by the echo route).
-    pub(crate) async fn feed_binary(&mut self, bytes: Bytes) -> Result<(), WriteError> {
-        self.0
-            .feed(Message::Binary(bytes))
+    async fn send(&mut self, message: Message) -> Result<(), WriteError> {
+        self.sink
+            .feed(message)
             .await
             .map_err(|err| WriteError(Box::new(err)))
+    }
+
+    /// Queues a message as the echo route returns it: deflated whenever compression was
+    /// agreed, to exercise every window a client may ask for.
+    pub(crate) async fn feed_echo(
+        &mut self,
+        binary: bool,
+        payload: Bytes,
+    ) -> Result<(), WriteError> {
+        let opcode = if binary { Data::Binary } else { Data::Text };
+        if let Some(agreed) = self.agreed
+            && let Some(deflated) = deflate::deflate_for(agreed, &payload)
+        {
+            return self.send(compressed(opcode, deflated)).await;
+        }
+        let message = if binary {
+            Message::Binary(payload)
+        } else {
+            // Text the reader passed on was checked UTF-8.
+            match Utf8Bytes::try_from(payload) {
+                Ok(text) => Message::Text(text),
+                Err(_) => return Ok(()),
+            }
+        };
+        self.send(message).await
     }
 }
 
 impl Outgoing for Writer {
     async fn feed(&mut self, frame: Frame) -> Result<(), WriteError> {
-        let text: Utf8Bytes = frame.into_bytes();
-        self.0
-            .feed(Message::Text(text))
-            .await
-            .map_err(|err| WriteError(Box::new(err)))
+        // A publication compressed once on this node, for every subscriber that can take it.
+        if self.agreed.is_some_and(Agreed::takes_shared)
+            && let Some(deflated) = frame.deflated(deflate::deflate)
+        {
+            return self.send(compressed(Data::Text, deflated)).await;
+        }
+        self.send(Message::Text(frame.into_bytes())).await
     }
 
     async fn flush(&mut self) -> Result<(), WriteError> {
-        self.0
+        self.sink
             .flush()
             .await
             .map_err(|err| WriteError(Box::new(err)))
@@ -140,12 +310,12 @@ impl Outgoing for Writer {
 
     async fn close(&mut self, code: CloseCode, reason: &str, within: Duration) {
         let frame = CloseFrame {
-            code: code.number(),
+            code: code.number().into(),
             reason: Utf8Bytes::from(truncate(reason, MAX_CLOSE_REASON)),
         };
         let send = async {
-            self.0.feed(Message::Close(Some(frame))).await?;
-            self.0.flush().await
+            self.sink.feed(Message::Close(Some(frame))).await?;
+            self.sink.flush().await
         };
         match tokio::time::timeout(within, send).await {
             Ok(Ok(())) => {}
@@ -158,8 +328,8 @@ impl Outgoing for Writer {
         let _ = tokio::time::timeout(within, async {
             // A frame left half-sent by an interrupted batch fails the first flush (the peer
             // closed); the second one sends the library's close reply.
-            if self.0.flush().await.is_err() {
-                let _ = self.0.flush().await;
+            if self.sink.flush().await.is_err() {
+                let _ = self.sink.flush().await;
             }
         })
         .await;

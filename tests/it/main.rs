@@ -26,6 +26,9 @@ mod browser;
 mod canary;
 /// Tidings on a local three-master Redis Cluster.
 mod cluster;
+/// permessage-deflate: the same publications with and without it, really compressed on the
+/// wire, a namespace opting out, a decompression bomb.
+mod compression;
 /// The configuration file: `config check`, `config example`, docs/config.md, precedence.
 mod config_file;
 /// The files in `deploy/` against the binary: real flags and variables, stop timeouts that
