@@ -49,5 +49,5 @@ pub mod presence;
 pub mod protocol;
 pub mod server;
 pub(crate) mod session;
-pub(crate) mod transport;
+pub mod transport;
 pub mod webhook;

@@ -16,12 +16,16 @@ use tidings::protocol::{
     ChannelName, Command, Outcome, PublicationRef, Publish, Push, Reply, Request, ServerFrame,
     Subscribe,
 };
+use tidings::transport::deflate::Inflating;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub type Ws = WebSocketStream<Inflating<MaybeTlsStream<TcpStream>>>;
+
+/// The largest message a benchmark client takes (inflated).
+const MAX_MESSAGE: usize = 64 << 20;
 
 /// What the server speaks.
 #[derive(
@@ -61,6 +65,8 @@ pub struct Target {
     pub protocol: Protocol,
     /// Spread connections over 127.0.0.1 … 127.0.0.N (loopback targets only).
     pub source_ips: u8,
+    /// Offer permessage-deflate, as browsers do.
+    pub deflate: bool,
 }
 
 impl Target {
@@ -93,13 +99,24 @@ impl Target {
         let config = WebSocketConfig::default()
             .read_buffer_size(4096)
             .write_buffer_size(0);
-        let (mut ws, _) = tokio_tungstenite::client_async_with_config(
-            url.as_str(),
-            MaybeTlsStream::Plain(stream),
-            Some(config),
-        )
-        .await
-        .with_context(|| format!("WebSocket handshake with {url}"))?;
+        let mut request =
+            tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+                url.as_str(),
+            )?;
+        if self.deflate {
+            request.headers_mut().insert(
+                "sec-websocket-extensions",
+                "permessage-deflate; client_max_window_bits".parse()?,
+            );
+        }
+        let io = Inflating::new(MaybeTlsStream::Plain(stream), MAX_MESSAGE, false);
+        let (mut ws, response) =
+            tokio_tungstenite::client_async_with_config(request, io, Some(config))
+                .await
+                .with_context(|| format!("WebSocket handshake with {url}"))?;
+        if response.headers().contains_key("sec-websocket-extensions") {
+            ws.get_mut().enable();
+        }
         if self.protocol == Protocol::Socketio {
             // Not usable before the namespace is joined, so that counts as connecting too.
             socketio_handshake(&mut ws)
@@ -194,9 +211,37 @@ async fn socketio_subscribe(ws: &mut Ws, channel: &str) -> Result<()> {
     }
 }
 
-/// The measured payload: send time (ns since the Unix epoch), publisher, sequence, padding.
+/// The measured payload: send time (ns since the Unix epoch), publisher, sequence, and padding
+/// (`x`) or, when `padding` is [`CHAT`], a realistic chat message.
 pub fn payload(sent_ns: u64, publisher: u32, seq: u64, padding: &str) -> String {
+    if padding == CHAT {
+        let message = chat_message(publisher, seq);
+        return format!(r#"{{"t":{sent_ns},"p":{publisher},"s":{seq},"x":{message}}}"#);
+    }
     format!(r#"{{"t":{sent_ns},"p":{publisher},"s":{seq},"x":"{padding}"}}"#)
+}
+
+/// The padding that asks for chat messages instead (`--chat-payload`).
+pub const CHAT: &str = "<chat>";
+
+/// A chat message as a chat app sends it: ids, an author, a sentence, a timestamp.
+fn chat_message(publisher: u32, seq: u64) -> String {
+    const NAMES: [&str; 4] = ["Ann Lee", "Bob Marsh", "Chidi Okafor", "Dana Ruiz"];
+    const TEXTS: [&str; 6] = [
+        "Deploy finished, dashboards look good and the error rate is back to normal.",
+        "Can someone review the migration before lunch? It touches the billing tables.",
+        "I'll be ten minutes late to the standup, start without me.",
+        "The new onboarding flow doubled the sign-ups on mobile this week!",
+        "Heads up: the staging database restarts at 3pm for the upgrade.",
+        "Thanks everyone, the customer confirmed the fix works on their side.",
+    ];
+    let name = NAMES[publisher as usize % NAMES.len()];
+    let text = TEXTS[seq as usize % TEXTS.len()];
+    format!(
+        r#"{{"type":"message","id":"m-{publisher}-{seq}","room":"general","author":{{"id":"u-{publisher}","name":"{name}","avatar":"https://cdn.example.com/avatars/u-{publisher}.png"}},"text":"{text}","sent_at":"2026-12-01T10:{:02}:{:02}Z","reactions":[]}}"#,
+        seq / 60 % 60,
+        seq % 60
+    )
 }
 
 /// The frame a publisher sends.

@@ -58,6 +58,9 @@ struct Common {
     /// Spread connections over 127.0.0.1 … 127.0.0.N.
     #[arg(long, global = true, default_value_t = 8)]
     source_ips: u8,
+    /// Offer permessage-deflate (RFC 7692) on every connection, as browsers do.
+    #[arg(long, global = true)]
+    deflate: bool,
     /// Connections opened at once while setting up.
     #[arg(long, global = true, default_value_t = 64)]
     connect_concurrency: usize,
@@ -139,6 +142,7 @@ async fn main() -> Result<()> {
             .collect(),
         protocol: cli.common.protocol,
         source_ips: cli.common.source_ips.max(1),
+        deflate: cli.common.deflate,
     };
     ensure!(
         !(cli.common.child && cli.common.processes > 1),

@@ -331,6 +331,7 @@ fn merge(reports: Vec<Report>) -> Result<Report> {
         servers: Vec::new(),
         generator_cpu_percent: 0.0,
         rss_kib_per_connection: None,
+        wire_bytes_per_delivery: None,
         seconds: 0.0,
         histograms: None,
     };

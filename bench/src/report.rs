@@ -42,6 +42,8 @@ pub struct Tally {
     pub duplicated: u64,
     pub out_of_order: u64,
     pub errors: u64,
+    /// Bytes the receiving sockets read (compressed as they came).
+    pub wire_bytes: u64,
     /// Per publisher (duplicates and reordering are detected with it).
     publishers: Vec<Sequence>,
     last_offset: Option<u64>,
@@ -65,6 +67,7 @@ impl Tally {
             duplicated: 0,
             out_of_order: 0,
             errors: 0,
+            wire_bytes: 0,
             publishers: vec![Sequence::default(); publishers],
             last_offset: None,
         }
@@ -116,6 +119,7 @@ impl Tally {
         self.duplicated += other.duplicated;
         self.out_of_order += other.out_of_order;
         self.errors += other.errors;
+        self.wire_bytes += other.wire_bytes;
     }
 }
 
@@ -230,6 +234,9 @@ pub struct Report {
     /// Idle scenario: server memory added per connection.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rss_kib_per_connection: Option<f64>,
+    /// Bytes read off the wire per delivery by the receivers (frames, compressed or not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wire_bytes_per_delivery: Option<f64>,
     pub seconds: f64,
     /// Only in a `--processes` child's report, for the parent to merge percentiles exactly.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -284,6 +291,9 @@ impl Report {
         println!("generator     cpu {:.0}%", self.generator_cpu_percent);
         if let Some(per) = self.rss_kib_per_connection {
             println!("memory        {per:.2} KiB of server RSS per idle connection");
+        }
+        if let Some(per) = self.wire_bytes_per_delivery {
+            println!("wire          {per:.1} bytes read per delivery");
         }
     }
 }

@@ -95,6 +95,9 @@ pub struct FanoutArgs {
     /// Bytes of padding in each payload (the payload is about 70 bytes more).
     #[arg(long, default_value_t = 64)]
     pub padding: usize,
+    /// A realistic chat message (about 330 bytes of JSON) in each payload instead of padding.
+    #[arg(long)]
+    pub chat_payload: bool,
     /// Id of this process's first publisher: under `--processes`, publishers of different
     /// processes publish to the same channel, so their ids must not collide.
     #[arg(long, hide = true, default_value_t = 0)]
@@ -267,6 +270,7 @@ async fn receive(
             let _ = ws.send(Message::text(conn::pong(protocol))).await;
         }
     }
+    tally.wire_bytes = ws.get_ref().bytes_read();
     tally
 }
 
@@ -405,7 +409,11 @@ pub async fn fanout(env: &Env, args: &FanoutArgs) -> Result<Report> {
     let (start, publishers) = env.agree_start(publishers).await?;
     let per_publisher = (args.rate / all_publishers as f64).max(1e-9);
     let count = (per_publisher * args.duration).round() as u64;
-    let padding = "x".repeat(args.padding);
+    let padding = if args.chat_payload {
+        conn::CHAT.to_owned()
+    } else {
+        "x".repeat(args.padding)
+    };
     let tasks: Vec<_> = publishers
         .into_iter()
         .enumerate()
@@ -492,6 +500,8 @@ async fn finish(
         servers,
         generator_cpu_percent: window.own_cpu_percent(),
         rss_kib_per_connection: None,
+        wire_bytes_per_delivery: (total.delivered > 0)
+            .then(|| total.wire_bytes as f64 / total.delivered as f64),
         seconds: elapsed.as_secs_f64(),
         processes: None,
         histograms: env.coordinator.is_some().then(|| Histograms {

@@ -79,8 +79,8 @@ pub struct ServeArgs {
     #[arg(long, env = "TIDINGS_ENABLE_ECHO", value_parser = clap::builder::BoolishValueParser::new())]
     pub enable_echo: bool,
 
-    /// Largest WebSocket message a client may send, in bytes (suffixes KiB, MiB accepted).
-    /// A larger one closes the connection with 1009.
+    /// Largest WebSocket message a client may send, in bytes (suffixes KiB, MiB accepted),
+    /// counted inflated when it came compressed. A larger one closes the connection with 1009.
     #[arg(value_name = "SIZE", long, env = "TIDINGS_MAX_MESSAGE_SIZE", default_value = "64KiB", value_parser = parse_size)]
     pub max_message_size: usize,
 

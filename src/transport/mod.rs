@@ -1,12 +1,13 @@
 //! Transports: one module per way a client reaches a session. Each turns its connection into
-//! the session's [`Incoming`](crate::session::Incoming) and
-//! [`Outgoing`](crate::session::Outgoing) halves; the session core never knows which one
+//! the session's `Incoming` and `Outgoing` halves; the session core never knows which one
 //! carries it.
 //!
-//! - [`ws`]: WebSocket (RFC 6455), with permessage-deflate (RFC 7692, [`deflate`]).
-//! - [`stream`]: Server-Sent Events and newline-delimited JSON over a streaming HTTP response,
+//! - `ws`: WebSocket (RFC 6455), with permessage-deflate (RFC 7692, [`deflate`]).
+//! - `stream`: Server-Sent Events and newline-delimited JSON over a streaming HTTP response,
 //!   with commands as HTTP requests.
+//!
+//! Only [`deflate`] is public: the load generator inflates with the server's own reader.
 
-pub(crate) mod deflate;
+pub mod deflate;
 pub(crate) mod stream;
 pub(crate) mod ws;
