@@ -24,6 +24,9 @@ const OPEN = 1;
 const CLOSED = 3;
 /** Commands one request carries at most (the server's limit). */
 const COMMANDS_PER_REQUEST = 100;
+/** Bytes of small commands gathered into one request (the server takes 64 KiB beyond one
+ * message of the largest size). */
+const BATCH_BYTES = 60_000;
 
 /**
  * The two-way HTTP fallback, shaped like a WebSocket for the client below: `GET /stream` reads
@@ -66,7 +69,13 @@ class StreamSocket {
           buffer = buffer.slice(end + 1);
           // The server's close comes as the last line, with the code a WebSocket would carry.
           if (line.startsWith('{"close":')) closed = JSON.parse(line).close;
-          else if (line) this.onmessage?.({ data: line });
+          else if (line) {
+            // The session id also comes in `connected`, should a proxy drop the header.
+            if (!this.session && line.startsWith('{"connected":')) {
+              this.session = JSON.parse(line).connected.session ?? null;
+            }
+            this.onmessage?.({ data: line });
+          }
         }
       }
     } catch {
@@ -84,7 +93,14 @@ class StreamSocket {
   async flush() {
     this.sending = true;
     while (this.queue.length > 0 && this.readyState === OPEN) {
-      const commands = this.queue.splice(0, COMMANDS_PER_REQUEST).map((text) => JSON.parse(text));
+      let count = 0;
+      let bytes = 0;
+      while (count < this.queue.length && count < COMMANDS_PER_REQUEST) {
+        bytes += this.queue[count].length;
+        if (count > 0 && bytes > BATCH_BYTES) break;
+        count += 1;
+      }
+      const commands = this.queue.splice(0, count).map((text) => JSON.parse(text));
       try {
         const response = await fetch(this.url.origin + this.url.pathname, {
           method: "POST",
@@ -337,16 +353,16 @@ export class Tidings extends EventTarget {
     this.ws = ws;
     this.connectedAt = null;
     clearTimeout(this.fallbackTimer);
-    if (!stream && this.options.transport === "auto") {
-      // A middlebox may let the upgrade through and then pass nothing, not even `connected`.
-      this.fallbackTimer = setTimeout(() => {
-        if (this.ws === ws && !this.connectedInfo) this.dropConnection(4000, "WebSocket silent");
-      }, this.options.fallbackAfterMs);
-    }
     ws.onmessage = (event) => this.onFrame(event.data);
     ws.onclose = (event) => this.onClose(event);
     ws.onopen = async () => {
       this.armDeadTimer(15_000);
+      if (!stream && this.options.transport === "auto") {
+        // A middlebox may let the upgrade through and then pass nothing, not even `connected`.
+        this.fallbackTimer = setTimeout(() => {
+          if (this.ws === ws && !this.connectedInfo) this.dropConnection(4000, "WebSocket silent");
+        }, this.options.fallbackAfterMs);
+      }
       if (!withToken) {
         // Without a name in the URL the identity is set by this first command.
         if (!this.options.name) ws.send(JSON.stringify({ op: "connect" }));
@@ -401,10 +417,12 @@ export class Tidings extends EventTarget {
     } else if (frame.pub) {
       this.onPublication(frame.pub);
     } else if (frame.ping) {
-      this.ws.send('{"op":"pong"}');
+      // On the stream the server counts a ping its connection took as life: no request.
+      if (this.transport !== "stream") this.ws.send('{"op":"pong"}');
     } else if (frame.connected) {
       this.connectedInfo = frame.connected;
       this.connectedAt = Date.now();
+      if (this.transport === "websocket") this.wsWorked = true;
       clearTimeout(this.fallbackTimer);
       // Back-off starts over only once a connection has proved stable, so a server that
       // accepts and drops at once is not hammered.
@@ -566,7 +584,6 @@ export class Tidings extends EventTarget {
     const lived = this.connectedAt === null ? 0 : Date.now() - this.connectedAt;
     this.connectedAt = null;
     this.connectedInfo = null;
-    const switched = this.chooseTransport(lived);
     for (const { reject, timer } of this.pending.values()) {
       clearTimeout(timer);
       reject(new TidingsError(0, "connection closed"));
@@ -576,8 +593,9 @@ export class Tidings extends EventTarget {
       this.closedByUser ||
       event.code === CLOSE_POLICY_VIOLATION ||
       (event.code >= CLOSE_NO_RECONNECT_MIN && event.code <= CLOSE_NO_RECONNECT_MAX);
+    const switched = !final && this.chooseTransport(lived);
     let delayMs = 0;
-    if (!final && switched) {
+    if (switched) {
       // Another transport to the same server: try it at once.
       this.reconnectTimer = setTimeout(() => this.connect(), 0);
     } else if (!final) {
@@ -599,16 +617,19 @@ export class Tidings extends EventTarget {
 
   /**
    * After a connection ended, picks the next transport (with `transport: "auto"`); true if it
-   * changed at once. A WebSocket that never said `connected`, or two in a row cut within
-   * seconds, means something between here and the server stops them: use the stream. A
-   * stream that never connected either means the server is away, not the WebSocket: try
-   * WebSocket again next time.
+   * changed at once. A WebSocket that never said `connected` (two in a row once WebSockets
+   * have worked here), or two in a row cut within seconds, means something between here and
+   * the server stops them: use the stream. A stream that never connected either means the
+   * server is away, not the WebSocket: try WebSocket again next time.
    */
   chooseTransport(lived) {
     if (this.options.transport !== "auto") return false;
     if (this.transport === "websocket") {
       if (lived < 5_000) this.wsFailures += 1;
-      if (lived > 0 && this.wsFailures < 2) return false;
+      // Once WebSockets have worked here, one failure is more likely the server restarting
+      // than a proxy: it takes two in a row.
+      const enough = this.wsWorked ? 2 : 1;
+      if (this.wsFailures < enough) return false;
       this.transport = "stream";
       this.emit("transport", { transport: this.transport });
       return lived === 0;

@@ -57,14 +57,27 @@ pub struct AppState {
 /// Builds the router; `/ws/echo` exists only when `enable_echo` is set, `/metrics` unless
 /// metrics are served on an address of their own (`--metrics-listen`).
 pub fn router(state: AppState, enable_echo: bool, with_metrics: bool) -> Router {
+    // A command request holds one message of the largest size, and a few small ones.
+    let commands_limit =
+        axum::extract::DefaultBodyLimit::max(state.max_message_size + stream::BATCH_ALLOWANCE);
     let mut router = Router::new()
         .route("/", get(index))
         .route("/tidings.js", get(client_script))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/ws", get(ws::connect))
-        .route("/sse", get(stream::sse).post(stream::commands))
-        .route("/stream", get(stream::ndjson).post(stream::commands))
+        .route(
+            "/sse",
+            get(stream::sse)
+                .post(stream::commands)
+                .layer(commands_limit),
+        )
+        .route(
+            "/stream",
+            get(stream::ndjson)
+                .post(stream::commands)
+                .layer(commands_limit),
+        )
         .route("/api/openapi.json", get(openapi))
         .route("/api/publish", post(publish::publish))
         .route("/api/broadcast", post(publish::broadcast))

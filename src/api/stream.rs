@@ -27,6 +27,9 @@ pub const SESSION_HEADER: &str = "tidings-session";
 /// Commands one request may carry.
 pub const MAX_COMMANDS: usize = 100;
 
+/// Bytes a command request may carry beyond one message of the largest size.
+pub const BATCH_ALLOWANCE: usize = 64 * 1024;
+
 /// `GET /sse`.
 pub async fn sse(
     State(state): State<AppState>,
@@ -138,6 +141,12 @@ async fn open(
     {
         return refuse(StatusCode::UNAUTHORIZED, format!("token rejected: {err}"));
     }
+    let backend_decides = state.gate.backend.handles_connect();
+    if token.is_none() && !state.gate.allow_anonymous && !backend_decides {
+        // The session would wait for a `connect` that a one-way reader cannot send.
+        let message = "a token is required (token=… or Authorization: Bearer)";
+        return refuse(StatusCode::UNAUTHORIZED, message);
+    }
     let ticket = match state.admission.admit(peer.ip()) {
         Ok(ticket) => ticket,
         Err(refused) => {
@@ -227,6 +236,10 @@ pub async fn commands(
             .with_label_values(&[name])
             .inc();
     };
+    if state.shutdown.is_cancelled() {
+        outcome("refused");
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+    }
     if check_origin(&headers, &state.allowed_origins).is_err() {
         outcome("refused");
         return refuse(

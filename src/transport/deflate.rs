@@ -259,7 +259,7 @@ impl FrameReader {
             State::Passthrough => {
                 let all = self.raw.split();
                 self.ready.unsplit(all);
-                true
+                !self.ready.is_empty()
             }
             State::Forward(left) => {
                 let n = (*left).min(self.raw.len() as u64) as usize;
@@ -301,9 +301,12 @@ impl FrameReader {
         let header_len = cursor.position() as usize;
         let starts = matches!(header.opcode, OpCode::Data(Data::Text | Data::Binary));
         let continues = header.opcode == OpCode::Data(Data::Continue);
-        let compressed = (starts && header.rsv1 && self.message.is_none())
-            || (continues && !header.rsv1 && self.message.is_some());
-        if starts && header.rsv1 && self.message.is_none() {
+        // RSV2 and RSV3 mean nothing here: such a frame goes up for the library to refuse.
+        let other_bits = header.rsv2 || header.rsv3;
+        let compressed = !other_bits
+            && ((starts && header.rsv1 && self.message.is_none())
+                || (continues && !header.rsv1 && self.message.is_some()));
+        if compressed && starts {
             self.message = Some((take_inflater(), 0));
         }
         if !compressed {
@@ -341,8 +344,11 @@ impl FrameReader {
             ok = inflate_into(inflater, &TAIL, &mut out, room);
         }
         *size += out.len();
-        if !ok || *size > self.limit {
+        if *size > self.limit {
             return self.too_big();
+        }
+        if !ok {
+            return self.refuse();
         }
         let plain = FrameHeader {
             is_final: header.is_final,
@@ -366,8 +372,26 @@ impl FrameReader {
         self.state = State::Header;
     }
 
-    /// Past the limit (or not inflatable): the library is shown a frame too large for it,
-    /// which it refuses with 1009 (or a protocol error for garbage).
+    /// Not deflate data: the library is shown a frame with a reserved bit set, which it
+    /// refuses as a protocol violation (1002).
+    fn refuse(&mut self) {
+        let garbled = FrameHeader {
+            is_final: true,
+            rsv2: true,
+            opcode: OpCode::Data(Data::Binary),
+            mask: Some([0; 4]),
+            ..FrameHeader::default()
+        };
+        let mut head = Vec::new();
+        let _ = garbled.format(0, &mut head);
+        self.ready.put_slice(&head);
+        self.message = None;
+        self.state = State::Passthrough;
+        self.raw.clear();
+    }
+
+    /// Past the limit: the library is shown a frame too large for it, which it refuses with
+    /// 1009.
     fn too_big(&mut self) {
         let oversized = FrameHeader {
             is_final: true,
@@ -440,7 +464,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for Inflating<S> {
                 }
                 return Poll::Ready(Ok(()));
             }
-            if !reader.raw.is_empty() && reader.process() {
+            // Also with nothing buffered: an empty frame (a message's last fragment, often)
+            // is complete with its header.
+            if reader.process() {
                 continue;
             }
             if reader.raw.capacity() - reader.raw.len() < 256 {

@@ -58,7 +58,7 @@ impl Format {
 }
 
 /// Request ids from here up belong to the transport's own subscriptions (the request's
-/// channels); a client's command never needs one this large (JavaScript cannot even write it).
+/// channels); a client's command never needs one this large.
 pub(crate) const OWN_IDS: u64 = 1 << 62;
 
 /// Batches handed to the HTTP layer and not yet written: a client that stops reading blocks
@@ -73,8 +73,9 @@ const SSE_RETRY_MS: u32 = 1000;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Positions(BTreeMap<String, (u64, String)>);
 
-/// The longest token accepted back: a few hundred channels' positions.
-const MAX_TOKEN_LEN: usize = 32 * 1024;
+/// The longest token accepted back (HTTP servers refuse much longer headers anyway): about
+/// 700 channels' positions with names of typical length.
+const MAX_TOKEN_LEN: usize = 48 * 1024;
 
 impl Positions {
     /// `1.` and the positions as base64url JSON: `[[channel, offset, epoch], …]`.
@@ -122,6 +123,10 @@ impl Positions {
         })
     }
 
+    fn remove(&mut self, channel: &str) {
+        self.0.remove(channel);
+    }
+
     fn set(&mut self, channel: &str, offset: u64, epoch: &str) {
         match self.0.get_mut(channel) {
             Some(at) => {
@@ -159,12 +164,20 @@ pub(crate) fn open(
         initial.push_back(Frame::from(command.to_string()));
         own.insert(n, channel.to_string());
     }
+    // Where the client stood: kept until each channel moves on, so that an event sent before a
+    // slow (or failed) resubscription does not drop another channel's position from the token.
+    let mut positions = Positions::default();
+    for (channel, since) in subscribe {
+        if let Some(since) = since {
+            positions.set(channel.as_str(), since.offset, &since.epoch);
+        }
+    }
     let mut writer = Writer {
         format,
         session: inbox.id().to_string(),
         out: Some(sender),
         buf: BytesMut::new(),
-        positions: Positions::default(),
+        positions,
         own,
         done: done.clone(),
     };
@@ -235,6 +248,13 @@ struct Head<'a> {
     epoch: std::borrow::Cow<'a, str>,
 }
 
+/// An `unsubscribed` push.
+#[derive(Deserialize)]
+struct Gone<'a> {
+    #[serde(borrow)]
+    channel: std::borrow::Cow<'a, str>,
+}
+
 /// The reply to one of the transport's own subscribes.
 #[derive(Deserialize)]
 struct OwnReply<'a> {
@@ -282,6 +302,12 @@ impl Writer {
                     self.positions.set(&head.channel, head.offset, &head.epoch);
                 }
                 self.push(kind, body.get(), true);
+            }
+            "unsubscribed" => {
+                if let Ok(gone) = serde_json::from_str::<Gone<'_>>(body.get()) {
+                    self.positions.remove(&gone.channel);
+                }
+                self.push(kind, body.get(), false);
             }
             "connected" => {
                 // The session id, for the commands a two-way client sends.

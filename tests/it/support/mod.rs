@@ -170,6 +170,17 @@ impl TestServer {
             .expect("VmRSS line")
     }
 
+    /// The server's peak resident set (VmHWM), in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("read /proc status");
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM line")
+    }
+
     /// Sends a signal by name (`TERM`, `INT`, `KILL`) with the system's `kill`.
     pub fn signal(&self, signal: &str) {
         let status = std::process::Command::new("kill")
