@@ -183,6 +183,16 @@ async fn open(
         session::run(reader, writer, start).await;
         drop(tracked);
     });
+    respond(format, body, &session_id, headers)
+}
+
+/// The stream's response: its body, and headers that keep proxies and caches out of its way.
+fn respond(
+    format: Format,
+    body: axum::body::Body,
+    session_id: &str,
+    headers: &HeaderMap,
+) -> Response {
     let mut response = Response::new(body);
     let out = response.headers_mut();
     out.insert(
@@ -192,7 +202,7 @@ async fn open(
     out.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     // Tells nginx (and proxies that copy it) not to buffer the stream.
     out.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    if let Ok(id) = HeaderValue::from_str(&session_id) {
+    if let Ok(id) = HeaderValue::from_str(session_id) {
         out.insert(SESSION_HEADER, id);
     }
     allow_origin(headers, out);
