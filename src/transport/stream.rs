@@ -486,6 +486,38 @@ mod tests {
         String::from_utf8(writer.buf.split().to_vec()).unwrap()
     }
 
+    #[tokio::test]
+    async fn a_resumed_stream_keeps_each_channels_position_until_it_moves_on() {
+        let node = crate::server::memory_node();
+        let since = |offset| {
+            Some(StreamPosition {
+                offset,
+                epoch: "E".into(),
+            })
+        };
+        let a = ChannelName::parse("a").unwrap();
+        let b = ChannelName::parse("b").unwrap();
+        let (_reader, mut writer, _body) = open(
+            Format::Sse,
+            node.open_stream(),
+            &[(a, since(4)), (b, since(9))],
+        );
+        // A publication of `a` comes before `b`'s resubscription has answered: the token still
+        // holds where `b` stood.
+        writer.write(r#"{"pub":{"channel":"a","offset":5,"epoch":"E","data":1}}"#);
+        let out = text(&mut writer);
+        let id = out.lines().find_map(|l| l.strip_prefix("id: ")).unwrap();
+        let positions = Positions::from_token(id).unwrap();
+        assert_eq!(positions.get("a").map(|p| p.offset), Some(5));
+        assert_eq!(positions.get("b").map(|p| p.offset), Some(9));
+        // A channel the stream was unsubscribed from leaves the token.
+        writer.write(r#"{"unsubscribed":{"channel":"b"}}"#);
+        writer.write(r#"{"pub":{"channel":"a","offset":6,"epoch":"E","data":1}}"#);
+        let out = text(&mut writer);
+        let id = out.lines().find_map(|l| l.strip_prefix("id: ")).unwrap();
+        assert_eq!(Positions::from_token(id).unwrap().get("b"), None);
+    }
+
     #[test]
     fn tokens_round_trip_and_refuse_garbage() {
         let mut positions = Positions::default();
