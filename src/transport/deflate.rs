@@ -375,32 +375,26 @@ impl FrameReader {
     /// Not deflate data: the library is shown a frame with a reserved bit set, which it
     /// refuses as a protocol violation (1002).
     fn refuse(&mut self) {
-        let garbled = FrameHeader {
-            is_final: true,
-            rsv2: true,
-            opcode: OpCode::Data(Data::Binary),
-            mask: Some([0; 4]),
-            ..FrameHeader::default()
-        };
-        let mut head = Vec::new();
-        let _ = garbled.format(0, &mut head);
-        self.ready.put_slice(&head);
-        self.message = None;
-        self.state = State::Passthrough;
-        self.raw.clear();
+        self.give_up(true, 0);
     }
 
     /// Past the limit: the library is shown a frame too large for it, which it refuses with
     /// 1009.
     fn too_big(&mut self) {
-        let oversized = FrameHeader {
+        self.give_up(false, self.limit as u64 + 1);
+    }
+
+    /// Hands the library one last frame header it will refuse, and stops reading frames.
+    fn give_up(&mut self, rsv2: bool, length: u64) {
+        let refused = FrameHeader {
             is_final: true,
+            rsv2,
             opcode: OpCode::Data(Data::Binary),
             mask: Some([0; 4]),
             ..FrameHeader::default()
         };
         let mut head = Vec::new();
-        let _ = oversized.format(self.limit as u64 + 1, &mut head);
+        let _ = refused.format(length, &mut head);
         self.ready.put_slice(&head);
         self.message = None;
         self.state = State::Passthrough;
