@@ -67,6 +67,32 @@ impl Bucket {
     }
 }
 
+/// How many lifecycle changes (a channel or member held for the first time on this node) one
+/// connection's subscriptions may cause: a burst, then a few a second. A connection that
+/// churns through channel names past it still subscribes, but its subscriptions are not
+/// counted for webhooks (and the events they would have caused are counted as dropped), so
+/// one client cannot fill the webhook queue for everyone.
+pub const LIFECYCLE_BUDGET: Rate = Rate {
+    per_second: 10,
+    burst: 100,
+};
+
+/// One connection's allowance of lifecycle changes ([`LIFECYCLE_BUDGET`]).
+#[derive(Clone, Copy, Debug)]
+pub struct EventBudget(Bucket);
+
+impl EventBudget {
+    pub fn new(now: Instant) -> Self {
+        Self(Bucket::full(LIFECYCLE_BUDGET, now))
+    }
+
+    /// Spends one change; false when the budget is spent.
+    pub fn spend(&mut self) -> bool {
+        let Rate { per_second, burst } = LIFECYCLE_BUDGET;
+        self.0.take(per_second as f32, burst as f32, Instant::now())
+    }
+}
+
 /// What to do with a command.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {

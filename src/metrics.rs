@@ -153,8 +153,8 @@ pub struct WebhookMetrics {
     pub sent: IntCounter,
     /// POSTs that failed and will be retried (timeout, refused, non-2xx).
     pub retries: IntCounter,
-    /// Events given up on after the retry window.
-    pub dropped: IntCounter,
+    /// Events not sent, by [`DropReason`].
+    pub dropped: IntCounterVec,
     /// Events waiting to be sent (all nodes' when the queue is in Redis).
     pub queue: IntGauge,
     /// From sending a POST to its answer or failure.
@@ -163,7 +163,7 @@ pub struct WebhookMetrics {
 
 impl WebhookMetrics {
     fn new(r: &Register<'_>) -> Self {
-        Self {
+        let metrics = Self {
             sent: r.counter(
                 "tidings_webhook_events_sent_total",
                 "Webhook events the receiver accepted.",
@@ -172,9 +172,11 @@ impl WebhookMetrics {
                 "tidings_webhook_retries_total",
                 "Webhook POSTs that failed and are retried.",
             ),
-            dropped: r.counter(
+            dropped: r.counters(
                 "tidings_webhook_events_dropped_total",
-                "Webhook events given up on after the retry window.",
+                "Webhook events not sent: budget (a connection's subscriptions past its \
+                 lifecycle budget), queue_full, expired (not delivered within the retry window).",
+                "reason",
             ),
             queue: r.gauge(
                 "tidings_webhook_queue_size",
@@ -184,7 +186,39 @@ impl WebhookMetrics {
                 "tidings_webhook_duration_seconds",
                 "Webhook POSTs: from sending to the answer or failure.",
             ),
+        };
+        // Every reason shows from the start, at 0, so that an alert can be written on it.
+        for reason in [
+            DropReason::Budget,
+            DropReason::QueueFull,
+            DropReason::Expired,
+        ] {
+            metrics.dropped(reason, 0);
         }
+        metrics
+    }
+}
+
+/// Why a webhook event was not sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// The connection that would have caused it had spent its lifecycle budget.
+    Budget,
+    /// The queue was full.
+    QueueFull,
+    /// Not delivered within the retry window.
+    Expired,
+}
+
+impl WebhookMetrics {
+    /// Counts `events` dropped for `reason`.
+    pub fn dropped(&self, reason: DropReason, events: u64) {
+        let label = match reason {
+            DropReason::Budget => "budget",
+            DropReason::QueueFull => "queue_full",
+            DropReason::Expired => "expired",
+        };
+        self.dropped.with_label_values(&[label]).inc_by(events);
     }
 }
 

@@ -230,6 +230,20 @@ enum Delivery {
     Live { last: u64, epoch: Arc<str> },
 }
 
+/// Whether a publication at `offset` in another epoch than the one delivered up to `last`
+/// starts that channel's first epoch: the subscriber saw the channel unpublished (offset 0, in
+/// an unpublished epoch), and offset 1 is the first publication of any epoch.
+fn starts_epoch(last: u64, offset: u64) -> bool {
+    last == 0 && offset == 1
+}
+
+/// Whether delivery up to `last` in `epoch` accounts for everything up to `position`: the same
+/// epoch and not behind, or both unpublished (offset 0; their epochs say only when each was
+/// read).
+fn continues(last: u64, epoch: &Arc<str>, position: &StreamPosition) -> bool {
+    (*epoch == position.epoch && last >= position.offset) || (last == 0 && position.offset == 0)
+}
+
 /// Something that arrived while its channel's subscription was pending: a publication (with
 /// its place in the stream) or an event (a join or leave, which has none).
 #[derive(Debug)]
@@ -329,7 +343,10 @@ impl Outbox {
                 // Brokers hand out one shared epoch per channel: comparing pointers first
                 // skips the string comparison on the fan-out path.
                 let same_epoch = Arc::ptr_eq(live, epoch) || **live == **epoch;
-                if !same_epoch || offset > *last + 1 {
+                if !same_epoch && starts_epoch(*last, offset) {
+                    // The channel was unpublished: its first publication starts the epoch.
+                    live.clone_from(epoch);
+                } else if !same_epoch || offset > *last + 1 {
                     drop(state);
                     return self.close_insufficient();
                 }
@@ -447,9 +464,12 @@ impl Outbox {
         // Brokers deliver a channel's publications in offset order, and its events in order
         // with them: what was held is released in arrival order.
         let mut last = position.offset;
+        let mut live_epoch = position.epoch.clone();
         for h in held {
             if let Some((offset, epoch)) = &h.publication {
-                if **epoch != *position.epoch || *offset > last + 1 {
+                if *epoch != live_epoch && starts_epoch(last, *offset) {
+                    live_epoch.clone_from(epoch);
+                } else if *epoch != live_epoch || *offset > last + 1 {
                     drop(state);
                     return self.close_insufficient();
                 }
@@ -467,16 +487,18 @@ impl Outbox {
         if let Some(floor) = floor {
             // A reconciliation while subscribing saw the channel further than this
             // subscription can account for: publications were missed in between.
-            if floor.epoch != position.epoch || last < floor.offset {
+            if !continues(last, &live_epoch, &floor) {
                 drop(state);
                 return self.close_insufficient();
             }
         }
         if let Some(Delivery::Live {
-            last: live_last, ..
+            last: live_last,
+            epoch,
         }) = state.channels.get_mut(channel)
         {
             *live_last = last;
+            *epoch = live_epoch;
         }
         drop(state);
         self.0.ready.notify_one();
@@ -488,9 +510,7 @@ impl Outbox {
     pub fn check_position(&self, channel: &ChannelName, position: &StreamPosition) {
         let mut state = self.state();
         match state.channels.get_mut(channel) {
-            Some(Delivery::Live { last, epoch })
-                if *epoch != position.epoch || *last < position.offset =>
-            {
+            Some(Delivery::Live { last, epoch }) if !continues(*last, epoch, position) => {
                 drop(state);
                 self.close_insufficient();
             }

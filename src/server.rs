@@ -38,7 +38,7 @@ use crate::presence::redis::RedisPresence;
 use crate::session::{Gate, SessionConfig};
 use crate::webhook::memory::MemoryLifecycle;
 use crate::webhook::redis::RedisLifecycle;
-use crate::webhook::{Debounce, Destination, Lifecycle, LifecycleStore, SETTLE};
+use crate::webhook::{Debounce, Destination, Lifecycle, LifecycleStore, QueueBound, SETTLE};
 
 /// The process's panic hook: one `error` event per panic, in the same log as everything else,
 /// naming the client when a session panicked (the session then closes with 1011 and releases
@@ -327,6 +327,10 @@ async fn brokers(
             .as_ref()
             .map_or(SETTLE, |webhook| webhook.offline_grace),
     };
+    let queue = config
+        .webhook
+        .as_ref()
+        .map_or_else(QueueBound::default, |webhook| webhook.queue);
     if config.redis.is_none() {
         // One process: nothing between publishers and subscribers can fail.
         crate::metrics::metrics().broker.up.set(1);
@@ -335,7 +339,7 @@ async fn brokers(
         None => (
             Arc::new(MemoryBroker::new(local.clone(), retention)),
             Arc::new(MemoryPresence::new(local.clone())),
-            Arc::new(MemoryLifecycle::new(debounce)),
+            Arc::new(MemoryLifecycle::new(debounce, queue)),
         ),
         Some(redis) => {
             let options = RedisOptions {
@@ -353,7 +357,7 @@ async fn brokers(
                 .await
                 .map_err(ServerError::Broker)?;
             let presence = RedisPresence::new(broker.shared(), config.presence_ttl);
-            let lifecycle = RedisLifecycle::new(broker.shared(), broker.node_id(), debounce);
+            let lifecycle = RedisLifecycle::new(broker.shared(), broker.node_id(), debounce, queue);
             (Arc::new(broker), Arc::new(presence), Arc::new(lifecycle))
         }
     })

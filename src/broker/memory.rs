@@ -1,17 +1,20 @@
 //! MemoryBroker: offsets and delivery inside one process, the default when no Redis is
 //! configured.
 //!
-//! Each channel has a stream (last offset, epoch) behind its own lock; a publish takes that
-//! lock, assigns the next offset and delivers while holding it, which is what keeps a
-//! channel's deliveries in offset order without a global lock.
+//! Each channel that has been published to has a stream (last offset, epoch, history) behind
+//! its own lock; a publish takes that lock, assigns the next offset and delivers while holding
+//! it, which is what keeps a channel's deliveries in offset order without a global lock.
 //!
-//! Limits: nothing survives a restart (a restarted process starts new epochs). History is a
-//! bounded ring per channel, emptied after the history TTL without publications. A stream that
-//! has no subscribed node and has been idle for the position TTL is forgotten, so memory
-//! follows the channels in use rather than every name ever published to; a later publication
-//! starts the channel again at offset 1 in a new epoch, which is exactly what epochs announce.
+//! Limits: nothing survives a restart (a restarted process is a new generation: its
+//! unpublished epochs and streams are new). History is a bounded ring per channel, emptied
+//! after the history TTL without publications. A channel never published to has no stream at
+//! all (only the set of subscribed channels names it), so subscribing to names costs nothing
+//! once the subscribers leave. A stream that has no subscribed node and has been idle for the
+//! position TTL is forgotten, so memory follows the channels in use rather than every name
+//! ever published to; a later publication starts the channel again at offset 1 in a new
+//! epoch, which is exactly what epochs announce.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
@@ -21,6 +24,7 @@ use serde_json::value::RawValue;
 
 use super::{
     Broker, BrokerError, Deliver, History, HistoryQuery, PublishOptions, Retention, new_epoch,
+    parse_unpublished, unpublished_epoch,
 };
 use crate::protocol::{ChannelName, ClientInfo, IdempotencyKey, Publication, StreamPosition};
 
@@ -29,10 +33,18 @@ pub struct MemoryBroker {
     streams: Mutex<Streams>,
     deliver: Arc<dyn Deliver>,
     retention: Retention,
+    /// This process's generation: the storage its unpublished epochs were read from.
+    generation: Arc<str>,
+    /// The clock of unpublished epochs (monotonic: they are read back by this process only).
+    started: Instant,
 }
 
 struct Streams {
+    /// Channels that have been published to.
     by_channel: HashMap<ChannelName, Arc<Mutex<Stream>>>,
+    /// Channels this node subscribes to: their streams are never forgotten while someone may
+    /// hold their positions.
+    subscribed: HashSet<ChannelName>,
     last_sweep: Instant,
 }
 
@@ -40,8 +52,6 @@ struct Streams {
 struct Stream {
     offset: u64,
     epoch: Arc<str>,
-    /// A node subscribed: never forget the stream while someone may hold its position.
-    subscribed: bool,
     last_used: Instant,
     last_published: Instant,
     history: VecDeque<Publication>,
@@ -66,17 +76,30 @@ impl MemoryBroker {
         Self {
             streams: Mutex::new(Streams {
                 by_channel: HashMap::new(),
+                subscribed: HashSet::new(),
                 last_sweep: Instant::now(),
             }),
             deliver,
             retention,
+            generation: new_epoch(),
+            started: Instant::now(),
         }
     }
 
-    /// Runs `f` on the channel's live stream (created if needed), under the stream's lock.
-    fn with_stream<T>(&self, channel: &ChannelName, f: impl FnOnce(&mut Stream) -> T) -> T {
+    fn streams(&self) -> std::sync::MutexGuard<'_, Streams> {
+        self.streams.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs `f` on the channel's live stream, under the stream's lock; `None` when the channel
+    /// has none (nothing was published, or it was forgotten), unless `create`.
+    fn with_stream<T>(
+        &self,
+        channel: &ChannelName,
+        create: bool,
+        f: impl FnOnce(&mut Stream) -> T,
+    ) -> Option<T> {
         loop {
-            let stream = self.lookup(channel);
+            let stream = self.lookup(channel, create)?;
             let mut stream = stream.lock().unwrap_or_else(PoisonError::into_inner);
             if stream.evicted {
                 continue;
@@ -86,38 +109,44 @@ impl MemoryBroker {
             if now.duration_since(stream.last_published) >= stream.history_ttl {
                 stream.history.clear();
             }
-            return f(&mut stream);
+            return Some(f(&mut stream));
         }
     }
 
-    fn lookup(&self, channel: &ChannelName) -> Arc<Mutex<Stream>> {
-        let mut streams = self.streams.lock().unwrap_or_else(PoisonError::into_inner);
+    fn lookup(&self, channel: &ChannelName, create: bool) -> Option<Arc<Mutex<Stream>>> {
+        let mut streams = self.streams();
         let now = Instant::now();
         // Sweeping a quarter-TTL apart bounds the cost to one pass per period, amortised over
         // the calls of that period.
         if now.duration_since(streams.last_sweep) >= self.retention.position_ttl / 4 {
             streams.last_sweep = now;
             let ttl = self.retention.position_ttl;
-            streams
-                .by_channel
-                .retain(|_, stream| match stream.try_lock() {
-                    Ok(mut stream) => {
-                        let keep = stream.subscribed || now.duration_since(stream.last_used) < ttl;
-                        stream.evicted = !keep;
-                        keep
-                    }
-                    // In use right now, so not idle.
-                    Err(_) => true,
-                });
+            let Streams {
+                by_channel,
+                subscribed,
+                ..
+            } = &mut *streams;
+            by_channel.retain(|channel, stream| match stream.try_lock() {
+                Ok(mut stream) => {
+                    let keep =
+                        subscribed.contains(channel) || now.duration_since(stream.last_used) < ttl;
+                    stream.evicted = !keep;
+                    keep
+                }
+                // In use right now, so not idle.
+                Err(_) => true,
+            });
         }
-        streams
+        if !create {
+            return streams.by_channel.get(channel).cloned();
+        }
+        let stream = streams
             .by_channel
             .entry(channel.clone())
             .or_insert_with(|| {
                 Arc::new(Mutex::new(Stream {
                     offset: 0,
                     epoch: new_epoch(),
-                    subscribed: false,
                     last_used: now,
                     last_published: now,
                     history: VecDeque::new(),
@@ -126,7 +155,28 @@ impl MemoryBroker {
                     evicted: false,
                 }))
             })
-            .clone()
+            .clone();
+        Some(stream)
+    }
+
+    /// Where a channel without a stream stands: nothing published, as read now.
+    fn unpublished(&self) -> StreamPosition {
+        StreamPosition {
+            offset: 0,
+            epoch: unpublished_epoch(&self.generation, self.started.elapsed().as_secs()),
+        }
+    }
+
+    /// Whether `epoch` is an unpublished epoch of this process read less than the position
+    /// TTL ago: a stream forgotten since would have had to idle that long after it.
+    fn vouches_for(&self, epoch: Option<&str>) -> bool {
+        let Some((generation, seconds)) = epoch.and_then(parse_unpublished) else {
+            return false;
+        };
+        let now = self.started.elapsed().as_secs();
+        generation == &*self.generation
+            && seconds <= now
+            && now - seconds < self.retention.position_ttl.as_secs()
     }
 }
 
@@ -140,7 +190,7 @@ impl Broker for MemoryBroker {
         options: &PublishOptions,
     ) -> Result<StreamPosition, BrokerError> {
         let history = options.history.unwrap_or_else(|| self.retention.history());
-        Ok(self.with_stream(channel, |stream| {
+        let published = self.with_stream(channel, true, |stream| {
             let now = Instant::now();
             if let Some(idempotency) = &options.idempotency {
                 // Forgetting expired keys here keeps the map bounded by the publish rate
@@ -178,7 +228,11 @@ impl Broker for MemoryBroker {
                 offset: stream.offset,
                 epoch: stream.epoch.clone(),
             }
-        }))
+        });
+        published.ok_or_else(|| BrokerError::Internal {
+            context: "publishing in memory",
+            source: "the channel's stream could not be created".into(),
+        })
     }
 
     async fn control(&self, message: &[u8]) -> Result<(), BrokerError> {
@@ -197,20 +251,21 @@ impl Broker for MemoryBroker {
 
     async fn subscribe(&self, channel: &ChannelName) -> Result<(), BrokerError> {
         // Every publication is delivered locally anyway; this only pins the stream.
-        self.with_stream(channel, |stream| stream.subscribed = true);
+        self.streams().subscribed.insert(channel.clone());
         Ok(())
     }
 
     async fn unsubscribe(&self, channel: &ChannelName) -> Result<(), BrokerError> {
-        self.with_stream(channel, |stream| stream.subscribed = false);
+        self.streams().subscribed.remove(channel);
         Ok(())
     }
 
     async fn position(&self, channel: &ChannelName) -> Result<StreamPosition, BrokerError> {
-        Ok(self.with_stream(channel, |stream| StreamPosition {
+        let position = self.with_stream(channel, false, |stream| StreamPosition {
             offset: stream.offset,
             epoch: stream.epoch.clone(),
-        }))
+        });
+        Ok(position.unwrap_or_else(|| self.unpublished()))
     }
 
     async fn history(
@@ -218,7 +273,8 @@ impl Broker for MemoryBroker {
         channel: &ChannelName,
         query: HistoryQuery,
     ) -> Result<History, BrokerError> {
-        Ok(self.with_stream(channel, |stream| {
+        let vouched = self.vouches_for(query.unpublished.as_deref());
+        let history = self.with_stream(channel, false, |stream| {
             let publications = query
                 .select(stream.history.iter())
                 .into_iter()
@@ -230,7 +286,13 @@ impl Broker for MemoryBroker {
                     offset: stream.offset,
                     epoch: stream.epoch.clone(),
                 },
+                vouched,
             }
+        });
+        Ok(history.unwrap_or_else(|| History {
+            publications: Vec::new(),
+            position: self.unpublished(),
+            vouched,
         }))
     }
 }

@@ -15,6 +15,16 @@
 //! (a restart without persistence, an expiry) it starts a new epoch, so a client holding an
 //! old position learns that offsets no longer line up instead of silently missing messages.
 //!
+//! ## Unpublished channels
+//! A channel that has never been published to (or whose position was forgotten) has no stored
+//! position: subscribing to it, or reading it, stores nothing, so a client that churns through
+//! names costs nothing once it leaves. Its position is offset 0 in an *unpublished epoch*,
+//! `~GENERATION.SECONDS`: which incarnation of the broker's storage read it, and when. The
+//! first publication starts a real epoch at offset 1. An unpublished epoch that the broker can
+//! still vouch for ([`History::vouched`]: same storage, read less than
+//! [`Retention::position_ttl`] ago, so no epoch can have begun and been lost since) stands for
+//! the channel's current epoch, whatever it is now; one it cannot vouch for is a lost epoch.
+//!
 //! ## Subscriptions
 //! `subscribe`/`unsubscribe` are node-level: the node calls them for the first and last local
 //! subscriber of a channel. A broker must deliver every publication of a subscribed channel;
@@ -270,12 +280,15 @@ impl Default for Retention {
 }
 
 /// What `history` asks for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HistoryQuery {
     /// Only publications with a greater offset; `None`: the latest ones.
     pub since: Option<u64>,
     /// At most this many (the oldest ones after `since`, or the newest without it).
     pub limit: usize,
+    /// The epoch of a `since` read while the channel was unpublished, for the broker to vouch
+    /// for (see [`History::vouched`]).
+    pub unpublished: Option<Arc<str>>,
 }
 
 impl HistoryQuery {
@@ -305,6 +318,22 @@ impl HistoryQuery {
 pub struct History {
     pub publications: Vec<Publication>,
     pub position: StreamPosition,
+    /// [`HistoryQuery::unpublished`] is an unpublished epoch this broker handed out, from the
+    /// storage it reads now, less than the position TTL ago: no epoch can have begun and been
+    /// lost since, so it stands for the current epoch.
+    pub vouched: bool,
+}
+
+/// The epoch of a channel with nothing published, read from the storage named `generation`
+/// at `seconds` (on that storage's clock).
+pub(crate) fn unpublished_epoch(generation: &str, seconds: u64) -> Arc<str> {
+    format!("~{generation}.{seconds}").into()
+}
+
+/// The generation and time of an unpublished epoch; `None` for any other epoch.
+pub(crate) fn parse_unpublished(epoch: &str) -> Option<(&str, u64)> {
+    let (generation, seconds) = epoch.strip_prefix('~')?.split_once('.')?;
+    Some((generation, seconds.parse().ok()?))
 }
 
 /// A fresh random epoch: short, URL-safe, unlikely to repeat.

@@ -24,6 +24,10 @@ impl ServeArgs {
             url: self.webhook_url.clone()?,
             secret: self.webhook_secret.clone()?,
             offline_grace: self.webhook_offline_grace,
+            queue: crate::webhook::QueueBound {
+                events: self.webhook_queue_events,
+                bytes: self.webhook_queue_bytes,
+            },
         })
     }
 
@@ -60,6 +64,19 @@ impl ServeArgs {
             return Err(ConfigError::Invalid {
                 flag: "proxy-header",
                 reason: "must be HTTP header names (e.g. Cookie, X-Session)",
+            });
+        }
+        // Half of the queue is the room of channel events: some of each kind must fit.
+        if self.webhook_queue_events < 2 {
+            return Err(ConfigError::Invalid {
+                flag: "webhook-queue-events",
+                reason: "must be at least 2 (channel events may use half of it)",
+            });
+        }
+        if self.webhook_queue_bytes < 4096 {
+            return Err(ConfigError::Invalid {
+                flag: "webhook-queue-bytes",
+                reason: "must be at least 4KiB (an event takes a few hundred bytes)",
             });
         }
         match (&self.webhook_url, &self.webhook_secret) {

@@ -429,6 +429,22 @@ pub struct ServeArgs {
     #[arg(value_name = "DURATION", long, env = "TIDINGS_WEBHOOK_OFFLINE_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub webhook_offline_grace: Duration,
 
+    /// Webhook events that may wait to be sent (while the receiver is slow or down), at most;
+    /// channel events (which any client can cause) at most half. Past it events are dropped
+    /// and counted (`tidings_webhook_events_dropped_total{reason="queue_full"}`).
+    #[arg(
+        value_name = "N",
+        long,
+        env = "TIDINGS_WEBHOOK_QUEUE_EVENTS",
+        default_value = "10000"
+    )]
+    pub webhook_queue_events: usize,
+
+    /// Bytes of webhook events that may wait to be sent, at most (suffixes KiB, MiB
+    /// accepted); channel events at most half. In Redis when the nodes share one.
+    #[arg(value_name = "SIZE", long, env = "TIDINGS_WEBHOOK_QUEUE_BYTES", default_value = "4MiB", value_parser = parse_size)]
+    pub webhook_queue_bytes: usize,
+
     /// How long a publish's idempotency key is remembered: a retry with the same key within
     /// it is answered with the first publication's offset and stored once.
     #[arg(value_name = "DURATION", long, env = "TIDINGS_IDEMPOTENCY_WINDOW", default_value = "5m", value_parser = humantime::parse_duration)]

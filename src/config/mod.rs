@@ -126,6 +126,8 @@ pub struct WebhookSettings {
     pub secret: Secret,
     /// A user is offline after this long without a connection anywhere.
     pub offline_grace: Duration,
+    /// How much the event queue may hold.
+    pub queue: crate::webhook::QueueBound,
 }
 
 /// Caps on open connections; 0 means no cap.

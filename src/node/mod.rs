@@ -43,6 +43,7 @@ use crate::broker::{
 };
 use crate::config::Namespaces;
 use crate::hub::{Hub, SubscriberId};
+use crate::limits::EventBudget;
 use crate::metrics::{Metrics, metrics};
 use crate::outbox::Outbox;
 use crate::presence::{Page, PresenceStore, Stats};
@@ -212,6 +213,7 @@ impl Node {
         outbox: &Outbox,
         since: Option<&StreamPosition>,
         identity: &Identity,
+        budget: &mut EventBudget,
     ) -> Result<Subscribed, NodeError> {
         let _guard = self.channel_lock(channel).lock().await;
         outbox.begin_subscription(channel);
@@ -241,7 +243,7 @@ impl Node {
             if let Some(lifecycle) = &self.0.lifecycle {
                 // Member events are about users: an anonymous name proves nobody.
                 let present = self.has_presence(channel) && identity.authenticated;
-                lifecycle.subscribed(channel, outbox.client(), &identity.user, present);
+                lifecycle.subscribed(channel, outbox.client(), &identity.user, present, budget);
             }
         } else {
             outbox.end_subscription(channel);
@@ -278,6 +280,7 @@ impl Node {
         let query = HistoryQuery {
             since: Some(since.offset),
             limit: self.history_of(channel).size,
+            unpublished: unpublished(since),
         };
         let history = self.0.broker.history(channel, query).await?;
         let recovery = match continuity(since, &history, true) {
@@ -304,6 +307,7 @@ impl Node {
         let query = HistoryQuery {
             since: since.map(|s| s.offset),
             limit,
+            unpublished: since.and_then(unpublished),
         };
         let history = self.0.broker.history(channel, query).await?;
         if let Some(since) = since {
@@ -535,15 +539,22 @@ impl Node {
     }
 }
 
+/// The epoch of a `since` read while its channel was unpublished, for the broker to vouch for.
+fn unpublished(since: &StreamPosition) -> Option<Arc<str>> {
+    crate::broker::parse_unpublished(&since.epoch).map(|_| since.epoch.clone())
+}
+
 /// Checks that `history` continues `since` without a gap: same epoch, and (when `complete`)
-/// every publication up to the current offset present.
+/// every publication up to the current offset present. An unpublished epoch that the broker
+/// vouches for stands for the current one: no other can have begun and been lost since it was
+/// read, so the offsets a client counted from it are the current epoch's.
 fn continuity(
     since: &StreamPosition,
     history: &History,
     complete: bool,
 ) -> Result<(), ContinuityError> {
     let position = &history.position;
-    if position.epoch != since.epoch {
+    if position.epoch != since.epoch && !history.vouched {
         return Err(ContinuityError::EpochChanged {
             was: since.epoch.clone(),
             now: position.epoch.clone(),

@@ -278,7 +278,7 @@ impl Session<'_> {
             return Err(Refusal::new(ErrorCode::LimitExceeded, message));
         }
         self.node
-            .subscribe(channel, &self.outbox, since, identity)
+            .subscribe(channel, &self.outbox, since, identity, &mut self.budget)
             .await
             .map_err(|err| self.node_failure(err))
     }

@@ -40,7 +40,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{Denied, Identity};
-use crate::limits::{Limiter, Rate, Ticket, Verdict};
+use crate::limits::{EventBudget, Limiter, Rate, Ticket, Verdict};
 use crate::metrics::metrics;
 use crate::node::{Mailbox, Node, NodeError};
 use crate::outbox::{Closing, Frame, Outbox};
@@ -254,6 +254,7 @@ async fn serve<I: Incoming, O: Outgoing>(
         config: config.clone(),
         gate,
         limiter: Limiter::new(config.command_rate, config.publish_rate, clocks.start),
+        budget: EventBudget::new(clocks.start),
         ticket: handshake.ticket,
         clocks: &clocks,
         mailbox: None,
@@ -403,6 +404,8 @@ struct Session<'a> {
     config: Arc<SessionConfig>,
     gate: Arc<Gate>,
     limiter: Limiter,
+    /// The lifecycle changes (webhook events) this connection's subscriptions may cause.
+    budget: EventBudget,
     ticket: Ticket,
     clocks: &'a Clocks,
     /// Server commands for this connection; only authenticated connections can be named.

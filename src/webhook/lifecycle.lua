@@ -8,19 +8,55 @@
 --   P:seq, P:era  event ids "ERA-SEQ"                   P:lease   the sending node (PX)
 --   P:r:CHANNEL zset: "EPOCH|OFFSET|USER" -> when due   P:rdue    zset: channel -> when to look
 --   P:ra:CHANNEL  the highest acknowledged "EPOCH|OFFSET" (PX)
+--   P:qstat     hash: what P:queue holds (n events, b bytes; cn, cb of channel events)
 --
 -- ARGV[1] is the operation; ARGV[2..4] the debounce of channel, member and user outs (ms);
--- ARGV[5] this node; ARGV[6] its liveness TTL (ms); the operation's own arguments follow.
+-- ARGV[5] this node; ARGV[6] its liveness TTL (ms); ARGV[7], ARGV[8] the queue's bound in
+-- events and bytes (channel events: half of each); the operation's own arguments follow.
 
 local P = KEYS[1]
 local op = ARGV[1]
 local debounce = { c = tonumber(ARGV[2]), m = tonumber(ARGV[3]), u = tonumber(ARGV[4]) }
 local node = ARGV[5]
 local alive_ttl = tonumber(ARGV[6])
+local max_events, max_bytes = tonumber(ARGV[7]), tonumber(ARGV[8])
+local A = 8 -- the operation's arguments are ARGV[A + 1], ARGV[A + 2]…
+local Q = P .. ':qstat'
+-- Events this call found the queue full for.
+local full = 0
 
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- Inside a JSON string every quote is escaped: the bare "type":"channel_ is the key itself.
+local function is_channel(encoded)
+  return string.find(encoded, '"type":"channel_', 1, true) ~= nil
+end
+
+-- Counts an event into (sign 1) or out of (-1) the queue's figures.
+local function count(encoded, sign)
+  redis.call('HINCRBY', Q, 'n', sign)
+  redis.call('HINCRBY', Q, 'b', sign * #encoded)
+  if is_channel(encoded) then
+    redis.call('HINCRBY', Q, 'cn', sign)
+    redis.call('HINCRBY', Q, 'cb', sign * #encoded)
+  end
+end
+
+-- Channel events, which anyone can cause, may fill half the queue: never the room of user,
+-- member and receipt events.
+local function admits(encoded)
+  local stat = redis.call('HMGET', Q, 'n', 'b', 'cn', 'cb')
+  local n, b = tonumber(stat[1]) or 0, tonumber(stat[2]) or 0
+  local len = #encoded
+  if n >= max_events or b + len > max_bytes then return false end
+  if is_channel(encoded) then
+    local cn, cb = tonumber(stat[3]) or 0, tonumber(stat[4]) or 0
+    if cn >= math.floor(max_events / 2) or cb + len > math.floor(max_bytes / 2) then return false end
+  end
+  return true
 end
 
 local function emit(event)
@@ -31,7 +67,20 @@ local function emit(event)
   end
   event.id = era .. '-' .. redis.call('INCR', P .. ':seq')
   event.time_ms = now_ms()
-  redis.call('RPUSH', P .. ':queue', cjson.encode(event))
+  local encoded = cjson.encode(event)
+  if not admits(encoded) then
+    full = full + 1
+    return
+  end
+  redis.call('RPUSH', P .. ':queue', encoded)
+  count(encoded, 1)
+end
+
+-- Removes the queue's first event, counting it out.
+local function drop_head()
+  local head = redis.call('LPOP', P .. ':queue')
+  if head then count(head, -1) end
+  return head
 end
 
 local NAMES = {
@@ -72,10 +121,10 @@ local function keep_alive()
 end
 
 if op == 'apply' then
-  for i = 7, #ARGV, 2 do
+  for i = A + 1, #ARGV, 2 do
     if ARGV[i] == 'e' then enter(node, ARGV[i + 1]) else leave(node, ARGV[i + 1]) end
   end
-  return 0
+  return full
 end
 
 if op == 'tick' then
@@ -83,8 +132,11 @@ if op == 'tick' then
   -- the others to release what it held): it must tell again what it holds.
   local fresh = redis.call('EXISTS', P .. ':alive:' .. node) == 0 and 1 or 0
   keep_alive()
-  local max = tonumber(ARGV[7])
-  local lease_ttl = tonumber(ARGV[9])
+  -- How much due work one tick does (a script blocks Redis while it runs); more is reported,
+  -- and the node ticks again at once.
+  local max = tonumber(ARGV[A + 1])
+  local lease_ttl = tonumber(ARGV[A + 3])
+  local more = 0
   -- Dead nodes: release what they held, a bounded number of keys per tick.
   for _, other in ipairs(redis.call('SMEMBERS', P .. ':nodes')) do
     if redis.call('EXISTS', P .. ':alive:' .. other) == 0 then
@@ -103,12 +155,16 @@ if op == 'tick' then
     end
   end
   local now = now_ms()
-  for _, key in ipairs(redis.call('ZRANGEBYSCORE', P .. ':pending', '-inf', now, 'LIMIT', 0, max)) do
+  local due = redis.call('ZRANGEBYSCORE', P .. ':pending', '-inf', now, 'LIMIT', 0, max)
+  if #due == max then more = 1 end
+  for _, key in ipairs(due) do
     redis.call('ZREM', P .. ':pending', key)
     if redis.call('HEXISTS', P .. ':count', key) == 0 then transition(key, false) end
   end
-  local coalesce = tonumber(ARGV[8])
-  for _, channel in ipairs(redis.call('ZRANGEBYSCORE', P .. ':rdue', '-inf', now, 'LIMIT', 0, max)) do
+  local coalesce = tonumber(ARGV[A + 2])
+  local ripe = redis.call('ZRANGEBYSCORE', P .. ':rdue', '-inf', now, 'LIMIT', 0, max)
+  if #ripe == max then more = 1 end
+  for _, channel in ipairs(ripe) do
     local pending = P .. ':r:' .. channel
     local groups, order = {}, {}
     for _, member in ipairs(redis.call('ZRANGEBYSCORE', pending, '-inf', now)) do
@@ -135,12 +191,12 @@ if op == 'tick' then
   end
   -- Events older than the retry window are given up on, sent or not: an outage of the
   -- receiver must not grow the queue without bound.
-  local cutoff = now - tonumber(ARGV[10])
+  local cutoff = now - tonumber(ARGV[A + 4])
   local expired = 0
   while expired < 10000 do
     local head = redis.call('LINDEX', P .. ':queue', 0)
     if not head or cjson.decode(head).time_ms > cutoff then break end
-    redis.call('LPOP', P .. ':queue')
+    drop_head()
     expired = expired + 1
   end
   -- The sending lease: taken when free, renewed by its holder.
@@ -151,7 +207,10 @@ if op == 'tick' then
     redis.call('PEXPIRE', P .. ':lease', lease_ttl)
     lead = 1
   end
-  return { redis.call('LLEN', P .. ':queue'), lead, fresh, expired }
+  local queued = redis.call('LLEN', P .. ':queue')
+  -- Figures left from before they were kept (or gone astray) start over with the queue.
+  if queued == 0 then redis.call('DEL', Q) end
+  return { queued, lead, fresh, expired, full, more }
 end
 
 -- An acknowledgement mark per channel ("EPOCH|OFFSET", the highest acked): a publication
@@ -165,8 +224,8 @@ local function acked(channel, epoch, offset)
 end
 
 if op == 'track' then
-  local channel, user, epoch = ARGV[7], ARGV[8], ARGV[9]
-  local offset, within, coalesce = tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[12])
+  local channel, user, epoch = ARGV[A + 1], ARGV[A + 2], ARGV[A + 3]
+  local offset, within, coalesce = tonumber(ARGV[A + 4]), tonumber(ARGV[A + 5]), tonumber(ARGV[A + 6])
   if acked(channel, epoch, offset) then return 0 end
   local due = now_ms() + within
   -- NX: tracking the same publication again (an idempotent retry) changes nothing.
@@ -177,7 +236,7 @@ if op == 'track' then
 end
 
 if op == 'ack' then
-  local channel, epoch, offset, mark_ttl = ARGV[7], ARGV[8], tonumber(ARGV[9]), tonumber(ARGV[10])
+  local channel, epoch, offset, mark_ttl = ARGV[A + 1], ARGV[A + 2], tonumber(ARGV[A + 3]), tonumber(ARGV[A + 4])
   local pending = P .. ':r:' .. channel
   for _, member in ipairs(redis.call('ZRANGE', pending, 0, -1)) do
     local e, o = string.match(member, '^([^|]*)|(%d+)|')
@@ -193,7 +252,9 @@ end
 if op == 'pop' then
   -- Only the lease holder removes what it sent (another node has taken over and sends it).
   if redis.call('GET', P .. ':lease') ~= node then return 0 end
-  redis.call('LTRIM', P .. ':queue', tonumber(ARGV[7]), -1)
+  for _ = 1, tonumber(ARGV[A + 1]) do
+    if not drop_head() then break end
+  end
   return 1
 end
 

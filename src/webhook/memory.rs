@@ -9,7 +9,8 @@ use async_trait::async_trait;
 use serde_json::json;
 
 use super::{
-    ACK_MARK_MARGIN, Ack, Debounce, Edge, LifecycleStore, RECEIPT_COALESCE, Receipt, Tick,
+    ACK_MARK_MARGIN, Ack, Debounce, Edge, LifecycleStore, QueueBound, Queued, RECEIPT_COALESCE,
+    Receipt, Tick,
 };
 use crate::broker::BrokerError;
 use crate::protocol::ChannelName;
@@ -26,6 +27,11 @@ struct State {
     /// Outs waiting for their debounce: key → when due.
     pending: HashMap<String, Instant>,
     queue: VecDeque<String>,
+    /// What `queue` holds, for its bound.
+    queued: Queued,
+    bound: QueueBound,
+    /// Events dropped for a full queue since the last apply or tick reported them.
+    full: u64,
     era: u128,
     seq: u64,
     receipts: HashMap<ChannelName, Vec<Tracked>>,
@@ -42,7 +48,7 @@ struct Tracked {
 }
 
 impl MemoryLifecycle {
-    pub fn new(debounce: Debounce) -> Self {
+    pub fn new(debounce: Debounce, bound: QueueBound) -> Self {
         let era = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
@@ -51,6 +57,7 @@ impl MemoryLifecycle {
             debounce,
             state: Mutex::new(State {
                 era,
+                bound,
                 ..State::default()
             }),
         }
@@ -70,7 +77,19 @@ impl State {
             .as_millis();
         event["id"] = format!("{}-{}", self.era, self.seq).into();
         event["time_ms"] = json!(time_ms);
-        self.queue.push_back(event.to_string());
+        let event = event.to_string();
+        if !self.bound.admits(&event, self.queued) {
+            self.full += 1;
+            return;
+        }
+        self.queued.count(&event, true);
+        self.queue.push_back(event);
+    }
+
+    fn pop_front(&mut self) {
+        if let Some(event) = self.queue.pop_front() {
+            self.queued.count(&event, false);
+        }
     }
 
     /// The event of a holding's transition.
@@ -101,7 +120,7 @@ impl State {
 
 #[async_trait]
 impl LifecycleStore for MemoryLifecycle {
-    async fn apply(&self, edges: &[Edge]) -> Result<(), BrokerError> {
+    async fn apply(&self, edges: &[Edge]) -> Result<u64, BrokerError> {
         let now = Instant::now();
         let mut state = self.state();
         for edge in edges {
@@ -119,7 +138,7 @@ impl LifecycleStore for MemoryLifecycle {
                 state.pending.insert(edge.key.clone(), now + wait);
             }
         }
-        Ok(())
+        Ok(std::mem::take(&mut state.full))
     }
 
     async fn tick(&self) -> Result<Tick, BrokerError> {
@@ -173,13 +192,15 @@ impl LifecycleStore for MemoryLifecycle {
             .front()
             .is_some_and(|event| super::expired(event))
         {
-            state.queue.pop_front();
+            state.pop_front();
         }
         Ok(Tick {
             queued: state.queue.len() as u64,
             lead: true,
             fresh: false,
             expired: (before - state.queue.len()) as u64,
+            full: std::mem::take(&mut state.full),
+            more: false,
         })
     }
 
@@ -234,8 +255,9 @@ impl LifecycleStore for MemoryLifecycle {
 
     async fn pop(&self, count: usize) -> Result<bool, BrokerError> {
         let mut state = self.state();
-        let count = count.min(state.queue.len());
-        state.queue.drain(..count);
+        for _ in 0..count.min(state.queue.len()) {
+            state.pop_front();
+        }
         Ok(true)
     }
 
@@ -265,11 +287,14 @@ mod tests {
 
     #[tokio::test]
     async fn an_out_waits_for_its_debounce_and_a_comeback_cancels_both() {
-        let store = MemoryLifecycle::new(Debounce {
-            channel: Duration::ZERO,
-            member: Duration::ZERO,
-            user: Duration::from_secs(3600),
-        });
+        let store = MemoryLifecycle::new(
+            Debounce {
+                channel: Duration::ZERO,
+                member: Duration::ZERO,
+                user: Duration::from_secs(3600),
+            },
+            QueueBound::default(),
+        );
         let user = Holding::User("ann".into());
         let channel = Holding::Channel(ChannelName::parse("news").unwrap());
         store
@@ -307,11 +332,14 @@ mod tests {
 
     #[tokio::test]
     async fn an_ack_before_its_track_and_a_tracked_retry_are_not_reported() {
-        let store = MemoryLifecycle::new(Debounce {
-            channel: Duration::ZERO,
-            member: Duration::ZERO,
-            user: Duration::ZERO,
-        });
+        let store = MemoryLifecycle::new(
+            Debounce {
+                channel: Duration::ZERO,
+                member: Duration::ZERO,
+                user: Duration::ZERO,
+            },
+            QueueBound::default(),
+        );
         let channel = ChannelName::parse("user:ann").unwrap();
         let receipt = |offset| Receipt {
             channel: channel.clone(),

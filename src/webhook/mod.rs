@@ -23,6 +23,16 @@
 //! [`FIRST_BACKOFF`] up to [`MAX_BACKOFF`] — with the same events and ids, so order holds;
 //! an event not taken within [`RETRY_WINDOW`] of its transition is dropped, counted and logged.
 //!
+//! ## Bounds
+//! One client must not be able to fill the queue for everyone. Each connection has a budget
+//! ([`LIFECYCLE_BUDGET`](crate::limits::LIFECYCLE_BUDGET)) of channels and memberships it may
+//! newly hold on its node; past it its subscriptions still work but are not counted, so churning
+//! through channel names makes no events. The queue holds at most [`QueueBound`] events and
+//! bytes, and channel events (`channel_occupied`, `channel_vacated`: anyone can cause them) at
+//! most half of either, so that they never crowd out user, member and receipt events. What is
+//! not queued is counted in `tidings_webhook_events_dropped_total{reason}`: `budget`,
+//! `queue_full`, or `expired` (not delivered within the retry window).
+//!
 //! ## Receipts
 //! On a namespace with `receipts=WITHIN`, each publication to a personal channel waits for an
 //! `ack` from any connection of its user; those still unacknowledged WITHIN later (gathered for
@@ -44,7 +54,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::broker::BrokerError;
-use crate::metrics::metrics;
+use crate::limits::EventBudget;
+use crate::metrics::{DropReason, metrics};
 use crate::protocol::{ChannelName, Secret};
 
 pub mod memory;
@@ -75,6 +86,76 @@ pub const ACK_MARK_MARGIN: Duration = Duration::from_secs(60);
 pub const SETTLE: Duration = Duration::from_secs(1);
 /// Edges waiting for the store, at most (a long outage of Redis drops the excess, logged).
 const MAX_PENDING_EDGES: usize = 65_536;
+
+/// How much the event queue may hold; channel events at most half of each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueueBound {
+    pub events: usize,
+    pub bytes: usize,
+}
+
+impl QueueBound {
+    /// Whether an event of `len` bytes fits beside `queued` events of `queued_bytes`, given
+    /// how many of them (and of their bytes) are channel events.
+    pub fn admits(&self, event: &str, queued: Queued) -> bool {
+        let len = event.len();
+        if is_channel_event(event) {
+            queued.channel_events < self.events / 2
+                && queued.channel_bytes + len <= self.bytes / 2
+                && queued.events < self.events
+                && queued.bytes + len <= self.bytes
+        } else {
+            queued.events < self.events && queued.bytes + len <= self.bytes
+        }
+    }
+}
+
+impl Default for QueueBound {
+    fn default() -> Self {
+        Self {
+            events: 10_000,
+            bytes: 4 << 20,
+        }
+    }
+}
+
+/// What the queue holds: events and bytes, all and of channel events.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Queued {
+    pub events: usize,
+    pub bytes: usize,
+    pub channel_events: usize,
+    pub channel_bytes: usize,
+}
+
+impl Queued {
+    /// Counts `event` in (entering the queue) or out.
+    pub fn count(&mut self, event: &str, enter: bool) {
+        let len = event.len();
+        let channel = is_channel_event(event);
+        if enter {
+            self.events += 1;
+            self.bytes += len;
+            if channel {
+                self.channel_events += 1;
+                self.channel_bytes += len;
+            }
+        } else {
+            self.events = self.events.saturating_sub(1);
+            self.bytes = self.bytes.saturating_sub(len);
+            if channel {
+                self.channel_events = self.channel_events.saturating_sub(1);
+                self.channel_bytes = self.channel_bytes.saturating_sub(len);
+            }
+        }
+    }
+}
+
+/// Whether a queued event (its JSON) is a channel event, which anyone can cause. Inside a JSON
+/// string every quote is escaped, so the unescaped `"type":"` can only be the key itself.
+fn is_channel_event(event: &str) -> bool {
+    event.contains(r#""type":"channel_"#)
+}
 
 /// What a node may hold.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -138,8 +219,9 @@ pub struct Ack {
 #[async_trait]
 pub trait LifecycleStore: Send + Sync + fmt::Debug {
     /// Records this node's edges, in order; each first node in and last node out enqueues its
-    /// event (outs once their debounce has passed).
-    async fn apply(&self, edges: &[Edge]) -> Result<(), BrokerError>;
+    /// event (outs once their debounce has passed). Returns how many events found the queue
+    /// full and were dropped.
+    async fn apply(&self, edges: &[Edge]) -> Result<u64, BrokerError>;
     /// Keeps this node alive and does what is due: outs whose debounce passed, the holdings of
     /// dead nodes, receipts past their window.
     async fn tick(&self) -> Result<Tick, BrokerError>;
@@ -168,6 +250,10 @@ pub struct Tick {
     pub fresh: bool,
     /// Events given up on by this tick: older than [`RETRY_WINDOW`].
     pub expired: u64,
+    /// Events this tick found the queue full for, and dropped.
+    pub full: u64,
+    /// More is due than one tick does: tick again at once.
+    pub more: bool,
 }
 
 /// Where events go and how they are signed.
@@ -185,8 +271,9 @@ impl fmt::Debug for Destination {
     }
 }
 
-/// The user of each present connection, by channel and client id.
-type Members = HashMap<(ChannelName, Arc<str>), Arc<str>>;
+/// The subscriptions counted as holders, by channel and client id, with the user of those
+/// present in the channel.
+type Counted = HashMap<(ChannelName, Arc<str>), Option<Arc<str>>>;
 
 /// This node's side of the lifecycle: its holders, counted, and the tasks that feed the store
 /// and send the queue.
@@ -194,8 +281,9 @@ type Members = HashMap<(ChannelName, Arc<str>), Arc<str>>;
 pub struct Lifecycle {
     store: Arc<dyn LifecycleStore>,
     holdings: Arc<Holdings>,
-    /// Who each present connection is, by channel and client id: a leave knows only the client.
-    members: Mutex<Members>,
+    /// The subscriptions that count (a leave knows only the client): one past its connection's
+    /// budget does not, and its leave must release nothing.
+    counted: Mutex<Counted>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -208,14 +296,31 @@ struct Holdings {
 
 impl Holdings {
     fn hold(&self, holding: Holding) {
-        let key = holding.key();
+        self.hold_all([holding], None);
+    }
+
+    /// Holds every one of `holdings`, or none: when one would be this node's first holder of
+    /// its key (an edge, so perhaps an event) and `budget` is spent.
+    fn hold_all<const N: usize>(
+        &self,
+        holdings: [Holding; N],
+        budget: Option<&mut EventBudget>,
+    ) -> bool {
+        let keys = holdings.map(|holding| holding.key());
         let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
-        let count = counts.entry(key.clone()).or_default();
-        *count += 1;
-        if *count == 1 {
-            // Sent under the lock: edges of one key reach the store in the order they happened.
-            self.send(Edge { key, enter: true });
+        let edge = keys.iter().any(|key| !counts.contains_key(key));
+        if edge && budget.is_some_and(|budget| !budget.spend()) {
+            return false;
         }
+        for key in keys {
+            let count = counts.entry(key.clone()).or_default();
+            *count += 1;
+            if *count == 1 {
+                // Sent under the lock: edges of one key reach the store in their order.
+                self.send(Edge { key, enter: true });
+            }
+        }
+        true
     }
 
     fn release(&self, holding: Holding) {
@@ -289,31 +394,43 @@ impl Lifecycle {
         Arc::new(Self {
             store,
             holdings,
-            members: Mutex::default(),
+            counted: Mutex::default(),
             tasks: Mutex::new(vec![applier, ticker, tokio::spawn(sender.run())]),
         })
     }
 
-    /// A connection subscribed to `channel`; `present` in a presence namespace.
+    /// A connection subscribed to `channel`; `present` in a presence namespace. It counts
+    /// unless it would be a new holding and the connection's `budget` is spent.
     pub fn subscribed(
         &self,
         channel: &ChannelName,
         client: &Arc<str>,
         user: &Arc<str>,
         present: bool,
+        budget: &mut EventBudget,
     ) {
-        self.hold(Holding::Channel(channel.clone()));
-        if present {
-            self.members()
-                .insert((channel.clone(), client.clone()), user.clone());
-            self.hold(Holding::Member(channel.clone(), user.clone()));
+        let holding = Holding::Channel(channel.clone());
+        let held = if present {
+            let member = Holding::Member(channel.clone(), user.clone());
+            self.holdings.hold_all([holding, member], Some(budget))
+        } else {
+            self.holdings.hold_all([holding], Some(budget))
+        };
+        if !held {
+            metrics().webhook.dropped(DropReason::Budget, 1);
+            return;
         }
+        let member = present.then(|| user.clone());
+        self.counted()
+            .insert((channel.clone(), client.clone()), member);
     }
 
     /// A connection left `channel`.
     pub fn unsubscribed(&self, channel: &ChannelName, client: &Arc<str>) {
-        let user = self.members().remove(&(channel.clone(), client.clone()));
-        if let Some(user) = user {
+        let Some(member) = self.counted().remove(&(channel.clone(), client.clone())) else {
+            return;
+        };
+        if let Some(user) = member {
             self.release(Holding::Member(channel.clone(), user));
         }
         self.release(Holding::Channel(channel.clone()));
@@ -336,8 +453,8 @@ impl Lifecycle {
         self.store.ack(ack).await
     }
 
-    fn members(&self) -> std::sync::MutexGuard<'_, Members> {
-        self.members.lock().unwrap_or_else(PoisonError::into_inner)
+    fn counted(&self) -> std::sync::MutexGuard<'_, Counted> {
+        self.counted.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn hold(&self, holding: Holding) {
@@ -386,11 +503,17 @@ async fn apply_edges(store: Arc<dyn LifecycleStore>, mut pending: mpsc::Receiver
         }
         for chunk in edges.chunks(512) {
             let mut backoff = Duration::from_millis(100);
-            while let Err(err) = store.apply(chunk).await {
-                tracing::warn!(%err, "lifecycle changes could not be recorded; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
+            let full = loop {
+                match store.apply(chunk).await {
+                    Ok(full) => break full,
+                    Err(err) => {
+                        tracing::warn!(%err, "lifecycle changes could not be recorded; retrying");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                }
+            };
+            queue_full(full);
         }
         for done in flushes {
             let _ = done.send(());
@@ -415,17 +538,39 @@ async fn tick_until_closed(
                     .queue
                     .set(i64::try_from(tick.queued).unwrap_or(i64::MAX));
                 if tick.expired > 0 {
-                    webhook.dropped.inc_by(tick.expired);
+                    webhook.dropped(DropReason::Expired, tick.expired);
                     tracing::error!(
                         events = tick.expired,
                         "webhook events not delivered within the retry window; dropped"
                     );
                 }
+                queue_full(tick.full);
                 latest.send_replace(tick);
+                if tick.more {
+                    continue;
+                }
             }
             Err(err) => tracing::debug!(%err, "lifecycle tick failed"),
         }
         tokio::time::sleep(TICK).await;
+    }
+}
+
+/// Counts (and logs, at most once a minute) events dropped for a full queue.
+fn queue_full(events: u64) {
+    static LOGGED: Mutex<Option<Instant>> = Mutex::new(None);
+    if events == 0 {
+        return;
+    }
+    metrics().webhook.dropped(DropReason::QueueFull, events);
+    let mut logged = LOGGED.lock().unwrap_or_else(PoisonError::into_inner);
+    if logged.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
+        *logged = Some(Instant::now());
+        tracing::error!(
+            events,
+            "the webhook queue is full (is the receiver down?); dropping events \
+             (tidings_webhook_events_dropped_total counts them all)"
+        );
     }
 }
 

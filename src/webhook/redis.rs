@@ -8,11 +8,17 @@ use fred::prelude::{Client, Error as RedisError, Value};
 use fred::types::scripts::Script;
 
 use super::{
-    ACK_MARK_MARGIN, ALIVE_TTL, Ack, Debounce, Edge, LEASE_TTL, LifecycleStore, RECEIPT_COALESCE,
-    RETRY_WINDOW, Receipt, Tick,
+    ACK_MARK_MARGIN, ALIVE_TTL, Ack, Debounce, Edge, LEASE_TTL, LifecycleStore, QueueBound,
+    RECEIPT_COALESCE, RETRY_WINDOW, Receipt, Tick,
 };
+
 use crate::broker::BrokerError;
 use crate::broker::redis::Shared;
+
+/// Due outs and receipts one tick turns into events at most: the script blocks Redis while it
+/// runs (about a millisecond per thousand); a tick that leaves more is followed by another at
+/// once, so the queue fills as fast as the receiver can be sent it.
+const DUE_PER_TICK: i64 = 1000;
 
 /// Lifecycle state in Redis.
 pub struct RedisLifecycle {
@@ -21,6 +27,7 @@ pub struct RedisLifecycle {
     base: String,
     node: String,
     debounce: Debounce,
+    bound: QueueBound,
     script: Script,
 }
 
@@ -45,12 +52,13 @@ fn millis(duration: std::time::Duration) -> Value {
 }
 
 impl RedisLifecycle {
-    pub fn new(shared: Shared, node: String, debounce: Debounce) -> Self {
+    pub fn new(shared: Shared, node: String, debounce: Debounce, bound: QueueBound) -> Self {
         Self {
             client: shared.client,
             base: format!("{{{}:wh}}", shared.prefix),
             node,
             debounce,
+            bound,
             script: Script::from_lua(include_str!("lifecycle.lua")),
         }
     }
@@ -68,6 +76,8 @@ impl RedisLifecycle {
             millis(self.debounce.user),
             self.node.clone().into(),
             millis(ALIVE_TTL),
+            Value::from(i64::try_from(self.bound.events).unwrap_or(i64::MAX)),
+            Value::from(i64::try_from(self.bound.bytes).unwrap_or(i64::MAX)),
         ];
         args.extend(extra);
         self.script
@@ -79,7 +89,7 @@ impl RedisLifecycle {
 
 #[async_trait]
 impl LifecycleStore for RedisLifecycle {
-    async fn apply(&self, edges: &[Edge]) -> Result<(), BrokerError> {
+    async fn apply(&self, edges: &[Edge]) -> Result<u64, BrokerError> {
         let args = edges
             .iter()
             .flat_map(|edge| {
@@ -89,14 +99,15 @@ impl LifecycleStore for RedisLifecycle {
                 ]
             })
             .collect();
-        self.call("recording lifecycle changes", "apply", args)
+        let full = self
+            .call("recording lifecycle changes", "apply", args)
             .await?;
-        Ok(())
+        Ok(full.as_u64().unwrap_or(0))
     }
 
     async fn tick(&self) -> Result<Tick, BrokerError> {
         let args = vec![
-            Value::from(super::MAX_BATCH as i64),
+            Value::from(DUE_PER_TICK),
             millis(RECEIPT_COALESCE),
             millis(LEASE_TTL),
             millis(RETRY_WINDOW),
@@ -105,11 +116,13 @@ impl LifecycleStore for RedisLifecycle {
             .call("running due lifecycle events", "tick", args)
             .await?;
         match answer.into_array().as_slice() {
-            [queued, lead, fresh, expired] => Ok(Tick {
+            [queued, lead, fresh, expired, full, more] => Ok(Tick {
                 queued: queued.as_u64().unwrap_or(0),
                 lead: lead.as_u64() == Some(1),
                 fresh: fresh.as_u64() == Some(1),
                 expired: expired.as_u64().unwrap_or(0),
+                full: full.as_u64().unwrap_or(0),
+                more: more.as_u64() == Some(1),
             }),
             other => Err(BrokerError::Internal {
                 context: "running due lifecycle events",

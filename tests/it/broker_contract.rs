@@ -163,15 +163,16 @@ broker_test!(
     offsets_count_from_one_without_gaps_in_one_epoch,
     |broker, sink| {
         let ch = channel("contract:offsets");
-        let start = broker.position(&ch).await.unwrap();
-        assert_eq!(start.offset, 0);
+        assert_eq!(broker.position(&ch).await.unwrap().offset, 0);
+        let mut epoch = None;
         for n in 1..=5 {
             let position = broker
                 .publish(&ch, data(n), info(), &PublishOptions::default())
                 .await
                 .unwrap();
             assert_eq!(position.offset, n);
-            assert_eq!(position.epoch, start.epoch, "a channel keeps its epoch");
+            let first = epoch.get_or_insert_with(|| position.epoch.clone());
+            assert_eq!(position.epoch, *first, "a channel keeps its epoch");
         }
         assert_eq!(broker.position(&ch).await.unwrap().offset, 5);
         assert_eq!(
@@ -273,6 +274,7 @@ broker_test!(
         let query = HistoryQuery {
             since: None,
             limit: 100,
+            ..Default::default()
         };
         let stored = broker.history(&ch, query).await.unwrap().publications;
         assert_eq!(stored.len(), 2, "stored once per key");
@@ -299,9 +301,10 @@ broker_test!(
         let query = HistoryQuery {
             since: None,
             limit: 100,
+            ..Default::default()
         };
         let kept: Vec<u64> = broker
-            .history(&ch, query)
+            .history(&ch, query.clone())
             .await
             .unwrap()
             .publications
@@ -346,6 +349,7 @@ broker_test!(
                 HistoryQuery {
                     since: None,
                     limit: 100,
+                    ..Default::default()
                 },
             )
             .await
@@ -363,6 +367,7 @@ broker_test!(
                 HistoryQuery {
                     since: None,
                     limit: 3,
+                    ..Default::default()
                 },
             )
             .await
@@ -374,6 +379,7 @@ broker_test!(
                 HistoryQuery {
                     since: Some(11),
                     limit: 2,
+                    ..Default::default()
                 },
             )
             .await
@@ -385,6 +391,7 @@ broker_test!(
                 HistoryQuery {
                     since: Some(15),
                     limit: 5,
+                    ..Default::default()
                 },
             )
             .await
@@ -394,17 +401,37 @@ broker_test!(
 );
 
 broker_test!(
-    an_unused_channel_has_a_stable_epoch_that_its_first_publication_keeps,
+    an_unpublished_channel_is_vouched_for_and_continued_by_its_first_publication,
     |broker, sink| {
         let ch = channel("contract:fresh");
-        let first = broker.position(&ch).await.unwrap();
-        let again = broker.position(&ch).await.unwrap();
-        assert_eq!(first, again);
+        broker.subscribe(&ch).await.unwrap();
+        let seen = broker.position(&ch).await.unwrap();
+        assert_eq!(seen.offset, 0);
+        broker.unsubscribe(&ch).await.unwrap();
+        let since = |epoch: &str| HistoryQuery {
+            since: Some(0),
+            limit: 10,
+            unpublished: Some(epoch.into()),
+        };
+        let unchanged = broker.history(&ch, since(&seen.epoch)).await.unwrap();
+        assert!(unchanged.vouched, "{seen:?} is vouched for");
+        assert_eq!(unchanged.position.offset, 0);
         let published = broker
             .publish(&ch, data(1), info(), &PublishOptions::default())
             .await
             .unwrap();
-        assert_eq!((published.offset, &published.epoch), (1, &first.epoch));
+        assert_eq!(published.offset, 1);
+        let after = broker.history(&ch, since(&seen.epoch)).await.unwrap();
+        assert!(after.vouched);
+        assert_eq!(after.position, published);
+        assert_eq!(after.publications.len(), 1);
+        for stranger in ["~0.0", "Xk3q9TzA", &*published.epoch, "~", ""] {
+            let read = broker.history(&ch, since(stranger)).await.unwrap();
+            assert!(
+                !read.vouched,
+                "{stranger:?} is not an unpublished epoch of this broker"
+            );
+        }
     }
 );
 

@@ -19,17 +19,20 @@ async fn two_clients_exchange_a_message_through_a_channel() {
 
     let offset = bob.publish("chat:lobby", json!({"text": "hi alice"})).await;
     assert_eq!(offset, 1);
+    let mut epochs = Vec::new();
     for client in [&mut alice, &mut bob] {
         let publication = client.next_pub().await;
         assert_eq!(publication.channel.as_str(), "chat:lobby");
         assert_eq!(publication.offset, 1);
-        assert_eq!(&*publication.epoch, sub["epoch"]);
+        epochs.push(publication.epoch.clone());
         assert_eq!(publication.data, json!({"text": "hi alice"}));
         assert_eq!(&*publication.info.user, "bob");
     }
+    assert_eq!(epochs[0], epochs[1], "one epoch for every subscriber");
     alice.publish("chat:lobby", json!("hello bob")).await;
     let publication = bob.next_pub().await;
     assert_eq!(publication.offset, 2);
+    assert_eq!(publication.epoch, epochs[0], "a channel keeps its epoch");
     assert_eq!(publication.data, json!("hello bob"));
     assert_eq!(&*publication.info.user, "alice");
 }

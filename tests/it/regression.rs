@@ -1,5 +1,7 @@
 //! Bug-reproducing tests, one per defect, named `issue_<N>_…` after the issue that found it.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use jsonwebtoken::{EncodingKey, Header};
@@ -266,4 +268,207 @@ async fn issue_15_rust_log_sets_the_level_unless_a_flag_does() {
         !flagged.logs().text().contains("open-files limit"),
         "--log wins over RUST_LOG"
     );
+}
+
+// --- issue 22: amplification (items 1–4) and trust (items 5–9, 12) ---
+
+/// One anonymous connection that subscribes to and leaves a new channel name at a time, at
+/// just under the default command rate (2,000 commands a second), until `until`, counting the
+/// names it went through in `names`.
+async fn churn(url: String, prefix: String, until: Instant, names: Arc<AtomicU64>) {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let (socket, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("connect");
+    let (mut sink, mut stream) = socket.split();
+    // Replies are read (and dropped) so that the churner is never a slow consumer.
+    let reader = tokio::spawn(async move {
+        let mut closed = None;
+        while let Some(Ok(message)) = stream.next().await {
+            if let Message::Close(frame) = message {
+                closed = frame.map(|f| u16::from(f.code));
+            }
+        }
+        closed
+    });
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut n = 0;
+    while Instant::now() < until {
+        tick.tick().await;
+        // 9 names a tick: 18 commands per 10 ms.
+        for _ in 0..9 {
+            let channel = format!("{prefix}-{n}");
+            for op in ["subscribe", "unsubscribe"] {
+                let command = json!({"op": op, "channel": channel}).to_string();
+                sink.feed(Message::text(command)).await.expect("send");
+            }
+            n += 1;
+        }
+        sink.flush().await.expect("flush");
+        names.fetch_add(9, Ordering::Relaxed);
+    }
+    sink.close().await.ok();
+    let closed = within(WAIT, "the churner's close", reader).await.unwrap();
+    assert!(
+        closed.is_none_or(|code| code == 1000),
+        "the churner was closed with {closed:?}"
+    );
+}
+
+/// Four churners for `seconds`, counting the channel names they go through in `names`.
+fn churn_four(
+    server: &TestServer,
+    tag: &str,
+    seconds: f64,
+    names: &Arc<AtomicU64>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let until = Instant::now() + Duration::from_secs_f64(seconds);
+    (0..4)
+        .map(|n| {
+            let url = server.url(&format!("/ws?name=churner{n}"));
+            tokio::spawn(churn(url, format!("{tag}{n}"), until, names.clone()))
+        })
+        .collect()
+}
+
+/// A node with webhooks to `receiver`, tokens and anonymous connections, on `redis` if given.
+async fn webhook_node(
+    receiver: &crate::support::webhook::Receiver,
+    redis: Option<&RedisServer>,
+) -> TestServer {
+    let url = receiver.url();
+    let redis_url = redis.map(RedisServer::url);
+    let mut args = vec![
+        "--webhook-url",
+        &url,
+        "--webhook-secret",
+        crate::support::webhook::WEBHOOK_SECRET,
+        "--allow-anonymous",
+    ];
+    if let Some(redis_url) = &redis_url {
+        args.extend(["--redis-url", redis_url]);
+    }
+    server("info", &args).await
+}
+
+/// Redis's own figure for the memory it uses, in bytes.
+async fn redis_memory(redis: &RedisServer) -> u64 {
+    let info = redis.command("INFO memory").await;
+    info.lines()
+        .find_map(|line| line.strip_prefix("used_memory:"))
+        .and_then(|value| value.trim().parse().ok())
+        .expect("used_memory in INFO")
+}
+
+async fn churn_costs_little_and_leaves_no_position(redis: Option<RedisServer>) {
+    let receiver = crate::support::webhook::Receiver::start().await;
+    // The receiver is down: whatever is queued stays queued.
+    receiver.down.store(true, Ordering::SeqCst);
+    let server = webhook_node(&receiver, redis.as_ref()).await;
+
+    // A client sees a channel nobody publishes to, and leaves.
+    let mut quiet = server.client("?name=quiet").await;
+    let seen = quiet.subscribe("quiet-room").await;
+    drop(quiet);
+
+    let rss = server.rss_kib();
+    let redis_before = match &redis {
+        Some(redis) => redis_memory(redis).await,
+        None => 0,
+    };
+    let names = Arc::new(AtomicU64::new(0));
+    for churner in churn_four(&server, "churn", 3.0, &names) {
+        churner.await.unwrap();
+    }
+    let names = names.load(Ordering::Relaxed);
+    assert!(
+        names > 8_000,
+        "the churners went through only {names} names"
+    );
+    let grown_kib = server.rss_kib().saturating_sub(rss);
+    // Before the fix, each name kept a position and queued two events: about 15 MB here.
+    assert!(
+        grown_kib < 6 * 1024,
+        "{names} names grew the node by {grown_kib} KiB"
+    );
+    let metrics = crate::metrics::scrape(server.addr).await;
+    let budget = r#"tidings_webhook_events_dropped_total{reason="budget"}"#;
+    assert!(metrics[budget] > 0.0, "{metrics:?}");
+    assert!(
+        metrics["tidings_webhook_queue_size"] <= 10_000.0,
+        "{metrics:?}"
+    );
+    if let Some(redis) = &redis {
+        let grown = redis_memory(redis).await.saturating_sub(redis_before);
+        assert!(grown < 4 << 20, "{names} names grew Redis by {grown} bytes");
+        let positions = redis
+            .command("EVAL \"return #redis.call('KEYS', '*:meta')\" 0")
+            .await;
+        assert_eq!(
+            positions.trim(),
+            ":0",
+            "positions kept for unpublished channels"
+        );
+    }
+
+    // Back from the quiet channel: nothing was missed.
+    let mut back = server.client("?name=quiet").await;
+    let again = back
+        .ok(json!({"op": "subscribe", "channel": "quiet-room",
+                   "since": {"offset": 0, "epoch": seen["epoch"]}}))
+        .await;
+    assert_eq!(again["recovered"], true, "{again}");
+    assert_eq!(again["publications"], json!([]));
+}
+
+#[tokio::test]
+async fn issue_22_channel_churn_keeps_no_position_and_cannot_fill_the_webhook_queue() {
+    churn_costs_little_and_leaves_no_position(None).await;
+}
+
+#[tokio::test]
+async fn issue_22_channel_churn_keeps_no_position_and_cannot_fill_the_webhook_queue_in_redis() {
+    churn_costs_little_and_leaves_no_position(Some(RedisServer::start().await)).await;
+}
+
+async fn user_online_comes_in_time_during_churn(redis: Option<RedisServer>) {
+    let receiver = crate::support::webhook::Receiver::start().await;
+    // A backend that takes 50 ms to take a batch: 2,000 events a second at most.
+    receiver.latency_ms.store(50, Ordering::SeqCst);
+    let server = webhook_node(&receiver, redis.as_ref()).await;
+    let names = Arc::new(AtomicU64::new(0));
+    let churners = churn_four(&server, "flood", 4.0, &names);
+    // Two seconds into the flood (at the churners' rate), a real user comes.
+    within(WAIT, "the flood to be under way", async {
+        while names.load(Ordering::Relaxed) < 7_200 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let started = Instant::now();
+    let token = hs256(json!({"sub": "ursula"}));
+    let mut ursula = server.client(&format!("?token={token}")).await;
+    ursula.connected().await;
+    receiver
+        .wait_for("ursula's user_online", |event| {
+            event["type"] == "user_online" && event["user"] == "ursula"
+        })
+        .await;
+    let late = started.elapsed();
+    for churner in churners {
+        churner.await.unwrap();
+    }
+    assert!(late < Duration::from_secs(1), "user_online took {late:?}");
+}
+
+#[tokio::test]
+async fn issue_22_a_user_online_reaches_the_receiver_within_a_second_during_churn() {
+    user_online_comes_in_time_during_churn(None).await;
+}
+
+#[tokio::test]
+async fn issue_22_a_user_online_reaches_the_receiver_within_a_second_during_churn_in_redis() {
+    user_online_comes_in_time_during_churn(Some(RedisServer::start().await)).await;
 }

@@ -89,8 +89,8 @@ pub(super) async fn rewound(inner: &Inner, channel: &ChannelName, epoch: &str) {
     }
     // Subscribers still in the old epoch are closed to recover (and told they cannot); those
     // that already moved to the new one (another node was first) stay.
-    let position = match inner.read(channel, false).await {
-        Ok((position, _)) => position,
+    let position = match inner.read(channel, false, None).await {
+        Ok((position, ..)) => position,
         Err(_) => StreamPosition {
             offset: u64::MAX,
             epoch: "".into(),

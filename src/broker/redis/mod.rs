@@ -336,29 +336,29 @@ impl Inner {
         }
     }
 
-    /// Runs read.lua: the position, and the history entries (newest first) if asked.
+    /// Runs read.lua: the position, the history entries (newest first) if asked, and
+    /// whether the `unpublished` epoch is vouched for.
     async fn read(
         &self,
         channel: &ChannelName,
         with_history: bool,
-    ) -> Result<(StreamPosition, Vec<Bytes>), BrokerError> {
-        let args: Vec<Value> = vec![
-            new_epoch().to_string().into(),
+        unpublished: Option<&str>,
+    ) -> Result<(StreamPosition, Vec<Bytes>, bool), BrokerError> {
+        let mut args: Vec<Value> = vec![
             ttl_seconds(self.retention.position_ttl).into(),
             (if with_history { "1" } else { "0" }).into(),
         ];
-        let (offset, epoch, entries): (u64, String, Vec<Bytes>) = self
+        args.extend(unpublished.map(Value::from));
+        let (offset, epoch, entries, vouched): (u64, String, Vec<Bytes>, u8) = self
             .read_script
             .evalsha_with_reload(&self.client, self.keys(channel), args)
             .await
             .map_err(|err| unavailable("reading from Redis", err))?;
-        Ok((
-            StreamPosition {
-                offset,
-                epoch: epoch.into(),
-            },
-            entries,
-        ))
+        let position = StreamPosition {
+            offset,
+            epoch: epoch.into(),
+        };
+        Ok((position, entries, vouched == 1))
     }
 
     /// Decodes one publication from `offset:payload` (history) with its channel and epoch.
@@ -527,7 +527,7 @@ impl Broker for RedisBroker {
     }
 
     async fn position(&self, channel: &ChannelName) -> Result<StreamPosition, BrokerError> {
-        Ok(self.inner.read(channel, false).await?.0)
+        Ok(self.inner.read(channel, false, None).await?.0)
     }
 
     async fn history(
@@ -535,7 +535,8 @@ impl Broker for RedisBroker {
         channel: &ChannelName,
         query: HistoryQuery,
     ) -> Result<History, BrokerError> {
-        let (position, entries) = self.inner.read(channel, true).await?;
+        let unpublished = query.unpublished.as_deref();
+        let (position, entries, vouched) = self.inner.read(channel, true, unpublished).await?;
         // Entries are newest first.
         let publications = query.select(
             entries
@@ -546,6 +547,7 @@ impl Broker for RedisBroker {
         Ok(History {
             publications,
             position,
+            vouched,
         })
     }
 

@@ -216,7 +216,7 @@ async fn reconcile_all(inner: &Inner) {
 /// subscriber connection as a barrier: its answer comes after every message Redis published
 /// before the read. The pump then delivers what it buffered before comparing.
 async fn reconcile(inner: &Inner, channel: &ChannelName) -> Result<(), BrokerError> {
-    let (position, _) = inner.read(channel, false).await?;
+    let (position, ..) = inner.read(channel, false, None).await?;
     let barrier = Options {
         cluster_hash: Some(ClusterHash::Custom(redis_keyslot(
             inner.pubsub_channel(channel).as_bytes(),

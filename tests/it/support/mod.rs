@@ -22,6 +22,7 @@ pub mod proxy;
 pub mod redis;
 pub mod redis_ha;
 pub mod streams;
+pub mod webhook;
 
 /// The bound every single await in these tests gets unless it says otherwise.
 pub const WAIT: Duration = Duration::from_secs(10);
