@@ -11,7 +11,13 @@
 //!
 //! Bounded: a connection makes one call at a time (its session awaits it), and the node at most
 //! [`MAX_IN_FLIGHT`]; past that, calls fail at once (`busy`) rather than queue behind a slow
-//! backend. Connections to the backend are kept alive and reused (HTTP/1.1, or HTTP/2 over TLS).
+//! backend. An answer is read up to [`answer_limit`] bytes — the call fails (`garbage`) past
+//! it — so no backend can make a call buffer more than that. Connections to the backend are kept
+//! alive and reused (HTTP/1.1, or HTTP/2 over TLS).
+//!
+//! Only the configured URLs are believed: redirects are never followed (a 3xx is a failure like
+//! any other status but 200), so an answer cannot send the call — its forwarded cookies
+//! included — to another host, nor have another host's answer acted on.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,6 +35,18 @@ use crate::protocol::ChannelName;
 /// Calls to the backend in flight on one node, at most.
 pub const MAX_IN_FLIGHT: usize = 1024;
 
+/// Room for an answer's envelope (`result`, `info`, the connect proxy's channel list) beside
+/// the data it may carry.
+pub const ANSWER_ENVELOPE: usize = 64 << 10;
+
+/// The largest answer read from the backend: twice the largest message (data the backend may
+/// return, JSON-escaped at worst twice as long) plus [`ANSWER_ENVELOPE`].
+pub fn answer_limit(max_message_size: usize) -> usize {
+    max_message_size
+        .saturating_mul(2)
+        .saturating_add(ANSWER_ENVELOPE)
+}
+
 /// The handshake headers a connection forwards to the backend (only those named).
 pub type Forwarded = Box<[(HeaderName, HeaderValue)]>;
 
@@ -43,6 +61,8 @@ pub struct Backend {
     rpc: Option<reqwest::Url>,
     timeout: Duration,
     headers: Box<[HeaderName]>,
+    /// [`answer_limit`] of the settings.
+    max_answer: usize,
     slots: Arc<Semaphore>,
     log_gate: LogGate,
 }
@@ -89,10 +109,19 @@ pub enum BackendError {
     Timeout(Duration),
     #[error("the backend could not be reached: {0}")]
     Unreachable(String),
-    #[error("the backend answered HTTP {0}, not 200")]
+    #[error("the backend answered HTTP {0}, not 200{note}", note = redirect_note(*.0))]
     Status(u16),
     #[error("the backend's answer is not usable: {0}")]
     Garbage(String),
+}
+
+/// What to add to a status that is a redirect: it is not followed, on purpose.
+pub(crate) fn redirect_note(status: u16) -> &'static str {
+    if (300..400).contains(&status) {
+        " (a redirect, which is never followed: configure the final URL)"
+    } else {
+        ""
+    }
 }
 
 impl BackendError {
@@ -238,20 +267,34 @@ impl Backend {
             rpc: url(&settings.rpc)?,
             timeout: settings.timeout,
             headers,
+            max_answer: answer_limit(settings.max_message_size),
             slots: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
             log_gate: LogGate::default(),
         })
     }
 
-    /// The named headers of a handshake, to forward with every call of its connection.
+    /// The named headers of a handshake, to forward with every call of its connection: one
+    /// value per name, so that the call's HTTP headers and its JSON `headers` say the same.
+    /// Repeated headers are joined as HTTP joins them — cookies with `; `, others with `, `.
     pub fn forwarded(&self, headers: &HeaderMap) -> Forwarded {
         self.headers
             .iter()
-            .flat_map(|name| {
-                headers
-                    .get_all(name)
-                    .iter()
-                    .map(|value| (name.clone(), value.clone()))
+            .filter_map(|name| {
+                let separator: &[u8] = if name == axum::http::header::COOKIE {
+                    b"; "
+                } else {
+                    b", "
+                };
+                let mut values = headers.get_all(name).iter();
+                let first = values.next()?.clone();
+                let joined = values.fold(first.as_bytes().to_vec(), |mut joined, value| {
+                    joined.extend_from_slice(separator);
+                    joined.extend_from_slice(value.as_bytes());
+                    joined
+                });
+                // Joining valid values with visible ASCII keeps the value valid.
+                let value = HeaderValue::from_bytes(&joined).unwrap_or(first);
+                Some((name.clone(), value))
             })
             .collect()
     }
@@ -446,10 +489,7 @@ impl Backend {
             if status != 200 {
                 return Err(BackendError::Status(status));
             }
-            let bytes = response
-                .bytes()
-                .await
-                .map_err(|err| BackendError::Unreachable(without_url(&err)))?;
+            let bytes = read_limited(response, self.max_answer).await?;
             parse(&bytes)
         };
         let answered = tokio::time::timeout(self.timeout, call).await;
@@ -478,9 +518,11 @@ impl Backend {
     }
 }
 
-/// A pooled HTTP client (keep-alive; HTTP/2 where TLS negotiates it) trusting the system's CAs.
+/// A pooled HTTP client (keep-alive; HTTP/2 where TLS negotiates it) trusting the system's CAs,
+/// that follows no redirect: only the configured URL is believed.
 pub(crate) fn http_client() -> Result<reqwest::Client, SettingsError> {
     let mut client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
         .tcp_nodelay(true)
         .pool_idle_timeout(Duration::from_secs(90))
         .tls_built_in_root_certs(false);
@@ -504,6 +546,33 @@ fn headers_json(
         }
     }
     json
+}
+
+/// Reads a whole answer, failing as soon as it is longer than `limit` (a `Content-Length` that
+/// says so fails before anything is read).
+async fn read_limited(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> Result<Vec<u8>, BackendError> {
+    let too_long = || BackendError::Garbage(format!("the answer is longer than {limit} bytes"));
+    if response
+        .content_length()
+        .is_some_and(|length| length > limit as u64)
+    {
+        return Err(too_long());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|err| BackendError::Unreachable(without_url(&err)))?
+    {
+        if body.len() + chunk.len() > limit {
+            return Err(too_long());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 /// reqwest's message without the URL (whose query could hold a secret).

@@ -16,6 +16,7 @@ impl ServeArgs {
             rpc: self.proxy_rpc.clone(),
             timeout: self.proxy_timeout,
             headers: self.proxy_headers.clone(),
+            max_message_size: self.max_message_size,
         }
     }
 

@@ -117,6 +117,8 @@ pub struct ProxySettings {
     pub rpc: Option<String>,
     pub timeout: Duration,
     pub headers: Vec<String>,
+    /// The largest publication data (`--max-message-size`): what bounds the backend's answers.
+    pub max_message_size: usize,
 }
 
 /// Where lifecycle events go, and how they are signed.

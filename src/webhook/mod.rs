@@ -680,10 +680,11 @@ impl Sender {
             .observe(started.elapsed().as_secs_f64());
         match sent {
             Ok(response) if response.status().is_success() => Ok(()),
-            Ok(response) => Err(format!(
-                "the receiver answered HTTP {}",
-                response.status().as_u16()
-            )),
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let note = crate::backend::redirect_note(status);
+                Err(format!("the receiver answered HTTP {status}{note}"))
+            }
             Err(err) if err.is_timeout() => Err(format!("no answer within {POST_TIMEOUT:?}")),
             Err(err) => Err(crate::backend::without_url(&err)),
         }

@@ -472,3 +472,202 @@ async fn issue_22_a_user_online_reaches_the_receiver_within_a_second_during_chur
 async fn issue_22_a_user_online_reaches_the_receiver_within_a_second_during_churn_in_redis() {
     user_online_comes_in_time_during_churn(Some(RedisServer::start().await)).await;
 }
+
+/// A backend whose `rpc` answers are endless (`endless`: chunks forever) or huge (`huge`: a
+/// declared 200 MB, streamed).
+async fn flooding_backend() -> std::net::SocketAddr {
+    use axum::body::{Body, Bytes};
+    use axum::routing::post;
+    let chunk = Bytes::from(vec![b' '; 64 << 10]);
+    let app = axum::Router::new().route(
+        "/rpc",
+        post(move |axum::Json(call): axum::Json<Value>| {
+            let chunk = chunk.clone();
+            async move {
+                let chunks = futures_util::stream::repeat_with(move || {
+                    Ok::<_, std::io::Error>(chunk.clone())
+                });
+                let mut response = axum::response::Response::builder().status(200);
+                let body = if call["method"] == "huge" {
+                    response = response.header("content-length", (200u64 << 20).to_string());
+                    Body::from_stream(futures_util::StreamExt::take(chunks, 3200))
+                } else {
+                    Body::from_stream(chunks)
+                };
+                response.body(body).unwrap()
+            }
+        }),
+    );
+    crate::support::serve_app(app).await
+}
+
+#[tokio::test]
+async fn issue_22_a_backend_answer_is_read_only_up_to_its_bound() {
+    let backend = flooding_backend().await;
+    let url = format!("http://{backend}/rpc");
+    let server = server("info", &["--allow-anonymous", "--proxy-rpc", &url]).await;
+    let mut client = server.client("?name=caller").await;
+    client.connected().await;
+    let before = server.rss_kib();
+    for method in ["endless", "huge", "endless"] {
+        let code = client
+            .error_code(json!({"op": "rpc", "method": method}))
+            .await;
+        assert_eq!(code, 502, "{method}");
+    }
+    let grown = server.peak_rss_kib().saturating_sub(before);
+    assert!(grown < 20 << 10, "the answers grew the node by {grown} KiB");
+    let failures = crate::metrics::scrape(server.addr).await;
+    let garbage = r#"tidings_proxy_errors_total{error="garbage",kind="rpc"}"#;
+    assert_eq!(failures[garbage], 3.0, "{failures:?}");
+}
+
+/// A backend (connect, rpc, webhook) that answers every call with a redirect to `target`.
+async fn redirecting_backend(target: std::net::SocketAddr) -> std::net::SocketAddr {
+    use axum::routing::post;
+    let redirect = move |status: u16, path: &'static str| {
+        post(move || async move {
+            axum::response::Response::builder()
+                .status(status)
+                .header("location", format!("http://{target}{path}"))
+                .body(axum::body::Body::empty())
+                .unwrap()
+        })
+    };
+    let app = axum::Router::new()
+        .route("/connect", redirect(307, "/connect"))
+        .route("/rpc", redirect(302, "/rpc"))
+        .route("/hook", redirect(307, "/hook"));
+    crate::support::serve_app(app).await
+}
+
+#[tokio::test]
+async fn issue_22_redirects_from_the_backend_and_the_webhook_receiver_are_not_followed() {
+    use axum::routing::any;
+    use std::sync::atomic::AtomicUsize;
+    // Whoever a redirect points to: it would make anyone `redirect-user`.
+    let reached = Arc::new(AtomicUsize::new(0));
+    let counter = reached.clone();
+    let target = axum::Router::new().fallback(any(move || {
+        let counter = counter.clone();
+        async move {
+            counter.fetch_add(1, Ordering::SeqCst);
+            axum::Json(json!({"result": {"user": "redirect-user", "data": "from elsewhere"}}))
+        }
+    }));
+    let target = crate::support::serve_app(target).await;
+    let backend = redirecting_backend(target).await;
+    let (connect, rpc, hook) = (
+        format!("http://{backend}/connect"),
+        format!("http://{backend}/rpc"),
+        format!("http://{backend}/hook"),
+    );
+    let server = server(
+        "info",
+        &[
+            "--proxy-connect",
+            &connect,
+            "--proxy-rpc",
+            &rpc,
+            "--proxy-header",
+            "Cookie",
+            "--webhook-url",
+            &hook,
+            "--webhook-secret",
+            crate::support::webhook::WEBHOOK_SECRET,
+        ],
+    )
+    .await;
+
+    // A connection the backend would decide: a redirect decides nothing (4006).
+    let mut request =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+            server.url("/ws"),
+        )
+        .unwrap();
+    request
+        .headers_mut()
+        .insert("cookie", "session=abc".parse().unwrap());
+    let mut cookie = WsClient::connect_request(request, None).await.unwrap();
+    match cookie.ended(WAIT).await {
+        Ended::Closed(Some((code, _))) => assert_eq!(code, 4006),
+        other => panic!("expected close 4006, got {other:?}"),
+    }
+
+    // A token user's rpc: 502; its user_online webhook: retried, never sent elsewhere.
+    let token = hs256(json!({"sub": "ann"}));
+    let mut ann = server.client(&format!("?token={token}")).await;
+    assert_eq!(ann.connected().await.user, "ann");
+    let code = ann.error_code(json!({"op": "rpc", "method": "m"})).await;
+    assert_eq!(code, 502);
+    crate::metrics::await_metric(server.addr, "tidings_webhook_retries_total", 1.0).await;
+    assert_eq!(reached.load(Ordering::SeqCst), 0, "a redirect was followed");
+    server
+        .logs()
+        .wait_for("a redirect, which is never followed", WAIT)
+        .await;
+}
+
+#[tokio::test]
+async fn issue_22_repeated_forwarded_headers_are_one_value_in_the_call_and_its_json() {
+    use axum::http::HeaderMap;
+    use axum::routing::post;
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    let app = axum::Router::new().route(
+        "/rpc",
+        post(
+            move |headers: HeaderMap, axum::Json(call): axum::Json<Value>| {
+                let record = record.clone();
+                async move {
+                    let http: Vec<String> = ["cookie", "x-tag"]
+                        .iter()
+                        .map(|name| {
+                            let values: Vec<_> = headers
+                                .get_all(*name)
+                                .iter()
+                                .map(|v| v.to_str().unwrap().to_owned())
+                                .collect();
+                            values.join("|")
+                        })
+                        .collect();
+                    record.lock().unwrap().push((http, call["headers"].clone()));
+                    axum::Json(json!({"result": {"data": null}}))
+                }
+            },
+        ),
+    );
+    let backend = crate::support::serve_app(app).await;
+    let url = format!("http://{backend}/rpc");
+    let server = server(
+        "info",
+        &[
+            "--allow-anonymous",
+            "--proxy-rpc",
+            &url,
+            "--proxy-header",
+            "Cookie,X-Tag",
+        ],
+    )
+    .await;
+    let mut request =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+            server.url("/ws?name=two-cookies"),
+        )
+        .unwrap();
+    let headers = request.headers_mut();
+    for (name, value) in [
+        ("cookie", "a=1"),
+        ("cookie", "b=2"),
+        ("x-tag", "one"),
+        ("x-tag", "two"),
+    ] {
+        headers.append(name, value.parse().unwrap());
+    }
+    let mut client = WsClient::connect_request(request, None).await.unwrap();
+    client.connected().await;
+    client.ok(json!({"op": "rpc", "method": "m"})).await;
+    let (http, json) = seen.lock().unwrap()[0].clone();
+    assert_eq!(http, ["a=1; b=2", "one, two"], "one HTTP value each");
+    assert_eq!(json, json!({"cookie": "a=1; b=2", "x-tag": "one, two"}));
+}
