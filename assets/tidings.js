@@ -108,6 +108,13 @@ class StreamSocket {
           headers: { "content-type": "text/plain" },
           body: JSON.stringify({ session: this.session, commands }),
         });
+        if (response.status === 429) {
+          // This address sent too much: send the same commands again once allowed.
+          this.queue.unshift(...commands.map((command) => JSON.stringify(command)));
+          const seconds = Number(response.headers.get("retry-after")) || 1;
+          await new Promise((resolve) => setTimeout(resolve, seconds * 1000));
+          continue;
+        }
         if (!response.ok) throw new Error(`command request answered ${response.status}`);
       } catch (err) {
         // A command lost would leave its caller waiting: start over on a fresh stream.

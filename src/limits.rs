@@ -7,6 +7,11 @@
 //! client that keeps going after being refused — more refusals than the burst size within ten
 //! seconds — is closed with 4004: a third bucket counts the refusals.
 //!
+//! ## Budgets
+//! Some work a client causes lands on everyone else: webhook events ([`EventBudget`], per
+//! connection) and the commands of stream sessions, which travel through the broker
+//! ([`AddressBudgets`], per client address, in requests and bytes).
+//!
 //! ## Connection caps
 //! [`Admission`] counts open WebSocket connections. A connection holds a [`Ticket`] for its
 //! whole life; dropping the ticket gives its places back, so a cap can never leak.
@@ -90,6 +95,72 @@ impl EventBudget {
     pub fn spend(&mut self) -> bool {
         let Rate { per_second, burst } = LIFECYCLE_BUDGET;
         self.0.take(per_second as f32, burst as f32, Instant::now())
+    }
+}
+
+/// How many command requests (`POST /stream`, `POST /sse`) one client address may make: a
+/// session sends one at a time, each answered once the broker has it.
+pub const ADDRESS_REQUESTS: Rate = Rate {
+    per_second: 200,
+    burst: 400,
+};
+
+/// Client addresses whose budgets are remembered at most; a new address past this is refused
+/// until old ones are forgotten (those whose buckets have refilled).
+const MAX_ADDRESSES: usize = 65_536;
+
+/// Per client address: a budget of command requests, in requests ([`ADDRESS_REQUESTS`]) and
+/// in bytes (of commands), so that no address can make the node push more than that through
+/// the broker, however many sessions (real or made up) it names.
+#[derive(Debug)]
+pub struct AddressBudgets {
+    bytes: Rate,
+    by_address: Mutex<HashMap<IpAddr, [Bucket; 2]>>,
+}
+
+impl AddressBudgets {
+    /// `bytes` a second, with bursts of two seconds' worth.
+    pub fn new(bytes_per_second: u32) -> Self {
+        Self {
+            bytes: Rate::new(bytes_per_second, bytes_per_second.saturating_mul(2)),
+            by_address: Mutex::default(),
+        }
+    }
+
+    /// Charges one request of `bytes` to `ip`; false when its budget is spent.
+    pub fn charge(&self, ip: IpAddr, bytes: usize) -> bool {
+        let now = Instant::now();
+        let (requests, bytes_rate) = (ADDRESS_REQUESTS, self.bytes);
+        let mut by_address = self
+            .by_address
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if by_address.len() >= MAX_ADDRESSES && !by_address.contains_key(&ip) {
+            // Forget the addresses that have been quiet long enough to be full again.
+            by_address.retain(|_, [count, size]| {
+                count.refill(requests.per_second as f32, requests.burst as f32, now);
+                size.refill(bytes_rate.per_second as f32, bytes_rate.burst as f32, now);
+                count.tokens < requests.burst as f32 || size.tokens < bytes_rate.burst as f32
+            });
+            if by_address.len() >= MAX_ADDRESSES {
+                return false;
+            }
+        }
+        let [count, size] = by_address
+            .entry(ip)
+            .or_insert_with(|| [Bucket::full(requests, now), Bucket::full(bytes_rate, now)]);
+        let per_second = bytes_rate.per_second as f32;
+        size.refill(per_second, bytes_rate.burst as f32, now);
+        // A request larger than the whole burst could never pass: it may empty a full bucket.
+        let cost = (bytes as f32).min(bytes_rate.burst as f32);
+        if size.tokens < cost {
+            return false;
+        }
+        if !count.take(requests.per_second as f32, requests.burst as f32, now) {
+            return false;
+        }
+        size.tokens -= cost;
+        true
     }
 }
 

@@ -246,7 +246,8 @@ impl HttpMetrics {
             transports: r.add(IntGaugeVec::new(transports, &["transport"]).expect("valid metric")),
             stream_commands: r.counters(
                 "tidings_stream_command_requests_total",
-                "Command requests for stream sessions, by outcome.",
+                "Command requests for stream sessions, by outcome: accepted, refused, limited (429), \
+                 unknown (no live node holds the session), failed.",
                 "outcome",
             ),
             compressions: r.counter(

@@ -30,7 +30,7 @@ use crate::broker::memory::MemoryBroker;
 use crate::broker::redis::{RedisBroker, RedisOptions, RedisTls};
 use crate::broker::{Broker, BrokerError, Retention};
 use crate::config::{Config, SessionSettings};
-use crate::limits::{Admission, Rate};
+use crate::limits::{AddressBudgets, Admission, Rate};
 use crate::node::{Local, Node};
 use crate::presence::PresenceStore;
 use crate::presence::memory::MemoryPresence;
@@ -147,6 +147,9 @@ impl Server {
                 backend: Arc::new(Backend::new(&config.proxy).map_err(ServerError::Backend)?),
             }),
             admission: Admission::new(config.caps),
+            stream_budgets: Arc::new(AddressBudgets::new(
+                u32::try_from(config.max_message_size).unwrap_or(u32::MAX),
+            )),
             allowed_origins: config.allowed_origins.clone().into(),
             api_key: config.api_key.clone(),
             max_message_size: config.max_message_size,

@@ -35,6 +35,8 @@ pub struct AppState {
     pub session: Arc<SessionConfig>,
     pub gate: Arc<Gate>,
     pub admission: Arc<Admission>,
+    /// Command requests of stream sessions, per client address.
+    pub stream_budgets: Arc<crate::limits::AddressBudgets>,
     /// Origins allowed besides the server's own host (`*`: any).
     pub allowed_origins: Arc<[String]>,
     /// The server API's key; `None`: the API is off.

@@ -17,6 +17,7 @@ use serde_json::value::RawValue;
 use super::ws::{bearer_token, check_origin};
 use super::{AppState, JsonBody};
 use crate::metrics::metrics;
+use crate::node::{StreamError, session_node};
 use crate::protocol::{ChannelName, Secret, StreamPosition};
 use crate::session::{self, Handshake, Start};
 use crate::transport::stream::{self, Format, Positions};
@@ -236,6 +237,7 @@ pub struct Commands {
 /// it, in order. Answered 202 once the broker has them; the replies come on the stream.
 pub async fn commands(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     JsonBody(request): JsonBody<Commands>,
 ) -> Response {
@@ -257,7 +259,7 @@ pub async fn commands(
             "origin not allowed (see --allowed-origin)",
         );
     }
-    if request.session.len() != 32 || !request.session.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if session_node(&request.session).is_none() {
         outcome("refused");
         return refuse(StatusCode::BAD_REQUEST, "session: not a stream session id");
     }
@@ -276,6 +278,24 @@ pub async fn commands(
         let message = format!("a command of {size} bytes is over the {limit}-byte limit");
         return refuse(StatusCode::PAYLOAD_TOO_LARGE, message);
     }
+    // What the request would push through the broker: its commands and their envelope.
+    let bytes = request.session.len()
+        + request
+            .commands
+            .iter()
+            .map(|c| c.get().len() + 8)
+            .sum::<usize>();
+    if !state.stream_budgets.charge(peer.ip(), bytes) {
+        outcome("limited");
+        let mut response = refuse(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many command requests from this address; slow down",
+        );
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return response;
+    }
     let commands = request
         .commands
         .into_iter()
@@ -291,7 +311,11 @@ pub async fn commands(
             )
                 .into_response()
         }
-        Err(err) => {
+        Err(StreamError::Unknown) => {
+            outcome("unknown");
+            refuse(StatusCode::NOT_FOUND, StreamError::Unknown.to_string())
+        }
+        Err(StreamError::Node(err)) => {
             outcome("failed");
             refuse(StatusCode::SERVICE_UNAVAILABLE, err.client_message())
         }

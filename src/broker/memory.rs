@@ -240,6 +240,13 @@ impl Broker for MemoryBroker {
         Ok(())
     }
 
+    async fn control_to(&self, node: &str, message: &[u8]) -> Result<(), BrokerError> {
+        if node == self.node_id() {
+            self.deliver.control(message);
+        }
+        Ok(())
+    }
+
     /// One process is the only node: there is nobody to tell.
     async fn announce(&self, _: &[(ChannelName, usize)]) -> Result<(), BrokerError> {
         Ok(())

@@ -176,6 +176,17 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
     /// Hands `message` to [`Deliver::control`] on every node, this one included.
     async fn control(&self, message: &[u8]) -> Result<(), BrokerError>;
 
+    /// Hands `message` to [`Deliver::control`] on the node named `node` (a
+    /// [`Broker::node_id`]) only; no other node reads it, and a node that is not there gets
+    /// nothing. Messages to one node arrive in the order they were sent, whoever sent them.
+    async fn control_to(&self, node: &str, message: &[u8]) -> Result<(), BrokerError>;
+
+    /// The ids of the nodes alive, this one included (those that announced themselves
+    /// recently).
+    async fn live_nodes(&self) -> Result<Vec<String>, BrokerError> {
+        Ok(vec![self.node_id()])
+    }
+
     /// Publishes this node's channels and their local subscriber counts for the other nodes.
     /// The node calls it every [`ANNOUNCE_PERIOD`]; an announcement not renewed within three
     /// periods counts as a node gone.

@@ -220,6 +220,18 @@ pub(super) enum Control {
     },
 }
 
+impl Control {
+    pub(super) fn encode(&self) -> Result<Vec<u8>, super::NodeError> {
+        serde_json::to_vec(self).map_err(|err| {
+            crate::broker::BrokerError::Internal {
+                context: "encoding a server command",
+                source: Box::new(err),
+            }
+            .into()
+        })
+    }
+}
+
 /// What the server API asks of one connection.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum UserCommand {

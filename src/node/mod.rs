@@ -59,7 +59,7 @@ mod streams;
 
 use local::Control;
 pub use local::{Local, Mailbox, UserCommand};
-pub use streams::{StreamInbox, StreamInput};
+pub use streams::{StreamError, StreamInbox, StreamInput, session_node};
 
 const CHANNEL_LOCKS: usize = 256;
 
@@ -81,6 +81,8 @@ struct Inner {
     idempotency_window: Duration,
     /// Lifecycle webhooks and receipts, when configured.
     lifecycle: Option<Arc<Lifecycle>>,
+    /// The nodes alive, for the commands of stream sessions.
+    live_nodes: std::sync::Mutex<streams::LiveNodes>,
 }
 
 /// A local subscription in place: where the channel stands, and what recovery found.
@@ -175,6 +177,7 @@ impl Node {
             namespaces,
             idempotency_window,
             lifecycle,
+            live_nodes: std::sync::Mutex::default(),
         }))
     }
 
@@ -447,10 +450,7 @@ impl Node {
     }
 
     async fn control(&self, control: &Control) -> Result<(), NodeError> {
-        let message = serde_json::to_vec(control).map_err(|err| BrokerError::Internal {
-            context: "encoding a server command",
-            source: Box::new(err),
-        })?;
+        let message = control.encode()?;
         Ok(self.0.broker.control(&message).await?)
     }
 

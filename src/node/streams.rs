@@ -1,10 +1,13 @@
 //! Stream sessions (`/sse`, `/stream`) that take their commands as HTTP requests. Without
-//! sticky sessions a command may reach any node: it travels through the broker to every node,
-//! and the one holding the session hands it on. A session is named by an unguessable id, the
-//! only proof a command request carries that it speaks for that connection.
+//! sticky sessions a command may reach any node: it travels through the broker to the node
+//! that holds the session — named in the session's id — and to no other. A session is named by
+//! `NODE.SECRET`, the node that holds it and 128 unguessable bits: the only proof a command
+//! request carries that it speaks for that connection. An id whose node is not alive is
+//! refused where it arrives, without a word to the broker.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -89,18 +92,48 @@ impl Drop for StreamInbox {
     }
 }
 
-/// 128 random bits from the operating system, as hex: an id nobody can guess.
-fn session_id() -> Arc<str> {
+/// `node.` and 128 random bits from the operating system, as hex: an id nobody can guess,
+/// that says where its session lives.
+fn session_id(node: &str) -> Arc<str> {
     let mut bytes = [0u8; 16];
     if let Err(err) = getrandom::fill(&mut bytes) {
         // No OS randomness is a broken host; fail loudly rather than hand out guessable ids.
         panic!("the operating system's random number generator failed: {err}");
     }
-    bytes
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<String>()
-        .into()
+    let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{node}.{secret}").into()
+}
+
+/// The node a well-formed session id names: `NODE.SECRET`, NODE up to 64 ASCII letters and
+/// digits, SECRET 32 hex digits.
+pub fn session_node(session: &str) -> Option<&str> {
+    let (node, secret) = session.split_once('.')?;
+    let node_ok =
+        !node.is_empty() && node.len() <= 64 && node.bytes().all(|b| b.is_ascii_alphanumeric());
+    let secret_ok = secret.len() == 32 && secret.bytes().all(|b| b.is_ascii_hexdigit());
+    (node_ok && secret_ok).then_some(node)
+}
+
+/// The nodes known to be alive, as last asked of the broker.
+#[derive(Debug, Default)]
+pub(super) struct LiveNodes {
+    ids: HashSet<String>,
+    /// When the broker was last asked; a miss asks again at most once per [`LOOKUP_EVERY`].
+    asked: Option<Instant>,
+}
+
+/// How often an unknown node makes the node ask the broker again, at most: a flood of made-up
+/// ids costs the broker one query a second.
+const LOOKUP_EVERY: Duration = Duration::from_secs(1);
+
+/// Why commands could not be handed to a stream session.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    /// The id is not one a live node could have handed out.
+    #[error("no stream session has this id")]
+    Unknown,
+    #[error(transparent)]
+    Node(#[from] NodeError),
 }
 
 impl Node {
@@ -108,7 +141,7 @@ impl Node {
     pub fn open_stream(&self) -> StreamInbox {
         let (sender, commands) = mpsc::channel(BACKLOG);
         let flooded = CancellationToken::new();
-        let id = session_id();
+        let id = session_id(&self.0.broker.node_id());
         let entry = Entry {
             commands: sender,
             flooded: flooded.clone(),
@@ -122,15 +155,61 @@ impl Node {
         }
     }
 
-    /// Sends commands to a stream session wherever it lives. Done once the broker has them:
-    /// a client that waits for this before its next request keeps its commands in order,
-    /// whichever nodes the requests reach.
+    /// Sends commands to a stream session on the node that holds it. Done once the broker has
+    /// them: a client that waits for this before its next request keeps its commands in order,
+    /// whichever nodes the requests reach (they all go through the broker, to that node).
     pub async fn send_to_stream(
         &self,
         session: &str,
         commands: Vec<String>,
-    ) -> Result<(), NodeError> {
+    ) -> Result<(), StreamError> {
+        let node = session_node(session).ok_or(StreamError::Unknown)?;
+        if !self.is_alive(node).await {
+            return Err(StreamError::Unknown);
+        }
         let session = session.to_owned();
-        self.control(&Control::Commands { session, commands }).await
+        let message = Control::Commands { session, commands }.encode()?;
+        self.0
+            .broker
+            .control_to(node, &message)
+            .await
+            .map_err(|err| StreamError::Node(err.into()))
+    }
+
+    /// Whether `node` is alive, as far as the broker said lately (asking again, at most once
+    /// per [`LOOKUP_EVERY`], when it is not known).
+    async fn is_alive(&self, node: &str) -> bool {
+        let ask = {
+            let mut live = self.live_nodes();
+            if node == self.0.broker.node_id() || live.ids.contains(node) {
+                return true;
+            }
+            let ask = live.asked.is_none_or(|at| at.elapsed() >= LOOKUP_EVERY);
+            if ask {
+                live.asked = Some(Instant::now());
+            }
+            ask
+        };
+        if !ask {
+            return false;
+        }
+        match self.0.broker.live_nodes().await {
+            Ok(ids) => {
+                let mut live = self.live_nodes();
+                live.ids = ids.into_iter().collect();
+                live.ids.contains(node)
+            }
+            Err(err) => {
+                tracing::debug!(%err, "listing the live nodes failed");
+                false
+            }
+        }
+    }
+
+    fn live_nodes(&self) -> std::sync::MutexGuard<'_, LiveNodes> {
+        self.0
+            .live_nodes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }

@@ -671,3 +671,96 @@ async fn issue_22_repeated_forwarded_headers_are_one_value_in_the_call_and_its_j
     assert_eq!(http, ["a=1; b=2", "one, two"], "one HTTP value each");
     assert_eq!(json, json!({"cookie": "a=1; b=2", "x-tag": "one, two"}));
 }
+
+/// Redis's count of the bytes it wrote: replies, and what pub/sub delivered to the nodes.
+async fn redis_traffic(redis: &RedisServer) -> u64 {
+    let info = redis.command("INFO stats").await;
+    info.lines()
+        .find_map(|line| line.strip_prefix("total_net_output_bytes:"))
+        .and_then(|value| value.trim().parse::<u64>().ok())
+        .expect("traffic figures in INFO stats")
+}
+
+#[tokio::test]
+async fn issue_22_made_up_stream_sessions_cannot_flood_the_nodes() {
+    use crate::support::streams::StreamClient;
+    let redis = RedisServer::start().await;
+    let url = redis.url();
+    let args = ["--allow-anonymous", "--redis-url", &url];
+    let (a, b) = (server("info", &args).await, server("info", &args).await);
+    let base = |server: &TestServer| format!("http://{}", server.addr);
+    let mut real = StreamClient::open(&base(&a), "name=real").await.unwrap();
+    real.next_with("connected").await;
+    let session = real.session.clone();
+    let (node, secret) = session.split_once('.').expect("NODE.SECRET");
+    let last = if secret.ends_with('0') { '1' } else { '0' };
+    let off_by_one = format!("{node}.{}{last}", &secret[..secret.len() - 1]);
+    let made_up = format!("{:016x}.{}", 0xdead_beef_u64, "ab".repeat(16));
+
+    // Another address floods both nodes with both kinds of id, 50 commands of 1 KB a request.
+    let bulk = json!({"op": "publish", "channel": "x", "data": "y".repeat(1000)});
+    let commands: Vec<Value> = (0..50).map(|_| bulk.clone()).collect();
+    let flooder = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .build()
+        .unwrap();
+    let before = redis_traffic(&redis).await;
+    let until = Instant::now() + Duration::from_secs(3);
+    let floods: Vec<_> = [&a, &b]
+        .into_iter()
+        .flat_map(|node| {
+            [
+                (base(node), made_up.clone()),
+                (base(node), off_by_one.clone()),
+            ]
+        })
+        .map(|(target, id)| {
+            let (client, body) = (
+                flooder.clone(),
+                json!({"session": id, "commands": commands}),
+            );
+            tokio::spawn(async move {
+                let mut statuses = std::collections::BTreeMap::<u16, u64>::new();
+                while Instant::now() < until {
+                    let sent = client
+                        .post(format!("{target}/stream"))
+                        .body(body.to_string())
+                        .send()
+                        .await;
+                    *statuses
+                        .entry(sent.map_or(0, |r| r.status().as_u16()))
+                        .or_default() += 1;
+                }
+                statuses
+            })
+        })
+        .collect();
+
+    // Meanwhile the real session's commands, sent to the other node, get through.
+    let mut served = 0;
+    while Instant::now() < until {
+        let reply = real
+            .ok(json!({"op": "publish", "channel": "real-room", "data": served}))
+            .await;
+        assert_eq!(reply["offset"], served + 1);
+        served += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut statuses = std::collections::BTreeMap::<u16, u64>::new();
+    for flood in floods {
+        for (status, count) in flood.await.unwrap() {
+            *statuses.entry(status).or_default() += count;
+        }
+    }
+    let traffic = redis_traffic(&redis).await - before;
+    assert!(
+        served >= 10,
+        "the real session got {served} commands through"
+    );
+    assert!(statuses.get(&429).is_some_and(|&n| n > 0), "{statuses:?}");
+    assert!(statuses.get(&404).is_some_and(|&n| n > 0), "{statuses:?}");
+    assert!(
+        traffic < 1 << 20,
+        "the flood ({statuses:?}) moved {traffic} bytes through Redis"
+    );
+}

@@ -284,9 +284,23 @@ impl Inner {
         ]
     }
 
-    /// Subscribes to the channels of server commands and heartbeats.
+    /// This node's own control channel: messages for it alone.
+    fn node_control_channel(&self, node: &str) -> String {
+        format!("{}:{node}", self.control_channel)
+    }
+
+    /// Whether `pubsub` carries control messages for this node.
+    fn is_control(&self, pubsub: &str) -> bool {
+        pubsub
+            .strip_prefix(self.control_channel.as_str())
+            .is_some_and(|rest| rest.is_empty() || rest.strip_prefix(':') == Some(&self.node_id))
+    }
+
+    /// Subscribes to the channels of server commands (every node's and this node's) and
+    /// heartbeats.
     async fn control_subscribe(&self) -> Result<(), RedisError> {
-        for channel in [&self.control_channel, &self.canary_channel] {
+        let own = self.node_control_channel(&self.node_id);
+        for channel in [&self.control_channel, &own, &self.canary_channel] {
             if self.sharded {
                 self.subscriber.ssubscribe(channel.clone()).await?;
             } else {
@@ -486,6 +500,24 @@ impl Broker for RedisBroker {
             inner.client.publish::<(), _, _>(channel, message).await
         };
         sent.map_err(|err| unavailable("sending a command to the nodes", err))
+    }
+
+    async fn control_to(&self, node: &str, message: &[u8]) -> Result<(), BrokerError> {
+        let inner = &self.inner;
+        let message = Bytes::copy_from_slice(message);
+        let channel = inner.node_control_channel(node);
+        let sent = if inner.sharded {
+            inner.client.spublish::<(), _, _>(channel, message).await
+        } else {
+            inner.client.publish::<(), _, _>(channel, message).await
+        };
+        sent.map_err(|err| unavailable("sending a command to a node", err))
+    }
+
+    async fn live_nodes(&self) -> Result<Vec<String>, BrokerError> {
+        let mut nodes = self.inner.others_alive().await?;
+        nodes.push(self.inner.node_id.clone());
+        Ok(nodes)
     }
 
     async fn announce(&self, counts: &[(ChannelName, usize)]) -> Result<(), BrokerError> {

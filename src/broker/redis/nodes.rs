@@ -67,7 +67,7 @@ impl Inner {
     }
 
     /// The ids of the other nodes that announced themselves within the announcement TTL.
-    async fn others_alive(&self) -> Result<Vec<String>, BrokerError> {
+    pub(super) async fn others_alive(&self) -> Result<Vec<String>, BrokerError> {
         use fred::interfaces::SortedSetsInterface;
         let since = (unix_seconds() - i64::try_from(ANNOUNCE_TTL.as_secs()).unwrap_or(15)) as f64;
         let nodes: Vec<String> = self

@@ -113,7 +113,7 @@ fn deliver_message(inner: &Arc<Inner>, interned: &mut Interned, message: &Messag
     let Ok(raw) = message.value.clone().convert::<Bytes>() else {
         return;
     };
-    if *message.channel == *inner.control_channel {
+    if inner.is_control(&message.channel) {
         inner.deliver.control(&raw);
         return;
     }
