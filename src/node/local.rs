@@ -29,6 +29,8 @@ pub struct Local {
     pub(super) namespaces: Arc<Namespaces>,
     /// Joins and leaves waiting to go out together, per channel.
     batches: StdMutex<HashMap<ChannelName, Batch>>,
+    /// What is left of each channel's budget of joins and leaves pushed one by one.
+    push_budgets: StdMutex<PushBudgets>,
     /// Stream sessions here, which take commands from any node.
     pub(super) streams: super::streams::Streams,
     /// Itself, for the tasks that flush batches.
@@ -43,6 +45,53 @@ struct Batch {
     changes: HashMap<Arc<str>, (Change, Change, Member)>,
 }
 
+/// Joins and leaves a channel may push one by one: a burst, then a few a second. Past it they
+/// are batched (`presence_batch`), so that a client subscribing and unsubscribing as fast as
+/// its command rate allows costs each member about one frame a second, not one per change.
+pub const PRESENCE_PUSHES: crate::limits::Rate = crate::limits::Rate {
+    per_second: 10,
+    burst: 10,
+};
+
+/// Each channel's budget of one-by-one pushes; a channel without an entry has a full one.
+#[derive(Debug, Default)]
+struct PushBudgets {
+    /// Tokens left and when they were counted.
+    by_channel: HashMap<ChannelName, (f32, tokio::time::Instant)>,
+    swept: Option<tokio::time::Instant>,
+}
+
+impl PushBudgets {
+    fn spend(&mut self, channel: &ChannelName, now: tokio::time::Instant) -> bool {
+        let (rate, burst) = (
+            PRESENCE_PUSHES.per_second as f32,
+            PRESENCE_PUSHES.burst as f32,
+        );
+        let refilled = |(tokens, at): (f32, tokio::time::Instant)| {
+            (tokens + now.saturating_duration_since(at).as_secs_f32() * rate).min(burst)
+        };
+        // Full budgets are forgotten, a second apart: the map holds only channels with changes
+        // in the last moments, whatever names a client churns through.
+        if self
+            .swept
+            .is_none_or(|at| now.saturating_duration_since(at) >= Duration::from_secs(1))
+        {
+            self.swept = Some(now);
+            self.by_channel
+                .retain(|_, budget| refilled(*budget) < burst);
+        }
+        let tokens = self
+            .by_channel
+            .get(channel)
+            .map_or(burst, |budget| refilled(*budget));
+        if tokens < 1.0 {
+            return false;
+        }
+        self.by_channel.insert(channel.clone(), (tokens - 1.0, now));
+        true
+    }
+}
+
 /// Authenticated user → their connections on this node, each with its mailbox.
 type Users = HashMap<Arc<str>, Vec<(SubscriberId, Arc<Mailbox>)>>;
 
@@ -53,6 +102,7 @@ impl Local {
             users: StdMutex::default(),
             namespaces,
             batches: StdMutex::default(),
+            push_budgets: StdMutex::default(),
             streams: super::streams::Streams::default(),
             this: this.clone(),
         })
@@ -124,6 +174,15 @@ impl Local {
             .broadcast_event(&channel, &Frame::from(encode(&push)));
     }
 
+    /// Spends one of `channel`'s one-by-one pushes; false when its budget is spent.
+    fn spend_push(&self, channel: &ChannelName) -> bool {
+        let mut budgets = self
+            .push_budgets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        budgets.spend(channel, tokio::time::Instant::now())
+    }
+
     pub(super) fn users(&self) -> std::sync::MutexGuard<'_, Users> {
         self.users.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -153,13 +212,26 @@ impl Deliver for Local {
             JoinLeave::User => event.member.user.clone(),
             JoinLeave::Client => event.member.client.clone(),
         };
+        // Past the channel's budget, changes are batched even below the limit (and even where
+        // batches are off above it): one client churning in and out must not cost every member
+        // a frame per change.
+        let every = if options.join_leave_batch.is_zero() {
+            crate::config::DEFAULT_JOIN_LEAVE_BATCH
+        } else {
+            options.join_leave_batch
+        };
         // A batch already open keeps taking changes, so that none overtakes it.
-        let batching = self.batches().contains_key(channel);
-        if batching || event.clients > options.join_leave_limit {
+        if self.batches().contains_key(channel) {
+            return self.coalesce(channel, event, key, every);
+        }
+        if event.clients > options.join_leave_limit {
             if !options.join_leave_batch.is_zero() {
-                self.coalesce(channel, event, key, options.join_leave_batch);
+                self.coalesce(channel, event, key, every);
             }
             return;
+        }
+        if !self.spend_push(channel) {
+            return self.coalesce(channel, event, key, every);
         }
         let change = PresenceChange {
             channel: channel.clone(),

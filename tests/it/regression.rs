@@ -272,10 +272,15 @@ async fn issue_15_rust_log_sets_the_level_unless_a_flag_does() {
 
 // --- issue 22: amplification (items 1–4) and trust (items 5–9, 12) ---
 
-/// One anonymous connection that subscribes to and leaves a new channel name at a time, at
+/// One anonymous connection that subscribes to and leaves `channel(n)` for n = 0, 1, 2…, at
 /// just under the default command rate (2,000 commands a second), until `until`, counting the
-/// names it went through in `names`.
-async fn churn(url: String, prefix: String, until: Instant, names: Arc<AtomicU64>) {
+/// channels it went through in `names`.
+async fn churn(
+    url: String,
+    channel: impl Fn(u64) -> String,
+    until: Instant,
+    names: Arc<AtomicU64>,
+) {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
     let (socket, _) = tokio_tungstenite::connect_async(url)
@@ -299,7 +304,7 @@ async fn churn(url: String, prefix: String, until: Instant, names: Arc<AtomicU64
         tick.tick().await;
         // 9 names a tick: 18 commands per 10 ms.
         for _ in 0..9 {
-            let channel = format!("{prefix}-{n}");
+            let channel = channel(n);
             for op in ["subscribe", "unsubscribe"] {
                 let command = json!({"op": op, "channel": channel}).to_string();
                 sink.feed(Message::text(command)).await.expect("send");
@@ -328,7 +333,9 @@ fn churn_four(
     (0..4)
         .map(|n| {
             let url = server.url(&format!("/ws?name=churner{n}"));
-            tokio::spawn(churn(url, format!("{tag}{n}"), until, names.clone()))
+            let prefix = format!("{tag}{n}");
+            let unique = move |i| format!("{prefix}-{i}");
+            tokio::spawn(churn(url, unique, until, names.clone()))
         })
         .collect()
 }
@@ -762,5 +769,78 @@ async fn issue_22_made_up_stream_sessions_cannot_flood_the_nodes() {
     assert!(
         traffic < 1 << 20,
         "the flood ({statuses:?}) moved {traffic} bytes through Redis"
+    );
+}
+
+#[tokio::test]
+async fn issue_22_join_leave_churn_costs_each_member_a_few_frames_a_second() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let server = server("info", &["--allow-anonymous"]).await;
+    // 200 members of a chat room (join-leave=user). Each counts the presence frames between
+    // `late`'s join and its leave, and says whether the join came on its own.
+    let (batched, mass_join_flushed) = tokio::sync::oneshot::channel::<()>();
+    let mut batched = Some(batched);
+    let mut readers = Vec::new();
+    for n in 0..200 {
+        let mut member = server.client(&format!("?name=member{n}")).await;
+        member.subscribe("chat:room").await;
+        let mut socket = member.ws;
+        let mut flushed = if n == 0 { batched.take() } else { None };
+        readers.push(tokio::spawn(async move {
+            let (mut join, mut frames) = (None, 0u64);
+            while let Some(Ok(message)) = socket.next().await {
+                let Message::Text(text) = message else {
+                    continue;
+                };
+                let single = text.starts_with("{\"join\"") || text.starts_with("{\"leave\"");
+                let batch = text.starts_with("{\"presence_batch\"");
+                if batch {
+                    flushed.take().map(|flushed| flushed.send(()));
+                }
+                if !single && !batch {
+                    continue;
+                }
+                let late = text.contains("\"late\"");
+                match join {
+                    None if late => join = Some(single),
+                    None => {}
+                    Some(_) if late => return (join, frames + 1),
+                    Some(_) => frames += 1,
+                }
+            }
+            (join, frames)
+        }));
+    }
+    // The members' own joins came batched past the room's budget; once that batch is out,
+    // the budget is back and an ordinary join reaches the others one by one.
+    within(WAIT, "the members' joins", mass_join_flushed)
+        .await
+        .unwrap();
+    let mut late = server.client("?name=late").await;
+    late.subscribe("chat:room").await;
+
+    // One anonymous connection joins and leaves the room at the default command rate.
+    let started = Instant::now();
+    let until = started + Duration::from_secs(3);
+    let url = server.url("/ws?name=churner");
+    let rounds = Arc::new(AtomicU64::new(0));
+    churn(url, |_| "chat:room".into(), until, rounds.clone()).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let changes = 2 * rounds.load(Ordering::Relaxed);
+    // Everything the churn caused reaches the members before `late`'s leave does.
+    late.ok(json!({"op": "unsubscribe", "channel": "chat:room"}))
+        .await;
+    let mut most = 0;
+    for reader in readers {
+        let (join, frames) = within(WAIT, "late's leave", reader).await.unwrap();
+        assert_eq!(join, Some(true), "late's join came on its own");
+        most = most.max(frames);
+    }
+    assert!(changes > 5_000, "the churner made only {changes} changes");
+    let per_second = most as f64 / elapsed;
+    assert!(
+        per_second <= 20.0,
+        "{changes} changes cost a member {most} frames in {elapsed:.1} s"
     );
 }
