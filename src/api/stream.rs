@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::ws::{bearer_token, check_origin};
+use super::ws::{Trust, bearer_token, check_origin, forwarded};
 use super::{AppState, JsonBody};
 use crate::metrics::metrics;
 use crate::node::{StreamError, session_node};
@@ -120,11 +120,10 @@ async fn open(
     if state.shutdown.is_cancelled() {
         return refuse(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
     }
-    if let Err(origin) = check_origin(headers, &state.allowed_origins) {
-        tracing::info!(%peer, origin, "stream from a foreign origin refused");
-        let message = format!("origin {origin} may not open streams here (see --allowed-origin)");
-        return refuse(StatusCode::FORBIDDEN, message);
-    }
+    let trust = match browser_trust(headers, &state.allowed_origins, peer) {
+        Ok(trust) => trust,
+        Err((status, message)) => return refuse(status, message),
+    };
     let params = match parse_query(query, headers) {
         Ok(params) => params,
         Err(message) => return refuse(StatusCode::BAD_REQUEST, message),
@@ -167,6 +166,7 @@ async fn open(
         })
         .collect();
     let (reader, writer, body) = stream::open(format, inbox, &subscribe);
+    let forwarded = forwarded(&state, headers, trust);
     let start = Box::new(Start {
         node: state.node,
         config: state.session,
@@ -176,7 +176,7 @@ async fn open(
             name: params.name,
             token,
             ticket,
-            forwarded: state.gate.backend.forwarded(headers),
+            forwarded,
         },
         shutdown: state.shutdown,
     });
@@ -184,7 +184,48 @@ async fn open(
         session::run(reader, writer, start).await;
         drop(tracked);
     });
-    respond(format, body, &session_id, headers)
+    respond(format, body, &session_id, headers, trust)
+}
+
+/// How far a stream request from a browser is trusted, or its refusal: a foreign origin, or a
+/// [`foreign_browsing`] request.
+fn browser_trust(
+    headers: &HeaderMap,
+    allowed: &[String],
+    peer: SocketAddr,
+) -> Result<Trust, (StatusCode, String)> {
+    let trust = check_origin(headers, allowed).map_err(|origin| {
+        tracing::info!(%peer, origin, "stream from a foreign origin refused");
+        let message = format!("origin {origin} may not open streams here (see --allowed-origin)");
+        (StatusCode::FORBIDDEN, message)
+    })?;
+    if let Some(how) = foreign_browsing(headers) {
+        tracing::info!(%peer, how, "stream opened by a browser without an allowed origin refused");
+        let message = format!(
+            "a {how} request may not open a stream: open it with fetch() or EventSource from \
+             an allowed origin"
+        );
+        return Err((StatusCode::FORBIDDEN, message));
+    }
+    Ok(trust)
+}
+
+/// What kind of browser request this is when it may not open a stream: a cross-site one, a
+/// navigation or a `no-cors` load (an `<img>`, a link) that carries no `Origin` to check — the
+/// page behind it could otherwise open a stream as the cookie's user. Requests from outside
+/// browsers carry no `Sec-Fetch-*` headers and pass.
+fn foreign_browsing(headers: &HeaderMap) -> Option<&'static str> {
+    if headers.contains_key(header::ORIGIN) {
+        // The origin check has judged it.
+        return None;
+    }
+    let fetch = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    match (fetch("sec-fetch-site"), fetch("sec-fetch-mode")) {
+        (Some("cross-site"), _) => Some("cross-site"),
+        (_, Some("navigate")) => Some("navigation"),
+        (_, Some("no-cors")) => Some("no-cors"),
+        _ => None,
+    }
 }
 
 /// The stream's response: its body, and headers that keep proxies and caches out of its way.
@@ -193,6 +234,7 @@ fn respond(
     body: axum::body::Body,
     session_id: &str,
     headers: &HeaderMap,
+    trust: Trust,
 ) -> Response {
     let mut response = Response::new(body);
     let out = response.headers_mut();
@@ -206,18 +248,29 @@ fn respond(
     if let Ok(id) = HeaderValue::from_str(session_id) {
         out.insert(SESSION_HEADER, id);
     }
-    allow_origin(headers, out);
+    allow_origin(headers, trust, out);
     response
 }
 
-/// Lets a page of an allowed origin read the response (the origin check has passed).
-fn allow_origin(request: &HeaderMap, response: &mut HeaderMap) {
+/// Lets a page of an allowed origin read the response (the origin check has passed): with its
+/// cookies if the origin is trusted with them, as anyone (`*`, no credentials) otherwise.
+fn allow_origin(request: &HeaderMap, trust: Trust, response: &mut HeaderMap) {
     if let Some(origin) = request.get(header::ORIGIN) {
-        response.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
-        response.insert(
-            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
-            HeaderValue::from_static("true"),
-        );
+        match trust {
+            Trust::Full => {
+                response.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+                response.insert(
+                    header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                    HeaderValue::from_static("true"),
+                );
+            }
+            Trust::Public => {
+                response.insert(
+                    header::ACCESS_CONTROL_ALLOW_ORIGIN,
+                    HeaderValue::from_static("*"),
+                );
+            }
+        }
         response.insert(
             header::ACCESS_CONTROL_EXPOSE_HEADERS,
             HeaderValue::from_static(SESSION_HEADER),
@@ -231,6 +284,30 @@ fn allow_origin(request: &HeaderMap, response: &mut HeaderMap) {
 pub struct Commands {
     session: String,
     commands: Vec<Box<RawValue>>,
+}
+
+/// Refuses a command request that names no session, or carries too few, too many or too big
+/// commands.
+fn well_formed(request: &Commands, max_message_size: usize) -> Result<(), (StatusCode, String)> {
+    if session_node(&request.session).is_none() {
+        let message = "session: not a stream session id (NODE.SECRET)".to_owned();
+        return Err((StatusCode::BAD_REQUEST, message));
+    }
+    if request.commands.is_empty() || request.commands.len() > MAX_COMMANDS {
+        let message = format!("commands: between 1 and {MAX_COMMANDS} per request");
+        return Err((StatusCode::BAD_REQUEST, message));
+    }
+    if let Some(big) = request
+        .commands
+        .iter()
+        .find(|c| c.get().len() > max_message_size)
+    {
+        let size = big.get().len();
+        let message =
+            format!("a command of {size} bytes is over the {max_message_size}-byte limit");
+        return Err((StatusCode::PAYLOAD_TOO_LARGE, message));
+    }
+    Ok(())
 }
 
 /// `POST /sse`, `POST /stream`: hands the commands to their session, on whichever node holds
@@ -252,31 +329,16 @@ pub async fn commands(
         outcome("refused");
         return refuse(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
     }
-    if check_origin(&headers, &state.allowed_origins).is_err() {
+    let Ok(trust) = check_origin(&headers, &state.allowed_origins) else {
         outcome("refused");
         return refuse(
             StatusCode::FORBIDDEN,
             "origin not allowed (see --allowed-origin)",
         );
-    }
-    if session_node(&request.session).is_none() {
+    };
+    if let Err((status, message)) = well_formed(&request, state.max_message_size) {
         outcome("refused");
-        return refuse(StatusCode::BAD_REQUEST, "session: not a stream session id");
-    }
-    if request.commands.is_empty() || request.commands.len() > MAX_COMMANDS {
-        outcome("refused");
-        let message = format!("commands: between 1 and {MAX_COMMANDS} per request");
-        return refuse(StatusCode::BAD_REQUEST, message);
-    }
-    if let Some(big) = request
-        .commands
-        .iter()
-        .find(|c| c.get().len() > state.max_message_size)
-    {
-        outcome("refused");
-        let (size, limit) = (big.get().len(), state.max_message_size);
-        let message = format!("a command of {size} bytes is over the {limit}-byte limit");
-        return refuse(StatusCode::PAYLOAD_TOO_LARGE, message);
+        return refuse(status, message);
     }
     // What the request would push through the broker: its commands and their envelope.
     let bytes = request.session.len()
@@ -320,6 +382,6 @@ pub async fn commands(
             refuse(StatusCode::SERVICE_UNAVAILABLE, err.client_message())
         }
     };
-    allow_origin(&headers, response.headers_mut());
+    allow_origin(&headers, trust, response.headers_mut());
     response
 }

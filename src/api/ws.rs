@@ -16,6 +16,7 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 use super::AppState;
+use crate::backend::Forwarded;
 use crate::protocol::{CloseCode, Secret};
 use crate::session::{self, Handshake, Inbound, Outgoing, Start};
 use crate::transport::ws::{Received, SocketSettings, Upgrade};
@@ -41,20 +42,23 @@ pub async fn connect(
     if state.shutdown.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
     }
-    if let Err(origin) = check_origin(&headers, &state.allowed_origins) {
-        tracing::info!(%peer, origin, "WebSocket from a foreign origin refused");
-        return (
-            StatusCode::FORBIDDEN,
-            format!("origin {origin} may not open WebSockets here (see --allowed-origin)"),
-        )
-            .into_response();
-    }
+    let trust = match check_origin(&headers, &state.allowed_origins) {
+        Ok(trust) => trust,
+        Err(origin) => {
+            tracing::info!(%peer, origin, "WebSocket from a foreign origin refused");
+            return (
+                StatusCode::FORBIDDEN,
+                format!("origin {origin} may not open WebSockets here (see --allowed-origin)"),
+            )
+                .into_response();
+        }
+    };
     // Taken before the upgrade completes, so shutdown waits for this connection too.
     let tracked = state.connections.token();
     let admitted = state.admission.admit(peer.ip());
     let token = params.token.or_else(|| bearer_token(&headers));
     let name = params.name;
-    let forwarded = state.gate.backend.forwarded(&headers);
+    let forwarded = forwarded(&state, &headers, trust);
     let settings = SocketSettings {
         max_message_size: state.max_message_size,
         compression: state.compression,
@@ -101,24 +105,54 @@ pub(super) fn bearer_token(headers: &HeaderMap) -> Option<Secret> {
         .then(|| Secret::new(token.trim()))
 }
 
+/// How far a request's origin is trusted (once [`check_origin`] let it through).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Trust {
+    /// No `Origin` (not a browser's cross-origin request), the server's own host, or an origin
+    /// listed by name: the request's ambient credentials (cookies) are its caller's.
+    Full,
+    /// Let through only by `--allowed-origin '*'`: any page may use the server as anyone may,
+    /// but the browser's cookies are not that page's to use, so they are not forwarded to the
+    /// backend, and CORS answers a literal `*` without credentials.
+    Public,
+}
+
 /// Lets through requests without an `Origin` (not from a browser), from the server's own
-/// host, or from an allowed origin; returns the refused origin otherwise.
-pub(super) fn check_origin<'h>(headers: &'h HeaderMap, allowed: &[String]) -> Result<(), &'h str> {
+/// host, or from an allowed origin, saying how far each is trusted; returns the refused
+/// origin otherwise.
+pub(super) fn check_origin<'h>(
+    headers: &'h HeaderMap,
+    allowed: &[String],
+) -> Result<Trust, &'h str> {
     let Some(origin) = headers.get(header::ORIGIN) else {
-        return Ok(());
+        return Ok(Trust::Full);
     };
     let origin = origin.to_str().map_err(|_| "(not text)")?;
-    if allowed
+    let listed = allowed
         .iter()
-        .any(|a| a == "*" || a.trim_end_matches('/').eq_ignore_ascii_case(origin))
-    {
-        return Ok(());
-    }
+        .any(|a| a != "*" && a.trim_end_matches('/').eq_ignore_ascii_case(origin));
     let origin_host = origin.split_once("://").map(|(_, host)| host);
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-    match (origin_host, host) {
-        (Some(origin_host), Some(host)) if origin_host.eq_ignore_ascii_case(host) => Ok(()),
-        _ => Err(origin),
+    let same_host = matches!((origin_host, host), (Some(o), Some(h)) if o.eq_ignore_ascii_case(h));
+    if listed || same_host {
+        Ok(Trust::Full)
+    } else if allowed.iter().any(|a| a == "*") {
+        Ok(Trust::Public)
+    } else {
+        Err(origin)
+    }
+}
+
+/// The headers forwarded to the backend, less the browser's ambient credentials (cookies,
+/// cached HTTP authentication) when the origin is not trusted with them.
+pub(super) fn forwarded(state: &AppState, headers: &HeaderMap, trust: Trust) -> Forwarded {
+    let forwarded = state.gate.backend.forwarded(headers);
+    match trust {
+        Trust::Full => forwarded,
+        Trust::Public => forwarded
+            .into_iter()
+            .filter(|(name, _)| name != header::COOKIE && name != header::AUTHORIZATION)
+            .collect(),
     }
 }
 
@@ -193,13 +227,26 @@ mod tests {
     #[test]
     fn origins_are_checked_against_the_host_and_the_allowed_list() {
         let none: &[String] = &[];
-        assert!(check_origin(&headers(None, "a.test"), none).is_ok());
-        assert!(check_origin(&headers(Some("https://a.test"), "a.test"), none).is_ok());
+        let full = Ok(Trust::Full);
+        assert_eq!(check_origin(&headers(None, "a.test"), none), full);
+        assert_eq!(
+            check_origin(&headers(Some("https://a.test"), "a.test"), none),
+            full
+        );
         assert!(check_origin(&headers(Some("https://evil.test"), "a.test"), none).is_err());
         let allowed = ["https://app.test".to_owned()];
-        assert!(check_origin(&headers(Some("https://app.test"), "a.test"), &allowed).is_ok());
+        assert_eq!(
+            check_origin(&headers(Some("https://app.test"), "a.test"), &allowed),
+            full
+        );
         assert!(check_origin(&headers(Some("http://app.test"), "a.test"), &allowed).is_err());
-        assert!(check_origin(&headers(Some("https://x.test"), "a.test"), &["*".into()]).is_ok());
+        let any = ["*".to_owned(), "https://app.test".to_owned()];
+        let foreign = headers(Some("https://x.test"), "a.test");
+        assert_eq!(check_origin(&foreign, &any), Ok(Trust::Public));
+        assert_eq!(
+            check_origin(&headers(Some("https://app.test"), "a.test"), &any),
+            full
+        );
     }
 
     #[test]

@@ -260,9 +260,11 @@ pub struct ServeArgs {
     )]
     pub namespaces: Vec<String>,
 
-    /// Origin allowed to open WebSockets from a browser (e.g. `https://chat.example.com`), or
-    /// `*` for any; repeatable. By default only pages served from the same host may connect;
-    /// clients that send no Origin (non-browsers) are always allowed.
+    /// Origin allowed to open WebSockets and streams from a browser (e.g.
+    /// `https://chat.example.com`), or `*` for any; repeatable. By default only pages served
+    /// from the same host may connect; clients that send no Origin (non-browsers) are always
+    /// allowed. Origins let in only by `*` connect as anyone: their CORS answers are a literal
+    /// `*` without credentials, and their cookies are never forwarded to the backend.
     #[arg(
         value_name = "ORIGIN",
         long,

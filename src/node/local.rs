@@ -209,7 +209,7 @@ impl Deliver for Local {
         let key = match options.join_leave {
             JoinLeave::Off => return,
             JoinLeave::User if !event.user_edge => return,
-            JoinLeave::User => event.member.user.clone(),
+            JoinLeave::User => event.member.user_key().into(),
             JoinLeave::Client => event.member.client.clone(),
         };
         // Past the channel's budget, changes are batched even below the limit (and even where

@@ -25,7 +25,8 @@ struct Room {
     /// Ordered by client id, for paging.
     members: BTreeMap<Arc<str>, Member>,
     /// User → connections present.
-    users: HashMap<Arc<str>, u64>,
+    /// Connections present per user ([`Member::user_key`]).
+    users: HashMap<String, u64>,
 }
 
 impl std::fmt::Debug for MemoryPresence {
@@ -56,7 +57,7 @@ impl PresenceStore for MemoryPresence {
             return Ok(());
         }
         room.members.insert(member.client.clone(), member.clone());
-        let connections = room.users.entry(member.user.clone()).or_default();
+        let connections = room.users.entry(member.user_key()).or_default();
         *connections += 1;
         let event = PresenceEvent {
             change: Change::Join,
@@ -76,13 +77,14 @@ impl PresenceStore for MemoryPresence {
         let Some(member) = room.members.remove(client) else {
             return Ok(());
         };
-        let last = match room.users.get_mut(&member.user) {
+        let user = member.user_key();
+        let last = match room.users.get_mut(&user) {
             Some(connections) if *connections > 1 => {
                 *connections -= 1;
                 false
             }
             _ => {
-                room.users.remove(&member.user);
+                room.users.remove(&user);
                 true
             }
         };

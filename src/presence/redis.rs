@@ -168,7 +168,7 @@ impl Inner {
         args.extend([
             member.client.to_string().into(),
             json.into(),
-            member.user.to_string().into(),
+            member.user_key().into(),
             self.node.clone().into(),
             self.ttl_ms(),
         ]);

@@ -247,6 +247,15 @@ pub struct Member {
     pub info: Option<Arc<serde_json::Value>>,
 }
 
+impl Member {
+    /// Who the member is, for counting a user's connections: an authenticated user and an
+    /// anonymous connection that chose the same name are two people.
+    pub fn user_key(&self) -> String {
+        let proof = if self.authenticated { 'a' } else { 'n' };
+        format!("{proof}:{}", self.user)
+    }
+}
+
 impl ClientInfo {
     /// Who publishes through the server API: `{"client":"api","user":"server"}`.
     pub fn server() -> Self {

@@ -48,8 +48,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
@@ -59,7 +57,13 @@ use crate::metrics::{DropReason, metrics};
 use crate::protocol::{ChannelName, Secret};
 
 pub mod memory;
+mod queue;
 pub mod redis;
+mod send;
+
+pub use queue::{QueueBound, Queued};
+use send::Sender;
+pub use send::sign;
 
 /// Events per POST, at most.
 pub const MAX_BATCH: usize = 100;
@@ -86,76 +90,6 @@ pub const ACK_MARK_MARGIN: Duration = Duration::from_secs(60);
 pub const SETTLE: Duration = Duration::from_secs(1);
 /// Edges waiting for the store, at most (a long outage of Redis drops the excess, logged).
 const MAX_PENDING_EDGES: usize = 65_536;
-
-/// How much the event queue may hold; channel events at most half of each.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct QueueBound {
-    pub events: usize,
-    pub bytes: usize,
-}
-
-impl QueueBound {
-    /// Whether an event of `len` bytes fits beside `queued` events of `queued_bytes`, given
-    /// how many of them (and of their bytes) are channel events.
-    pub fn admits(&self, event: &str, queued: Queued) -> bool {
-        let len = event.len();
-        if is_channel_event(event) {
-            queued.channel_events < self.events / 2
-                && queued.channel_bytes + len <= self.bytes / 2
-                && queued.events < self.events
-                && queued.bytes + len <= self.bytes
-        } else {
-            queued.events < self.events && queued.bytes + len <= self.bytes
-        }
-    }
-}
-
-impl Default for QueueBound {
-    fn default() -> Self {
-        Self {
-            events: 10_000,
-            bytes: 4 << 20,
-        }
-    }
-}
-
-/// What the queue holds: events and bytes, all and of channel events.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Queued {
-    pub events: usize,
-    pub bytes: usize,
-    pub channel_events: usize,
-    pub channel_bytes: usize,
-}
-
-impl Queued {
-    /// Counts `event` in (entering the queue) or out.
-    pub fn count(&mut self, event: &str, enter: bool) {
-        let len = event.len();
-        let channel = is_channel_event(event);
-        if enter {
-            self.events += 1;
-            self.bytes += len;
-            if channel {
-                self.channel_events += 1;
-                self.channel_bytes += len;
-            }
-        } else {
-            self.events = self.events.saturating_sub(1);
-            self.bytes = self.bytes.saturating_sub(len);
-            if channel {
-                self.channel_events = self.channel_events.saturating_sub(1);
-                self.channel_bytes = self.channel_bytes.saturating_sub(len);
-            }
-        }
-    }
-}
-
-/// Whether a queued event (its JSON) is a channel event, which anyone can cause. Inside a JSON
-/// string every quote is escaped, so the unescaped `"type":"` can only be the key itself.
-fn is_channel_event(event: &str) -> bool {
-    event.contains(r#""type":"channel_"#)
-}
 
 /// What a node may hold.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -574,123 +508,6 @@ fn queue_full(events: u64) {
     }
 }
 
-/// Sends the queue from the node holding the lease.
-struct Sender {
-    store: Arc<dyn LifecycleStore>,
-    /// The latest tick: whether events wait, and whether this node holds the lease.
-    ticks: watch::Receiver<Tick>,
-    destination: Destination,
-    client: reqwest::Client,
-    backoff: Duration,
-    /// No POST before this (the back-off after a failure); rounds go on, renewing the lease.
-    next_attempt: Instant,
-}
-
-impl Sender {
-    fn new(
-        store: Arc<dyn LifecycleStore>,
-        ticks: watch::Receiver<Tick>,
-        destination: Destination,
-        client: reqwest::Client,
-    ) -> Self {
-        Self {
-            store,
-            ticks,
-            destination,
-            client,
-            backoff: FIRST_BACKOFF,
-            next_attempt: Instant::now(),
-        }
-    }
-
-    async fn run(mut self) {
-        loop {
-            let wait = match self.round().await {
-                Ok(wait) => wait,
-                Err(err) => {
-                    tracing::debug!(%err, "webhook round failed");
-                    TICK
-                }
-            };
-            tokio::time::sleep(wait).await;
-        }
-    }
-
-    /// One round: what is due, then (as the leader) one POST; returns how long to wait.
-    async fn round(&mut self) -> Result<Duration, BrokerError> {
-        let Tick { queued, lead, .. } = *self.ticks.borrow();
-        if queued == 0 || !lead || Instant::now() < self.next_attempt {
-            return Ok(TICK);
-        }
-        let events = self.store.peek(MAX_BATCH).await?;
-        if events.is_empty() {
-            return Ok(TICK);
-        }
-        match self.post(&events).await {
-            Ok(()) => {
-                // Not popped: the lease passed to another node meanwhile, which sends them
-                // again (same ids).
-                if self.store.pop(events.len()).await? {
-                    metrics().webhook.sent.inc_by(events.len() as u64);
-                }
-                self.backoff = FIRST_BACKOFF;
-                // More may be waiting: no pause.
-                Ok(if events.len() == MAX_BATCH {
-                    Duration::ZERO
-                } else {
-                    TICK
-                })
-            }
-            Err(err) => {
-                // Retried until the ticks give the events up, RETRY_WINDOW after their
-                // transitions.
-                metrics().webhook.retries.inc();
-                tracing::warn!(%err, retry_in = ?self.backoff, "webhook delivery failed; retrying");
-                self.next_attempt = Instant::now() + self.backoff;
-                self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
-                Ok(TICK)
-            }
-        }
-    }
-
-    async fn post(&self, events: &[String]) -> Result<(), String> {
-        let body = format!("{{\"events\":[{}]}}", events.join(","));
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs();
-        let signature = sign(
-            self.destination.secret.expose().as_bytes(),
-            now,
-            body.as_bytes(),
-        );
-        let started = Instant::now();
-        let sent = self
-            .client
-            .post(self.destination.url.clone())
-            .timeout(POST_TIMEOUT)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .header("Tidings-Signature", signature)
-            .body(body)
-            .send()
-            .await;
-        metrics()
-            .webhook
-            .duration
-            .observe(started.elapsed().as_secs_f64());
-        match sent {
-            Ok(response) if response.status().is_success() => Ok(()),
-            Ok(response) => {
-                let status = response.status().as_u16();
-                let note = crate::backend::redirect_note(status);
-                Err(format!("the receiver answered HTTP {status}{note}"))
-            }
-            Err(err) if err.is_timeout() => Err(format!("no answer within {POST_TIMEOUT:?}")),
-            Err(err) => Err(crate::backend::without_url(&err)),
-        }
-    }
-}
-
 /// Whether an event was recorded longer than [`RETRY_WINDOW`] ago.
 pub(crate) fn expired(event: &str) -> bool {
     #[derive(serde::Deserialize)]
@@ -703,16 +520,6 @@ pub(crate) fn expired(event: &str) -> bool {
         .as_millis();
     serde_json::from_str::<Recorded>(event)
         .is_ok_and(|r| u128::from(r.time_ms) + RETRY_WINDOW.as_millis() <= now)
-}
-
-/// The `Tidings-Signature` header of `body` sent at Unix time `t`.
-pub fn sign(secret: &[u8], t: u64, body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length");
-    mac.update(format!("{t}.").as_bytes());
-    mac.update(body);
-    let digest = mac.finalize().into_bytes();
-    let hex: String = digest.iter().map(|byte| format!("{byte:02x}")).collect();
-    format!("t={t},v1={hex}")
 }
 
 #[cfg(test)]

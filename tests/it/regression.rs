@@ -844,3 +844,254 @@ async fn issue_22_join_leave_churn_costs_each_member_a_few_frames_a_second() {
         "{changes} changes cost a member {most} frames in {elapsed:.1} s"
     );
 }
+
+/// The next join or leave `client` gets: (join?, user, authenticated).
+async fn next_presence(client: &mut WsClient) -> (bool, String, bool) {
+    use tidings::protocol::Push;
+    loop {
+        match client.next_push().await {
+            Push::Join(change) => {
+                return (
+                    true,
+                    change.info.user.to_string(),
+                    change.info.authenticated,
+                );
+            }
+            Push::Leave(change) => {
+                return (
+                    false,
+                    change.info.user.to_string(),
+                    change.info.authenticated,
+                );
+            }
+            _ => {}
+        }
+    }
+}
+
+async fn merges_no_identities(redis: Option<RedisServer>) {
+    let redis_url = redis.as_ref().map(RedisServer::url);
+    let mut args = vec!["--allow-anonymous"];
+    if let Some(url) = &redis_url {
+        args.extend(["--redis-url", url]);
+    }
+    let server = server("info", &args).await;
+    let (mut observer, _) = connected_with(&server, &hs256(json!({"sub": "olga"}))).await;
+    observer.subscribe("chat:mixed").await;
+    assert_eq!(
+        next_presence(&mut observer).await,
+        (true, "olga".into(), true)
+    );
+    let (mut alice, _) = connected_with(&server, &hs256(json!({"sub": "alice"}))).await;
+    alice.subscribe("chat:mixed").await;
+    assert_eq!(
+        next_presence(&mut observer).await,
+        (true, "alice".into(), true)
+    );
+
+    // Somebody without a token calls themselves alice: another person, with their own join.
+    let mut namesake = server.client("?name=alice").await;
+    namesake.subscribe("chat:mixed").await;
+    assert_eq!(
+        next_presence(&mut observer).await,
+        (true, "alice".into(), false)
+    );
+    let stats = observer
+        .ok(json!({"op": "presence_stats", "channel": "chat:mixed"}))
+        .await;
+    assert_eq!(stats, json!({"clients": 3, "users": 3}));
+
+    // The real alice leaves: her leave is not hidden by the namesake who stays.
+    alice
+        .ok(json!({"op": "unsubscribe", "channel": "chat:mixed"}))
+        .await;
+    assert_eq!(
+        next_presence(&mut observer).await,
+        (false, "alice".into(), true)
+    );
+    drop(namesake);
+    assert_eq!(
+        next_presence(&mut observer).await,
+        (false, "alice".into(), false)
+    );
+}
+
+#[tokio::test]
+async fn issue_22_an_anonymous_namesake_is_not_merged_with_the_authenticated_user() {
+    merges_no_identities(None).await;
+}
+
+#[tokio::test]
+async fn issue_22_an_anonymous_namesake_is_not_merged_with_the_authenticated_user_in_redis() {
+    merges_no_identities(Some(RedisServer::start().await)).await;
+}
+
+/// Sends a raw HTTP/1.1 GET with `headers` and returns the status and the head of the answer
+/// (streams never end, so only the head is read), and the connection, still open.
+async fn get_head(
+    addr: std::net::SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String, TcpStream) {
+    within(WAIT, "a response head", async {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let mut request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n");
+        for (name, value) in headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        request.push_str("\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            if stream.read(&mut byte).await.unwrap() == 0 {
+                break;
+            }
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+        let status = head[9..12].parse().unwrap();
+        (status, head, stream)
+    })
+    .await
+}
+
+/// The cookie the connect proxy saw on its next call.
+async fn asked(seen: &std::sync::Mutex<Vec<Option<String>>>) -> Option<String> {
+    within(WAIT, "the backend's connect call", async {
+        loop {
+            if let Some(cookie) = seen.lock().unwrap().pop() {
+                return cookie;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+}
+
+/// A connect proxy that lets in whoever brings `session=ok`, recording the cookies it sees.
+async fn cookie_backend(seen: Arc<std::sync::Mutex<Vec<Option<String>>>>) -> String {
+    use axum::http::HeaderMap;
+    use axum::routing::post;
+    let app = axum::Router::new().route(
+        "/connect",
+        post(move |headers: HeaderMap| {
+            let seen = seen.clone();
+            async move {
+                let cookie = headers
+                    .get("cookie")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                let admitted = cookie.as_deref() == Some("session=ok");
+                seen.lock().unwrap().push(cookie);
+                axum::Json(if admitted {
+                    json!({"result": {"user": "cookie-user"}})
+                } else {
+                    json!({"error": {"code": 1401, "message": "log in first"}})
+                })
+            }
+        }),
+    );
+    format!("http://{}/connect", crate::support::serve_app(app).await)
+}
+
+#[tokio::test]
+async fn issue_22_any_origin_reads_as_anyone_but_never_with_the_cookies() {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let connect = cookie_backend(seen.clone()).await;
+    let server = server(
+        "info",
+        &[
+            "--allowed-origin",
+            "*",
+            "--allowed-origin",
+            "https://app.test",
+            "--allow-anonymous",
+            "--proxy-connect",
+            &connect,
+            "--proxy-header",
+            "Cookie",
+        ],
+    )
+    .await;
+    let cookie = ("Cookie", "session=ok");
+
+    // A listed origin reads with its cookies: the backend sees them and lets the user in.
+    let (status, head, _listed) = get_head(
+        server.addr,
+        "/sse?channel=news",
+        &[("Origin", "https://app.test"), cookie],
+    )
+    .await;
+    assert_eq!(status, 200, "{head}");
+    assert!(
+        head.contains("access-control-allow-origin: https://app.test"),
+        "{head}"
+    );
+    assert!(
+        head.contains("access-control-allow-credentials: true"),
+        "{head}"
+    );
+    assert_eq!(asked(&seen).await, Some("session=ok".into()));
+
+    // Any other origin, let in by `*`: a literal `*`, no credentials, no cookie forwarded.
+    let (status, head, _any) = get_head(
+        server.addr,
+        "/sse?channel=news",
+        &[("Origin", "https://evil.test"), cookie],
+    )
+    .await;
+    assert_eq!(status, 200, "{head}");
+    assert!(!head.contains("access-control-allow-credentials"), "{head}");
+    assert!(head.contains("access-control-allow-origin: *"), "{head}");
+    assert_eq!(asked(&seen).await, None, "the cookie was forwarded");
+
+    // The same for a WebSocket.
+    let mut request =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+            server.url("/ws"),
+        )
+        .unwrap();
+    let headers = request.headers_mut();
+    headers.insert("origin", "https://evil.test".parse().unwrap());
+    headers.insert("cookie", "session=ok".parse().unwrap());
+    let _socket = WsClient::connect_request(request, None).await.unwrap();
+    assert_eq!(asked(&seen).await, None, "the cookie was forwarded");
+}
+
+#[tokio::test]
+async fn issue_22_a_cross_site_or_navigation_request_cannot_open_a_stream_as_the_cookie_user() {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let connect = cookie_backend(seen.clone()).await;
+    let server = server(
+        "info",
+        &["--proxy-connect", &connect, "--proxy-header", "Cookie"],
+    )
+    .await;
+    let cookie = ("Cookie", "session=ok");
+    for (site, mode) in [
+        ("cross-site", "no-cors"),
+        ("cross-site", "cors"),
+        ("none", "navigate"),
+        ("same-site", "no-cors"),
+    ] {
+        let fetch = [cookie, ("Sec-Fetch-Site", site), ("Sec-Fetch-Mode", mode)];
+        for path in ["/sse?channel=news", "/stream?channel=news"] {
+            let (status, head, _) = get_head(server.addr, path, &fetch).await;
+            assert_eq!(status, 403, "{site} {mode} {path}: {head}");
+        }
+    }
+    assert!(seen.lock().unwrap().is_empty(), "the backend was asked");
+    // A page of the server itself, and a client outside any browser, open it.
+    for headers in [
+        vec![
+            cookie,
+            ("Sec-Fetch-Site", "same-origin"),
+            ("Sec-Fetch-Mode", "cors"),
+        ],
+        vec![cookie],
+    ] {
+        let (status, head, _) = get_head(server.addr, "/sse?channel=news", &headers).await;
+        assert_eq!(status, 200, "{headers:?}: {head}");
+    }
+}

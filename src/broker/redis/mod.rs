@@ -284,32 +284,6 @@ impl Inner {
         ]
     }
 
-    /// This node's own control channel: messages for it alone.
-    fn node_control_channel(&self, node: &str) -> String {
-        format!("{}:{node}", self.control_channel)
-    }
-
-    /// Whether `pubsub` carries control messages for this node.
-    fn is_control(&self, pubsub: &str) -> bool {
-        pubsub
-            .strip_prefix(self.control_channel.as_str())
-            .is_some_and(|rest| rest.is_empty() || rest.strip_prefix(':') == Some(&self.node_id))
-    }
-
-    /// Subscribes to the channels of server commands (every node's and this node's) and
-    /// heartbeats.
-    async fn control_subscribe(&self) -> Result<(), RedisError> {
-        let own = self.node_control_channel(&self.node_id);
-        for channel in [&self.control_channel, &own, &self.canary_channel] {
-            if self.sharded {
-                self.subscriber.ssubscribe(channel.clone()).await?;
-            } else {
-                self.subscriber.subscribe(channel.clone()).await?;
-            }
-        }
-        Ok(())
-    }
-
     fn pubsub_channel(&self, channel: &ChannelName) -> String {
         pubsub_channel(&self.prefix, channel)
     }

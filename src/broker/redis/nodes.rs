@@ -1,9 +1,12 @@
 //! Node announcements: each node writes its channels' local subscriber counts under its own
 //! expiring key and its id with the time into a sorted set, so that any node can sum the
-//! counts of the nodes alive (`GET /api/channels`).
+//! counts of the nodes alive (`GET /api/channels`). And the control channels: one every node
+//! reads, and one per node for messages to it alone.
 
 use std::collections::HashMap;
 use std::time::Duration;
+
+use fred::prelude::{Error as RedisError, PubsubInterface};
 
 use super::{Inner, unavailable};
 use crate::broker::{ANNOUNCE_PERIOD, BrokerError, NodeSummary};
@@ -19,6 +22,32 @@ fn unix_seconds() -> i64 {
 }
 
 impl Inner {
+    /// This node's own control channel: messages for it alone.
+    pub(super) fn node_control_channel(&self, node: &str) -> String {
+        format!("{}:{node}", self.control_channel)
+    }
+
+    /// Whether `pubsub` carries control messages for this node.
+    pub(super) fn is_control(&self, pubsub: &str) -> bool {
+        pubsub
+            .strip_prefix(self.control_channel.as_str())
+            .is_some_and(|rest| rest.is_empty() || rest.strip_prefix(':') == Some(&self.node_id))
+    }
+
+    /// Subscribes to the channels of server commands (every node's and this node's) and
+    /// heartbeats.
+    pub(super) async fn control_subscribe(&self) -> Result<(), RedisError> {
+        let own = self.node_control_channel(&self.node_id);
+        for channel in [&self.control_channel, &own, &self.canary_channel] {
+            if self.sharded {
+                self.subscriber.ssubscribe(channel.clone()).await?;
+            } else {
+                self.subscriber.subscribe(channel.clone()).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Keys of the node announcements, all in one slot so they can be read together.
     fn nodes_key(&self) -> String {
         format!("{{{}:nodes}}", self.prefix)

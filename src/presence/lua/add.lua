@@ -1,6 +1,6 @@
 -- Makes a client present and announces its join (nothing if it already is).
 -- KEYS[5]  this node's set of client ids
--- ARGV[5]  client id, ARGV[6] member JSON, ARGV[7] user, ARGV[8] node id
+-- ARGV[5]  client id, ARGV[6] member JSON, ARGV[7] user key (Member::user_key), ARGV[8] node id
 -- ARGV[9]  how long this node's entries live without a refresh, ms
 -- returns  1 if added, 0 if it was present
 if redis.call('hsetnx', KEYS[1], ARGV[5], ARGV[6]) == 0 then

@@ -3,7 +3,7 @@
 --
 -- KEYS[1]  members: hash, client id -> member JSON
 -- KEYS[2]  order: sorted set, every score 0, client ids (ordered by id, for paging)
--- KEYS[3]  users: hash, user -> connections present
+-- KEYS[3]  users: hash, user key ("a:NAME" authenticated, "n:NAME" anonymous) -> connections
 -- KEYS[4]  nodes: sorted set, node id -> when its entries expire (ms, Redis clock)
 -- ARGV[1]  prefix of a node's own set of client ids (the node id follows)
 -- ARGV[2]  pub/sub channel of C
@@ -34,7 +34,9 @@ local function drop(client)
   end
   redis.call('hdel', KEYS[1], client)
   redis.call('zrem', KEYS[2], client)
-  local user = cjson.decode(json).user
+  -- As Member::user_key: an authenticated user and an anonymous namesake are two people.
+  local member = cjson.decode(json)
+  local user = (member.authenticated and 'a:' or 'n:') .. member.user
   local left = redis.call('hincrby', KEYS[3], user, -1)
   if left <= 0 then
     redis.call('hdel', KEYS[3], user)

@@ -469,6 +469,37 @@ impl WsClient {
         }
     }
 
+    /// The next push, with a `presence_batch` taken apart into the joins and leaves it lists
+    /// (its joins first): for tests about who came and went rather than how it was told.
+    pub async fn next_change(&mut self) -> Push {
+        match self.next_push().await {
+            Push::PresenceBatch(batch) => {
+                let channel = batch.channel;
+                let joins = batch.joined.into_iter().map(|info| {
+                    Push::Join(tidings::protocol::PresenceChange {
+                        channel: channel.clone(),
+                        info,
+                    })
+                });
+                let leaves = batch.left.into_iter().map(|info| {
+                    Push::Leave(tidings::protocol::PresenceChange {
+                        channel: channel.clone(),
+                        info,
+                    })
+                });
+                let mut changes: VecDeque<Push> = joins.chain(leaves).collect();
+                let first = changes.pop_front();
+                changes.extend(self.pushes.drain(..));
+                self.pushes = changes;
+                match first {
+                    Some(first) => first,
+                    None => Box::pin(self.next_change()).await,
+                }
+            }
+            push => push,
+        }
+    }
+
     /// The next publication, skipping `connected` and presence pushes (anything else is a
     /// failure).
     pub async fn next_pub(&mut self) -> Publication<Value> {
