@@ -6,7 +6,8 @@
 //! exactly one algorithm, fixed by the key itself, so a token cannot choose how it is checked:
 //! `alg: none` does not parse, and an HS256 token "signed" with an RSA public key finds no
 //! HMAC key. `sub` is required and becomes the user id; `exp` and `nbf` are enforced with a
-//! small leeway when present; `aud` and `iss` when configured.
+//! small leeway when present; a present `exp`, `nbf` or `iat` that is not a number (`null`, a
+//! string) makes the token malformed; `aud` and `iss` when configured.
 //!
 //! ## Permissions
 //! [`ChannelRules`] applies each namespace's [`SubscribeRule`] and `publish` option (from
@@ -125,10 +126,15 @@ struct RawClaims {
     // Optional here so that a token without it is refused as "missing sub", not as JSON.
     #[serde(default)]
     sub: Option<String>,
-    #[serde(default)]
+    // A time claim that is present must be a NumericDate: `null` is not "no expiry".
+    #[serde(default, deserialize_with = "present_time")]
     exp: Option<NumericDate>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present_time")]
     nbf: Option<NumericDate>,
+    /// `iat`, checked for its type only: a token issued "in the future" is merely the
+    /// issuer's clock skew.
+    #[serde(rename = "iat", default, deserialize_with = "present_time")]
+    _iat: Option<NumericDate>,
     #[serde(default)]
     channel: Option<String>,
     #[serde(default)]
@@ -144,13 +150,23 @@ struct NumericDate(f64);
 
 impl<'de> Deserialize<'de> for NumericDate {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let seconds = serde_json::Number::deserialize(deserializer)?;
-        seconds
-            .as_f64()
-            .filter(|s| s.is_finite())
-            .map(NumericDate)
-            .ok_or_else(|| serde::de::Error::custom("a time claim must be a number of seconds"))
+        let refuse = || serde::de::Error::custom("exp, nbf and iat must be numbers of seconds");
+        match serde_json::Value::deserialize(deserializer)? {
+            serde_json::Value::Number(seconds) => seconds
+                .as_f64()
+                .filter(|s| s.is_finite())
+                .map(NumericDate)
+                .ok_or_else(refuse),
+            _ => Err(refuse()),
+        }
     }
+}
+
+/// A time claim that is there: a number, never `null` (absent claims take the field's default).
+fn present_time<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<NumericDate>, D::Error> {
+    NumericDate::deserialize(deserializer).map(Some)
 }
 
 /// 9999-12-31T23:59:59Z in milliseconds: the latest time a token may name.

@@ -267,3 +267,37 @@ async fn issue_15_rust_log_sets_the_level_unless_a_flag_does() {
         "--log wins over RUST_LOG"
     );
 }
+
+// --- issue 22: operators (items 10, 11, 13, 14, 15) ---
+
+#[tokio::test]
+async fn issue_22_a_time_claim_that_is_not_a_number_makes_the_token_malformed() {
+    let server = server("warn", &[]).await;
+    let at = now();
+    for claim in ["exp", "nbf", "iat"] {
+        for value in [json!(null), json!("soon"), json!(true)] {
+            let mut claims = json!({"sub": "mallory"});
+            claims[claim] = value.clone();
+            let token = hs256(claims);
+            let mut by_query = server.client(&format!("?token={token}")).await;
+            match by_query.try_recv(WAIT).await {
+                Err(Ended::Closed(Some((1008, reason)))) => {
+                    assert!(reason.contains("claims"), "{claim}: {value}: {reason}");
+                }
+                other => panic!("{claim}: {value}: expected 1008, got {other:?}"),
+            }
+            let mut by_command = server.client("").await;
+            by_command
+                .send_json(&json!({"id": 1, "op": "connect", "token": token}))
+                .await;
+            match by_command.ended(WAIT).await {
+                Ended::Closed(Some((1008, _))) => {}
+                other => panic!("{claim}: {value} by connect: expected 1008, got {other:?}"),
+            }
+        }
+    }
+    // Numbers, whole or fractional, still do.
+    let token = hs256(json!({"sub": "u", "exp": at + 60, "nbf": at - 1, "iat": at as f64 - 0.5}));
+    let (_, connected) = connected_with(&server, &token).await;
+    assert_eq!(connected["user"], "u");
+}
