@@ -28,21 +28,24 @@ use crate::protocol::ChannelName;
 /// Why the configured keys cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    #[error("cannot read {path}: {source}")]
+    // Each source follows in the printed chain: not repeated here.
+    #[error("cannot read {path}")]
     Read {
+        /// `token-public-key` or `token-jwks`.
+        flag: &'static str,
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
     #[error("{path}: not a PEM RSA, P-256 or Ed25519 public key")]
     Pem { path: PathBuf },
-    #[error("{path}: not a JWKS document: {source}")]
+    #[error("{path}: not a JWKS document")]
     Jwks {
         path: PathBuf,
         #[source]
         source: serde_json::Error,
     },
-    #[error("{path}: key {kid:?} cannot be used: {problem}")]
+    #[error("{path}: key {kid:?} cannot be used")]
     Jwk {
         path: PathBuf,
         kid: Option<String>,
@@ -51,6 +54,18 @@ pub enum KeyError {
     },
     #[error("--token-hmac-secret must be at least 32 bytes long")]
     ShortSecret,
+}
+
+impl KeyError {
+    /// The setting at fault, by its long flag name.
+    pub fn flag(&self) -> &'static str {
+        match self {
+            Self::Read { flag, .. } => flag,
+            Self::Pem { .. } => "token-public-key",
+            Self::Jwks { .. } | Self::Jwk { .. } => "token-jwks",
+            Self::ShortSecret => "token-hmac-secret",
+        }
+    }
 }
 
 /// Why one key of a JWKS cannot be used.
@@ -216,8 +231,9 @@ impl std::fmt::Debug for Verifier {
 /// HMAC secrets shorter than the hash output make brute-forcing a token cheap (RFC 7518 §3.2).
 const MIN_HMAC_SECRET: usize = 32;
 
-fn read(path: &PathBuf) -> Result<Vec<u8>, KeyError> {
+fn read(flag: &'static str, path: &PathBuf) -> Result<Vec<u8>, KeyError> {
     std::fs::read(path).map_err(|source| KeyError::Read {
+        flag,
         path: path.clone(),
         source,
     })
@@ -242,14 +258,16 @@ impl Verifier {
             });
         }
         for path in &settings.public_keys {
-            let pem = read(path)?;
+            let pem = read("token-public-key", path)?;
             keys.push(pem_key(&pem).ok_or_else(|| KeyError::Pem { path: path.clone() })?);
         }
         if let Some(path) = &settings.jwks {
             let set: JwkSet =
-                serde_json::from_slice(&read(path)?).map_err(|source| KeyError::Jwks {
-                    path: path.clone(),
-                    source,
+                serde_json::from_slice(&read("token-jwks", path)?).map_err(|source| {
+                    KeyError::Jwks {
+                        path: path.clone(),
+                        source,
+                    }
                 })?;
             for jwk in &set.keys {
                 let kid = jwk.common.key_id.clone();

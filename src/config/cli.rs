@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use super::origin::Origins;
 use crate::protocol::Secret;
 
 /// Tidings: a real-time messaging server. Clients hold a WebSocket to `/ws`, subscribe to
@@ -32,8 +33,9 @@ pub enum CliCommand {
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
     /// Validate FILE without starting: exit 0 when the server would accept it, exit 2 with a
-    /// message naming the file and the key when not. Flags do not apply; `TIDINGS_*`
-    /// environment variables do, as they would for the server.
+    /// message naming the file and the key (or the variable) when not. Every check of a start
+    /// runs — key and TLS files are read, URLs and addresses parsed — except the network's.
+    /// Flags do not apply; `TIDINGS_*` environment variables do, as they would for the server.
     Check {
         /// The TOML file.
         file: PathBuf,
@@ -93,7 +95,7 @@ pub struct ServeArgs {
     /// it: each publication is compressed once per node and shared by every subscriber. A
     /// namespace's `compression=false` opts its channels out (`compression=true` opts them in
     /// without this flag).
-    #[arg(long, env = "TIDINGS_COMPRESSION")]
+    #[arg(long, env = "TIDINGS_COMPRESSION", value_parser = clap::builder::BoolishValueParser::new())]
     pub compression: bool,
 
     /// Publications smaller than this go out uncompressed (too small to gain).
@@ -453,6 +455,11 @@ pub struct ServeArgs {
         default_value = "text"
     )]
     pub log_format: LogFormat,
+
+    /// Where each value came from (a flag, a variable, a key of the file), so that a mistake
+    /// is reported where it was made; filled by [`parse_command_line`](super::parse_command_line).
+    #[arg(skip)]
+    pub origins: Origins,
 }
 
 /// How log lines are written.

@@ -301,3 +301,175 @@ async fn issue_22_a_time_claim_that_is_not_a_number_makes_the_token_malformed() 
     let (_, connected) = connected_with(&server, &token).await;
     assert_eq!(connected["user"], "u");
 }
+
+/// Runs `tidings ARGS…` to its end with exactly the `TIDINGS_*` variables given (none of the
+/// test runner's); returns its exit code and stderr. One that starts listening instead fails
+/// the test at the time limit.
+async fn tidings_exit(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
+    let (code, stdout, stderr) = tidings_output(args, env).await;
+    assert!(
+        !stdout.contains("listening on"),
+        "{args:?} started: {stdout}"
+    );
+    (code, stderr)
+}
+
+/// `tidings ARGS…` run to its end as [`tidings_exit`] runs it: exit code, stdout, stderr.
+async fn tidings_output(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_tidings"));
+    for (name, _) in std::env::vars_os() {
+        let inherited = name.to_string_lossy();
+        if inherited.starts_with("TIDINGS_") || inherited == "RUST_LOG" {
+            command.env_remove(&name);
+        }
+    }
+    let output = within(
+        WAIT,
+        &format!("tidings {args:?} with {env:?} to exit"),
+        command
+            .args(args)
+            .envs(env.iter().copied())
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("running tidings");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// A TOML file of its own under the test binary's temporary directory.
+fn toml_file(tag: &str, text: &str) -> String {
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "issue-22-{tag}-{}-{:x}.toml",
+        std::process::id(),
+        fastrand::u64(..)
+    ));
+    std::fs::write(&path, text).expect("write the file");
+    path.display().to_string()
+}
+
+/// For each setting, a mistake: its TOML value, and its text as a flag and a variable where the
+/// mistake is one of value rather than of TOML type (`None`).
+fn mistake_of(key: &str) -> (&'static str, Option<&'static str>) {
+    match key {
+        "listen" => ("\"8000\"", Some("8000")),
+        "enable-echo" | "compression" | "redis-cluster" => ("\"yes\"", Some("maybe")),
+        "max-message-size" => ("\"0\"", Some("0")),
+        "max-queue-size" => ("1024", Some("1024")),
+        "compression-min-size" => ("\"lots\"", Some("lots")),
+        "redis-url" => ("\"127.0.0.1:6379\"", Some("127.0.0.1:6379")),
+        "redis-replica-acks" | "history-size" => ("-1", Some("-1")),
+        "max-connections" | "max-connections-per-user" | "max-connections-per-ip" => {
+            ("-1", Some("-1"))
+        }
+        "redis-tls-ca" => ("\"/nonexistent/ca.pem\"", Some("/nonexistent/ca.pem")),
+        "redis-tls-cert" => ("\"/nonexistent/c.pem\"", Some("/nonexistent/c.pem")),
+        "redis-tls-key" => ("\"/nonexistent/k.pem\"", Some("/nonexistent/k.pem")),
+        "shutdown-timeout" | "drain-window" | "token-leeway" | "webhook-offline-grace" => {
+            ("\"200years\"", Some("200years"))
+        }
+        "token-hmac-secret" | "api-key" => ("\"short\"", Some("short")),
+        "token-public-key" => ("[\"/nonexistent/key.pem\"]", Some("/nonexistent/key.pem")),
+        "token-jwks" => ("\"/nonexistent/jwks.json\"", Some("/nonexistent/jwks.json")),
+        "allow-anonymous" => ("false", Some("false")),
+        "channel-rule" => ("\"subscribe=nobody\"", Some("subscribe=nobody")),
+        "namespace" => (
+            "{ room = { presence = \"maybe\" } }",
+            Some("room:presence=maybe"),
+        ),
+        "max-subscriptions" | "publish-rate" | "publish-burst" | "command-rate"
+        | "command-burst" => ("0", Some("0")),
+        "ping-interval"
+        | "pong-timeout"
+        | "redis-canary-interval"
+        | "history-ttl"
+        | "position-ttl"
+        | "handshake-timeout"
+        | "body-timeout"
+        | "proxy-timeout"
+        | "idempotency-window" => ("\"0s\"", Some("0s")),
+        "idle-timeout" => ("\"soon\"", Some("soon")),
+        "presence-ttl" => ("\"500ms\"", Some("500ms")),
+        "proxy-connect" => ("\"http://exa mple/\"", Some("http://exa mple/")),
+        "proxy-rpc" => ("\"ftp://h/x\"", Some("ftp://h/x")),
+        "proxy-subscribe" => ("\"http://[::1/x\"", Some("http://[::1/x")),
+        "proxy-publish" => ("\"http://\"", Some("http://")),
+        "proxy-refresh" => ("\"https://exa mple/\"", Some("https://exa mple/")),
+        "proxy-header" => ("[\"Bad Header\"]", Some("Bad Header")),
+        "webhook-url" => (
+            "\"http://127.0.0.1:9/hook\"",
+            Some("http://127.0.0.1:9/hook"),
+        ),
+        "webhook-secret" => ("\"short\"", Some("short")),
+        "metrics-listen" => ("\"9100\"", Some("9100")),
+        "log" => ("\"a=b=c\"", Some("a=b=c")),
+        "log-format" => ("\"xml\"", Some("xml")),
+        // Any text is a valid value: only the wrong TOML type is a mistake.
+        "redis-prefix" | "token-audience" | "token-issuer" | "allowed-origin" => ("5", None),
+        other => panic!("no mistake for the new setting `{other}`: add one here"),
+    }
+}
+
+#[tokio::test]
+async fn issue_22_every_setting_mistake_exits_2_from_config_check_and_start_naming_where() {
+    let (code, reference, _) = tidings_output(&["config", "reference"], &[]).await;
+    assert_eq!(code, 0);
+    // | `key` | type | default | `--key` | `TIDINGS_KEY` | meaning |
+    let settings: Vec<(String, String)> = reference
+        .lines()
+        .filter_map(|line| {
+            let cells: Vec<&str> = line.split(" | ").collect();
+            let key = cells.first()?.strip_prefix("| `")?.strip_suffix('`')?;
+            let env = cells.get(4)?.trim_matches('`');
+            Some((key.to_owned(), env.to_owned()))
+        })
+        .collect();
+    assert!(settings.len() > 50, "{reference}");
+    let listen = ["--listen", "127.0.0.1:0"];
+    for (key, env) in &settings {
+        let (toml, text) = mistake_of(key);
+        let file = toml_file("setting", &format!("{key} = {toml}\n"));
+        let at_key = format!("{file}: key `{key}");
+        let (code, stderr) = tidings_exit(&["config", "check", &file], &[]).await;
+        assert_eq!(code, 2, "config check with {key} = {toml}: {stderr}");
+        assert!(stderr.contains(&at_key), "{key} = {toml}: {stderr}");
+        // A --listen flag would override the file's.
+        let start: &[&str] = if key == "listen" {
+            &["--config", &file]
+        } else {
+            &["--config", &file, "--listen", "127.0.0.1:0"]
+        };
+        let (code, stderr) = tidings_exit(start, &[]).await;
+        assert_eq!(code, 2, "a start with {key} = {toml}: {stderr}");
+        assert!(
+            stderr.contains(&at_key),
+            "a start with {key} = {toml}: {stderr}"
+        );
+
+        let Some(text) = text else { continue };
+        let flag = format!("--{key}={text}");
+        let args: Vec<&str> = if key == "listen" {
+            vec![&flag]
+        } else {
+            vec![listen[0], listen[1], &flag]
+        };
+        let (code, stderr) = tidings_exit(&args, &[]).await;
+        assert_eq!(code, 2, "{flag}: {stderr}");
+        assert!(stderr.contains(&format!("--{key}")), "{flag}: {stderr}");
+
+        let variable = [(env.as_str(), text)];
+        let args: &[&str] = if key == "listen" { &[] } else { &listen };
+        let (code, stderr) = tidings_exit(args, &variable).await;
+        assert_eq!(code, 2, "{env}={text}: {stderr}");
+        assert!(stderr.contains(env.as_str()), "{env}={text}: {stderr}");
+        let empty = toml_file("empty", "");
+        let (code, stderr) = tidings_exit(&["config", "check", &empty], &variable).await;
+        assert_eq!(code, 2, "config check with {env}={text}: {stderr}");
+        assert!(stderr.contains(env.as_str()), "{env}={text}: {stderr}");
+    }
+}

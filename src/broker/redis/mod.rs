@@ -168,6 +168,20 @@ fn unavailable(context: &'static str, err: RedisError) -> BrokerError {
 }
 
 impl RedisBroker {
+    /// Checks the URL and the TLS files without connecting: what a start would refuse.
+    pub fn check(options: &RedisOptions) -> Result<(), UrlError> {
+        redis_config(options).map(drop)
+    }
+
+    /// The setting at fault when [`connect`](Self::connect) failed because of the settings,
+    /// not of Redis: its long flag name.
+    pub fn settings_flag(err: &BrokerError) -> Option<&'static str> {
+        let BrokerError::Internal { source, .. } = err else {
+            return None;
+        };
+        source.downcast_ref::<UrlError>().map(UrlError::flag)
+    }
+
     /// Connects (failing if Redis cannot be reached now) and starts delivering.
     pub async fn connect(
         options: RedisOptions,
