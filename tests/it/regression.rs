@@ -473,3 +473,167 @@ async fn issue_22_every_setting_mistake_exits_2_from_config_check_and_start_nami
         assert!(stderr.contains(env.as_str()), "{env}={text}: {stderr}");
     }
 }
+
+#[tokio::test]
+async fn issue_22_a_malformed_redis_url_never_shows_its_password() {
+    const PASSWORD: &str = "hunter2-not-for-any-message";
+    for url in [
+        format!(":{PASSWORD}@127.0.0.1:6379"),
+        format!("http://:{PASSWORD}@127.0.0.1:6379"),
+        format!("redis+sentinel://:{PASSWORD}@127.0.0.1:26379"),
+    ] {
+        let file = toml_file("redis-url", &format!("redis-url = {url:?}\n"));
+        let by_flag = tidings_exit(&["--listen", "127.0.0.1:0", "--redis-url", &url], &[]).await;
+        let by_env =
+            tidings_exit(&["--listen", "127.0.0.1:0"], &[("TIDINGS_REDIS_URL", &url)]).await;
+        let by_file = tidings_exit(&["--listen", "127.0.0.1:0", "--config", &file], &[]).await;
+        let checked = tidings_exit(&["config", "check", &file], &[]).await;
+        for (how, (code, stderr)) in [
+            ("flag", by_flag),
+            ("environment", by_env),
+            ("file", by_file),
+            ("config check", checked),
+        ] {
+            assert_eq!(code, 2, "{how}, {url}: {stderr}");
+            assert!(
+                !stderr.contains(PASSWORD),
+                "{how} printed the password: {stderr}"
+            );
+            assert!(stderr.contains("***@127.0.0.1:"), "{how}: {stderr}");
+        }
+    }
+
+    // Nor the logs and the readiness reason of a node whose Redis does not answer.
+    let port = crate::support::redis::free_port();
+    let url = format!("redis://:{PASSWORD}@127.0.0.1:{port}");
+    let node = TestServer::launch(&["--redis-url", &url], &[("TIDINGS_LOG", Some("debug"))])
+        .await
+        .expect("a node starts while its Redis is down");
+    let shown = format!("redis://***@127.0.0.1:{port}");
+    node.logs()
+        .wait_for(&format!("cannot reach Redis at {shown}"), WAIT)
+        .await;
+    let (status, _, body) = node.get("/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains(&shown), "{body}");
+    assert!(!body.contains(PASSWORD), "{body}");
+    assert!(
+        !node.logs().text().contains(PASSWORD),
+        "{}",
+        node.logs().text()
+    );
+}
+
+/// `/readyz` until it answers `status`; its body.
+async fn readyz_becomes(node: &TestServer, status: u16) -> String {
+    within(WAIT, &format!("readyz answers {status}"), async {
+        loop {
+            let (got, _, body) = node.get("/readyz").await;
+            if got == status {
+                return body;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+}
+
+/// Publishes through the server API; the status and the body.
+async fn api_publish(node: &TestServer, data: Value) -> (u16, Value) {
+    let body = json!({"channel": "outage", "data": data}).to_string();
+    let (status, body) = http_request(node.addr, "POST", "/api/publish", AUTH, &body).await;
+    (status, serde_json::from_str(&body).expect("a JSON body"))
+}
+
+#[tokio::test]
+async fn issue_22_a_node_started_while_redis_is_down_starts_and_is_ready_once_redis_answers() {
+    let mut redis = RedisServer::start().await;
+    redis.kill().await;
+    let url = redis.url();
+    let node = TestServer::launch(
+        &["--redis-url", &url, "--api-key", KEY],
+        &[("TIDINGS_LOG", Some("info"))],
+    )
+    .await
+    .expect("a node starts while its Redis is down");
+
+    let body = readyz_becomes(&node, 503).await;
+    assert!(
+        body.contains(&format!(
+            "not connected to Redis at {url}: connection refused"
+        )),
+        "{body}"
+    );
+    let warning = format!("cannot reach Redis at {url}: connection refused");
+    node.logs().wait_for(&warning, WAIT).await;
+    assert!(
+        !node.logs().text().contains("Os {"),
+        "{}",
+        node.logs().text()
+    );
+
+    // Nothing reached Redis: unavailable, not "may or may not have been stored".
+    let (status, body) = api_publish(&node, json!(1)).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "unavailable", "{body}");
+    assert!(!body.to_string().contains("may or may not"), "{body}");
+    let mut client = node.client("?name=ann").await;
+    match client
+        .request(json!({"op": "publish", "channel": "outage", "data": 1}))
+        .await
+    {
+        tidings::protocol::Outcome::Error(err) => {
+            assert_eq!(err.code, 503);
+            assert!(!err.message.contains("may or may not"), "{err:?}");
+        }
+        tidings::protocol::Outcome::Ok(body) => panic!("published without Redis: {body}"),
+    }
+
+    // The warning is repeated while Redis stays away.
+    within(Duration::from_secs(15), "the warning repeated", async {
+        while node.logs().text().matches("not ready, retrying").count() < 1 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+
+    redis.restart().await;
+    readyz_becomes(&node, 200).await;
+    node.logs()
+        .wait_for(&format!("connected to Redis at {url}"), WAIT)
+        .await;
+    let (status, body) = api_publish(&node, json!(2)).await;
+    assert_eq!(status, 200, "{body}");
+    client.subscribe("outage").await;
+    assert_eq!(api_publish(&node, json!(3)).await.0, 200);
+    assert_eq!(client.next_pub().await.data, json!(3));
+
+    // Redis going away later: the same plain answer once the node knows it is gone (a
+    // publish in the instant before may have been written, and is told so).
+    redis.kill().await;
+    within(WAIT, "the node notices the lost connection", async {
+        while !readyz_becomes(&node, 503)
+            .await
+            .contains("not connected to Redis")
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let (status, body) = api_publish(&node, json!(4)).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(!body.to_string().contains("may or may not"), "{body}");
+}
+
+#[tokio::test]
+async fn issue_22_rediss_pointed_at_a_plaintext_redis_names_the_likely_cause() {
+    let redis = RedisServer::start().await;
+    let url = format!("rediss://127.0.0.1:{}", redis.port);
+    let (code, stderr) = tidings_exit(&["--listen", "127.0.0.1:0", "--redis-url", &url], &[]).await;
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains(&url), "{stderr}");
+    assert!(
+        stderr.contains("the server answers plaintext Redis") && stderr.contains("use redis://"),
+        "{stderr}"
+    );
+}

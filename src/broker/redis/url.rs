@@ -1,5 +1,5 @@
 //! `--redis-url` and the `--redis-tls-*` files: the forms Tidings accepts, turned into the
-//! Redis client's configuration.
+//! Redis clients and their configuration.
 //!
 //! | URL | Redis |
 //! | --- | --- |
@@ -12,13 +12,14 @@
 
 use std::path::{Path, PathBuf};
 
-use fred::prelude::{Config, Error as RedisError};
+use fred::clients::SubscriberClient;
+use fred::prelude::{Builder, Client, Config, Error as RedisError, ReconnectPolicy};
 use fred::types::config::TlsConnector;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ClientConfig, RootCertStore};
 
-use super::RedisOptions;
+use super::{COMMAND_TIMEOUT, EVENT_BUFFER, MESSAGE_BUFFER, RedisOptions};
 use crate::broker::BrokerError;
 use crate::config::redact_url;
 
@@ -154,6 +155,33 @@ pub(super) fn redis_config(options: &RedisOptions) -> Result<Config, UrlError> {
         }
     };
     with_tls(config.map_err(invalid(&converted))?, url, options)
+}
+
+/// The command client and the subscriber of `config`, not yet connected: timeouts on every
+/// command, no command replayed, reconnecting forever.
+pub(super) fn clients(config: Config) -> Result<(Client, SubscriberClient), RedisError> {
+    let mut builder = Builder::from_config(config);
+    builder
+        .with_connection_config(|c| {
+            c.connection_timeout = COMMAND_TIMEOUT;
+            c.internal_command_timeout = COMMAND_TIMEOUT;
+            // Never replay a command after a reconnect: a publish script that ran before the
+            // connection dropped would run twice and be stored under two offsets.
+            c.max_command_attempts = 1;
+            c.tcp.nodelay = Some(true);
+        })
+        .with_performance_config(|p| {
+            p.default_command_timeout = COMMAND_TIMEOUT;
+            // Every client preallocates this many slots in each of its nine event channels
+            // (messages, errors, reconnects…): the command client receives no messages and
+            // needs few.
+            p.broadcast_channel_capacity = EVENT_BUFFER;
+        })
+        // Retry forever: 100 ms doubling to 5 s, with jitter.
+        .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2));
+    let client = builder.build()?;
+    builder.with_performance_config(|p| p.broadcast_channel_capacity = MESSAGE_BUFFER);
+    Ok((client, builder.build_subscriber_client()?))
 }
 
 fn with_query(mut url: String, pairs: &[String]) -> String {
