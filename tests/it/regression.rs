@@ -637,3 +637,21 @@ async fn issue_22_rediss_pointed_at_a_plaintext_redis_names_the_likely_cause() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn issue_22_unknown_paths_and_methods_answer_a_json_error() {
+    let server = server("warn", &[]).await;
+    for (method, path, status, code) in [
+        ("POST", "/api/nope", 404, "not_found"),
+        ("GET", "/api/publish", 405, "method_not_allowed"),
+        ("GET", "/nope", 404, "not_found"),
+        ("POST", "/healthz", 405, "method_not_allowed"),
+    ] {
+        let (got, body) = http_request(server.addr, method, path, AUTH, "{}").await;
+        assert_eq!(got, status, "{method} {path}: {body}");
+        let body: Value = serde_json::from_str(&body)
+            .unwrap_or_else(|err| panic!("{method} {path}: {err}: {body:?}"));
+        assert_eq!(body["error"]["code"], code, "{method} {path}: {body}");
+        assert!(body["error"]["message"].is_string(), "{body}");
+    }
+}
