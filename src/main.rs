@@ -116,6 +116,9 @@ fn check(file: &Path) -> ExitCode {
             return ExitCode::from(SETTINGS_MISTAKE);
         }
     };
+    for stray in config::stray_environment() {
+        eprintln!("tidings: warning: {stray}");
+    }
     let origins = args.origins.clone();
     // Without flags, a setting's mistake not traced to a variable is the file's.
     let site = |flag: Option<&str>| {
@@ -173,6 +176,9 @@ async fn serve(
         .init();
     // Panics go to the same log, once each, naming the client when a session panicked.
     std::panic::set_hook(Box::new(tidings::server::log_panic));
+    for stray in config::stray_environment() {
+        tracing::warn!("{stray}");
+    }
     // Every connection is a file descriptor; the usual soft limit (1024) would cap a server at
     // about a thousand clients, so take whatever the hard limit allows.
     match rlimit::increase_nofile_limit(u64::MAX) {

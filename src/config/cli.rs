@@ -40,7 +40,7 @@ pub enum ConfigCommand {
         /// The TOML file.
         file: PathBuf,
     },
-    /// Print a complete, commented configuration file holding every setting at its default.
+    /// Print a complete configuration file: every setting, commented out at its default.
     Example,
     /// Print the reference of every setting as Markdown (docs/config.md).
     #[command(hide = true)]
@@ -120,8 +120,11 @@ pub struct ServeArgs {
     pub pong_timeout: Duration,
 
     /// Use Redis as the broker, so that several nodes share channels, offsets and history:
-    /// `redis://HOST:PORT[/DB]`, or `redis+cluster://HOST:PORT[,HOST:PORT…]` for a Redis
-    /// Cluster. Without it, the in-memory broker serves this process alone.
+    /// `redis://HOST:PORT[/DB]`, `redis+cluster://HOST:PORT[,HOST:PORT…]` for a Redis Cluster,
+    /// or `redis+sentinel://HOST:PORT[,HOST:PORT…]/MASTER` for the primary that Sentinel
+    /// names; `rediss://`, `rediss+cluster://`, `rediss+sentinel://` for TLS. A password goes
+    /// before the first host (`redis://:PASSWORD@HOST:PORT`) and is never shown in messages.
+    /// Without it, the in-memory broker serves this process alone.
     #[arg(value_name = "URL", long, env = "TIDINGS_REDIS_URL")]
     pub redis_url: Option<String>,
 
@@ -240,8 +243,12 @@ pub struct ServeArgs {
     /// Rules for channels without a namespace and in namespaces not listed with --namespace:
     /// `subscribe=anyone|authenticated|token|user,publish=true|false,history-size=N,
     /// history-ttl=DUR,presence=true|false,join-leave=false|true|client|user,
-    /// join-leave-limit=N,join-leave-batch=DUR` (defaults: no presence; joins and leaves one
-    /// by one up to 1000 present connections, then one batch a second).
+    /// join-leave-limit=N,join-leave-batch=DUR,proxy-subscribe=true|false,
+    /// proxy-publish=true|false,receipts=DUR,compression=true|false` (defaults: no presence;
+    /// joins and leaves one by one up to 1000 present connections, then one batch a second;
+    /// the backend decides nothing; no receipts; compression as --compression says).
+    /// `proxy-subscribe` and `proxy-publish` need their --proxy-* URL; `receipts` is for
+    /// personal namespaces (`subscribe=user`) and needs --webhook-url.
     #[arg(
         value_name = "RULES",
         long,

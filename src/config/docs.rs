@@ -39,14 +39,16 @@ fn toml_literal(kind: Kind, text: &str) -> String {
     }
 }
 
-/// A complete configuration file: every key, with its help, its flag and environment twin,
-/// and its default (commented out where there is none, or where the default is computed).
+/// A complete configuration file: every key with its help, its flag and environment twin, and
+/// its default, commented out — so that the file, copied as it is, changes nothing, and a key
+/// uncommented is a decision. Keys without a default show a placeholder.
 pub fn example() -> String {
     let command = Cli::command();
     let mut out = String::from(
         "# Tidings configuration (TOML). Every key is a flag of `tidings serve` under the same\n\
-         # name; a flag or a TIDINGS_* variable overrides the file. Keys left commented out keep\n\
-         # their defaults. Check a file with `tidings config check FILE`.\n",
+         # name; a flag or a TIDINGS_* variable overrides the file. Every key below is commented\n\
+         # out at its default (or a placeholder where it has none): uncomment the ones you\n\
+         # change. Check a file with `tidings config check FILE`.\n",
     );
     for arg in settings(&command) {
         let Some(key) = arg.get_long() else { continue };
@@ -59,7 +61,6 @@ pub fn example() -> String {
             .map(|env| env.to_string_lossy().into_owned())
             .unwrap_or_default();
         let _ = writeln!(out, "# flag --{key}, environment {env}");
-        let kind = kind(arg);
         if key == "namespace" {
             out.push_str(
                 "# One table per namespace; keys as in channel-rule. For example:\n\
@@ -70,41 +71,34 @@ pub fn example() -> String {
             );
             continue;
         }
-        match default_of(arg) {
-            Some(default) if kind == Kind::Bool && takes_no_value(arg) => {
-                let _ = writeln!(out, "{key} = {default}");
-            }
-            Some(default) if repeatable(arg) => {
-                let _ = writeln!(out, "# {key} = [{}]", toml_literal(kind, &default));
-            }
-            Some(default) => {
-                let _ = writeln!(out, "{key} = {}", toml_literal(kind, &default));
-            }
-            None if takes_no_value(arg) => {
-                let _ = writeln!(out, "{key} = false");
-            }
-            None => {
-                let sample = match kind {
-                    Kind::Bool => "true".to_owned(),
-                    Kind::Integer => "0".to_owned(),
-                    _ => format!(
-                        "{:?}",
-                        arg.get_value_names()
-                            .and_then(|names| names.first())
-                            .map(|name| name.as_str())
-                            .unwrap_or("VALUE")
-                    ),
-                };
-                let sample = if repeatable(arg) {
-                    format!("[{sample}]")
-                } else {
-                    sample
-                };
-                let _ = writeln!(out, "# {key} = {sample}");
-            }
-        }
+        let _ = writeln!(out, "# {key} = {}", example_value(arg));
     }
     out
+}
+
+/// What the example shows for a key: its default as TOML, or a placeholder.
+fn example_value(arg: &Arg) -> String {
+    let kind = kind(arg);
+    let value = match default_of(arg) {
+        Some(default) => toml_literal(kind, &default),
+        None if takes_no_value(arg) => "false".to_owned(),
+        None => match kind {
+            Kind::Bool => "true".to_owned(),
+            Kind::Integer => "0".to_owned(),
+            _ => format!(
+                "{:?}",
+                arg.get_value_names()
+                    .and_then(|names| names.first())
+                    .map(|name| name.as_str())
+                    .unwrap_or("VALUE")
+            ),
+        },
+    };
+    if repeatable(arg) {
+        format!("[{value}]")
+    } else {
+        value
+    }
 }
 
 /// docs/config.md: every key with its type, default, flag and environment variable.

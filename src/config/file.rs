@@ -482,7 +482,7 @@ fn hint(command: &clap::Command, key: &str) -> String {
         .unwrap_or_else(|| "; `tidings config example` lists every key".into())
 }
 
-fn edit_distance(a: &str, b: &str) -> usize {
+pub(super) fn edit_distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
     let mut row: Vec<usize> = (0..=b.len()).collect();
     for (i, ca) in a.chars().enumerate() {

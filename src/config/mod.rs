@@ -26,7 +26,7 @@ pub use namespaces::{
     HistorySettings, JoinLeave, NamespaceError, NamespaceOptions, Namespaces, PERSONAL_NAMESPACE,
     SubscribeRule, parse_namespace,
 };
-pub use origin::{Origin, Origins};
+pub use origin::{Origin, Origins, stray_environment};
 
 /// Why the settings cannot be used.
 #[derive(Debug, thiserror::Error)]

@@ -1,5 +1,7 @@
 //! Where each setting's value came from — a flag, a `TIDINGS_*` variable or a key of the
-//! configuration file — so that a mistake is reported where the operator made it.
+//! configuration file — so that a mistake is reported where the operator made it; and the
+//! `TIDINGS_*` variables that are no setting at all (a typo there would otherwise be silently
+//! ignored).
 
 use std::collections::BTreeMap;
 
@@ -7,7 +9,7 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory};
 
 use super::cli::Cli;
-use super::file::settings;
+use super::file::{edit_distance, settings};
 
 /// Where one setting's value came from. Defaults have no origin.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,5 +70,62 @@ impl Origins {
             Origin::Environment(name) => Some(format!("environment variable {name}")),
             Origin::File { file, key } => Some(format!("{file}: key `{key}`")),
         }
+    }
+}
+
+/// One line per `TIDINGS_*` variable of the environment that no setting reads, with the
+/// nearest real one when a typo is likely (`TIDINGS_NAMESPACE` → `TIDINGS_NAMESPACES`).
+pub fn stray_environment() -> Vec<String> {
+    let command = Cli::command();
+    let known: Vec<String> = command
+        .get_arguments()
+        .filter_map(|arg| arg.get_env())
+        .map(|name| name.to_string_lossy().into_owned())
+        .collect();
+    let mut stray: Vec<String> = std::env::vars_os()
+        .filter_map(|(name, _)| name.into_string().ok())
+        .filter(|name| name.starts_with("TIDINGS_") && !known.contains(name))
+        .collect();
+    stray.sort();
+    stray
+        .into_iter()
+        .map(|name| {
+            let hint = nearest(&name, &known)
+                .map(|near| format!("did you mean {near}?"))
+                .unwrap_or_else(|| "`tidings --help` lists every variable".to_owned());
+            format!("environment variable {name} is not a Tidings setting and is ignored; {hint}")
+        })
+        .collect()
+}
+
+/// The known name a few edits from `name`, if any.
+fn nearest<'a>(name: &str, known: &'a [String]) -> Option<&'a str> {
+    known
+        .iter()
+        .map(|candidate| (edit_distance(name, candidate), candidate.as_str()))
+        .filter(|(distance, _)| *distance <= 3)
+        .min()
+        .map(|(_, candidate)| candidate)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn near_misses_get_the_real_name() {
+        let known = [
+            "TIDINGS_NAMESPACES".to_owned(),
+            "TIDINGS_REDIS_URL".to_owned(),
+        ];
+        assert_eq!(
+            nearest("TIDINGS_NAMESPACE", &known),
+            Some("TIDINGS_NAMESPACES")
+        );
+        assert_eq!(
+            nearest("TIDINGS_REDIS_URI", &known),
+            Some("TIDINGS_REDIS_URL")
+        );
+        assert_eq!(nearest("TIDINGS_COLOUR", &known), None);
     }
 }

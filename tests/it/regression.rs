@@ -639,6 +639,41 @@ async fn issue_22_rediss_pointed_at_a_plaintext_redis_names_the_likely_cause() {
 }
 
 #[tokio::test]
+async fn issue_22_an_unknown_tidings_variable_is_warned_about_with_the_nearest_name() {
+    let node = TestServer::launch(
+        &[],
+        &[
+            ("TIDINGS_NAMESPACE", Some("room:presence=true")),
+            ("TIDINGS_COLOUR", Some("blue")),
+        ],
+    )
+    .await
+    .expect("an unknown variable does not stop a start");
+    node.logs()
+        .wait_for(
+            "environment variable TIDINGS_NAMESPACE is not a Tidings setting and is ignored; \
+             did you mean TIDINGS_NAMESPACES?",
+            WAIT,
+        )
+        .await;
+    node.logs()
+        .wait_for(
+            "environment variable TIDINGS_COLOUR is not a Tidings setting",
+            WAIT,
+        )
+        .await;
+    let file = toml_file("empty", "");
+    let (code, stdout, stderr) =
+        tidings_output(&["config", "check", &file], &[("TIDINGS_NAMESPACE", "x")]).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("valid"), "{stdout}");
+    assert!(
+        stderr.contains("did you mean TIDINGS_NAMESPACES?"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
 async fn issue_22_unknown_paths_and_methods_answer_a_json_error() {
     let server = server("warn", &[]).await;
     for (method, path, status, code) in [
@@ -653,5 +688,132 @@ async fn issue_22_unknown_paths_and_methods_answer_a_json_error() {
             .unwrap_or_else(|err| panic!("{method} {path}: {err}: {body:?}"));
         assert_eq!(body["error"]["code"], code, "{method} {path}: {body}");
         assert!(body["error"]["message"].is_string(), "{body}");
+    }
+}
+
+/// The fenced blocks of `language` in a Markdown text.
+fn fenced<'a>(markdown: &'a str, language: &str) -> Vec<&'a str> {
+    let open = format!("```{language}\n");
+    markdown
+        .split(&open)
+        .skip(1)
+        .filter_map(|rest| rest.split("```").next())
+        .collect()
+}
+
+#[tokio::test]
+async fn issue_22_the_docs_and_the_help_say_what_the_binary_does() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let read = |name: &str| std::fs::read_to_string(root.join(name)).expect(name);
+    let (code, help, _) = tidings_output(&["--help"], &[]).await;
+    assert_eq!(code, 0);
+
+    // The README's synopsis names every flag of --help, and no other.
+    let flags = |text: &str| -> std::collections::BTreeSet<String> {
+        text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+            .filter(|word| word.starts_with("--") && word.len() > 2)
+            .map(str::to_owned)
+            .collect()
+    };
+    let readme = read("README.md");
+    let synopsis = readme
+        .split("## Running it")
+        .nth(1)
+        .and_then(|rest| fenced(rest, "").into_iter().next())
+        .expect("the README's synopsis");
+    // Option lines are indented by at most 6 (`  -h, --help`, `      --listen <ADDR>`); their
+    // descriptions by more.
+    let in_help: std::collections::BTreeSet<String> = help
+        .lines()
+        .filter(|line| {
+            let indent = line.len() - line.trim_start().len();
+            indent <= 6 && line.trim_start().starts_with('-')
+        })
+        .filter_map(|line| line.split_whitespace().find(|w| w.starts_with("--")))
+        .map(|flag| flag.trim_end_matches(',').to_owned())
+        .collect();
+    assert_eq!(flags(synopsis), in_help, "README synopsis vs --help");
+
+    // The help lists every rule and every URL form.
+    for word in [
+        "proxy-subscribe=",
+        "proxy-publish=",
+        "receipts=",
+        "compression=",
+        "rediss://",
+        "redis+sentinel://",
+    ] {
+        assert!(help.contains(word), "--help lacks {word}");
+    }
+
+    // Every TOML shown in the docs is accepted by `config check`, and every table header
+    // names a table the file has.
+    for name in [
+        "README.md",
+        "docs/operations.md",
+        "docs/backend.md",
+        "docs/config.md",
+    ] {
+        let text = read(name);
+        for block in fenced(&text, "toml") {
+            let file = toml_file("docs", block);
+            let (code, stderr) = tidings_exit(&["config", "check", &file], &[]).await;
+            assert_eq!(code, 0, "{name}: {block}\n{stderr}");
+        }
+        for (at, _) in text.match_indices("`[") {
+            let table: String = text[at + 2..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+                .collect();
+            if table.is_empty() {
+                continue;
+            }
+            assert!(
+                ["namespace", "channel-rule"].contains(&table.as_str()),
+                "{name}: `[{table}…]` is no table of the configuration file"
+            );
+        }
+    }
+    let operations = read("docs/operations.md");
+    assert!(!operations.contains("not supported yet"), "operations.md");
+
+    // Every error code docs/api.md documents is one the OpenAPI file lists, and the other way
+    // round; /api/history lists its 409.
+    let api = read("docs/api.md");
+    let documented: std::collections::BTreeSet<&str> = api
+        .lines()
+        .filter(|line| line.trim_start().starts_with("| 4") || line.trim_start().starts_with("| 5"))
+        .filter_map(|line| line.split('`').nth(1))
+        .collect();
+    let openapi: Value = serde_json::from_str(&read("assets/openapi.json")).expect("JSON");
+    let listed: std::collections::BTreeSet<&str> = openapi["components"]["schemas"]["Error"]
+        ["properties"]["error"]["properties"]["code"]["enum"]
+        .as_array()
+        .expect("the codes")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(documented, listed, "docs/api.md vs assets/openapi.json");
+    for code in [
+        "not_enabled",
+        "not_found",
+        "method_not_allowed",
+        "body_timeout",
+    ] {
+        assert!(documented.contains(code), "{code}");
+    }
+    assert!(
+        openapi["paths"]["/api/history"]["post"]["responses"]["409"].is_object(),
+        "/api/history's 409"
+    );
+
+    // `config example` sets no key: every line is a comment, as it says.
+    let (code, example, _) = tidings_output(&["config", "example"], &[]).await;
+    assert_eq!(code, 0);
+    for line in example.lines() {
+        assert!(
+            line.is_empty() || line.starts_with('#'),
+            "config example sets a key: {line}"
+        );
     }
 }
