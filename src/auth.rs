@@ -6,7 +6,8 @@
 //! exactly one algorithm, fixed by the key itself, so a token cannot choose how it is checked:
 //! `alg: none` does not parse, and an HS256 token "signed" with an RSA public key finds no
 //! HMAC key. `sub` is required and becomes the user id; `exp` and `nbf` are enforced with a
-//! small leeway when present; `aud` and `iss` when configured.
+//! small leeway when present; a present `exp`, `nbf` or `iat` that is not a number (`null`, a
+//! string) makes the token malformed; `aud` and `iss` when configured.
 //!
 //! ## Permissions
 //! [`ChannelRules`] applies each namespace's [`SubscribeRule`] and `publish` option (from
@@ -27,21 +28,24 @@ use crate::protocol::ChannelName;
 /// Why the configured keys cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    #[error("cannot read {path}: {source}")]
+    // Each source follows in the printed chain: not repeated here.
+    #[error("cannot read {path}")]
     Read {
+        /// `token-public-key` or `token-jwks`.
+        flag: &'static str,
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
     #[error("{path}: not a PEM RSA, P-256 or Ed25519 public key")]
     Pem { path: PathBuf },
-    #[error("{path}: not a JWKS document: {source}")]
+    #[error("{path}: not a JWKS document")]
     Jwks {
         path: PathBuf,
         #[source]
         source: serde_json::Error,
     },
-    #[error("{path}: key {kid:?} cannot be used: {problem}")]
+    #[error("{path}: key {kid:?} cannot be used")]
     Jwk {
         path: PathBuf,
         kid: Option<String>,
@@ -50,6 +54,18 @@ pub enum KeyError {
     },
     #[error("--token-hmac-secret must be at least 32 bytes long")]
     ShortSecret,
+}
+
+impl KeyError {
+    /// The setting at fault, by its long flag name.
+    pub fn flag(&self) -> &'static str {
+        match self {
+            Self::Read { flag, .. } => flag,
+            Self::Pem { .. } => "token-public-key",
+            Self::Jwks { .. } | Self::Jwk { .. } => "token-jwks",
+            Self::ShortSecret => "token-hmac-secret",
+        }
+    }
 }
 
 /// Why one key of a JWKS cannot be used.
@@ -125,10 +141,15 @@ struct RawClaims {
     // Optional here so that a token without it is refused as "missing sub", not as JSON.
     #[serde(default)]
     sub: Option<String>,
-    #[serde(default)]
+    // A time claim that is present must be a NumericDate: `null` is not "no expiry".
+    #[serde(default, deserialize_with = "present_time")]
     exp: Option<NumericDate>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present_time")]
     nbf: Option<NumericDate>,
+    /// `iat`, checked for its type only: a token issued "in the future" is merely the
+    /// issuer's clock skew.
+    #[serde(rename = "iat", default, deserialize_with = "present_time")]
+    _iat: Option<NumericDate>,
     #[serde(default)]
     channel: Option<String>,
     #[serde(default)]
@@ -144,13 +165,23 @@ struct NumericDate(f64);
 
 impl<'de> Deserialize<'de> for NumericDate {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let seconds = serde_json::Number::deserialize(deserializer)?;
-        seconds
-            .as_f64()
-            .filter(|s| s.is_finite())
-            .map(NumericDate)
-            .ok_or_else(|| serde::de::Error::custom("a time claim must be a number of seconds"))
+        let refuse = || serde::de::Error::custom("exp, nbf and iat must be numbers of seconds");
+        match serde_json::Value::deserialize(deserializer)? {
+            serde_json::Value::Number(seconds) => seconds
+                .as_f64()
+                .filter(|s| s.is_finite())
+                .map(NumericDate)
+                .ok_or_else(refuse),
+            _ => Err(refuse()),
+        }
     }
+}
+
+/// A time claim that is there: a number, never `null` (absent claims take the field's default).
+fn present_time<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<NumericDate>, D::Error> {
+    NumericDate::deserialize(deserializer).map(Some)
 }
 
 /// 9999-12-31T23:59:59Z in milliseconds: the latest time a token may name.
@@ -200,8 +231,9 @@ impl std::fmt::Debug for Verifier {
 /// HMAC secrets shorter than the hash output make brute-forcing a token cheap (RFC 7518 §3.2).
 const MIN_HMAC_SECRET: usize = 32;
 
-fn read(path: &PathBuf) -> Result<Vec<u8>, KeyError> {
+fn read(flag: &'static str, path: &PathBuf) -> Result<Vec<u8>, KeyError> {
     std::fs::read(path).map_err(|source| KeyError::Read {
+        flag,
         path: path.clone(),
         source,
     })
@@ -226,14 +258,16 @@ impl Verifier {
             });
         }
         for path in &settings.public_keys {
-            let pem = read(path)?;
+            let pem = read("token-public-key", path)?;
             keys.push(pem_key(&pem).ok_or_else(|| KeyError::Pem { path: path.clone() })?);
         }
         if let Some(path) = &settings.jwks {
             let set: JwkSet =
-                serde_json::from_slice(&read(path)?).map_err(|source| KeyError::Jwks {
-                    path: path.clone(),
-                    source,
+                serde_json::from_slice(&read("token-jwks", path)?).map_err(|source| {
+                    KeyError::Jwks {
+                        path: path.clone(),
+                        source,
+                    }
                 })?;
             for jwk in &set.keys {
                 let kid = jwk.common.key_id.clone();

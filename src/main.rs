@@ -7,7 +7,8 @@ use std::process::ExitCode;
 use std::path::Path;
 
 use anyhow::Context;
-use tidings::config::{self, ConfigError, Invocation, LogFormat, ServeArgs};
+use tidings::config::{self, Invocation, LogFormat};
+use tidings::server::ServerError;
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::filter::filter_fn;
@@ -38,6 +39,17 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
     };
+    let origins = args.origins.clone();
+    let logging = (args.log_filter(), args.log_format);
+    // Every mistake of the settings is found here, before logging starts or anything binds.
+    let prepared = match args.into_config() {
+        Ok(config) => tidings::server::prepare(config),
+        Err(err) => return settings_mistake(origins.site_of(err.flag()), &err),
+    };
+    let prepared = match prepared {
+        Ok(prepared) => prepared,
+        Err(err) => return server_failure(&origins, &err),
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(err) => {
@@ -45,44 +57,100 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(args)) {
+    match runtime.block_on(serve(prepared, logging)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            // One line with the whole cause chain, not a backtrace: this reaches users.
-            eprintln!("tidings: {err:#}");
-            if err.downcast_ref::<ConfigError>().is_some() {
-                ExitCode::from(SETTINGS_MISTAKE)
-            } else {
+        Err(err) => match err.downcast_ref::<ServerError>() {
+            Some(err) => server_failure(&origins, err),
+            None => {
+                // One line with the whole cause chain, not a backtrace: this reaches users.
+                eprintln!("tidings: {err:#}");
                 ExitCode::FAILURE
             }
+        },
+    }
+}
+
+/// Prints a settings mistake where it was made ("FILE: key `k`: …", "environment variable
+/// TIDINGS_K: …"; a flag's own messages name it) and exits 2.
+fn settings_mistake(site: Option<String>, err: &dyn std::error::Error) -> ExitCode {
+    match site {
+        Some(site) => eprintln!("tidings: {site}: {}", chain(err)),
+        None => eprintln!("tidings: {}", chain(err)),
+    }
+    ExitCode::from(SETTINGS_MISTAKE)
+}
+
+/// A failure of the start: the settings' (exit 2) or the machine's and the network's (exit 1).
+fn server_failure(origins: &config::Origins, err: &ServerError) -> ExitCode {
+    match err.settings_flag() {
+        // Unlike the settings' own messages, the server's do not name the flag.
+        Some(flag) => {
+            let site = origins.site(flag).unwrap_or_else(|| format!("--{flag}"));
+            settings_mistake(Some(site), err)
+        }
+        None => {
+            eprintln!("tidings: {}", chain(err));
+            ExitCode::FAILURE
         }
     }
+}
+
+/// `err: its source: its source's source…`, on one line.
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// `tidings config check FILE`: the same reading and the same checks as a start, no start.
 fn check(file: &Path) -> ExitCode {
-    let checked = config::check_file(file)
-        .map_err(|err| err.to_string())
-        .and_then(|args| {
-            args.into_config()
-                .map_err(|err| format!("{}: {err}", file.display()))
-        });
-    match checked {
+    let args = match config::check_file(file) {
+        Ok(args) => args,
+        Err(err) => {
+            eprintln!("tidings: {err}");
+            return ExitCode::from(SETTINGS_MISTAKE);
+        }
+    };
+    for stray in config::stray_environment() {
+        eprintln!("tidings: warning: {stray}");
+    }
+    let origins = args.origins.clone();
+    // Without flags, a setting's mistake not traced to a variable is the file's.
+    let site = |flag: Option<&str>| {
+        flag.map(|flag| {
+            origins
+                .site(flag)
+                .unwrap_or_else(|| file.display().to_string())
+        })
+    };
+    let prepared = match args.into_config() {
+        Ok(config) => tidings::server::prepare(config),
+        Err(err) => return settings_mistake(site(err.flag()), &err),
+    };
+    match prepared {
         Ok(_) => {
             println!("{}: valid", file.display());
             ExitCode::SUCCESS
         }
-        Err(message) => {
-            eprintln!("tidings: {message}");
-            ExitCode::from(SETTINGS_MISTAKE)
-        }
+        Err(err) => match err.settings_flag() {
+            Some(flag) => settings_mistake(site(Some(flag)), &err),
+            None => server_failure(&origins, &err),
+        },
     }
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let log = args.log_filter();
+async fn serve(
+    prepared: tidings::server::Prepared,
+    (log, format): (String, LogFormat),
+) -> anyhow::Result<()> {
+    // Checked with the other settings: it parses.
     let filter = EnvFilter::try_new(&log).with_context(|| format!("invalid log filter {log:?}"))?;
-    let (text, json) = match args.log_format {
+    let (text, json) = match format {
         LogFormat::Text => (
             Some(
                 tracing_subscriber::fmt::layer()
@@ -108,14 +176,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .init();
     // Panics go to the same log, once each, naming the client when a session panicked.
     std::panic::set_hook(Box::new(tidings::server::log_panic));
-    let file = args.config.clone();
-    let config = args.into_config().map_err(|err| match file {
-        Some(file) => anyhow::Error::new(err).context(format!(
-            "the settings (flags, environment and {}) do not fit",
-            file.display()
-        )),
-        None => anyhow::Error::new(err),
-    })?;
+    for stray in config::stray_environment() {
+        tracing::warn!("{stray}");
+    }
     // Every connection is a file descriptor; the usual soft limit (1024) would cap a server at
     // about a thousand clients, so take whatever the hard limit allows.
     match rlimit::increase_nofile_limit(u64::MAX) {
@@ -123,8 +186,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Err(err) => tracing::warn!(%err, "cannot raise the open-files limit"),
     }
 
-    let listen = config.listen.clone();
-    let server = tidings::server::Server::build(config).await?;
+    let listen = prepared.listen().to_owned();
+    let server = tidings::server::Server::start(prepared).await?;
     let listener = TcpListener::bind(&listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;

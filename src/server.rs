@@ -27,7 +27,7 @@ use crate::api::{self, AppState};
 use crate::auth::{KeyError, Verifier};
 use crate::backend::Backend;
 use crate::broker::memory::MemoryBroker;
-use crate::broker::redis::{RedisBroker, RedisOptions, RedisTls};
+use crate::broker::redis::{RedisBroker, RedisOptions, RedisTls, UrlError};
 use crate::broker::{Broker, BrokerError, Retention};
 use crate::config::{Config, SessionSettings};
 use crate::limits::{AddressBudgets, Admission, Rate};
@@ -73,10 +73,83 @@ pub enum ServerError {
     Broker(#[source] BrokerError),
     #[error("cannot load the token keys")]
     Keys(#[source] KeyError),
+    #[error("cannot use the Redis settings")]
+    Redis(#[source] UrlError),
     #[error("cannot listen on {0} for metrics")]
     MetricsListen(String, #[source] std::io::Error),
     #[error("cannot set up calls to the backend")]
     Backend(#[source] crate::backend::SettingsError),
+}
+
+impl ServerError {
+    /// The setting at fault, by its long flag name, when the settings are to blame rather than
+    /// the machine or the network: what makes the process exit 2 instead of 1.
+    pub fn settings_flag(&self) -> Option<&'static str> {
+        match self {
+            Self::Keys(err) => Some(err.flag()),
+            Self::Redis(err) => Some(err.flag()),
+            Self::Broker(err) => RedisBroker::settings_flag(err),
+            Self::MetricsListen(..) | Self::Backend(_) => None,
+        }
+    }
+}
+
+/// The settings checked against this machine: key files read, the Redis URL and TLS files
+/// loaded, the backend's client made. No network is touched: `tidings config check` runs
+/// this, and a start runs it before anything else.
+#[derive(Debug)]
+pub struct Prepared {
+    config: Config,
+    verifier: Option<Verifier>,
+    backend: Backend,
+    webhook: Option<Destination>,
+    redis: Option<RedisOptions>,
+}
+
+impl Prepared {
+    /// The address to listen on (`--listen`).
+    pub fn listen(&self) -> &str {
+        &self.config.listen
+    }
+}
+
+/// See [`Prepared`].
+pub fn prepare(config: Config) -> Result<Prepared, ServerError> {
+    let verifier = Verifier::load(&config.tokens).map_err(ServerError::Keys)?;
+    let redis = config.redis.as_ref().map(|redis| RedisOptions {
+        url: redis.url.clone(),
+        cluster: redis.cluster,
+        prefix: redis.prefix.clone(),
+        canary_interval: redis.canary_interval,
+        replica_acks: redis.replica_acks,
+        tls: RedisTls {
+            ca: redis.tls_ca.clone(),
+            client: redis.tls_client.clone(),
+        },
+    });
+    if let Some(options) = &redis {
+        RedisBroker::check(options).map_err(ServerError::Redis)?;
+    }
+    let backend = Backend::new(&config.proxy).map_err(ServerError::Backend)?;
+    let webhook = match &config.webhook {
+        // The URL was parsed when the settings were read; this is the same parser.
+        Some(webhook) => Some(Destination {
+            url: reqwest::Url::parse(&webhook.url).map_err(|err| {
+                ServerError::Backend(crate::backend::SettingsError::new(format!(
+                    "--webhook-url: {err}"
+                )))
+            })?,
+            secret: webhook.secret.clone(),
+        }),
+        None => None,
+    };
+    Ok(Prepared {
+        config,
+        verifier,
+        backend,
+        webhook,
+        redis,
+    })
 }
 
 /// Everything the server needs before it accepts connections: keys read, broker connected.
@@ -95,18 +168,31 @@ pub struct Server {
 }
 
 impl Server {
-    /// Loads the token keys and connects the broker: what can fail is found out before the
-    /// process says it is listening.
+    /// [`prepare`]s the settings and [`start`](Self::start)s.
     pub async fn build(config: Config) -> Result<Self, ServerError> {
-        let verifier = Verifier::load(&config.tokens).map_err(ServerError::Keys)?;
+        Self::start(prepare(config)?).await
+    }
+
+    /// Connects the broker and binds the metrics listener: what can fail is found out before
+    /// the process says it is listening. A Redis that is down is no failure: the node starts
+    /// not ready.
+    pub async fn start(prepared: Prepared) -> Result<Self, ServerError> {
+        let Prepared {
+            config,
+            verifier,
+            backend,
+            webhook,
+            redis,
+        } = prepared;
         let retention = Retention {
             history_size: config.history.size,
             history_ttl: config.history.ttl,
             position_ttl: config.position_ttl,
         };
         let local = Local::new(Arc::new(config.namespaces.clone()));
-        let (broker, presence, lifecycle_store) = brokers(&config, &local, retention).await?;
-        let lifecycle = lifecycle(&config, lifecycle_store)?;
+        let (broker, presence, lifecycle_store) =
+            brokers(&config, redis, &local, retention).await?;
+        let lifecycle = lifecycle(webhook, lifecycle_store)?;
         let node = Node::new(
             local,
             broker.clone(),
@@ -120,14 +206,7 @@ impl Server {
             async move { node.announce_until(stopping).await }
         });
         let connections = TaskTracker::new();
-        let metrics_listener = match &config.metrics_listen {
-            Some(address) => Some(
-                TcpListener::bind(address)
-                    .await
-                    .map_err(|err| ServerError::MetricsListen(address.clone(), err))?,
-            ),
-            None => None,
-        };
+        let metrics_listener = metrics_listener(&config).await?;
         let session = Arc::new(session_config(
             &config.session,
             config.max_message_size,
@@ -144,7 +223,7 @@ impl Server {
             gate: Arc::new(Gate {
                 verifier,
                 allow_anonymous: config.allow_anonymous,
-                backend: Arc::new(Backend::new(&config.proxy).map_err(ServerError::Backend)?),
+                backend: Arc::new(backend),
             }),
             admission: Admission::new(config.caps),
             stream_budgets: Arc::new(AddressBudgets::new(
@@ -286,22 +365,24 @@ fn session_config(
     }
 }
 
-/// The lifecycle (webhooks and receipts) the settings ask for, on its store.
-fn lifecycle(
-    config: &Config,
-    store: Arc<dyn LifecycleStore>,
-) -> Result<Option<Arc<Lifecycle>>, ServerError> {
-    let Some(webhook) = &config.webhook else {
+/// The listener of `--metrics-listen`, if set.
+async fn metrics_listener(config: &Config) -> Result<Option<TcpListener>, ServerError> {
+    let Some(address) = &config.metrics_listen else {
         return Ok(None);
     };
-    let url = reqwest::Url::parse(&webhook.url).map_err(|err| {
-        ServerError::Backend(crate::backend::SettingsError::new(format!(
-            "--webhook-url: {err}"
-        )))
-    })?;
-    let destination = Destination {
-        url,
-        secret: webhook.secret.clone(),
+    let listener = TcpListener::bind(address)
+        .await
+        .map_err(|err| ServerError::MetricsListen(address.clone(), err))?;
+    Ok(Some(listener))
+}
+
+/// The lifecycle (webhooks and receipts) the settings ask for, on its store.
+fn lifecycle(
+    webhook: Option<Destination>,
+    store: Arc<dyn LifecycleStore>,
+) -> Result<Option<Arc<Lifecycle>>, ServerError> {
+    let Some(destination) = webhook else {
+        return Ok(None);
     };
     let client = crate::backend::http_client().map_err(ServerError::Backend)?;
     Ok(Some(Lifecycle::start(store, destination, client)))
@@ -311,6 +392,7 @@ fn lifecycle(
 /// Redis.
 async fn brokers(
     config: &Config,
+    redis: Option<RedisOptions>,
     local: &Arc<Local>,
     retention: Retention,
 ) -> Result<
@@ -334,28 +416,17 @@ async fn brokers(
         .webhook
         .as_ref()
         .map_or_else(QueueBound::default, |webhook| webhook.queue);
-    if config.redis.is_none() {
+    if redis.is_none() {
         // One process: nothing between publishers and subscribers can fail.
         crate::metrics::metrics().broker.up.set(1);
     }
-    Ok(match &config.redis {
+    Ok(match redis {
         None => (
             Arc::new(MemoryBroker::new(local.clone(), retention)),
             Arc::new(MemoryPresence::new(local.clone())),
             Arc::new(MemoryLifecycle::new(debounce, queue)),
         ),
-        Some(redis) => {
-            let options = RedisOptions {
-                url: redis.url.clone(),
-                cluster: redis.cluster,
-                prefix: redis.prefix.clone(),
-                canary_interval: redis.canary_interval,
-                replica_acks: redis.replica_acks,
-                tls: RedisTls {
-                    ca: redis.tls_ca.clone(),
-                    client: redis.tls_client.clone(),
-                },
-            };
+        Some(options) => {
             let broker = RedisBroker::connect(options, local.clone(), retention)
                 .await
                 .map_err(ServerError::Broker)?;

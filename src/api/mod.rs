@@ -98,7 +98,37 @@ pub fn router(state: AppState, enable_echo: bool, with_metrics: bool) -> Router 
     if enable_echo {
         router = router.route("/ws/echo", get(ws::echo));
     }
-    router.with_state(state)
+    // Every endpoint answers JSON, mistakes in the path or the method too.
+    router
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+/// At most this much of a request's path is echoed in an error message.
+const ECHOED_PATH: usize = 128;
+
+fn echoed(uri: &axum::http::Uri) -> &str {
+    let path = uri.path();
+    let mut end = path.len().min(ECHOED_PATH);
+    while !path.is_char_boundary(end) {
+        end -= 1;
+    }
+    &path[..end]
+}
+
+async fn not_found(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::NotFound(format!(
+        "no endpoint {method} {}; see /api/openapi.json",
+        echoed(&uri)
+    ))
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::MethodNotAllowed(format!(
+        "{} does not take {method} (the Allow header lists what it takes)",
+        echoed(&uri)
+    ))
 }
 
 const INDEX_HTML: &str = include_str!("../../assets/index.html");
@@ -123,6 +153,10 @@ pub enum ApiError {
     TooLarge(String),
     #[error("the request body did not arrive within {0:?} (--body-timeout)")]
     BodyTimeout(std::time::Duration),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    MethodNotAllowed(String),
     /// A node operation failed: the status and the code's name follow from its
     /// [`ErrorCode`], the message is the client-facing one.
     #[error("{message}")]
@@ -137,6 +171,8 @@ impl ApiError {
             Self::Disabled => (StatusCode::NOT_FOUND, "api_disabled"),
             Self::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             Self::BodyTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
+            Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            Self::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Self::Failed { code, .. } => (
                 StatusCode::from_u16(code.http_status())
                     .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),

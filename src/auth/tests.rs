@@ -95,6 +95,22 @@ fn time_claims_may_be_fractional_and_huge() {
 }
 
 #[test]
+fn a_present_time_claim_must_be_a_number() {
+    let v = hmac_verifier();
+    for claim in ["exp", "nbf", "iat"] {
+        for value in [json!(null), json!("1700000000"), json!(true), json!({})] {
+            let mut claims = json!({"sub": "1"});
+            claims[claim] = value.clone();
+            let refused = v.connection(&sign(claims));
+            assert!(
+                matches!(&refused, Err(AuthError::Claims(_))),
+                "{claim}: {value} gave {refused:?}"
+            );
+        }
+    }
+}
+
+#[test]
 fn forged_and_malformed_tokens_are_rejected() {
     let v = hmac_verifier();
     let good = sign(json!({"sub": "1"}));

@@ -39,7 +39,6 @@ impl ServeArgs {
                 flag: "proxy-timeout",
             });
         }
-        let http = |url: &str| url.starts_with("http://") || url.starts_with("https://");
         for (url, flag) in [
             (&self.proxy_connect, "proxy-connect"),
             (&self.proxy_subscribe, "proxy-subscribe"),
@@ -48,11 +47,8 @@ impl ServeArgs {
             (&self.proxy_rpc, "proxy-rpc"),
             (&self.webhook_url, "webhook-url"),
         ] {
-            if url.as_deref().is_some_and(|url| !http(url)) {
-                return Err(ConfigError::Invalid {
-                    flag,
-                    reason: "must be an http:// or https:// URL",
-                });
+            if let Some(url) = url {
+                check_http_url(flag, url)?;
             }
         }
         let token = |name: &str| {
@@ -126,4 +122,25 @@ impl ServeArgs {
         }
         Ok(())
     }
+}
+
+/// An absolute http(s) URL with a host, parsed as the HTTP client will parse it, so that what
+/// it would refuse at the first call is refused at start instead.
+fn check_http_url(flag: &'static str, text: &str) -> Result<(), ConfigError> {
+    if !text.starts_with("http://") && !text.starts_with("https://") {
+        return Err(ConfigError::Invalid {
+            flag,
+            reason: "must be an http:// or https:// URL",
+        });
+    }
+    let refused = |reason: String| ConfigError::Url {
+        flag,
+        url: super::redact_url(text),
+        reason,
+    };
+    let url = url::Url::parse(text).map_err(|err| refused(err.to_string()))?;
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(refused("it names no host".into()));
+    }
+    Ok(())
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use super::origin::Origins;
 use crate::protocol::Secret;
 
 /// Tidings: a real-time messaging server. Clients hold a WebSocket to `/ws`, subscribe to
@@ -32,13 +33,14 @@ pub enum CliCommand {
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
     /// Validate FILE without starting: exit 0 when the server would accept it, exit 2 with a
-    /// message naming the file and the key when not. Flags do not apply; `TIDINGS_*`
-    /// environment variables do, as they would for the server.
+    /// message naming the file and the key (or the variable) when not. Every check of a start
+    /// runs — key and TLS files are read, URLs and addresses parsed — except the network's.
+    /// Flags do not apply; `TIDINGS_*` environment variables do, as they would for the server.
     Check {
         /// The TOML file.
         file: PathBuf,
     },
-    /// Print a complete, commented configuration file holding every setting at its default.
+    /// Print a complete configuration file: every setting, commented out at its default.
     Example,
     /// Print the reference of every setting as Markdown (docs/config.md).
     #[command(hide = true)]
@@ -93,7 +95,7 @@ pub struct ServeArgs {
     /// it: each publication is compressed once per node and shared by every subscriber. A
     /// namespace's `compression=false` opts its channels out (`compression=true` opts them in
     /// without this flag).
-    #[arg(long, env = "TIDINGS_COMPRESSION")]
+    #[arg(long, env = "TIDINGS_COMPRESSION", value_parser = clap::builder::BoolishValueParser::new())]
     pub compression: bool,
 
     /// Publications smaller than this go out uncompressed (too small to gain).
@@ -118,8 +120,11 @@ pub struct ServeArgs {
     pub pong_timeout: Duration,
 
     /// Use Redis as the broker, so that several nodes share channels, offsets and history:
-    /// `redis://HOST:PORT[/DB]`, or `redis+cluster://HOST:PORT[,HOST:PORT…]` for a Redis
-    /// Cluster. Without it, the in-memory broker serves this process alone.
+    /// `redis://HOST:PORT[/DB]`, `redis+cluster://HOST:PORT[,HOST:PORT…]` for a Redis Cluster,
+    /// or `redis+sentinel://HOST:PORT[,HOST:PORT…]/MASTER` for the primary that Sentinel
+    /// names; `rediss://`, `rediss+cluster://`, `rediss+sentinel://` for TLS. A password goes
+    /// before the first host (`redis://:PASSWORD@HOST:PORT`) and is never shown in messages.
+    /// Without it, the in-memory broker serves this process alone.
     #[arg(value_name = "URL", long, env = "TIDINGS_REDIS_URL")]
     pub redis_url: Option<String>,
 
@@ -238,8 +243,12 @@ pub struct ServeArgs {
     /// Rules for channels without a namespace and in namespaces not listed with --namespace:
     /// `subscribe=anyone|authenticated|token|user,publish=true|false,history-size=N,
     /// history-ttl=DUR,presence=true|false,join-leave=false|true|client|user,
-    /// join-leave-limit=N,join-leave-batch=DUR` (defaults: no presence; joins and leaves one
-    /// by one up to 1000 present connections, then one batch a second).
+    /// join-leave-limit=N,join-leave-batch=DUR,proxy-subscribe=true|false,
+    /// proxy-publish=true|false,receipts=DUR,compression=true|false` (defaults: no presence;
+    /// joins and leaves one by one up to 1000 present connections, then one batch a second;
+    /// the backend decides nothing; no receipts; compression as --compression says).
+    /// `proxy-subscribe` and `proxy-publish` need their --proxy-* URL; `receipts` is for
+    /// personal namespaces (`subscribe=user`) and needs --webhook-url.
     #[arg(
         value_name = "RULES",
         long,
@@ -471,6 +480,11 @@ pub struct ServeArgs {
         default_value = "text"
     )]
     pub log_format: LogFormat,
+
+    /// Where each value came from (a flag, a variable, a key of the file), so that a mistake
+    /// is reported where it was made; filled by [`parse_command_line`](super::parse_command_line).
+    #[arg(skip)]
+    pub origins: Origins,
 }
 
 /// How log lines are written.

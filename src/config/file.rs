@@ -16,6 +16,7 @@ use clap::{Arg, ArgAction, ArgMatches, CommandFactory, FromArgMatches, Parser};
 
 use super::cli::{Cli, CliCommand, ConfigCommand, ServeArgs};
 use super::namespaces::{NamespaceError, NamespaceOptions, parse_namespace};
+use super::origin::Origins;
 
 /// What the command line asks for.
 #[derive(Debug)]
@@ -30,7 +31,8 @@ pub enum Invocation {
     Reference,
 }
 
-/// A mistake in a configuration file. Shown as one line naming the file and the key.
+/// A mistake in a configuration file, or in a `TIDINGS_*` variable. Shown as one line naming
+/// the file and the key, or the variable.
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
     #[error("{file}: cannot read it: {source}")]
@@ -60,6 +62,9 @@ pub enum FileError {
         key: String,
         message: String,
     },
+    /// Not the file's but a variable's: the settings reach clap from both the same way.
+    #[error("environment variable {variable}: {message}")]
+    Environment { variable: String, message: String },
 }
 
 /// Keys of the file that are not settings of the server.
@@ -68,9 +73,10 @@ const NOT_IN_FILE: [&str; 3] = ["config", "help", "version"];
 /// Reads the command line (and the configuration file it names, if any). Usage mistakes of
 /// the command line itself end the process the way clap does (message, exit code 2).
 pub fn parse_command_line(argv: Vec<OsString>) -> Result<Invocation, FileError> {
-    let matches = Cli::command()
-        .try_get_matches_from(&argv)
-        .unwrap_or_else(|err| err.exit());
+    let matches = match Cli::command().try_get_matches_from(&argv) {
+        Ok(matches) => matches,
+        Err(err) => return Err(from_environment(&err, &argv).unwrap_or_else(|| err.exit())),
+    };
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|err| err.exit());
     let serving = match cli.command {
         Some(CliCommand::Config(ConfigCommand::Check { file })) => {
@@ -84,19 +90,65 @@ pub fn parse_command_line(argv: Vec<OsString>) -> Result<Invocation, FileError> 
             .clone(),
         None => matches,
     };
-    let args = cli.into_serve_args();
+    let mut origins = Origins::of(&serving);
+    let mut args = cli.into_serve_args();
     let Some(path) = args.config.clone() else {
+        args.origins = origins;
         return Ok(Invocation::Serve(Box::new(args)));
     };
-    let extra = file_arguments(&path, &serving)?;
+    let file = path.display().to_string();
+    let (extra, keys) = file_arguments(&path, &serving)?;
+    for key in &keys {
+        origins.file(&file, key);
+    }
     let mut argv = argv;
     argv.extend(extra);
     let cli = Cli::try_parse_from(&argv).map_err(|err| FileError::Invalid {
-        file: path.display().to_string(),
+        file,
         key: "?".into(),
         message: err.to_string().trim().to_owned(),
     })?;
-    Ok(Invocation::Serve(Box::new(cli.into_serve_args())))
+    let mut args = cli.into_serve_args();
+    args.origins = origins;
+    Ok(Invocation::Serve(Box::new(args)))
+}
+
+/// A value clap refused that came from a `TIDINGS_*` variable rather than the command line:
+/// the message names the variable, which clap's (naming only the flag) would leave the
+/// operator to guess.
+fn from_environment(err: &clap::Error, argv: &[OsString]) -> Option<FileError> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if !matches!(
+        err.kind(),
+        ErrorKind::ValueValidation | ErrorKind::InvalidValue
+    ) {
+        return None;
+    }
+    let Some(ContextValue::String(invalid)) = err.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    let long = invalid.strip_prefix("--")?.split([' ', '=']).next()?;
+    let command = Cli::command();
+    let arg = command
+        .get_arguments()
+        .find(|arg| arg.get_long() == Some(long))?;
+    let typed = argv.iter().any(|given| {
+        given.to_str().is_some_and(|given| {
+            given == format!("--{long}") || given.starts_with(&format!("--{long}="))
+        })
+    });
+    let variable = arg.get_env()?.to_string_lossy().into_owned();
+    if typed || std::env::var_os(&variable).is_none() {
+        return None;
+    }
+    let value = match err.get(ContextKind::InvalidValue) {
+        Some(ContextValue::String(value)) => format!("{value:?}"),
+        _ => "its value".to_owned(),
+    };
+    Some(FileError::Environment {
+        message: format!("invalid value {value} for --{long}: {}", clap_reason(err)),
+        variable,
+    })
 }
 
 /// The settings `tidings config check FILE` validates: the file over the environment's
@@ -110,8 +162,11 @@ pub fn check_file(path: &Path) -> Result<ServeArgs, FileError> {
 }
 
 /// Reads the file and turns every key whose flag and environment variable are absent into
-/// command-line arguments; checks every key, overridden or not.
-fn file_arguments(path: &Path, serving: &ArgMatches) -> Result<Vec<OsString>, FileError> {
+/// command-line arguments, returned with those keys; checks every key, overridden or not.
+fn file_arguments(
+    path: &Path,
+    serving: &ArgMatches,
+) -> Result<(Vec<OsString>, Vec<String>), FileError> {
     let file = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|source| FileError::Read {
         file: file.clone(),
@@ -131,6 +186,7 @@ fn file_arguments(path: &Path, serving: &ArgMatches) -> Result<Vec<OsString>, Fi
     })?;
     let command = Cli::command();
     let mut extra = Vec::new();
+    let mut applied = Vec::new();
     for (key, value) in &table {
         let arg = settings(&command)
             .find(|arg| arg.get_long() == Some(key.as_str()))
@@ -162,6 +218,7 @@ fn file_arguments(path: &Path, serving: &ArgMatches) -> Result<Vec<OsString>, Fi
         if overridden {
             continue;
         }
+        applied.push(key.clone());
         for text in values {
             if takes_no_value(arg) {
                 // A switch: present means on; off is its default.
@@ -173,11 +230,11 @@ fn file_arguments(path: &Path, serving: &ArgMatches) -> Result<Vec<OsString>, Fi
             }
         }
     }
-    Ok(extra)
+    Ok((extra, applied))
 }
 
 /// Every setting of `tidings serve`, in the order of `--help`.
-fn settings(command: &clap::Command) -> impl Iterator<Item = &Arg> {
+pub(super) fn settings(command: &clap::Command) -> impl Iterator<Item = &Arg> {
     command.get_arguments().filter(|arg| {
         arg.get_long()
             .is_some_and(|long| !NOT_IN_FILE.contains(&long))
@@ -187,7 +244,7 @@ fn settings(command: &clap::Command) -> impl Iterator<Item = &Arg> {
 
 /// What kind of value a setting takes, from its value name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kind {
+pub(super) enum Kind {
     Bool,
     Integer,
     Size,
@@ -195,7 +252,7 @@ enum Kind {
     Text,
 }
 
-fn kind(arg: &Arg) -> Kind {
+pub(super) fn kind(arg: &Arg) -> Kind {
     if takes_no_value(arg) {
         return Kind::Bool;
     }
@@ -213,11 +270,11 @@ fn kind(arg: &Arg) -> Kind {
     }
 }
 
-fn takes_no_value(arg: &Arg) -> bool {
+pub(super) fn takes_no_value(arg: &Arg) -> bool {
     matches!(arg.get_action(), ArgAction::SetTrue | ArgAction::SetFalse)
 }
 
-fn repeatable(arg: &Arg) -> bool {
+pub(super) fn repeatable(arg: &Arg) -> bool {
     matches!(arg.get_action(), ArgAction::Append)
 }
 
@@ -425,7 +482,7 @@ fn hint(command: &clap::Command, key: &str) -> String {
         .unwrap_or_else(|| "; `tidings config example` lists every key".into())
 }
 
-fn edit_distance(a: &str, b: &str) -> usize {
+pub(super) fn edit_distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
     let mut row: Vec<usize> = (0..=b.len()).collect();
     for (i, ca) in a.chars().enumerate() {
@@ -440,171 +497,10 @@ fn edit_distance(a: &str, b: &str) -> usize {
     row[b.len()]
 }
 
-/// Help text of a setting, one paragraph.
-fn help_of(arg: &Arg) -> String {
-    arg.get_long_help()
-        .or_else(|| arg.get_help())
-        .map(|help| help.to_string())
-        .unwrap_or_default()
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-fn default_of(arg: &Arg) -> Option<String> {
-    let defaults = arg.get_default_values();
-    (!defaults.is_empty()).then(|| {
-        defaults
-            .iter()
-            .map(|d| d.to_string_lossy())
-            .collect::<Vec<_>>()
-            .join(",")
-    })
-}
-
-/// The value written in the example file for a default.
-fn toml_literal(kind: Kind, text: &str) -> String {
-    match kind {
-        Kind::Bool | Kind::Integer => text.to_owned(),
-        _ => format!("{text:?}"),
-    }
-}
-
-/// A complete configuration file: every key, with its help, its flag and environment twin,
-/// and its default (commented out where there is none, or where the default is computed).
-pub fn example() -> String {
-    let command = Cli::command();
-    let mut out = String::from(
-        "# Tidings configuration (TOML). Every key is a flag of `tidings serve` under the same\n\
-         # name; a flag or a TIDINGS_* variable overrides the file. Keys left commented out keep\n\
-         # their defaults. Check a file with `tidings config check FILE`.\n",
-    );
-    for arg in settings(&command) {
-        let Some(key) = arg.get_long() else { continue };
-        out.push('\n');
-        for line in wrap(&help_of(arg), 88) {
-            let _ = writeln!(out, "# {line}");
-        }
-        let env = arg
-            .get_env()
-            .map(|env| env.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let _ = writeln!(out, "# flag --{key}, environment {env}");
-        let kind = kind(arg);
-        if key == "namespace" {
-            out.push_str(
-                "# One table per namespace; keys as in channel-rule. For example:\n\
-                 # [namespace.room]\n\
-                 # presence = true\n\
-                 # join-leave = \"client\"\n\
-                 # history-size = 50\n",
-            );
-            continue;
-        }
-        match default_of(arg) {
-            Some(default) if kind == Kind::Bool && takes_no_value(arg) => {
-                let _ = writeln!(out, "{key} = {default}");
-            }
-            Some(default) if repeatable(arg) => {
-                let _ = writeln!(out, "# {key} = [{}]", toml_literal(kind, &default));
-            }
-            Some(default) => {
-                let _ = writeln!(out, "{key} = {}", toml_literal(kind, &default));
-            }
-            None if takes_no_value(arg) => {
-                let _ = writeln!(out, "{key} = false");
-            }
-            None => {
-                let sample = match kind {
-                    Kind::Bool => "true".to_owned(),
-                    Kind::Integer => "0".to_owned(),
-                    _ => format!(
-                        "{:?}",
-                        arg.get_value_names()
-                            .and_then(|names| names.first())
-                            .map(|name| name.as_str())
-                            .unwrap_or("VALUE")
-                    ),
-                };
-                let sample = if repeatable(arg) {
-                    format!("[{sample}]")
-                } else {
-                    sample
-                };
-                let _ = writeln!(out, "# {key} = {sample}");
-            }
-        }
-    }
-    out
-}
-
-/// docs/config.md: every key with its type, default, flag and environment variable.
-pub fn reference() -> String {
-    let command = Cli::command();
-    let mut out = String::from(
-        "# Configuration reference\n\n\
-         <!-- Generated by `tidings config reference`; a test checks it is current. -->\n\n\
-         Every setting is a flag of `tidings serve`, an environment variable and a key of the\n\
-         TOML file given with `--config FILE` (`TIDINGS_CONFIG`). Precedence: flags >\n\
-         environment > file > defaults. `tidings config example` prints a complete file;\n\
-         `tidings config check FILE` validates one (exit 0, or exit 2 with the file, the key\n\
-         and what was expected). Namespaces are tables: `[namespace.NAME]` with the keys of\n\
-         `channel-rule` (which may itself be a table, `[channel-rule]`).\n\n\
-         | key | type | default | flag | environment | meaning |\n\
-         | --- | --- | --- | --- | --- | --- |\n",
-    );
-    for arg in settings(&command) {
-        let Some(key) = arg.get_long() else { continue };
-        let kind = kind(arg);
-        let mut ty = match kind {
-            Kind::Bool => "boolean",
-            Kind::Integer => "integer",
-            Kind::Size => "size (integer or \"64KiB\")",
-            Kind::Duration => "duration (\"25s\")",
-            Kind::Text => "string",
-        }
-        .to_owned();
-        if key == "namespace" {
-            ty = "tables `[namespace.NAME]`".into();
-        } else if repeatable(arg) {
-            ty = format!("array of {ty}");
-        }
-        let default = default_of(arg)
-            .or_else(|| takes_no_value(arg).then(|| "false".to_owned()))
-            .map(|d| format!("`{d}`"))
-            .unwrap_or_else(|| "—".into());
-        let env = arg
-            .get_env()
-            .map(|env| format!("`{}`", env.to_string_lossy()))
-            .unwrap_or_default();
-        let help = help_of(arg).replace('|', "\\|");
-        let _ = writeln!(
-            out,
-            "| `{key}` | {ty} | {default} | `--{key}` | {env} | {help} |"
-        );
-    }
-    out
-}
-
-fn wrap(text: &str, width: usize) -> Vec<String> {
-    let mut lines = vec![String::new()];
-    for word in text.split_whitespace() {
-        let line = lines.last_mut().expect("never empty");
-        if !line.is_empty() && line.len() + 1 + word.len() > width {
-            lines.push(word.to_owned());
-        } else {
-            if !line.is_empty() {
-                line.push(' ');
-            }
-            line.push_str(word);
-        }
-    }
-    lines
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Origin;
 
     fn parse_file(text: &str) -> Result<ServeArgs, FileError> {
         let path = std::env::temp_dir().join(format!(
@@ -645,7 +541,12 @@ mod tests {
         for arg in settings(&command) {
             let key = arg.get_long().expect("settings have long names");
             let text = format!("{key} = {}\n", sample(key, kind(arg)));
-            let parsed = parse_file(&text).unwrap_or_else(|err| panic!("{text}: {err}"));
+            let mut parsed = parse_file(&text).unwrap_or_else(|err| panic!("{text}: {err}"));
+            assert!(
+                matches!(parsed.origins.get(key), Some(Origin::File { key: k, .. }) if k == key),
+                "{text}: the file is not its origin"
+            );
+            parsed.origins = Default::default();
             assert_ne!(format!("{parsed:?}"), default, "{text} changed nothing");
         }
     }

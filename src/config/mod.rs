@@ -13,16 +13,20 @@ use crate::protocol::Secret;
 
 mod backend;
 mod cli;
+mod docs;
 mod file;
 mod namespaces;
+mod origin;
 
 pub use cli::{Cli, CliCommand, ConfigCommand, LogFormat, ServeArgs, SizeError, parse_size};
-pub use file::{FileError, Invocation, check_file, example, parse_command_line, reference};
+pub use docs::{example, reference};
+pub use file::{FileError, Invocation, check_file, parse_command_line};
 pub use namespaces::{
     CHAT_NAMESPACE, Compression, DEFAULT_JOIN_LEAVE_BATCH, DEFAULT_JOIN_LEAVE_LIMIT,
     HistorySettings, JoinLeave, NamespaceError, NamespaceOptions, Namespaces, PERSONAL_NAMESPACE,
     SubscribeRule, parse_namespace,
 };
+pub use origin::{Origin, Origins, stray_environment};
 
 /// Why the settings cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +60,45 @@ pub enum ConfigError {
          --token-hmac-secret, --token-public-key, --token-jwks or --proxy-connect"
     )]
     NobodyCanConnect,
+    #[error(
+        "--{flag} {value:?} is not an address to listen on: use HOST:PORT (127.0.0.1:8000, \
+         0.0.0.0:8000, [::]:8000; port 0 picks a free one)"
+    )]
+    Address { flag: &'static str, value: String },
+    /// `url` is shown without its password.
+    #[error("--{flag} {url:?} is not a usable URL: {reason}")]
+    Url {
+        flag: &'static str,
+        url: String,
+        reason: String,
+    },
+    /// `from` is `--log` (or its variable, or the file's key) or `RUST_LOG`.
+    #[error("{from} {filter:?} is not a log filter: {reason}")]
+    LogFilter {
+        from: &'static str,
+        filter: String,
+        reason: String,
+    },
+}
+
+impl ConfigError {
+    /// The setting the mistake is about, by its long flag name; `None` when it is no single
+    /// setting's (a filter from `RUST_LOG`).
+    pub fn flag(&self) -> Option<&'static str> {
+        Some(match self {
+            Self::Zero { flag }
+            | Self::TooLong { flag }
+            | Self::Namespace { flag, .. }
+            | Self::Invalid { flag, .. }
+            | Self::Address { flag, .. }
+            | Self::Url { flag, .. } => flag,
+            Self::QueueSmallerThanMessage { .. } => "max-queue-size",
+            Self::ShortApiKey => "api-key",
+            Self::DuplicateNamespace(_) => "namespace",
+            Self::NobodyCanConnect => "allow-anonymous",
+            Self::LogFilter { from, .. } => return (*from == "--log").then_some("log"),
+        })
+    }
 }
 
 /// How connections prove who they are: the token keys and how strictly tokens are checked.
@@ -285,6 +328,8 @@ impl ServeArgs {
         nonzero(self.handshake_timeout.as_millis(), "handshake-timeout")?;
         nonzero(self.body_timeout.as_millis(), "body-timeout")?;
         nonzero(self.idempotency_window.as_millis(), "idempotency-window")?;
+        self.check_addresses()?;
+        self.check_log_filter()?;
         self.check_redis()?;
         self.check_proxy()?;
         if self.presence_ttl < std::time::Duration::from_secs(1) {
@@ -333,6 +378,50 @@ impl ServeArgs {
         Ok(())
     }
 
+    /// `--listen` and `--metrics-listen` are HOST:PORT: what binding would refuse (a bare port,
+    /// a missing host) is a settings mistake, found without binding.
+    fn check_addresses(&self) -> Result<(), ConfigError> {
+        for (flag, value) in [
+            ("listen", Some(&self.listen)),
+            ("metrics-listen", self.metrics_listen.as_ref()),
+        ] {
+            let Some(value) = value else { continue };
+            if !is_host_and_port(value) {
+                return Err(ConfigError::Address {
+                    flag,
+                    value: value.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The log filter parses, wherever it came from.
+    fn check_log_filter(&self) -> Result<(), ConfigError> {
+        let filter = self.log_filter();
+        let Err(err) = tracing_subscriber::EnvFilter::try_new(&filter) else {
+            return Ok(());
+        };
+        let text = err.to_string();
+        // The parser's message repeats itself ("x: y: x: y"): say it once.
+        let first = text.split(": ").next().unwrap_or_default();
+        let reason = match text[first.len()..].find(first) {
+            Some(again) => text[..first.len() + again]
+                .trim_end_matches(": ")
+                .to_owned(),
+            None => text,
+        };
+        Err(ConfigError::LogFilter {
+            from: if self.log.is_some() {
+                "--log"
+            } else {
+                "RUST_LOG"
+            },
+            filter,
+            reason,
+        })
+    }
+
     /// The Redis settings that only make sense together.
     fn check_redis(&self) -> Result<(), ConfigError> {
         if self.redis_canary_interval.is_zero() {
@@ -340,11 +429,20 @@ impl ServeArgs {
                 flag: "redis-canary-interval",
             });
         }
-        if self.redis_tls_cert.is_some() != self.redis_tls_key.is_some() {
-            return Err(ConfigError::Invalid {
-                flag: "redis-tls-cert",
-                reason: "and --redis-tls-key go together: a client certificate needs its key",
-            });
+        match (&self.redis_tls_cert, &self.redis_tls_key) {
+            (Some(_), None) => {
+                return Err(ConfigError::Invalid {
+                    flag: "redis-tls-cert",
+                    reason: "needs --redis-tls-key: a client certificate needs its key",
+                });
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::Invalid {
+                    flag: "redis-tls-key",
+                    reason: "needs --redis-tls-cert: the key is of a client certificate",
+                });
+            }
+            _ => {}
         }
         let tls_files = self.redis_tls_ca.is_some() || self.redis_tls_cert.is_some();
         if tls_files
@@ -365,6 +463,36 @@ impl ServeArgs {
         }
         Ok(())
     }
+}
+
+/// `HOST:PORT` with a port number and a host (a name, an IPv4 address or a bracketed IPv6 one);
+/// whether the name resolves is the network's business.
+fn is_host_and_port(value: &str) -> bool {
+    if value.parse::<std::net::SocketAddr>().is_ok() {
+        return true;
+    }
+    let Some((host, port)) = value.rsplit_once(':') else {
+        return false;
+    };
+    !host.is_empty()
+        && port.parse::<u16>().is_ok()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+}
+
+/// `url` as it may be shown: whatever stands before its last `@` (the userinfo, with any
+/// password) replaced by `***`. Malformed URLs too — they are the ones messages show — so no
+/// parser decides what counts as the password.
+pub fn redact_url(url: &str) -> String {
+    let Some(at) = url.rfind('@') else {
+        return url.to_owned();
+    };
+    let start = url.find("://").map_or(0, |scheme| scheme + 3);
+    if start > at {
+        return url.to_owned();
+    }
+    format!("{}***{}", &url[..start], &url[at..])
 }
 
 /// The default rule (`--channel-rule`, over the server-wide history) and every `--namespace`
@@ -413,6 +541,41 @@ mod tests {
         assert_eq!(parse_size("2 mb"), Ok(2 << 20));
         assert!(parse_size("lots").is_err());
         assert!(parse_size("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn urls_are_shown_without_their_credentials() {
+        assert_eq!(
+            redact_url("redis://:hunter2@127.0.0.1:6379/0"),
+            "redis://***@127.0.0.1:6379/0"
+        );
+        assert_eq!(
+            redact_url("rediss+sentinel://user:pw@a:1,b:2/master"),
+            "rediss+sentinel://***@a:1,b:2/master"
+        );
+        assert_eq!(redact_url(":hunter2@127.0.0.1:6379"), "***@127.0.0.1:6379");
+        assert_eq!(redact_url("redis://:pa/ss@host:1"), "redis://***@host:1");
+        assert_eq!(
+            redact_url("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
+    }
+
+    #[test]
+    fn addresses_need_a_host_and_a_port() {
+        for good in ["127.0.0.1:0", "0.0.0.0:8000", "[::]:8000", "localhost:80"] {
+            assert!(is_host_and_port(good), "{good}");
+        }
+        for bad in [
+            "8000",
+            ":8000",
+            "localhost",
+            "127.0.0.1:http",
+            "a b:80",
+            "[::1]",
+        ] {
+            assert!(!is_host_and_port(bad), "{bad}");
+        }
     }
 
     #[test]

@@ -127,6 +127,12 @@ impl Canary {
         }
     }
 
+    /// Redis cannot be reached at all: failing until a heartbeat comes back.
+    fn down(&self, cause: &str) {
+        self.state().failing = Some(cause.into());
+        metrics().broker.up.set(0);
+    }
+
     /// Whether heartbeats have stopped coming back: then the state is failing (logged once)
     /// and a new timeout starts, so the caller reconnects once per timeout.
     fn overdue(&self, now: Instant) -> bool {
@@ -171,7 +177,12 @@ pub(super) async fn run(inner: Arc<Inner>) {
     let canary = &inner.canary;
     let mut ticker = tokio::time::interval(canary.interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    metrics().broker.up.set(1);
+    // A node that starts while Redis is down is not up until its heartbeats come back.
+    if inner.client.is_connected() {
+        metrics().broker.up.set(1);
+    } else {
+        canary.down(&inner.link.reason());
+    }
     loop {
         ticker.tick().await;
         let heartbeat = canary.heartbeat(&inner.node_id);

@@ -15,8 +15,9 @@
 //! and each publication once.
 //!
 //! ## Faults
-//! Commands time out instead of hanging while Redis is unreachable, and fail with
-//! [`BrokerError::Unavailable`] — or, for a publish whose answer did not come in time,
+//! A node starts whether or not Redis answers, and is ready once it does (`link`). While the
+//! command connection is down, commands fail at once with [`BrokerError::Unavailable`]; one
+//! sent that gets no answer in time fails too — and a publish then with
 //! [`BrokerError::Indeterminate`]: it may have been stored.
 //! The connections reconnect with exponential back-off. After the subscriber reconnects, the
 //! node subscribes again and reconciles every channel with its position in Redis: subscribers
@@ -32,9 +33,7 @@ use async_trait::async_trait;
 use fred::bytes::Bytes;
 use fred::clients::SubscriberClient;
 use fred::interfaces::EventInterface;
-use fred::prelude::{
-    Builder, Client, ClientLike, Error as RedisError, PubsubInterface, ReconnectPolicy, Value,
-};
+use fred::prelude::{Client, ClientLike, Error as RedisError, PubsubInterface, Value};
 use fred::types::scripts::Script;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -49,10 +48,12 @@ use crate::protocol::{ChannelName, ClientInfo, Publication, StreamPosition};
 
 mod canary;
 mod failover;
+mod link;
 mod nodes;
 mod pubsub;
 mod url;
 
+pub use link::Mismatch;
 use url::redis_config;
 pub use url::{RedisTls, UrlError};
 
@@ -133,6 +134,8 @@ struct Inner {
     canary_channel: String,
     canary: canary::Canary,
     replica_acks: u32,
+    /// How the connections are doing, in words for operators.
+    link: link::Link,
 }
 
 impl fmt::Debug for RedisBroker {
@@ -168,50 +171,49 @@ fn unavailable(context: &'static str, err: RedisError) -> BrokerError {
 }
 
 impl RedisBroker {
-    /// Connects (failing if Redis cannot be reached now) and starts delivering.
+    /// Checks the URL and the TLS files without connecting: what a start would refuse.
+    pub fn check(options: &RedisOptions) -> Result<(), UrlError> {
+        redis_config(options).map(drop)
+    }
+
+    /// The setting at fault when [`connect`](Self::connect) failed because of the settings,
+    /// not of Redis being down: its long flag name.
+    pub fn settings_flag(err: &BrokerError) -> Option<&'static str> {
+        let BrokerError::Internal { source, .. } = err else {
+            return None;
+        };
+        if let Some(url) = source.downcast_ref::<UrlError>() {
+            return Some(url.flag());
+        }
+        source
+            .downcast_ref::<Mismatch>()
+            .map(|mismatch| mismatch.flag)
+    }
+
+    /// Connects and starts delivering. A Redis that cannot be reached now is no failure: the
+    /// broker starts not ready, keeps trying, and is ready once Redis answers (see `link`).
+    /// One that answers but refuses the settings (credentials, TLS) is: a [`Mismatch`].
     pub async fn connect(
         options: RedisOptions,
         deliver: Arc<dyn Deliver>,
         retention: Retention,
     ) -> Result<Self, BrokerError> {
         let mut config = redis_config(&options)?;
-        // An unreachable Redis at start-up is a configuration error worth stopping for.
-        config.fail_fast = true;
+        // Retry a first connection that fails as any other: see `link`.
+        config.fail_fast = false;
+        let link = link::Link::new(&options.url, &config);
         let sharded = config.server.is_clustered();
-        let mut builder = Builder::from_config(config);
-        builder
-            .with_connection_config(|c| {
-                c.connection_timeout = COMMAND_TIMEOUT;
-                c.internal_command_timeout = COMMAND_TIMEOUT;
-                // Never replay a command after a reconnect: a publish script that ran before
-                // the connection dropped would run twice and be stored under two offsets.
-                c.max_command_attempts = 1;
-                c.tcp.nodelay = Some(true);
-            })
-            .with_performance_config(|p| {
-                p.default_command_timeout = COMMAND_TIMEOUT;
-                // Every client preallocates this many slots in each of its nine event channels
-                // (messages, errors, reconnects…): the command client receives no messages and
-                // needs few.
-                p.broadcast_channel_capacity = EVENT_BUFFER;
-            })
-            // Retry forever: 100 ms doubling to 5 s, with jitter.
-            .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2));
-        let client = builder
-            .build()
-            .map_err(|err| unavailable("building the Redis client", err))?;
-        builder.with_performance_config(|p| p.broadcast_channel_capacity = MESSAGE_BUFFER);
-        let subscriber = builder
-            .build_subscriber_client()
-            .map_err(|err| unavailable("building the Redis subscriber", err))?;
-        client
-            .init()
-            .await
-            .map_err(|err| unavailable("connecting to Redis", err))?;
-        subscriber
-            .init()
-            .await
-            .map_err(|err| unavailable("connecting the Redis subscriber", err))?;
+        let (client, subscriber) =
+            url::clients(config).map_err(|err| unavailable("building the Redis clients", err))?;
+        // Listening before connecting: the first connection is announced as a reconnect.
+        let mut events = link::Events {
+            client_reconnects: client.reconnect_rx(),
+            subscriber_reconnects: subscriber.reconnect_rx(),
+            client_errors: client.error_rx(),
+            subscriber_errors: subscriber.error_rx(),
+        };
+        client.connect();
+        subscriber.connect();
 
         let (reconciliations, reconciliations_rx) = mpsc::unbounded_channel();
         let control_channel = format!("{}:control", options.prefix);
@@ -232,47 +234,35 @@ impl RedisBroker {
             canary_channel,
             canary: canary::Canary::new(options.canary_interval),
             replica_acks: options.replica_acks,
+            link,
         });
-        inner
-            .control_subscribe()
-            .await
-            .map_err(|err| unavailable("subscribing to the control channel", err))?;
-        inner
-            .load_scripts()
-            .await
-            .map_err(|err| unavailable("loading the Lua scripts", err))?;
+        let connected = inner.open(&mut events).await?;
         let tasks = vec![
             tokio::spawn(pubsub::pump_messages(inner.clone(), reconciliations_rx)),
-            tokio::spawn(pubsub::restore_after_reconnects(inner.clone())),
+            tokio::spawn(pubsub::restore_after_reconnects(
+                inner.clone(),
+                events.subscriber_reconnects,
+                connected,
+            )),
             tokio::spawn(pubsub::maintain(inner.clone())),
-            tokio::spawn(reload_scripts_after_reconnects(inner.clone())),
+            tokio::spawn(pubsub::reload_scripts_after_reconnects(
+                inner.clone(),
+                events.client_reconnects,
+            )),
             tokio::spawn(canary::run(inner.clone())),
+            tokio::spawn(link::watch(
+                inner.clone(),
+                events.client_errors,
+                events.subscriber_errors,
+                connected,
+            )),
         ];
         Ok(Self { inner, tasks })
     }
 }
 
-/// A restarted Redis has forgotten the scripts. `EVALSHA` would then fail with `NOSCRIPT` and
-/// be retried after a `SCRIPT LOAD` — behind publishes of the same connection sent meanwhile,
-/// storing them out of the order sent. Loading the scripts as soon as the connection is back
-/// leaves that only to the publishes already in flight at that moment.
-async fn reload_scripts_after_reconnects(inner: Arc<Inner>) {
-    let mut reconnects = inner.client.reconnect_rx();
-    loop {
-        match reconnects.recv().await {
-            Ok(_) => {
-                if let Err(err) = inner.load_scripts().await {
-                    tracing::warn!(%err, "loading the Lua scripts after a reconnect failed");
-                }
-            }
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-        }
-    }
-}
-
 impl Inner {
-    async fn load_scripts(&self) -> Result<(), RedisError> {
+    pub(super) async fn load_scripts(&self) -> Result<(), RedisError> {
         self.publish_script.load(&self.client).await?;
         self.read_script.load(&self.client).await
     }
@@ -332,6 +322,7 @@ impl Inner {
         with_history: bool,
         unpublished: Option<&str>,
     ) -> Result<(StreamPosition, Vec<Bytes>, bool), BrokerError> {
+        self.connected("reading from Redis")?;
         let mut args: Vec<Value> = vec![
             ttl_seconds(self.retention.position_ttl).into(),
             (if with_history { "1" } else { "0" }).into(),
@@ -416,6 +407,7 @@ impl Broker for RedisBroker {
         options: &PublishOptions,
     ) -> Result<StreamPosition, BrokerError> {
         let inner = &self.inner;
+        inner.connected("publishing through Redis")?;
         let history = options.history.unwrap_or_else(|| inner.retention.history());
         let payload = serde_json::to_string(&Payload { data: &data, info }).map_err(|err| {
             BrokerError::Internal {
@@ -515,6 +507,7 @@ impl Broker for RedisBroker {
     }
 
     async fn subscribe(&self, channel: &ChannelName) -> Result<(), BrokerError> {
+        self.inner.connected("subscribing in Redis")?;
         self.inner.subscribed().insert(channel.clone());
         if let Err(err) = self.inner.redis_subscribe(channel).await {
             self.inner.subscribed().remove(channel);
@@ -558,35 +551,9 @@ impl Broker for RedisBroker {
     }
 
     /// Ready when both connections answer a PING in time and the canary's heartbeats come
-    /// back. A Redis that is frozen (SIGSTOP, a stalled host) keeps its TCP connections open,
-    /// so "connected" alone says nothing.
+    /// back (see `link`).
     async fn ready(&self) -> Result<(), BrokerError> {
-        let inner = &self.inner;
-        inner
-            .canary
-            .check()
-            .map_err(|cause| BrokerError::Unavailable {
-                context: "broker canary",
-                source: cause.to_string().into(),
-            })?;
-        if !inner.client.is_connected() || !inner.subscriber.is_connected() {
-            return Err(BrokerError::Unavailable {
-                context: "checking readiness",
-                source: "not connected to Redis".into(),
-            });
-        }
-        let pings = async {
-            inner.client.ping::<Value>(None).await?;
-            inner.subscriber.ping::<Value>(None).await
-        };
-        match tokio::time::timeout(READY_TIMEOUT, pings).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(err)) => Err(unavailable("pinging Redis", err)),
-            Err(_) => Err(BrokerError::Unavailable {
-                context: "checking readiness",
-                source: format!("Redis did not answer a PING within {READY_TIMEOUT:?}").into(),
-            }),
-        }
+        self.inner.ready().await
     }
 
     async fn close(&self) {

@@ -146,16 +146,23 @@ fn deliver_message(inner: &Arc<Inner>, interned: &mut Interned, message: &Messag
     }
 }
 
-/// After every reconnect of the subscriber: subscribe again, then reconcile.
-pub(super) async fn restore_after_reconnects(inner: Arc<Inner>) {
-    let mut reconnects = inner.subscriber.reconnect_rx();
+/// After every reconnect of the subscriber: subscribe again, then reconcile. `connected`:
+/// whether the subscriber had connected before (else the first connection is no reconnect).
+pub(super) async fn restore_after_reconnects(
+    inner: Arc<Inner>,
+    mut reconnects: tokio::sync::broadcast::Receiver<fred::types::config::Server>,
+    mut connected: bool,
+) {
     loop {
         match reconnects.recv().await {
             Ok(server) => {
                 // Several nodes of a cluster may report at once: one pass serves them all.
                 while reconnects.try_recv().is_ok() {}
-                tracing::info!(%server, "Redis subscriber reconnected; restoring subscriptions");
-                metrics().broker.reconnects.inc();
+                if connected {
+                    tracing::info!(%server, "Redis subscriber reconnected; restoring subscriptions");
+                    metrics().broker.reconnects.inc();
+                }
+                connected = true;
                 restore(&inner).await;
             }
             Err(RecvError::Lagged(_)) => continue,
@@ -231,4 +238,25 @@ async fn reconcile(inner: &Inner, channel: &ChannelName) -> Result<(), BrokerErr
         .map_err(|err| unavailable("pinging the subscriber", err))?;
     let _ = inner.reconciliations.send((channel.clone(), position));
     Ok(())
+}
+
+/// A restarted Redis has forgotten the scripts. `EVALSHA` would then fail with `NOSCRIPT` and
+/// be retried after a `SCRIPT LOAD` — behind publishes of the same connection sent meanwhile,
+/// storing them out of the order sent. Loading the scripts as soon as the connection is back
+/// leaves that only to the publishes already in flight at that moment.
+pub(super) async fn reload_scripts_after_reconnects(
+    inner: Arc<Inner>,
+    mut reconnects: tokio::sync::broadcast::Receiver<fred::types::config::Server>,
+) {
+    loop {
+        match reconnects.recv().await {
+            Ok(_) => {
+                if let Err(err) = inner.load_scripts().await {
+                    tracing::warn!(%err, "loading the Lua scripts after a reconnect failed");
+                }
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        }
+    }
 }

@@ -1,5 +1,5 @@
 //! `--redis-url` and the `--redis-tls-*` files: the forms Tidings accepts, turned into the
-//! Redis client's configuration.
+//! Redis clients and their configuration.
 //!
 //! | URL | Redis |
 //! | --- | --- |
@@ -12,16 +12,19 @@
 
 use std::path::{Path, PathBuf};
 
-use fred::prelude::{Config, Error as RedisError};
+use fred::clients::SubscriberClient;
+use fred::prelude::{Builder, Client, Config, Error as RedisError, ReconnectPolicy};
 use fred::types::config::TlsConnector;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ClientConfig, RootCertStore};
 
-use super::RedisOptions;
+use super::{COMMAND_TIMEOUT, EVENT_BUFFER, MESSAGE_BUFFER, RedisOptions};
 use crate::broker::BrokerError;
+use crate::config::redact_url;
 
-/// Why `--redis-url` or a TLS file cannot be used.
+/// Why `--redis-url` or a TLS file cannot be used. URLs in it are shown without their
+/// credentials ([`redact_url`]): these messages reach terminals and logs.
 #[derive(Debug, thiserror::Error)]
 pub enum UrlError {
     #[error(
@@ -41,7 +44,23 @@ pub enum UrlError {
     #[error("--redis-tls-* files need a TLS URL (rediss://…), not {0:?}")]
     TlsWithoutTls(String),
     #[error("TLS file {file}: {reason}")]
-    TlsFile { file: PathBuf, reason: String },
+    TlsFile {
+        /// `redis-tls-ca`, `redis-tls-cert` or `redis-tls-key`.
+        flag: &'static str,
+        file: PathBuf,
+        reason: String,
+    },
+}
+
+impl UrlError {
+    /// The setting at fault, by its long flag name.
+    pub fn flag(&self) -> &'static str {
+        match self {
+            Self::TlsFile { flag, .. } => flag,
+            Self::TlsWithoutTls(_) => "redis-tls-ca",
+            Self::Scheme(_) | Self::Invalid { .. } | Self::NoMaster(_) => "redis-url",
+        }
+    }
 }
 
 impl From<UrlError> for BrokerError {
@@ -79,7 +98,7 @@ enum Topology {
 pub(super) fn redis_config(options: &RedisOptions) -> Result<Config, UrlError> {
     let url = options.url.trim();
     let invalid = |url: &str| {
-        let url = url.to_owned();
+        let url = redact_url(url);
         move |source| UrlError::Invalid { url, source }
     };
     if url.starts_with("redis-cluster://") || url.starts_with("rediss-cluster://") {
@@ -87,7 +106,7 @@ pub(super) fn redis_config(options: &RedisOptions) -> Result<Config, UrlError> {
     }
     let (scheme, rest) = url
         .split_once("://")
-        .ok_or_else(|| UrlError::Scheme(url.to_owned()))?;
+        .ok_or_else(|| UrlError::Scheme(redact_url(url)))?;
     let (tls, topology) = match scheme {
         "redis" if options.cluster => (false, Topology::Cluster),
         "rediss" if options.cluster => (true, Topology::Cluster),
@@ -97,7 +116,7 @@ pub(super) fn redis_config(options: &RedisOptions) -> Result<Config, UrlError> {
         "rediss+cluster" => (true, Topology::Cluster),
         "redis+sentinel" => (false, Topology::Sentinel),
         "rediss+sentinel" => (true, Topology::Sentinel),
-        _ => return Err(UrlError::Scheme(url.to_owned())),
+        _ => return Err(UrlError::Scheme(redact_url(url))),
     };
     let s = if tls { "s" } else { "" };
     let (hosts, tail) = rest.split_once('/').unwrap_or((rest, ""));
@@ -125,7 +144,7 @@ pub(super) fn redis_config(options: &RedisOptions) -> Result<Config, UrlError> {
         Topology::Sentinel => {
             let master = tail.split(['/', '?']).next().unwrap_or_default();
             if master.is_empty() {
-                return Err(UrlError::NoMaster(url.to_owned()));
+                return Err(UrlError::NoMaster(redact_url(url)));
             }
             let mut query = others;
             query.insert(0, format!("sentinelServiceName={master}"));
@@ -136,6 +155,33 @@ pub(super) fn redis_config(options: &RedisOptions) -> Result<Config, UrlError> {
         }
     };
     with_tls(config.map_err(invalid(&converted))?, url, options)
+}
+
+/// The command client and the subscriber of `config`, not yet connected: timeouts on every
+/// command, no command replayed, reconnecting forever.
+pub(super) fn clients(config: Config) -> Result<(Client, SubscriberClient), RedisError> {
+    let mut builder = Builder::from_config(config);
+    builder
+        .with_connection_config(|c| {
+            c.connection_timeout = COMMAND_TIMEOUT;
+            c.internal_command_timeout = COMMAND_TIMEOUT;
+            // Never replay a command after a reconnect: a publish script that ran before the
+            // connection dropped would run twice and be stored under two offsets.
+            c.max_command_attempts = 1;
+            c.tcp.nodelay = Some(true);
+        })
+        .with_performance_config(|p| {
+            p.default_command_timeout = COMMAND_TIMEOUT;
+            // Every client preallocates this many slots in each of its nine event channels
+            // (messages, errors, reconnects…): the command client receives no messages and
+            // needs few.
+            p.broadcast_channel_capacity = EVENT_BUFFER;
+        })
+        // Retry forever: 100 ms doubling to 5 s, with jitter.
+        .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2));
+    let client = builder.build()?;
+    builder.with_performance_config(|p| p.broadcast_channel_capacity = MESSAGE_BUFFER);
+    Ok((client, builder.build_subscriber_client()?))
 }
 
 fn with_query(mut url: String, pairs: &[String]) -> String {
@@ -152,7 +198,7 @@ fn with_tls(mut config: Config, url: &str, options: &RedisOptions) -> Result<Con
         return Ok(config);
     }
     if config.tls.is_none() {
-        return Err(UrlError::TlsWithoutTls(url.to_owned()));
+        return Err(UrlError::TlsWithoutTls(redact_url(url)));
     }
     config.tls = Some(tls_connector(&options.tls)?.into());
     Ok(config)
@@ -162,8 +208,10 @@ fn tls_connector(tls: &RedisTls) -> Result<TlsConnector, UrlError> {
     let mut roots = RootCertStore::empty();
     match &tls.ca {
         Some(file) => {
-            for cert in certificates(file)? {
-                roots.add(cert).map_err(|err| tls_error(file, err))?;
+            for cert in certificates("redis-tls-ca", file)? {
+                roots
+                    .add(cert)
+                    .map_err(|err| tls_error("redis-tls-ca", file, err))?;
             }
         }
         // The system's roots, as a `rediss` URL without --redis-tls-ca trusts.
@@ -174,11 +222,12 @@ fn tls_connector(tls: &RedisTls) -> Result<TlsConnector, UrlError> {
     let builder = ClientConfig::builder().with_root_certificates(roots);
     let config = match &tls.client {
         Some((cert, key)) => {
-            let chain = certificates(cert)?;
-            let key = PrivateKeyDer::from_pem_file(key).map_err(|err| tls_error(key, err))?;
+            let chain = certificates("redis-tls-cert", cert)?;
+            let key = PrivateKeyDer::from_pem_file(key)
+                .map_err(|err| tls_error("redis-tls-key", key, err))?;
             builder
                 .with_client_auth_cert(chain, key)
-                .map_err(|err| tls_error(cert, err))?
+                .map_err(|err| tls_error("redis-tls-cert", cert, err))?
         }
         None => builder.with_no_client_auth(),
     };
@@ -186,18 +235,19 @@ fn tls_connector(tls: &RedisTls) -> Result<TlsConnector, UrlError> {
 }
 
 /// Every certificate of a PEM file; at least one.
-fn certificates(file: &Path) -> Result<Vec<CertificateDer<'static>>, UrlError> {
+fn certificates(flag: &'static str, file: &Path) -> Result<Vec<CertificateDer<'static>>, UrlError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(file)
         .and_then(|certs| certs.collect())
-        .map_err(|err| tls_error(file, err))?;
+        .map_err(|err| tls_error(flag, file, err))?;
     if certs.is_empty() {
-        return Err(tls_error(file, "no PEM certificate in it"));
+        return Err(tls_error(flag, file, "no PEM certificate in it"));
     }
     Ok(certs)
 }
 
-fn tls_error(file: &Path, reason: impl std::fmt::Display) -> UrlError {
+fn tls_error(flag: &'static str, file: &Path, reason: impl std::fmt::Display) -> UrlError {
     UrlError::TlsFile {
+        flag,
         file: file.to_owned(),
         reason: reason.to_string(),
     }
@@ -254,6 +304,19 @@ mod tests {
             redis_config(&options("redis+sentinel://127.0.0.1:26379", false)),
             Err(UrlError::NoMaster(_))
         ));
+    }
+
+    #[test]
+    fn malformed_urls_are_reported_without_their_password() {
+        for url in [
+            ":hunter2@127.0.0.1:6379",
+            "http://:hunter2@127.0.0.1:6379",
+            "redis+sentinel://:hunter2@127.0.0.1:26379",
+        ] {
+            let err = redis_config(&options(url, false)).unwrap_err().to_string();
+            assert!(!err.contains("hunter2"), "{err}");
+            assert!(err.contains("***@127.0.0.1"), "{err}");
+        }
     }
 
     #[test]

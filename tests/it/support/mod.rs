@@ -80,8 +80,14 @@ impl TestServer {
         if !args.contains(&"--listen") {
             command.args(["--listen", "127.0.0.1:0"]);
         }
-        // The test runner's own settings must not leak into the server under test.
-        command.env_remove("RUST_LOG").env_remove("TIDINGS_LOG");
+        // The test runner's own settings (TIDINGS_PYTHON, …) must not leak into the server
+        // under test, which would warn about every TIDINGS_* it does not know.
+        command.env_remove("RUST_LOG");
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("TIDINGS_") {
+                command.env_remove(name);
+            }
+        }
         for (name, value) in env {
             match value {
                 Some(value) => command.env(name, value),
