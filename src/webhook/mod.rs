@@ -25,7 +25,7 @@
 //!
 //! ## Bounds
 //! One client must not be able to fill the queue for everyone. Each connection has a budget
-//! ([`LIFECYCLE_BUDGET`](crate::limits::LIFECYCLE_BUDGET)) of channels and memberships it may
+//! (`LIFECYCLE_BUDGET`: a burst of 100, then 10 a second) of channels and memberships it may
 //! newly hold on its node; past it its subscriptions still work but are not counted, so churning
 //! through channel names makes no events. The queue holds at most [`QueueBound`] events and
 //! bytes, and channel events (`channel_occupied`, `channel_vacated`: anyone can cause them) at
