@@ -556,7 +556,8 @@ fn continuity(
     let position = &history.position;
     if position.epoch != since.epoch && !history.vouched {
         return Err(ContinuityError::EpochChanged {
-            was: since.epoch.clone(),
+            // The client's own epoch, which could be any size: quoted, not echoed whole.
+            was: crate::protocol::echo(&since.epoch).into(),
             now: position.epoch.clone(),
         });
     }

@@ -247,6 +247,19 @@ pub struct Member {
     pub info: Option<Arc<serde_json::Value>>,
 }
 
+/// The most of a client's own text (an epoch, a name) that a reply quotes back: no answer may
+/// grow with what the request sent.
+pub const MAX_ECHO: usize = 64;
+
+/// `text` as a reply may quote it: whole up to [`MAX_ECHO`] characters, cut short with `…`
+/// beyond.
+pub fn echo(text: &str) -> std::borrow::Cow<'_, str> {
+    match text.char_indices().nth(MAX_ECHO) {
+        None => std::borrow::Cow::Borrowed(text),
+        Some((end, _)) => std::borrow::Cow::Owned(format!("{}…", &text[..end])),
+    }
+}
+
 impl Member {
     /// Who the member is, for counting a user's connections: an authenticated user and an
     /// anonymous connection that chose the same name are two people.

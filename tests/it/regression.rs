@@ -1647,3 +1647,50 @@ async fn issue_22_the_docs_and_the_help_say_what_the_binary_does() {
         );
     }
 }
+
+#[tokio::test]
+async fn issue_22_no_reply_echoes_a_huge_epoch_back() {
+    use crate::support::streams::StreamClient;
+    let server = server("info", &["--allow-anonymous"]).await;
+    let mut publisher = server.client("?name=pub").await;
+    publisher.publish("news", json!("first")).await;
+    let huge = "x".repeat(30_000);
+    let since = json!({"offset": 1, "epoch": huge});
+
+    // WebSocket: a subscribe's reply, and a history's error.
+    let mut client = server.client("?name=reader").await;
+    client.connected().await;
+    for command in [
+        json!({"id": 1, "op": "subscribe", "channel": "news", "since": since}),
+        json!({"id": 2, "op": "history", "channel": "news", "since": since}),
+    ] {
+        client.send_json(&command).await;
+        let reply =
+            serde_json::to_string(&client.reply_to(command["id"].as_u64().unwrap()).await).unwrap();
+        assert!(
+            reply.len() < 1024,
+            "{} bytes: {}",
+            reply.len(),
+            &reply[..200]
+        );
+        assert!(reply.contains('…'), "{reply}");
+    }
+
+    // The server API.
+    let body = json!({"channel": "news", "since": since}).to_string();
+    let (status, answer) = http_request(server.addr, "POST", "/api/history", AUTH, &body).await;
+    assert_eq!(status, 409, "{answer}");
+    assert!(answer.len() < 1024, "{} bytes", answer.len());
+
+    // An HTTP stream resumed from it.
+    let base = format!("http://{}", server.addr);
+    let resume = json!({"news": since}).to_string();
+    let query: String = form_urlencoded::Serializer::new(String::new())
+        .append_pair("name", "streamer")
+        .append_pair("channel", "news")
+        .append_pair("since", &resume)
+        .finish();
+    let mut stream = StreamClient::open(&base, &query).await.unwrap();
+    let unrecovered = stream.next_with("unrecovered").await.to_string();
+    assert!(unrecovered.len() < 1024, "{} bytes", unrecovered.len());
+}
