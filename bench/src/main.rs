@@ -8,6 +8,8 @@
 //! - `ramp`: fan-out at rising rates until loss or the p99 bound breaks; the highest rate
 //!   sustained.
 //! - `rpc`: calls through Tidings to the app's backend (`backend` serves a minimal one).
+//! - `hostile`: what one client can make the node do to everyone else (churn, floods, huge
+//!   backend answers).
 //! - cross-node: any scenario given several `--url`s (connections spread over them).
 //! - `--processes N`: any scenario split over N generator processes, one merged report.
 //!
@@ -16,6 +18,7 @@
 
 mod backend;
 mod conn;
+mod hostile;
 mod jitter;
 mod presence;
 mod processes;
@@ -123,6 +126,8 @@ enum Scenario {
     Rpc(backend::RpcArgs),
     /// Serves a minimal backend for `rpc` (echoes `data`).
     Backend(backend::BackendArgs),
+    /// What one client can make the node do to everyone else: churn, floods, huge answers.
+    Hostile(hostile::HostileArgs),
 }
 
 #[tokio::main]
@@ -181,6 +186,16 @@ async fn main() -> Result<()> {
         }
         return Ok(());
     }
+    if let Scenario::Hostile(args) = &cli.scenario {
+        ensure!(common.processes == 1, "hostile runs as one process");
+        let report = hostile::hostile(&env, args).await?;
+        if common.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            report.print();
+        }
+        return Ok(());
+    }
     if let Scenario::Presence(args) = &cli.scenario {
         ensure!(common.processes == 1, "presence runs as one process");
         let report = presence::presence(&env, args).await?;
@@ -205,7 +220,8 @@ async fn main() -> Result<()> {
             Scenario::Presence(_)
             | Scenario::Jitter(_)
             | Scenario::Rpc(_)
-            | Scenario::Backend(_) => unreachable!("answered above"),
+            | Scenario::Backend(_)
+            | Scenario::Hostile(_) => unreachable!("answered above"),
         }
     } else {
         let env = &env;
@@ -223,7 +239,8 @@ async fn main() -> Result<()> {
             Scenario::Presence(_)
             | Scenario::Jitter(_)
             | Scenario::Rpc(_)
-            | Scenario::Backend(_) => unreachable!("answered above"),
+            | Scenario::Backend(_)
+            | Scenario::Hostile(_) => unreachable!("answered above"),
         }
     };
     if cli.common.child {

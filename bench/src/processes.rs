@@ -524,7 +524,8 @@ mod tests {
             Scenario::Presence(_)
             | Scenario::Jitter(_)
             | Scenario::Rpc(_)
-            | Scenario::Backend(_) => unreachable!("one process only"),
+            | Scenario::Backend(_)
+            | Scenario::Hostile(_) => unreachable!("one process only"),
         }
         .expect("shares");
         shares

@@ -231,3 +231,46 @@ fn several_processes_merge_into_one_report_with_consistent_counts() {
     assert_eq!(chat["lost"], 0);
     assert_eq!(chat["duplicated"], 0);
 }
+
+#[test]
+fn hostile_churn_and_backend_answers_run_against_tidings_and_report_the_node() {
+    let rpc = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let rpc_addr = rpc.local_addr().expect("address").to_string();
+    drop(rpc);
+    let proxy = format!("http://{rpc_addr}/rpc");
+    let server = start(
+        &tidings_binary(),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--log",
+            "warn",
+            "--proxy-rpc",
+            &proxy,
+        ],
+    );
+    let pid = server.0.id().to_string();
+    let url = format!("ws://{}/ws", server.1);
+    let churn = bench(&[
+        "--url", &url, "--pid", &pid, "hostile", "churn", "-c", "2", "-d", "1",
+    ]);
+    assert!(churn["actions"].as_u64().unwrap() > 1_000, "{churn}");
+    assert!(churn["rss_after_kib"].as_u64().unwrap() > 0, "{churn}");
+    let answers = bench(&[
+        "--url",
+        &url,
+        "--pid",
+        &pid,
+        "hostile",
+        "backend-answers",
+        "--calls",
+        "1",
+        "--listen",
+        &rpc_addr,
+    ]);
+    assert_eq!(
+        answers["errors"],
+        serde_json::json!({"502": 2}),
+        "{answers}"
+    );
+}
