@@ -12,7 +12,9 @@
 //! once the subscribers leave. A stream that has no subscribed node and has been idle for the
 //! position TTL is forgotten, so memory follows the channels in use rather than every name
 //! ever published to; a later publication starts the channel again at offset 1 in a new
-//! epoch, which is exactly what epochs announce.
+//! epoch, which is exactly what epochs announce. Positions with no history left to recover
+//! (and no subscribed node) are kept at most [`MAX_BARE_POSITIONS`], the least recently used
+//! forgotten first, however many channel names are published to within the position TTL.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
@@ -27,6 +29,10 @@ use super::{
     parse_unpublished, unpublished_epoch,
 };
 use crate::protocol::{ChannelName, ClientInfo, IdempotencyKey, Publication, StreamPosition};
+
+/// Positions of channels without a subscribed node and with no history left kept at most:
+/// such a position only tells a client that was exactly at its end that it missed nothing.
+pub const MAX_BARE_POSITIONS: usize = 100_000;
 
 /// The in-process broker.
 pub struct MemoryBroker {
@@ -46,6 +52,10 @@ struct Streams {
     /// hold their positions.
     subscribed: HashSet<ChannelName>,
     last_sweep: Instant,
+    /// Bare positions are bounded when `by_channel` reaches this many streams.
+    next_bound: usize,
+    /// [`MAX_BARE_POSITIONS`] (smaller in tests).
+    bare_bound: usize,
 }
 
 #[derive(Debug)]
@@ -78,6 +88,8 @@ impl MemoryBroker {
                 by_channel: HashMap::new(),
                 subscribed: HashSet::new(),
                 last_sweep: Instant::now(),
+                next_bound: MAX_BARE_POSITIONS,
+                bare_bound: MAX_BARE_POSITIONS,
             }),
             deliver,
             retention,
@@ -140,6 +152,11 @@ impl MemoryBroker {
         if !create {
             return streams.by_channel.get(channel).cloned();
         }
+        if streams.by_channel.len() >= streams.next_bound
+            && !streams.by_channel.contains_key(channel)
+        {
+            streams.bound_bare(now);
+        }
         let stream = streams
             .by_channel
             .entry(channel.clone())
@@ -157,6 +174,13 @@ impl MemoryBroker {
             })
             .clone();
         Some(stream)
+    }
+
+    #[cfg(test)]
+    fn bound_bare_positions_to(&self, bound: usize) {
+        let mut streams = self.streams();
+        streams.bare_bound = bound;
+        streams.next_bound = bound;
     }
 
     /// Where a channel without a stream stands: nothing published, as read now.
@@ -177,6 +201,52 @@ impl MemoryBroker {
         generation == &*self.generation
             && seconds <= now
             && now - seconds < self.retention.position_ttl.as_secs()
+    }
+}
+
+impl Streams {
+    /// Forgets the least recently used bare positions (no subscribed node, no history left)
+    /// past the bound. One pass over the streams, then none before as many new streams again
+    /// as half the bound: amortised, a few steps per new stream.
+    fn bound_bare(&mut self, now: Instant) {
+        let Self {
+            by_channel,
+            subscribed,
+            ..
+        } = self;
+        let mut bare: Vec<(Instant, ChannelName)> = by_channel
+            .iter()
+            .filter(|(channel, _)| !subscribed.contains(*channel))
+            .filter_map(|(channel, stream)| {
+                let stream = stream.try_lock().ok()?;
+                let spent = stream.history.is_empty()
+                    || now.duration_since(stream.last_published) >= stream.history_ttl;
+                spent.then(|| (stream.last_used, channel.clone()))
+            })
+            .collect();
+        if bare.len() > self.bare_bound {
+            bare.sort_unstable_by_key(|(used, _)| *used);
+            let excess = bare.len() - self.bare_bound;
+            let doomed: HashSet<ChannelName> = bare
+                .into_iter()
+                .take(excess)
+                .map(|(_, channel)| channel)
+                .collect();
+            by_channel.retain(|channel, stream| {
+                if !doomed.contains(channel) {
+                    return true;
+                }
+                match stream.try_lock() {
+                    Ok(mut stream) => {
+                        // Whoever still holds it looks the channel up again.
+                        stream.evicted = true;
+                        false
+                    }
+                    Err(_) => true,
+                }
+            });
+        }
+        self.next_bound = self.by_channel.len() + self.bare_bound / 2;
     }
 }
 
@@ -355,6 +425,40 @@ mod tests {
             *collect.0.lock().unwrap(),
             [("a".into(), 1), ("a".into(), 2), ("b".into(), 1)]
         );
+    }
+
+    #[tokio::test]
+    async fn bare_positions_are_bounded_least_recently_used_first() {
+        let broker = MemoryBroker::new(
+            Arc::new(Collect(Mutex::new(Vec::new()))),
+            Retention {
+                history_size: 0,
+                ..Retention::default()
+            },
+        );
+        broker.bound_bare_positions_to(10);
+        let kept = ChannelName::parse("kept").unwrap();
+        let pinned = broker
+            .publish(&kept, data(), info(), &PublishOptions::default())
+            .await
+            .unwrap();
+        broker.subscribe(&kept).await.unwrap();
+        for n in 0..100 {
+            let channel = ChannelName::parse(&format!("bare-{n}")).unwrap();
+            broker
+                .publish(&channel, data(), info(), &PublishOptions::default())
+                .await
+                .unwrap();
+        }
+        // At most the bound and half of it again between passes, whatever was published to.
+        let streams = broker.streams.lock().unwrap().by_channel.len();
+        assert!(streams <= 1 + 10 + 5, "{streams} streams kept");
+        // The subscribed channel keeps its position; the newest bare one too.
+        assert_eq!(broker.position(&kept).await.unwrap(), pinned);
+        let newest = ChannelName::parse("bare-99").unwrap();
+        assert_eq!(broker.position(&newest).await.unwrap().offset, 1);
+        let oldest = ChannelName::parse("bare-0").unwrap();
+        assert_eq!(broker.position(&oldest).await.unwrap().offset, 0);
     }
 
     #[tokio::test]

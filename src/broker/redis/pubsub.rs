@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use fred::bytes::Bytes;
 use fred::interfaces::EventInterface;
@@ -191,7 +192,7 @@ async fn restore(inner: &Inner) {
             );
         }
     }
-    reconcile_all(inner).await;
+    reconcile_all_or_recover(inner).await;
 }
 
 /// Periodically keeps subscribed channels' positions from expiring while clients hold them,
@@ -218,6 +219,47 @@ async fn reconcile_all(inner: &Inner) {
         }
     }
 }
+
+/// [`reconcile_all`] after a reconnect, when it must not fail: the command connection may come
+/// back a moment after the subscriber's, so failures are retried for a few seconds; a channel
+/// still unchecked then has its subscribers closed to recover from history, rather than left
+/// with a gap nobody noticed.
+async fn reconcile_all_or_recover(inner: &Inner) {
+    let mut pending: Vec<ChannelName> = inner.subscribed().iter().cloned().collect();
+    let mut wait = Duration::from_millis(100);
+    loop {
+        let mut failed = Vec::new();
+        for channel in pending {
+            if !inner.subscribed().contains(&channel) {
+                continue;
+            }
+            if let Err(err) = reconcile(inner, &channel).await {
+                failed.push((channel, err));
+            }
+        }
+        if failed.is_empty() {
+            return;
+        }
+        if wait > RECONCILE_RETRIES {
+            for (channel, err) in failed {
+                tracing::warn!(%channel, %err, "reconciling failed; its subscribers recover");
+                let unknown = StreamPosition {
+                    offset: u64::MAX,
+                    epoch: "".into(),
+                };
+                inner.deliver.reconcile(&channel, &unknown);
+            }
+            return;
+        }
+        tokio::time::sleep(wait).await;
+        wait *= 2;
+        pending = failed.into_iter().map(|(channel, _)| channel).collect();
+    }
+}
+
+/// The longest pause between attempts to reconcile after a reconnect (0.1 s doubling: about
+/// six seconds in all).
+const RECONCILE_RETRIES: Duration = Duration::from_secs(3);
 
 /// Reads the channel's position (which also keeps it from expiring), then a PING on the
 /// subscriber connection as a barrier: its answer comes after every message Redis published
