@@ -15,13 +15,13 @@ use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use crate::outbox::{Frame, Outbox};
-use crate::protocol::{ChannelName, Publication, Push, StreamPosition, encode};
+use std::sync::Arc;
+
+use crate::connection::ConnectionId;
+use crate::outbox::Outbox;
+use crate::protocol::{ChannelEvent, ChannelName, Publication, Published, StreamPosition};
 
 const SHARDS: usize = 64;
-
-/// A unique id of a local connection.
-pub type SubscriberId = u64;
 
 /// One shard: channel → its local subscribers.
 type Shard = HashMap<ChannelName, Vec<Outbox>>;
@@ -63,7 +63,7 @@ impl Hub {
     }
 
     /// Removes a subscriber; returns true if it was the channel's last one on this node.
-    pub fn remove(&self, channel: &ChannelName, id: SubscriberId) -> bool {
+    pub fn remove(&self, channel: &ChannelName, id: ConnectionId) -> bool {
         let mut shard = self.shard(channel);
         let Some(subscribers) = shard.get_mut(channel) else {
             return false;
@@ -107,22 +107,19 @@ impl Hub {
         // Encoded between two short holds of the lock rather than under it: subscribers that
         // come or go meanwhile get or miss it exactly as if it had arrived a moment later or
         // earlier, which their outbox's offset check already allows for.
-        let text = encode(&Push::Pub(publication.clone()));
-        let frame = match compress_from {
-            Some(min) if text.len() >= min => Frame::compressible(text),
-            _ => Frame::from(text),
-        };
+        let published = Arc::new(Published::new(publication.clone(), compress_from));
         let shard = self.shard(channel);
         for outbox in shard.get(channel).into_iter().flatten() {
-            outbox.push_publication(channel, publication.offset, &publication.epoch, &frame);
+            outbox.push_publication(&published);
         }
     }
 
-    /// Hands an event frame (a join, a leave) to the channel's local subscribers.
-    pub fn broadcast_event(&self, channel: &ChannelName, frame: &Frame) {
+    /// Hands an event (a join, a leave) to the channel's local subscribers.
+    pub fn broadcast_event(&self, event: &Arc<ChannelEvent>) {
+        let channel = event.channel();
         let shard = self.shard(channel);
         for outbox in shard.get(channel).into_iter().flatten() {
-            outbox.push_event(channel, frame);
+            outbox.push_event(event);
         }
     }
 
@@ -138,9 +135,9 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::ClientInfo;
+    use crate::frame::{Frame, Messages};
+    use crate::protocol::{ClientInfo, Codec, V1};
     use serde_json::value::RawValue;
-    use std::sync::Arc;
 
     #[test]
     fn first_and_last_subscribers_are_reported() {
@@ -237,12 +234,18 @@ mod tests {
             compressions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             crate::transport::deflate::deflate(text)
         };
+        // What the WebSocket transport does with each item: the v1 codec, then the shared
+        // compressed form.
         let mut fan_out = |publication: &Publication| {
             hub.broadcast(publication, Some(0));
             for outbox in &outboxes {
                 outbox.drain(&mut batch);
-                for frame in batch.drain(..) {
-                    assert!(frame.deflated(deflate).is_some(), "compressed");
+                for item in batch.drain(..) {
+                    let mut messages = Messages::default();
+                    V1.encode(item, &mut messages);
+                    for frame in messages {
+                        assert!(frame.deflated(deflate).is_some(), "compressed");
+                    }
                 }
             }
         };
@@ -300,13 +303,16 @@ mod tests {
         );
         let frames: Vec<Frame> = outboxes
             .iter()
-            .map(|outbox| {
+            .flat_map(|outbox| {
                 let mut batch = Vec::new();
                 outbox.drain(&mut batch);
                 assert_eq!(batch.len(), 1);
-                batch.remove(0)
+                let mut messages = Messages::default();
+                V1.encode(batch.remove(0), &mut messages);
+                messages
             })
             .collect();
+        assert_eq!(frames.len(), 3);
         let first = frames[0].as_str().as_ptr();
         assert!(frames.iter().all(|f| f.as_str().as_ptr() == first));
     }

@@ -8,13 +8,15 @@
 //! - [`server`]: wiring and lifecycle — builds everything from the settings, serves, shuts
 //!   down in order; the only module that names concrete brokers.
 //! - `api`: HTTP routes; translates requests into calls on the node.
-//! - `transport`: the ways a client reaches a session (WebSocket).
-//! - `session`: one connection, whatever carries it — identity, commands, subscriptions,
-//!   heartbeats, limits, its outbox.
+//! - `transport`: the ways a client reaches a session (WebSocket, SSE, NDJSON); each picks a
+//!   codec and only writes what it makes.
+//! - `session`: one connection, whatever carries it and whatever its wire — identity,
+//!   commands, subscriptions, heartbeats, limits, its outbox. It speaks in typed items.
 //! - `node`: this process's handle on the system: hub, broker and namespace options kept in
 //!   step; users' connections; what a failure tells a client.
-//! - `hub`: local channel → subscribers; fan-out of frames encoded once.
-//! - `outbox`: one connection's bounded outgoing queue and its subscriptions' delivery state.
+//! - `hub`: local channel → subscribers; fan-out of items encoded once.
+//! - `outbox`: one connection's bounded queue of outgoing items and its subscriptions'
+//!   delivery state.
 //! - `limits`: per-connection rate limits and connection caps.
 //! - [`broker`]: offsets, history and delivery between nodes (memory, Redis, Redis Cluster).
 //! - [`presence`]: who is present in each channel, on every node (memory, Redis), and the
@@ -25,7 +27,22 @@
 //! - [`backend`]: calls to the app's backend over HTTP (`--proxy-*`).
 //! - [`config`]: every flag and environment variable, validated once into plain settings.
 //! - `metrics`: the counters the server keeps.
-//! - [`protocol`]: the wire format, pure data; shared with the tests and the benchmark.
+//! - [`protocol`]: the wire format, pure data; shared with the tests and the benchmark. Also
+//!   the seam every wire plugs into: the session's outgoing [`Item`](protocol::Item)s and the
+//!   [`Codec`](protocol::Codec)s that turn them into bytes.
+//! - `connection`: the id of a local connection.
+//! - [`frame`]: encoded bytes shared by every connection that sends them.
+//!
+//! # The seam between the session core and a wire
+//! A session decides; a codec formats. The session core checks identity and permissions,
+//! recovers, and applies limits, then emits [`Item`](protocol::Item)s: replies, and pushes
+//! carrying their channel, offset and epoch. A publication is one shared
+//! [`Published`](protocol::Published) for every subscriber on the node, encoded once (and
+//! compressed once). A transport owns a [`Codec`](protocol::Codec) — protocol v1 for
+//! WebSocket, SSE, NDJSON — which turns each item into bytes without blocking, without
+//! deciding anything, and without allocating per subscriber for a shared item; the transport
+//! writes them. A second protocol (Pusher Channels) is a new codec and a new transport entry,
+//! never a change to the session core.
 //!
 //! # Lock order
 //! Locks are std mutexes held for short sections without `.await`, except the node's
@@ -40,6 +57,8 @@ pub mod auth;
 pub mod backend;
 pub mod broker;
 pub mod config;
+pub(crate) mod connection;
+pub mod frame;
 pub(crate) mod hub;
 pub(crate) mod limits;
 pub(crate) mod metrics;

@@ -18,9 +18,10 @@ use super::ws::{Trust, bearer_token, check_origin, forwarded};
 use super::{AppState, JsonBody};
 use crate::metrics::metrics;
 use crate::node::{StreamError, session_node};
+use crate::protocol::Positions;
 use crate::protocol::{ChannelName, Secret, StreamPosition};
 use crate::session::{self, Handshake, Start};
-use crate::transport::stream::{self, Format, Positions};
+use crate::transport::stream::{self, Format};
 
 /// The header that names a stream session for its command requests.
 pub const SESSION_HEADER: &str = "tidings-session";

@@ -197,10 +197,11 @@ async fn echo_loop(
                 writer.finish(close_timeout).await;
                 return;
             }
-            Some(Ok(Received::Inbound(Inbound::Alive | Inbound::Binary))) => continue,
+            Some(Ok(Received::Inbound(
+                Inbound::Alive | Inbound::Binary | Inbound::Subscribe { .. },
+            ))) => continue,
             Some(Ok(Received::Inbound(Inbound::Text(text)))) => {
-                let bytes = bytes::Bytes::from(text.into_bytes());
-                writer.feed_echo(false, bytes).await
+                writer.feed_echo(false, bytes::Bytes::from(text)).await
             }
             Some(Ok(Received::Binary(bytes))) => writer.feed_echo(true, bytes).await,
         };

@@ -11,12 +11,12 @@ use tokio::sync::Notify;
 
 use crate::broker::Deliver;
 use crate::config::{JoinLeave, Namespaces};
-use crate::hub::{Hub, SubscriberId};
-use crate::outbox::Frame;
+use crate::connection::ConnectionId;
+use crate::hub::Hub;
 use crate::presence::{Change, PresenceEvent};
 use crate::protocol::{
-    ChannelName, CloseCode, Member, PresenceBatch, PresenceChange, Publication, Push,
-    StreamPosition, encode,
+    ChannelEvent, ChannelName, CloseCode, Member, Membership, PresenceBatch, PresenceChange,
+    Publication, StreamPosition,
 };
 
 /// What this node holds of its own connections, and where the broker hands things down.
@@ -93,7 +93,7 @@ impl PushBudgets {
 }
 
 /// Authenticated user → their connections on this node, each with its mailbox.
-type Users = HashMap<Arc<str>, Vec<(SubscriberId, Arc<Mailbox>)>>;
+type Users = HashMap<Arc<str>, Vec<(ConnectionId, Arc<Mailbox>)>>;
 
 impl Local {
     pub fn new(namespaces: Arc<Namespaces>) -> Arc<Self> {
@@ -164,14 +164,14 @@ impl Local {
             return;
         }
         let channel = channel.clone();
-        let push = Push::<()>::PresenceBatch(PresenceBatch {
-            channel: channel.clone(),
+        let batch = Membership::Batch(PresenceBatch {
+            channel,
             joined,
             left,
             more,
         });
         self.hub
-            .broadcast_event(&channel, &Frame::from(encode(&push)));
+            .broadcast_event(&Arc::new(ChannelEvent::new(batch)));
     }
 
     /// Spends one of `channel`'s one-by-one pushes; false when its budget is spent.
@@ -237,12 +237,12 @@ impl Deliver for Local {
             channel: channel.clone(),
             info: event.member,
         };
-        let push = match event.change {
-            Change::Join => Push::<()>::Join(change),
-            Change::Leave => Push::Leave(change),
+        let membership = match event.change {
+            Change::Join => Membership::Join(change),
+            Change::Leave => Membership::Leave(change),
         };
         self.hub
-            .broadcast_event(channel, &Frame::from(encode(&push)));
+            .broadcast_event(&Arc::new(ChannelEvent::new(membership)));
     }
 
     fn control(&self, message: &[u8]) {
@@ -356,7 +356,18 @@ mod tests {
     use super::*;
     use crate::config::{NamespaceOptions, Namespaces};
     use crate::outbox::Outbox;
-    use crate::protocol::ServerFrame;
+    use crate::protocol::Item;
+
+    /// The batch an item carries.
+    fn batch(item: &Item) -> &PresenceBatch {
+        match item {
+            Item::Event(event) => match &event.presence {
+                Membership::Batch(batch) => batch,
+                other => panic!("not a batch: {other:?}"),
+            },
+            other => panic!("not an event: {other:?}"),
+        }
+    }
 
     fn event(change: Change, client: &str) -> Vec<u8> {
         PresenceEvent {
@@ -414,11 +425,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(1001)).await;
         outbox.drain(&mut frames);
         assert_eq!(frames.len(), 1, "one push for the interval");
-        let Ok(ServerFrame::Push(Push::PresenceBatch(batch))) =
-            ServerFrame::parse(frames[0].as_str())
-        else {
-            panic!("not a batch: {}", frames[0].as_str());
-        };
+        let batch = batch(&frames[0]);
         let names = |members: &[Member]| -> Vec<String> {
             members.iter().map(|m| m.client.to_string()).collect()
         };
@@ -435,11 +442,7 @@ mod tests {
         frames.clear();
         outbox.drain(&mut frames);
         assert_eq!(frames.len(), 1);
-        let Ok(ServerFrame::Push(Push::PresenceBatch(batch))) =
-            ServerFrame::parse(frames[0].as_str())
-        else {
-            panic!("not a batch");
-        };
+        let batch = self::batch(&frames[0]);
         assert_eq!(batch.joined.len(), PresenceBatch::MAX_MEMBERS);
         assert_eq!(batch.more, 150);
     }

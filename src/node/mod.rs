@@ -42,7 +42,8 @@ use crate::broker::{
     NodeSummary, PublishOptions,
 };
 use crate::config::Namespaces;
-use crate::hub::{Hub, SubscriberId};
+use crate::connection::ConnectionId;
+use crate::hub::Hub;
 use crate::limits::EventBudget;
 use crate::metrics::{Metrics, metrics};
 use crate::outbox::Outbox;
@@ -416,7 +417,7 @@ impl Node {
 
     /// Makes a connection of an authenticated user reachable by server commands; its commands
     /// arrive in the returned mailbox.
-    pub fn register_user(&self, user: &Arc<str>, id: SubscriberId) -> Arc<Mailbox> {
+    pub fn register_user(&self, user: &Arc<str>, id: ConnectionId) -> Arc<Mailbox> {
         let mailbox = Arc::new(Mailbox::default());
         self.0
             .local
@@ -430,7 +431,7 @@ impl Node {
         mailbox
     }
 
-    pub fn unregister_user(&self, user: &Arc<str>, id: SubscriberId) {
+    pub fn unregister_user(&self, user: &Arc<str>, id: ConnectionId) {
         let mut users = self.0.local.users();
         if let Some(connections) = users.get_mut(user) {
             let before = connections.len();

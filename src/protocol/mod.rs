@@ -14,6 +14,10 @@
 //! [`ErrorCode`]; every close the server decides is a [`CloseCode`] that says whether to
 //! reconnect; a publication's push frame is encoded once per publication, never per
 //! subscriber. Pure data: no I/O lives here.
+//!
+//! The server's side of the wire is a seam: a session speaks in typed [`Item`]s, and a
+//! [`Codec`] turns them into bytes — [`V1`] for WebSocket messages, [`Ndjson`] and [`Sse`] for
+//! HTTP streams (see [`outgoing`](Item) for the contract a new codec keeps).
 
 use std::fmt;
 use std::sync::Arc;
@@ -23,7 +27,10 @@ use serde_json::value::RawValue;
 
 mod codes;
 mod frames;
+mod outgoing;
 mod request;
+mod sse;
+mod v1;
 
 pub use codes::{CloseCode, ErrorCode};
 pub use frames::{
@@ -32,10 +39,15 @@ pub use frames::{
     SubscribeOk, SubscribedPush, UnsubscribedPush, encode, encode_error, encode_error_body,
     encode_ok,
 };
+pub use outgoing::{
+    ChannelEvent, Codec, Greeting, Item, Membership, Published, Recovered, Refused, Subscription,
+};
 pub use request::{
     Ack, Command, Connect, DecodeError, History, Presence, PresenceStats, Publish, Refresh,
     Request, Rpc, Subscribe, Unsubscribe, decode_request,
 };
+pub use sse::{Positions, Sse};
+pub use v1::{Ndjson, V1};
 
 /// The protocol version this server speaks; reported in the `connected` push.
 pub const PROTOCOL_VERSION: u32 = 1;

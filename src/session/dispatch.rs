@@ -15,13 +15,52 @@ use crate::auth::Identity;
 use crate::backend::{Answer, BackendError, Caller};
 use crate::metrics::metrics;
 use crate::node::{ContinuityError, Recovery, Subscribed, UserCommand};
-use crate::outbox::{Closing, Frame};
+use crate::outbox::Closing;
 use crate::protocol::{
-    Ack, ChannelName, CloseCode, Command, Empty, ErrorBody, ErrorCode, History, HistoryOk,
-    Presence, PresenceOk, PresenceStats, PresenceStatsOk, Publish, PublishOk, Push, Rpc, RpcOk,
-    Secret, StreamPosition, Subscribe, SubscribeOk, SubscribedPush, Unsubscribe, UnsubscribedPush,
-    encode, encode_error, encode_error_body, encode_ok,
+    Ack, ChannelName, CloseCode, Command, Empty, ErrorBody, ErrorCode, History, HistoryOk, Item,
+    Presence, PresenceOk, PresenceStats, PresenceStatsOk, Publish, PublishOk, Recovered, Rpc,
+    RpcOk, Secret, StreamPosition, Subscribe, Subscription, Unsubscribe,
 };
+
+/// Counts a recovery's outcome.
+fn count_recovery(recovery: &Recovery) {
+    let outcome = match recovery {
+        Recovery::Recovered(_) => "recovered",
+        Recovery::Unrecoverable(ContinuityError::EpochChanged { .. }) => "epoch_changed",
+        Recovery::Unrecoverable(ContinuityError::Ahead { .. }) => "ahead",
+        Recovery::Unrecoverable(ContinuityError::TooOld(_)) => "too_old",
+        Recovery::Unrecoverable(ContinuityError::Incomplete { .. }) => "incomplete",
+    };
+    metrics().recoveries.with_label_values(&[outcome]).inc();
+}
+
+/// A `subscribe` without an id has no reply to carry its outcome: recovered publications
+/// come as pushes, and a failed recovery as an error push.
+fn without_reply(subscription: Subscription) -> Vec<Item> {
+    let Some(recovery) = subscription.recovery else {
+        return Vec::new();
+    };
+    if let Some(reason) = recovery.unrecovered {
+        super::count_error(ErrorCode::UnrecoverablePosition);
+        let message = format!("{}: {reason}", subscription.channel);
+        let error = ErrorBody::new(ErrorCode::UnrecoverablePosition, message);
+        return vec![Item::error(None, error)];
+    }
+    recovery
+        .publications
+        .into_iter()
+        .map(|p| Item::Publication(Arc::new(crate::protocol::Published::new(p, None))))
+        .collect()
+}
+
+/// Who asked for something, and so how the outcome is told.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Asker {
+    /// A client command: a reply when it has an id, pushes otherwise.
+    Command(Option<u64>),
+    /// A channel the client named when it connected: pushes that name the channel.
+    Stream,
+}
 
 impl Session<'_> {
     /// Runs one client command other than `connect` and `pong`.
@@ -35,7 +74,7 @@ impl Session<'_> {
         // the rarer commands' states live on the heap only while they run.
         match command {
             Command::Subscribe(subscribe) => {
-                Box::pin(self.subscribe(identity, id, subscribe)).await
+                Box::pin(self.subscribe(identity, Asker::Command(id), subscribe)).await
             }
             Command::History(history) => Box::pin(self.history(identity, id, history)).await,
             Command::Unsubscribe(Unsubscribe { channel }) => {
@@ -67,7 +106,7 @@ impl Session<'_> {
         }
         let caller = self.caller(identity);
         let answer = backend.rpc(&caller, &rpc.method, rpc.data.as_deref()).await;
-        if let Some(data) = self.decided(id, answer) {
+        if let Some(data) = self.decided(Asker::Command(id), None, answer) {
             self.reply_ok(id, &RpcOk { data });
         }
     }
@@ -109,24 +148,27 @@ impl Session<'_> {
         }
     }
 
-    /// The result of the backend's answer to a client command; or, having told the client
+    /// The result of the backend's answer to a client's request; or, having told the client
     /// (the app's error, the app's close, or 502 when the backend failed), `None`.
     pub(super) fn decided<T>(
         &self,
-        id: Option<u64>,
+        asker: Asker,
+        channel: Option<&ChannelName>,
         answer: Result<Answer<T>, BackendError>,
     ) -> Option<T> {
         match answer {
             Ok(Answer::Result(result)) => return Some(result),
             Ok(Answer::Error { code, message }) => {
-                let body = ErrorBody { code, message };
-                self.outbox.push(Frame::from(encode_error_body(id, body)));
+                self.tell_error(asker, channel, ErrorBody { code, message });
             }
             Ok(Answer::Disconnect { code, reason }) => {
                 self.outbox
                     .close(Closing::because(CloseCode::App(code), reason));
             }
-            Err(err) => self.reply_error(id, &Refusal::new(ErrorCode::BadBackend, err)),
+            Err(err) => {
+                let refusal = Refusal::new(ErrorCode::BadBackend, err);
+                self.refuse_to(asker, channel, &refusal)
+            }
         }
         None
     }
@@ -142,10 +184,7 @@ impl Session<'_> {
             }
             UserCommand::Unsubscribe(channel) => {
                 if self.node.unsubscribe(&channel, &self.outbox).await {
-                    let push = Push::<()>::Unsubscribed(UnsubscribedPush {
-                        channel: channel.to_string(),
-                    });
-                    self.outbox.push(Frame::from(encode(&push)));
+                    self.outbox.push(Item::Unsubscribed(channel));
                 }
             }
             UserCommand::Disconnect { code, reason } => {
@@ -155,14 +194,23 @@ impl Session<'_> {
         self.note_activity();
     }
 
-    /// The client's `subscribe`: the channel rules apply, and the reply tells the outcome
-    /// (with `since`, the recovered publications or why there are none).
-    async fn subscribe(&mut self, identity: &Identity, id: Option<u64>, request: Subscribe) {
+    /// The client's `subscribe` (or a channel it named when it connected): the channel rules
+    /// apply, and the reply (or the pushes) tell the outcome — with `since`, the recovered
+    /// publications or why there are none.
+    pub(super) async fn subscribe(
+        &mut self,
+        identity: &Identity,
+        asker: Asker,
+        request: Subscribe,
+    ) {
         let Subscribe {
             channel,
             since,
             token,
         } = request;
+        let refuse = |session: &Self, refusal: &Refusal| {
+            session.refuse_to(asker, Some(&channel), refusal);
+        };
         let allowed = self.node.rules().check_subscribe(
             identity,
             &channel,
@@ -170,17 +218,17 @@ impl Session<'_> {
             self.gate.verifier.as_ref(),
         );
         if let Err(denied) = allowed {
-            return self.reply_error(id, &Refusal::from(&denied));
+            return refuse(self, &Refusal::from(&denied));
         }
         if self.outbox.is_subscribed(&channel) {
             let message = format!("already subscribed to {channel}");
-            return self.reply_error(id, &Refusal::new(ErrorCode::AlreadySubscribed, message));
+            return refuse(self, &Refusal::new(ErrorCode::AlreadySubscribed, message));
         }
         let mut identity = Cow::Borrowed(identity);
         if self.node.rules().options(&channel).proxy_subscribe {
             let backend = self.gate.backend.clone();
             let answer = backend.subscribe(&self.caller(&identity), &channel).await;
-            let Some(result) = self.decided(id, answer) else {
+            let Some(result) = self.decided(asker, Some(&channel), answer) else {
                 return;
             };
             if let Some(info) = result.info {
@@ -191,56 +239,40 @@ impl Session<'_> {
         let opened = self.open(&identity, &channel, since.as_ref()).await;
         let Subscribed { position, recovery } = match opened {
             Ok(subscribed) => subscribed,
-            Err(refusal) => return self.reply_error(id, &refusal),
+            Err(refusal) => return refuse(self, &refusal),
         };
         if let Some(recovery) = &recovery {
-            let outcome = match recovery {
-                Recovery::Recovered(_) => "recovered",
-                Recovery::Unrecoverable(ContinuityError::EpochChanged { .. }) => "epoch_changed",
-                Recovery::Unrecoverable(ContinuityError::Ahead { .. }) => "ahead",
-                Recovery::Unrecoverable(ContinuityError::TooOld(_)) => "too_old",
-                Recovery::Unrecoverable(ContinuityError::Incomplete { .. }) => "incomplete",
-            };
-            metrics().recoveries.with_label_values(&[outcome]).inc();
+            count_recovery(recovery);
         }
-        let (recovered, publications, reason) = match recovery {
-            None => (None, None, None),
-            Some(Recovery::Recovered(publications)) => (Some(true), Some(publications), None),
-            Some(Recovery::Unrecoverable(reason)) => (Some(false), Some(Vec::new()), Some(reason)),
-        };
-        let frames: Vec<Frame> = match id {
-            Some(id) => vec![Frame::from(encode_ok(
-                id,
-                &SubscribeOk::<Arc<serde_json::value::RawValue>> {
-                    channel: channel.to_string(),
-                    offset: position.offset,
-                    epoch: position.epoch.to_string(),
-                    recovered,
-                    publications,
-                    reason: reason.as_ref().map(ToString::to_string),
-                    receipts: self.node.tracks_receipts(&channel),
-                },
-            ))],
-            // Without a reply to carry them, recovered publications come as pushes and a
-            // failed recovery as an error push.
-            None => match reason {
-                Some(reason) => vec![Frame::from({
-                    super::count_error(ErrorCode::UnrecoverablePosition);
-                    encode_error(
-                        None,
-                        ErrorCode::UnrecoverablePosition,
-                        &format!("{channel}: {reason}"),
-                    )
-                })],
-                None => publications
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|p| Frame::from(encode(&Push::Pub(p))))
-                    .collect(),
+        let recovery = recovery.map(|recovery| match recovery {
+            Recovery::Recovered(publications) => Recovered {
+                publications,
+                unrecovered: None,
             },
+            Recovery::Unrecoverable(reason) => Recovered {
+                publications: Vec::new(),
+                unrecovered: Some(reason.to_string()),
+            },
+        });
+        let subscription = Subscription {
+            id: None,
+            receipts: self.node.tracks_receipts(&channel),
+            channel,
+            position,
+            recovery,
+        };
+        let position = subscription.position.clone();
+        let channel = subscription.channel.clone();
+        let items = match asker {
+            Asker::Command(None) => without_reply(subscription),
+            Asker::Command(id) => vec![Item::Subscribed(Box::new(Subscription {
+                id,
+                ..subscription
+            }))],
+            Asker::Stream => vec![Item::Subscribed(Box::new(subscription))],
         };
         self.outbox
-            .complete_subscription(&channel, frames, &position);
+            .complete_subscription(&channel, items, &position);
     }
 
     /// The server API's subscribe: no rules, nothing to reply to, a `subscribed` push instead;
@@ -251,15 +283,16 @@ impl Session<'_> {
         }
         match self.open(identity, &channel, None).await {
             Ok(Subscribed { position, .. }) => {
-                let push = Push::<()>::Subscribed(SubscribedPush {
-                    channel: channel.to_string(),
-                    offset: position.offset,
-                    epoch: position.epoch.to_string(),
+                let subscription = Subscription {
+                    id: None,
                     receipts: self.node.tracks_receipts(&channel),
-                });
-                let frames = vec![Frame::from(encode(&push))];
+                    channel: channel.clone(),
+                    position: position.clone(),
+                    recovery: None,
+                };
+                let items = vec![Item::Subscribed(Box::new(subscription))];
                 self.outbox
-                    .complete_subscription(&channel, frames, &position);
+                    .complete_subscription(&channel, items, &position);
             }
             Err(refusal) => self.reply_error(None, &refusal),
         }
@@ -386,7 +419,7 @@ impl Session<'_> {
             let answer = backend
                 .publish(&self.caller(identity), &channel, &data)
                 .await;
-            let Some(result) = self.decided(id, answer) else {
+            let Some(result) = self.decided(Asker::Command(id), None, answer) else {
                 return;
             };
             if let Some(replaced) = result.data {

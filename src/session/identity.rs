@@ -10,10 +10,9 @@ use super::heartbeat::{NEVER, millis};
 use super::{Refusal, Session};
 use crate::auth::{AuthError, ConnectionClaims, Identity, Verifier, millis_until};
 use crate::backend::{Answer, Caller, RefreshResult};
-use crate::outbox::{Closing, Frame};
+use crate::outbox::Closing;
 use crate::protocol::{
-    self, CloseCode, Connect, Connected, ErrorBody, ErrorCode, Push, Refreshed, encode,
-    encode_error_body, encode_ok,
+    self, CloseCode, Connect, Connected, ErrorBody, ErrorCode, Greeting, Item, Refreshed,
 };
 
 /// How connections prove who they are.
@@ -166,11 +165,8 @@ impl Session<'_> {
             expires_in_ms,
         };
         self.identity = Some(identity);
-        let frame = match id {
-            Some(id) => encode_ok(id, &connected),
-            None => encode(&Push::<()>::Connected(connected)),
-        };
-        self.outbox.push(Frame::from(frame));
+        self.outbox
+            .push(Item::Connected(Box::new(Greeting { id, connected })));
     }
 
     /// A connection without a token where the app's backend decides (`--proxy-connect`): it
@@ -189,8 +185,8 @@ impl Session<'_> {
         let admitted = match backend.connect(&caller, name).await {
             Ok(Answer::Result(admitted)) => admitted,
             Ok(Answer::Error { code, message }) => {
-                let error = encode_error_body(None, ErrorBody { code, message });
-                self.outbox.push(Frame::from(error));
+                self.outbox
+                    .push(Item::error(None, ErrorBody { code, message }));
                 return self.greet(None, name);
             }
             Ok(Answer::Disconnect { code, reason }) => {

@@ -43,19 +43,22 @@ use crate::auth::{Denied, Identity};
 use crate::limits::{EventBudget, Limiter, Rate, Ticket, Verdict};
 use crate::metrics::metrics;
 use crate::node::{Mailbox, Node, NodeError};
-use crate::outbox::{Closing, Frame, Outbox};
+use crate::outbox::{Closing, Outbox};
 use crate::protocol::{
-    ClientInfo, CloseCode, Command, ErrorCode, Secret, decode_request, encode_error, encode_ok,
+    ChannelName, ClientInfo, CloseCode, Command, ErrorBody, ErrorCode, Item, Refused, Secret,
+    StreamPosition, Subscribe, decode_request,
 };
 
 mod dispatch;
 mod heartbeat;
 mod identity;
 mod pipeline;
+mod transport;
 mod writer;
 
 use heartbeat::{Clocks, NEVER};
 pub(crate) use identity::Gate;
+pub(crate) use transport::{Inbound, Incoming, Outgoing, ReadError, WriteError};
 
 /// Per-connection settings, shared by every session.
 #[derive(Clone, Debug)]
@@ -83,85 +86,6 @@ pub(crate) struct SessionConfig {
     pub drain_window: Duration,
     /// When the drain began; set just before the shutdown token is cancelled.
     pub drain_started: Arc<OnceLock<tokio::time::Instant>>,
-}
-
-/// What a client sent, as a session sees it.
-#[derive(Debug)]
-pub(crate) enum Inbound {
-    Text(Frame),
-    /// Data the protocol has no use for (a WebSocket binary frame).
-    Binary,
-    /// A transport-level sign of life (a WebSocket ping or pong).
-    Alive,
-    /// The peer started (or answered) the closing handshake.
-    Close,
-}
-
-/// Why reading failed.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum ReadError {
-    #[error("message larger than the limit")]
-    TooBig,
-    #[error("text is not valid UTF-8")]
-    InvalidUtf8,
-    /// More commands arrived than the connection could queue (an HTTP stream's requests).
-    #[error("too many commands at once")]
-    Flooded,
-    #[error("transport protocol violation")]
-    Protocol(#[source] Box<dyn std::error::Error + Send + Sync>),
-    /// The connection is gone (reset, EOF without a close): nobody is left to tell.
-    #[error("connection lost")]
-    Gone(#[source] Box<dyn std::error::Error + Send + Sync>),
-}
-
-impl ReadError {
-    /// The close that tells the peer, or `None` when the connection can no longer carry one.
-    pub(crate) fn closing(&self) -> Option<Closing> {
-        let code = match self {
-            Self::TooBig => CloseCode::MessageTooBig,
-            Self::InvalidUtf8 => CloseCode::InvalidPayload,
-            Self::Flooded => CloseCode::RateLimited,
-            Self::Protocol(_) => CloseCode::ProtocolError,
-            Self::Gone(_) => return None,
-        };
-        Some(Closing::with(code))
-    }
-}
-
-/// Why a write failed: the connection is gone.
-#[derive(Debug, thiserror::Error)]
-#[error("write failed: {0}")]
-pub(crate) struct WriteError(#[source] pub Box<dyn std::error::Error + Send + Sync>);
-
-/// The reading half of a transport.
-pub(crate) trait Incoming: Send {
-    /// The next thing the client sent; `None` once the connection has ended.
-    fn next(&mut self) -> impl Future<Output = Option<Result<Inbound, ReadError>>> + Send;
-}
-
-/// The writing half of a transport: owned by exactly one task.
-pub(crate) trait Outgoing: Send {
-    /// A transport the client cannot answer on by itself (an HTTP stream read by an
-    /// `EventSource`): a ping its connection accepted is proof enough of life. Its connection's
-    /// TCP user timeout (`crate::server`) bounds how long a vanished peer can go unnoticed.
-    const ONE_WAY: bool = false;
-
-    /// Queues a frame without flushing, so that a batch leaves in as few writes as possible.
-    fn feed(&mut self, frame: Frame) -> impl Future<Output = Result<(), WriteError>> + Send;
-
-    fn flush(&mut self) -> impl Future<Output = Result<(), WriteError>> + Send;
-
-    /// Sends the close and flushes it, giving up after `within` (a peer that does not read
-    /// cannot stall the server).
-    fn close(
-        &mut self,
-        code: CloseCode,
-        reason: &str,
-        within: Duration,
-    ) -> impl Future<Output = ()> + Send;
-
-    /// Finishes a close the peer started (flushes the transport's own reply), bounded.
-    fn finish(&mut self, within: Duration) -> impl Future<Output = ()> + Send;
 }
 
 /// What the client sent with its request to connect, and its place under the caps.
@@ -483,7 +407,10 @@ impl Session<'_> {
                     let metrics = metrics();
                     metrics.messages_in.inc();
                     metrics.bytes_in.inc_by(text.len() as u64);
-                    Box::pin(self.handle(text.as_str())).await
+                    Box::pin(self.handle(&text)).await
+                }
+                Inbound::Subscribe { channel, since } => {
+                    Box::pin(self.subscribe_input(channel, since)).await
                 }
                 Inbound::Binary if count_binary() && self.admit(None, false) => {
                     let message =
@@ -557,6 +484,27 @@ impl Session<'_> {
         self.note_activity();
     }
 
+    /// A channel the client named when it connected: subscribed like a `subscribe` command
+    /// without a token, and answered by pushes that name the channel.
+    async fn subscribe_input(&mut self, channel: ChannelName, since: Option<StreamPosition>) {
+        if !self.admit(None, false) {
+            return;
+        }
+        self.note_activity();
+        let Some(identity) = self.identity_for_command() else {
+            return;
+        };
+        self.settle().await;
+        let request = Subscribe {
+            channel,
+            since,
+            token: None,
+        };
+        self.subscribe(&identity, dispatch::Asker::Stream, request)
+            .await;
+        self.note_activity();
+    }
+
     /// A command arrived (or the subscriptions changed): restart the idle clock.
     fn note_activity(&self) {
         let since = if self.outbox.subscription_count() == 0 {
@@ -577,15 +525,34 @@ impl Session<'_> {
 
     fn reply_ok<T: serde::Serialize>(&self, id: Option<u64>, body: &T) {
         if let Some(id) = id {
-            self.outbox.push(Frame::from(encode_ok(id, body)));
+            self.outbox.push(Item::reply(id, body));
         }
     }
 
     /// An error reply, or an error push for a request without an id: never silent.
     fn reply_error(&self, id: Option<u64>, refusal: &Refusal) {
+        self.refuse_to(dispatch::Asker::Command(id), None, refusal);
+    }
+
+    /// Tells whoever asked that a request was refused (and counts it).
+    fn refuse_to(&self, asker: dispatch::Asker, channel: Option<&ChannelName>, refusal: &Refusal) {
         count_error(refusal.code);
-        let frame = encode_error(id, refusal.code, &refusal.message);
-        self.outbox.push(Frame::from(frame));
+        let error = ErrorBody::new(refusal.code, refusal.message.as_ref());
+        self.tell_error(asker, channel, error);
+    }
+
+    /// An error as whoever asked hears it: a reply or push for a command, a push naming the
+    /// channel for a stream's own channel.
+    fn tell_error(&self, asker: dispatch::Asker, channel: Option<&ChannelName>, error: ErrorBody) {
+        let item = match asker {
+            dispatch::Asker::Command(id) => Item::error(id, error),
+            dispatch::Asker::Stream => Item::Error(Box::new(Refused {
+                id: None,
+                error,
+                channel: channel.cloned(),
+            })),
+        };
+        self.outbox.push(item);
     }
 
     /// Logs a node failure where it is handled, and says what the client is told.

@@ -1,5 +1,6 @@
 //! Sessions driven through an in-memory transport: no sockets, the real node, hub and outbox
-//! (on the memory broker, which only the server names). Proves that the session core needs nothing of WebSockets.
+//! (on the memory broker, which only the server names). Proves that the session core needs
+//! nothing of WebSockets, and that a codec other than protocol v1 plugs into the same seam.
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr};
@@ -12,8 +13,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::*;
 use crate::config::ConnectionCaps;
+use crate::frame::{Frame, Messages};
 use crate::limits::Admission;
-use crate::protocol::{Outcome, Push, Reply, ServerFrame};
+use crate::protocol::{Codec, Outcome, Push, Reply, ServerFrame, V1};
 
 pub(crate) fn config() -> SessionConfig {
     SessionConfig {
@@ -52,19 +54,26 @@ impl Incoming for MemoryIncoming {
     }
 }
 
-struct MemoryOutgoing {
+struct MemoryOutgoing<C = V1> {
     out: mpsc::UnboundedSender<Out>,
     /// A client that stopped reading: no write ever completes.
     stalled: bool,
+    codec: C,
 }
 
-impl Outgoing for MemoryOutgoing {
-    async fn feed(&mut self, frame: Frame) -> Result<(), WriteError> {
+impl<C: Codec<Messages> + Send> Outgoing for MemoryOutgoing<C> {
+    async fn feed(&mut self, item: Item) -> Result<usize, WriteError> {
         if self.stalled {
             std::future::pending::<()>().await;
         }
-        let _ = self.out.send(Out::Frame(frame.as_str().to_owned()));
-        Ok(())
+        let mut messages = Messages::default();
+        self.codec.encode(item, &mut messages);
+        let mut bytes = 0;
+        for frame in messages {
+            bytes += frame.len();
+            let _ = self.out.send(Out::Frame(frame.as_str().to_owned()));
+        }
+        Ok(bytes)
     }
 
     async fn flush(&mut self) -> Result<(), WriteError> {
@@ -93,6 +102,16 @@ async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
 
 impl Client {
     fn connect(node: &Node, config: SessionConfig, name: &str, stalled: bool) -> Self {
+        Self::connect_with(node, config, name, stalled, V1)
+    }
+
+    fn connect_with<C: Codec<Messages> + Send + 'static>(
+        node: &Node,
+        config: SessionConfig,
+        name: &str,
+        stalled: bool,
+        codec: C,
+    ) -> Self {
         let (to_server, incoming) = mpsc::unbounded_channel();
         let (out, from_server) = mpsc::unbounded_channel();
         let admission = Admission::new(ConnectionCaps {
@@ -120,7 +139,11 @@ impl Client {
             },
             shutdown: CancellationToken::new(),
         });
-        let outgoing = MemoryOutgoing { out, stalled };
+        let outgoing = MemoryOutgoing {
+            out,
+            stalled,
+            codec,
+        };
         tokio::spawn(run(MemoryIncoming(incoming), outgoing, start));
         Self {
             to_server,
@@ -130,10 +153,17 @@ impl Client {
     }
 
     fn send(&self, frame: Value) {
-        let text = Frame::from(frame.to_string());
         self.to_server
-            .send(Inbound::Text(text))
+            .send(Inbound::Text(frame.to_string()))
             .expect("session alive");
+    }
+
+    /// The next text the session wrote, whatever its codec.
+    async fn text(&mut self) -> String {
+        match self.next().await {
+            Out::Frame(text) => text,
+            other => panic!("expected a frame, got {other:?}"),
+        }
     }
 
     async fn next(&mut self) -> Out {
@@ -333,12 +363,13 @@ async fn without_anonymous_access_no_command_runs_before_connect() {
         MemoryOutgoing {
             out,
             stalled: false,
+            codec: V1,
         },
         start,
     ));
     let subscribe = json!({"id": 1, "op": "subscribe", "channel": "room"});
     to_server
-        .send(Inbound::Text(Frame::from(subscribe.to_string())))
+        .send(Inbound::Text(subscribe.to_string()))
         .unwrap();
     assert_eq!(
         within("the close", from_server.recv()).await,
@@ -346,6 +377,47 @@ async fn without_anonymous_access_no_command_runs_before_connect() {
     );
     let channels = node.channels().await.unwrap();
     assert!(channels.is_empty(), "nothing was subscribed: {channels:?}");
+}
+
+/// A wire of its own: one line of plain words per item, to prove that the session core decides
+/// and a codec only formats. Publications come from the typed item, not from its v1 bytes.
+struct Words;
+
+impl Codec<Messages> for Words {
+    fn encode(&mut self, item: Item, out: &mut Messages) {
+        let text = match item {
+            Item::Connected(greeting) => format!("hello {}", greeting.connected.user),
+            Item::Subscribed(s) => format!("listening to {} from {}", s.channel, s.position.offset),
+            Item::Publication(published) => {
+                let p = &published.publication;
+                format!(
+                    "{} said {} in {} (#{})",
+                    p.info.user, p.data, p.channel, p.offset
+                )
+            }
+            Item::Reply { id, .. } => format!("done {id}"),
+            Item::Error(refused) => format!("refused: {}", refused.error.message),
+            _ => return,
+        };
+        out.push(Frame::from(text));
+    }
+}
+
+#[tokio::test]
+async fn another_codec_speaks_its_own_words_through_the_same_session_core() {
+    let node = node();
+    let mut listener = Client::connect_with(&node, config(), "ann", false, Words);
+    assert_eq!(listener.text().await, "hello ann");
+    listener.send(json!({"id": 1, "op": "subscribe", "channel": "room"}));
+    assert_eq!(listener.text().await, "listening to room from 0");
+    // Permissions are the session core's: a codec never sees what it may not say.
+    listener.send(json!({"id": 2, "op": "subscribe", "channel": "room"}));
+    assert_eq!(listener.text().await, "refused: already subscribed to room");
+    let mut talker = Client::connect(&node, config(), "bo", false);
+    talker
+        .ok(json!({"op": "publish", "channel": "room", "data": {"t": 1}}))
+        .await;
+    assert_eq!(listener.text().await, r#"bo said {"t":1} in room (#1)"#);
 }
 
 /// A backend handle with no endpoint configured.

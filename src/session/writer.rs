@@ -10,14 +10,14 @@ use tokio_util::sync::CancellationToken;
 use super::heartbeat::{Beat, Clocks, Heartbeat};
 use super::{Outgoing, SessionConfig};
 use crate::metrics::metrics;
-use crate::outbox::{Closing, Frame, Outbox, SMALL_BATCH};
-use crate::protocol::{CloseCode, PING_FRAME};
-
-const PING: Frame = Frame::from_static(PING_FRAME);
+use crate::outbox::{Closing, Outbox, SMALL_BATCH};
+use crate::protocol::{CloseCode, Item};
 
 /// How one batch's write ended.
 enum Written {
-    Done,
+    Done {
+        items: usize,
+    },
     Failed,
     TimedOut,
     /// Something decided to close while the write was blocked.
@@ -43,27 +43,28 @@ pub(super) async fn write_loop<O: Outgoing>(
         let with_ping = heartbeat.ping_due() && closing.is_none();
         if with_ping {
             clocks.alive.store(false, Ordering::Relaxed);
-            batch.push(PING);
+            batch.push(Item::Ping);
         }
         if !batch.is_empty() {
             let small = batch.len() <= SMALL_BATCH;
-            let (frames, bytes) = (batch.len(), batch.iter().map(Frame::len).sum::<usize>());
+            let mut bytes = 0;
             // Boxed: the write's state is only alive while writing, and the loop's future is
             // held by every idle connection.
             let written = Box::pin(write_batch(
                 out,
                 &mut batch,
+                &mut bytes,
                 outbox,
                 closing.is_some(),
                 config,
                 shutdown,
             ));
             match written.await {
-                Written::Done => {
-                    // Once per batch: one shared counter per frame would be contended under
+                Written::Done { items } => {
+                    // Once per batch: one shared counter per item would be contended under
                     // fan-out.
                     let metrics = metrics();
-                    metrics.messages_out.inc_by(frames as u64);
+                    metrics.messages_out.inc_by(items as u64);
                     metrics.bytes_out.inc_by(bytes as u64);
                 }
                 Written::Failed => {
@@ -105,7 +106,8 @@ pub(super) async fn write_loop<O: Outgoing>(
 /// shutdown or another close reason may interrupt it.
 async fn write_batch<O: Outgoing>(
     out: &mut O,
-    batch: &mut Vec<Frame>,
+    batch: &mut Vec<Item>,
+    bytes: &mut usize,
     outbox: &Outbox,
     closing: bool,
     config: &SessionConfig,
@@ -116,15 +118,16 @@ async fn write_batch<O: Outgoing>(
     } else {
         config.write_timeout
     };
+    let items = batch.len();
     let write = async {
-        for frame in batch.drain(..) {
-            out.feed(frame).await?;
+        for item in batch.drain(..) {
+            *bytes += out.feed(item).await?;
         }
         out.flush().await
     };
     let written = tokio::select! {
         result = tokio::time::timeout(limit, write) => match result {
-            Ok(Ok(())) => Written::Done,
+            Ok(Ok(())) => Written::Done { items },
             Ok(Err(err)) => {
                 tracing::debug!(%err, "write failed");
                 Written::Failed
@@ -188,7 +191,7 @@ async fn drain_turn(shutdown: &CancellationToken, config: &SessionConfig, outbox
         .copied()
         .unwrap_or_else(tokio::time::Instant::now);
     // Fibonacci hashing: consecutive ids land far apart in [0, 1).
-    let spread = outbox.id().wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11;
+    let spread = outbox.id().get().wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11;
     let fraction = spread as f64 / (1u64 << 53) as f64;
     tokio::time::sleep_until(started + config.drain_window.mul_f64(fraction)).await;
 }

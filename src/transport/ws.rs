@@ -1,7 +1,8 @@
 //! The WebSocket transport: the upgrade (with permessage-deflate agreed where the server
 //! compresses, see [`deflate`](super::deflate)), the socket's [`Reader`] and [`Writer`] halves
 //! as a session's [`Incoming`] and [`Outgoing`], and the mapping of the library's errors to
-//! what a session understands. No other module names the WebSocket library's types.
+//! what a session understands. No module outside this adapter (this file and its
+//! `deflate`) names the WebSocket library's types.
 //!
 //! The library is tokio-tungstenite, chosen because it passes the whole Autobahn TestSuite
 //! without a failure; the upgrade is done here rather than by axum so that the socket can be
@@ -28,8 +29,8 @@ use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tungstenite::{Message, Utf8Bytes};
 
 use super::deflate::{self, Agreed, Inflating};
-use crate::outbox::Frame;
-use crate::protocol::CloseCode;
+use crate::frame::{Frame, Messages};
+use crate::protocol::{CloseCode, Codec, Item, V1};
 use crate::session::{Inbound, Incoming, Outgoing, ReadError, WriteError};
 
 /// Read buffer per connection. tungstenite's default (128 KiB) costs that much RSS on every
@@ -164,7 +165,7 @@ impl Upgrade {
                 .max_frame_size(Some(limit));
             let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
             let (sink, stream) = socket.split();
-            serve(Reader(stream), Writer { sink, agreed }).await;
+            serve(Reader(stream), Writer::new(sink, agreed)).await;
         });
         response
             .body(Body::empty())
@@ -218,7 +219,7 @@ impl Reader {
             Err(err) => return Some(Err(read_error(err))),
         };
         Some(Ok(match message {
-            Message::Text(text) => Received::Inbound(Inbound::Text(Frame::from(text))),
+            Message::Text(text) => Received::Inbound(Inbound::Text(text.as_str().to_owned())),
             Message::Binary(bytes) => Received::Binary(bytes),
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {
                 Received::Inbound(Inbound::Alive)
@@ -237,12 +238,24 @@ impl Incoming for Reader {
     }
 }
 
-/// The writing half of a socket: owned by exactly one task.
+/// The writing half of a socket: owned by exactly one task. Its codec makes the messages;
+/// it only writes them.
 #[derive(Debug)]
-pub(crate) struct Writer {
+pub(crate) struct Writer<C = V1> {
     sink: SplitSink<Socket, Message>,
     /// permessage-deflate, when agreed.
     agreed: Option<Agreed>,
+    codec: C,
+}
+
+/// An uncompressed text message, its bytes shared as they are (a frame is UTF-8 by
+/// construction, so they need no second check).
+fn text(frame: Frame) -> Message {
+    Message::Frame(WireFrame::message(
+        frame.bytes(),
+        OpCode::Data(Data::Text),
+        true,
+    ))
 }
 
 /// A message already deflated, sent as one frame with RSV1 set.
@@ -257,6 +270,16 @@ fn compressed(opcode: Data, payload: Bytes) -> Message {
 }
 
 impl Writer {
+    fn new(sink: SplitSink<Socket, Message>, agreed: Option<Agreed>) -> Self {
+        Self {
+            sink,
+            agreed,
+            codec: V1,
+        }
+    }
+}
+
+impl<C> Writer<C> {
     async fn send(&mut self, message: Message) -> Result<(), WriteError> {
         self.sink
             .feed(message)
@@ -290,15 +313,24 @@ impl Writer {
     }
 }
 
-impl Outgoing for Writer {
-    async fn feed(&mut self, frame: Frame) -> Result<(), WriteError> {
-        // A publication compressed once on this node, for every subscriber that can take it.
-        if self.agreed.is_some_and(Agreed::takes_shared)
-            && let Some(deflated) = frame.deflated(deflate::deflate)
-        {
-            return self.send(compressed(Data::Text, deflated)).await;
+impl<C: Codec<Messages> + Send> Outgoing for Writer<C> {
+    async fn feed(&mut self, item: Item) -> Result<usize, WriteError> {
+        let mut messages = Messages::default();
+        self.codec.encode(item, &mut messages);
+        let mut bytes = 0;
+        for frame in messages {
+            bytes += frame.len();
+            // A publication compressed once on this node, for every subscriber that can take
+            // it.
+            if self.agreed.is_some_and(Agreed::takes_shared)
+                && let Some(deflated) = frame.deflated(deflate::deflate)
+            {
+                self.send(compressed(Data::Text, deflated)).await?;
+            } else {
+                self.send(text(frame)).await?;
+            }
         }
-        self.send(Message::Text(frame.into_bytes())).await
+        Ok(bytes)
     }
 
     async fn flush(&mut self) -> Result<(), WriteError> {
