@@ -18,6 +18,7 @@
 
 mod backend;
 mod conn;
+mod coordinator;
 mod hostile;
 mod jitter;
 mod presence;
@@ -160,7 +161,7 @@ async fn main() -> Result<()> {
         drain: Duration::from_secs(5),
         prefix: cli.common.prefix.clone(),
         start_at: cli.common.start_at,
-        coordinator: cli.common.child.then(processes::Coordinator::stdio),
+        coordinator: cli.common.child.then(coordinator::Coordinator::stdio),
     };
     let common = &cli.common;
     if let Scenario::Jitter(args) = &cli.scenario {

@@ -11,15 +11,7 @@
 //! advance. Each child measures its window from that instant, says `measured`, and waits with
 //! its connections open until the parent has sampled the servers (`--pid`) and writes `stop`;
 //! then it prints its JSON report (with its raw histograms) and exits. The parent merges the
-//! reports into one.
-//!
-//! ```text
-//! child  → parent   ready          connected (idle: connected and settled)
-//! parent → child    start MS       every child is ready
-//! child  → parent   measured       window over
-//! parent → child    stop           servers sampled
-//! child  → parent   [report]       JSON, to end of file
-//! ```
+//! reports into one. The words exchanged, and the child's side, are in `coordinator`.
 
 use std::fmt::Display;
 use std::path::Path;
@@ -33,13 +25,9 @@ use tokio::process::{ChildStdin, ChildStdout, Command};
 
 use crate::Common;
 use crate::conn;
+use crate::coordinator::{MEASURED, READY, START, STOP};
 use crate::report::{self, Latency, Report};
 use crate::scenario::{ChatArgs, FanoutArgs, IdleArgs, Window};
-
-const READY: &str = "ready";
-const START: &str = "start ";
-const MEASURED: &str = "measured";
-const STOP: &str = "stop";
 
 /// How far ahead of "everybody is ready" the start is set. Connecting is already over by
 /// then, so this only covers a line crossing a pipe to an idle process on a busy machine.
@@ -448,57 +436,6 @@ impl Child {
             reports.len()
         );
         Ok(reports.remove(0))
-    }
-}
-
-/// The child's side: talks to the parent over stdout (one word a line) and stdin.
-#[derive(Debug)]
-pub struct Coordinator {
-    parent: tokio::sync::Mutex<Lines<BufReader<tokio::io::Stdin>>>,
-}
-
-impl Coordinator {
-    pub fn stdio() -> Self {
-        Self {
-            parent: tokio::sync::Mutex::new(BufReader::new(tokio::io::stdin()).lines()),
-        }
-    }
-
-    /// Says `word` to the parent and waits for its answer.
-    async fn tell(&self, word: &str) -> Result<String> {
-        {
-            use std::io::Write;
-            let mut stdout = std::io::stdout().lock();
-            writeln!(stdout, "{word}")
-                .and_then(|()| stdout.flush())
-                .context("writing to the parent process")?;
-        }
-        self.parent
-            .lock()
-            .await
-            .next_line()
-            .await
-            .context("reading from the parent process")?
-            .with_context(|| format!("the parent process went away after {word:?}"))
-    }
-
-    /// Connected: returns the agreed start (ms since the Unix epoch).
-    pub async fn ready(&self) -> Result<u64> {
-        let answer = self.tell(READY).await?;
-        answer
-            .strip_prefix(START)
-            .and_then(|ms| ms.parse().ok())
-            .with_context(|| format!("expected `{START}MS` from the parent, got {answer:?}"))
-    }
-
-    /// Window over: returns once the parent lets the connections go.
-    pub async fn measured(&self) -> Result<()> {
-        let answer = self.tell(MEASURED).await?;
-        ensure!(
-            answer == STOP,
-            "expected {STOP:?} from the parent, got {answer:?}"
-        );
-        Ok(())
     }
 }
 

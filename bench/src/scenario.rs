@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::conn::{self, Protocol, Received, Target, Ws};
-use crate::processes::Coordinator;
+use crate::coordinator::Coordinator;
 use crate::report::{self, Histograms, Latency, Report, Tally};
 
 /// What every scenario shares.
