@@ -42,6 +42,15 @@ pub enum Protocol {
     Socketio,
 }
 
+/// How a chat member reaches a Tidings server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Transport {
+    /// A WebSocket.
+    Ws,
+    /// An HTTP stream (`GET /stream`, NDJSON) and command requests (`POST /stream`).
+    Stream,
+}
+
 /// Where Engine.IO listens unless told otherwise.
 const SOCKETIO_PATH: &str = "/socket.io/?EIO=4&transport=websocket";
 

@@ -1,9 +1,10 @@
 //! `tidings-bench`: the benchmark of record for Tidings.
 //!
-//! Scenarios (every one over real WebSocket connections, loopback only):
+//! Scenarios (over real WebSocket connections unless said otherwise, loopback only):
 //! - `fanout`: S subscribers on one channel, P publishers at a fixed total rate R for D
 //!   seconds, open loop: a slow server shows as latency, never as a lower send rate.
-//! - `chat`: C rooms of M members, each member publishing at r msg/s to its room.
+//! - `chat`: C rooms of M members, each member publishing at r msg/s to its room (over
+//!   WebSockets, or with `--transport stream` over HTTP streams and command requests).
 //! - `idle`: N idle connections, each subscribed to a channel: server RSS per connection.
 //! - `ramp`: fan-out at rising rates until loss or the p99 bound breaks; the highest rate
 //!   sustained.
@@ -25,13 +26,14 @@ mod presence;
 mod processes;
 mod report;
 mod scenario;
+mod stream;
 
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
 use clap::{Args, Parser, Subcommand};
 
-use conn::{Protocol, Target};
+use conn::{Protocol, Target, Transport};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -228,7 +230,10 @@ async fn main() -> Result<()> {
         let env = &env;
         match &cli.scenario {
             Scenario::Fanout(args) => vec![scenario::fanout(env, args).await?],
-            Scenario::Chat(args) => vec![scenario::chat(env, args).await?],
+            Scenario::Chat(args) => vec![match args.transport {
+                Transport::Ws => scenario::chat(env, args).await?,
+                Transport::Stream => stream::chat(env, args).await?,
+            }],
             Scenario::Idle(args) => vec![scenario::idle(env, args).await?],
             Scenario::Ramp(args) => {
                 scenario::ramp(

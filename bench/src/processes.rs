@@ -96,7 +96,8 @@ fn fanout_shares(common: &Common, args: &FanoutArgs) -> Result<Vec<Share>> {
 }
 
 /// Chat over N processes: whole rooms per process, each process with its own prefix so that
-/// room i of one process is not room i of another.
+/// room i of one process is not room i of another. Each is told the whole chat's rooms: over
+/// streams, all of them spread their command requests over the same source addresses.
 fn chat_shares(common: &Common, args: &ChatArgs) -> Result<Vec<Share>> {
     let n = common.processes;
     ensure!(
@@ -104,6 +105,10 @@ fn chat_shares(common: &Common, args: &ChatArgs) -> Result<Vec<Share>> {
         "--processes {n} needs at least {n} rooms (got {})",
         args.rooms
     );
+    let transport = args
+        .transport
+        .to_possible_value()
+        .expect("every transport has a name");
     Ok(split(args.rooms, n)
         .into_iter()
         .enumerate()
@@ -120,6 +125,10 @@ fn chat_shares(common: &Common, args: &ChatArgs) -> Result<Vec<Share>> {
                 &args.duration,
                 &"--padding",
                 &args.padding,
+                &"--transport",
+                &transport.get_name(),
+                &"--all-rooms",
+                &args.all_rooms.unwrap_or(args.rooms),
             ]),
             prefix: format!("{}-{k}", common.prefix),
             connections: rooms * args.members.max(1),
@@ -444,6 +453,7 @@ mod tests {
     use clap::Parser;
 
     use super::*;
+    use crate::conn::Transport;
     use crate::{Cli, Scenario};
 
     fn cli(args: &str) -> Cli {
@@ -520,6 +530,22 @@ mod tests {
             })
             .collect();
         assert_eq!(rooms, [("x-0".into(), 3, 4), ("x-1".into(), 2, 4)]);
+        for child in &chat {
+            let Scenario::Chat(args) = &child.scenario else {
+                unreachable!()
+            };
+            assert_eq!((args.transport, args.all_rooms), (Transport::Ws, Some(5)));
+        }
+        let stream = children("tidings-bench chat -c 5 --transport stream --processes 2");
+        for child in &stream {
+            let Scenario::Chat(args) = &child.scenario else {
+                unreachable!()
+            };
+            assert_eq!(
+                (args.transport, args.all_rooms),
+                (Transport::Stream, Some(5))
+            );
+        }
 
         let idle = children("tidings-bench idle -n 7 --channels 3 --hold 0 --processes 2");
         let parts: Vec<_> = idle

@@ -11,7 +11,7 @@ use hdrhistogram::Histogram;
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::conn::{self, Protocol, Received, Target, Ws};
+use crate::conn::{self, Protocol, Received, Target, Transport, Ws};
 use crate::coordinator::Coordinator;
 use crate::report::{self, Histograms, Latency, Report, Tally};
 
@@ -46,7 +46,10 @@ impl Env {
     /// waits for the start the parent chose. `sockets` are connections that nothing reads yet;
     /// they answer heartbeats while waiting (other processes may take long to connect) and are
     /// handed back.
-    async fn agree_start(&self, sockets: Vec<Ws>) -> Result<(tokio::time::Instant, Vec<Ws>)> {
+    pub(crate) async fn agree_start(
+        &self,
+        sockets: Vec<Ws>,
+    ) -> Result<(tokio::time::Instant, Vec<Ws>)> {
         let Some(coordinator) = &self.coordinator else {
             return Ok((self.start(), sockets));
         };
@@ -123,6 +126,16 @@ pub struct ChatArgs {
     pub duration: f64,
     #[arg(long, default_value_t = 64)]
     pub padding: usize,
+    /// How members reach the server: `ws`, a WebSocket each; or `stream`, an HTTP stream each
+    /// (`GET /stream`, NDJSON), publishing with `POST /stream` commands (Tidings only; members
+    /// spread over at least as many --source-ips as the server's per-address budget for
+    /// command requests needs).
+    #[arg(long, value_enum, default_value = "ws")]
+    pub transport: Transport,
+    /// Rooms of all processes together (default: --rooms): under `--processes`, every
+    /// process spreads its streams' command requests over the addresses the whole chat needs.
+    #[arg(long, hide = true)]
+    pub all_rooms: Option<usize>,
 }
 
 #[derive(Clone, Debug, Args)]
@@ -159,7 +172,7 @@ pub struct RampArgs {
 }
 
 /// How long one connection's handshake and subscribe may take during set-up.
-const SET_UP_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const SET_UP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Opens `n` connections (numbered from `first`), subscribing connection i to `channel(i)`.
 /// Until every one is open, each is kept alive by a task that answers heartbeats: opening
@@ -275,7 +288,12 @@ async fn receive(
 }
 
 /// Records what a received frame means; true if it is a heartbeat to answer.
-fn take(protocol: Protocol, text: &str, tally: &mut Tally, delivered: &AtomicU64) -> bool {
+pub(crate) fn take(
+    protocol: Protocol,
+    text: &str,
+    tally: &mut Tally,
+    delivered: &AtomicU64,
+) -> bool {
     match conn::parse(protocol, text) {
         Received::Delivery { offset, delivery } => {
             tally.record(conn::now_ns(), delivery.t, delivery.p, delivery.s, offset);
@@ -368,7 +386,7 @@ impl Window {
 }
 
 /// Waits until `delivered` reaches `expected`, or `drain` passes without progress.
-async fn drain(delivered: &AtomicU64, expected: u64, drain: Duration) {
+pub(crate) async fn drain(delivered: &AtomicU64, expected: u64, drain: Duration) {
     let mut last = delivered.load(Ordering::Relaxed);
     let mut quiet_since = Instant::now();
     while last < expected && quiet_since.elapsed() < drain {
@@ -457,7 +475,7 @@ pub async fn fanout(env: &Env, args: &FanoutArgs) -> Result<Report> {
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn finish(
+pub(crate) async fn finish(
     env: &Env,
     scenario: &str,
     window: Window,

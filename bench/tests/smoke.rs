@@ -1,7 +1,7 @@
 //! The benchmark tool works end to end: against a real Tidings server and the naive peer it
-//! opens connections, publishes, receives, and reports consistent counts as JSON, from one
-//! process or merged from several (`--processes`). (Numbers are measured in
-//! docs/benchmarks.md, never asserted here.)
+//! opens connections (WebSockets, and HTTP streams for chat), publishes, receives, and reports
+//! consistent counts as JSON, from one process or merged from several (`--processes`).
+//! (Numbers are measured in docs/benchmarks.md, never asserted here.)
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -107,6 +107,33 @@ fn chat_and_idle_against_tidings_and_fanout_against_the_naive_peer() {
         "each message reaches its room's four members"
     );
     assert_eq!(chat["lost"], 0);
+
+    let streams = &bench(&[
+        "chat",
+        "--url",
+        &url,
+        "-c",
+        "5",
+        "-m",
+        "4",
+        "-r",
+        "5",
+        "-d",
+        "1",
+        "--transport",
+        "stream",
+    ])[0];
+    assert_eq!(streams["scenario"], "chat over /stream");
+    assert_eq!(streams["connections"], 20);
+    assert_eq!(streams["sent"], 100);
+    assert_eq!(
+        streams["delivered"], 400,
+        "each message reaches its room's four streams"
+    );
+    assert_eq!(
+        (&streams["lost"], &streams["errors"]),
+        (&0.into(), &0.into())
+    );
 
     let idle = &bench(&[
         "idle", "--url", &url, "--pid", &pid, "-n", "200", "--hold", "0",
