@@ -10,15 +10,21 @@
 #   cargo build --release --workspace
 #   bench/ab.sh /tmp/before/target/release/tidings target/release/tidings
 #
-# Runs fan-out (1,000 subscribers, 2 publishers, 400k/800k/1.6M deliveries/s offered, 5 s)
-# and idle (19,000 connections). One JSON report per run in target/ab/, a line per run on
-# stdout.
+# Runs fan-out (1,000 subscribers, 2 publishers, 400k/800k/1.6M deliveries/s offered, 5 s),
+# idle (IDLE_CONNECTIONS connections, 10,000 unless set; 19,000 is the most one generator
+# process holds) and chat over HTTP streams (CHAT_ROOMS rooms × 10 members at 1 msg/s for 10 s,
+# 200 rooms unless set: `chat --transport stream`, each member a GET /stream session publishing
+# with POST /stream). One JSON report per run in target/ab/, a line per run on stdout (with
+# the errors when there were any: a 429 from the stream's per-address budget is one).
+# BENCH overrides the tidings-bench binary (target/release/tidings-bench).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ $# -ge 2 ] || { echo "usage: $0 BEFORE_BINARY AFTER_BINARY [REPEATS]" >&2; exit 2; }
 declare -A BINARY=([before]=$1 [after]=$2)
 REPEATS=${3:-2}
-BENCH=target/release/tidings-bench
+BENCH=${BENCH:-target/release/tidings-bench}
+IDLE_CONNECTIONS=${IDLE_CONNECTIONS:-10000}
+CHAT_ROOMS=${CHAT_ROOMS:-200}
 OUT=target/ab
 mkdir -p "$OUT"
 port=21000
@@ -35,7 +41,8 @@ for r in json.load(open(sys.argv[1])):
           f'p50 {lat.get("p50_ms", 0):.1f} p99 {lat.get("p99_ms", 0):.1f} '
           f'cpu {srv.get("cpu_percent", 0):.0f}% rss {srv.get("rss_kib", 0) / 1024:.0f}MiB '
           f'gen {r.get("generator_cpu_percent", 0):.0f}%'
-          + (f" KiB/conn {per:.2f}" if per else ""), flush=True)
+          + (f" KiB/conn {per:.2f}" if per else "")
+          + (f" errors {r['errors']}" if r.get("errors") else ""), flush=True)
 PY
 }
 
@@ -62,6 +69,12 @@ for rep in $(seq "$REPEATS"); do
 done
 for rep in $(seq "$REPEATS"); do
   for which in before after; do
-    run "idle-$which-$rep" "${BINARY[$which]}" idle -n 19000
+    run "idle-$IDLE_CONNECTIONS-$which-$rep" "${BINARY[$which]}" idle -n "$IDLE_CONNECTIONS"
+  done
+done
+for rep in $(seq "$REPEATS"); do
+  for which in before after; do
+    run "chat-stream-$which-$rep" "${BINARY[$which]}" \
+      chat --transport stream -c "$CHAT_ROOMS" -m 10 -r 1 -d 10
   done
 done
