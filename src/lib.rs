@@ -1,14 +1,15 @@
 //! Tidings: a real-time messaging server.
 //!
 //! # Layout
-//! Each module uses only the ones listed after it (a test in `tests/it/architecture.rs` keeps
-//! the rules that matter most: sessions and the HTTP API never reach past the node, and only
-//! `server` names a concrete broker).
+//! The modules in layer order: each uses only the ones listed after it, and
+//! `tests/it/architecture.rs` reads every `crate::` path of the source to keep it so (and
+//! checks that sessions and the HTTP API never reach past the node, and that only `server`
+//! names a concrete broker).
 //!
 //! - [`server`]: wiring and lifecycle — builds everything from the settings, serves, shuts
 //!   down in order; the only module that names concrete brokers.
 //! - `api`: HTTP routes; translates requests into calls on the node.
-//! - `transport`: the ways a client reaches a session (WebSocket, SSE, NDJSON); each picks a
+//! - [`transport`]: the ways a client reaches a session (WebSocket, SSE, NDJSON); each picks a
 //!   codec and only writes what it makes.
 //! - `session`: one connection, whatever carries it and whatever its wire — identity,
 //!   commands, subscriptions, heartbeats, limits, its outbox. It speaks in typed items.
@@ -17,14 +18,16 @@
 //! - `hub`: local channel → subscribers; fan-out of items encoded once.
 //! - `outbox`: one connection's bounded queue of outgoing items and its subscriptions'
 //!   delivery state.
-//! - `limits`: per-connection rate limits and connection caps.
-//! - [`broker`]: offsets, history and delivery between nodes (memory, Redis, Redis Cluster).
-//! - [`presence`]: who is present in each channel, on every node (memory, Redis), and the
-//!   join and leave events.
-//! - [`auth`]: tokens → identities; who may subscribe and publish where.
 //! - [`webhook`]: lifecycle events and receipts, counted across nodes (memory, Redis) and
 //!   sent, signed, to the app's backend.
+//! - [`presence`]: who is present in each channel, on every node (memory, Redis), and the
+//!   join and leave events.
+//! - [`broker`]: offsets, history and delivery between nodes (memory, Redis, Redis Cluster).
+//!   The Redis stores of `presence` and `webhook` ride on its connection through one seam,
+//!   [`broker::RedisStore`], and name nothing else of it.
 //! - [`backend`]: calls to the app's backend over HTTP (`--proxy-*`).
+//! - [`auth`]: tokens → identities; who may subscribe and publish where.
+//! - `limits`: per-connection rate limits and connection caps.
 //! - [`config`]: every flag and environment variable, validated once into plain settings.
 //! - `metrics`: the counters the server keeps.
 //! - [`protocol`]: the wire format, pure data; shared with the tests and the benchmark. Also
@@ -52,21 +55,21 @@
 //! registry, a mailbox, the admission counters and the Redis broker's channel set are each
 //! taken alone.
 
+pub mod server;
 pub(crate) mod api;
-pub mod auth;
-pub mod backend;
+pub mod transport;
+pub(crate) mod session;
+pub(crate) mod node;
+pub(crate) mod hub;
+pub(crate) mod outbox;
+pub mod webhook;
+pub mod presence;
 pub mod broker;
+pub mod backend;
+pub mod auth;
+pub(crate) mod limits;
 pub mod config;
+pub(crate) mod metrics;
+pub mod protocol;
 pub(crate) mod connection;
 pub mod frame;
-pub(crate) mod hub;
-pub(crate) mod limits;
-pub(crate) mod metrics;
-pub(crate) mod node;
-pub(crate) mod outbox;
-pub mod presence;
-pub mod protocol;
-pub mod server;
-pub(crate) mod session;
-pub mod transport;
-pub mod webhook;

@@ -306,10 +306,34 @@ impl Register<'_> {
     }
 }
 
+/// The counters of what clients send and receive: messages in, bytes in, messages out, bytes
+/// out.
+fn traffic(r: &Register<'_>) -> [IntCounter; 4] {
+    [
+        r.counter(
+            "tidings_messages_in_total",
+            "WebSocket messages received from clients.",
+        ),
+        r.counter(
+            "tidings_bytes_in_total",
+            "Bytes of WebSocket messages received from clients.",
+        ),
+        r.counter(
+            "tidings_messages_out_total",
+            "Frames written to clients (replies and pushes).",
+        ),
+        r.counter(
+            "tidings_bytes_out_total",
+            "Bytes of frames written to clients.",
+        ),
+    ]
+}
+
 impl Metrics {
     fn new() -> Self {
         let registry = Registry::new();
         let r = Register(&registry);
+        let [messages_in, bytes_in, messages_out, bytes_out] = traffic(&r);
         Self {
             connections: r.gauge("tidings_connections", "Open client connections."),
             connections_opened: r.counter(
@@ -325,22 +349,10 @@ impl Metrics {
                 "tidings_slow_consumer_closes_total",
                 "Connections closed with 4000 because their outgoing queue overflowed.",
             ),
-            messages_in: r.counter(
-                "tidings_messages_in_total",
-                "WebSocket messages received from clients.",
-            ),
-            bytes_in: r.counter(
-                "tidings_bytes_in_total",
-                "Bytes of WebSocket messages received from clients.",
-            ),
-            messages_out: r.counter(
-                "tidings_messages_out_total",
-                "Frames written to clients (replies and pushes).",
-            ),
-            bytes_out: r.counter(
-                "tidings_bytes_out_total",
-                "Bytes of frames written to clients.",
-            ),
+            messages_in,
+            bytes_in,
+            messages_out,
+            bytes_out,
             publications: r.counters(
                 "tidings_publications_total",
                 "Publications accepted, by namespace.",

@@ -12,7 +12,7 @@ use axum::routing::post;
 use futures_util::{SinkExt, StreamExt};
 use serde::Serialize;
 use serde_json::{Value, json};
-use tidings::protocol::{Outcome, Push, Reply, ServerFrame};
+use tidings::protocol::{self, Command, Outcome, Push, Reply, Request, Rpc, ServerFrame};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::conn::{self, Ws};
@@ -106,7 +106,14 @@ async fn call_until(
     let mut id = 0u64;
     while Instant::now() < until {
         id += 1;
-        let frame = format!(r#"{{"id":{id},"op":"rpc","method":"echo","data":"{data}"}}"#);
+        let request = Request {
+            id: Some(id),
+            command: Command::Rpc(Rpc {
+                method: "echo".to_owned(),
+                data: Some(&data),
+            }),
+        };
+        let frame = protocol::encode(&request);
         let started = Instant::now();
         ws.send(Message::text(frame)).await?;
         loop {

@@ -198,7 +198,7 @@ async fn echo_loop(
                 return;
             }
             Some(Ok(Received::Inbound(
-                Inbound::Alive | Inbound::Binary | Inbound::Subscribe { .. },
+                Inbound::Alive | Inbound::Binary | Inbound::Subscribe(_),
             ))) => continue,
             Some(Ok(Received::Inbound(Inbound::Text(text)))) => {
                 writer.feed_echo(false, bytes::Bytes::from(text)).await

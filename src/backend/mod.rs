@@ -299,14 +299,6 @@ impl Backend {
         self.connect.is_some()
     }
 
-    pub fn handles_subscribe(&self) -> bool {
-        self.subscribe.is_some()
-    }
-
-    pub fn handles_publish(&self) -> bool {
-        self.publish.is_some()
-    }
-
     pub fn handles_refresh(&self) -> bool {
         self.refresh.is_some()
     }

@@ -91,6 +91,8 @@ use crate::protocol::{ChannelName, ClientInfo, IdempotencyKey, Publication, Stre
 pub mod memory;
 pub mod redis;
 
+pub use redis::RedisStore;
+
 /// The node's side of a broker: what a broker hands down. Every method must return quickly and
 /// never block (it runs on the broker's delivery path).
 pub trait Deliver: Send + Sync + 'static {

@@ -25,7 +25,7 @@ impl ServeArgs {
             url: self.webhook_url.clone()?,
             secret: self.webhook_secret.clone()?,
             offline_grace: self.webhook_offline_grace,
-            queue: crate::webhook::QueueBound {
+            queue: super::QueueBound {
                 events: self.webhook_queue_events,
                 bytes: self.webhook_queue_bytes,
             },

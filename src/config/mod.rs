@@ -172,7 +172,24 @@ pub struct WebhookSettings {
     /// A user is offline after this long without a connection anywhere.
     pub offline_grace: Duration,
     /// How much the event queue may hold.
-    pub queue: crate::webhook::QueueBound,
+    pub queue: QueueBound,
+}
+
+/// How much the webhook's event queue may hold (`--webhook-queue-events`,
+/// `--webhook-queue-bytes`); channel events get at most half of each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueueBound {
+    pub events: usize,
+    pub bytes: usize,
+}
+
+impl Default for QueueBound {
+    fn default() -> Self {
+        Self {
+            events: 10_000,
+            bytes: 4 << 20,
+        }
+    }
 }
 
 /// Caps on open connections; 0 means no cap.

@@ -36,7 +36,7 @@ use tokio::task::JoinHandle;
 
 use super::{Page, PresenceStore, Stats};
 use crate::broker::BrokerError;
-use crate::broker::redis::{Shared, pubsub_channel};
+use crate::broker::RedisStore;
 use crate::protocol::{ChannelName, Member};
 
 const COMMON: &str = include_str!("lua/common.lua");
@@ -59,6 +59,8 @@ pub struct RedisPresence {
 }
 
 struct Inner {
+    /// The broker's connection and naming, for the channels' pub/sub names.
+    store: RedisStore,
     client: Client,
     prefix: String,
     sharded: bool,
@@ -93,11 +95,12 @@ impl Drop for RedisPresence {
 
 impl RedisPresence {
     /// A store on the broker's connection; entries outlive their node's last refresh by `ttl`.
-    pub fn new(shared: Shared, ttl: Duration) -> Self {
+    pub fn new(shared: RedisStore, ttl: Duration) -> Self {
         let inner = Arc::new(Inner {
-            client: shared.client,
-            prefix: shared.prefix,
+            client: shared.client.clone(),
+            prefix: shared.prefix.clone(),
             sharded: shared.sharded,
+            store: shared,
             node: format!("{:016x}", fastrand::u64(..)),
             ttl,
             add: script(include_str!("lua/add.lua")),
@@ -137,7 +140,7 @@ impl Inner {
         let key_ttl = (self.ttl * 10).as_secs().max(60);
         vec![
             format!("{}:", self.key(channel, "pn")).into(),
-            pubsub_channel(&self.prefix, channel).into(),
+            self.store.pubsub_channel(channel).into(),
             (if self.sharded { "1" } else { "0" }).into(),
             i64::try_from(key_ttl).unwrap_or(i64::MAX).into(),
         ]

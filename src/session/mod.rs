@@ -58,7 +58,7 @@ mod writer;
 
 use heartbeat::{Clocks, NEVER};
 pub(crate) use identity::Gate;
-pub(crate) use transport::{Inbound, Incoming, Outgoing, ReadError, WriteError};
+pub(crate) use transport::{Inbound, Incoming, Outgoing, ReadError, Wanted, WriteError};
 
 /// Per-connection settings, shared by every session.
 #[derive(Clone, Debug)]
@@ -402,24 +402,26 @@ impl Session<'_> {
                 Some(Ok(inbound)) => inbound,
             };
             self.clocks.alive.store(true, Ordering::Relaxed);
-            match inbound {
+            // One await for every input, holding nothing but the boxed step: every byte of
+            // this loop's future is paid by every idle connection.
+            let step = match inbound {
                 Inbound::Text(text) => {
                     let metrics = metrics();
                     metrics.messages_in.inc();
                     metrics.bytes_in.inc_by(text.len() as u64);
-                    Box::pin(self.handle(&text)).await
+                    self.handle_text(text)
                 }
-                Inbound::Subscribe { channel, since } => {
-                    Box::pin(self.subscribe_input(channel, since)).await
-                }
+                Inbound::Subscribe(wanted) => self.subscribe_input(wanted),
                 Inbound::Binary if count_binary() && self.admit(None, false) => {
                     let message =
                         "binary frames are not part of protocol v1; send JSON text frames";
-                    self.reply_error(None, &Refusal::new(ErrorCode::BinaryFrame, message))
+                    self.reply_error(None, &Refusal::new(ErrorCode::BinaryFrame, message));
+                    continue;
                 }
-                Inbound::Binary | Inbound::Alive => {}
+                Inbound::Binary | Inbound::Alive => continue,
                 Inbound::Close => return outbox.close(Closing::ByPeer),
-            }
+            };
+            step.await;
         }
     }
 
@@ -443,6 +445,11 @@ impl Session<'_> {
                 false
             }
         }
+    }
+
+    /// A command's text, handled on the heap.
+    fn handle_text(&mut self, text: String) -> futures_util::future::BoxFuture<'_, ()> {
+        Box::pin(async move { self.handle(&text).await })
     }
 
     async fn handle(&mut self, text: &str) {
@@ -486,7 +493,12 @@ impl Session<'_> {
 
     /// A channel the client named when it connected: subscribed like a `subscribe` command
     /// without a token, and answered by pushes that name the channel.
-    async fn subscribe_input(&mut self, channel: ChannelName, since: Option<StreamPosition>) {
+    fn subscribe_input(&mut self, wanted: Wanted) -> futures_util::future::BoxFuture<'_, ()> {
+        let Wanted { channel, since } = wanted;
+        Box::pin(self.subscribe_channel(channel, since))
+    }
+
+    async fn subscribe_channel(&mut self, channel: ChannelName, since: Option<StreamPosition>) {
         if !self.admit(None, false) {
             return;
         }

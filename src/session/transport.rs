@@ -13,18 +13,22 @@ use crate::protocol::{ChannelName, CloseCode, Item, StreamPosition};
 pub(crate) enum Inbound {
     /// A command, as protocol v1 JSON text.
     Text(String),
-    /// A channel the client named when it connected (a stream's `channel` parameters), to
-    /// subscribe from `since` if given. The outcome comes as pushes naming the channel.
-    Subscribe {
-        channel: ChannelName,
-        since: Option<StreamPosition>,
-    },
+    /// A channel the client named when it connected (a stream's `channel` parameters). The
+    /// outcome comes as pushes naming the channel.
+    Subscribe(Wanted),
     /// Data the protocol has no use for (a WebSocket binary frame).
     Binary,
     /// A transport-level sign of life (a WebSocket ping or pong).
     Alive,
     /// The peer started (or answered) the closing handshake.
     Close,
+}
+
+/// A channel to subscribe to, from `since` if given.
+#[derive(Debug)]
+pub(crate) struct Wanted {
+    pub channel: ChannelName,
+    pub since: Option<StreamPosition>,
 }
 
 /// Why reading failed.

@@ -19,7 +19,7 @@ use crate::node::{StreamInbox, StreamInput};
 use crate::protocol::{
     ChannelName, CloseCode, Codec, Item, Ndjson, Positions, Sse, StreamPosition,
 };
-use crate::session::{Inbound, Incoming, Outgoing, ReadError, WriteError};
+use crate::session::{Inbound, Incoming, Outgoing, ReadError, Wanted, WriteError};
 
 /// How the stream is written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,9 +78,11 @@ pub(crate) fn open(
     let done = CancellationToken::new();
     let initial = subscribe
         .iter()
-        .map(|(channel, since)| Inbound::Subscribe {
-            channel: channel.clone(),
-            since: since.clone(),
+        .map(|(channel, since)| {
+            Inbound::Subscribe(Wanted {
+                channel: channel.clone(),
+                since: since.clone(),
+            })
         })
         .collect();
     let session = inbox.id().to_string();
@@ -229,9 +231,10 @@ mod tests {
         );
         assert!(text(&mut writer).starts_with("retry: 1000"));
         // The request's channels are the reader's first input: subscriptions, not commands.
-        let Some(Ok(Inbound::Subscribe { channel, since })) = reader.next().await else {
+        let Some(Ok(Inbound::Subscribe(wanted))) = reader.next().await else {
             panic!("the first input subscribes");
         };
+        let Wanted { channel, since } = wanted;
         assert_eq!((channel, since.map(|s| s.offset)), (a, Some(4)));
         // A close leaves as the codec's event.
         writer

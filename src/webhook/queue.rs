@@ -1,12 +1,7 @@
 //! The queue's bound: how many events and bytes may wait, and the room kept for user, member
 //! and receipt events (channel events, which any client can cause, get at most half).
 
-/// How much the event queue may hold; channel events at most half of each.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct QueueBound {
-    pub events: usize,
-    pub bytes: usize,
-}
+pub use crate::config::QueueBound;
 
 impl QueueBound {
     /// Whether an event of `len` bytes fits beside `queued` events of `queued_bytes`, given
@@ -20,15 +15,6 @@ impl QueueBound {
                 && queued.bytes + len <= self.bytes
         } else {
             queued.events < self.events && queued.bytes + len <= self.bytes
-        }
-    }
-}
-
-impl Default for QueueBound {
-    fn default() -> Self {
-        Self {
-            events: 10_000,
-            bytes: 4 << 20,
         }
     }
 }

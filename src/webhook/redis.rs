@@ -13,7 +13,7 @@ use super::{
 };
 
 use crate::broker::BrokerError;
-use crate::broker::redis::Shared;
+use crate::broker::RedisStore;
 
 /// Due outs and receipts one tick turns into events at most: the script blocks Redis while it
 /// runs (about a millisecond per thousand); a tick that leaves more is followed by another at
@@ -52,7 +52,7 @@ fn millis(duration: std::time::Duration) -> Value {
 }
 
 impl RedisLifecycle {
-    pub fn new(shared: Shared, node: String, debounce: Debounce, bound: QueueBound) -> Self {
+    pub fn new(shared: RedisStore, node: String, debounce: Debounce, bound: QueueBound) -> Self {
         Self {
             client: shared.client,
             base: format!("{{{}:wh}}", shared.prefix),

@@ -361,7 +361,7 @@ fn ttl_seconds(ttl: Duration) -> i64 {
 
 /// The pub/sub channel that carries `channel`'s publications and events. It shares the hash
 /// tag `{C}` with the channel's keys, so in a cluster all of them live on one shard.
-pub(crate) fn pubsub_channel(prefix: &str, channel: &ChannelName) -> String {
+fn pubsub_channel(prefix: &str, channel: &ChannelName) -> String {
     format!("{prefix}:{{{channel}}}")
 }
 
@@ -369,17 +369,26 @@ pub(crate) fn pubsub_channel(prefix: &str, channel: &ChannelName) -> String {
 /// byte is its epoch's (a letter or digit).
 pub(crate) const EVENT_MARKER: u8 = b'~';
 
-/// What a presence store on the same Redis needs from the broker: its connection and naming.
+/// The seam for stores that keep their state in the broker's own Redis (presence, webhook
+/// events): the broker's connection and its naming, and nothing else of the broker. A store
+/// takes one of these from `server` and never names the Redis broker itself.
 #[derive(Clone)]
-pub struct Shared {
+pub struct RedisStore {
     pub(crate) client: Client,
     pub(crate) prefix: String,
     pub(crate) sharded: bool,
 }
 
-impl fmt::Debug for Shared {
+impl RedisStore {
+    /// The pub/sub channel that carries `channel`'s publications and events.
+    pub(crate) fn pubsub_channel(&self, channel: &ChannelName) -> String {
+        pubsub_channel(&self.prefix, channel)
+    }
+}
+
+impl fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Shared")
+        f.debug_struct("RedisStore")
             .field("prefix", &self.prefix)
             .field("sharded", &self.sharded)
             .finish_non_exhaustive()
@@ -388,8 +397,8 @@ impl fmt::Debug for Shared {
 
 impl RedisBroker {
     /// The connection and naming, for a presence store on the same Redis.
-    pub fn shared(&self) -> Shared {
-        Shared {
+    pub fn shared(&self) -> RedisStore {
+        RedisStore {
             client: self.inner.client.clone(),
             prefix: self.inner.prefix.clone(),
             sharded: self.inner.sharded,
