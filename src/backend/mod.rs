@@ -30,7 +30,7 @@ use tokio::sync::Semaphore;
 
 use crate::config::ProxySettings;
 use crate::metrics::metrics;
-use crate::protocol::ChannelName;
+use crate::protocol::{ChannelName, CloseCode};
 
 /// Calls to the backend in flight on one node, at most.
 pub const MAX_IN_FLIGHT: usize = 1024;
@@ -121,6 +121,18 @@ pub enum BackendError {
 }
 
 impl BackendError {
+    /// What a client is told when its request failed this way: documented texts
+    /// (docs/protocol.md, error 502), never the HTTP client's error chain or the backend's URL.
+    pub fn client_message(&self) -> &'static str {
+        match self {
+            Self::Busy => "the app's backend is busy; retry later",
+            Self::Timeout(_) => "the app's backend did not answer in time; retry later",
+            Self::Unreachable(_) => "the app's backend could not be reached; retry later",
+            Self::Status(_) => "the app's backend answered with an HTTP error",
+            Self::Garbage(_) => "the app's backend answered something unusable",
+        }
+    }
+
     fn label(&self) -> &'static str {
         match self {
             Self::Busy => "busy",
@@ -139,8 +151,8 @@ pub enum Answer<T = Box<RawValue>> {
     Result(T),
     /// Refuse with the app's error (400–1999); the connection stays open.
     Error { code: u16, message: String },
-    /// Close the connection with this code (4000–4999).
-    Disconnect { code: u16, reason: String },
+    /// Close the connection with this code (the app's, 4000–4999).
+    Disconnect { code: CloseCode, reason: String },
 }
 
 /// What the backend says to a subscribe.
@@ -539,13 +551,13 @@ fn parse(bytes: &[u8]) -> Result<Answer, BackendError> {
         (None, Some(AppError { code, message }), None) if (400..=1999).contains(&code) => {
             Ok(Answer::Error { code, message })
         }
-        (None, None, Some(AppDisconnect { code, reason })) if (4000..=4999).contains(&code) => {
-            Ok(Answer::Disconnect { code, reason })
-        }
+        (None, None, Some(AppDisconnect { code, reason })) => match CloseCode::app(code) {
+            Some(code) => Ok(Answer::Disconnect { code, reason }),
+            None => Err(BackendError::Garbage(
+                "disconnect code outside 4000–4999".into(),
+            )),
+        },
         (None, Some(_), None) => Err(BackendError::Garbage("error code outside 400–1999".into())),
-        (None, None, Some(_)) => Err(BackendError::Garbage(
-            "disconnect code outside 4000–4999".into(),
-        )),
         _ => Err(BackendError::Garbage(
             "expected exactly one of result, error, disconnect".into(),
         )),

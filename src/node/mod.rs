@@ -1,6 +1,12 @@
 //! Node: this process's handle on the system — the hub of local subscribers, the broker, the
 //! per-namespace options, and the registry of which local connections belong to which user.
 //!
+//! One concept per file: `local` is the broker's sink and dispatches what it hands down;
+//! `users` keeps user → connections and their mailboxes; `presence` turns presence changes
+//! into `join`/`leave` pushes; `streams` routes commands to stream sessions; `control` is the
+//! node-to-node message they travel in; `continuity` decides whether a history continues a
+//! position; `receipts` tracks delivery receipts.
+//!
 //! Sessions and the HTTP API call only the node. It keeps the hub and the broker in step: the
 //! first local subscriber of a channel subscribes the node at the broker (undone if that
 //! fails), the last one to leave unsubscribes it. Both happen under a per-channel async lock,
@@ -10,7 +16,7 @@
 //!
 //! ## Server commands
 //! Subscribing, unsubscribing and disconnecting a user (from the server API) must reach the
-//! user's connections on every node: the node encodes a [`Control`] message, the broker carries
+//! user's connections on every node: the node encodes a `Control` message, the broker carries
 //! it as opaque bytes to every node, and each node hands it to the [`Mailbox`] of each of its
 //! connections of that user.
 //!
@@ -42,25 +48,29 @@ use crate::broker::{
     NodeSummary, PublishOptions,
 };
 use crate::config::Namespaces;
-use crate::connection::ConnectionId;
 use crate::hub::Hub;
 use crate::limits::EventBudget;
 use crate::metrics::{Metrics, metrics};
 use crate::outbox::Outbox;
 use crate::presence::{Page, PresenceStore, Stats};
 use crate::protocol::{
-    ChannelName, ClientInfo, CloseCode, ErrorCode, IdempotencyKey, Member, Publication,
-    StreamPosition,
+    ChannelName, ClientInfo, ErrorCode, IdempotencyKey, Member, Publication, StreamPosition,
 };
 use crate::webhook::Lifecycle;
+use continuity::{continuity, unpublished};
 
+mod continuity;
+mod control;
 mod local;
+mod presence;
 mod receipts;
 mod streams;
+mod users;
 
-use local::Control;
-pub use local::{Local, Mailbox, UserCommand};
+pub use continuity::ContinuityError;
+pub use local::Local;
 pub use streams::{StreamError, StreamInbox, StreamInput, session_node};
+pub use users::{Mailbox, UserCommand};
 
 const CHANNEL_LOCKS: usize = 256;
 
@@ -101,19 +111,6 @@ pub enum Recovery {
     Recovered(Vec<Publication>),
     /// Not all of them can be had.
     Unrecoverable(ContinuityError),
-}
-
-/// Why the publications after a position cannot all be had.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum ContinuityError {
-    #[error("the channel's history was lost: epoch {was:?} is now {now:?}")]
-    EpochChanged { was: Arc<str>, now: Arc<str> },
-    #[error("offset {offset} is ahead of the channel, which is at {at}")]
-    Ahead { offset: u64, at: u64 },
-    #[error("the history no longer reaches back to offset {0}")]
-    TooOld(u64),
-    #[error("{missed} publications were missed; only {kept} can be recovered")]
-    Incomplete { missed: u64, kept: usize },
 }
 
 /// Why a node operation failed.
@@ -415,76 +412,6 @@ impl Node {
         Ok(position)
     }
 
-    /// Makes a connection of an authenticated user reachable by server commands; its commands
-    /// arrive in the returned mailbox.
-    pub fn register_user(&self, user: &Arc<str>, id: ConnectionId) -> Arc<Mailbox> {
-        let mailbox = Arc::new(Mailbox::default());
-        self.0
-            .local
-            .users()
-            .entry(user.clone())
-            .or_default()
-            .push((id, mailbox.clone()));
-        if let Some(lifecycle) = &self.0.lifecycle {
-            lifecycle.connected(user);
-        }
-        mailbox
-    }
-
-    pub fn unregister_user(&self, user: &Arc<str>, id: ConnectionId) {
-        let mut users = self.0.local.users();
-        if let Some(connections) = users.get_mut(user) {
-            let before = connections.len();
-            connections.retain(|(connection, _)| *connection != id);
-            if let Some(lifecycle) = self
-                .0
-                .lifecycle
-                .as_ref()
-                .filter(|_| connections.len() < before)
-            {
-                lifecycle.disconnected(user);
-            }
-            if connections.is_empty() {
-                users.remove(user);
-            }
-        }
-    }
-
-    async fn control(&self, control: &Control) -> Result<(), NodeError> {
-        let message = control.encode()?;
-        Ok(self.0.broker.control(&message).await?)
-    }
-
-    /// Subscribes every connection of `user`, on every node, regardless of the rules.
-    pub async fn subscribe_user(&self, user: &str, channel: &ChannelName) -> Result<(), NodeError> {
-        let user = user.to_owned();
-        let channel = channel.clone();
-        self.control(&Control::Subscribe { user, channel }).await
-    }
-
-    /// Unsubscribes every connection of `user`, on every node.
-    pub async fn unsubscribe_user(
-        &self,
-        user: &str,
-        channel: &ChannelName,
-    ) -> Result<(), NodeError> {
-        let user = user.to_owned();
-        let channel = channel.clone();
-        self.control(&Control::Unsubscribe { user, channel }).await
-    }
-
-    /// Closes every connection of `user`, on every node.
-    pub async fn disconnect_user(
-        &self,
-        user: &str,
-        code: CloseCode,
-        reason: &str,
-    ) -> Result<(), NodeError> {
-        let (user, reason) = (user.to_owned(), reason.to_owned());
-        self.control(&Control::Disconnect { user, code, reason })
-            .await
-    }
-
     /// Every channel with subscribers on any node, sorted by name, with their counts: this
     /// node's live, the others' as of their last announcement.
     pub async fn channels(&self) -> Result<Vec<(ChannelName, usize)>, NodeError> {
@@ -538,51 +465,4 @@ impl Node {
     pub async fn ready(&self) -> Result<(), NodeError> {
         Ok(self.0.broker.ready().await?)
     }
-}
-
-/// The epoch of a `since` read while its channel was unpublished, for the broker to vouch for.
-fn unpublished(since: &StreamPosition) -> Option<Arc<str>> {
-    crate::broker::parse_unpublished(&since.epoch).map(|_| since.epoch.clone())
-}
-
-/// Checks that `history` continues `since` without a gap: same epoch, and (when `complete`)
-/// every publication up to the current offset present. An unpublished epoch that the broker
-/// vouches for stands for the current one: no other can have begun and been lost since it was
-/// read, so the offsets a client counted from it are the current epoch's.
-fn continuity(
-    since: &StreamPosition,
-    history: &History,
-    complete: bool,
-) -> Result<(), ContinuityError> {
-    let position = &history.position;
-    if position.epoch != since.epoch && !history.vouched {
-        return Err(ContinuityError::EpochChanged {
-            // The client's own epoch, which could be any size: quoted, not echoed whole.
-            was: crate::protocol::echo(&since.epoch).into(),
-            now: position.epoch.clone(),
-        });
-    }
-    if since.offset > position.offset {
-        return Err(ContinuityError::Ahead {
-            offset: since.offset,
-            at: position.offset,
-        });
-    }
-    let missed = position.offset - since.offset;
-    if missed == 0 {
-        return Ok(());
-    }
-    // `since.offset < position.offset` here, so the sum cannot overflow.
-    let first_missing = since.offset + 1;
-    match history.publications.first() {
-        Some(first) if first.offset == first_missing => {}
-        _ => return Err(ContinuityError::TooOld(first_missing)),
-    }
-    if complete && (history.publications.len() as u64) < missed {
-        return Err(ContinuityError::Incomplete {
-            missed,
-            kept: history.publications.len(),
-        });
-    }
-    Ok(())
 }

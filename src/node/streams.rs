@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::local::Control;
-use super::{Local, Node, NodeError};
+use super::control::Control;
+use super::{Node, NodeError};
 
 /// Commands a stream session may have waiting. A client sends its commands one request at a
 /// time, each answered once the broker took it; only a client racing requests in parallel
@@ -65,7 +65,7 @@ pub struct StreamInbox {
     id: Arc<str>,
     commands: mpsc::Receiver<String>,
     flooded: CancellationToken,
-    local: Weak<Local>,
+    streams: Weak<Streams>,
 }
 
 impl StreamInbox {
@@ -86,8 +86,8 @@ impl StreamInbox {
 
 impl Drop for StreamInbox {
     fn drop(&mut self) {
-        if let Some(local) = self.local.upgrade() {
-            local.streams.lock().remove(&self.id);
+        if let Some(streams) = self.streams.upgrade() {
+            streams.lock().remove(&self.id);
         }
     }
 }
@@ -151,7 +151,7 @@ impl Node {
             id,
             commands,
             flooded,
-            local: Arc::downgrade(&self.0.local),
+            streams: Arc::downgrade(&self.0.local.streams),
         }
     }
 

@@ -142,9 +142,15 @@ pub enum CloseCode {
     /// 4501: disconnected by the application through the server API: do not reconnect.
     Disconnected,
     /// 4000–4999 chosen by the app's backend (a proxy call answered `disconnect`); the ranges
-    /// keep their meaning: below 4500 reconnect, from 4500 do not.
-    App(u16),
+    /// keep their meaning: below 4500 reconnect, from 4500 do not. Built only by
+    /// [`CloseCode::app`], which keeps it in that range.
+    App(AppCode),
 }
+
+/// A close code the app's backend chose, in 4000–4999: [`CloseCode::app`] is the only way to
+/// make one, so no other number can reach a close frame as the app's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AppCode(u16);
 
 impl CloseCode {
     const ALL: [Self; 17] = [
@@ -167,6 +173,13 @@ impl CloseCode {
         Self::Disconnected,
     ];
 
+    /// The app's close code `number`, or `None` outside 4000–4999.
+    pub fn app(number: u16) -> Option<Self> {
+        (4000..=4999)
+            .contains(&number)
+            .then_some(Self::App(AppCode(number)))
+    }
+
     /// The number sent in the close frame.
     pub const fn number(self) -> u16 {
         match self {
@@ -187,7 +200,7 @@ impl CloseCode {
             Self::BackendUnavailable => 4006,
             Self::Idle => 4500,
             Self::Disconnected => 4501,
-            Self::App(number) => number,
+            Self::App(AppCode(number)) => number,
         }
     }
 
@@ -224,7 +237,7 @@ impl CloseCode {
     /// code says so). 1002 and 1007 say yes: only once the client is fixed will it help.
     pub const fn reconnect(self) -> bool {
         match self {
-            Self::App(number) => number < 4500,
+            Self::App(AppCode(number)) => number < 4500,
             _ => !matches!(
                 self,
                 Self::Normal | Self::PolicyViolation | Self::Idle | Self::Disconnected
@@ -263,5 +276,16 @@ mod tests {
             }
         }
         assert_eq!(CloseCode::from_number(4999), None);
+    }
+
+    #[test]
+    fn an_app_close_code_is_only_ever_in_its_range() {
+        for number in [0, 1000, 3999, 5000, u16::MAX] {
+            assert_eq!(CloseCode::app(number), None, "{number}");
+        }
+        let stay = CloseCode::app(4403).expect("in range");
+        assert_eq!((stay.number(), stay.reconnect()), (4403, true));
+        let leave = CloseCode::app(4999).expect("in range");
+        assert_eq!((leave.number(), leave.reconnect()), (4999, false));
     }
 }

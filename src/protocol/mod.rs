@@ -32,7 +32,7 @@ mod request;
 mod sse;
 mod v1;
 
-pub use codes::{CloseCode, ErrorCode};
+pub use codes::{AppCode, CloseCode, ErrorCode};
 pub use frames::{
     Connected, Empty, ErrorBody, HistoryOk, Outcome, PING_FRAME, PresenceBatch, PresenceChange,
     PresenceOk, PresenceStatsOk, PublishOk, Push, Refreshed, Reply, RpcOk, ServerFrame,

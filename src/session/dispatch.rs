@@ -12,14 +12,14 @@ use std::sync::Arc;
 use super::pipeline::Published;
 use super::{Refusal, Session};
 use crate::auth::Identity;
-use crate::backend::{Answer, BackendError, Caller};
+
 use crate::metrics::metrics;
 use crate::node::{ContinuityError, Recovery, Subscribed, UserCommand};
 use crate::outbox::Closing;
 use crate::protocol::{
-    Ack, ChannelName, CloseCode, Command, Empty, ErrorBody, ErrorCode, History, HistoryOk, Item,
-    Presence, PresenceOk, PresenceStats, PresenceStatsOk, Publish, PublishOk, Recovered, Rpc,
-    RpcOk, Secret, StreamPosition, Subscribe, Subscription, Unsubscribe,
+    Ack, ChannelName, Command, Empty, ErrorBody, ErrorCode, History, HistoryOk, Item, Presence,
+    PresenceOk, PresenceStats, PresenceStatsOk, Publish, PublishOk, Recovered, Rpc, RpcOk, Secret,
+    StreamPosition, Subscribe, Subscription, Unsubscribe,
 };
 
 /// Counts a recovery's outcome.
@@ -130,47 +130,6 @@ impl Session<'_> {
                 self.reply_error(id, &refusal)
             }
         }
-    }
-
-    /// Who the session is, for a call to the backend.
-    pub(super) fn caller<'a>(&'a self, identity: &'a Identity) -> Caller<'a> {
-        let (user, name) = if identity.authenticated {
-            (Some(&*identity.user), None)
-        } else {
-            (None, Some(&*identity.user))
-        };
-        Caller {
-            client: &self.client,
-            transport: self.transport,
-            user,
-            name,
-            forwarded: &self.forwarded,
-        }
-    }
-
-    /// The result of the backend's answer to a client's request; or, having told the client
-    /// (the app's error, the app's close, or 502 when the backend failed), `None`.
-    pub(super) fn decided<T>(
-        &self,
-        asker: Asker,
-        channel: Option<&ChannelName>,
-        answer: Result<Answer<T>, BackendError>,
-    ) -> Option<T> {
-        match answer {
-            Ok(Answer::Result(result)) => return Some(result),
-            Ok(Answer::Error { code, message }) => {
-                self.tell_error(asker, channel, ErrorBody { code, message });
-            }
-            Ok(Answer::Disconnect { code, reason }) => {
-                self.outbox
-                    .close(Closing::because(CloseCode::App(code), reason));
-            }
-            Err(err) => {
-                let refusal = Refusal::new(ErrorCode::BadBackend, err);
-                self.refuse_to(asker, channel, &refusal)
-            }
-        }
-        None
     }
 
     /// Carries out a server command that reached this connection.

@@ -3,17 +3,12 @@
 //! runs no other command until it has an [`Identity`].
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::time::{Duration, UNIX_EPOCH};
 
 use super::heartbeat::{NEVER, millis};
 use super::{Refusal, Session};
 use crate::auth::{AuthError, ConnectionClaims, Identity, Verifier, millis_until};
-use crate::backend::{Answer, Caller, RefreshResult};
 use crate::outbox::Closing;
-use crate::protocol::{
-    self, CloseCode, Connect, Connected, ErrorBody, ErrorCode, Greeting, Item, Refreshed,
-};
+use crate::protocol::{self, CloseCode, Connect, Connected, ErrorCode, Greeting, Item, Refreshed};
 
 /// How connections prove who they are.
 #[derive(Debug)]
@@ -112,7 +107,7 @@ impl Session<'_> {
 
     /// Lets `user` in as authenticated, within the per-user cap (closing the connection
     /// otherwise): the expiry clock set, reachable by server commands, told with `connected`.
-    fn enter(
+    pub(super) fn enter(
         &mut self,
         id: Option<u64>,
         user: Arc<str>,
@@ -169,91 +164,6 @@ impl Session<'_> {
             .push(Item::Connected(Box::new(Greeting { id, connected })));
     }
 
-    /// A connection without a token where the app's backend decides (`--proxy-connect`): it
-    /// names the user (and the channels the server subscribes it to), refuses with an error
-    /// (the client may still connect otherwise before the handshake timeout), or closes it.
-    pub(super) async fn connect_via_backend(&mut self, name: Option<&str>) {
-        let backend = self.gate.backend.clone();
-        // The requested name travels as the call's own field.
-        let caller = Caller {
-            client: &self.client,
-            transport: self.transport,
-            user: None,
-            name: None,
-            forwarded: &self.forwarded,
-        };
-        let admitted = match backend.connect(&caller, name).await {
-            Ok(Answer::Result(admitted)) => admitted,
-            Ok(Answer::Error { code, message }) => {
-                self.outbox
-                    .push(Item::error(None, ErrorBody { code, message }));
-                return self.greet(None, name);
-            }
-            Ok(Answer::Disconnect { code, reason }) => {
-                let closing = Closing::because(CloseCode::App(code), reason);
-                return self.outbox.close(closing);
-            }
-            Err(_) => {
-                // Logged and counted by the backend client; the client hears the code.
-                let code = CloseCode::BackendUnavailable;
-                return self.outbox.close(Closing::because(code, code.reason()));
-            }
-        };
-        let expires_in_ms = admitted.expire_at.map(millis_until_unix);
-        let info = admitted.info.map(Arc::new);
-        let Some(identity) = self.enter(None, admitted.user.into(), info, expires_in_ms) else {
-            return;
-        };
-        for channel in admitted.channels {
-            Box::pin(self.subscribe_for_server(&identity, channel)).await;
-        }
-    }
-
-    /// When the backend is to be asked to extend the connection (`--proxy-refresh`): shortly
-    /// before it expires, with time for the call to finish, and once per expiry.
-    pub(super) fn refresh_due(&self) -> Option<tokio::time::Instant> {
-        let backend = &self.gate.backend;
-        let expires = self.clocks.expires.load(Ordering::Relaxed);
-        if !backend.handles_refresh() || expires == NEVER || expires == self.refreshed_for {
-            return None;
-        }
-        let lead = millis(backend.timeout()) + REFRESH_MARGIN_MS;
-        Some(self.clocks.at(expires.saturating_sub(lead)))
-    }
-
-    /// Asks the backend to extend the connection: a new `expire_at` moves the expiry; an
-    /// error leaves it to expire (4003); a failed call closes it with 4006 at once.
-    pub(super) async fn refresh_via_backend(&mut self) {
-        self.refreshed_for = self.clocks.expires.load(Ordering::Relaxed);
-        let Some(identity) = self.identity.clone() else {
-            return;
-        };
-        let backend = self.gate.backend.clone();
-        match backend.refresh(&self.caller(&identity)).await {
-            Ok(Answer::Result(RefreshResult { expire_at })) => {
-                let left = millis_until_unix(expire_at);
-                let at = self.clocks.now().saturating_add(left);
-                self.clocks.set(&self.clocks.expires, at);
-                // An expiry too close to refresh before it comes is not offered again: asking
-                // at once, over and over, would hammer the backend.
-                if left <= millis(backend.timeout()) + REFRESH_MARGIN_MS {
-                    self.refreshed_for = at;
-                }
-            }
-            Ok(Answer::Error { code, message }) => {
-                tracing::debug!(client = %self.client, code, message, "the backend did not extend a connection");
-            }
-            Ok(Answer::Disconnect { code, reason }) => {
-                let closing = Closing::because(CloseCode::App(code), reason);
-                self.outbox.close(closing);
-            }
-            Err(_) => {
-                let code = CloseCode::BackendUnavailable;
-                self.outbox.close(Closing::because(code, code.reason()));
-            }
-        }
-    }
-
     /// Replaces the token of an authenticated connection, moving its expiry.
     pub(super) fn refresh(&mut self, identity: &Identity, id: Option<u64>, token: &str) {
         if !identity.authenticated {
@@ -273,16 +183,6 @@ impl Session<'_> {
         self.clocks.set(&self.clocks.expires, at);
         self.reply_ok(id, &Refreshed { expires_in_ms });
     }
-}
-
-/// How much sooner than `--proxy-timeout` before the expiry the backend is asked to refresh.
-const REFRESH_MARGIN_MS: u64 = 1000;
-
-/// Milliseconds from now until the Unix time `seconds` (0 if it has passed).
-fn millis_until_unix(seconds: u64) -> u64 {
-    UNIX_EPOCH
-        .checked_add(Duration::from_secs(seconds))
-        .map_or(u64::MAX, millis_until)
 }
 
 #[cfg(test)]

@@ -49,6 +49,7 @@ use crate::protocol::{
     StreamPosition, Subscribe, decode_request,
 };
 
+mod backend;
 mod dispatch;
 mod heartbeat;
 mod identity;

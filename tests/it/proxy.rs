@@ -198,7 +198,14 @@ async fn rpc_without_a_backend_is_not_enabled_and_an_unreachable_backend_is_a_50
     drop(closed);
     let server = TestServer::start(&["--proxy-rpc", &url]).await;
     let mut client = server.client("?name=dee").await;
-    assert_eq!(client.error_code(rpc("echo", Value::Null)).await, 502);
+    // The client hears the documented text; the HTTP client's error and the URL stay in the log.
+    match client.request(rpc("echo", Value::Null)).await {
+        Outcome::Error(err) => assert_eq!(
+            (err.code, err.message.as_str()),
+            (502, "the app's backend could not be reached; retry later")
+        ),
+        Outcome::Ok(body) => panic!("an unreachable backend answered {body}"),
+    }
     let m = scrape(server.addr).await;
     assert_eq!(
         m["tidings_proxy_errors_total{error=\"unreachable\",kind=\"rpc\"}"],
