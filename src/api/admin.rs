@@ -9,13 +9,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use super::{AppState, constant_time_eq};
+use super::{ApiError, AppState, constant_time_eq};
 use crate::metrics::{Metrics, metrics};
 
 const ADMIN_HTML: &str = include_str!("../../assets/admin.html");
@@ -109,7 +109,7 @@ impl FromRequestParts<AppState> for AdminKey {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
         let Some(expected) = state.api_key.as_ref() else {
             let off = "the admin page is off: start tidings with --api-key";
-            return Err((StatusCode::NOT_FOUND, off).into_response());
+            return Err(ApiError::Disabled(off).into_response());
         };
         let given = parts
             .headers
@@ -132,15 +132,18 @@ impl FromRequestParts<AppState> for AdminKey {
             });
         match given {
             Some(key) if constant_time_eq(key.as_bytes(), expected.expose().as_bytes()) => Ok(Self),
-            _ => Err((
-                StatusCode::UNAUTHORIZED,
-                [(
+            _ => {
+                let message = "the admin page needs the server API key";
+                let mut refused = ApiError::Unauthorized(message.into()).into_response();
+                // A challenge, so that a browser asks for the key.
+                refused.headers_mut().insert(
                     header::WWW_AUTHENTICATE,
-                    r#"Basic realm="Tidings admin (password: the API key)", charset="UTF-8""#,
-                )],
-                "the admin page needs the server API key",
-            )
-                .into_response()),
+                    HeaderValue::from_static(
+                        r#"Basic realm="Tidings admin (password: the API key)", charset="UTF-8""#,
+                    ),
+                );
+                Err(refused)
+            }
         }
     }
 }

@@ -22,6 +22,7 @@ use crate::protocol::{ChannelName, ErrorCode, Secret};
 use crate::session::{Gate, SessionConfig};
 
 pub mod admin;
+mod admission;
 pub mod channels;
 pub mod presence;
 pub mod publish;
@@ -139,16 +140,22 @@ async fn openapi() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON)
 }
 
-/// What a server API call can fail with: an HTTP status and a JSON body
-/// `{"error":{"code":"…","message":"…"}}`.
+/// Every refusal of every route — the server API, `/ws`, `/sse`, `/stream`, `/admin`, an
+/// unknown path or method: an HTTP status and one JSON body,
+/// `{"error":{"code":"…","message":"…"}}`. The code is the contract (docs/api.md); the message
+/// is for people, and never carries a dependency's error chain.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{0}")]
     BadRequest(String),
     #[error("{0}")]
-    Unauthorized(&'static str),
-    #[error("the server API is off: start tidings with --api-key")]
-    Disabled,
+    Unauthorized(std::borrow::Cow<'static, str>),
+    /// A browser's origin (or kind of request) may not use this route.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The API key is not configured: what is off, and how to turn it on.
+    #[error("{0}")]
+    Disabled(&'static str),
     #[error("{0}")]
     TooLarge(String),
     #[error("the request body did not arrive within {0:?} (--body-timeout)")]
@@ -157,22 +164,44 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     MethodNotAllowed(String),
+    /// A request to a WebSocket route that is not a WebSocket handshake.
+    #[error("{1}")]
+    NotAWebSocket(StatusCode, &'static str),
+    /// Too many requests from one address; answered with `Retry-After`.
+    #[error("{0}")]
+    RateLimited(&'static str),
+    #[error("the server is shutting down; connect to another node")]
+    ShuttingDown,
+    /// No place under the connection caps.
+    #[error(transparent)]
+    Refused(#[from] crate::limits::Refused),
     /// A node operation failed: the status and the code's name follow from its
     /// [`ErrorCode`], the message is the client-facing one.
     #[error("{message}")]
     Failed { code: ErrorCode, message: String },
 }
 
+/// The server API's [`ApiError::Disabled`].
+pub const API_OFF: &str = "the server API is off: start tidings with --api-key";
+
 impl ApiError {
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
             Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
-            Self::Disabled => (StatusCode::NOT_FOUND, "api_disabled"),
+            Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            Self::Disabled(_) => (StatusCode::NOT_FOUND, "api_disabled"),
             Self::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             Self::BodyTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            Self::NotAWebSocket(StatusCode::METHOD_NOT_ALLOWED, _) => {
+                (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
+            }
+            Self::NotAWebSocket(status, _) => (*status, "not_a_websocket"),
+            Self::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            Self::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+            Self::Refused(_) => (StatusCode::SERVICE_UNAVAILABLE, "too_many_connections"),
             Self::Failed { code, .. } => (
                 StatusCode::from_u16(code.http_status())
                     .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
@@ -196,16 +225,27 @@ impl From<NodeError> for ApiError {
     }
 }
 
+impl From<crate::transport::ws::NotAnUpgrade> for ApiError {
+    fn from(not: crate::transport::ws::NotAnUpgrade) -> Self {
+        Self::NotAWebSocket(not.status(), not.reason())
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
         let body = serde_json::json!({"error": {"code": code, "message": self.to_string()}});
-        (
+        let mut response = (
             status,
             [(header::CONTENT_TYPE, "application/json")],
             body.to_string(),
         )
-            .into_response()
+            .into_response();
+        if let Self::RateLimited(_) = self {
+            let retry = axum::http::HeaderValue::from_static("1");
+            response.headers_mut().insert(header::RETRY_AFTER, retry);
+        }
+        response
     }
 }
 
@@ -217,7 +257,11 @@ impl FromRequestParts<AppState> for ApiKey {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let expected = state.api_key.as_ref().ok_or(ApiError::Disabled)?.expose();
+        let expected = state
+            .api_key
+            .as_ref()
+            .ok_or(ApiError::Disabled(API_OFF))?
+            .expose();
         let given = parts
             .headers
             .get(header::AUTHORIZATION)
@@ -226,12 +270,12 @@ impl FromRequestParts<AppState> for ApiKey {
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("apikey"))
             .map(|(_, key)| key.trim())
             .ok_or(ApiError::Unauthorized(
-                "missing the header Authorization: apikey KEY",
+                "missing the header Authorization: apikey KEY".into(),
             ))?;
         if constant_time_eq(given.as_bytes(), expected.as_bytes()) {
             Ok(Self)
         } else {
-            Err(ApiError::Unauthorized("wrong API key"))
+            Err(ApiError::Unauthorized("wrong API key".into()))
         }
     }
 }

@@ -14,8 +14,8 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::ws::{Trust, bearer_token, check_origin, forwarded};
-use super::{AppState, JsonBody};
+use super::admission::{Admitted, Door, Trust, admit, check_origin};
+use super::{ApiError, AppState, JsonBody};
 use crate::metrics::metrics;
 use crate::node::{StreamError, session_node};
 use crate::protocol::Positions;
@@ -38,7 +38,7 @@ pub async fn sse(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
-) -> Response {
+) -> Result<Response, ApiError> {
     open(Format::Sse, state, peer, &headers, query.as_deref()).await
 }
 
@@ -48,7 +48,7 @@ pub async fn ndjson(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
-) -> Response {
+) -> Result<Response, ApiError> {
     open(Format::Ndjson, state, peer, &headers, query.as_deref()).await
 }
 
@@ -101,61 +101,30 @@ fn parse_query(query: Option<&str>, headers: &HeaderMap) -> Result<StreamParams,
     Ok(params)
 }
 
-fn refuse(status: StatusCode, message: impl Into<String>) -> Response {
-    let body = serde_json::json!({ "error": { "message": message.into() } });
-    (
-        status,
-        [(header::CONTENT_TYPE, "application/json")],
-        body.to_string(),
-    )
-        .into_response()
-}
-
 async fn open(
     format: Format,
     state: AppState,
     peer: SocketAddr,
     headers: &HeaderMap,
     query: Option<&str>,
-) -> Response {
-    if state.shutdown.is_cancelled() {
-        return refuse(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
-    }
-    let trust = match browser_trust(headers, &state.allowed_origins, peer) {
-        Ok(trust) => trust,
-        Err((status, message)) => return refuse(status, message),
-    };
-    let params = match parse_query(query, headers) {
-        Ok(params) => params,
-        Err(message) => return refuse(StatusCode::BAD_REQUEST, message),
-    };
+) -> Result<Response, ApiError> {
+    let mut params = parse_query(query, headers).map_err(ApiError::BadRequest)?;
+    let admitted = admit(&state, peer, headers, Door::Stream, params.token.take())?;
     if params.channels.len() > state.session.max_subscriptions {
         let most = state.session.max_subscriptions;
-        return refuse(
-            StatusCode::BAD_REQUEST,
-            format!("at most {most} channels per stream (--max-subscriptions)"),
-        );
+        return Err(ApiError::BadRequest(format!(
+            "at most {most} channels per stream (--max-subscriptions)"
+        )));
     }
-    let token = params.token.or_else(|| bearer_token(headers));
-    if let Some(token) = &token
-        && let Err(err) = state.gate.check_token(token.expose())
-    {
-        return refuse(StatusCode::UNAUTHORIZED, format!("token rejected: {err}"));
-    }
-    let backend_decides = state.gate.backend.handles_connect();
-    if token.is_none() && !state.gate.allow_anonymous && !backend_decides {
-        // The session would wait for a `connect` that a one-way reader cannot send.
-        let message = "a token is required (token=… or Authorization: Bearer)";
-        return refuse(StatusCode::UNAUTHORIZED, message);
-    }
-    let ticket = match state.admission.admit(peer.ip()) {
-        Ok(ticket) => ticket,
-        Err(refused) => {
-            tracing::info!(%peer, %refused, "connection refused");
-            return refuse(StatusCode::SERVICE_UNAVAILABLE, refused.to_string());
-        }
-    };
-    let tracked = state.connections.token();
+    let Admitted {
+        trust,
+        token,
+        forwarded,
+        ticket,
+        tracked,
+    } = admitted;
+    // A stream is refused before it starts: `admit` answered a full server already.
+    let ticket = ticket?;
     let inbox = state.node.open_stream();
     let session_id = inbox.id().clone();
     let subscribe: Vec<(ChannelName, Option<StreamPosition>)> = params
@@ -167,7 +136,6 @@ async fn open(
         })
         .collect();
     let (reader, writer, body) = stream::open(format, inbox, &subscribe);
-    let forwarded = forwarded(&state, headers, trust);
     let start = Box::new(Start {
         node: state.node,
         config: state.session,
@@ -185,48 +153,7 @@ async fn open(
         session::run(reader, writer, start).await;
         drop(tracked);
     });
-    respond(format, body, &session_id, headers, trust)
-}
-
-/// How far a stream request from a browser is trusted, or its refusal: a foreign origin, or a
-/// [`foreign_browsing`] request.
-fn browser_trust(
-    headers: &HeaderMap,
-    allowed: &[String],
-    peer: SocketAddr,
-) -> Result<Trust, (StatusCode, String)> {
-    let trust = check_origin(headers, allowed).map_err(|origin| {
-        tracing::info!(%peer, origin, "stream from a foreign origin refused");
-        let message = format!("origin {origin} may not open streams here (see --allowed-origin)");
-        (StatusCode::FORBIDDEN, message)
-    })?;
-    if let Some(how) = foreign_browsing(headers) {
-        tracing::info!(%peer, how, "stream opened by a browser without an allowed origin refused");
-        let message = format!(
-            "a {how} request may not open a stream: open it with fetch() or EventSource from \
-             an allowed origin"
-        );
-        return Err((StatusCode::FORBIDDEN, message));
-    }
-    Ok(trust)
-}
-
-/// What kind of browser request this is when it may not open a stream: a cross-site one, a
-/// navigation or a `no-cors` load (an `<img>`, a link) that carries no `Origin` to check — the
-/// page behind it could otherwise open a stream as the cookie's user. Requests from outside
-/// browsers carry no `Sec-Fetch-*` headers and pass.
-fn foreign_browsing(headers: &HeaderMap) -> Option<&'static str> {
-    if headers.contains_key(header::ORIGIN) {
-        // The origin check has judged it.
-        return None;
-    }
-    let fetch = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    match (fetch("sec-fetch-site"), fetch("sec-fetch-mode")) {
-        (Some("cross-site"), _) => Some("cross-site"),
-        (_, Some("navigate")) => Some("navigation"),
-        (_, Some("no-cors")) => Some("no-cors"),
-        _ => None,
-    }
+    Ok(respond(format, body, &session_id, headers, trust))
 }
 
 /// The stream's response: its body, and headers that keep proxies and caches out of its way.
@@ -289,14 +216,14 @@ pub struct Commands {
 
 /// Refuses a command request that names no session, or carries too few, too many or too big
 /// commands.
-fn well_formed(request: &Commands, max_message_size: usize) -> Result<(), (StatusCode, String)> {
+fn well_formed(request: &Commands, max_message_size: usize) -> Result<(), ApiError> {
     if session_node(&request.session).is_none() {
         let message = "session: not a stream session id (NODE.SECRET)".to_owned();
-        return Err((StatusCode::BAD_REQUEST, message));
+        return Err(ApiError::BadRequest(message));
     }
     if request.commands.is_empty() || request.commands.len() > MAX_COMMANDS {
         let message = format!("commands: between 1 and {MAX_COMMANDS} per request");
-        return Err((StatusCode::BAD_REQUEST, message));
+        return Err(ApiError::BadRequest(message));
     }
     if let Some(big) = request
         .commands
@@ -306,7 +233,7 @@ fn well_formed(request: &Commands, max_message_size: usize) -> Result<(), (Statu
         let size = big.get().len();
         let message =
             format!("a command of {size} bytes is over the {max_message_size}-byte limit");
-        return Err((StatusCode::PAYLOAD_TOO_LARGE, message));
+        return Err(ApiError::TooLarge(message));
     }
     Ok(())
 }
@@ -318,7 +245,7 @@ pub async fn commands(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     JsonBody(request): JsonBody<Commands>,
-) -> Response {
+) -> Result<Response, ApiError> {
     let outcome = |name: &str| {
         metrics()
             .http
@@ -328,18 +255,16 @@ pub async fn commands(
     };
     if state.shutdown.is_cancelled() {
         outcome("refused");
-        return refuse(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+        return Err(ApiError::ShuttingDown);
     }
     let Ok(trust) = check_origin(&headers, &state.allowed_origins) else {
         outcome("refused");
-        return refuse(
-            StatusCode::FORBIDDEN,
-            "origin not allowed (see --allowed-origin)",
-        );
+        let message = "origin not allowed (see --allowed-origin)";
+        return Err(ApiError::Forbidden(message.into()));
     };
-    if let Err((status, message)) = well_formed(&request, state.max_message_size) {
+    if let Err(err) = well_formed(&request, state.max_message_size) {
         outcome("refused");
-        return refuse(status, message);
+        return Err(err);
     }
     // What the request would push through the broker: its commands and their envelope.
     let bytes = request.session.len()
@@ -350,14 +275,8 @@ pub async fn commands(
             .sum::<usize>();
     if !state.stream_budgets.charge(peer.ip(), bytes) {
         outcome("limited");
-        let mut response = refuse(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too many command requests from this address; slow down",
-        );
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        return response;
+        let message = "too many command requests from this address; slow down";
+        return Err(ApiError::RateLimited(message));
     }
     let commands = request
         .commands
@@ -376,13 +295,13 @@ pub async fn commands(
         }
         Err(StreamError::Unknown) => {
             outcome("unknown");
-            refuse(StatusCode::NOT_FOUND, StreamError::Unknown.to_string())
+            ApiError::NotFound(StreamError::Unknown.to_string()).into_response()
         }
         Err(StreamError::Node(err)) => {
             outcome("failed");
-            refuse(StatusCode::SERVICE_UNAVAILABLE, err.client_message())
+            ApiError::from(err).into_response()
         }
     };
     allow_origin(&headers, trust, response.headers_mut());
-    response
+    Ok(response)
 }

@@ -56,6 +56,20 @@ pub(crate) struct Upgrade {
 #[derive(Debug)]
 pub(crate) struct NotAnUpgrade(StatusCode, &'static str);
 
+impl NotAnUpgrade {
+    /// The HTTP status the refusal calls for.
+    pub(crate) fn status(&self) -> StatusCode {
+        self.0
+    }
+
+    /// What is wrong with the handshake.
+    pub(crate) fn reason(&self) -> &'static str {
+        self.1
+    }
+}
+
+/// Only for axum's extractor contract: the routes take `Result<Upgrade, NotAnUpgrade>` and
+/// answer the refusal in the server's own error body.
 impl IntoResponse for NotAnUpgrade {
     fn into_response(self) -> Response {
         (self.0, self.1).into_response()

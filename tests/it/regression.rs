@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::support::redis::RedisServer;
-use crate::support::{Ended, TestServer, WAIT, WsClient, http_request, within};
+use crate::support::{Ended, TestServer, WAIT, WsClient, http_exchange, http_request, within};
 
 const SECRET: &str = "test-secret-of-at-least-32-bytes!!";
 const KEY: &str = "api-key-for-the-tests";
@@ -1518,6 +1518,122 @@ async fn issue_22_unknown_paths_and_methods_answer_a_json_error() {
             .unwrap_or_else(|err| panic!("{method} {path}: {err}: {body:?}"));
         assert_eq!(body["error"]["code"], code, "{method} {path}: {body}");
         assert!(body["error"]["message"].is_string(), "{body}");
+    }
+}
+
+#[tokio::test]
+async fn issue_23_every_refusal_of_every_route_has_one_json_error_body() {
+    let keyed = server("warn", &[]).await;
+    let open = TestServer::launch(&["--allow-anonymous"], &[("TIDINGS_LOG", Some("warn"))])
+        .await
+        .expect("server starts");
+    let upgrade = [
+        ("Connection", "Upgrade"),
+        ("Upgrade", "websocket"),
+        ("Sec-WebSocket-Version", "13"),
+        ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ];
+    let evil = ("Origin", "https://evil.test");
+    let foreign_ws: Vec<_> = upgrade.iter().copied().chain([evil]).collect();
+    let session =
+        json!({"session": format!("nobody.{}", "0".repeat(32)), "commands": [{"op": "ping"}]});
+    let session = session.to_string();
+    type Case<'a> = (
+        &'a TestServer,
+        &'a str,
+        &'a str,
+        Vec<(&'a str, &'a str)>,
+        &'a str,
+        u16,
+        &'a str,
+    );
+    let cases: Vec<Case<'_>> = vec![
+        (&open, "GET", "/ws", vec![], "", 400, "not_a_websocket"),
+        (&open, "POST", "/ws", vec![], "", 405, "method_not_allowed"),
+        (
+            &open,
+            "GET",
+            "/ws?name=a&name=b",
+            upgrade.to_vec(),
+            "",
+            400,
+            "bad_request",
+        ),
+        (&open, "GET", "/ws", foreign_ws, "", 403, "forbidden"),
+        (
+            &open,
+            "GET",
+            "/sse?channel=no%20spaces",
+            vec![],
+            "",
+            400,
+            "bad_request",
+        ),
+        (
+            &open,
+            "GET",
+            "/sse?channel=news",
+            vec![evil],
+            "",
+            403,
+            "forbidden",
+        ),
+        (
+            &open,
+            "GET",
+            "/stream?token=forged",
+            vec![],
+            "",
+            401,
+            "unauthorized",
+        ),
+        (&open, "POST", "/stream", vec![], "{", 400, "bad_request"),
+        (&open, "POST", "/stream", vec![], &session, 404, "not_found"),
+        (
+            &open,
+            "POST",
+            "/sse",
+            vec![evil],
+            &session,
+            403,
+            "forbidden",
+        ),
+        (&open, "GET", "/admin", vec![], "", 404, "api_disabled"),
+        (
+            &keyed,
+            "GET",
+            "/admin/stats",
+            vec![],
+            "",
+            401,
+            "unauthorized",
+        ),
+        (
+            &keyed,
+            "POST",
+            "/api/publish",
+            vec![],
+            "{}",
+            401,
+            "unauthorized",
+        ),
+        (&keyed, "GET", "/nowhere", vec![], "", 404, "not_found"),
+    ];
+    for (server, method, path, headers, body, status, code) in cases {
+        let (got, head, body) = http_exchange(server.addr, method, path, &headers, body).await;
+        assert_eq!(got, status, "{method} {path}: {body}");
+        assert!(
+            head.contains("content-type: application/json"),
+            "{method} {path}: {head}"
+        );
+        let body: Value = serde_json::from_str(&body)
+            .unwrap_or_else(|err| panic!("{method} {path}: {err}: {body:?}"));
+        assert_eq!(body["error"]["code"], code, "{method} {path}: {body}");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(!message.is_empty(), "{method} {path}: {body}");
+        if path == "/admin/stats" {
+            assert!(head.contains("www-authenticate: basic"), "{head}");
+        }
     }
 }
 

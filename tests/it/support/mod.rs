@@ -261,16 +261,34 @@ pub async fn http_request(
     authorization: Option<&str>,
     body: &str,
 ) -> (u16, String) {
+    let auth: Vec<(&str, &str)> = authorization
+        .map(|value| ("Authorization", value))
+        .into_iter()
+        .collect();
+    let (status, _, body) = http_exchange(addr, method, path, &auth, body).await;
+    (status, body)
+}
+
+/// One HTTP/1.1 request with `headers` (and a JSON `body`): the status, the head (lowercased)
+/// and the body.
+pub async fn http_exchange(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String, String) {
     within(WAIT, "HTTP request", async {
         let mut stream = TcpStream::connect(addr).await.expect("connect");
-        let auth = authorization
-            .map(|value| format!("Authorization: {value}\r\n"))
-            .unwrap_or_default();
-        let request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}\
-             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        let mut request =
+            format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+        for (name, value) in headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        request.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
-        );
+        ));
         stream.write_all(request.as_bytes()).await.expect("write");
         let mut response = String::new();
         stream.read_to_string(&mut response).await.expect("read");
@@ -280,7 +298,7 @@ pub async fn http_request(
             .nth(1)
             .and_then(|s| s.parse().ok())
             .expect("status");
-        (status, body.to_owned())
+        (status, head.to_ascii_lowercase(), body.to_owned())
     })
     .await
 }
