@@ -13,13 +13,12 @@ use crate::protocol::Secret;
 
 mod backend;
 mod cli;
-mod docs;
+mod reference;
 mod file;
 mod namespaces;
 mod origin;
 
 pub use cli::{Cli, CliCommand, ConfigCommand, LogFormat, ServeArgs, SizeError, parse_size};
-pub use docs::{example, reference};
 pub use file::{FileError, Invocation, check_file, parse_command_line};
 pub use namespaces::{
     CHAT_NAMESPACE, Compression, DEFAULT_JOIN_LEAVE_BATCH, DEFAULT_JOIN_LEAVE_LIMIT,
@@ -27,6 +26,7 @@ pub use namespaces::{
     SubscribeRule, parse_namespace,
 };
 pub use origin::{Origin, Origins, stray_environment};
+pub use reference::{example, reference};
 
 /// Why the settings cannot be used.
 #[derive(Debug, thiserror::Error)]

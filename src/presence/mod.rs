@@ -87,6 +87,61 @@ impl PresenceEvent {
 }
 
 /// Who is present where. See the module docs for the contract every implementation keeps.
+///
+/// # Example
+///
+/// One user's two connections join and one leaves: each change is announced once, in order,
+/// saying whether it was the user's first or last connection there; adding a member again
+/// announces nothing; `stats` counts connections and users.
+///
+/// ```
+/// use std::sync::{Arc, Mutex};
+///
+/// use tidings::broker::Deliver;
+/// use tidings::presence::memory::MemoryPresence;
+/// use tidings::presence::{Change, PresenceEvent, PresenceStore, Stats};
+/// use tidings::protocol::{ChannelName, Member, Publication, StreamPosition};
+///
+/// /// A node that only listens for presence changes.
+/// #[derive(Default)]
+/// struct Heard(Mutex<Vec<PresenceEvent>>);
+///
+/// impl Deliver for Heard {
+///     fn deliver(&self, _: &Publication) {}
+///     fn reconcile(&self, _: &ChannelName, _: &StreamPosition) {}
+///     fn control(&self, _: &[u8]) {}
+///     fn event(&self, _: &ChannelName, message: &[u8]) {
+///         self.0.lock().unwrap().extend(PresenceEvent::decode(message));
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), tidings::broker::BrokerError> {
+/// let heard = Arc::new(Heard::default());
+/// let store = MemoryPresence::new(heard.clone());
+/// let room = ChannelName::parse("room").unwrap();
+/// let ann = |client: &str| Member {
+///     client: client.into(),
+///     user: "ann".into(),
+///     authenticated: true,
+///     info: None,
+/// };
+/// store.add(&room, &ann("c1")).await?;
+/// store.add(&room, &ann("c1")).await?; // already present: nothing happens
+/// store.add(&room, &ann("c2")).await?;
+/// assert_eq!(store.stats(&room).await?, Stats { clients: 2, users: 1 });
+/// store.remove(&room, "c1").await?;
+///
+/// let heard = heard.0.lock().unwrap();
+/// let told: Vec<_> = heard.iter().map(|e| (e.change, e.user_edge, e.clients)).collect();
+/// // (change, the user's first or last connection here, connections present after it)
+/// assert_eq!(
+///     told,
+///     [(Change::Join, true, 1), (Change::Join, false, 2), (Change::Leave, false, 1)]
+/// );
+/// # Ok(())
+/// # }
+/// ```
 #[async_trait]
 pub trait PresenceStore: Send + Sync + fmt::Debug + 'static {
     /// Makes `member` present in `channel` and announces its join.

@@ -121,7 +121,7 @@ impl Inner {
         format!("{}:{{{channel}}}:{name}", self.prefix)
     }
 
-    /// KEYS[1..=4] of every script, and KEYS[5]: this node's set.
+    /// `KEYS[1..=4]` of every script, and `KEYS[5]`: this node's set.
     fn keys(&self, channel: &ChannelName, own_set: bool) -> Vec<String> {
         let mut keys = vec![
             self.key(channel, "pm"),

@@ -1,5 +1,5 @@
 //! The WebSocket transport: the upgrade (with permessage-deflate agreed where the server
-//! compresses, see [`deflate`](super::deflate)), the socket's [`Reader`] and [`Writer`] halves
+//! compresses, see [`deflate`]), the socket's [`Reader`] and [`Writer`] halves
 //! as a session's [`Incoming`] and [`Outgoing`], and the mapping of the library's errors to
 //! what a session understands. No module outside this adapter (this file and its
 //! `deflate`) names the WebSocket library's types.

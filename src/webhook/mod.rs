@@ -150,6 +150,50 @@ pub struct Ack {
 }
 
 /// Where holdings are counted across nodes and events wait to be sent.
+///
+/// # Example
+///
+/// A channel's first subscriber comes: `channel_occupied`. Its last one leaves and another
+/// comes back within the debounce (a reload): no event at all. The last one leaves for good:
+/// `channel_vacated`, once the debounce has passed and a tick looked. The sender takes events
+/// from the front of the queue and pops them once delivered.
+///
+/// ```
+/// use std::time::Duration;
+///
+/// use tidings::config::QueueBound;
+/// use tidings::protocol::ChannelName;
+/// use tidings::webhook::memory::MemoryLifecycle;
+/// use tidings::webhook::{Debounce, Edge, Holding, LifecycleStore};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), tidings::broker::BrokerError> {
+/// let settle = Duration::from_millis(50);
+/// let debounce = Debounce { channel: settle, member: settle, user: settle };
+/// let store = MemoryLifecycle::new(debounce, QueueBound::default());
+/// let news = Holding::Channel(ChannelName::parse("news").unwrap()).key();
+/// let came = Edge { key: news.clone(), enter: true };
+/// let went = Edge { key: news, enter: false };
+///
+/// store.apply(&[came.clone()]).await?;
+/// store.apply(&[went.clone(), came]).await?; // a reload
+/// store.apply(&[went]).await?;
+/// tokio::time::sleep(settle * 2).await;
+/// store.tick().await?;
+///
+/// let kinds: Vec<String> = store
+///     .peek(10)
+///     .await?
+///     .iter()
+///     .map(|event| serde_json::from_str::<serde_json::Value>(event).unwrap())
+///     .map(|event| event["type"].as_str().unwrap().to_owned())
+///     .collect();
+/// assert_eq!(kinds, ["channel_occupied", "channel_vacated"]);
+/// assert!(store.pop(2).await?, "one node: it holds the lease");
+/// assert!(store.peek(10).await?.is_empty());
+/// # Ok(())
+/// # }
+/// ```
 #[async_trait]
 pub trait LifecycleStore: Send + Sync + fmt::Debug {
     /// Records this node's edges, in order; each first node in and last node out enqueues its
