@@ -137,6 +137,26 @@ pub struct Greeting {
     pub connected: Connected,
 }
 
+#[cfg(test)]
+impl Greeting {
+    /// A `connected` push of an anonymous client `c`, for the tests of codecs and transports.
+    pub(crate) fn pushed() -> Self {
+        let connected = Connected {
+            client: "c".into(),
+            user: "u".into(),
+            version: super::PROTOCOL_VERSION,
+            ping_interval_ms: 1,
+            pong_timeout_ms: 1,
+            authenticated: false,
+            expires_in_ms: None,
+        };
+        Self {
+            id: None,
+            connected,
+        }
+    }
+}
+
 /// A publication, with its protocol v1 push (`{"pub":{...}}`) encoded once for every
 /// subscriber on the node.
 #[derive(Debug)]

@@ -14,7 +14,7 @@ use bytes::BytesMut;
 use serde::Serialize;
 
 use super::outgoing::{Codec, Item, Subscription};
-use super::v1::{ChannelError, Close, Unrecovered, error_reply};
+use super::v1::{ChannelError, Close, Told, error_reply, told};
 use super::{Connected, Outcome, Reply, StreamPosition, SubscribedPush, UnsubscribedPush, encode};
 
 /// How soon an `EventSource` reconnects after the stream ends.
@@ -126,42 +126,32 @@ impl Sse {
         out.extend_from_slice(format!("retry: {SSE_RETRY_MS}\n\n").as_bytes());
     }
 
-    /// The `pub`, `unrecovered` and `subscribed` events of a subscription told in pushes.
-    fn subscribed(&mut self, subscription: Subscription, out: &mut BytesMut) {
-        let Subscription {
-            channel,
-            position,
-            recovery,
-            receipts,
-            ..
-        } = subscription;
-        if let Some(recovery) = recovery {
-            for publication in &recovery.publications {
-                let channel = publication.channel.as_str();
-                self.positions
-                    .set(channel, publication.offset, &publication.epoch);
-                let body = encode(publication);
-                self.event("pub", true, body.as_bytes(), out);
-            }
-            if let Some(reason) = &recovery.unrecovered {
-                let unrecovered = Unrecovered {
-                    channel: &channel,
-                    offset: position.offset,
-                    epoch: &position.epoch,
-                    reason,
-                };
-                self.event("unrecovered", false, encode(&unrecovered).as_bytes(), out);
+    /// The `pub`, `unrecovered` and `subscribed` events of a subscription told in pushes;
+    /// the `pub` and `subscribed` events carry the positions they move to.
+    fn subscribed(&mut self, subscription: &Subscription, out: &mut BytesMut) {
+        for told in told(subscription) {
+            match told {
+                Told::Pub(publication) => {
+                    let channel = publication.channel.as_str();
+                    self.positions
+                        .set(channel, publication.offset, &publication.epoch);
+                    self.event("pub", true, encode(publication).as_bytes(), out);
+                }
+                Told::Unrecovered(unrecovered) => {
+                    self.event("unrecovered", false, encode(&unrecovered).as_bytes(), out);
+                }
+                Told::Subscribed(subscribed) => {
+                    let SubscribedPush {
+                        channel,
+                        offset,
+                        epoch,
+                        ..
+                    } = &subscribed;
+                    self.positions.set(channel, *offset, epoch);
+                    self.event("subscribed", true, encode(&subscribed).as_bytes(), out);
+                }
             }
         }
-        self.positions
-            .set(channel.as_str(), position.offset, &position.epoch);
-        let subscribed = SubscribedPush {
-            channel: channel.to_string(),
-            offset: position.offset,
-            epoch: position.epoch.to_string(),
-            receipts,
-        };
-        self.event("subscribed", true, encode(&subscribed).as_bytes(), out);
     }
 
     /// An event `kind` with `data`, and the positions as its id when `positioned`.
@@ -193,7 +183,7 @@ impl Codec<BytesMut> for Sse {
             Item::Event(event) => self.event(event.presence.name(), false, event.body(), out),
             Item::Ping => out.extend_from_slice(b": ping\n\n"),
             Item::Subscribed(subscription) if subscription.id.is_none() => {
-                self.subscribed(*subscription, out)
+                self.subscribed(&subscription, out)
             }
             Item::Subscribed(subscription) => {
                 // A client's own subscribe: its reply, and the channel's place in the token.

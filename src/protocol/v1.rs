@@ -160,58 +160,87 @@ pub(super) fn frames(item: Item, session: Option<&str>, emit: &mut dyn FnMut(Fra
 
 /// A subscription: the `subscribe` reply, or pushes.
 fn subscribed(subscription: Subscription, emit: &mut dyn FnMut(Frame)) {
+    let Some(id) = subscription.id else {
+        for told in told(&subscription) {
+            emit(Frame::from(match told {
+                Told::Pub(publication) => encode(&Push::Pub(publication)),
+                Told::Unrecovered(unrecovered) => named("unrecovered", &unrecovered),
+                Told::Subscribed(subscribed) => encode(&Push::<()>::Subscribed(subscribed)),
+            }));
+        }
+        return;
+    };
     let Subscription {
-        id,
         channel,
         position,
         recovery,
         receipts,
+        ..
     } = subscription;
-    if let Some(id) = id {
-        let (recovered, publications, reason) = match recovery {
-            None => (None, None, None),
-            Some(recovery) => (
-                Some(recovery.unrecovered.is_none()),
-                Some(recovery.publications),
-                recovery.unrecovered,
-            ),
-        };
-        let reply = SubscribeOk::<Arc<RawValue>> {
-            channel: channel.to_string(),
+    let (recovered, publications, reason) = match recovery {
+        None => (None, None, None),
+        Some(recovery) => (
+            Some(recovery.unrecovered.is_none()),
+            Some(recovery.publications),
+            recovery.unrecovered,
+        ),
+    };
+    let reply = SubscribeOk::<Arc<RawValue>> {
+        channel: channel.to_string(),
+        offset: position.offset,
+        epoch: position.epoch.to_string(),
+        recovered,
+        publications,
+        reason,
+        receipts,
+    };
+    emit(Frame::from(encode(&Reply {
+        id,
+        outcome: Outcome::Ok(reply),
+    })));
+}
+
+/// One push of a subscription the client learns of by pushes.
+pub(super) enum Told<'a> {
+    /// A recovered publication.
+    Pub(&'a super::Publication),
+    /// The gap since the client's position cannot be filled.
+    Unrecovered(Unrecovered<'a>),
+    /// The subscription is in place: delivery continues from here.
+    Subscribed(SubscribedPush),
+}
+
+/// The pushes that tell a subscription, in the order they go out: the recovered publications,
+/// `unrecovered` if the gap cannot be filled, then `subscribed`. Every codec that tells
+/// subscriptions in pushes writes this list, each in its own words.
+pub(super) fn told(subscription: &Subscription) -> impl Iterator<Item = Told<'_>> {
+    let Subscription {
+        channel,
+        position,
+        recovery,
+        receipts,
+        ..
+    } = subscription;
+    let publications = recovery.iter().flat_map(|r| r.publications.iter());
+    let unrecovered = recovery
+        .as_ref()
+        .and_then(|r| r.unrecovered.as_deref())
+        .map(|reason| Unrecovered {
+            channel,
             offset: position.offset,
-            epoch: position.epoch.to_string(),
-            recovered,
-            publications,
+            epoch: &position.epoch,
             reason,
-            receipts,
-        };
-        return emit(Frame::from(encode(&Reply {
-            id,
-            outcome: Outcome::Ok(reply),
-        })));
-    }
-    if let Some(recovery) = recovery {
-        for publication in &recovery.publications {
-            emit(Frame::from(encode(&Push::Pub(publication))));
-        }
-        if let Some(reason) = &recovery.unrecovered {
-            let unrecovered = Unrecovered {
-                channel: &channel,
-                offset: position.offset,
-                epoch: &position.epoch,
-                reason,
-            };
-            emit(Frame::from(named("unrecovered", &unrecovered)));
-        }
-    }
-    emit(Frame::from(encode(&Push::<()>::Subscribed(
-        SubscribedPush {
-            channel: channel.to_string(),
-            offset: position.offset,
-            epoch: position.epoch.to_string(),
-            receipts,
-        },
-    ))));
+        });
+    let subscribed = SubscribedPush {
+        channel: channel.to_string(),
+        offset: position.offset,
+        epoch: position.epoch.to_string(),
+        receipts: *receipts,
+    };
+    publications
+        .map(Told::Pub)
+        .chain(unrecovered.map(Told::Unrecovered))
+        .chain(std::iter::once(Told::Subscribed(subscribed)))
 }
 
 /// An error body as a reply or push: for a codec that wraps v1 replies (SSE's `reply` event).
@@ -239,18 +268,6 @@ mod tests {
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect()
-    }
-
-    fn connected() -> Connected {
-        Connected {
-            client: "c".into(),
-            user: "u".into(),
-            version: 1,
-            ping_interval_ms: 1,
-            pong_timeout_ms: 1,
-            authenticated: false,
-            expires_in_ms: None,
-        }
     }
 
     #[test]
@@ -283,10 +300,7 @@ mod tests {
 
     #[test]
     fn a_stream_names_its_session_and_its_close_and_errors_name_their_channel() {
-        let greeting = Item::Connected(Box::new(Greeting {
-            id: None,
-            connected: connected(),
-        }));
+        let greeting = Item::Connected(Box::new(Greeting::pushed()));
         let refused = Item::Error(Box::new(Refused {
             id: None,
             error: ErrorBody::new(ErrorCode::PermissionDenied, "no"),

@@ -249,19 +249,7 @@ mod tests {
         let inbox = node.open_stream();
         let session = inbox.id().to_string();
         let (_reader, mut writer, _body) = open(Format::Ndjson, inbox, &[]);
-        let connected = crate::protocol::Connected {
-            client: "c".into(),
-            user: "u".into(),
-            version: 1,
-            ping_interval_ms: 1,
-            pong_timeout_ms: 1,
-            authenticated: false,
-            expires_in_ms: None,
-        };
-        let greeting = crate::protocol::Greeting {
-            id: None,
-            connected,
-        };
+        let greeting = crate::protocol::Greeting::pushed();
         let bytes = writer
             .feed(Item::Connected(Box::new(greeting)))
             .await
