@@ -8,13 +8,18 @@
 //!
 //! - [`server`]: wiring and lifecycle — builds everything from the settings, serves, shuts
 //!   down in order; the only module that names concrete brokers.
-//! - `api`: HTTP routes; translates requests into calls on the node.
+//! - `api`: HTTP routes; translates requests into calls on the node. One admission step
+//!   (origin, caps, credentials) for every transport, and one JSON error body for every
+//!   refusal of every route.
 //! - [`transport`]: the ways a client reaches a session (WebSocket, SSE, NDJSON); each picks a
 //!   codec and only writes what it makes.
 //! - `session`: one connection, whatever carries it and whatever its wire — identity,
 //!   commands, subscriptions, heartbeats, limits, its outbox. It speaks in typed items.
 //! - `node`: this process's handle on the system: hub, broker and namespace options kept in
-//!   step; users' connections; what a failure tells a client.
+//!   step; what a failure tells a client. One concept per file: the broker's sink (`local`),
+//!   users' connections and their mailboxes (`users`), join/leave pushes (`presence`), stream
+//!   sessions' commands (`streams`), the node-to-node message (`control`), and whether a
+//!   history continues a position (`continuity`).
 //! - `hub`: local channel → subscribers; fan-out of items encoded once.
 //! - `outbox`: one connection's bounded queue of outgoing items and its subscriptions'
 //!   delivery state.
@@ -25,7 +30,9 @@
 //! - [`broker`]: offsets, history and delivery between nodes (memory, Redis, Redis Cluster).
 //!   The Redis stores of `presence` and `webhook` ride on its connection through one seam,
 //!   [`broker::RedisStore`], and name nothing else of it.
-//! - [`backend`]: calls to the app's backend over HTTP (`--proxy-*`).
+//! - [`backend`]: calls to the app's backend over HTTP (`--proxy-*`). Sessions reach it
+//!   through one seam (`session/backend.rs`); a failure reaches a client as a documented
+//!   text, never the HTTP client's error.
 //! - [`auth`]: tokens → identities; who may subscribe and publish where.
 //! - `limits`: per-connection rate limits and connection caps.
 //! - [`config`]: every flag and environment variable, validated once into plain settings.
