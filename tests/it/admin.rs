@@ -3,7 +3,7 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::browser::Browser;
+use crate::support::browser::{Browser, Tab};
 use crate::support::redis::RedisServer;
 use crate::support::{TestServer, WAIT, within};
 
@@ -88,7 +88,7 @@ async fn the_admin_page_shows_every_node_and_live_rates_in_a_real_browser() {
         )
         .await
         .unwrap();
-    let tab = crate::browser::Tab {
+    let tab = Tab {
         session: attached["sessionId"].as_str().unwrap().to_owned(),
         target: target["targetId"].as_str().unwrap().to_owned(),
     };

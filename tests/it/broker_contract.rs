@@ -2,81 +2,18 @@
 //! broker, the Redis broker (on a redis-server of its own) and the Redis broker in cluster mode
 //! (on a local three-master Redis Cluster of its own).
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::value::RawValue;
 use tidings::broker::memory::MemoryBroker;
 use tidings::broker::redis::{RedisBroker, RedisOptions};
-use tidings::broker::{
-    Broker, Deliver, HistoryQuery, HistoryRetention, Idempotency, PublishOptions, Retention,
-};
-use tidings::protocol::{ChannelName, ClientInfo, IdempotencyKey, Publication, StreamPosition};
-use tokio::sync::Notify;
+use tidings::broker::{Broker, HistoryQuery, HistoryRetention, Idempotency, PublishOptions};
+use tidings::protocol::{ChannelName, ClientInfo, IdempotencyKey};
 
+use crate::support::broker::{Sink, retention};
 use crate::support::redis::{RedisCluster, RedisServer};
 use crate::support::{WAIT, within};
-
-/// Collects what a broker delivers.
-#[derive(Default)]
-pub struct Sink {
-    publications: Mutex<Vec<Publication>>,
-    controls: Mutex<Vec<Vec<u8>>>,
-    pub events: Mutex<Vec<(String, Vec<u8>)>>,
-    pub changed: Notify,
-}
-
-impl Deliver for Sink {
-    fn deliver(&self, publication: &Publication) {
-        self.publications.lock().unwrap().push(publication.clone());
-        self.changed.notify_waiters();
-    }
-
-    fn reconcile(&self, _: &ChannelName, _: &StreamPosition) {}
-
-    fn control(&self, message: &[u8]) {
-        self.controls.lock().unwrap().push(message.to_vec());
-        self.changed.notify_waiters();
-    }
-
-    fn event(&self, channel: &ChannelName, message: &[u8]) {
-        let mut events = self.events.lock().unwrap();
-        events.push((channel.to_string(), message.to_vec()));
-        self.changed.notify_waiters();
-    }
-}
-
-impl Sink {
-    /// Waits until `n` publications of `channel` arrived; returns their offsets in order.
-    async fn offsets(&self, channel: &str, n: usize) -> Vec<u64> {
-        within(WAIT, "deliveries", async {
-            loop {
-                let changed = self.changed.notified();
-                let offsets: Vec<u64> = self
-                    .publications
-                    .lock()
-                    .unwrap()
-                    .iter()
-                    .filter(|p| p.channel.as_str() == channel)
-                    .map(|p| p.offset)
-                    .collect();
-                if offsets.len() >= n {
-                    return offsets;
-                }
-                changed.await;
-            }
-        })
-        .await
-    }
-}
-
-pub fn retention() -> Retention {
-    Retention {
-        history_size: 10,
-        history_ttl: Duration::from_secs(60),
-        position_ttl: Duration::from_secs(600),
-    }
-}
 
 pub async fn memory_broker() -> (Arc<dyn Broker>, Arc<Sink>, Option<RedisServer>) {
     let sink = Arc::new(Sink::default());

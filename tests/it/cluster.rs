@@ -3,7 +3,7 @@
 use serde_json::json;
 
 use crate::support::TestServer;
-use crate::support::redis::{RedisCluster, command};
+use crate::support::redis::{RedisCluster, command, subscriber_counts};
 
 #[tokio::test]
 async fn nodes_on_a_redis_cluster_deliver_and_recover_across_every_shard() {
@@ -76,31 +76,4 @@ async fn nodes_on_a_redis_cluster_deliver_and_recover_across_every_shard() {
         assert_eq!(sub["publications"][0]["offset"], 2);
         assert_eq!(sub["publications"][0]["data"], "missed");
     }
-}
-
-/// The (channel, subscribers) pairs of a `PUBSUB NUMSUB`/`SHARDNUMSUB` reply in RESP: an array
-/// alternating bulk-string names and integer counts.
-fn subscriber_counts(reply: &str) -> Vec<(String, u64)> {
-    let mut lines = reply.split("\r\n");
-    let header = lines.next().unwrap_or_default();
-    let items: usize = header
-        .strip_prefix('*')
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("not a RESP array: {reply:?}"));
-    let mut pairs = Vec::new();
-    for _ in 0..items / 2 {
-        let length = lines.next().unwrap_or_default();
-        assert!(
-            length.starts_with('$'),
-            "expected a bulk string in {reply:?}"
-        );
-        let name = lines.next().unwrap_or_default().to_owned();
-        let count = lines
-            .next()
-            .and_then(|line| line.strip_prefix(':'))
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("expected an integer in {reply:?}"));
-        pairs.push((name, count));
-    }
-    pairs
 }

@@ -139,6 +139,11 @@ fn deflate(data: &[u8]) -> Vec<u8> {
     out
 }
 
+/// A close frame's payload: the code, then the reason.
+fn close_payload(code: u16, reason: &str) -> Vec<u8> {
+    [&code.to_be_bytes()[..], reason.as_bytes()].concat()
+}
+
 fn inflate(data: &[u8]) -> Vec<u8> {
     let mut input = data.to_vec();
     input.extend_from_slice(&[0, 0, 0xff, 0xff]);
@@ -271,7 +276,15 @@ async fn a_namespace_can_opt_out_of_compression() {
 
 #[tokio::test]
 async fn a_decompression_bomb_closes_with_1009_and_nothing_else_suffers() {
-    let server = TestServer::start(&["--compression", "--max-message-size", "64KiB"]).await;
+    // No ping can come before the close frames read below.
+    let server = TestServer::start(&[
+        "--compression",
+        "--max-message-size",
+        "64KiB",
+        "--ping-interval",
+        "1h",
+    ])
+    .await;
     let mut bystander = server.client("?name=bystander").await;
     bystander.subscribe("news").await;
     let before = server.peak_rss_kib();
@@ -285,14 +298,11 @@ async fn a_decompression_bomb_closes_with_1009_and_nothing_else_suffers() {
     let compressed = deflate(&bomb);
     assert!(compressed.len() < 4096, "{} bytes", compressed.len());
     attacker.send(1, true, &compressed).await;
-    let (opcode, _, payload) = loop {
-        let frame = attacker.recv().await;
-        if frame.0 == 8 {
-            break frame;
-        }
-    };
-    assert_eq!(opcode, 8, "a close frame");
-    assert_eq!(u16::from_be_bytes([payload[0], payload[1]]), 1009);
+    assert_eq!(
+        attacker.recv().await,
+        (8, false, close_payload(1009, "message too big")),
+        "the answer is a close frame, uncompressed"
+    );
     // A bomb at the edge of what fits in one 64 KiB frame: about 48 MiB once inflated, which
     // the server never holds (it stops inflating just past the limit).
     let (mut attacker, _) =
@@ -301,22 +311,18 @@ async fn a_decompression_bomb_closes_with_1009_and_nothing_else_suffers() {
     let compressed = deflate(&vec![b'a'; 48 << 20]);
     assert!(compressed.len() < 64 * 1024, "{} bytes", compressed.len());
     attacker.send(1, true, &compressed).await;
-    let close = loop {
-        let frame = attacker.recv().await;
-        if frame.0 == 8 {
-            break frame.2;
-        }
-    };
-    assert_eq!(u16::from_be_bytes([close[0], close[1]]), 1009);
-    // The peak, not the current size: inflated and freed would pass the latter.
+    assert_eq!(
+        attacker.recv().await,
+        (8, false, close_payload(1009, "message too big"))
+    );
+    // The peak, not the current size: inflated and freed would pass the latter. It cannot be
+    // exact (allocator and page granularity): two connections with their buffers and inflaters,
+    // and at most 64 KiB inflated each, measure 260–350 KiB here; 1 MiB leaves room for that
+    // noise and is still a fiftieth of the bomb.
     let grown = server.peak_rss_kib().saturating_sub(before);
     assert!(
-        grown < 8 * 1024,
+        grown < 1024,
         "the server's peak grew by {grown} KiB for a 48 MiB bomb"
-    );
-    assert!(
-        grown < 8 * 1024,
-        "the server grew by {grown} KiB for a 48 MiB bomb"
     );
     // Everyone else carries on.
     let mut publisher = server.client("?name=pub").await;

@@ -1,3 +1,6 @@
+//! HTTP routes other than the protocol: the chat page, the JS client, health, and the echo
+//! route (off unless enabled by flag or environment).
+
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -57,22 +60,11 @@ async fn echo_exists_only_when_enabled_and_echoes_text_and_binary() {
 
 #[tokio::test]
 async fn echo_can_be_enabled_from_the_environment() {
-    // SAFETY of the environment: the variable is passed to the child only.
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tidings"))
-        .args(["--listen", "127.0.0.1:0"])
-        .env("TIDINGS_ENABLE_ECHO", "1")
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    use tokio::io::AsyncBufReadExt;
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = within(WAIT, "listening", lines.next_line())
+    // The variable is set for the server's process only, not for the test runner.
+    let server = TestServer::launch(&[], &[("TIDINGS_ENABLE_ECHO", Some("1"))])
         .await
-        .unwrap()
         .unwrap();
-    let addr: std::net::SocketAddr = line.strip_prefix("listening on ").unwrap().parse().unwrap();
-    let (status, _, body) = crate::support::http_get(addr, "/ws/echo").await.unwrap();
+    let (status, _, body) = server.get("/ws/echo").await;
     // The route exists: a plain GET is refused for lacking the upgrade, not "not found".
     assert_eq!(status, 400, "{body}");
     assert!(body.to_ascii_lowercase().contains("upgrade"), "{body}");

@@ -182,8 +182,11 @@ async fn sigterm_spreads_the_closes_over_the_drain_window() {
         *last - *first >= Duration::from_millis(1000),
         "closes not spread over the 2 s window: {closes:?}"
     );
+    // Every close is due strictly inside the 2 s window after the drain starts; the margin is
+    // for the signal to be handled and the close frame to arrive (a few ms here, more on a
+    // loaded 2-core machine), which no clock in the test can separate from the drain itself.
     assert!(
-        *last < Duration::from_secs(4),
+        *last < Duration::from_millis(2000 + 1000),
         "drain overran its window: {closes:?}"
     );
 }

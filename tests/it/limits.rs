@@ -1,6 +1,6 @@
 //! Limits that keep one client from hurting the others, against the real binary.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::time::Duration;
 
 use futures_util::SinkExt;
@@ -191,26 +191,32 @@ async fn a_connection_that_sends_no_request_headers_is_dropped_after_the_handsha
         .await
         .unwrap();
     for stream in [&mut silent, &mut slow] {
-        let mut buf = [0u8; 1024];
-        // The server answers 408 or just closes; either way the read ends with EOF.
-        let read = within(WAIT, "server drops a silent connection", async {
-            loop {
-                match stream.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) => continue,
-                }
-            }
-        });
-        read.await;
+        // The server closes without a word (no 408).
+        let mut response = Vec::new();
+        let read = within(
+            WAIT,
+            "server drops a silent connection",
+            stream.read_to_end(&mut response),
+        )
+        .await;
         let waited = started.elapsed();
+        // A reset instead of a FIN would say the same: nothing was answered.
+        let _ = read;
         assert!(
-            waited >= Duration::from_millis(300),
+            response.is_empty(),
+            "answered {:?}",
+            String::from_utf8_lossy(&response)
+        );
+        // Not before the timeout; and not much after it, though the exact moment is the
+        // server's timer plus scheduling (a few ms here, more on a loaded 2-core machine):
+        // a connection the timeout missed would be held until WAIT.
+        assert!(
+            (Duration::from_millis(300)..Duration::from_millis(1500)).contains(&waited),
             "dropped after {waited:?}"
         );
     }
     // A prompt client is unaffected.
     server.client("").await.ok(json!({"op": "ping"})).await;
-    let _: SocketAddr = server.addr;
 }
 
 #[tokio::test]

@@ -14,7 +14,7 @@ use tidings::presence::redis::RedisPresence;
 use tidings::presence::{Change, PresenceEvent, PresenceStore};
 use tidings::protocol::{ChannelName, Member};
 
-use crate::broker_contract::{Sink, retention};
+use crate::support::broker::{Sink, retention};
 use crate::support::redis::{RedisCluster, RedisServer};
 use crate::support::{WAIT, within};
 

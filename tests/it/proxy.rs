@@ -298,7 +298,7 @@ async fn the_js_client_calls_the_backend_with_rpc() {
     let (addr, _) = backend().await;
     let url = format!("http://{addr}/rpc");
     let server = TestServer::start(&["--proxy-rpc", &url]).await;
-    let mut browser = crate::browser::Browser::launch().await.unwrap();
+    let mut browser = crate::support::browser::Browser::launch().await.unwrap();
     let tab = browser
         .open(&format!("http://{}/", server.addr))
         .await

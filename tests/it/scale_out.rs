@@ -4,7 +4,7 @@
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use crate::support::redis::RedisServer;
+use crate::support::redis::{RedisServer, subscriber_counts};
 use crate::support::{TestServer, WAIT, WsClient, resilient_subscriber, within};
 
 async fn nodes(redis: &RedisServer, n: usize, extra: &[&str]) -> Vec<TestServer> {
@@ -44,24 +44,44 @@ async fn clients_on_two_nodes_talk_through_redis() {
     let numsub = redis
         .command("PUBSUB NUMSUB tidings:{chat:lobby} tidings:{unused}")
         .await;
-    assert!(
-        numsub.contains("tidings:{chat:lobby}\r\n:2\r\n")
-            && numsub.contains("tidings:{unused}\r\n:0\r\n"),
+    assert_eq!(
+        subscriber_counts(&numsub),
+        [
+            ("tidings:{chat:lobby}".to_owned(), 2),
+            ("tidings:{unused}".to_owned(), 0)
+        ],
         "{numsub:?}"
     );
-    drop(bob);
+    // Node 0 keeps its subscription while one of its subscribers remains…
     let mut carol = nodes[0].client("?name=carol").await;
     carol.subscribe("chat:lobby").await;
     carol
         .ok(json!({"op": "unsubscribe", "channel": "chat:lobby"}))
         .await;
+    assert_eq!(lobby_subscriptions(&redis).await, 2);
+    // …and the last one out unsubscribes it in Redis before its reply: only node 1's (Bob's)
+    // is left.
     alice
         .ok(json!({"op": "unsubscribe", "channel": "chat:lobby"}))
         .await;
-    // The node whose last subscriber left unsubscribed in Redis (the other one still has Bob's
-    // session until it notices the drop, so only count node 0's side: at most 1 remains).
+    assert_eq!(lobby_subscriptions(&redis).await, 1);
+    // A dropped connection leaves too, once node 1 notices it is gone.
+    drop(bob);
+    within(WAIT, "node 1 unsubscribes after Bob's drop", async {
+        while lobby_subscriptions(&redis).await != 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
+/// How many nodes hold a Redis subscription to `chat:lobby`.
+async fn lobby_subscriptions(redis: &RedisServer) -> u64 {
     let numsub = redis.command("PUBSUB NUMSUB tidings:{chat:lobby}").await;
-    assert!(!numsub.contains(":2\r\n"), "{numsub:?}");
+    match subscriber_counts(&numsub).as_slice() {
+        [(name, count)] if name == "tidings:{chat:lobby}" => *count,
+        other => panic!("PUBSUB NUMSUB: {other:?} from {numsub:?}"),
+    }
 }
 
 #[tokio::test]

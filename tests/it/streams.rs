@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 
-use crate::browser::Browser;
+use crate::support::browser::Browser;
 use crate::support::redis::RedisServer;
 use crate::support::streams::{Balancer, StreamClient, WebSockets};
 use crate::support::{TestServer, WAIT, WsClient, http_request, within};

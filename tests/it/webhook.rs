@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::metrics::await_metric;
+use crate::support::browser::{Browser, Tab};
 use crate::support::redis::RedisServer;
 use crate::support::webhook::{Receiver, WEBHOOK_SECRET};
 use crate::support::{TestServer, WAIT, WsClient, http_request, within};
@@ -393,11 +394,8 @@ async fn receipts(redis: Option<&RedisServer>) {
 
 /// A Chromium tab whose JS client is subscribed to `user`'s personal channel, collecting what
 /// it receives in `window.got`.
-async fn js_subscriber(
-    server: &TestServer,
-    user: &str,
-) -> (crate::browser::Browser, crate::browser::Tab) {
-    let mut browser = crate::browser::Browser::launch().await.unwrap();
+async fn js_subscriber(server: &TestServer, user: &str) -> (Browser, Tab) {
+    let mut browser = Browser::launch().await.unwrap();
     let tab = browser
         .open(&format!("http://{}/", server.addr))
         .await

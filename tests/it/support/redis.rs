@@ -69,6 +69,33 @@ pub async fn command(port: u16, line: &str) -> std::io::Result<String> {
     Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
 }
 
+/// The (channel, subscribers) pairs of a `PUBSUB NUMSUB`/`SHARDNUMSUB` reply in RESP: an array
+/// alternating bulk-string names and integer counts.
+pub fn subscriber_counts(reply: &str) -> Vec<(String, u64)> {
+    let mut lines = reply.split("\r\n");
+    let header = lines.next().unwrap_or_default();
+    let items: usize = header
+        .strip_prefix('*')
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("not a RESP array: {reply:?}"));
+    let mut pairs = Vec::new();
+    for _ in 0..items / 2 {
+        let length = lines.next().unwrap_or_default();
+        assert!(
+            length.starts_with('$'),
+            "expected a bulk string in {reply:?}"
+        );
+        let name = lines.next().unwrap_or_default().to_owned();
+        let count = lines
+            .next()
+            .and_then(|line| line.strip_prefix(':'))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("expected an integer in {reply:?}"));
+        pairs.push((name, count));
+    }
+    pairs
+}
+
 async fn wait_ready(port: u16) {
     within(WAIT, "redis-server answers PING", async {
         loop {
