@@ -16,6 +16,9 @@
 # 200 rooms unless set: `chat --transport stream`, each member a GET /stream session publishing
 # with POST /stream). One JSON report per run in target/ab/, a line per run on stdout (with
 # the errors when there were any: a 429 from the stream's per-address budget is one).
+# CHAT_MEMBERS sets the members per room (10 unless set); SCENARIOS picks which of
+# `fanout idle chat` run (all unless set), e.g. a stream fan-out that loads the server:
+#   SCENARIOS=chat CHAT_ROOMS=20 CHAT_MEMBERS=100 bench/ab.sh BEFORE AFTER
 # BENCH overrides the tidings-bench binary (target/release/tidings-bench).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +28,9 @@ REPEATS=${3:-2}
 BENCH=${BENCH:-target/release/tidings-bench}
 IDLE_CONNECTIONS=${IDLE_CONNECTIONS:-10000}
 CHAT_ROOMS=${CHAT_ROOMS:-200}
+CHAT_MEMBERS=${CHAT_MEMBERS:-10}
+SCENARIOS=${SCENARIOS:-fanout idle chat}
+wanted() { [[ " $SCENARIOS " == *" $1 "* ]]; }
 OUT=target/ab
 mkdir -p "$OUT"
 port=21000
@@ -60,21 +66,22 @@ run() { # label binary scenario-args…
   wait "$pid" 2>/dev/null || true
 }
 
-for rep in $(seq "$REPEATS"); do
+wanted fanout && for rep in $(seq "$REPEATS"); do
   for rate in 400 800 1600; do
     for which in before after; do
       run "fanout-$rate-$which-$rep" "${BINARY[$which]}" fanout -s 1000 -p 2 -r "$rate" -d 5
     done
   done
 done
-for rep in $(seq "$REPEATS"); do
+wanted idle && for rep in $(seq "$REPEATS"); do
   for which in before after; do
     run "idle-$IDLE_CONNECTIONS-$which-$rep" "${BINARY[$which]}" idle -n "$IDLE_CONNECTIONS"
   done
 done
-for rep in $(seq "$REPEATS"); do
+wanted chat && for rep in $(seq "$REPEATS"); do
   for which in before after; do
-    run "chat-stream-$which-$rep" "${BINARY[$which]}" \
-      chat --transport stream -c "$CHAT_ROOMS" -m 10 -r 1 -d 10
+    run "chat-stream-$CHAT_ROOMS-$CHAT_MEMBERS-$which-$rep" "${BINARY[$which]}" \
+      chat --transport stream -c "$CHAT_ROOMS" -m "$CHAT_MEMBERS" -r 1 -d 10
   done
 done
+true
