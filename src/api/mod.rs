@@ -322,7 +322,8 @@ impl<T: DeserializeOwned> axum::extract::FromRequest<AppState> for JsonBody<T> {
             .map_err(|err| ApiError::BadRequest(format!("invalid JSON body: {err}")))
     }
 }
-const CLIENT_JS: &str = include_str!("../../assets/tidings.js");
+/// The JS client: the npm package's own source (`clients/js`), served as it is.
+const CLIENT_JS: &str = include_str!("../../clients/js/src/tidings.js");
 
 async fn index() -> impl IntoResponse {
     (
@@ -334,11 +335,13 @@ async fn index() -> impl IntoResponse {
     )
 }
 
+/// `GET /tidings.js`: a public script, so any page may import it (`*`, no credentials).
 async fn client_script() -> impl IntoResponse {
     (
         [
             (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
             (header::CACHE_CONTROL, "no-cache"),
+            (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
         ],
         CLIENT_JS,
     )

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{ConnectInfo, Query, State};
-use axum::http::HeaderMap;
-use axum::response::Response;
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
@@ -32,17 +32,39 @@ pub struct ConnectParams {
     token: Option<Secret>,
 }
 
-/// `GET /ws`: upgrades to a protocol v1 session.
+/// `GET /ws`: upgrades to a protocol v1 session. A refusal is readable from any page
+/// (`Access-Control-Allow-Origin: *`): a browser's WebSocket sees only 1006, and a client
+/// asks the route over plain HTTP why (a foreign origin, say) rather than retry forever.
 pub async fn connect(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     params: Result<Query<ConnectParams>, QueryRejection>,
     upgrade: Result<Upgrade, NotAnUpgrade>,
+) -> Response {
+    handshake(state, peer, headers, params, upgrade)
+        .await
+        .unwrap_or_else(|refused| {
+            let mut response = refused.into_response();
+            let anyone = HeaderValue::from_static("*");
+            response
+                .headers_mut()
+                .insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, anyone);
+            response
+        })
+}
+
+async fn handshake(
+    state: AppState,
+    peer: SocketAddr,
+    headers: HeaderMap,
+    params: Result<Query<ConnectParams>, QueryRejection>,
+    upgrade: Result<Upgrade, NotAnUpgrade>,
 ) -> Result<Response, ApiError> {
     let Query(params) = params.map_err(|err| ApiError::BadRequest(err.body_text()))?;
-    let upgrade = upgrade?;
+    // Before the handshake's own checks: a plain GET from a refused origin hears why.
     let admitted = admit(&state, peer, &headers, Door::WebSocket, params.token)?;
+    let upgrade = upgrade?;
     let name = params.name;
     let settings = SocketSettings {
         max_message_size: state.max_message_size,
