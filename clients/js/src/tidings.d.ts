@@ -6,6 +6,11 @@ export interface StreamPosition {
   epoch: string;
 }
 
+/** What a publish resolves with: the offset the server stored it at. */
+export interface Published {
+  offset: number;
+}
+
 /** Who published, as the server says it. */
 export interface ClientInfo {
   client: string;
@@ -196,7 +201,7 @@ export declare class Subscription<T = unknown> extends Emitter<SubscriptionEvent
   readonly epoch: string | null;
   readonly receipts: boolean;
   ready(): Promise<this>;
-  publish(data: T, options?: { idempotencyKey?: string }): Promise<StreamPosition>;
+  publish(data: T, options?: { idempotencyKey?: string }): Promise<Published>;
   history(options?: { limit?: number; since?: StreamPosition }): Promise<HistoryPage<T>>;
   presence(options?: { limit?: number; cursor?: string | null }): Promise<PresencePage>;
   presenceStats(): Promise<PresenceStats>;
@@ -227,7 +232,7 @@ export declare class Tidings extends Emitter<ClientEvents> {
     channel: string,
     data: T,
     options?: { idempotencyKey?: string },
-  ): Promise<StreamPosition>;
+  ): Promise<Published>;
   history<T = unknown>(
     channel: string,
     options?: { limit?: number; since?: StreamPosition },

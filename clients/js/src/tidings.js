@@ -493,8 +493,7 @@ export class Tidings extends Emitter {
   }
 
   /**
-   * Publishes `data` (any JSON value); resolves with its position `{offset, epoch}` once the
-   * server stored it. Made while disconnected, or cut off by a lost connection, it waits in
+   * Publishes `data` (any JSON value); resolves with `{offset}` once the server stored it. Made while disconnected, or cut off by a lost connection, it waits in
    * the outbox (at most `outboxLimit`) and is sent again when a connection is back — with the
    * same idempotency key, so the server stores it once whichever node it reaches. Rejects on
    * overflow, on `close()`, after `outboxTimeoutMs`, or with the server's refusal.

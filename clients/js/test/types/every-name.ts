@@ -13,6 +13,7 @@ import {
   type PresencePage,
   type PresenceStats,
   type Publication,
+  type Published,
   type State,
   type StreamPosition,
   type SubscriptionState,
@@ -53,7 +54,8 @@ export async function everything(WebSocket: Options["WebSocket"]): Promise<void>
   room.on("error", (err: TidingsError) => void err.code);
   room.on("unrecovered", ({ reason }) => void reason);
   await room.ready();
-  const at: StreamPosition = await room.publish({ text: "hi" });
+  const published: Published = await room.publish({ text: "hi" });
+  const at: StreamPosition = { offset: published.offset, epoch: "e" };
   const page: HistoryPage<Message> = await room.history({ limit: 10, since: at });
   const who: PresencePage = await room.presence({ limit: 10 });
   const counts: PresenceStats = await room.presenceStats();
