@@ -194,6 +194,7 @@ impl Server {
             brokers(&config, redis, &local, retention).await?;
         let lifecycle = lifecycle(webhook, lifecycle_store)?;
         let node = Node::new(
+            config.node_name.clone(),
             local,
             broker.clone(),
             presence.clone(),
@@ -338,7 +339,15 @@ pub(crate) fn memory_node() -> Node {
     let local = Local::new(Arc::new(crate::config::Namespaces::default()));
     let broker = Arc::new(MemoryBroker::new(local.clone(), Retention::default()));
     let presence = Arc::new(MemoryPresence::new(local.clone()));
-    Node::new(local, broker, presence, Duration::from_secs(300), None)
+    let name = "test".to_owned();
+    Node::new(
+        name,
+        local,
+        broker,
+        presence,
+        Duration::from_secs(300),
+        None,
+    )
 }
 
 /// The sessions' settings, from the plain ones.

@@ -11,7 +11,6 @@ use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use base64::Engine;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
@@ -111,25 +110,10 @@ impl FromRequestParts<AppState> for AdminKey {
             let off = "the admin page is off: start tidings with --api-key";
             return Err(ApiError::Disabled(off).into_response());
         };
-        let given = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.split_once(' '))
-            .and_then(|(scheme, value)| {
-                if scheme.eq_ignore_ascii_case("apikey") {
-                    Some(value.trim().to_owned())
-                } else if scheme.eq_ignore_ascii_case("basic") {
-                    let decoded = base64::engine::general_purpose::STANDARD
-                        .decode(value.trim())
-                        .ok()?;
-                    let text = String::from_utf8(decoded).ok()?;
-                    text.split_once(':')
-                        .map(|(_, password)| password.to_owned())
-                } else {
-                    None
-                }
-            });
+        let given = match super::presented_key(&parts.headers) {
+            Some(super::Presented::ApiKey(key) | super::Presented::Basic(key)) => Some(key),
+            None => None,
+        };
         match given {
             Some(key) if constant_time_eq(key.as_bytes(), expected.expose().as_bytes()) => Ok(Self),
             _ => {
@@ -168,7 +152,7 @@ pub async fn stats(_: AdminKey, State(state): State<AppState>) -> Response {
         // The other nodes are out of reach with the broker: show this one.
         Err(_) => vec![node.summary()],
     };
-    let this = nodes[0].id.clone();
+    let (this, name) = (nodes[0].id.clone(), nodes[0].name.clone());
     let (channels, subscriptions) = match node.channels().await {
         Ok(all) => (all.len(), all.iter().map(|(_, count)| count).sum::<usize>()),
         Err(_) => (nodes[0].channels as usize, nodes[0].subscriptions as usize),
@@ -179,7 +163,7 @@ pub async fn stats(_: AdminKey, State(state): State<AppState>) -> Response {
         .iter()
         .map(|n| {
             serde_json::json!({
-                "id": n.id, "this": n.id == this, "connections": n.connections,
+                "id": n.id, "name": n.name, "this": n.id == this, "connections": n.connections,
                 "subscriptions": n.subscriptions, "channels": n.channels,
                 "uptime_seconds": n.uptime_seconds,
             })
@@ -187,6 +171,7 @@ pub async fn stats(_: AdminKey, State(state): State<AppState>) -> Response {
         .collect();
     let body = serde_json::json!({
         "node": this,
+        "node_name": name,
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": metrics().uptime().as_secs(),
         "broker": {"kind": state.broker_kind, "up": metrics().broker.up.get() == 1},

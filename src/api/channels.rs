@@ -24,6 +24,28 @@ pub struct ChannelsRequest {
     cursor: Option<String>,
     #[serde(default)]
     limit: Option<usize>,
+    /// `name` (the default) or `subscribers`: the busiest first, ties by name.
+    #[serde(default)]
+    order: Order,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Order {
+    #[default]
+    Name,
+    Subscribers,
+}
+
+/// Where a page ordered by subscribers ended: `COUNT/CHANNEL` (a channel name may hold `/`;
+/// the count never does).
+fn after_busiest(cursor: &str) -> Result<(usize, &str), ApiError> {
+    cursor
+        .split_once('/')
+        .and_then(|(count, channel)| Some((count.parse().ok()?, channel)))
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!("\"cursor\" {cursor:?} is not one this API gave"))
+        })
 }
 
 #[derive(Debug, Serialize)]
@@ -39,8 +61,9 @@ pub struct ChannelsPage {
     next_cursor: Option<String>,
 }
 
-/// `POST /api/channels {"prefix"?,"cursor"?,"limit"?}`: channels with subscribers on any
-/// node, by name, with their subscriber counts (other nodes' as of at most a few seconds ago).
+/// `POST /api/channels {"prefix"?,"cursor"?,"limit"?,"order"?}`: channels with subscribers on
+/// any node, by name (or the busiest first), with their subscriber counts (other nodes' as of
+/// at most a few seconds ago).
 pub async fn channels(
     _: ApiKey,
     State(state): State<AppState>,
@@ -52,26 +75,47 @@ pub async fn channels(
             "\"limit\" must be 1 to {MAX_PAGE}"
         )));
     }
-    let all = state.node.channels().await?;
     let prefix = request.prefix.unwrap_or_default();
-    let mut page: Vec<ChannelEntry> = all
-        .into_iter()
-        .filter(|(channel, _)| channel.as_str().starts_with(&prefix))
-        .filter(|(channel, _)| {
-            request
-                .cursor
-                .as_deref()
-                .is_none_or(|cursor| channel.as_str() > cursor)
-        })
-        .take(limit + 1)
-        .map(|(channel, subscribers)| ChannelEntry {
-            channel: channel.to_string(),
-            subscribers,
-        })
-        .collect();
+    let mut all: Vec<(crate::protocol::ChannelName, usize)> = state.node.channels().await?;
+    all.retain(|(channel, _)| channel.as_str().starts_with(&prefix));
+    let mut page: Vec<ChannelEntry> = match request.order {
+        Order::Name => all
+            .into_iter()
+            .filter(|(channel, _)| {
+                let cursor = request.cursor.as_deref();
+                cursor.is_none_or(|cursor| channel.as_str() > cursor)
+            })
+            .take(limit + 1)
+            .map(|(channel, subscribers)| ChannelEntry {
+                channel: channel.to_string(),
+                subscribers,
+            })
+            .collect(),
+        Order::Subscribers => {
+            let after = request.cursor.as_deref().map(after_busiest).transpose()?;
+            // Busiest first; among equals, by name (the list comes sorted by name).
+            all.sort_by_key(|(_, count)| std::cmp::Reverse(*count));
+            all.into_iter()
+                .filter(|(channel, count)| {
+                    after.is_none_or(|(after_count, after_channel)| {
+                        *count < after_count
+                            || (*count == after_count && channel.as_str() > after_channel)
+                    })
+                })
+                .take(limit + 1)
+                .map(|(channel, subscribers)| ChannelEntry {
+                    channel: channel.to_string(),
+                    subscribers,
+                })
+                .collect()
+        }
+    };
     let next_cursor = if page.len() > limit {
         page.truncate(limit);
-        page.last().map(|entry| entry.channel.clone())
+        page.last().map(|entry| match request.order {
+            Order::Name => entry.channel.clone(),
+            Order::Subscribers => format!("{}/{}", entry.subscribers, entry.channel),
+        })
     } else {
         None
     };
@@ -151,4 +195,21 @@ pub async fn disconnect(
     let reason = request.reason.as_deref().unwrap_or(code.reason());
     state.node.disconnect_user(&user, code, reason).await?;
     Ok(Json(Done {}))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionsRequest {
+    user: String,
+}
+
+/// `POST /api/connections {"user"}`: the user's connections on every node alive, each with
+/// its channels; the nodes that did not answer within two seconds are named in `unanswered`.
+pub async fn connections(
+    _: ApiKey,
+    State(state): State<AppState>,
+    JsonBody(request): JsonBody<ConnectionsRequest>,
+) -> Result<Json<crate::node::Lookup>, ApiError> {
+    let user = user(&request.user)?;
+    Ok(Json(state.node.lookup_user(&user).await?))
 }

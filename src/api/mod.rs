@@ -89,6 +89,7 @@ pub fn router(state: AppState, enable_echo: bool, with_metrics: bool) -> Router 
         .route("/api/subscribe", post(channels::subscribe))
         .route("/api/unsubscribe", post(channels::unsubscribe))
         .route("/api/disconnect", post(channels::disconnect))
+        .route("/api/connections", post(channels::connections))
         .route("/api/presence", post(presence::presence))
         .route("/api/presence_stats", post(presence::presence_stats))
         .route("/admin", get(admin::page))
@@ -249,7 +250,10 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Proof that a request carries the server API key (`Authorization: apikey KEY`).
+/// Proof that a request carries the server API key: `Authorization: apikey KEY`, or HTTP
+/// Basic with the key as the password — what a browser that opened `/admin` sends, so the
+/// admin page calls this same API. Basic is refused from another origin's page: the browser
+/// would attach the remembered credentials to a forged cross-site request.
 #[derive(Debug)]
 pub struct ApiKey;
 
@@ -262,22 +266,71 @@ impl FromRequestParts<AppState> for ApiKey {
             .as_ref()
             .ok_or(ApiError::Disabled(API_OFF))?
             .expose();
-        let given = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("apikey"))
-            .map(|(_, key)| key.trim())
-            .ok_or(ApiError::Unauthorized(
-                "missing the header Authorization: apikey KEY".into(),
-            ))?;
+        let given = match presented_key(&parts.headers) {
+            Some(Presented::ApiKey(key)) => key,
+            Some(Presented::Basic(_)) if !same_origin(&parts.headers) => {
+                let message = "HTTP Basic credentials are accepted only from this server's own \
+                               pages; send Authorization: apikey KEY";
+                return Err(ApiError::Unauthorized(message.into()));
+            }
+            Some(Presented::Basic(key)) => key,
+            None => {
+                let message = "missing the header Authorization: apikey KEY";
+                return Err(ApiError::Unauthorized(message.into()));
+            }
+        };
         if constant_time_eq(given.as_bytes(), expected.as_bytes()) {
             Ok(Self)
         } else {
             Err(ApiError::Unauthorized("wrong API key".into()))
         }
     }
+}
+
+/// How a request presents the API key.
+enum Presented {
+    /// `Authorization: apikey KEY`.
+    ApiKey(String),
+    /// `Authorization: Basic …` with the key as the password (any user name).
+    Basic(String),
+}
+
+fn presented_key(headers: &axum::http::HeaderMap) -> Option<Presented> {
+    let (scheme, value) = headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .split_once(' ')?;
+    if scheme.eq_ignore_ascii_case("apikey") {
+        Some(Presented::ApiKey(value.trim().to_owned()))
+    } else if scheme.eq_ignore_ascii_case("basic") {
+        use base64::Engine;
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(value.trim())
+            .ok()?;
+        let text = String::from_utf8(decoded).ok()?;
+        let (_, password) = text.split_once(':')?;
+        Some(Presented::Basic(password.to_owned()))
+    } else {
+        None
+    }
+}
+
+/// Whether the request did not come from another origin's page. Browsers say so in
+/// `Sec-Fetch-Site`; older ones send `Origin`, compared with the host the request was sent to
+/// (as the client or a proxy in front names it); a request with neither is not a browser's.
+fn same_origin(headers: &axum::http::HeaderMap) -> bool {
+    let text = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
+    if let Some(site) = text("sec-fetch-site") {
+        return site == "same-origin" || site == "none";
+    }
+    let Some(origin) = text("origin") else {
+        return true;
+    };
+    let Some((_, authority)) = origin.split_once("://") else {
+        return false;
+    };
+    [text("host"), text("x-forwarded-host")].contains(&Some(authority))
 }
 
 /// Compares without stopping at the first difference, so response times do not reveal how

@@ -226,6 +226,9 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NodeSummary {
     pub id: String,
+    /// The operator's name for the node (`--node-name`); empty from a node that predates it.
+    #[serde(default)]
+    pub name: String,
     pub connections: u64,
     pub subscriptions: u64,
     pub channels: u64,

@@ -76,6 +76,11 @@ pub struct ServeArgs {
     )]
     pub listen: String,
 
+    /// This node's name on the admin page and in the server API's answers, beside its id
+    /// (1 to 64 characters). Default: the host name.
+    #[arg(value_name = "NAME", long, env = "TIDINGS_NODE_NAME")]
+    pub node_name: Option<String>,
+
     /// Serve `/ws/echo`, which echoes every message through the same WebSocket stack as `/ws`
     /// with a 16 MiB limit: the route the conformance suite runs against. Off by default.
     #[arg(long, env = "TIDINGS_ENABLE_ECHO", value_parser = clap::builder::BoolishValueParser::new())]

@@ -81,6 +81,16 @@ pub enum ConfigError {
     },
 }
 
+/// The machine's host name, as the kernel has it; `tidings` where it cannot be read.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|name| name.trim().chars().take(64).collect::<String>())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "tidings".into())
+}
+
 impl ConfigError {
     /// The setting the mistake is about, by its long flag name; `None` when it is no single
     /// setting's (a filter from `RUST_LOG`).
@@ -210,6 +220,8 @@ const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
 #[derive(Clone, Debug)]
 pub struct Config {
     pub listen: String,
+    /// `--node-name`, or the host name.
+    pub node_name: String,
     pub enable_echo: bool,
     pub max_message_size: usize,
     pub session: SessionSettings,
@@ -273,6 +285,7 @@ impl ServeArgs {
             return Err(ConfigError::NobodyCanConnect);
         }
         Ok(Config {
+            node_name: self.node_name.unwrap_or_else(host_name),
             listen: self.listen,
             enable_echo: self.enable_echo,
             max_message_size: self.max_message_size,
@@ -383,6 +396,14 @@ impl ServeArgs {
             return Err(ConfigError::QueueSmallerThanMessage {
                 queue: self.max_queue_size,
                 message: self.max_message_size,
+            });
+        }
+        if self.node_name.as_ref().is_some_and(|name| {
+            !(1..=64).contains(&name.chars().count()) || name.chars().any(char::is_control)
+        }) {
+            return Err(ConfigError::Invalid {
+                flag: "node-name",
+                reason: "must be 1 to 64 characters, none of them control characters",
             });
         }
         if self

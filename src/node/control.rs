@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::lookup::NodeConnections;
 use super::{Node, NodeError};
 use crate::protocol::{ChannelName, CloseCode};
 
@@ -28,6 +29,17 @@ pub(super) enum Control {
     Commands {
         session: String,
         commands: Vec<String>,
+    },
+    /// Which connections has `user` here? Answer `reply_to` alone, quoting `request`.
+    Lookup {
+        user: String,
+        request: u64,
+        reply_to: String,
+    },
+    /// One node's answer to a `Lookup`.
+    Found {
+        request: u64,
+        found: NodeConnections,
     },
 }
 
@@ -78,6 +90,20 @@ mod tests {
             Control::Commands {
                 session: "n1.00".into(),
                 commands: vec![r#"{"id":1}"#.into()],
+            },
+            Control::Lookup {
+                user: "ann".into(),
+                request: 7,
+                reply_to: "n1".into(),
+            },
+            Control::Found {
+                request: 7,
+                found: NodeConnections {
+                    node: "n2".into(),
+                    name: "web-2".into(),
+                    connections: Vec::new(),
+                    total: 0,
+                },
             },
         ];
         for control in sent {

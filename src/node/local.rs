@@ -1,10 +1,11 @@
 //! The broker's sink on this node: what the broker hands down — publications,
 //! reconciliations, presence changes, node-to-node messages — goes to the concept that owns
-//! it (the hub, [`Joins`], [`Users`], [`Streams`]) and nowhere else.
+//! it (the hub, [`Joins`], [`Users`], [`Streams`], [`Lookups`]) and nowhere else.
 
 use std::sync::Arc;
 
 use super::control::Control;
+use super::lookup::Lookups;
 use super::presence::Joins;
 use super::streams::Streams;
 use super::users::{UserCommand, Users};
@@ -22,6 +23,8 @@ pub struct Local {
     pub(super) users: Users,
     /// Stream sessions here, which take commands from any node.
     pub(super) streams: Arc<Streams>,
+    /// User lookups this node waits on, and the answering of others'.
+    pub(super) lookups: Lookups,
 }
 
 impl Local {
@@ -33,6 +36,7 @@ impl Local {
             namespaces,
             users: Users::default(),
             streams: Arc::default(),
+            lookups: Lookups::default(),
         })
     }
 }
@@ -66,6 +70,12 @@ impl Deliver for Local {
             }
             Control::Subscribe { user, channel } => (user, UserCommand::Subscribe(channel)),
             Control::Unsubscribe { user, channel } => (user, UserCommand::Unsubscribe(channel)),
+            Control::Lookup {
+                user,
+                request,
+                reply_to,
+            } => return self.lookups.asked(&self.users, &user, request, reply_to),
+            Control::Found { request, found } => return self.lookups.found(request, found),
         };
         self.users.send(&user, &command);
     }

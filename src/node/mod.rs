@@ -2,7 +2,8 @@
 //! per-namespace options, and the registry of which local connections belong to which user.
 //!
 //! One concept per file: `local` is the broker's sink and dispatches what it hands down;
-//! `users` keeps user → connections and their mailboxes; `presence` turns presence changes
+//! `users` keeps user → connections and their mailboxes; `lookup` asks every node for a
+//! user's connections; `presence` turns presence changes
 //! into `join`/`leave` pushes; `streams` routes commands to stream sessions; `control` is the
 //! node-to-node message they travel in; `continuity` decides whether a history continues a
 //! position; `receipts` tracks delivery receipts.
@@ -62,6 +63,7 @@ use continuity::{continuity, unpublished};
 mod continuity;
 mod control;
 mod local;
+mod lookup;
 mod presence;
 mod receipts;
 mod streams;
@@ -69,6 +71,7 @@ mod users;
 
 pub use continuity::ContinuityError;
 pub use local::Local;
+pub use lookup::Lookup;
 pub use streams::{StreamError, StreamInbox, StreamInput, session_node};
 pub use users::{Mailbox, UserCommand};
 
@@ -94,6 +97,8 @@ struct Inner {
     lifecycle: Option<Arc<Lifecycle>>,
     /// The nodes alive, for the commands of stream sessions.
     live_nodes: std::sync::Mutex<streams::LiveNodes>,
+    /// The operator's name for this node (`--node-name`), beside the broker's id.
+    name: String,
 }
 
 /// A local subscription in place: where the channel stands, and what recovery found.
@@ -158,6 +163,7 @@ impl NodeError {
 
 impl Node {
     pub fn new(
+        name: String,
         local: Arc<Local>,
         broker: Arc<dyn Broker>,
         presence: Arc<dyn PresenceStore>,
@@ -165,6 +171,7 @@ impl Node {
         lifecycle: Option<Arc<Lifecycle>>,
     ) -> Self {
         let namespaces = local.namespaces.clone();
+        local.lookups.answer_with(&broker, name.clone());
         Self(Arc::new(Inner {
             local,
             broker,
@@ -176,6 +183,7 @@ impl Node {
             idempotency_window,
             lifecycle,
             live_nodes: std::sync::Mutex::default(),
+            name,
         }))
     }
 
@@ -447,6 +455,7 @@ impl Node {
         let m = metrics();
         NodeSummary {
             id: self.0.broker.node_id(),
+            name: self.0.name.clone(),
             connections: u64::try_from(m.connections.get()).unwrap_or(0),
             subscriptions: Metrics::total(&m.subscriptions),
             channels: Metrics::total(&m.channels),

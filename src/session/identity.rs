@@ -123,7 +123,7 @@ impl Session<'_> {
             let at = self.clocks.now().saturating_add(left);
             self.clocks.set(&self.clocks.expires, at);
         }
-        self.mailbox = Some(self.node.register_user(&user, self.outbox.id()));
+        self.mailbox = Some(self.node.register_user(&user, &self.outbox, self.transport));
         let identity = Identity {
             user,
             authenticated: true,

@@ -45,6 +45,7 @@ async fn every_endpoint_checks_the_key_and_answers_errors_as_json() {
         ("/api/subscribe", json!({"user": "u", "channel": "c"})),
         ("/api/unsubscribe", json!({"user": "u", "channel": "c"})),
         ("/api/disconnect", json!({"user": "u"})),
+        ("/api/connections", json!({"user": "u"})),
         ("/api/presence", json!({"channel": "chat:c"})),
         ("/api/presence_stats", json!({"channel": "chat:c"})),
     ];
@@ -111,6 +112,7 @@ async fn without_a_key_the_api_is_off_but_documented() {
         "/api/subscribe",
         "/api/unsubscribe",
         "/api/disconnect",
+        "/api/connections",
         "/api/presence",
         "/api/presence_stats",
     ] {
@@ -344,4 +346,177 @@ async fn channels_are_listed_with_counts_from_every_node_and_paged() {
         json!([{"channel": "room:2", "subscribers": 1}])
     );
     assert_eq!(second["next_cursor"], Value::Null);
+
+    // The busiest first (ties by name), paged by a cursor that holds the count.
+    let busiest = json!({"order": "subscribers", "limit": 2});
+    let first = ok(&a, "/api/channels", busiest).await;
+    assert_eq!(
+        first,
+        json!({"channels": [{"channel": "room:1", "subscribers": 3},
+                            {"channel": "lobby", "subscribers": 1}],
+               "next_cursor": "1/lobby"})
+    );
+    let rest = json!({"order": "subscribers", "limit": 2, "cursor": "1/lobby"});
+    let second = ok(&a, "/api/channels", rest).await;
+    assert_eq!(
+        second,
+        json!({"channels": [{"channel": "room:2", "subscribers": 1}], "next_cursor": null})
+    );
+    for (body, wanted) in [
+        (json!({"order": "subscribers", "cursor": "lobby"}), "cursor"),
+        (json!({"order": "loudest"}), "loudest"),
+    ] {
+        let (status, error) = post(&a, "/api/channels", body).await;
+        assert_eq!(status, 400, "{error}");
+        let message = error["error"]["message"].as_str().unwrap();
+        assert!(message.contains(wanted), "{message}");
+    }
+}
+
+/// A user's connections are found on every node, each with its transport and channels, and
+/// the nodes by the names their operators gave them.
+#[tokio::test]
+async fn a_user_is_looked_up_on_every_node_with_their_channels() {
+    let redis = RedisServer::start().await;
+    let url = redis.url();
+    let args = |name: &'static str| {
+        vec![
+            "--redis-url".to_owned(),
+            url.clone(),
+            "--api-key".into(),
+            KEY.into(),
+            "--token-hmac-secret".into(),
+            SECRET.into(),
+            "--node-name".into(),
+            name.into(),
+        ]
+    };
+    let (args_a, args_b) = (args("web-1"), args("web-2"));
+    let a = TestServer::start(&args_a.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let b = TestServer::start(&args_b.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let mut on_a = a.client(&format!("?token={}", token("u1"))).await;
+    let mut on_b = b.client(&format!("?token={}", token("u1"))).await;
+    let mut other = a.client(&format!("?token={}", token("u2"))).await;
+    for client in [&mut on_a, &mut on_b, &mut other] {
+        client.connected().await;
+    }
+    on_a.subscribe("news").await;
+    on_a.subscribe("alerts").await;
+    on_b.subscribe("news").await;
+    other.subscribe("secret").await;
+
+    // Node A learns of node B once B has announced itself (every 5 s).
+    let found = within(WAIT * 2, "both nodes answer", async {
+        loop {
+            let found = ok(&a, "/api/connections", json!({"user": "u1"})).await;
+            if found["nodes"]
+                .as_array()
+                .is_some_and(|nodes| nodes.len() == 2)
+            {
+                return found;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    assert_eq!(found["unanswered"], json!([]), "{found}");
+    let nodes = found["nodes"].as_array().unwrap();
+    assert_eq!(nodes[0]["name"], "web-1", "{found}");
+    assert_eq!(nodes[1]["name"], "web-2", "{found}");
+    assert_ne!(nodes[0]["node"], nodes[1]["node"], "{found}");
+    for (node, channels) in [
+        (&nodes[0], json!(["alerts", "news"])),
+        (&nodes[1], json!(["news"])),
+    ] {
+        assert_eq!(node["total"], 1, "{found}");
+        let connection = &node["connections"][0];
+        assert_eq!(connection["transport"], "websocket", "{found}");
+        assert_eq!(connection["channels"], channels, "{found}");
+        assert_eq!(
+            connection["subscriptions"],
+            channels.as_array().unwrap().len()
+        );
+        assert!(connection["connected_at"].as_u64().unwrap() > 1_700_000_000_000);
+    }
+    let nobody = ok(&b, "/api/connections", json!({"user": "nobody"})).await;
+    assert_eq!(nobody["nodes"], json!([]), "{nobody}");
+
+    // The admin page's stats name every node too.
+    let (status, text) = http_request(a.addr, "GET", "/admin/stats", AUTH, "").await;
+    assert_eq!(status, 200, "{text}");
+    let stats: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(stats["node_name"], "web-1");
+    let mut names: Vec<&str> = stats["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|node| node["name"].as_str().unwrap())
+        .collect();
+    names.sort_unstable();
+    assert_eq!(names, ["web-1", "web-2"]);
+
+    ok(&b, "/api/disconnect", json!({"user": "u1"})).await;
+    for client in [&mut on_a, &mut on_b] {
+        assert!(matches!(
+            client.ended(WAIT).await,
+            Ended::Closed(Some((4501, _)))
+        ));
+    }
+    // A closed connection leaves the registry as its session ends, just after the close.
+    within(WAIT, "u1 gone from both nodes", async {
+        while ok(&a, "/api/connections", json!({"user": "u1"})).await["nodes"] != json!([]) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    other.ok(json!({"op": "ping"})).await;
+}
+
+/// The admin page calls the API with the HTTP Basic credentials the browser remembers; a page
+/// of another origin cannot make the browser do the same.
+#[tokio::test]
+async fn basic_credentials_reach_the_api_from_this_servers_pages_only() {
+    use base64::Engine;
+    let server = TestServer::start(&["--api-key", KEY]).await;
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("ops:{KEY}"))
+    );
+    let own = format!("http://{}", server.addr);
+    let body = json!({}).to_string();
+    for (headers, status) in [
+        (vec![], 200),
+        (vec![("Origin", own.as_str())], 200),
+        (
+            vec![("Sec-Fetch-Site", "same-origin"), ("Origin", own.as_str())],
+            200,
+        ),
+        (vec![("Origin", "http://evil.example")], 401),
+        (
+            vec![
+                ("Sec-Fetch-Site", "cross-site"),
+                ("Origin", "http://evil.example"),
+            ],
+            401,
+        ),
+        (vec![("Sec-Fetch-Site", "same-site")], 401),
+    ] {
+        let mut all = headers.clone();
+        all.push(("Authorization", basic.as_str()));
+        let (got, _, text) =
+            crate::support::http_exchange(server.addr, "POST", "/api/channels", &all, &body).await;
+        assert_eq!(got, status, "{headers:?}: {text}");
+        if status == 401 {
+            assert!(text.contains("this server's own pages"), "{text}");
+        }
+    }
+    // The API key itself works from anywhere: it is not something a browser remembers.
+    let apikey = format!("apikey {KEY}");
+    let headers = [
+        ("Origin", "http://evil.example"),
+        ("Authorization", apikey.as_str()),
+    ];
+    let (got, _, text) =
+        crate::support::http_exchange(server.addr, "POST", "/api/channels", &headers, &body).await;
+    assert_eq!(got, 200, "{text}");
 }

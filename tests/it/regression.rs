@@ -1239,6 +1239,7 @@ fn mistake_of(key: &str) -> (&'static str, Option<&'static str>) {
         "metrics-listen" => ("\"9100\"", Some("9100")),
         "log" => ("\"a=b=c\"", Some("a=b=c")),
         "log-format" => ("\"xml\"", Some("xml")),
+        "node-name" => ("\"\"", Some("")),
         // Any text is a valid value: only the wrong TOML type is a mistake.
         "redis-prefix" | "token-audience" | "token-issuer" | "allowed-origin" => ("5", None),
         other => panic!("no mistake for the new setting `{other}`: add one here"),
