@@ -19,6 +19,7 @@ use super::{ApiError, AppState};
 use crate::backend::Forwarded;
 use crate::limits::{Refused, Ticket};
 use crate::protocol::Secret;
+use crate::session::{self, Handshake, Incoming, Outgoing, Start};
 
 /// Which kind of connection asks in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,6 +94,32 @@ pub(super) fn admit(
         ticket,
         tracked: state.connections.token(),
     })
+}
+
+/// Runs the session of a connection let in, whatever its transport, on a task of its own
+/// sized to the session alone: the handler (and its state) ends here instead of living as long
+/// as the connection. Shutdown waits for it through `tracked`.
+pub(super) fn run_session<I, O>(
+    state: AppState,
+    handshake: Handshake,
+    tracked: TaskTrackerToken,
+    reader: I,
+    writer: O,
+) where
+    I: Incoming + 'static,
+    O: Outgoing + 'static,
+{
+    let start = Box::new(Start {
+        node: state.node,
+        config: state.session,
+        gate: state.gate,
+        handshake,
+        shutdown: state.shutdown,
+    });
+    tokio::spawn(async move {
+        session::run(reader, writer, start).await;
+        drop(tracked);
+    });
 }
 
 /// Refuses a stream whose credentials the session could only refuse later: a bad token, or

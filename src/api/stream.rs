@@ -14,13 +14,13 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::admission::{Admitted, Door, Trust, admit, check_origin};
+use super::admission::{self, Admitted, Door, Trust, admit, check_origin};
 use super::{ApiError, AppState, JsonBody};
 use crate::metrics::metrics;
 use crate::node::{StreamError, session_node};
 use crate::protocol::Positions;
 use crate::protocol::{ChannelName, Secret, StreamPosition};
-use crate::session::{self, Handshake, Start};
+use crate::session::Handshake;
 use crate::transport::stream::{self, Format};
 
 /// The header that names a stream session for its command requests.
@@ -136,23 +136,14 @@ async fn open(
         })
         .collect();
     let (reader, writer, body) = stream::open(format, inbox, &subscribe);
-    let start = Box::new(Start {
-        node: state.node,
-        config: state.session,
-        gate: state.gate.clone(),
-        handshake: Handshake {
-            transport: format.name(),
-            name: params.name,
-            token,
-            ticket,
-            forwarded,
-        },
-        shutdown: state.shutdown,
-    });
-    tokio::spawn(async move {
-        session::run(reader, writer, start).await;
-        drop(tracked);
-    });
+    let handshake = Handshake {
+        transport: format.name(),
+        name: params.name,
+        token,
+        ticket,
+        forwarded,
+    };
+    admission::run_session(state, handshake, tracked, reader, writer);
     Ok(respond(format, body, &session_id, headers, trust))
 }
 

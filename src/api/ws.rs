@@ -16,10 +16,10 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
-use super::admission::{Admitted, Door, admit};
+use super::admission::{self, Admitted, Door, admit};
 use super::{ApiError, AppState};
 use crate::protocol::{CloseCode, Secret};
-use crate::session::{self, Handshake, Inbound, Outgoing, Start};
+use crate::session::{Handshake, Inbound, Outgoing};
 use crate::transport::ws::{NotAnUpgrade, Received, SocketSettings, Upgrade};
 
 /// The echo route's message limit: large enough for the conformance suite's biggest cases.
@@ -88,25 +88,14 @@ async fn handshake(
                     return;
                 }
             };
-            let start = Box::new(Start {
-                node: state.node,
-                config: state.session,
-                gate: state.gate,
-                handshake: Handshake {
-                    transport: "websocket",
-                    name,
-                    token,
-                    ticket,
-                    forwarded,
-                },
-                shutdown: state.shutdown,
-            });
-            // A task of its own, sized to the session alone: the upgrade task (with this
-            // closure's state) ends here instead of living as long as the socket.
-            tokio::spawn(async move {
-                session::run(reader, writer, start).await;
-                drop(tracked);
-            });
+            let handshake = Handshake {
+                transport: "websocket",
+                name,
+                token,
+                ticket,
+                forwarded,
+            };
+            admission::run_session(state, handshake, tracked, reader, writer);
         }),
     )
 }
