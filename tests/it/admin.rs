@@ -154,3 +154,191 @@ async fn the_admin_page_shows_every_node_and_live_rates_in_a_real_browser() {
         .unwrap();
     assert!(samples.as_u64().unwrap() >= 1, "{samples}");
 }
+
+/// The admin page on a phone: nothing sticks out sideways; the busiest channels come with
+/// their counts, a page at a time; a user is found on both nodes with their channels, and
+/// disconnected from both after a confirmation.
+#[tokio::test]
+async fn on_a_phone_the_admin_page_pages_channels_finds_a_user_and_disconnects_them() {
+    const SECRET: &str = "admin-test-secret-of-32-bytes-or-more";
+    let token = |user: &str| {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &json!({"sub": user}),
+            &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
+    };
+    let redis = RedisServer::start().await;
+    let url = redis.url();
+    let args = |name| {
+        [
+            "--redis-url",
+            &url,
+            "--api-key",
+            KEY,
+            "--token-hmac-secret",
+            SECRET,
+            "--node-name",
+            name,
+        ]
+    };
+    let a = TestServer::start(&args("web-1")).await;
+    let b = TestServer::start(&args("web-2")).await;
+
+    let mut alice_a = a.client(&format!("?token={}", token("alice"))).await;
+    let mut alice_b = b.client(&format!("?token={}", token("alice"))).await;
+    alice_a.subscribe("news").await;
+    alice_a.subscribe("desk:alice").await;
+    alice_b.subscribe("news").await;
+    // 24 more channels on A, one subscriber each, and one with three: two pages of 20.
+    let mut crowd = a.client(&format!("?token={}", token("crowd"))).await;
+    for n in 0..24 {
+        crowd.subscribe(&format!("quiet-{n:02}")).await;
+    }
+    let mut listeners = Vec::new();
+    for _ in 0..3 {
+        let mut listener = a.client(&format!("?token={}", token("listener"))).await;
+        listener.subscribe("busy").await;
+        listeners.push(listener);
+    }
+
+    let mut browser = Browser::launch().await.unwrap();
+    let tab = browser.open_page("about:blank").await.unwrap();
+    let session = Some(tab.session.as_str());
+    browser
+        .call(session, "Network.enable", json!({}))
+        .await
+        .unwrap();
+    let headers = json!({"headers": {"Authorization": basic(KEY)}});
+    browser
+        .call(session, "Network.setExtraHTTPHeaders", headers)
+        .await
+        .unwrap();
+    browser.screen(&tab, 390, 844, true).await.unwrap();
+    browser
+        .call(
+            session,
+            "Page.navigate",
+            json!({"url": format!("http://{}/admin", a.addr)}),
+        )
+        .await
+        .unwrap();
+
+    // Both nodes by name; B's counts arrive with its announcement (every 5 s).
+    let rows = "[...document.querySelectorAll('#channels tr[data-channel]')]
+                  .map(tr => tr.dataset.channel + '=' + tr.cells[1].textContent)";
+    let ready = format!(
+        "document.querySelectorAll('#nodes tr[data-node]').length === 2
+         && [...document.querySelectorAll('#nodes tr b')].map(b => b.textContent).sort().join() === 'web-1,web-2'
+         && {rows}.slice(0, 2).join() === 'busy=3,news=2'"
+    );
+    if let Err(err) = browser.wait_for(&tab, &ready).await {
+        let shown = browser.eval(&tab, "document.body.innerText").await;
+        panic!("{err}: the page shows {shown:?}");
+    }
+    assert_eq!(
+        browser
+            .eval(&tab, "document.getElementById('node-name').textContent")
+            .await
+            .unwrap(),
+        json!("web-1")
+    );
+    let fits = json!({"out": [], "scrolls": false});
+    assert_eq!(browser.overflow(&tab).await.unwrap(), fits);
+    let first_page = browser.eval(&tab, rows).await.unwrap();
+    assert_eq!(first_page.as_array().unwrap().len(), 20, "{first_page}");
+    browser
+        .eval(
+            &tab,
+            "document.getElementById('channels-next').click(); true",
+        )
+        .await
+        .unwrap();
+    browser
+        .wait_for(
+            &tab,
+            &format!("{rows}.length === 7 && {rows}[0] !== 'busy=3'"),
+        )
+        .await
+        .unwrap();
+    let second_page = browser.eval(&tab, rows).await.unwrap();
+    let mut seen: Vec<String> = first_page
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(second_page.as_array().unwrap())
+        .map(|row| row.as_str().unwrap().to_owned())
+        .collect();
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), 27, "every channel once: {seen:?}");
+    assert_eq!(
+        browser
+            .eval(&tab, "document.getElementById('channels-next').disabled")
+            .await
+            .unwrap(),
+        json!(true)
+    );
+
+    // Alice, on both nodes, with her channels.
+    browser
+        .eval(
+            &tab,
+            "document.getElementById('lookup-user').value = 'alice';
+             document.querySelector('#lookup button').click(); true",
+        )
+        .await
+        .unwrap();
+    let found = "[...document.querySelectorAll('#lookup-result .node-block')].map(n =>
+                   n.querySelector('h3 span').textContent + ':' +
+                   [...n.querySelectorAll('.chips code')].map(c => c.textContent).join('+'))";
+    browser
+        .wait_for(
+            &tab,
+            &format!("{found}.join() === 'web-1:desk:alice+news,web-2:news'"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(browser.overflow(&tab).await.unwrap(), fits);
+
+    // Disconnect asks first; cancelling does nothing.
+    browser
+        .eval(&tab, "document.getElementById('disconnect').click(); true")
+        .await
+        .unwrap();
+    browser
+        .wait_for(&tab, "!document.getElementById('confirm').hidden")
+        .await
+        .unwrap();
+    browser
+        .eval(&tab, "document.getElementById('confirm-no').click(); true")
+        .await
+        .unwrap();
+    alice_a.ok(json!({"op": "ping"})).await;
+    browser
+        .eval(
+            &tab,
+            "document.getElementById('disconnect').click();
+             document.getElementById('confirm-yes').click(); true",
+        )
+        .await
+        .unwrap();
+    for alice in [&mut alice_a, &mut alice_b] {
+        match alice.ended(crate::support::WAIT).await {
+            crate::support::Ended::Closed(Some((4501, reason))) => {
+                assert_eq!(reason, "disconnected by an operator")
+            }
+            other => panic!("expected 4501, got {other:?}"),
+        }
+    }
+    browser
+        .wait_for(
+            &tab,
+            "document.getElementById('lookup-summary')?.textContent
+               === 'Disconnected. alice has no connection on any node that answered.'",
+        )
+        .await
+        .unwrap();
+    crowd.ok(json!({"op": "ping"})).await;
+}

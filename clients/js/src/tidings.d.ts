@@ -110,7 +110,10 @@ export type WebSocketConstructor = new (url: string) => {
 };
 
 export interface Options {
-  /** A display name, for servers that let anonymous clients in. */
+  /**
+   * A display name, for servers that let anonymous clients in. Without one the server picks
+   * a guest name, which the client then keeps when it reconnects.
+   */
   name?: string;
   /** A connection token (JWT), sent in `connect`. */
   token?: string;

@@ -835,6 +835,9 @@ export class Tidings extends Emitter {
     }
     this.connectedInfo = connected;
     this.connectedAt = Date.now();
+    // A guest keeps the name the server gave it when it reconnects, on any node.
+    const withToken = Boolean(this.options.getToken || this.options.token);
+    if (!connected.authenticated && !withToken && !this.options.name) this.options.name = connected.user;
     this.refusedBy.clear();
     if (this.transport === "websocket") this.wsWorked = true;
     clearTimeout(this.timers.fallback);

@@ -121,7 +121,8 @@ impl Browser {
         .await
     }
 
-    pub async fn open(&mut self, url: &str) -> Result<Tab> {
+    /// A new tab showing `url`, whatever the page (no wait for the chat page's script).
+    pub async fn open_page(&mut self, url: &str) -> Result<Tab> {
         let target = self
             .call(None, "Target.createTarget", json!({"url": "about:blank"}))
             .await?;
@@ -141,6 +142,12 @@ impl Browser {
         };
         self.call(Some(&tab.session), "Page.navigate", json!({"url": url}))
             .await?;
+        Ok(tab)
+    }
+
+    /// A new tab showing the chat page at `url`, once its script has wired the form.
+    pub async fn open(&mut self, url: &str) -> Result<Tab> {
+        let tab = self.open_page(url).await?;
         // The navigation may replace the document under a first evaluation; try again until
         // the chat page's script has wired the form (before that, a click would submit it).
         let deadline = tokio::time::Instant::now() + WAIT;
@@ -219,6 +226,40 @@ impl Browser {
                 "window.tidings.subscriptions.has({})",
                 json!(format!("chat:{room}"))
             ),
+        )
+        .await
+    }
+
+    /// Gives the tab a screen of `width`×`height` CSS pixels; `mobile` as a phone has it
+    /// (meta viewport honoured, touch).
+    pub async fn screen(&mut self, tab: &Tab, width: u32, height: u32, mobile: bool) -> Result<()> {
+        let metrics = json!({"width": width, "height": height, "screenWidth": width,
+                             "screenHeight": height, "deviceScaleFactor": if mobile { 3 } else { 1 },
+                             "mobile": mobile});
+        self.call(
+            Some(&tab.session),
+            "Emulation.setDeviceMetricsOverride",
+            metrics,
+        )
+        .await?;
+        self.wait_for(tab, &format!("window.screen.width === {width}"))
+            .await
+    }
+
+    /// The visible elements that stick out of the window sideways (by id, class or tag), and
+    /// whether the page scrolls sideways at all: empty and false on a page that fits.
+    pub async fn overflow(&mut self, tab: &Tab) -> Result<Value> {
+        self.eval(
+            tab,
+            "(() => {
+                const width = document.documentElement.clientWidth;
+                const out = [...document.querySelectorAll('body *')].filter((e) => {
+                    const style = getComputedStyle(e), box = e.getBoundingClientRect();
+                    if (style.visibility === 'hidden' || box.width === 0 || box.height === 0) return false;
+                    return box.right > width + 1 || box.left < -1;
+                }).map((e) => e.id ? '#' + e.id : e.className ? e.tagName + '.' + e.className : e.tagName);
+                return {out, scrolls: document.documentElement.scrollWidth > width};
+            })()",
         )
         .await
     }
