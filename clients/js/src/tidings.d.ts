@@ -144,6 +144,7 @@ export declare const ClientErrors: {
   readonly OUTBOX_TIMEOUT: 5;
   readonly PROTOCOL: 6;
   readonly ALREADY_SUBSCRIBED: 7;
+  readonly UNSUBSCRIBED: 8;
 };
 
 export declare class TidingsError extends Error {

@@ -54,6 +54,8 @@ export const ClientErrors = Object.freeze({
   PROTOCOL: 6,
   /** `subscribe` to a channel this client already subscribed with other options. */
   ALREADY_SUBSCRIBED: 7,
+  /** The subscription ended (`unsubscribe()`, or the server's) before it was in place. */
+  UNSUBSCRIBED: 8,
 });
 
 /** The error of a rejected request: `code` is the protocol's error code, or a [ClientErrors]. */
@@ -72,6 +74,8 @@ export class TidingsError extends Error {
  */
 class Emitter {
   #listeners = new Map();
+  /** type → the caller's function → its `addEventListener` wrapper, on this emitter only. */
+  #wrappers = new Map();
 
   on(type, listener) {
     if (!this.#listeners.has(type)) this.#listeners.set(type, new Set());
@@ -92,15 +96,19 @@ class Emitter {
   }
 
   addEventListener(type, listener) {
+    if (!this.#wrappers.has(type)) this.#wrappers.set(type, new Map());
+    const wrappers = this.#wrappers.get(type);
+    if (wrappers.has(listener)) return; // as the DOM does: once per type and function
     const wrapped = (detail) => listener({ type, detail });
-    listener.__tidings ??= new Map();
-    listener.__tidings.set(type, wrapped);
+    wrappers.set(listener, wrapped);
     this.on(type, wrapped);
   }
 
   removeEventListener(type, listener) {
-    const wrapped = listener.__tidings?.get(type);
-    if (wrapped) this.off(type, wrapped);
+    const wrapped = this.#wrappers.get(type)?.get(listener);
+    if (!wrapped) return;
+    this.#wrappers.get(type).delete(listener);
+    this.off(type, wrapped);
   }
 
   /** Calls every listener of `type`; returns what they returned. */
@@ -334,6 +342,17 @@ export class Subscription extends Emitter {
     }
   }
 
+  /** Ended by the application or the server; a `ready()` still waiting rejects. */
+  ended(byServer) {
+    this.state = "unsubscribed";
+    if (!this.waiting.settled) {
+      this.waiting.settled = true;
+      const by = byServer ? "the server" : "unsubscribe()";
+      this.waiting.reject(new TidingsError(ClientErrors.UNSUBSCRIBED, `${this.channel}: ended by ${by} before it was in place`));
+    }
+    this.emit("unsubscribed", { channel: this.channel, byServer });
+  }
+
   refused(error) {
     this.state = "unsubscribed";
     this.waiting.settled = true;
@@ -485,10 +504,7 @@ export class Tidings extends Emitter {
   async unsubscribe(channel) {
     const sub = this.subscriptions.get(channel);
     this.subscriptions.delete(channel);
-    if (sub) {
-      sub.state = "unsubscribed";
-      sub.emit("unsubscribed", { channel, byServer: false });
-    }
+    sub?.ended(false);
     if (this.isConnected) await this.request({ op: "unsubscribe", channel });
   }
 
@@ -714,8 +730,38 @@ export class Tidings extends Emitter {
   connect() {
     if (this.state === "closed") return;
     this.setState("connecting");
+    const withToken = Boolean(this.options.getToken || this.options.token);
+    if (this.transport !== "stream" || !withToken) return this.open(null);
+    // A stream's reader cannot send `connect`: its token goes with the request, in the query
+    // (a header would need a CORS preflight the route does not answer).
+    const attempt = (this.attemptSeq = (this.attemptSeq ?? 0) + 1);
+    const current = () => this.state !== "closed" && this.attemptSeq === attempt;
+    this.token().then(
+      (token) => current() && this.open(token),
+      (err) => current() && this.tokenFailed(err, false),
+    );
+  }
+
+  /** The token for a connection: `getToken()`'s, or the `token` option. */
+  async token() {
+    return this.options.getToken ? await this.options.getToken() : this.options.token;
+  }
+
+  /**
+   * `getToken` failed: reported, and tried again with back-off — on the same transport, since
+   * the transport is not what failed.
+   */
+  tokenFailed(err, socketOpen) {
+    this.emit("error", { code: 0, message: `getToken failed: ${err?.message ?? err}` });
+    if (socketOpen) this.dropConnection(4000, "no token", true);
+    else this.onClose({ code: 4000, reason: "no token", tokenFailed: true }, null);
+  }
+
+  /** Opens the socket (a stream's with `streamToken` in its URL). */
+  open(streamToken) {
     const stream = this.transport === "stream";
     const url = this.url();
+    if (streamToken) url.searchParams.set("token", streamToken);
     const ws = stream ? new StreamSocket(url) : new this.WebSocket(url.href);
     this.ws = ws;
     this.opened = false;
@@ -739,6 +785,8 @@ export class Tidings extends Emitter {
           if (this.ws === ws && !this.connectedInfo) this.dropConnection(4000, "WebSocket silent");
         }, this.options.fallbackAfterMs);
       }
+      // A stream came with its token: the server says `connected` by itself.
+      if (streamToken) return;
       const withToken = Boolean(this.options.getToken || this.options.token);
       if (!withToken) {
         // Without a name in the URL the identity is set by this first command.
@@ -747,10 +795,9 @@ export class Tidings extends Emitter {
       }
       let token;
       try {
-        token = this.options.getToken ? await this.options.getToken() : this.options.token;
+        token = await this.token();
       } catch (err) {
-        this.emit("error", { code: 0, message: `getToken failed: ${err}` });
-        if (this.ws === ws) this.dropConnection(4000, "no token");
+        if (this.ws === ws) this.tokenFailed(err, true);
         return;
       }
       if (this.ws === ws) ws.send(JSON.stringify({ op: "connect", token }));
@@ -804,10 +851,7 @@ export class Tidings extends Emitter {
       const { channel } = frame.unsubscribed;
       const sub = this.subscriptions.get(channel);
       this.subscriptions.delete(channel);
-      if (sub) {
-        sub.state = "unsubscribed";
-        sub.emit("unsubscribed", { channel, byServer: true });
-      }
+      sub?.ended(true);
       this.emit("unsubscribed", { channel, byServer: true });
     } else if (frame.join) {
       this.presenceChanged("join", frame.join);
@@ -1042,7 +1086,8 @@ export class Tidings extends Emitter {
       this.finish(closed);
       return;
     }
-    const switched = this.chooseTransport(lived);
+    // A token that could not be had says nothing about the transport.
+    const switched = event.tokenFailed ? false : this.chooseTransport(lived);
     let delayMs = 0;
     if (switched) {
       // Another transport to the same server: try it at once.
@@ -1113,7 +1158,7 @@ export class Tidings extends Emitter {
    * Abandons the current socket at once and reconnects (with back-off). A dead peer never
    * completes the closing handshake, so this does not wait for the socket's onclose.
    */
-  dropConnection(code, reason) {
+  dropConnection(code, reason, tokenFailed = false) {
     const ws = this.ws;
     if (!ws) return;
     ws.onmessage = ws.onclose = ws.onopen = null;
@@ -1122,6 +1167,6 @@ export class Tidings extends Emitter {
     } catch {
       // Already closing.
     }
-    this.onClose({ code, reason }, null);
+    this.onClose({ code, reason, tokenFailed }, null);
   }
 }

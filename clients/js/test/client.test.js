@@ -2,6 +2,7 @@
 // as promises, refusals told where they belong.
 
 import assert from "node:assert/strict";
+import { createHmac } from "node:crypto";
 import { after, before, describe, test } from "node:test";
 
 import { WebSocket } from "ws";
@@ -154,5 +155,99 @@ describe("the outbox", () => {
     for (const queued of waiting) {
       await assert.rejects(queued, (err) => err.code === ClientErrors.CLOSED);
     }
+  });
+});
+
+describe("edges", () => {
+  const SECRET = "a-secret-of-at-least-32-bytes-long";
+  const part = (json) => Buffer.from(JSON.stringify(json)).toString("base64url");
+  const mint = (claims) => {
+    const unsigned = `${part({ alg: "HS256", typ: "JWT" })}.${part(claims)}`;
+    return `${unsigned}.${createHmac("sha256", SECRET).update(unsigned).digest("base64url")}`;
+  };
+  let open;
+  let tokens;
+  before(async () => {
+    [open, tokens] = await Promise.all([startServer(), startServer(["--token-hmac-secret", SECRET])]);
+  });
+  after(async () => {
+    await Promise.all([open.kill(), tokens.kill()]);
+  });
+
+  test("a guest keeps the name the server gave it when it reconnects", async () => {
+    const client = new Tidings(open.ws, { WebSocket });
+    const first = await next(client, "connected");
+    assert.match(first.user, /^guest-[a-z]{6}$/);
+    client.ws.close();
+    const again = await next(client, "connected");
+    assert.equal(again.user, first.user);
+    assert.notEqual(again.client, first.client, "a new connection");
+    client.close();
+  });
+
+  test("the HTTP stream carries the token a one-way reader cannot send", async () => {
+    let asked = 0;
+    const getToken = async () => {
+      asked += 1;
+      return mint({ sub: "stream-user", exp: Date.now() / 1000 + 60 });
+    };
+    const client = new Tidings(tokens.ws, { transport: "stream", getToken });
+    const connected = await next(client, "connected");
+    assert.deepEqual([connected.user, connected.authenticated, client.transport], ["stream-user", true, "stream"]);
+    const sub = client.subscribe("edges:stream");
+    await sub.ready();
+    const heard = next(sub, "publication");
+    await sub.publish("over the stream");
+    assert.equal((await heard).data, "over the stream");
+    assert.equal(asked, 1);
+    client.close();
+  });
+
+  test("a getToken that fails is retried on the same transport, not taken for a broken WebSocket", async () => {
+    let calls = 0;
+    const getToken = async () => {
+      calls += 1;
+      if (calls === 1) throw new Error("backend down");
+      return mint({ sub: "patient", exp: Date.now() / 1000 + 60 });
+    };
+    const errors = [];
+    const client = new Tidings(tokens.ws, { WebSocket, getToken, minDelayMs: 50 });
+    client.on("error", (error) => errors.push(error.message));
+    const transports = [];
+    client.on("transport", ({ transport }) => transports.push(transport));
+    const connected = await next(client, "connected");
+    assert.equal(connected.user, "patient");
+    assert.deepEqual(errors, ["getToken failed: backend down"]);
+    assert.deepEqual([client.transport, transports], ["websocket", []]);
+    client.close();
+  });
+
+  test("ready() of a subscription ended before it was in place rejects with UNSUBSCRIBED", async () => {
+    const client = new Tidings(open.ws, { WebSocket, name: "quitter" });
+    const sub = client.subscribe("edges:gone");
+    const ready = sub.ready();
+    const unsubscribed = next(sub, "unsubscribed");
+    await client.unsubscribe("edges:gone");
+    await assert.rejects(ready, (err) => err instanceof TidingsError && err.code === ClientErrors.UNSUBSCRIBED);
+    assert.deepEqual(await unsubscribed, { channel: "edges:gone", byServer: false });
+    assert.equal(sub.state, "unsubscribed");
+    client.close();
+  });
+
+  test("one function listening on two subscriptions is removed from one alone", async () => {
+    const client = new Tidings(open.ws, { WebSocket, name: "listener" });
+    const [a, b] = [client.subscribe("edges:a"), client.subscribe("edges:b")];
+    const heard = [];
+    const listener = (event) => heard.push(event.detail.channel);
+    a.addEventListener("publication", listener);
+    b.addEventListener("publication", listener);
+    a.removeEventListener("publication", listener);
+    await Promise.all([a.ready(), b.ready()]);
+    const onB = next(b, "publication");
+    await a.publish("to a");
+    await b.publish("to b");
+    await onB;
+    assert.deepEqual(heard, ["edges:b"]);
+    client.close();
   });
 });
