@@ -27,6 +27,7 @@ const CLOSE_NO_RECONNECT_MIN = 4500;
 const CLOSE_NO_RECONNECT_MAX = 4999;
 const CLOSE_POLICY_VIOLATION = 1008;
 const CLOSE_ABNORMAL = 1006;
+const CLOSE_TOKEN_EXPIRED = 4003;
 const OPEN = 1;
 const CLOSED = 3;
 /** Commands one request carries at most (the server's limit). */
@@ -1074,7 +1075,9 @@ export class Tidings extends Emitter {
     }
     let final =
       closed.code === CLOSE_POLICY_VIOLATION ||
-      (closed.code >= CLOSE_NO_RECONNECT_MIN && closed.code <= CLOSE_NO_RECONNECT_MAX);
+      (closed.code >= CLOSE_NO_RECONNECT_MIN && closed.code <= CLOSE_NO_RECONNECT_MAX) ||
+      // An expired token comes back expired: only `getToken` can bring a fresh one.
+      (closed.code === CLOSE_TOKEN_EXPIRED && !this.options.getToken);
     if (final && closed.httpStatus) {
       // One node's refusal of the handshake (its origin list, say) is final only once every
       // URL has refused it: another node may let this page in.

@@ -251,3 +251,22 @@ describe("edges", () => {
     client.close();
   });
 });
+
+test("an expired fixed token closes the client once, without a retry loop", async () => {
+  const SECRET = "a-secret-of-at-least-32-bytes-long";
+  const part = (json) => Buffer.from(JSON.stringify(json)).toString("base64url");
+  const unsigned = `${part({ alg: "HS256", typ: "JWT" })}.${part({ sub: "brief", exp: Date.now() / 1000 + 1 })}`;
+  const token = `${unsigned}.${createHmac("sha256", SECRET).update(unsigned).digest("base64url")}`;
+  const server = await startServer(["--token-hmac-secret", SECRET]);
+  try {
+    const client = new Tidings(server.ws, { WebSocket, token, minDelayMs: 20 });
+    let connects = 0;
+    client.on("connected", () => (connects += 1));
+    const closed = await within("closed", new Promise((resolve) => client.on("closed", resolve)), 5_000);
+    assert.equal(closed.code, 4003, JSON.stringify(closed));
+    assert.equal(connects, 1);
+    assert.equal(client.state, "closed");
+  } finally {
+    await server.kill();
+  }
+});
