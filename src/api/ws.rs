@@ -1,4 +1,4 @@
-//! WebSocket endpoints: `/ws` (protocol v1, one [`session`] per connection) and `/ws/echo`
+//! WebSocket endpoints: `/ws` (protocol v1, one [`session`](crate::session) per connection) and `/ws/echo`
 //! (the conformance route: echoes every message through the same stack).
 //!
 //! Before upgrading, `/ws` passes the one admission step of every transport
