@@ -37,6 +37,8 @@
 //! - `limits`: per-connection rate limits and connection caps.
 //! - [`config`]: every flag and environment variable, validated once into plain settings.
 //! - `metrics`: the counters the server keeps.
+//! - [`pusher`]: Pusher Channels' frames, channel names and signatures, pure data like
+//!   `protocol` (its transport and routes are being built: issue 25).
 //! - [`protocol`]: the wire format, pure data; shared with the tests and the benchmark. Also
 //!   the seam every wire plugs into: the session's outgoing [`Item`](protocol::Item)s and the
 //!   [`Codec`](protocol::Codec)s that turn them into bytes.
@@ -77,6 +79,7 @@ pub mod auth;
 pub(crate) mod limits;
 pub mod config;
 pub(crate) mod metrics;
+pub mod pusher;
 pub mod protocol;
 pub(crate) mod connection;
 pub mod frame;

@@ -121,6 +121,7 @@ const LAYERS: &[&str] = &[
     "limits",
     "config",
     "metrics",
+    "pusher",
     "protocol",
     "connection",
     "frame",
