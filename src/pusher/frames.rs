@@ -83,9 +83,8 @@ pub const MAX_EVENT_NAME: usize = 200;
 /// Reads one text frame.
 pub fn decode(text: &str) -> Result<ClientFrame, FrameError> {
     let raw: Raw<'_> = serde_json::from_str(text).map_err(|err| {
-        let mut message = err.to_string();
-        message.truncate(120);
-        FrameError::NotAnEvent(message)
+        // serde's message may quote the input: cut it short, on a character boundary.
+        FrameError::NotAnEvent(err.to_string().chars().take(120).collect())
     })?;
     let event = raw.event.as_ref();
     // pusher-js sends objects; some clients send the object as a JSON string.
@@ -137,7 +136,7 @@ pub fn decode(text: &str) -> Result<ClientFrame, FrameError> {
             })
         }
         other => {
-            let mut name: String = other.chars().take(64).collect();
+            let mut name: String = other.chars().take(32).collect();
             if name.len() < other.len() {
                 name.push('…');
             }
@@ -221,6 +220,9 @@ mod tests {
             assert!(err.contains(wanted), "{text}: {err}");
             assert!(err.len() < 200, "{text}: {err}");
         }
+        // Found by the fuzzer: a long name of characters that escape to ten bytes each.
+        let odd = format!(r#"{{"event":"{}"}}"#, "\\u007f".repeat(300));
+        assert!(decode(&odd).unwrap_err().to_string().len() < 512);
         let long = format!(r#"{{"event":"client-{}","channel":"c"}}"#, "x".repeat(300));
         assert!(matches!(decode(&long), Err(FrameError::Unsupported(_))));
     }
