@@ -237,12 +237,9 @@ impl Server {
             body_timeout: config.body_timeout,
             shutdown: stopping.clone(),
             connections: connections.clone(),
-            broker_kind: if config.redis.is_some() {
-                "redis"
-            } else {
-                "memory"
-            },
+            broker_kind: broker_kind(&config),
             rates: rates.clone(),
+            pusher_apps: config.pusher_apps.clone().into(),
         };
         Ok(Self {
             app: api::router(state, config.enable_echo, metrics_listener.is_none()),
@@ -329,6 +326,15 @@ impl Server {
         }
         broker.close().await;
         tracing::info!("stopped");
+    }
+}
+
+/// What the admin page calls the broker.
+fn broker_kind(config: &Config) -> &'static str {
+    if config.redis.is_some() {
+        "redis"
+    } else {
+        "memory"
     }
 }
 

@@ -26,6 +26,7 @@ mod admission;
 pub mod channels;
 pub mod presence;
 pub mod publish;
+mod pusher;
 pub mod stream;
 pub mod ws;
 
@@ -55,6 +56,8 @@ pub struct AppState {
     pub broker_kind: &'static str,
     /// This node's message rates over the last minutes, for the admin page.
     pub rates: Arc<admin::Rates>,
+    /// Pusher Channels apps (`--pusher-app`).
+    pub pusher_apps: Arc<[crate::config::PusherApp]>,
 }
 
 /// Builds the router; `/ws/echo` exists only when `enable_echo` is set, `/metrics` unless
@@ -69,6 +72,8 @@ pub fn router(state: AppState, enable_echo: bool, with_metrics: bool) -> Router 
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/ws", get(ws::connect))
+        .route("/app/{key}", get(ws::pusher))
+        .route("/apps/{app_id}/events", post(pusher::events))
         .route(
             "/sse",
             get(stream::sse)
@@ -347,6 +352,26 @@ fn channel_name(name: &str) -> Result<ChannelName, ApiError> {
     ChannelName::parse(name).map_err(|err| ApiError::BadRequest(format!("{name:?}: {err}")))
 }
 
+/// A request's body, within `--body-timeout` of its headers.
+pub(crate) async fn body_bytes(
+    request: axum::extract::Request,
+    state: &AppState,
+) -> Result<axum::body::Bytes, ApiError> {
+    use axum::extract::FromRequest;
+    // Headers have a deadline (--handshake-timeout); without this one a client could hold
+    // a request open forever by never sending the body it announced.
+    let read = axum::body::Bytes::from_request(request, state);
+    match tokio::time::timeout(state.body_timeout, read).await {
+        Ok(bytes) => bytes.map_err(|err| ApiError::TooLarge(format!("request body: {err}"))),
+        Err(_) => {
+            metrics().http.body_timeouts.inc();
+            let total = metrics().http.body_timeouts.get();
+            tracing::info!(total, "request body too slow; answered 408");
+            Err(ApiError::BodyTimeout(state.body_timeout))
+        }
+    }
+}
+
 /// A JSON request body, refused with a JSON 400 (not axum's plain-text rejection).
 #[derive(Debug)]
 pub struct JsonBody<T>(pub T);
@@ -358,18 +383,7 @@ impl<T: DeserializeOwned> axum::extract::FromRequest<AppState> for JsonBody<T> {
         request: axum::extract::Request,
         state: &AppState,
     ) -> Result<Self, ApiError> {
-        // Headers have a deadline (--handshake-timeout); without this one a client could hold
-        // a request open forever by never sending the body it announced.
-        let read = axum::body::Bytes::from_request(request, state);
-        let bytes = match tokio::time::timeout(state.body_timeout, read).await {
-            Ok(bytes) => bytes.map_err(|err| ApiError::TooLarge(format!("request body: {err}")))?,
-            Err(_) => {
-                metrics().http.body_timeouts.inc();
-                let total = metrics().http.body_timeouts.get();
-                tracing::info!(total, "request body too slow; answered 408");
-                return Err(ApiError::BodyTimeout(state.body_timeout));
-            }
-        };
+        let bytes = body_bytes(request, state).await?;
         serde_json::from_slice(&bytes)
             .map(JsonBody)
             .map_err(|err| ApiError::BadRequest(format!("invalid JSON body: {err}")))

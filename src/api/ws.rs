@@ -100,6 +100,77 @@ async fn handshake(
     )
 }
 
+/// Query parameters of `/app/KEY` (Pusher's clients send them; `protocol` is checked).
+#[derive(Debug, Deserialize)]
+pub struct PusherParams {
+    protocol: Option<u32>,
+}
+
+/// The protocol version of Pusher Channels spoken here.
+const PUSHER_PROTOCOL: u32 = 7;
+
+/// `GET /app/KEY`: a Pusher Channels client of the app with that key, on the same session
+/// core as `/ws`. An unknown key is told after the upgrade with Pusher's 4001, as Pusher
+/// does, since a browser's WebSocket cannot read an HTTP refusal.
+pub async fn pusher(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    axum::extract::Path(key): axum::extract::Path<String>,
+    headers: HeaderMap,
+    params: Result<Query<PusherParams>, QueryRejection>,
+    upgrade: Result<Upgrade, NotAnUpgrade>,
+) -> Result<Response, ApiError> {
+    let Query(params) = params.map_err(|err| ApiError::BadRequest(err.body_text()))?;
+    let admitted = admit(&state, peer, &headers, Door::WebSocket, None)?;
+    let upgrade = upgrade?;
+    let app = state.pusher_apps.iter().find(|app| app.key == key).cloned();
+    let settings = SocketSettings {
+        max_message_size: state.max_message_size,
+        compression: state.compression,
+    };
+    Ok(upgrade.accept(settings, move |reader, writer| async move {
+        let Admitted {
+            forwarded,
+            ticket,
+            tracked,
+            ..
+        } = admitted;
+        let refusal = match (&app, &ticket) {
+            (None, _) => Some((4001, format!("App key {key} not in this cluster"))),
+            _ if params.protocol.is_some_and(|p| p != PUSHER_PROTOCOL) => Some((
+                4007,
+                format!("Unsupported protocol version: speak {PUSHER_PROTOCOL}"),
+            )),
+            (_, Err(refused)) => Some((4100, refused.to_string())),
+            _ => None,
+        };
+        let (Some(app), Ok(ticket), None) = (app, ticket, &refusal) else {
+            let (code, reason) = refusal.unwrap_or((4200, String::new()));
+            // Pusher's codes are all in the application range.
+            let code = CloseCode::app(code).unwrap_or(CloseCode::PolicyViolation);
+            let mut writer = writer;
+            writer
+                .close(code, &reason, state.session.close_timeout)
+                .await;
+            return;
+        };
+        let asked = crate::pusher::codec::Asked::default();
+        let activity = state.session.ping_interval.as_secs().max(1);
+        let app_id: std::sync::Arc<str> = app.id.as_str().into();
+        let codec = crate::pusher::codec::Pusher::new(app_id.clone(), asked.clone(), activity);
+        let reader = crate::transport::pusher::PusherReader::new(reader, app_id, asked);
+        let handshake = Handshake {
+            transport: "pusher",
+            // Pusher connections are anonymous until they sign in.
+            name: Some("pusher".into()),
+            token: None,
+            ticket,
+            forwarded,
+        };
+        admission::run_session(state, handshake, tracked, reader, writer.with_codec(codec));
+    }))
+}
+
 /// `GET /ws/echo`: echoes text and binary messages, closing as `/ws` does on bad input.
 pub async fn echo(
     State(state): State<AppState>,
@@ -146,7 +217,11 @@ async fn echo_loop(
                 return;
             }
             Some(Ok(Received::Inbound(
-                Inbound::Alive | Inbound::Binary | Inbound::Subscribe(_),
+                Inbound::Alive
+                | Inbound::Binary
+                | Inbound::Subscribe(_)
+                | Inbound::Command(_)
+                | Inbound::Invalid(_),
             ))) => continue,
             Some(Ok(Received::Inbound(Inbound::Text(text)))) => {
                 writer.feed_echo(false, bytes::Bytes::from(text)).await

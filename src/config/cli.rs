@@ -376,6 +376,17 @@ pub struct ServeArgs {
     #[arg(value_name = "DURATION", long, env = "TIDINGS_PRESENCE_TTL", default_value = "20s", value_parser = humantime::parse_duration)]
     pub presence_ttl: Duration,
 
+    /// A Pusher Channels app, `APP_ID:KEY:SECRET` (repeatable): Pusher clients connect at
+    /// `/app/KEY`. The environment variable takes a `;`-separated list.
+    #[arg(
+        value_name = "APP_ID:KEY:SECRET",
+        long = "pusher-app",
+        env = "TIDINGS_PUSHER_APPS",
+        value_delimiter = ';',
+        hide_env_values = true
+    )]
+    pub pusher_apps: Vec<String>,
+
     /// Key of the server HTTP API (`/api/...`), sent as `Authorization: apikey KEY`; at least
     /// 16 bytes. Without it the API is off.
     #[arg(

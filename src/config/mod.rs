@@ -17,6 +17,7 @@ mod reference;
 mod file;
 mod namespaces;
 mod origin;
+mod pusher;
 
 pub use cli::{Cli, CliCommand, ConfigCommand, LogFormat, ServeArgs, SizeError, parse_size};
 pub use file::{FileError, Invocation, check_file, parse_command_line};
@@ -26,6 +27,7 @@ pub use namespaces::{
     SubscribeRule, parse_namespace,
 };
 pub use origin::{Origin, Origins, stray_environment};
+pub use pusher::PusherApp;
 pub use reference::{example, reference};
 
 /// Why the settings cannot be used.
@@ -243,6 +245,8 @@ pub struct Config {
     pub body_timeout: Duration,
     /// `None`: the server API is off.
     pub api_key: Option<Secret>,
+    /// Pusher Channels apps served beside the native protocol.
+    pub pusher_apps: Vec<PusherApp>,
     /// Calls to the app's backend.
     pub proxy: ProxySettings,
     /// `None`: no webhooks.
@@ -326,6 +330,7 @@ impl ServeArgs {
             },
             body_timeout: self.body_timeout,
             api_key: self.api_key,
+            pusher_apps: PusherApp::parse_all(&self.pusher_apps)?,
             proxy,
             webhook,
             idempotency_window: self.idempotency_window,

@@ -43,6 +43,22 @@ pub enum Command<D = Box<RawValue>> {
     Pong,
 }
 
+impl<D> Command<D> {
+    /// The channel the command names, if it names one.
+    pub fn channel(&self) -> Option<&ChannelName> {
+        match self {
+            Self::Subscribe(c) => Some(&c.channel),
+            Self::Unsubscribe(c) => Some(&c.channel),
+            Self::Publish(c) => Some(&c.channel),
+            Self::History(c) => Some(&c.channel),
+            Self::Presence(c) => Some(&c.channel),
+            Self::PresenceStats(c) => Some(&c.channel),
+            Self::Ack(c) => Some(&c.channel),
+            Self::Connect(_) | Self::Refresh(_) | Self::Rpc(_) | Self::Ping | Self::Pong => None,
+        }
+    }
+}
+
 /// First command only: sets the user's name, or proves who the user is with a token.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Connect {

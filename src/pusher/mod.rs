@@ -6,5 +6,6 @@
 //! the session core through the same seam as the native wire, never the node or the broker.
 
 pub mod channel;
+pub mod codec;
 pub mod frames;
 pub mod sign;

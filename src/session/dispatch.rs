@@ -21,6 +21,7 @@ use crate::protocol::{
     PresenceOk, PresenceStats, PresenceStatsOk, Publish, PublishOk, Recovered, Rpc, RpcOk, Secret,
     StreamPosition, Subscribe, Subscription, Unsubscribe,
 };
+use crate::protocol::{Request, decode_request};
 
 /// Counts a recovery's outcome.
 fn count_recovery(recovery: &Recovery) {
@@ -63,6 +64,72 @@ pub(super) enum Asker {
 }
 
 impl Session<'_> {
+    /// A command's text, handled on the heap.
+    pub(super) fn handle_text(&mut self, text: String) -> futures_util::future::BoxFuture<'_, ()> {
+        Box::pin(async move { self.handle(&text).await })
+    }
+
+    async fn handle(&mut self, text: &str) {
+        #[cfg(feature = "fault-injection")]
+        if text == super::FAULT_PANIC {
+            panic!("fault injection: this session was asked to panic");
+        }
+        let request = match decode_request(text) {
+            Ok(request) => request,
+            Err(err) => {
+                if self.admit(err.id, false) {
+                    self.reply_error(err.id, &Refusal::new(err.code, err.message));
+                }
+                return;
+            }
+        };
+        self.handle_request(request).await;
+    }
+
+    /// A command another wire's decoder read (already typed), handled on the heap.
+    pub(super) fn handle_command(
+        &mut self,
+        request: Request,
+    ) -> futures_util::future::BoxFuture<'_, ()> {
+        Box::pin(self.handle_request(request))
+    }
+
+    /// One command, whichever wire it came in: rate-limited, then carried out.
+    async fn handle_request(&mut self, request: Request) {
+        let id = request.id;
+        if !self.admit(id, matches!(request.command, Command::Publish(_))) {
+            return;
+        }
+        // A Pusher app's channels answer to Pusher's signatures only: a native client reaches
+        // none of them, by any command (their history or presence included).
+        if self.transport != "pusher"
+            && let Some(channel) = request.command.channel()
+            && crate::pusher::channel::external(channel).is_some()
+        {
+            let message = format!("{channel} belongs to a Pusher app: connect at /app/KEY");
+            return self.reply_error(id, &Refusal::new(ErrorCode::PermissionDenied, message));
+        }
+        match request.command {
+            Command::Pong => return,
+            Command::Connect(connect) => {
+                self.settle().await;
+                self.connect(id, connect)
+            }
+            command => {
+                self.note_activity();
+                let Some(identity) = self.identity_for_command() else {
+                    return;
+                };
+                if !matches!(command, Command::Publish(_)) {
+                    // Whatever follows a publish sees it done.
+                    self.settle().await;
+                }
+                self.dispatch(&identity, id, command).await;
+            }
+        }
+        self.note_activity();
+    }
+
     /// Runs one client command other than `connect` and `pong`.
     pub(super) async fn dispatch(
         &mut self,

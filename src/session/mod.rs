@@ -45,8 +45,8 @@ use crate::metrics::metrics;
 use crate::node::{Mailbox, Node, NodeError};
 use crate::outbox::{Closing, Outbox};
 use crate::protocol::{
-    ChannelName, ClientInfo, CloseCode, Command, ErrorBody, ErrorCode, Item, Refused, Secret,
-    StreamPosition, Subscribe, decode_request,
+    ChannelName, ClientInfo, CloseCode, ErrorBody, ErrorCode, Item, Refused, Secret,
+    StreamPosition, Subscribe,
 };
 
 mod backend;
@@ -59,7 +59,7 @@ mod writer;
 
 use heartbeat::{Clocks, NEVER};
 pub(crate) use identity::Gate;
-pub(crate) use transport::{Inbound, Incoming, Outgoing, ReadError, Wanted, WriteError};
+pub(crate) use transport::{Inbound, Incoming, Invalid, Outgoing, ReadError, Wanted, WriteError};
 
 /// Per-connection settings, shared by every session.
 #[derive(Clone, Debug)]
@@ -413,6 +413,18 @@ impl Session<'_> {
                     self.handle_text(text)
                 }
                 Inbound::Subscribe(wanted) => self.subscribe_input(wanted),
+                Inbound::Command(request) => {
+                    metrics().messages_in.inc();
+                    self.handle_command(request)
+                }
+                Inbound::Invalid(invalid) => {
+                    metrics().messages_in.inc();
+                    if self.admit(invalid.id, false) {
+                        let refusal = Refusal::new(invalid.code, invalid.message);
+                        self.reply_error(invalid.id, &refusal);
+                    }
+                    continue;
+                }
                 Inbound::Binary if count_binary() && self.admit(None, false) => {
                     let message =
                         "binary frames are not part of protocol v1; send JSON text frames";
@@ -448,54 +460,16 @@ impl Session<'_> {
         }
     }
 
-    /// A command's text, handled on the heap.
-    fn handle_text(&mut self, text: String) -> futures_util::future::BoxFuture<'_, ()> {
-        Box::pin(async move { self.handle(&text).await })
-    }
-
-    async fn handle(&mut self, text: &str) {
-        #[cfg(feature = "fault-injection")]
-        if text == FAULT_PANIC {
-            panic!("fault injection: this session was asked to panic");
-        }
-        let request = match decode_request(text) {
-            Ok(request) => request,
-            Err(err) => {
-                if self.admit(err.id, false) {
-                    self.reply_error(err.id, &Refusal::new(err.code, err.message));
-                }
-                return;
-            }
-        };
-        let id = request.id;
-        if !self.admit(id, matches!(request.command, Command::Publish(_))) {
-            return;
-        }
-        match request.command {
-            Command::Pong => return,
-            Command::Connect(connect) => {
-                self.settle().await;
-                self.connect(id, connect)
-            }
-            command => {
-                self.note_activity();
-                let Some(identity) = self.identity_for_command() else {
-                    return;
-                };
-                if !matches!(command, Command::Publish(_)) {
-                    // Whatever follows a publish sees it done.
-                    self.settle().await;
-                }
-                self.dispatch(&identity, id, command).await;
-            }
-        }
-        self.note_activity();
-    }
-
     /// A channel the client named when it connected: subscribed like a `subscribe` command
     /// without a token, and answered by pushes that name the channel.
     fn subscribe_input(&mut self, wanted: Wanted) -> futures_util::future::BoxFuture<'_, ()> {
         let Wanted { channel, since } = wanted;
+        if crate::pusher::channel::external(&channel).is_some() {
+            let message = format!("{channel} belongs to a Pusher app: connect at /app/KEY");
+            let refusal = Refusal::new(ErrorCode::PermissionDenied, message);
+            self.refuse_to(dispatch::Asker::Stream, Some(&channel), &refusal);
+            return Box::pin(async {});
+        }
         Box::pin(self.subscribe_channel(channel, since))
     }
 

@@ -6,13 +6,17 @@ use std::future::Future;
 use std::time::Duration;
 
 use crate::outbox::Closing;
-use crate::protocol::{ChannelName, CloseCode, Item, StreamPosition};
+use crate::protocol::{ChannelName, CloseCode, ErrorCode, Item, Request, StreamPosition};
 
 /// What a client sent, as a session sees it.
 #[derive(Debug)]
 pub(crate) enum Inbound {
     /// A command, as protocol v1 JSON text.
     Text(String),
+    /// A command another wire's decoder already read (Pusher's frames).
+    Command(Request),
+    /// What another wire's decoder could not read: refused as a bad command is.
+    Invalid(Box<Invalid>),
     /// A channel the client named when it connected (a stream's `channel` parameters). The
     /// outcome comes as pushes naming the channel.
     Subscribe(Wanted),
@@ -22,6 +26,14 @@ pub(crate) enum Inbound {
     Alive,
     /// The peer started (or answered) the closing handshake.
     Close,
+}
+
+/// A frame a decoder refused: the reply (to `id`, when the decoder gave it one) says why.
+#[derive(Debug)]
+pub(crate) struct Invalid {
+    pub id: Option<u64>,
+    pub code: ErrorCode,
+    pub message: String,
 }
 
 /// A channel to subscribe to, from `since` if given.

@@ -9,5 +9,6 @@
 //! Only [`deflate`] is public: the load generator inflates with the server's own reader.
 
 pub mod deflate;
+pub(crate) mod pusher;
 pub(crate) mod stream;
 pub(crate) mod ws;

@@ -294,6 +294,15 @@ impl Writer {
 }
 
 impl<C> Writer<C> {
+    /// The same socket, speaking another wire.
+    pub(crate) fn with_codec<D>(self, codec: D) -> Writer<D> {
+        Writer {
+            sink: self.sink,
+            agreed: self.agreed,
+            codec,
+        }
+    }
+
     async fn send(&mut self, message: Message) -> Result<(), WriteError> {
         self.sink
             .feed(message)

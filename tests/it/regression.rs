@@ -1240,6 +1240,7 @@ fn mistake_of(key: &str) -> (&'static str, Option<&'static str>) {
         "log" => ("\"a=b=c\"", Some("a=b=c")),
         "log-format" => ("\"xml\"", Some("xml")),
         "node-name" => ("\"\"", Some("")),
+        "pusher-app" => ("[\"1:key\"]", Some("1:key")),
         // Any text is a valid value: only the wrong TOML type is a mistake.
         "redis-prefix" | "token-audience" | "token-issuer" | "allowed-origin" => ("5", None),
         other => panic!("no mistake for the new setting `{other}`: add one here"),

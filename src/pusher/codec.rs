@@ -1,0 +1,288 @@
+//! The session's items in Pusher's words (protocol 7): the [`Codec`] of a Pusher connection.
+//!
+//! Pusher answers few commands by name, so the connection's decoder notes what each command it
+//! handed the session was ([`Asked`]); the codec reads that note when the reply comes — a
+//! `pusher:pong` for a ping, `pusher:subscription_error` naming the channel for a refused
+//! subscribe — and writes nothing for replies Pusher has no words for.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use super::channel;
+use crate::frame::{Frame, Messages};
+use crate::protocol::{Codec, Item};
+
+/// What the decoder asked the session, by request id; shared by one connection's two halves.
+#[derive(Clone, Debug, Default)]
+pub struct Asked(Arc<Mutex<HashMap<u64, Question>>>);
+
+/// One command the decoder handed the session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Question {
+    Ping,
+    /// A subscribe to this Pusher channel.
+    Subscribe(String),
+    /// Anything answered by nothing on Pusher's wire (unsubscribe, a client event's publish).
+    Quiet,
+}
+
+impl Asked {
+    pub fn note(&self, id: u64, question: Question) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id, question);
+    }
+
+    fn answered(&self, id: u64) -> Option<Question> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id)
+    }
+}
+
+/// Pusher's socket id for a connection: its client id (16 hex digits) as two decimal halves,
+/// `HIGH.LOW`, the shape Pusher's SDKs check (`^\d+\.\d+$`).
+pub fn socket_id(client: &str) -> String {
+    let id = u64::from_str_radix(client, 16).unwrap_or_default();
+    format!("{}.{}", id >> 32, id & 0xffff_ffff)
+}
+
+/// The codec of one Pusher connection of app `app`.
+#[derive(Debug)]
+pub struct Pusher {
+    app: Arc<str>,
+    asked: Asked,
+    /// Seconds of silence after which a client pings (`activity_timeout`).
+    activity_timeout: u64,
+}
+
+impl Pusher {
+    pub fn new(app: impl Into<Arc<str>>, asked: Asked, activity_timeout: u64) -> Self {
+        Self {
+            app: app.into(),
+            asked,
+            activity_timeout,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Event<'a, D: Serialize> {
+    event: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    channel: Option<&'a str>,
+    data: D,
+}
+
+#[derive(Serialize)]
+struct ErrorData<'a> {
+    code: Option<u16>,
+    message: &'a str,
+}
+
+#[derive(Serialize)]
+struct SubscriptionError<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    error: &'a str,
+    status: u16,
+}
+
+fn frame<D: Serialize>(event: &str, channel: Option<&str>, data: D) -> Frame {
+    let event = Event {
+        event,
+        channel,
+        data,
+    };
+    Frame::from(serde_json::to_string(&event).unwrap_or_default())
+}
+
+/// A Pusher event's payload as Tidings keeps it: `{"event": NAME, "data": …}`.
+#[derive(serde::Deserialize)]
+struct Stored<'a> {
+    #[serde(borrow)]
+    event: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    data: &'a RawValue,
+}
+
+impl Codec<Messages> for Pusher {
+    fn encode(&mut self, item: Item, out: &mut Messages) {
+        match item {
+            Item::Connected(greeting) => {
+                let established = serde_json::json!({
+                    "socket_id": socket_id(&greeting.connected.client),
+                    "activity_timeout": self.activity_timeout,
+                });
+                let data = established.to_string();
+                out.push(frame("pusher:connection_established", None, data));
+            }
+            Item::Reply { id, .. } => {
+                if self.asked.answered(id) == Some(Question::Ping) {
+                    out.push(frame("pusher:pong", None, serde_json::json!({})));
+                }
+            }
+            Item::Subscribed(subscription) => {
+                let Some((_, name)) = channel::external(&subscription.channel) else {
+                    return;
+                };
+                if let Some(id) = subscription.id {
+                    self.asked.answered(id);
+                }
+                let event = "pusher_internal:subscription_succeeded";
+                out.push(frame(event, Some(&name), "{}"));
+            }
+            Item::Error(refused) => {
+                let asked = refused.id.and_then(|id| self.asked.answered(id));
+                let message = &refused.error.message;
+                if let Some(Question::Subscribe(name)) = asked {
+                    // As Soketi and Sockudo say it: pusher-js reports it as the subscription's
+                    // `pusher:subscription_error`.
+                    let error = SubscriptionError {
+                        kind: "AuthError",
+                        error: message,
+                        status: 401,
+                    };
+                    out.push(frame("pusher:subscription_error", Some(&name), error));
+                } else {
+                    let data = ErrorData {
+                        code: None,
+                        message,
+                    };
+                    out.push(frame("pusher:error", None, data));
+                }
+            }
+            Item::Publication(published) => {
+                let publication = &published.publication;
+                let Some((app, name)) = channel::external(&publication.channel) else {
+                    return;
+                };
+                if app != &*self.app {
+                    return;
+                }
+                let Ok(stored) = serde_json::from_str::<Stored<'_>>(publication.data.get()) else {
+                    return;
+                };
+                out.push(frame(&stored.event, Some(&name), stored.data));
+            }
+            Item::Ping => out.push(frame("pusher:ping", None, serde_json::json!({}))),
+            // Presence events come with presence channels (next); Pusher has no word for a
+            // server-side unsubscribe; the close is the transport's close frame.
+            Item::Event(_) | Item::Unsubscribed(_) | Item::Disconnect { .. } => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{
+        ChannelName, ClientInfo, ErrorBody, Greeting, Publication, Published, Refused,
+        StreamPosition, Subscription,
+    };
+
+    fn texts(out: Messages) -> Vec<String> {
+        out.into_iter()
+            .map(|frame| String::from_utf8(frame.as_bytes().to_vec()).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn the_socket_id_has_the_shape_pushers_sdks_check() {
+        assert_eq!(socket_id("0000000100000002"), "1.2");
+        assert_eq!(socket_id("ffffffffffffffff"), "4294967295.4294967295");
+    }
+
+    #[test]
+    fn items_come_out_in_pushers_words() {
+        let asked = Asked::default();
+        let mut codec = Pusher::new("7", asked.clone(), 120);
+        let mut out = Messages::default();
+        let mut greeting = Greeting::pushed();
+        greeting.connected.client = "0000000100000002".into();
+        codec.encode(Item::Connected(Box::new(greeting)), &mut out);
+
+        asked.note(1, Question::Ping);
+        codec.encode(Item::reply(1, &serde_json::json!({})), &mut out);
+        asked.note(2, Question::Quiet);
+        codec.encode(Item::reply(2, &serde_json::json!({})), &mut out);
+
+        let news = channel::internal("7", "news", channel::kind("news").unwrap()).unwrap();
+        asked.note(3, Question::Subscribe("news".into()));
+        let subscribed = Subscription {
+            id: Some(3),
+            channel: news.clone(),
+            position: StreamPosition {
+                offset: 0,
+                epoch: "e".into(),
+            },
+            recovery: None,
+            receipts: false,
+        };
+        codec.encode(Item::Subscribed(Box::new(subscribed)), &mut out);
+        asked.note(4, Question::Subscribe("private-x".into()));
+        let refused = Refused {
+            id: Some(4),
+            error: ErrorBody::new(
+                crate::protocol::ErrorCode::PermissionDenied,
+                "bad signature",
+            ),
+            channel: None,
+        };
+        codec.encode(Item::Error(Box::new(refused)), &mut out);
+
+        let publication = Publication {
+            channel: news,
+            offset: 1,
+            epoch: "e".into(),
+            data: RawValue::from_string(r#"{"event":"update","data":"{\"x\":1}"}"#.into())
+                .unwrap()
+                .into(),
+            info: ClientInfo {
+                client: "api".into(),
+                user: "server".into(),
+            },
+        };
+        codec.encode(
+            Item::Publication(Arc::new(Published::new(publication, None))),
+            &mut out,
+        );
+        // Another app's channel, or a native one, says nothing here.
+        let native = Publication {
+            channel: ChannelName::parse("chat:lobby").unwrap(),
+            offset: 1,
+            epoch: "e".into(),
+            data: RawValue::from_string("1".into()).unwrap().into(),
+            info: ClientInfo {
+                client: "c".into(),
+                user: "u".into(),
+            },
+        };
+        codec.encode(
+            Item::Publication(Arc::new(Published::new(native, None))),
+            &mut out,
+        );
+        codec.encode(Item::Ping, &mut out);
+
+        assert_eq!(
+            texts(out),
+            [
+                r#"{"event":"pusher:connection_established","data":"{\"activity_timeout\":120,\"socket_id\":\"1.2\"}"}"#,
+                r#"{"event":"pusher:pong","data":{}}"#,
+                r#"{"event":"pusher_internal:subscription_succeeded","channel":"news","data":"{}"}"#,
+                r#"{"event":"pusher:subscription_error","channel":"private-x","data":{"type":"AuthError","error":"bad signature","status":401}}"#,
+                r#"{"event":"update","channel":"news","data":"{\"x\":1}"}"#,
+                r#"{"event":"pusher:ping","data":{}}"#,
+            ]
+        );
+        assert!(
+            asked.0.lock().unwrap().is_empty(),
+            "every answer forgets its question"
+        );
+    }
+}
