@@ -79,9 +79,15 @@ mod tests {
     #[test]
     fn an_app_is_id_key_and_a_secret_that_may_hold_colons() {
         let apps = PusherApp::parse_all(&["1:app-key:se:cret".into(), "2:k2:s".into()]).unwrap();
-        assert_eq!((apps[0].id.as_str(), apps[0].key.as_str()), ("1", "app-key"));
+        assert_eq!(
+            (apps[0].id.as_str(), apps[0].key.as_str()),
+            ("1", "app-key")
+        );
         assert_eq!(apps[0].secret, "se:cret");
-        assert!(!format!("{:?}", apps[0]).contains("cret"), "the secret stays out of logs");
+        assert!(
+            !format!("{:?}", apps[0]).contains("cret"),
+            "the secret stays out of logs"
+        );
         for bad in ["1:key", "1:key:", ":key:s", "1 2:key:s", "1:k/y:s", ""] {
             assert!(PusherApp::parse_all(&[bad.into()]).is_err(), "{bad:?}");
         }
