@@ -25,6 +25,32 @@ async fn get(server: &TestServer, path: &str, authorization: Option<&str>) -> St
     .await
 }
 
+/// A tab showing `/admin` of `addr` with the key as HTTP Basic credentials, on a phone's
+/// screen of that size when given.
+async fn open_admin(
+    browser: &mut Browser,
+    addr: std::net::SocketAddr,
+    phone: Option<(u32, u32)>,
+) -> Tab {
+    let tab = browser.open_page("about:blank").await.unwrap();
+    let session = Some(tab.session.as_str());
+    browser
+        .call(session, "Network.enable", json!({}))
+        .await
+        .unwrap();
+    let headers = json!({"headers": {"Authorization": basic(KEY)}});
+    browser
+        .call(session, "Network.setExtraHTTPHeaders", headers)
+        .await
+        .unwrap();
+    if let Some((width, height)) = phone {
+        browser.screen(&tab, width, height, true).await.unwrap();
+    }
+    let url = json!({"url": format!("http://{addr}/admin")});
+    browser.call(session, "Page.navigate", url).await.unwrap();
+    tab
+}
+
 fn basic(password: &str) -> String {
     let encoded = base64::engine::general_purpose::STANDARD.encode(format!("ops:{password}"));
     format!("Basic {encoded}")
@@ -76,40 +102,7 @@ async fn the_admin_page_shows_every_node_and_live_rates_in_a_real_browser() {
     clients[0].publish("room-x", json!("hello")).await;
 
     let mut browser = Browser::launch().await.unwrap();
-    let target = browser
-        .call(None, "Target.createTarget", json!({"url": "about:blank"}))
-        .await
-        .unwrap();
-    let attached = browser
-        .call(
-            None,
-            "Target.attachToTarget",
-            json!({"targetId": target["targetId"], "flatten": true}),
-        )
-        .await
-        .unwrap();
-    let tab = Tab {
-        session: attached["sessionId"].as_str().unwrap().to_owned(),
-        target: target["targetId"].as_str().unwrap().to_owned(),
-    };
-    let session = Some(tab.session.as_str());
-    browser
-        .call(session, "Network.enable", json!({}))
-        .await
-        .unwrap();
-    let headers = json!({"headers": {"Authorization": basic(KEY)}});
-    browser
-        .call(session, "Network.setExtraHTTPHeaders", headers)
-        .await
-        .unwrap();
-    browser
-        .call(
-            session,
-            "Page.navigate",
-            json!({"url": format!("http://{}/admin", a.addr)}),
-        )
-        .await
-        .unwrap();
+    let tab = open_admin(&mut browser, a.addr, None).await;
 
     // B announces its connections within one announcement period (5 s).
     let condition = "document.querySelectorAll('#nodes tr[data-node]').length === 2 \
@@ -204,26 +197,7 @@ async fn on_a_phone_the_admin_page_pages_channels_finds_a_user_and_disconnects_t
     }
 
     let mut browser = Browser::launch().await.unwrap();
-    let tab = browser.open_page("about:blank").await.unwrap();
-    let session = Some(tab.session.as_str());
-    browser
-        .call(session, "Network.enable", json!({}))
-        .await
-        .unwrap();
-    let headers = json!({"headers": {"Authorization": basic(KEY)}});
-    browser
-        .call(session, "Network.setExtraHTTPHeaders", headers)
-        .await
-        .unwrap();
-    browser.screen(&tab, 390, 844, true).await.unwrap();
-    browser
-        .call(
-            session,
-            "Page.navigate",
-            json!({"url": format!("http://{}/admin", a.addr)}),
-        )
-        .await
-        .unwrap();
+    let tab = open_admin(&mut browser, a.addr, Some((390, 844))).await;
 
     // Both nodes by name; B's counts arrive with its announcement (every 5 s).
     let rows = "[...document.querySelectorAll('#channels tr[data-channel]')]
