@@ -98,6 +98,21 @@ impl EventBudget {
     }
 }
 
+/// A budget at a rate the caller keeps (one connection's client events on a second wire).
+#[derive(Clone, Copy, Debug)]
+pub struct Allowance(Bucket);
+
+impl Allowance {
+    pub fn new(rate: Rate, now: Instant) -> Self {
+        Self(Bucket::full(rate, now))
+    }
+
+    /// Spends one; false when the budget is spent.
+    pub fn spend(&mut self, rate: Rate, now: Instant) -> bool {
+        self.0.take(rate.per_second as f32, rate.burst as f32, now)
+    }
+}
+
 /// How many command requests (`POST /stream`, `POST /sse`) one client address may make: a
 /// session sends one at a time, each answered once the broker has it.
 pub const ADDRESS_REQUESTS: Rate = Rate {

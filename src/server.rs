@@ -239,7 +239,7 @@ impl Server {
             connections: connections.clone(),
             broker_kind: broker_kind(&config),
             rates: rates.clone(),
-            pusher_apps: config.pusher_apps.clone().into(),
+            pusher_apps: pusher_apps(&config.pusher_apps),
         };
         Ok(Self {
             app: api::router(state, config.enable_echo, metrics_listener.is_none()),
@@ -564,4 +564,17 @@ where
             tracing::debug!(%err, %peer, "HTTP connection ended with an error");
         }
     }
+}
+
+/// The Pusher apps as the routes hold them.
+fn pusher_apps(apps: &[crate::config::PusherApp]) -> Arc<[Arc<crate::pusher::App>]> {
+    apps.iter()
+        .map(|app| {
+            Arc::new(crate::pusher::App {
+                id: app.id.as_str().into(),
+                key: app.key.clone(),
+                secret: crate::pusher::sign::Secret::new(app.secret.clone()),
+            })
+        })
+        .collect()
 }

@@ -177,6 +177,7 @@ pub async fn subscribe(ws: &mut Ws, protocol: Protocol, channel: &str) -> Result
             channel: ChannelName::parse(channel)?,
             since: None,
             token: None,
+            extras: Default::default(),
         }),
     };
     ws.send(Message::text(serde_json::to_string(&request)?))

@@ -218,6 +218,7 @@ async fn join(
             channel: ChannelName::parse(channel).ok()?,
             since: position.since(),
             token: None,
+            extras: Default::default(),
         }),
     };
     ws.send(Message::text(serde_json::to_string(&request).ok()?))

@@ -57,7 +57,7 @@ pub struct AppState {
     /// This node's message rates over the last minutes, for the admin page.
     pub rates: Arc<admin::Rates>,
     /// Pusher Channels apps (`--pusher-app`).
-    pub pusher_apps: Arc<[crate::config::PusherApp]>,
+    pub pusher_apps: Arc<[Arc<crate::pusher::App>]>,
 }
 
 /// Builds the router; `/ws/echo` exists only when `enable_echo` is set, `/metrics` unless

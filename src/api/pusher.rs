@@ -8,10 +8,10 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::{AppState, body_bytes};
-use crate::config::PusherApp;
 use crate::protocol::ClientInfo;
+use crate::pusher::App as PusherApp;
 use crate::pusher::channel;
-use crate::pusher::sign::{self, MAX_CLOCK_SKEW_SECS, Secret};
+use crate::pusher::sign::{self, MAX_CLOCK_SKEW_SECS};
 
 /// At most this many channels per event, as Pusher allows.
 const MAX_CHANNELS: usize = 100;
@@ -60,7 +60,7 @@ fn verify(
     }
     let message = sign::request_message(method, path, &params);
     let signature = get("auth_signature").unwrap_or_default();
-    if !Secret::new(app.secret.clone()).verify(&message, signature) {
+    if !app.secret.verify(&message, signature) {
         return Err(
             "Invalid signature: you should have sent HmacSHA256Hex(string_to_sign, secret)",
         );
@@ -88,7 +88,7 @@ pub async fn events(
     let Some(app) = state
         .pusher_apps
         .iter()
-        .find(|app| app.id == app_id)
+        .find(|app| *app.id == *app_id)
         .cloned()
     else {
         return refuse(StatusCode::NOT_FOUND, format!("Unknown app {app_id}"));

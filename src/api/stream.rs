@@ -137,6 +137,7 @@ async fn open(
         .collect();
     let (reader, writer, body) = stream::open(format, inbox, &subscribe);
     let handshake = Handshake {
+        client: crate::session::client_id(),
         transport: format.name(),
         name: params.name,
         token,

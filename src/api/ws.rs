@@ -89,6 +89,7 @@ async fn handshake(
                 }
             };
             let handshake = Handshake {
+                client: crate::session::client_id(),
                 transport: "websocket",
                 name,
                 token,
@@ -156,10 +157,11 @@ pub async fn pusher(
         };
         let asked = crate::pusher::codec::Asked::default();
         let activity = state.session.ping_interval.as_secs().max(1);
-        let app_id: std::sync::Arc<str> = app.id.as_str().into();
-        let codec = crate::pusher::codec::Pusher::new(app_id.clone(), asked.clone(), activity);
-        let reader = crate::transport::pusher::PusherReader::new(reader, app_id, asked);
+        let codec = crate::pusher::codec::Pusher::new(app.id.clone(), asked.clone(), activity);
+        let client = crate::session::client_id();
+        let reader = crate::transport::pusher::PusherReader::new(reader, app, &client, asked);
         let handshake = Handshake {
+            client,
             transport: "pusher",
             // Pusher connections are anonymous until they sign in.
             name: Some("pusher".into()),

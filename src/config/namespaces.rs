@@ -5,6 +5,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use crate::pusher::channel::{NAMESPACE as PUSHER, PRESENCE_NAMESPACE as PUSHER_PRESENCE};
+
 /// Why a namespace rule (`NAME:key=value,…`) cannot be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NamespaceError {
@@ -138,7 +140,7 @@ pub struct Compression {
 
 impl Namespaces {
     pub fn new(default: NamespaceOptions, mut by_name: HashMap<String, NamespaceOptions>) -> Self {
-        for name in [PERSONAL_NAMESPACE, CHAT_NAMESPACE] {
+        for name in [PERSONAL_NAMESPACE, CHAT_NAMESPACE, PUSHER, PUSHER_PRESENCE] {
             by_name
                 .entry(name.to_owned())
                 .or_insert_with(|| Self::base(name, &default));
@@ -187,6 +189,27 @@ impl Namespaces {
             CHAT_NAMESPACE => NamespaceOptions {
                 presence: true,
                 join_leave: JoinLeave::User,
+                ..default.clone()
+            },
+            // Pusher's own rules apply on its wire (signatures, client events on signed
+            // channels only); native clients never reach these namespaces. A cache channel
+            // needs its last event kept.
+            PUSHER | PUSHER_PRESENCE => NamespaceOptions {
+                subscribe: SubscribeRule::Anyone,
+                publish: true,
+                history: HistorySettings {
+                    size: default.history.size.max(1),
+                    ..default.history
+                },
+                presence: name == PUSHER_PRESENCE,
+                join_leave: if name == PUSHER_PRESENCE {
+                    JoinLeave::User
+                } else {
+                    JoinLeave::Off
+                },
+                proxy_subscribe: false,
+                proxy_publish: false,
+                receipts: None,
                 ..default.clone()
             },
             _ => default.clone(),

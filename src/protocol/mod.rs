@@ -41,10 +41,11 @@ pub use frames::{
 };
 pub use outgoing::{
     ChannelEvent, Codec, Greeting, Item, Membership, Published, Recovered, Refused, Subscription,
+    SubscriptionExtras,
 };
 pub use request::{
-    Ack, Command, Connect, DecodeError, History, Presence, PresenceStats, Publish, Refresh,
-    Request, Rpc, Subscribe, Unsubscribe, decode_request,
+    Ack, Command, Connect, DecodeError, History, Presence, PresenceStats, Presenting, Publish,
+    Refresh, Request, Rpc, SignIn, Subscribe, SubscribeExtras, Unsubscribe, decode_request,
 };
 pub use sse::{Positions, Sse};
 pub use v1::{Ndjson, V1};

@@ -278,6 +278,19 @@ pub struct Subscription {
     pub recovery: Option<Recovered>,
     /// The channel's publications wait for an `ack` (delivery receipts).
     pub receipts: bool,
+    /// What the subscribe's [`SubscribeExtras`](super::SubscribeExtras) asked for; the v1
+    /// wire never asks.
+    pub extras: Option<Box<SubscriptionExtras>>,
+}
+
+/// What a subscription made for another wire carries besides.
+#[derive(Clone, Debug, Default)]
+pub struct SubscriptionExtras {
+    /// The channel's members once this connection joined (at most one page of
+    /// [`Presence::MAX_LIMIT`](super::Presence::MAX_LIMIT) connections).
+    pub members: Option<Vec<super::Member>>,
+    /// Asked for the channel's latest publication: it, or `None` when there is none.
+    pub latest: Option<Option<Publication>>,
 }
 
 impl Subscription {
@@ -290,7 +303,23 @@ impl Subscription {
                 .sum::<usize>()
                 + recovery.unrecovered.as_ref().map_or(0, String::len)
         });
-        64 + self.channel.as_str().len() + self.position.epoch.len() + recovered
+        let extras = self.extras.as_ref().map_or(0, |extras| {
+            let members = extras.members.iter().flatten().map(|member| {
+                64 + member.client.len()
+                    + member.user.len()
+                    + member
+                        .info
+                        .as_ref()
+                        .map_or(0, |info| info.to_string().len())
+            });
+            let latest = extras
+                .latest
+                .iter()
+                .flatten()
+                .map(|p| 96 + p.data.get().len());
+            members.sum::<usize>() + latest.sum::<usize>()
+        });
+        64 + self.channel.as_str().len() + self.position.epoch.len() + recovered + extras
     }
 }
 

@@ -6,6 +6,8 @@
 //! or of the wrong type, 104 a bad channel name. Unknown fields are ignored, so newer clients
 //! can talk to older servers.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 
@@ -41,6 +43,9 @@ pub enum Command<D = Box<RawValue>> {
     Ping,
     /// The answer to a server `{"ping":{}}`; never replied to.
     Pong,
+    /// Another wire's sign-in; never on the v1 wire.
+    #[serde(skip)]
+    SignIn(SignIn),
 }
 
 impl<D> Command<D> {
@@ -54,7 +59,12 @@ impl<D> Command<D> {
             Self::Presence(c) => Some(&c.channel),
             Self::PresenceStats(c) => Some(&c.channel),
             Self::Ack(c) => Some(&c.channel),
-            Self::Connect(_) | Self::Refresh(_) | Self::Rpc(_) | Self::Ping | Self::Pong => None,
+            Self::Connect(_)
+            | Self::Refresh(_)
+            | Self::Rpc(_)
+            | Self::Ping
+            | Self::Pong
+            | Self::SignIn(_) => None,
         }
     }
 }
@@ -83,6 +93,36 @@ pub struct Subscribe {
     pub since: Option<StreamPosition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<Secret>,
+    /// Never on the v1 wire: what another wire's decoder asks for besides the subscription.
+    #[serde(skip)]
+    pub extras: SubscribeExtras,
+}
+
+/// What a subscribe made by another wire's decoder (Pusher's) asks besides the subscription.
+/// Never read from v1 JSON, so no native client can ask for it.
+#[derive(Clone, Debug, Default)]
+pub struct SubscribeExtras {
+    /// Be present in the channel as this user (a Pusher presence subscription's
+    /// `channel_data`, already verified), whoever the connection is; the reply then lists the
+    /// members.
+    pub present_as: Option<Presenting>,
+    /// The reply carries the channel's latest publication, or says there is none.
+    pub latest: bool,
+}
+
+/// Who a connection is in one channel's presence.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Presenting {
+    pub user: Arc<str>,
+    pub info: Option<Arc<serde_json::Value>>,
+}
+
+/// The user a connection proved it is by another wire's sign-in (Pusher's `pusher:signin`,
+/// already verified): from then on the connection acts as, and is reachable as, that user.
+#[derive(Clone, Debug)]
+pub struct SignIn {
+    pub user: Arc<str>,
+    pub info: Option<Arc<serde_json::Value>>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -139,6 +139,7 @@ fn requests_a_client_builds_are_what_the_server_decodes() {
                     epoch: "e".into(),
                 }),
                 token: Some(Secret::new("t")),
+                extras: Default::default(),
             }),
         },
         Request {

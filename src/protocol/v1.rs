@@ -286,6 +286,7 @@ mod tests {
                     unrecovered: Some("gone".into()),
                 }),
                 receipts: false,
+                extras: None,
             }))
         };
         let out = lines(vec![subscription(None)]);

@@ -13,7 +13,7 @@ use serde_json::value::RawValue;
 
 use super::channel;
 use crate::frame::{Frame, Messages};
-use crate::protocol::{Codec, Item};
+use crate::protocol::{Codec, ErrorCode, Item, Member, Membership, Subscription};
 
 /// What the decoder asked the session, by request id; shared by one connection's two halves.
 #[derive(Clone, Debug, Default)]
@@ -25,6 +25,8 @@ pub enum Question {
     Ping,
     /// A subscribe to this Pusher channel.
     Subscribe(String),
+    /// A sign-in with this `user_data`.
+    SignIn(String),
     /// Anything answered by nothing on Pusher's wire (unsubscribe, a client event's publish).
     Quiet,
 }
@@ -59,6 +61,9 @@ pub struct Pusher {
     asked: Asked,
     /// Seconds of silence after which a client pings (`activity_timeout`).
     activity_timeout: u64,
+    /// This connection's client id and socket id, once connected.
+    client: Arc<str>,
+    socket_id: String,
 }
 
 impl Pusher {
@@ -67,7 +72,117 @@ impl Pusher {
             app: app.into(),
             asked,
             activity_timeout,
+            client: Arc::from(""),
+            socket_id: String::new(),
         }
+    }
+
+    /// A subscription's `pusher_internal:subscription_succeeded`: with the members of a
+    /// presence channel (one entry per user), then a cache channel's last event or its miss.
+    fn subscribed(&mut self, subscription: &Subscription, out: &mut Messages) {
+        let Some((_, name)) = channel::external(&subscription.channel) else {
+            return;
+        };
+        if let Some(id) = subscription.id {
+            self.asked.answered(id);
+        }
+        let event = "pusher_internal:subscription_succeeded";
+        let extras = subscription.extras.as_deref();
+        match extras.and_then(|extras| extras.members.as_ref()) {
+            Some(members) => {
+                let mut ids: Vec<&str> = Vec::new();
+                let mut hash = serde_json::Map::new();
+                for member in members {
+                    if !hash.contains_key(&*member.user) {
+                        ids.push(&member.user);
+                        let info = member.info.as_deref().cloned();
+                        hash.insert(member.user.to_string(), info.unwrap_or_default());
+                    }
+                }
+                let presence = serde_json::json!({
+                    "presence": {"ids": ids, "hash": hash, "count": ids.len()}
+                });
+                out.push(frame(event, Some(&name), presence.to_string()));
+            }
+            None => out.push(frame(event, Some(&name), "{}")),
+        }
+        match extras.and_then(|extras| extras.latest.as_ref()) {
+            Some(Some(latest)) => self.event(latest, out),
+            Some(None) => out.push(frame("pusher:cache_miss", Some(&name), "{}")),
+            None => {}
+        }
+    }
+
+    /// A publication of this app's channel, in Pusher's words; nothing for the connection
+    /// it excludes (a client event's sender, a trigger's `socket_id`).
+    fn event(&self, publication: &crate::protocol::Publication, out: &mut Messages) {
+        let Some((app, name)) = channel::external(&publication.channel) else {
+            return;
+        };
+        if app != &*self.app {
+            return;
+        }
+        let Ok(stored) = serde_json::from_str::<Stored<'_>>(publication.data.get()) else {
+            return;
+        };
+        if stored.except.as_deref() == Some(self.socket_id.as_str()) {
+            return;
+        }
+        let event = Event {
+            event: &stored.event,
+            channel: Some(&name),
+            data: stored.data,
+            user_id: stored.user_id.as_deref(),
+        };
+        out.push(Frame::from(
+            serde_json::to_string(&event).unwrap_or_default(),
+        ));
+    }
+
+    /// A presence change: `member_added` and `member_removed` for a user's first connection
+    /// in and last out, never for this connection's own.
+    fn membership(&self, membership: &Membership, out: &mut Messages) {
+        let Some((app, name)) = channel::external(membership.channel()) else {
+            return;
+        };
+        if app != &*self.app {
+            return;
+        }
+        let mut told = |member: &Member, joined: bool| {
+            if member.client == self.client {
+                return;
+            }
+            let data = if joined {
+                serde_json::json!({"user_id": member.user, "user_info": member.info})
+            } else {
+                serde_json::json!({"user_id": member.user})
+            };
+            let event = if joined {
+                "pusher_internal:member_added"
+            } else {
+                "pusher_internal:member_removed"
+            };
+            out.push(frame(event, Some(&name), data.to_string()));
+        };
+        match membership {
+            Membership::Join(change) => told(&change.info, true),
+            Membership::Leave(change) => told(&change.info, false),
+            Membership::Batch(batch) => {
+                batch.joined.iter().for_each(|member| told(member, true));
+                batch.left.iter().for_each(|member| told(member, false));
+            }
+        }
+    }
+}
+
+/// Pusher's code for a refusal, where it has one.
+fn pusher_code(code: u16) -> Option<u16> {
+    if code == ErrorCode::RateLimited.as_u16() {
+        Some(4301)
+    } else if code == ErrorCode::InvalidToken.as_u16() {
+        Some(4009)
+    } else {
+        None
     }
 }
 
@@ -77,6 +192,8 @@ struct Event<'a, D: Serialize> {
     #[serde(skip_serializing_if = "Option::is_none")]
     channel: Option<&'a str>,
     data: D,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user_id: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -98,45 +215,49 @@ fn frame<D: Serialize>(event: &str, channel: Option<&str>, data: D) -> Frame {
         event,
         channel,
         data,
+        user_id: None,
     };
     Frame::from(serde_json::to_string(&event).unwrap_or_default())
 }
 
-/// A Pusher event's payload as Tidings keeps it: `{"event": NAME, "data": …}`.
+/// A Pusher event's payload as Tidings keeps it: `{"event": NAME, "data": …}`, with the
+/// sender's `user_id` on a presence channel and the socket id it skips (`except`).
 #[derive(serde::Deserialize)]
 struct Stored<'a> {
     #[serde(borrow)]
     event: std::borrow::Cow<'a, str>,
     #[serde(borrow)]
     data: &'a RawValue,
+    #[serde(borrow, default)]
+    user_id: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    except: Option<std::borrow::Cow<'a, str>>,
 }
 
 impl Codec<Messages> for Pusher {
     fn encode(&mut self, item: Item, out: &mut Messages) {
         match item {
             Item::Connected(greeting) => {
+                self.client = greeting.connected.client.as_str().into();
+                self.socket_id = socket_id(&self.client);
                 let established = serde_json::json!({
-                    "socket_id": socket_id(&greeting.connected.client),
+                    "socket_id": self.socket_id,
                     "activity_timeout": self.activity_timeout,
                 });
                 let data = established.to_string();
                 out.push(frame("pusher:connection_established", None, data));
             }
-            Item::Reply { id, .. } => {
-                if self.asked.answered(id) == Some(Question::Ping) {
+            Item::Reply { id, .. } => match self.asked.answered(id) {
+                Some(Question::Ping) => {
                     out.push(frame("pusher:pong", None, serde_json::json!({})));
                 }
-            }
-            Item::Subscribed(subscription) => {
-                let Some((_, name)) = channel::external(&subscription.channel) else {
-                    return;
-                };
-                if let Some(id) = subscription.id {
-                    self.asked.answered(id);
+                Some(Question::SignIn(user_data)) => {
+                    let data = serde_json::json!({ "user_data": user_data }).to_string();
+                    out.push(frame("pusher:signin_success", None, data));
                 }
-                let event = "pusher_internal:subscription_succeeded";
-                out.push(frame(event, Some(&name), "{}"));
-            }
+                _ => {}
+            },
+            Item::Subscribed(subscription) => self.subscribed(&subscription, out),
             Item::Error(refused) => {
                 let asked = refused.id.and_then(|id| self.asked.answered(id));
                 let message = &refused.error.message;
@@ -151,29 +272,18 @@ impl Codec<Messages> for Pusher {
                     out.push(frame("pusher:subscription_error", Some(&name), error));
                 } else {
                     let data = ErrorData {
-                        code: None,
+                        code: pusher_code(refused.error.code),
                         message,
                     };
                     out.push(frame("pusher:error", None, data));
                 }
             }
-            Item::Publication(published) => {
-                let publication = &published.publication;
-                let Some((app, name)) = channel::external(&publication.channel) else {
-                    return;
-                };
-                if app != &*self.app {
-                    return;
-                }
-                let Ok(stored) = serde_json::from_str::<Stored<'_>>(publication.data.get()) else {
-                    return;
-                };
-                out.push(frame(&stored.event, Some(&name), stored.data));
-            }
+            Item::Publication(published) => self.event(&published.publication, out),
+            Item::Event(event) => self.membership(&event.presence, out),
             Item::Ping => out.push(frame("pusher:ping", None, serde_json::json!({}))),
-            // Presence events come with presence channels (next); Pusher has no word for a
-            // server-side unsubscribe; the close is the transport's close frame.
-            Item::Event(_) | Item::Unsubscribed(_) | Item::Disconnect { .. } => {}
+            // Pusher has no word for a server-side unsubscribe; the close is the transport's
+            // close frame.
+            Item::Unsubscribed(_) | Item::Disconnect { .. } => {}
         }
     }
 }
@@ -223,6 +333,7 @@ mod tests {
             },
             recovery: None,
             receipts: false,
+            extras: None,
         };
         codec.encode(Item::Subscribed(Box::new(subscribed)), &mut out);
         asked.note(4, Question::Subscribe("private-x".into()));

@@ -9,3 +9,11 @@ pub mod channel;
 pub mod codec;
 pub mod frames;
 pub mod sign;
+
+/// One Pusher app as the server holds it: its id, key and secret.
+#[derive(Debug)]
+pub struct App {
+    pub id: std::sync::Arc<str>,
+    pub key: String,
+    pub secret: sign::Secret,
+}

@@ -14,14 +14,29 @@ use super::{Refusal, Session};
 use crate::auth::Identity;
 
 use crate::metrics::metrics;
-use crate::node::{ContinuityError, Recovery, Subscribed, UserCommand};
+use crate::node::{ContinuityError, Node, Recovery, Subscribed, UserCommand};
 use crate::outbox::Closing;
 use crate::protocol::{
     Ack, ChannelName, Command, Empty, ErrorBody, ErrorCode, History, HistoryOk, Item, Presence,
     PresenceOk, PresenceStats, PresenceStatsOk, Publish, PublishOk, Recovered, Rpc, RpcOk, Secret,
-    StreamPosition, Subscribe, Subscription, Unsubscribe,
+    StreamPosition, Subscribe, SubscribeExtras, Subscription, SubscriptionExtras, Unsubscribe,
 };
 use crate::protocol::{Request, decode_request};
+
+/// A recovery as the client is told it, counted.
+fn told_recovery(recovery: Recovery) -> Recovered {
+    count_recovery(&recovery);
+    match recovery {
+        Recovery::Recovered(publications) => Recovered {
+            publications,
+            unrecovered: None,
+        },
+        Recovery::Unrecoverable(reason) => Recovered {
+            publications: Vec::new(),
+            unrecovered: Some(reason.to_string()),
+        },
+    }
+}
 
 /// Counts a recovery's outcome.
 fn count_recovery(recovery: &Recovery) {
@@ -159,6 +174,7 @@ impl Session<'_> {
             Command::Rpc(rpc) => Box::pin(self.rpc(identity, id, rpc)).await,
             Command::Ack(ack) => Box::pin(self.ack(id, ack)).await,
             Command::Ping => self.reply_ok(id, &Empty {}),
+            Command::SignIn(sign_in) => self.sign_in(id, sign_in),
             Command::Connect(_) | Command::Pong => {}
         }
     }
@@ -233,6 +249,7 @@ impl Session<'_> {
             channel,
             since,
             token,
+            extras,
         } = request;
         let refuse = |session: &Self, refusal: &Refusal| {
             session.refuse_to(asker, Some(&channel), refusal);
@@ -250,7 +267,15 @@ impl Session<'_> {
             let message = format!("already subscribed to {channel}");
             return refuse(self, &Refusal::new(ErrorCode::AlreadySubscribed, message));
         }
-        let mut identity = Cow::Borrowed(identity);
+        let mut identity = match &extras.present_as {
+            // Verified by the wire's decoder: the connection is this member here.
+            Some(presenting) => Cow::Owned(Identity {
+                user: presenting.user.clone(),
+                info: presenting.info.clone(),
+                authenticated: true,
+            }),
+            None => Cow::Borrowed(identity),
+        };
         if self.node.rules().options(&channel).proxy_subscribe {
             let backend = self.gate.backend.clone();
             let answer = backend.subscribe(&self.caller(&identity), &channel).await;
@@ -267,25 +292,15 @@ impl Session<'_> {
             Ok(subscribed) => subscribed,
             Err(refusal) => return refuse(self, &refusal),
         };
-        if let Some(recovery) = &recovery {
-            count_recovery(recovery);
-        }
-        let recovery = recovery.map(|recovery| match recovery {
-            Recovery::Recovered(publications) => Recovered {
-                publications,
-                unrecovered: None,
-            },
-            Recovery::Unrecoverable(reason) => Recovered {
-                publications: Vec::new(),
-                unrecovered: Some(reason.to_string()),
-            },
-        });
+        let recovery = recovery.map(told_recovery);
+        let extras = Box::pin(Self::subscription_extras(&self.node, &channel, &extras)).await;
         let subscription = Subscription {
             id: None,
             receipts: self.node.tracks_receipts(&channel),
             channel,
             position,
             recovery,
+            extras,
         };
         let position = subscription.position.clone();
         let channel = subscription.channel.clone();
@@ -315,6 +330,7 @@ impl Session<'_> {
                     channel: channel.clone(),
                     position: position.clone(),
                     recovery: None,
+                    extras: None,
                 };
                 let items = vec![Item::Subscribed(Box::new(subscription))];
                 self.outbox
@@ -322,6 +338,38 @@ impl Session<'_> {
             }
             Err(refusal) => self.reply_error(None, &refusal),
         }
+    }
+
+    /// What a subscription made by another wire's decoder carries besides: the members it
+    /// joined, the latest publication. A failure to read them leaves them out (logged): the
+    /// subscription itself holds.
+    async fn subscription_extras(
+        node: &Node,
+        channel: &ChannelName,
+        asked: &SubscribeExtras,
+    ) -> Option<Box<SubscriptionExtras>> {
+        if asked.present_as.is_none() && !asked.latest {
+            return None;
+        }
+        let mut extras = SubscriptionExtras::default();
+        if asked.present_as.is_some() {
+            let page = node.presence(channel, None, Presence::MAX_LIMIT).await;
+            extras.members = Some(page.map(|page| page.members).unwrap_or_else(|err| {
+                tracing::warn!(%channel, error = %err, "presence of a new member not read");
+                Vec::new()
+            }));
+        }
+        if asked.latest {
+            let latest = node.history(channel, None, Some(1)).await;
+            extras.latest = Some(match latest {
+                Ok(history) => history.publications.into_iter().next_back(),
+                Err(err) => {
+                    tracing::warn!(%channel, error = %err, "latest publication not read");
+                    None
+                }
+            });
+        }
+        Some(Box::new(extras))
     }
 
     /// The core both entry points share: the subscription limit, then the node.

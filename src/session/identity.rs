@@ -8,7 +8,9 @@ use super::heartbeat::{NEVER, millis};
 use super::{Refusal, Session};
 use crate::auth::{AuthError, ConnectionClaims, Identity, Verifier, millis_until};
 use crate::outbox::Closing;
-use crate::protocol::{self, CloseCode, Connect, Connected, ErrorCode, Greeting, Item, Refreshed};
+use crate::protocol::{
+    self, CloseCode, Connect, Connected, ErrorCode, Greeting, Item, Refreshed, SignIn,
+};
 
 /// How connections prove who they are.
 #[derive(Debug)]
@@ -162,6 +164,28 @@ impl Session<'_> {
         self.identity = Some(identity);
         self.outbox
             .push(Item::Connected(Box::new(Greeting { id, connected })));
+    }
+
+    /// Another wire's sign-in, verified by its decoder: the connection becomes that user,
+    /// reachable by the server API's user commands and counted under the per-user cap. Once
+    /// per connection, as Pusher allows.
+    pub(super) fn sign_in(&mut self, id: Option<u64>, SignIn { user, info }: SignIn) {
+        if self.mailbox.is_some() {
+            let message = "this connection is signed in already";
+            return self.reply_error(id, &Refusal::new(ErrorCode::AlreadyConnected, message));
+        }
+        if let Err(refused) = self.ticket.admit_user(&user) {
+            self.outbox
+                .close(Closing::because(refused.close_code(), refused.to_string()));
+            return;
+        }
+        self.mailbox = Some(self.node.register_user(&user, &self.outbox, self.transport));
+        self.identity = Some(Identity {
+            user,
+            authenticated: true,
+            info,
+        });
+        self.reply_ok(id, &protocol::Empty {});
     }
 
     /// Replaces the token of an authenticated connection, moving its expiry.

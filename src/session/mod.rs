@@ -92,7 +92,9 @@ pub(crate) struct SessionConfig {
 /// What the client sent with its request to connect, and its place under the caps.
 #[derive(Debug)]
 pub(crate) struct Handshake {
-    /// The transport's name: `websocket`, `sse` or `stream`.
+    /// The connection's id, from [`client_id`].
+    pub client: Arc<str>,
+    /// The transport's name: `websocket`, `sse`, `stream` or `pusher`.
     pub transport: &'static str,
     pub name: Option<String>,
     /// From the `token` query parameter or an `Authorization: Bearer` header.
@@ -100,6 +102,12 @@ pub(crate) struct Handshake {
     pub ticket: Ticket,
     /// The handshake headers named with `--proxy-header`, for the backend.
     pub forwarded: crate::backend::Forwarded,
+}
+
+/// A new connection's id: 16 hex digits, random. Made before the session starts so that a
+/// transport can name the connection in its own words first (Pusher's socket id).
+pub(crate) fn client_id() -> Arc<str> {
+    format!("{:016x}", fastrand::u64(..)).into()
 }
 
 /// Everything a session starts from besides its transport.
@@ -141,7 +149,7 @@ pub(crate) fn run<I: Incoming, O: Outgoing>(
     mut outgoing: O,
     start: Box<Start>,
 ) -> impl Future<Output = ()> + Send {
-    let client: Arc<str> = format!("{:016x}", fastrand::u64(..)).into();
+    let client = start.handshake.client.clone();
     let close_timeout = start.config.close_timeout;
     async move {
         let serving = serve(&mut incoming, &mut outgoing, client.clone(), start);
@@ -486,6 +494,7 @@ impl Session<'_> {
             channel,
             since,
             token: None,
+            extras: Default::default(),
         };
         self.subscribe(&identity, dispatch::Asker::Stream, request)
             .await;

@@ -131,6 +131,7 @@ impl Client {
                 backend: no_backend(),
             }),
             handshake: Handshake {
+                client: crate::session::client_id(),
                 transport: "websocket",
                 name: Some(name.into()),
                 token: None,
@@ -350,6 +351,7 @@ async fn without_anonymous_access_no_command_runs_before_connect() {
             backend: no_backend(),
         }),
         handshake: Handshake {
+            client: crate::session::client_id(),
             transport: "websocket",
             name: Some("sneaky".into()),
             token: None,

@@ -1,45 +1,143 @@
 //! A Pusher client's WebSocket (`/app/KEY`): the same socket as `/ws`, read through Pusher's
 //! frames ([`crate::pusher::frames`]) into the session's typed commands, and written with the
 //! Pusher codec. The session core does the rest, as for any native client.
+//!
+//! Pusher's authorization is the wire's own: a private or presence subscription, and a
+//! sign-in, carry an HMAC of the connection's socket id made by the app's backend with the
+//! app's secret. It is checked here, where the socket id and the app are known, before the
+//! session sees the command; what the signature proves (a presence member, a signed-in user)
+//! goes to the session as a typed part of the command that no native client can set.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::protocol::{Command, ErrorCode, Request, Subscribe, Unsubscribe};
-use crate::pusher::channel::{self, Access};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tokio::time::Instant;
+
+use crate::limits::{Allowance, Rate};
+use crate::protocol::{
+    ChannelName, Command, ErrorCode, Presenting, Publish, Request, SignIn, Subscribe,
+    SubscribeExtras, Unsubscribe,
+};
+use crate::pusher::App;
+use crate::pusher::channel::{self, Access, Kind};
 use crate::pusher::codec::{Asked, Question};
 use crate::pusher::frames::{self, ClientFrame};
+use crate::pusher::sign;
 use crate::session::{Inbound, Incoming, Invalid, ReadError};
 use crate::transport::ws::Reader;
+
+/// Client events one connection may send, as Pusher documents: 10 a second.
+pub const CLIENT_EVENTS: Rate = Rate {
+    per_second: 10,
+    burst: 10,
+};
+
+/// Channels one connection may hold an authorization for at once (each entry remembers the
+/// presence user id that its client events carry).
+const MAX_AUTHORIZED: usize = 1024;
+
+/// Longest presence `user_id`, as Pusher limits it.
+const MAX_USER_ID: usize = 128;
+
+/// Longest `channel_data` or `user_data`: a member's info is copied into every member list.
+const MAX_MEMBER_DATA: usize = 2048;
 
 /// The reading half of a Pusher socket.
 #[derive(Debug)]
 pub(crate) struct PusherReader {
     inner: Reader,
-    app: Arc<str>,
+    app: Arc<App>,
+    socket_id: String,
     asked: Asked,
     /// Ids of the commands handed to the session (the wire has none).
     next_id: u64,
+    client_events: Allowance,
+    /// Signed channels this connection was authorized for, with its presence user id there.
+    authorized: HashMap<String, Option<Arc<str>>>,
+    /// The user id of a sign-in, once verified.
+    signed_in: Option<Arc<str>>,
+}
+
+/// A presence subscription's `channel_data`.
+#[derive(Deserialize)]
+struct ChannelData {
+    user_id: UserId,
+    #[serde(default)]
+    user_info: Option<serde_json::Value>,
+}
+
+/// A sign-in's `user_data`.
+#[derive(Deserialize)]
+struct UserData {
+    id: UserId,
+}
+
+/// Pusher's SDKs send user ids as strings; some apps give numbers.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum UserId {
+    Text(String),
+    Number(serde_json::Number),
+}
+
+impl UserId {
+    fn checked(self) -> Result<Arc<str>, String> {
+        let id = match self {
+            Self::Text(text) => text,
+            Self::Number(number) => number.to_string(),
+        };
+        if id.is_empty() || id.chars().count() > MAX_USER_ID {
+            return Err(format!("user id must be 1 to {MAX_USER_ID} characters"));
+        }
+        Ok(id.into())
+    }
+}
+
+/// A client event as it is stored and delivered: the codec writes it back in Pusher's words,
+/// and skips it on the connection named by `except`.
+#[derive(serde::Serialize)]
+struct ClientEvent<'a> {
+    event: &'a str,
+    data: &'a RawValue,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user_id: Option<&'a str>,
+    except: &'a str,
 }
 
 impl PusherReader {
-    pub(crate) fn new(inner: Reader, app: Arc<str>, asked: Asked) -> Self {
+    pub(crate) fn new(inner: Reader, app: Arc<App>, client: &str, asked: Asked) -> Self {
         Self {
             inner,
             app,
+            socket_id: crate::pusher::codec::socket_id(client),
             asked,
             next_id: 0,
+            client_events: Allowance::new(CLIENT_EVENTS, Instant::now()),
+            authorized: HashMap::new(),
+            signed_in: None,
         }
     }
 
-    fn ask(&mut self, question: Question) -> u64 {
+    fn ask(&mut self, question: Question, command: Command) -> Inbound {
         self.next_id += 1;
         self.asked.note(self.next_id, question);
-        self.next_id
+        Inbound::Command(Request {
+            id: Some(self.next_id),
+            command,
+        })
     }
 
     fn refuse(&mut self, question: Question, code: ErrorCode, message: String) -> Inbound {
-        let id = Some(self.ask(question));
+        self.next_id += 1;
+        self.asked.note(self.next_id, question);
+        let id = Some(self.next_id);
         Inbound::Invalid(Box::new(Invalid { id, code, message }))
+    }
+
+    fn internal(&self, name: &str, kind: Kind) -> Result<ChannelName, String> {
+        channel::internal(&self.app.id, name, kind).ok_or_else(|| format!("{name}: too long"))
     }
 
     /// One text frame as the session's input.
@@ -52,63 +150,209 @@ impl PusherReader {
             }
         };
         match frame {
-            ClientFrame::Ping => {
-                let id = self.ask(Question::Ping);
-                Inbound::Command(Request {
-                    id: Some(id),
-                    command: Command::Ping,
-                })
-            }
+            ClientFrame::Ping => self.ask(Question::Ping, Command::Ping),
             ClientFrame::Pong => Inbound::Command(Request {
                 id: None,
                 command: Command::Pong,
             }),
-            ClientFrame::Subscribe { channel: name, .. } => {
+            ClientFrame::Subscribe {
+                channel: name,
+                auth,
+                channel_data,
+            } => {
                 let question = Question::Subscribe(name.clone());
-                let kind = match channel::kind(&name) {
-                    Ok(kind) => kind,
-                    Err(err) => {
-                        return self.refuse(question, ErrorCode::InvalidChannel, err.to_string());
-                    }
-                };
-                if kind.access != Access::Public || kind.cache {
-                    let message = format!("{name}: only public channels are served so far");
-                    return self.refuse(question, ErrorCode::PermissionDenied, message);
+                match self.subscribe(&name, auth.as_deref(), channel_data.as_deref()) {
+                    Ok(subscribe) => self.ask(question, Command::Subscribe(subscribe)),
+                    Err((code, message)) => self.refuse(question, code, message),
                 }
-                let Some(internal) = channel::internal(&self.app, &name, kind) else {
-                    let message = format!("{name}: too long once escaped");
-                    return self.refuse(question, ErrorCode::InvalidChannel, message);
-                };
-                let id = self.ask(question);
-                Inbound::Command(Request {
-                    id: Some(id),
-                    command: Command::Subscribe(Subscribe {
-                        channel: internal,
-                        since: None,
-                        token: None,
-                    }),
-                })
             }
             ClientFrame::Unsubscribe { channel: name } => {
+                self.authorized.remove(&name);
                 let internal = channel::kind(&name)
-                    .ok()
-                    .and_then(|kind| channel::internal(&self.app, &name, kind));
-                let Some(internal) = internal else {
-                    let message = format!("{name}: not a channel");
-                    return self.refuse(Question::Quiet, ErrorCode::InvalidChannel, message);
-                };
-                let id = self.ask(Question::Quiet);
-                Inbound::Command(Request {
-                    id: Some(id),
-                    command: Command::Unsubscribe(Unsubscribe { channel: internal }),
-                })
+                    .map_err(|err| err.to_string())
+                    .and_then(|kind| self.internal(&name, kind));
+                match internal {
+                    Ok(channel) => self.ask(
+                        Question::Quiet,
+                        Command::Unsubscribe(Unsubscribe { channel }),
+                    ),
+                    Err(message) => {
+                        self.refuse(Question::Quiet, ErrorCode::InvalidChannel, message)
+                    }
+                }
             }
-            ClientFrame::Signin { .. } | ClientFrame::ClientEvent { .. } => {
-                let message = "sign-in and client events are not served yet".to_owned();
-                self.refuse(Question::Quiet, ErrorCode::PermissionDenied, message)
-            }
+            ClientFrame::Signin { auth, user_data } => match self.sign_in(&auth, &user_data) {
+                Ok(sign_in) => self.ask(Question::SignIn(user_data), Command::SignIn(sign_in)),
+                Err(message) => self.refuse(
+                    Question::SignIn(user_data),
+                    ErrorCode::InvalidToken,
+                    message,
+                ),
+            },
+            ClientFrame::ClientEvent {
+                event,
+                channel: name,
+                data,
+            } => match self.client_event(&event, &name, &data) {
+                Ok(publish) => self.ask(Question::Quiet, Command::Publish(publish)),
+                Err((code, message)) => self.refuse(Question::Quiet, code, message),
+            },
         }
     }
+
+    /// A `pusher:subscribe`, its signature checked for the channels that need one.
+    fn subscribe(
+        &mut self,
+        name: &str,
+        auth: Option<&str>,
+        channel_data: Option<&str>,
+    ) -> Result<Subscribe, (ErrorCode, String)> {
+        let kind =
+            channel::kind(name).map_err(|err| (ErrorCode::InvalidChannel, err.to_string()))?;
+        let denied = |message: String| (ErrorCode::PermissionDenied, message);
+        let mut extras = SubscribeExtras {
+            latest: kind.cache,
+            ..SubscribeExtras::default()
+        };
+        match kind.access {
+            Access::Public => {}
+            Access::ServerToUser => {
+                let own = self
+                    .signed_in
+                    .as_deref()
+                    .is_some_and(|user| name == format!("#server-to-user-{user}"));
+                if !own {
+                    return Err(denied(format!("{name}: sign in as that user first")));
+                }
+            }
+            Access::Private | Access::Encrypted | Access::Presence => {
+                let data = if kind.access == Access::Presence {
+                    let Some(data) = channel_data else {
+                        return Err(denied(format!(
+                            "{name}: a presence channel needs channel_data"
+                        )));
+                    };
+                    Some(data)
+                } else {
+                    None
+                };
+                let Some(auth) = auth else {
+                    return Err(denied(format!("{name}: a signed auth is required")));
+                };
+                let message = sign::channel_auth_message(&self.socket_id, name, data);
+                if !sign::check_auth(&self.app.key, &self.app.secret, &message, auth) {
+                    return Err(denied(format!(
+                        "{name}: invalid signature for socket {}",
+                        self.socket_id
+                    )));
+                }
+                let user = match data {
+                    Some(data) => {
+                        let (user, info) = member(data).map_err(denied)?;
+                        extras.present_as = Some(Presenting {
+                            user: user.clone(),
+                            info,
+                        });
+                        Some(user)
+                    }
+                    None => None,
+                };
+                if self.authorized.len() >= MAX_AUTHORIZED && !self.authorized.contains_key(name) {
+                    let message = format!("at most {MAX_AUTHORIZED} signed channels at once");
+                    return Err((ErrorCode::LimitExceeded, message));
+                }
+                self.authorized.insert(name.to_owned(), user);
+            }
+        }
+        Ok(Subscribe {
+            channel: self
+                .internal(name, kind)
+                .map_err(|m| (ErrorCode::InvalidChannel, m))?,
+            since: None,
+            token: None,
+            extras,
+        })
+    }
+
+    /// A `pusher:signin`, its signature checked.
+    fn sign_in(&mut self, auth: &str, user_data: &str) -> Result<SignIn, String> {
+        if self.signed_in.is_some() {
+            return Err("this connection is signed in already".into());
+        }
+        let message = sign::signin_message(&self.socket_id, user_data);
+        if !sign::check_auth(&self.app.key, &self.app.secret, &message, auth) {
+            return Err(format!("invalid signature for socket {}", self.socket_id));
+        }
+        if user_data.len() > MAX_MEMBER_DATA {
+            return Err(format!("user_data is over {MAX_MEMBER_DATA} bytes"));
+        }
+        let parsed: UserData = serde_json::from_str(user_data)
+            .map_err(|_| "user_data must be a JSON object with an \"id\"".to_owned())?;
+        let id = parsed.id.checked()?;
+        let info = serde_json::from_str(user_data).ok().map(Arc::new);
+        self.signed_in = Some(id.clone());
+        Ok(SignIn {
+            // A user of this app, whoever else has the same id elsewhere.
+            user: format!("pusher:{}:{id}", self.app.id).into(),
+            info,
+        })
+    }
+
+    /// A `client-*` event: on a signed channel this connection was authorized for, within
+    /// the rate Pusher documents.
+    fn client_event(
+        &mut self,
+        event: &str,
+        name: &str,
+        data: &str,
+    ) -> Result<Publish, (ErrorCode, String)> {
+        let denied = |message: String| (ErrorCode::PermissionDenied, message);
+        let kind =
+            channel::kind(name).map_err(|err| (ErrorCode::InvalidChannel, err.to_string()))?;
+        if !kind.is_signed() {
+            return Err(denied(format!(
+                "{event}: client events go to private and presence channels only"
+            )));
+        }
+        let Some(user) = self.authorized.get(name) else {
+            return Err(denied(format!("{event}: not subscribed to {name}")));
+        };
+        if !self.client_events.spend(CLIENT_EVENTS, Instant::now()) {
+            let message = format!(
+                "{event}: over {} client events a second",
+                CLIENT_EVENTS.per_second
+            );
+            return Err((ErrorCode::RateLimited, message));
+        }
+        let raw = RawValue::from_string(data.to_owned())
+            .map_err(|_| (ErrorCode::InvalidCommand, "data is not JSON".to_owned()))?;
+        let stored = ClientEvent {
+            event,
+            data: &raw,
+            user_id: user.as_deref(),
+            except: &self.socket_id,
+        };
+        let stored = serde_json::to_string(&stored).unwrap_or_default();
+        let data = RawValue::from_string(stored)
+            .map_err(|_| (ErrorCode::InvalidCommand, "data is not JSON".to_owned()))?;
+        Ok(Publish {
+            channel: self
+                .internal(name, kind)
+                .map_err(|m| (ErrorCode::InvalidChannel, m))?,
+            data,
+            idempotency_key: None,
+        })
+    }
+}
+
+/// A presence member from its `channel_data`.
+fn member(data: &str) -> Result<(Arc<str>, Option<Arc<serde_json::Value>>), String> {
+    if data.len() > MAX_MEMBER_DATA {
+        return Err(format!("channel_data is over {MAX_MEMBER_DATA} bytes"));
+    }
+    let parsed: ChannelData = serde_json::from_str(data)
+        .map_err(|_| "channel_data must be a JSON object with a \"user_id\"".to_owned())?;
+    Ok((parsed.user_id.checked()?, parsed.user_info.map(Arc::new)))
 }
 
 impl Incoming for PusherReader {
