@@ -74,6 +74,14 @@ pub fn router(state: AppState, enable_echo: bool, with_metrics: bool) -> Router 
         .route("/ws", get(ws::connect))
         .route("/app/{key}", get(ws::pusher))
         .route("/apps/{app_id}/events", post(pusher::events))
+        .route("/apps/{app_id}/batch_events", post(pusher::batch_events))
+        .route("/apps/{app_id}/channels", get(pusher::channels))
+        .route("/apps/{app_id}/channels/{name}", get(pusher::channel))
+        .route("/apps/{app_id}/channels/{name}/users", get(pusher::users))
+        .route(
+            "/apps/{app_id}/users/{user}/terminate_connections",
+            post(pusher::terminate_connections),
+        )
         .route(
             "/sse",
             get(stream::sse)

@@ -83,6 +83,12 @@ mod tests {
                 code: CloseCode::Disconnected,
                 reason: "bye".into(),
             },
+            // An app's own code (Pusher's terminate_connections) crosses nodes too.
+            Control::Disconnect {
+                user: "pusher:1:ann".into(),
+                code: CloseCode::app(4009).unwrap(),
+                reason: "terminated".into(),
+            },
             Control::Subscribe {
                 user: "ann".into(),
                 channel: ChannelName::parse("news").unwrap(),

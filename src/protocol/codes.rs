@@ -255,9 +255,12 @@ impl Serialize for CloseCode {
 impl<'de> Deserialize<'de> for CloseCode {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let number = u16::deserialize(deserializer)?;
-        Self::from_number(number).ok_or_else(|| {
-            serde::de::Error::custom(format!("{number} is not a Tidings close code"))
-        })
+        // An app's code (a backend's, the Pusher API's) travels between nodes as its number.
+        Self::from_number(number)
+            .or_else(|| Self::app(number))
+            .ok_or_else(|| {
+                serde::de::Error::custom(format!("{number} is not a Tidings close code"))
+            })
     }
 }
 

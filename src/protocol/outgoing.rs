@@ -52,6 +52,12 @@ use crate::frame::Frame;
 pub trait Codec<Out> {
     /// Appends `item`'s wire form to `out`; an item the wire has no words for writes nothing.
     fn encode(&mut self, item: Item, out: &mut Out);
+
+    /// The close code that says `code` on this wire (whose clients may read the numbers
+    /// differently).
+    fn close_code(&self, code: super::CloseCode) -> super::CloseCode {
+        code
+    }
 }
 
 /// One thing a session sends.

@@ -13,7 +13,7 @@ use serde_json::value::RawValue;
 
 use super::channel;
 use crate::frame::{Frame, Messages};
-use crate::protocol::{Codec, ErrorCode, Item, Member, Membership, Subscription};
+use crate::protocol::{CloseCode, Codec, ErrorCode, Item, Member, Membership, Subscription};
 
 /// What the decoder asked the session, by request id; shared by one connection's two halves.
 #[derive(Clone, Debug, Default)]
@@ -234,7 +234,35 @@ struct Stored<'a> {
     except: Option<std::borrow::Cow<'a, str>>,
 }
 
+/// Pusher's close code for a session's close, as pusher-js reads the ranges: 4000–4099 do not
+/// reconnect (and 4000 means "use TLS"), 4100–4199 reconnect after a back-off, 4200–4299 at
+/// once, 4300 and above do not.
+pub fn close_code(code: CloseCode) -> CloseCode {
+    let number = match code {
+        // Said by the app (a backend's or the HTTP API's choice): as chosen.
+        CloseCode::App(_) => return code,
+        CloseCode::Normal
+        | CloseCode::ProtocolError
+        | CloseCode::InvalidPayload
+        | CloseCode::MessageTooBig => return code,
+        CloseCode::PolicyViolation | CloseCode::TokenExpired | CloseCode::Disconnected => 4009,
+        CloseCode::TryAgainLater | CloseCode::SlowConsumer | CloseCode::BackendUnavailable => 4100,
+        CloseCode::GoingAway
+        | CloseCode::InternalError
+        | CloseCode::InsufficientState
+        | CloseCode::DisconnectedReconnect => 4200,
+        CloseCode::NoPong => 4201,
+        CloseCode::Idle => 4202,
+        CloseCode::RateLimited => 4301,
+    };
+    CloseCode::app(number).unwrap_or(code)
+}
+
 impl Codec<Messages> for Pusher {
+    fn close_code(&self, code: CloseCode) -> CloseCode {
+        close_code(code)
+    }
+
     fn encode(&mut self, item: Item, out: &mut Messages) {
         match item {
             Item::Connected(greeting) => {
@@ -300,6 +328,27 @@ mod tests {
         out.into_iter()
             .map(|frame| String::from_utf8(frame.as_bytes().to_vec()).unwrap())
             .collect()
+    }
+
+    #[test]
+    fn a_sessions_close_reads_right_to_pusher_js() {
+        let number = |code| close_code(code).number();
+        // 4000 would tell pusher-js to switch to TLS; a slow consumer comes back after a pause.
+        assert_eq!(number(CloseCode::SlowConsumer), 4100);
+        assert_eq!(number(CloseCode::TryAgainLater), 4100);
+        // Reconnect at once: the node is going, or lost state.
+        assert_eq!(number(CloseCode::GoingAway), 4200);
+        assert_eq!(number(CloseCode::InsufficientState), 4200);
+        assert_eq!(number(CloseCode::NoPong), 4201);
+        // Not again without a change.
+        assert_eq!(number(CloseCode::Disconnected), 4009);
+        assert_eq!(number(CloseCode::PolicyViolation), 4009);
+        assert_eq!(number(CloseCode::RateLimited), 4301);
+        // What the app chose, and the socket's own closes, stay as they are.
+        assert_eq!(number(CloseCode::app(4009).unwrap()), 4009);
+        assert_eq!(number(CloseCode::app(4550).unwrap()), 4550);
+        assert_eq!(number(CloseCode::MessageTooBig), 1009);
+        assert_eq!(number(CloseCode::Normal), 1000);
     }
 
     #[test]

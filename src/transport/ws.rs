@@ -364,6 +364,7 @@ impl<C: Codec<Messages> + Send> Outgoing for Writer<C> {
     }
 
     async fn close(&mut self, code: CloseCode, reason: &str, within: Duration) {
+        let code = self.codec.close_code(code);
         let frame = CloseFrame {
             code: code.number().into(),
             reason: Utf8Bytes::from(truncate(reason, MAX_CLOSE_REASON)),
