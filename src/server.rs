@@ -38,7 +38,10 @@ use crate::presence::redis::RedisPresence;
 use crate::session::{Gate, SessionConfig};
 use crate::webhook::memory::MemoryLifecycle;
 use crate::webhook::redis::RedisLifecycle;
-use crate::webhook::{Debounce, Destination, Lifecycle, LifecycleStore, QueueBound, SETTLE};
+use crate::webhook::{
+    Debounce, Destination, Destinations, Lifecycle, LifecycleStore, PusherDestination, QueueBound,
+    SETTLE,
+};
 
 /// The process's panic hook: one `error` event per panic, in the same log as everything else,
 /// naming the client when a session panicked (the session then closes with 1011 and releases
@@ -192,7 +195,8 @@ impl Server {
         let local = Local::new(Arc::new(config.namespaces.clone()));
         let (broker, presence, lifecycle_store) =
             brokers(&config, redis, &local, retention).await?;
-        let lifecycle = lifecycle(webhook, lifecycle_store)?;
+        let apps = pusher_apps(&config.pusher_apps);
+        let lifecycle = lifecycle(&config, webhook, &apps, lifecycle_store)?;
         let node = Node::new(
             config.node_name.clone(),
             local,
@@ -239,7 +243,7 @@ impl Server {
             connections: connections.clone(),
             broker_kind: broker_kind(&config),
             rates: rates.clone(),
-            pusher_apps: pusher_apps(&config.pusher_apps),
+            pusher_apps: apps,
         };
         Ok(Self {
             app: api::router(state, config.enable_echo, metrics_listener.is_none()),
@@ -393,14 +397,29 @@ async fn metrics_listener(config: &Config) -> Result<Option<TcpListener>, Server
 
 /// The lifecycle (webhooks and receipts) the settings ask for, on its store.
 fn lifecycle(
-    webhook: Option<Destination>,
+    config: &Config,
+    native: Option<Destination>,
+    apps: &Arc<[Arc<crate::pusher::App>]>,
     store: Arc<dyn LifecycleStore>,
 ) -> Result<Option<Arc<Lifecycle>>, ServerError> {
-    let Some(destination) = webhook else {
-        return Ok(None);
+    let pusher = match &config.pusher_webhook_url {
+        // Checked when the settings were read; this is the same parser.
+        Some(url) => Some(PusherDestination {
+            url: reqwest::Url::parse(url).map_err(|err| {
+                ServerError::Backend(crate::backend::SettingsError::new(format!(
+                    "--pusher-webhook-url: {err}"
+                )))
+            })?,
+            apps: apps.clone(),
+        }),
+        None => None,
     };
+    let destinations = Destinations { native, pusher };
+    if !destinations.any() {
+        return Ok(None);
+    }
     let client = crate::backend::http_client().map_err(ServerError::Backend)?;
-    Ok(Some(Lifecycle::start(store, destination, client)))
+    Ok(Some(Lifecycle::start(store, destinations, client)))
 }
 
 /// The broker, presence store and lifecycle store the settings ask for: in memory, or on

@@ -272,6 +272,7 @@ pub fn publish_frame(protocol: Protocol, channel: &str, payload: &str) -> String
                     channel,
                     data,
                     idempotency_key: None,
+                    webhook: false,
                 }),
             };
             serde_json::to_string(&request).unwrap_or_default()

@@ -397,6 +397,7 @@ async fn publish_once(ws: &mut Ws, channel: &str, payload: &str, seq: u64) -> bo
             channel,
             data,
             idempotency_key: Some(key),
+            webhook: false,
         }),
     };
     let Ok(text) = serde_json::to_string(&request) else {

@@ -126,7 +126,7 @@ impl ServeArgs {
 
 /// An absolute http(s) URL with a host, parsed as the HTTP client will parse it, so that what
 /// it would refuse at the first call is refused at start instead.
-fn check_http_url(flag: &'static str, text: &str) -> Result<(), ConfigError> {
+pub(super) fn check_http_url(flag: &'static str, text: &str) -> Result<(), ConfigError> {
     if !text.starts_with("http://") && !text.starts_with("https://") {
         return Err(ConfigError::Invalid {
             flag,

@@ -387,6 +387,12 @@ pub struct ServeArgs {
     )]
     pub pusher_apps: Vec<String>,
 
+    /// Where Pusher apps' webhooks (channel_occupied/vacated, member_added/removed,
+    /// client_event, cache_miss) are POSTed in Pusher's format, each signed with its app's key
+    /// and secret (`X-Pusher-Key`, `X-Pusher-Signature`).
+    #[arg(value_name = "URL", long, env = "TIDINGS_PUSHER_WEBHOOK_URL")]
+    pub pusher_webhook_url: Option<String>,
+
     /// Key of the server HTTP API (`/api/...`), sent as `Authorization: apikey KEY`; at least
     /// 16 bytes. Without it the API is off.
     #[arg(

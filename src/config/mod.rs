@@ -247,6 +247,8 @@ pub struct Config {
     pub api_key: Option<Secret>,
     /// Pusher Channels apps served beside the native protocol.
     pub pusher_apps: Vec<PusherApp>,
+    /// Where Pusher apps' webhooks go; `None`: nowhere.
+    pub pusher_webhook_url: Option<String>,
     /// Calls to the app's backend.
     pub proxy: ProxySettings,
     /// `None`: no webhooks.
@@ -273,6 +275,7 @@ impl ServeArgs {
             });
         self.check_namespaces_backend(&namespaces)?;
         let (proxy, webhook) = (self.proxy_settings(), self.webhook_settings());
+        let (pusher_apps, pusher_webhook_url) = pusher::settings(&self)?;
         let tokens = TokenSettings {
             hmac_secret: self.token_hmac_secret,
             public_keys: self.token_public_key,
@@ -330,7 +333,8 @@ impl ServeArgs {
             },
             body_timeout: self.body_timeout,
             api_key: self.api_key,
-            pusher_apps: PusherApp::parse_all(&self.pusher_apps)?,
+            pusher_apps,
+            pusher_webhook_url,
             proxy,
             webhook,
             idempotency_window: self.idempotency_window,

@@ -72,6 +72,31 @@ impl PusherApp {
     }
 }
 
+/// `--pusher-app` and `--pusher-webhook-url` (an http(s) URL, for the apps configured).
+pub(super) fn settings(
+    cli: &super::cli::ServeArgs,
+) -> Result<(Vec<PusherApp>, Option<String>), ConfigError> {
+    let apps = PusherApp::parse_all(&cli.pusher_apps)?;
+    Ok((
+        apps,
+        webhook_url(cli.pusher_webhook_url.clone(), !cli.pusher_apps.is_empty())?,
+    ))
+}
+
+fn webhook_url(url: Option<String>, apps: bool) -> Result<Option<String>, ConfigError> {
+    let Some(url) = url else {
+        return Ok(None);
+    };
+    if !apps {
+        return Err(ConfigError::Invalid {
+            flag: "pusher-webhook-url",
+            reason: "is only used with --pusher-app",
+        });
+    }
+    super::backend::check_http_url("pusher-webhook-url", &url)?;
+    Ok(Some(url))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

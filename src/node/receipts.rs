@@ -1,12 +1,32 @@
 //! Delivery receipts, as the node sees them: publications to personal channels of a
 //! `receipts=WITHIN` namespace wait for an `ack` from any connection of their user, or the
-//! backend hears `undelivered` (`crate::webhook`).
+//! backend hears `undelivered` (`crate::webhook`). And the lifecycle's other occurrences: a
+//! publication the webhook asked to hear of, a cache miss.
 
 use super::{Node, NodeError};
 use crate::protocol::{ChannelName, StreamPosition};
 use crate::webhook::{Ack, Receipt};
 
 impl Node {
+    /// A publication the webhook hears of (a Pusher client event): `client_event`.
+    pub fn published_for_webhook(&self, channel: &ChannelName, data: &serde_json::value::RawValue) {
+        if let Some(lifecycle) = &self.0.lifecycle {
+            lifecycle.occurred(serde_json::json!({
+                "type": "client_event",
+                "channel": channel,
+                "data": data.get(),
+            }));
+        }
+    }
+
+    /// A subscriber asked for the channel's latest publication and there was none:
+    /// `cache_miss`.
+    pub fn missed_latest(&self, channel: &ChannelName) {
+        if let Some(lifecycle) = &self.0.lifecycle {
+            lifecycle.occurred(serde_json::json!({ "type": "cache_miss", "channel": channel }));
+        }
+    }
+
     /// Whether publications to `channel` wait for receipts.
     pub fn tracks_receipts(&self, channel: &ChannelName) -> bool {
         self.0.lifecycle.is_some()

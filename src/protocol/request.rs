@@ -154,6 +154,10 @@ pub struct Publish<D = Box<RawValue>> {
     pub data: D,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<IdempotencyKey>,
+    /// Never on the v1 wire: the webhook hears of this publication once it is published
+    /// (a Pusher client event's `client_event`).
+    #[serde(skip)]
+    pub webhook: bool,
 }
 
 /// Publications kept in the channel's history: after `since`, or the latest ones.

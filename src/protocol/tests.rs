@@ -148,6 +148,7 @@ fn requests_a_client_builds_are_what_the_server_decodes() {
                 channel: channel.clone(),
                 data: json!({"text": "hi"}),
                 idempotency_key: Some(IdempotencyKey::parse("k-1").unwrap()),
+                webhook: false,
             }),
         },
         Request {

@@ -361,13 +361,17 @@ impl Session<'_> {
         }
         if asked.latest {
             let latest = node.history(channel, None, Some(1)).await;
-            extras.latest = Some(match latest {
+            let latest = match latest {
                 Ok(history) => history.publications.into_iter().next_back(),
                 Err(err) => {
                     tracing::warn!(%channel, error = %err, "latest publication not read");
                     None
                 }
-            });
+            };
+            if latest.is_none() {
+                node.missed_latest(channel);
+            }
+            extras.latest = Some(latest);
         }
         Some(Box::new(extras))
     }
@@ -484,6 +488,7 @@ impl Session<'_> {
             channel,
             mut data,
             idempotency_key,
+            webhook,
         } = request;
         if let Err(denied) = self.node.rules().check_publish(&channel) {
             return self.reply_error(id, &Refusal::from(&denied));
@@ -509,9 +514,14 @@ impl Session<'_> {
         }
         let info = self.client_info(identity);
         let node = self.node.clone();
-        let data = Arc::from(data);
+        let data: Arc<serde_json::value::RawValue> = Arc::from(data);
         self.pipeline.push(Box::pin(async move {
-            let published = node.publish(&channel, data, info, idempotency_key).await;
+            let published = node
+                .publish(&channel, data.clone(), info, idempotency_key)
+                .await;
+            if webhook && published.is_ok() {
+                node.published_for_webhook(&channel, &data);
+            }
             (id, published)
         }));
     }

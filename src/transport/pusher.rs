@@ -341,6 +341,7 @@ impl PusherReader {
                 .map_err(|m| (ErrorCode::InvalidChannel, m))?,
             data,
             idempotency_key: None,
+            webhook: true,
         })
     }
 }

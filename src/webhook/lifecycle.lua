@@ -33,6 +33,8 @@ end
 -- Inside a JSON string every quote is escaped: the bare "type":"channel_ is the key itself.
 local function is_channel(encoded)
   return string.find(encoded, '"type":"channel_', 1, true) ~= nil
+    or string.find(encoded, '"type":"client_event"', 1, true) ~= nil
+    or string.find(encoded, '"type":"cache_miss"', 1, true) ~= nil
 end
 
 -- Counts an event into (sign 1) or out of (-1) the queue's figures.
@@ -124,6 +126,12 @@ if op == 'apply' then
   for i = A + 1, #ARGV, 2 do
     if ARGV[i] == 'e' then enter(node, ARGV[i + 1]) else leave(node, ARGV[i + 1]) end
   end
+  return full
+end
+
+-- Occurrences, not transitions (a client event, a cache miss): queued as they come.
+if op == 'push' then
+  for i = A + 1, #ARGV do emit(cjson.decode(ARGV[i])) end
   return full
 end
 

@@ -141,6 +141,14 @@ impl LifecycleStore for MemoryLifecycle {
         Ok(std::mem::take(&mut state.full))
     }
 
+    async fn push(&self, events: &[serde_json::Value]) -> Result<u64, BrokerError> {
+        let mut state = self.state();
+        for event in events {
+            state.emit(event.clone());
+        }
+        Ok(std::mem::take(&mut state.full))
+    }
+
     async fn tick(&self) -> Result<Tick, BrokerError> {
         let now = Instant::now();
         let mut state = self.state();

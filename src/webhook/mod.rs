@@ -45,7 +45,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -54,16 +54,18 @@ use tokio::task::JoinHandle;
 use crate::broker::BrokerError;
 use crate::limits::EventBudget;
 use crate::metrics::{DropReason, metrics};
-use crate::protocol::{ChannelName, Secret};
+use crate::protocol::ChannelName;
 
 pub mod memory;
+mod pusher;
 mod queue;
 pub mod redis;
 mod send;
 
+pub(crate) use queue::expired;
 pub use queue::{QueueBound, Queued};
 use send::Sender;
-pub use send::sign;
+pub use send::{Destination, Destinations, PusherDestination, sign};
 
 /// Events per POST, at most.
 pub const MAX_BATCH: usize = 100;
@@ -200,6 +202,9 @@ pub trait LifecycleStore: Send + Sync + fmt::Debug {
     /// event (outs once their debounce has passed). Returns how many events found the queue
     /// full and were dropped.
     async fn apply(&self, edges: &[Edge]) -> Result<u64, BrokerError>;
+    /// Queues occurrences that are not transitions (`client_event`, `cache_miss`: JSON
+    /// objects with a `type`), each once. Returns how many found the queue full.
+    async fn push(&self, events: &[serde_json::Value]) -> Result<u64, BrokerError>;
     /// Keeps this node alive and does what is due: outs whose debounce passed, the holdings of
     /// dead nodes, receipts past their window.
     async fn tick(&self) -> Result<Tick, BrokerError>;
@@ -234,21 +239,6 @@ pub struct Tick {
     pub more: bool,
 }
 
-/// Where events go and how they are signed.
-#[derive(Clone)]
-pub struct Destination {
-    pub url: reqwest::Url,
-    pub secret: Secret,
-}
-
-impl fmt::Debug for Destination {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Destination")
-            .field("url", &self.url.origin().ascii_serialization())
-            .finish_non_exhaustive()
-    }
-}
-
 /// The subscriptions counted as holders, by channel and client id, with the user of those
 /// present in the channel.
 type Counted = HashMap<(ChannelName, Arc<str>), Option<Arc<str>>>;
@@ -263,6 +253,10 @@ pub struct Lifecycle {
     /// budget does not, and its leave must release nothing.
     counted: Mutex<Counted>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Which holdings anyone will hear of: native ones with `--webhook-url`, Pusher apps'
+    /// with `--pusher-webhook-url`. The others are not counted at all.
+    native: bool,
+    pusher: bool,
 }
 
 /// This node's holders, counted per key, and the way its edges go to the store.
@@ -347,6 +341,7 @@ impl Holdings {
 #[derive(Debug)]
 enum Message {
     Edge(Edge),
+    Occurred(serde_json::Value),
     /// Everything this node holds, to be entered again.
     Reassert(Vec<String>),
     Flush(oneshot::Sender<()>),
@@ -356,7 +351,7 @@ impl Lifecycle {
     /// Starts feeding `store` and sending its queue to `destination`.
     pub fn start(
         store: Arc<dyn LifecycleStore>,
-        destination: Destination,
+        destinations: Destinations,
         client: reqwest::Client,
     ) -> Arc<Self> {
         let (edges, pending) = mpsc::channel(MAX_PENDING_EDGES);
@@ -368,10 +363,13 @@ impl Lifecycle {
         let (latest, ticks) = watch::channel(Tick::default());
         // Ticks go on while a POST waits: the node stays alive and keeps its lease.
         let ticker = tokio::spawn(tick_until_closed(store.clone(), holdings.clone(), latest));
-        let sender = Sender::new(store.clone(), ticks, destination, client);
+        let (native, pusher) = (destinations.native.is_some(), destinations.pusher.is_some());
+        let sender = Sender::new(store.clone(), ticks, destinations, client);
         Arc::new(Self {
             store,
             holdings,
+            native,
+            pusher,
             counted: Mutex::default(),
             tasks: Mutex::new(vec![applier, ticker, tokio::spawn(sender.run())]),
         })
@@ -387,6 +385,14 @@ impl Lifecycle {
         present: bool,
         budget: &mut EventBudget,
     ) {
+        let wanted = if crate::pusher::channel::external(channel).is_some() {
+            self.pusher
+        } else {
+            self.native
+        };
+        if !wanted {
+            return;
+        }
         let holding = Holding::Channel(channel.clone());
         let held = if present {
             let member = Holding::Member(channel.clone(), user.clone());
@@ -415,12 +421,35 @@ impl Lifecycle {
     }
 
     /// An authenticated user's connection opened.
+    /// Something that happened once (not a transition): a client's publication the webhook
+    /// asked to hear of, a cache miss. Dropped, counted, when too many wait for the store.
+    pub fn occurred(&self, event: serde_json::Value) {
+        if self
+            .holdings
+            .edges
+            .try_send(Message::Occurred(event))
+            .is_err()
+        {
+            metrics().webhook.dropped(DropReason::QueueFull, 1);
+        }
+    }
+
     pub fn connected(&self, user: &Arc<str>) {
-        self.hold(Holding::User(user.clone()));
+        if self.hears_of(user) {
+            self.hold(Holding::User(user.clone()));
+        }
     }
 
     pub fn disconnected(&self, user: &Arc<str>) {
-        self.release(Holding::User(user.clone()));
+        if self.hears_of(user) {
+            self.release(Holding::User(user.clone()));
+        }
+    }
+
+    /// Whether anyone hears of this user's online and offline: native users with
+    /// `--webhook-url`; Pusher has no such webhook for its signed-in users.
+    fn hears_of(&self, user: &str) -> bool {
+        self.native && !user.starts_with("pusher:")
     }
 
     pub async fn track(&self, receipt: &Receipt) -> Result<(), BrokerError> {
@@ -469,10 +498,12 @@ async fn apply_edges(store: Arc<dyn LifecycleStore>, mut pending: mpsc::Receiver
     let mut messages = Vec::new();
     while pending.recv_many(&mut messages, 512).await > 0 {
         let mut edges = Vec::with_capacity(messages.len());
+        let mut occurred = Vec::new();
         let mut flushes = Vec::new();
         for message in messages.drain(..) {
             match message {
                 Message::Edge(edge) => edges.push(edge),
+                Message::Occurred(event) => occurred.push(event),
                 Message::Reassert(keys) => {
                     edges.extend(keys.into_iter().map(|key| Edge { key, enter: true }))
                 }
@@ -492,6 +523,19 @@ async fn apply_edges(store: Arc<dyn LifecycleStore>, mut pending: mpsc::Receiver
                 }
             };
             queue_full(full);
+        }
+        if !occurred.is_empty() {
+            match store.push(&occurred).await {
+                Ok(full) => queue_full(full),
+                // Occurrences are not retried: unlike a transition, nothing would correct a
+                // missed one later, but nothing waits on it either.
+                Err(err) => {
+                    tracing::warn!(%err, events = occurred.len(), "webhook events not queued");
+                    metrics()
+                        .webhook
+                        .dropped(DropReason::QueueFull, occurred.len() as u64);
+                }
+            }
         }
         for done in flushes {
             let _ = done.send(());
@@ -553,21 +597,10 @@ fn queue_full(events: u64) {
 }
 
 /// Whether an event was recorded longer than [`RETRY_WINDOW`] ago.
-pub(crate) fn expired(event: &str) -> bool {
-    #[derive(serde::Deserialize)]
-    struct Recorded {
-        time_ms: u64,
-    }
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis();
-    serde_json::from_str::<Recorded>(event)
-        .is_ok_and(|r| u128::from(r.time_ms) + RETRY_WINDOW.as_millis() <= now)
-}
-
 #[cfg(test)]
 mod tests {
+    use std::time::{SystemTime, UNIX_EPOCH};
+
     use super::*;
 
     #[test]

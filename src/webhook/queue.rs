@@ -1,6 +1,9 @@
 //! The queue's bound: how many events and bytes may wait, and the room kept for user, member
 //! and receipt events (channel events, which any client can cause, get at most half).
 
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::RETRY_WINDOW;
 pub use crate::config::QueueBound;
 
 impl QueueBound {
@@ -51,8 +54,29 @@ impl Queued {
     }
 }
 
-/// Whether a queued event (its JSON) is a channel event, which anyone can cause. Inside a JSON
-/// string every quote is escaped, so the unescaped `"type":"` can only be the key itself.
+/// Whether a queued event (its JSON) is one anyone can cause: a channel event, a client event,
+/// a cache miss. Inside a JSON string every quote is escaped, so the unescaped `"type":"` can
+/// only be the key itself.
 pub(super) fn is_channel_event(event: &str) -> bool {
-    event.contains(r#""type":"channel_"#)
+    [
+        r#""type":"channel_"#,
+        r#""type":"client_event""#,
+        r#""type":"cache_miss""#,
+    ]
+    .iter()
+    .any(|kind| event.contains(kind))
+}
+
+/// Whether an event was recorded longer ago than the retry window.
+pub(crate) fn expired(event: &str) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Recorded {
+        time_ms: u64,
+    }
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis();
+    serde_json::from_str::<Recorded>(event)
+        .is_ok_and(|r| u128::from(r.time_ms) + RETRY_WINDOW.as_millis() <= now)
 }

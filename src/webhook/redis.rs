@@ -105,6 +105,15 @@ impl LifecycleStore for RedisLifecycle {
         Ok(full.as_u64().unwrap_or(0))
     }
 
+    async fn push(&self, events: &[serde_json::Value]) -> Result<u64, BrokerError> {
+        let args = events
+            .iter()
+            .map(|event| event.to_string().into())
+            .collect();
+        let full = self.call("queueing webhook events", "push", args).await?;
+        Ok(full.as_u64().unwrap_or(0))
+    }
+
     async fn tick(&self) -> Result<Tick, BrokerError> {
         let args = vec![
             Value::from(DUE_PER_TICK),

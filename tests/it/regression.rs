@@ -1241,6 +1241,7 @@ fn mistake_of(key: &str) -> (&'static str, Option<&'static str>) {
         "log-format" => ("\"xml\"", Some("xml")),
         "node-name" => ("\"\"", Some("")),
         "pusher-app" => ("[\"1:key\"]", Some("1:key")),
+        "pusher-webhook-url" => ("\"ftp://h/x\"", Some("ftp://h/x")),
         // Any text is a valid value: only the wrong TOML type is a mistake.
         "redis-prefix" | "token-audience" | "token-issuer" | "allowed-origin" => ("5", None),
         other => panic!("no mistake for the new setting `{other}`: add one here"),
