@@ -27,12 +27,16 @@ pub(super) enum Door {
     WebSocket,
     /// `/sse` or `/stream`: one-way, answered with an HTTP status while it can be.
     Stream,
+    /// `/app/KEY`: a Pusher client. As on Pusher, any page may open one unless
+    /// `--allowed-origin` says otherwise: what it may do rests on the app's signatures, and it
+    /// carries no ambient credentials (it is trusted as `Public`).
+    Pusher,
 }
 
 impl Door {
     fn name(self) -> &'static str {
         match self {
-            Self::WebSocket => "WebSockets",
+            Self::WebSocket | Self::Pusher => "WebSockets",
             Self::Stream => "streams",
         }
     }
@@ -62,7 +66,13 @@ pub(super) fn admit(
     if state.shutdown.is_cancelled() {
         return Err(ApiError::ShuttingDown);
     }
-    let trust = check_origin(headers, &state.allowed_origins).map_err(|origin| {
+    let any = ["*".to_owned()];
+    let allowed = if door == Door::Pusher && state.allowed_origins.is_empty() {
+        &any[..]
+    } else {
+        &state.allowed_origins[..]
+    };
+    let trust = check_origin(headers, allowed).map_err(|origin| {
         tracing::info!(%peer, origin, "{} from a foreign origin refused", door.name());
         let what = door.name();
         ApiError::Forbidden(format!(

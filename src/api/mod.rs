@@ -83,6 +83,10 @@ pub fn router(state: AppState, enable_echo: bool, with_metrics: bool) -> Router 
             post(pusher::terminate_connections),
         )
         .route(
+            "/users/{user}/terminate_connections",
+            post(pusher::terminate_connections_of_key),
+        )
+        .route(
             "/sse",
             get(stream::sse)
                 .post(stream::commands)

@@ -469,6 +469,25 @@ pub async fn users(
     Ok(ok(serde_json::json!({ "users": users })))
 }
 
+/// `POST /users/USER_ID/terminate_connections`, as the Python SDK (3.3) sends it: the app is
+/// the one whose `auth_key` signed the request.
+pub async fn terminate_connections_of_key(
+    State(state): State<AppState>,
+    Path(user): Path<String>,
+    request: Request,
+) -> Result<Response, Refused> {
+    let query = request.uri().query().unwrap_or_default();
+    let key = form_urlencoded::parse(query.as_bytes())
+        .find(|(name, _)| name == "auth_key")
+        .map(|(_, key)| key.into_owned())
+        .unwrap_or_default();
+    let Some(app) = state.pusher_apps.iter().find(|app| app.key == key) else {
+        return Err(refuse(StatusCode::UNAUTHORIZED, "Unknown auth_key"));
+    };
+    let app_id = app.id.to_string();
+    terminate_connections(State(state), Path((app_id, user)), request).await
+}
+
 /// `POST /apps/APP_ID/users/USER_ID/terminate_connections`: closes every connection signed in
 /// as that user, on every node, with Pusher's 4009 (pusher-js does not reconnect).
 pub async fn terminate_connections(

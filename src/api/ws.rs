@@ -122,7 +122,7 @@ pub async fn pusher(
     upgrade: Result<Upgrade, NotAnUpgrade>,
 ) -> Result<Response, ApiError> {
     let Query(params) = params.map_err(|err| ApiError::BadRequest(err.body_text()))?;
-    let admitted = admit(&state, peer, &headers, Door::WebSocket, None)?;
+    let admitted = admit(&state, peer, &headers, Door::Pusher, None)?;
     let upgrade = upgrade?;
     let app = state.pusher_apps.iter().find(|app| app.key == key).cloned();
     let settings = SocketSettings {

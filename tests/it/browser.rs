@@ -556,3 +556,167 @@ async fn a_page_of_another_origin_imports_the_client_and_hears_a_refusal_plainly
         "retried: {refusal}"
     );
 }
+
+/// pusher-js's own browser build (from npm: `scripts/check` installs clients/pusher-compat
+/// before the Rust tests run).
+fn pusher_js_bundle() -> String {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/clients/pusher-compat/node_modules/pusher-js/dist/web/pusher.min.js"
+    );
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|err| panic!("{path}: {err}; run `npm ci` in clients/pusher-compat"))
+}
+
+/// A signed `POST /apps/1/events`, as Pusher's server SDKs sign it.
+async fn pusher_trigger(server: &str, channel: &str, event: &str, data: &str) {
+    use tidings::pusher::sign;
+    let body = json!({ "name": event, "channels": [channel], "data": data }).to_string();
+    let timestamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        .to_string();
+    let mut query = vec![
+        ("auth_key".to_owned(), "app-key".to_owned()),
+        ("auth_timestamp".to_owned(), timestamp),
+        ("auth_version".to_owned(), "1.0".to_owned()),
+        ("body_md5".to_owned(), sign::body_md5(body.as_bytes())),
+    ];
+    let message = sign::request_message("POST", "/apps/1/events", &query);
+    let signature = sign::Secret::new("app-secret").sign(&message);
+    query.push(("auth_signature".to_owned(), signature));
+    let query: Vec<String> = query.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let url = format!("http://{server}/apps/1/events?{}", query.join("&"));
+    let response = reqwest::Client::new()
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{:?}", response.text().await);
+}
+
+#[tokio::test]
+async fn pusher_js_in_chromium_joins_presence_whispers_and_hears_a_trigger() {
+    use tidings::pusher::sign;
+    let server = TestServer::start(&["--pusher-app", "1:app-key:app-secret"]).await;
+    // The app's page and its auth endpoint (as a backend signs with the app's secret).
+    let (host, port) = (server.addr.ip(), server.addr.port());
+    let page = format!(
+        r#"<!doctype html><body><script src="/pusher.min.js"></script><script>
+        const user = new URLSearchParams(location.search).get("user");
+        const pusher = new Pusher("app-key", {{
+          wsHost: "{host}", wsPort: {port}, forceTLS: false, enabledTransports: ["ws"],
+          cluster: "mt1", disableStats: true,
+          channelAuthorization: {{ endpoint: "/auth?user=" + user }},
+        }});
+        const room = pusher.subscribe("presence-room");
+        window.heard = []; window.whispers = [];
+        room.bind("pusher:subscription_succeeded", () => {{ window.ready = true; }});
+        room.bind("news", (data) => window.heard.push(data));
+        room.bind("client-wave", (data, meta) => window.whispers.push([data, meta.user_id]));
+        window.count = () => room.members.count;
+        window.wave = () => room.trigger("client-wave", {{ from: user }});
+        </script></body>"#
+    );
+    let app = axum::Router::new()
+        .route(
+            "/",
+            axum::routing::get(move || async move { axum::response::Html(page) }),
+        )
+        .route(
+            "/pusher.min.js",
+            axum::routing::get(|| async {
+                ([("content-type", "text/javascript")], pusher_js_bundle())
+            }),
+        )
+        .route(
+            "/auth",
+            axum::routing::post(
+                |axum::extract::Query(who): axum::extract::Query<
+                    std::collections::HashMap<String, String>,
+                >,
+                 body: String| async move {
+                    let form: std::collections::HashMap<String, String> =
+                        form_urlencoded::parse(body.as_bytes())
+                            .into_owned()
+                            .collect();
+                    let data = json!({ "user_id": who["user"] }).to_string();
+                    let message = sign::channel_auth_message(
+                        &form["socket_id"],
+                        &form["channel_name"],
+                        Some(&data),
+                    );
+                    let signature = sign::Secret::new("app-secret").sign(&message);
+                    axum::Json(
+                        json!({ "auth": format!("app-key:{signature}"), "channel_data": data }),
+                    )
+                },
+            ),
+        );
+    let origin = crate::support::serve_app(app).await;
+    let mut browser = Browser::launch().await.expect("launch chromium");
+    let ann = browser
+        .open_page(&format!("http://{origin}/?user=ann"))
+        .await
+        .unwrap();
+    browser
+        .wait_for(&ann, "window.ready === true")
+        .await
+        .unwrap();
+    let bob = browser
+        .open_page(&format!("http://{origin}/?user=bob"))
+        .await
+        .unwrap();
+    browser
+        .wait_for(&bob, "window.ready === true")
+        .await
+        .unwrap();
+    assert_eq!(
+        browser.eval(&bob, "window.count()").await.unwrap(),
+        json!(2)
+    );
+    browser
+        .wait_for(&ann, "window.count() === 2")
+        .await
+        .unwrap();
+
+    browser.eval(&ann, "window.wave()").await.unwrap();
+    browser
+        .wait_for(&bob, "window.whispers.length === 1")
+        .await
+        .unwrap();
+    assert_eq!(
+        browser.eval(&bob, "window.whispers").await.unwrap(),
+        json!([[{ "from": "ann" }, "ann"]])
+    );
+    pusher_trigger(
+        &server.addr.to_string(),
+        "presence-room",
+        "news",
+        "{\"n\":1}",
+    )
+    .await;
+    for tab in [&ann, &bob] {
+        browser
+            .wait_for(tab, "window.heard.length === 1")
+            .await
+            .unwrap();
+        assert_eq!(
+            browser.eval(tab, "window.heard").await.unwrap(),
+            json!([{ "n": 1 }])
+        );
+    }
+    // The sender never hears its own whisper.
+    assert_eq!(
+        browser.eval(&ann, "window.whispers").await.unwrap(),
+        json!([])
+    );
+    browser.close(bob).await.unwrap();
+    browser
+        .wait_for(&ann, "window.count() === 1")
+        .await
+        .unwrap();
+}
