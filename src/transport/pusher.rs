@@ -35,8 +35,9 @@ pub const CLIENT_EVENTS: Rate = Rate {
 };
 
 /// Channels one connection may hold an authorization for at once (each entry remembers the
-/// presence user id that its client events carry).
-const MAX_AUTHORIZED: usize = 1024;
+/// presence user id that its client events carry): a few dozen kilobytes at most, however many
+/// signatures the app's auth endpoint hands one client.
+const MAX_AUTHORIZED: usize = 128;
 
 /// Longest presence `user_id`, as Pusher limits it.
 const MAX_USER_ID: usize = 128;
