@@ -424,6 +424,10 @@ impl Lifecycle {
     /// Something that happened once (not a transition): a client's publication the webhook
     /// asked to hear of, a cache miss. Dropped, counted, when too many wait for the store.
     pub fn occurred(&self, event: serde_json::Value) {
+        // Only Pusher's webhooks have words for these.
+        if !self.pusher {
+            return;
+        }
         if self
             .holdings
             .edges
