@@ -424,16 +424,11 @@ impl Lifecycle {
     /// Something that happened once (not a transition): a client's publication the webhook
     /// asked to hear of, a cache miss. Dropped, counted, when too many wait for the store.
     pub fn occurred(&self, event: serde_json::Value) {
-        // Only Pusher's webhooks have words for these.
         if !self.pusher {
-            return;
+            return; // Only Pusher's webhooks have words for these.
         }
-        if self
-            .holdings
-            .edges
-            .try_send(Message::Occurred(event))
-            .is_err()
-        {
+        let edges = &self.holdings.edges;
+        if edges.try_send(Message::Occurred(event)).is_err() {
             metrics().webhook.dropped(DropReason::QueueFull, 1);
         }
     }
