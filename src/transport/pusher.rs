@@ -287,10 +287,12 @@ impl PusherReader {
         if user_data.len() > MAX_MEMBER_DATA {
             return Err(format!("user_data is over {MAX_MEMBER_DATA} bytes"));
         }
-        let parsed: UserData = serde_json::from_str(user_data)
+        // Read once: the id is checked, the whole object is the user's info.
+        let info: serde_json::Value = serde_json::from_str(user_data).unwrap_or_default();
+        let parsed = UserData::deserialize(&info)
             .map_err(|_| "user_data must be a JSON object with an \"id\"".to_owned())?;
         let id = parsed.id.checked()?;
-        let info = serde_json::from_str(user_data).ok().map(Arc::new);
+        let info = Some(Arc::new(info));
         self.signed_in = Some(id.clone());
         Ok(SignIn {
             // A user of this app, whoever else has the same id elsewhere.
