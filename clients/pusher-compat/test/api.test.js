@@ -5,9 +5,9 @@ import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 
 import Pusher from "pusher";
-import PusherClient from "pusher-js";
 
 import { startServer, within } from "../../js/test/support.js";
+import { once, pusherClient, subscribed } from "./pusher.js";
 
 const APP = { appId: "1", key: "app-key", secret: "app-secret" };
 let server;
@@ -25,30 +25,9 @@ after(async () => {
 });
 
 function client({ user, signinAs, key = APP.key, signer = sdk } = {}) {
-  return new PusherClient(key, {
-    wsHost: host,
-    wsPort: Number(port),
-    forceTLS: false,
-    enabledTransports: ["ws"],
-    cluster: "mt1",
-    disableStats: true,
-    channelAuthorization: {
-      customHandler: ({ socketId, channelName }, callback) => {
-        const data = channelName.startsWith("presence-") ? { user_id: user, user_info: { name: user } } : undefined;
-        callback(null, signer.authorizeChannel(socketId, channelName, data));
-      },
-    },
-    userAuthentication: {
-      customHandler: ({ socketId }, callback) => callback(null, signer.authenticateUser(socketId, signinAs)),
-    },
-  });
+  const member = user && { user_id: user, user_info: { name: user } };
+  return pusherClient(server.addr, { key, signer, member, signinAs });
 }
-
-function once(emitter, event) {
-  return within(event, new Promise((resolve) => emitter.bind(event, resolve)));
-}
-
-const subscribed = (channel) => once(channel, "pusher:subscription_succeeded");
 
 async function json(response) {
   assert.equal(response.status, 200);

@@ -8,9 +8,9 @@ import { randomBytes } from "node:crypto";
 import { after, before, test } from "node:test";
 
 import Pusher from "pusher";
-import PusherClient from "pusher-js";
 
 import { startServer, within } from "../../js/test/support.js";
+import { once, pusherClient, subscribed } from "./pusher.js";
 
 const MASTER_KEY = randomBytes(32).toString("base64");
 const APP = { appId: "1", key: "app-key", secret: "app-secret" };
@@ -30,37 +30,14 @@ after(async () => {
 
 /** A pusher-js client whose auth endpoint is `signer` (the app's backend, in-process). */
 function client({ user, signer = sdk, signinAs } = {}) {
-  const presence = user && { user_id: user.id, user_info: user.info };
-  return new PusherClient(APP.key, {
-    wsHost: host,
-    wsPort: Number(port),
-    forceTLS: false,
-    enabledTransports: ["ws"],
-    cluster: "mt1",
-    disableStats: true,
-    channelAuthorization: {
-      customHandler: ({ socketId, channelName }, callback) => {
-        const isPresence = channelName.startsWith("presence-");
-        callback(null, signer.authorizeChannel(socketId, channelName, isPresence ? presence : undefined));
-      },
-    },
-    userAuthentication: {
-      customHandler: ({ socketId }, callback) => callback(null, signer.authenticateUser(socketId, signinAs)),
-    },
-  });
-}
-
-/** Resolves with the data of the first call of `event` on `emitter`. */
-function once(emitter, event) {
-  return within(`${event}`, new Promise((resolve) => emitter.bind(event, resolve)));
+  const member = user && { user_id: user.id, user_info: user.info };
+  return pusherClient(server.addr, { key: APP.key, signer, member, signinAs });
 }
 
 /** Resolves with the data and the metadata (`user_id`) of the first `event` on `channel`. */
 function onceWithMetadata(channel, event) {
   return within(`${event}`, new Promise((resolve) => channel.bind(event, (data, metadata) => resolve([data, metadata]))));
 }
-
-const subscribed = (channel) => once(channel, "pusher:subscription_succeeded");
 
 test("a private channel takes a subscription signed with the app's secret and refuses a forged one", async () => {
   const good = client();

@@ -8,9 +8,9 @@ import http from "node:http";
 import { after, before, test } from "node:test";
 
 import Pusher from "pusher";
-import PusherClient from "pusher-js";
 
 import { startRedis, startServer, within } from "../../js/test/support.js";
+import { once, pusherClient, subscribed } from "./pusher.js";
 
 const APP = { appId: "1", key: "app-key", secret: "app-secret" };
 let redis;
@@ -49,29 +49,9 @@ after(async () => {
 });
 
 function client(node, user) {
-  const [host, port] = node.addr.split(":");
-  const sdk = sdkFor(node);
-  return new PusherClient(APP.key, {
-    wsHost: host,
-    wsPort: Number(port),
-    forceTLS: false,
-    enabledTransports: ["ws"],
-    cluster: "mt1",
-    disableStats: true,
-    channelAuthorization: {
-      customHandler: ({ socketId, channelName }, callback) => {
-        const data = channelName.startsWith("presence-") ? { user_id: user, user_info: { name: user } } : undefined;
-        callback(null, sdk.authorizeChannel(socketId, channelName, data));
-      },
-    },
-  });
+  const member = { user_id: user, user_info: { name: user } };
+  return pusherClient(node.addr, { key: APP.key, signer: sdkFor(node), member });
 }
-
-function once(emitter, event) {
-  return within(event, new Promise((resolve) => emitter.bind(event, resolve)));
-}
-
-const subscribed = (channel) => once(channel, "pusher:subscription_succeeded");
 
 /** Resolves once the receiver holds a webhook event matching `test`. */
 function webhook(what, test, ms = 15_000) {
