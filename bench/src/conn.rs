@@ -1,6 +1,7 @@
 //! Connections and the protocols the benchmark speaks: Tidings protocol v1, the naive
-//! broadcast peer (every text frame goes to everybody), and Socket.IO v5 over Engine.IO v4
-//! WebSockets (the socketioxide peer in bench/peers/socketioxide).
+//! broadcast peer (every text frame goes to everybody), Socket.IO v5 over Engine.IO v4
+//! WebSockets (the socketioxide peer in bench/peers/socketioxide), and Pusher Channels
+//! ([`crate::pusher`]: Tidings' Pusher door, Sockudo, Soketi).
 //!
 //! Connections are spread over several 127.0.0.x source addresses so that one load generator
 //! can open more connections to one server port than one source address has ephemeral ports.
@@ -40,6 +41,32 @@ pub enum Protocol {
     /// Socket.IO (Engine.IO v4, WebSocket transport only), namespace "/": event `subscribe`
     /// with the channel (acked), `publish` with channel and payload, deliveries as `message`.
     Socketio,
+    /// Pusher Channels protocol 7 at /app/KEY (--pusher-app): public channels, publishers
+    /// trigger events over the HTTP API (`POST /apps/ID/events`), one request at a time each.
+    Pusher,
+    /// Pusher Channels on `private-` channels: publishers send client events over their
+    /// WebSocket (at most 10/s each, as Pusher allows) and, being subscribed, receive everyone
+    /// else's (a client event never comes back to its sender).
+    #[value(name = "pusher-client")]
+    #[serde(rename = "pusher-client")]
+    PusherClient,
+}
+
+impl Protocol {
+    pub fn is_pusher(self) -> bool {
+        matches!(self, Protocol::Pusher | Protocol::PusherClient)
+    }
+
+    /// How many connections receive one publication on a channel with `subscribers`
+    /// subscribing connections and `publishers` publishing ones: Pusher's client events come
+    /// to every other connection on the channel, publishers included (they must subscribe to
+    /// send); everywhere else, to the subscribers.
+    pub fn audience(self, subscribers: usize, publishers: usize) -> u64 {
+        match self {
+            Protocol::PusherClient => (subscribers + publishers).saturating_sub(1) as u64,
+            _ => subscribers as u64,
+        }
+    }
 }
 
 /// How a chat member reaches a Tidings server.
@@ -76,11 +103,36 @@ pub struct Target {
     pub source_ips: u8,
     /// Offer permessage-deflate, as browsers do.
     pub deflate: bool,
+    /// The app Pusher connections use.
+    pub pusher: std::sync::Arc<crate::pusher::App>,
 }
 
 impl Target {
+    /// Opens connection number `index` (see [`Target::connect`]) and subscribes it to
+    /// `channel`, if any.
+    pub async fn open(&self, index: usize, channel: Option<&str>) -> Result<(Ws, Duration)> {
+        let (mut ws, took, socket_id) = self.connect_as(index).await?;
+        if let Some(channel) = channel {
+            match socket_id {
+                Some(socket_id) => {
+                    let private = self.protocol == Protocol::PusherClient;
+                    let name = crate::pusher::channel_name(channel, private);
+                    crate::pusher::subscribe(&mut ws, &self.pusher, &socket_id, &name).await?;
+                }
+                None => subscribe(&mut ws, self.protocol, channel).await?,
+            }
+        }
+        Ok((ws, took))
+    }
+
     /// Opens connection number `index`: URL and source address chosen round-robin.
     pub async fn connect(&self, index: usize) -> Result<(Ws, Duration)> {
+        let (ws, took, _) = self.connect_as(index).await?;
+        Ok((ws, took))
+    }
+
+    /// Opens connection number `index`; a Pusher connection's socket id with it.
+    async fn connect_as(&self, index: usize) -> Result<(Ws, Duration, Option<String>)> {
         let url = &self.urls[index % self.urls.len()];
         let authority = url
             .split_once("://")
@@ -132,7 +184,16 @@ impl Target {
                 .await
                 .with_context(|| format!("Socket.IO handshake with {url}"))?;
         }
-        Ok((ws, started.elapsed()))
+        let socket_id = if self.protocol.is_pusher() {
+            // Not usable before the socket id is known either.
+            let id = crate::pusher::handshake(&mut ws)
+                .await
+                .with_context(|| format!("Pusher handshake with {url}"))?;
+            Some(id)
+        } else {
+            None
+        };
+        Ok((ws, started.elapsed(), socket_id))
     }
 }
 
@@ -169,6 +230,9 @@ pub async fn subscribe(ws: &mut Ws, protocol: Protocol, channel: &str) -> Result
     match protocol {
         Protocol::Naive => return Ok(()),
         Protocol::Socketio => return socketio_subscribe(ws, channel).await,
+        Protocol::Pusher | Protocol::PusherClient => {
+            bail!("a Pusher connection subscribes with Target::open (it signs with its socket id)")
+        }
         Protocol::Tidings => {}
     }
     let request = Request {
@@ -280,6 +344,8 @@ pub fn publish_frame(protocol: Protocol, channel: &str, payload: &str) -> String
         Protocol::Naive => payload.to_owned(),
         // No ack requested, for the same reason.
         Protocol::Socketio => format!(r#"42["publish","{channel}",{payload}]"#),
+        // Pusher publishers over HTTP (`pusher`) use crate::pusher::Trigger instead.
+        Protocol::Pusher | Protocol::PusherClient => crate::pusher::client_event(channel, payload),
     }
 }
 
@@ -323,6 +389,7 @@ pub fn parse(protocol: Protocol, text: &str) -> Received {
             _ => Received::Other,
         },
         Protocol::Socketio => parse_socketio(text),
+        Protocol::Pusher | Protocol::PusherClient => crate::pusher::parse(text),
     }
 }
 
@@ -354,6 +421,7 @@ const SOCKETIO_PONG: &str = "3";
 pub fn pong(protocol: Protocol) -> String {
     match protocol {
         Protocol::Socketio => SOCKETIO_PONG.to_owned(),
+        Protocol::Pusher | Protocol::PusherClient => crate::pusher::PONG.to_owned(),
         Protocol::Tidings | Protocol::Naive => {
             let pong = Request {
                 id: None,

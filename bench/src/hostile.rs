@@ -210,6 +210,7 @@ async fn churner(
         protocol: crate::conn::Protocol::Tidings,
         source_ips: 1,
         deflate: false,
+        pusher: Default::default(),
     };
     let (ws, _) = target.connect(0).await?;
     let (sink, mut stream) = ws.split();
@@ -313,6 +314,7 @@ async fn presence_churn(env: &Env, args: &PresenceChurnArgs) -> Result<HostileRe
             protocol: crate::conn::Protocol::Tidings,
             source_ips: 8,
             deflate: false,
+            pusher: Default::default(),
         };
         let (mut ws, _) = target.connect(n).await?;
         crate::conn::subscribe(&mut ws, crate::conn::Protocol::Tidings, &channel).await?;

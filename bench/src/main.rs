@@ -24,6 +24,7 @@ mod hostile;
 mod jitter;
 mod presence;
 mod processes;
+mod pusher;
 mod report;
 mod scenario;
 mod stream;
@@ -55,9 +56,19 @@ struct Common {
     /// endpoint /socket.io/?EIO=4&transport=websocket appended.
     #[arg(long = "url", global = true, default_value = "ws://127.0.0.1:8000/ws")]
     urls: Vec<String>,
-    /// The protocol the target speaks.
+    /// The protocol the target speaks. With `pusher` and `pusher-client`, a URL without a path
+    /// (ws://HOST:PORT) gets /app/KEY?protocol=7&… appended.
     #[arg(long, global = true, value_enum, default_value = "tidings")]
     protocol: Protocol,
+    /// The Pusher app to connect as (`--protocol pusher` or `pusher-client`):
+    /// APP_ID:KEY:SECRET, as the server was given it.
+    #[arg(
+        long,
+        global = true,
+        default_value = pusher::DEFAULT_APP,
+        value_name = "APP_ID:KEY:SECRET"
+    )]
+    pusher_app: String,
     /// Server process ids whose RSS and CPU to report (repeatable).
     #[arg(long = "pid", global = true)]
     pids: Vec<u32>,
@@ -141,16 +152,21 @@ async fn main() -> Result<()> {
     if !cli.common.json {
         eprintln!("open-files limit: {limit}");
     }
+    let app: pusher::App = cli.common.pusher_app.parse().map_err(anyhow::Error::msg)?;
     let target = Target {
         urls: cli
             .common
             .urls
             .iter()
-            .map(|url| conn::endpoint(cli.common.protocol, url))
+            .map(|url| match cli.common.protocol.is_pusher() {
+                true => pusher::endpoint(url, &app),
+                false => conn::endpoint(cli.common.protocol, url),
+            })
             .collect(),
         protocol: cli.common.protocol,
         source_ips: cli.common.source_ips.max(1),
         deflate: cli.common.deflate,
+        pusher: std::sync::Arc::new(app),
     };
     ensure!(
         !(cli.common.child && cli.common.processes > 1),

@@ -172,7 +172,7 @@ fn idle_shares(common: &Common, args: &IdleArgs) -> Result<Vec<Share>> {
 pub async fn fanout(common: &Common, args: &FanoutArgs) -> Result<Report> {
     let mut report = run(common, fanout_shares(common, args)?, Measure::Window).await?;
     // A child knows only its own publications; all subscribers expect all of them.
-    report.expected = report.sent * args.subscribers as u64;
+    report.expected = report.sent * common.protocol.audience(args.subscribers, args.publishers);
     report.lost = report.expected.saturating_sub(report.delivered);
     Ok(report)
 }
@@ -296,6 +296,8 @@ fn child_args(common: &Common, share: &Share) -> Vec<String> {
         &common.connect_concurrency,
         &"--prefix",
         &share.prefix,
+        &"--pusher-app",
+        &common.pusher_app,
         &"--json",
         &"--child",
     ]));

@@ -13,6 +13,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::conn::{self, Protocol, Received, Target, Transport, Ws};
 use crate::coordinator::Coordinator;
+use crate::pusher;
 use crate::report::{self, Histograms, Latency, Report, Tally};
 
 /// What every scenario shares.
@@ -185,7 +186,7 @@ async fn open(
 ) -> Result<(Vec<Ws>, Histogram<u64>)> {
     let protocol = env.target.protocol;
     let (release, released) = watch::channel(false);
-    let results: Vec<Result<(tokio::task::JoinHandle<Ws>, Duration)>> =
+    let results: Vec<Result<(usize, tokio::task::JoinHandle<Ws>, Duration)>> =
         futures_util::stream::iter(first..first + n)
             .map(|i| {
                 let target = env.target.clone();
@@ -194,13 +195,7 @@ async fn open(
                 async move {
                     // A server that accepts TCP but never answers (out of file descriptors,
                     // a lost ack) must fail the run, not hang it.
-                    let set_up = async {
-                        let (mut ws, took) = target.connect(i).await?;
-                        if let Some(channel) = channel {
-                            conn::subscribe(&mut ws, protocol, &channel).await?;
-                        }
-                        anyhow::Ok((ws, took))
-                    };
+                    let set_up = target.open(i, channel.as_deref());
                     let (ws, took) = tokio::time::timeout(SET_UP_TIMEOUT, set_up)
                         .await
                         .map_err(|_| {
@@ -209,17 +204,20 @@ async fn open(
                                 SET_UP_TIMEOUT.as_secs()
                             )
                         })??;
-                    Ok((tokio::spawn(keep_alive(ws, protocol, released)), took))
+                    Ok((i, tokio::spawn(keep_alive(ws, protocol, released)), took))
                 }
             })
             .buffer_unordered(env.connect_concurrency)
             .collect()
             .await;
+    // In index order: connection i is on channel(i), and a chat member publishes there.
+    let mut results = results;
+    results.sort_by_key(|result| result.as_ref().map_or(0, |(i, _, _)| *i));
     // Same bounds as every other histogram: --processes merges them bucket by bucket.
     let mut connect = report::histogram();
     let mut keepers = Vec::with_capacity(n);
     for result in results {
-        let (keeper, took) = result?;
+        let (_, keeper, took) = result?;
         let _ = connect.record((took.as_micros() as u64).max(1));
         keepers.push(keeper);
     }
@@ -306,19 +304,27 @@ pub(crate) fn take(
     false
 }
 
-/// Publishes `count` payloads at `rate` per second from `start`, open loop: when behind
-/// schedule it sends at once, never slower. Returns how many were sent.
-#[allow(clippy::too_many_arguments)]
-async fn publish(
-    mut ws: Ws,
-    protocol: Protocol,
+/// One publisher's part of a fan-out: `count` payloads on `channel` at `rate` per second from
+/// `start`.
+#[derive(Clone)]
+struct Schedule {
     channel: String,
-    publisher: u32,
     start: tokio::time::Instant,
     rate: f64,
     count: u64,
     padding: String,
-) -> u64 {
+}
+
+/// Publishes as `schedule` says, open loop: when behind schedule it sends at once, never
+/// slower. Returns how many were sent.
+async fn publish(mut ws: Ws, protocol: Protocol, publisher: u32, schedule: Schedule) -> u64 {
+    let Schedule {
+        channel,
+        start,
+        rate,
+        count,
+        padding,
+    } = schedule;
     let interval = Duration::from_secs_f64(1.0 / rate.max(1e-9));
     let mut sent = 0;
     while sent < count {
@@ -357,6 +363,32 @@ async fn publish(
     }
     // Keep the connection until the server has read everything.
     let _ = ws.flush().await;
+    sent
+}
+
+/// Triggers as `schedule` says over Pusher's HTTP API, one request at a time (as one worker
+/// of a backend does), open loop: behind schedule, the next request goes at once. Returns how
+/// many the server accepted.
+async fn trigger_events(trigger: pusher::Trigger, publisher: u32, schedule: Schedule) -> u64 {
+    let interval = Duration::from_secs_f64(1.0 / schedule.rate.max(1e-9));
+    let mut sent = 0;
+    let mut failed = 0u64;
+    for seq in 0..schedule.count {
+        tokio::time::sleep_until(schedule.start + interval.mul_f64(seq as f64)).await;
+        let body = conn::payload(conn::now_ns(), publisher, sent, &schedule.padding);
+        match trigger.send(&schedule.channel, &body).await {
+            Ok(()) => sent += 1,
+            Err(err) => {
+                if failed == 0 {
+                    eprintln!("publisher {publisher}: {err:#}");
+                }
+                failed += 1;
+            }
+        }
+    }
+    if failed > 0 {
+        eprintln!("publisher {publisher}: {failed} triggers failed");
+    }
     sent
 }
 
@@ -401,17 +433,36 @@ pub(crate) async fn drain(delivered: &AtomicU64, expected: u64, drain: Duration)
 
 pub async fn fanout(env: &Env, args: &FanoutArgs) -> Result<Report> {
     let protocol = env.target.protocol;
+    let all_publishers = args.all_publishers.unwrap_or(args.publishers);
+    let per_publisher = (args.rate / all_publishers as f64).max(1e-9);
+    if protocol == Protocol::PusherClient {
+        anyhow::ensure!(
+            per_publisher <= pusher::CLIENT_EVENTS_PER_SECOND,
+            "Pusher allows {} client events a second per connection: {per_publisher:.1} each \
+             needs more --publishers (at least {:.0})",
+            pusher::CLIENT_EVENTS_PER_SECOND,
+            (args.rate / pusher::CLIENT_EVENTS_PER_SECOND).ceil()
+        );
+    }
     let channel = format!("{}:fanout", env.prefix);
     let (subscribers, connect) = open(env, 0, args.subscribers, |_| Some(channel.clone()))
         .await
         .context("opening subscribers")?;
-    let (publishers, _) = open(env, args.subscribers, args.publishers, |_| None)
-        .await
-        .context("opening publishers")?;
-    let all_publishers = args.all_publishers.unwrap_or(args.publishers);
+    // Pusher's publishers trigger over HTTP (no WebSocket), or must be subscribed to send
+    // client events.
+    let publisher_sockets = match protocol {
+        Protocol::Pusher => 0,
+        _ => args.publishers,
+    };
+    let publishing_channel = (protocol == Protocol::PusherClient).then(|| channel.clone());
+    let (publishers, _) = open(env, args.subscribers, publisher_sockets, |_| {
+        publishing_channel.clone()
+    })
+    .await
+    .context("opening publishers")?;
     let delivered = Arc::new(AtomicU64::new(0));
     let (stop_tx, stop_rx) = watch::channel(false);
-    let receivers: Vec<_> = subscribers
+    let mut receivers: Vec<_> = subscribers
         .into_iter()
         .map(|ws| {
             tokio::spawn(receive(
@@ -425,29 +476,76 @@ pub async fn fanout(env: &Env, args: &FanoutArgs) -> Result<Report> {
         .collect();
 
     let (start, publishers) = env.agree_start(publishers).await?;
-    let per_publisher = (args.rate / all_publishers as f64).max(1e-9);
     let count = (per_publisher * args.duration).round() as u64;
     let padding = if args.chat_payload {
         conn::CHAT.to_owned()
     } else {
         "x".repeat(args.padding)
     };
-    let tasks: Vec<_> = publishers
-        .into_iter()
-        .enumerate()
-        .map(|(p, ws)| {
-            tokio::spawn(publish(
-                ws,
-                protocol,
-                channel.clone(),
-                args.first_publisher + p as u32,
-                start,
-                per_publisher,
-                count,
-                padding.clone(),
-            ))
-        })
-        .collect();
+    let schedule = Schedule {
+        channel: channel.clone(),
+        start,
+        rate: per_publisher,
+        count,
+        padding,
+    };
+    let tasks: Vec<_> = match protocol {
+        Protocol::Pusher => (0..args.publishers)
+            .map(|p| {
+                let url = &env.target.urls[p % env.target.urls.len()];
+                let trigger = pusher::Trigger::new(url, &env.target.pusher)?;
+                let publisher = args.first_publisher + p as u32;
+                Ok(tokio::spawn(trigger_events(
+                    trigger,
+                    publisher,
+                    schedule.clone(),
+                )))
+            })
+            .collect::<Result<_>>()?,
+        Protocol::PusherClient => {
+            // Publishers are receivers too: they count what the others send.
+            let sent = Arc::new(AtomicU64::new(0));
+            for (p, ws) in publishers.into_iter().enumerate() {
+                let (sink, stream) = ws.split();
+                let p = args.first_publisher as usize + p;
+                receivers.push(tokio::spawn(member(
+                    Tally::new(all_publishers),
+                    sink,
+                    stream,
+                    protocol,
+                    channel.clone(),
+                    start,
+                    p,
+                    p as f64 / all_publishers as f64,
+                    per_publisher,
+                    count,
+                    schedule.padding.clone(),
+                    delivered.clone(),
+                    sent.clone(),
+                    stop_rx.clone(),
+                )));
+            }
+            let all = count * args.publishers as u64;
+            let end = start + Duration::from_secs_f64(args.duration);
+            vec![tokio::spawn(async move {
+                tokio::time::sleep_until(end).await;
+                // A publisher behind schedule sends its last ones late.
+                let late = tokio::time::Instant::now() + Duration::from_secs(5);
+                while sent.load(Ordering::Relaxed) < all && tokio::time::Instant::now() < late {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                sent.load(Ordering::Relaxed)
+            })]
+        }
+        _ => publishers
+            .into_iter()
+            .enumerate()
+            .map(|(p, ws)| {
+                let publisher = args.first_publisher + p as u32;
+                tokio::spawn(publish(ws, protocol, publisher, schedule.clone()))
+            })
+            .collect(),
+    };
     tokio::time::sleep_until(start).await;
     let window = Window::open(&env.pids);
     let mut sent = 0;
@@ -457,7 +555,7 @@ pub async fn fanout(env: &Env, args: &FanoutArgs) -> Result<Report> {
     // Other processes' publications are counted as scheduled: this process cannot see how many
     // they sent. (The parent recomputes `expected` from every process's `sent`.)
     let others = count * all_publishers.saturating_sub(args.publishers) as u64;
-    let expected = (sent + others) * args.subscribers as u64;
+    let expected = (sent + others) * protocol.audience(args.subscribers, args.publishers);
     drain(&delivered, expected, env.drain).await;
     finish(
         env,
@@ -531,6 +629,10 @@ pub(crate) async fn finish(
 
 pub async fn chat(env: &Env, args: &ChatArgs) -> Result<Report> {
     let protocol = env.target.protocol;
+    anyhow::ensure!(
+        protocol != Protocol::Pusher,
+        "chat over Pusher sends client events: use --protocol pusher-client"
+    );
     let members = args.members.max(1);
     let room = |i: usize| format!("{}:room:{}", env.prefix, i / members);
     let n = args.rooms * members;
@@ -581,7 +683,7 @@ pub async fn chat(env: &Env, args: &ChatArgs) -> Result<Report> {
     let window = Window::open(&env.pids);
     // Everyone has published once the last scheduled send is due; then drain.
     tokio::time::sleep(Duration::from_secs_f64(args.duration)).await;
-    let expected_if_all = count * n as u64 * members as u64;
+    let expected_if_all = count * n as u64 * protocol.audience(members, 0);
     drain(&delivered, expected_if_all, env.drain).await;
     let sent = sent_total.load(Ordering::Relaxed);
     finish(
@@ -591,8 +693,8 @@ pub async fn chat(env: &Env, args: &ChatArgs) -> Result<Report> {
         members_tasks,
         stop_tx,
         sent,
-        sent * members as u64,
-        args.rate * (n * members) as f64,
+        sent * protocol.audience(members, 0),
+        args.rate * (n as u64 * protocol.audience(members, 0)) as f64,
         connect,
         n,
     )
