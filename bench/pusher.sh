@@ -8,6 +8,7 @@
 #                                 (default: all of them)
 #   SERVERS="tidings" bench/pusher.sh fanout    limits the servers (tidings, sockudo)
 #   TIDINGS_BIN=/tmp/tidings-before bench/pusher.sh fanout   measures another Tidings binary
+#   RATES="800 1600" PUBLISHERS=16 bench/pusher.sh fanout     other rates, publishers
 #
 # Needs: cargo (release builds), redis-server, and Sockudo built with its Redis adapter as its
 # users install it (it needs protoc: apt-get install protobuf-compiler):
@@ -97,13 +98,14 @@ single() { # server
 for section in "${SECTIONS[@]}"; do
   case $section in
   fanout)
-    # Fan-out through HTTP triggers: 1,000 subscribers, 4 publishers (one request at a time
-    # each, as a backend's workers), offered deliveries/s = RATE × 1,000.
+    # Fan-out through HTTP triggers: 1,000 subscribers, 32 publishers (one request at a time
+    # each, as a backend's workers: a trigger waits for its answer, so fewer cannot saturate
+    # either server), offered deliveries/s = RATE × 1,000.
     for server in ${SERVERS:-tidings sockudo}; do
       for rate in ${RATES:-100 400 800 1200 1600}; do
         single "$server"
         run "fanout-$server-$rate" fanout --protocol pusher --pusher-app "$APP" --url "$URL" \
-          --pid "$PID" -s 1000 -p 4 -r "$rate" -d 5 || true
+          --pid "$PID" -s 1000 -p "${PUBLISHERS:-32}" -r "$rate" -d 5 || true
         stop "$PID"
       done
     done
@@ -154,7 +156,7 @@ for section in "${SECTIONS[@]}"; do
         esac
         run "twonodes-$server-$rate" fanout --protocol pusher --pusher-app "$APP" \
           --url "ws://127.0.0.1:$p1" --url "ws://127.0.0.1:$p2" \
-          --pid "$n1" --pid "$n2" --pid "$redis_pid" -s 1000 -p 4 -r "$rate" -d 5 || true
+          --pid "$n1" --pid "$n2" --pid "$redis_pid" -s 1000 -p "${PUBLISHERS:-32}" -r "$rate" -d 5 || true
         stop "$n1"; stop "$n2"; stop "$redis_pid"
       done
     done

@@ -37,7 +37,8 @@
 //! }
 //! ```
 
-use std::sync::Arc;
+use std::any::Any;
+use std::sync::{Arc, OnceLock};
 
 use serde::Serialize;
 
@@ -163,23 +164,63 @@ impl Greeting {
     }
 }
 
+/// From `compress_from` bytes on, a publication's frame may go out compressed.
+fn publication_frame(text: String, compress_from: Option<usize>) -> Frame {
+    match compress_from {
+        Some(min) if text.len() >= min => Frame::compressible(text),
+        _ => Frame::from(text),
+    }
+}
+
 /// A publication, with its protocol v1 push (`{"pub":{...}}`) encoded once for every
 /// subscriber on the node.
-#[derive(Debug)]
 pub struct Published {
     pub publication: Publication,
     frame: Frame,
+    compress_from: Option<usize>,
+    /// Another wire's encoding, made by the first of that wire's connections to send this
+    /// publication and shared by the node's others (see [`Published::encoded`]).
+    other: OnceLock<Arc<dyn Any + Send + Sync>>,
+}
+
+impl std::fmt::Debug for Published {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Published")
+            .field("publication", &self.publication)
+            .field("frame", &self.frame)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Published {
     /// Encodes `publication`; from `compress_from` bytes on, the frame may go out compressed.
     pub fn new(publication: Publication, compress_from: Option<usize>) -> Self {
-        let text = encode(&Push::Pub(&publication));
-        let frame = match compress_from {
-            Some(min) if text.len() >= min => Frame::compressible(text),
-            _ => Frame::from(text),
-        };
-        Self { publication, frame }
+        let frame = publication_frame(encode(&Push::Pub(&publication)), compress_from);
+        Self {
+            publication,
+            frame,
+            compress_from,
+            other: OnceLock::new(),
+        }
+    }
+
+    /// A frame of `text` that compresses as this publication's channel does: for a codec that
+    /// encodes the publication in another wire's words.
+    pub fn frame_of(&self, text: String) -> Frame {
+        publication_frame(text, self.compress_from)
+    }
+
+    /// Another wire's encoding of this publication: `encode` runs once per node, for the first
+    /// of that wire's connections to send it, and every other shares the result (the v1 frame is
+    /// shared the same way). One other wire is cached; were a third to ask for the same
+    /// publication, it would encode per connection.
+    pub fn encoded<T: Any + Send + Sync>(&self, encode: impl Fn(&Self) -> T) -> Arc<T> {
+        let shared = self
+            .other
+            .get_or_init(|| Arc::new(encode(self)) as Arc<dyn Any + Send + Sync>);
+        Arc::clone(shared)
+            .downcast::<T>()
+            .unwrap_or_else(|_| Arc::new(encode(self)))
     }
 
     /// The v1 push, `{"pub":{...}}`.

@@ -13,7 +13,9 @@ use serde_json::value::RawValue;
 
 use super::channel;
 use crate::frame::{Frame, Messages};
-use crate::protocol::{CloseCode, Codec, ErrorCode, Item, Member, Membership, Subscription};
+use crate::protocol::{
+    CloseCode, Codec, ErrorCode, Item, Member, Membership, Publication, Published, Subscription,
+};
 
 /// What the decoder asked the session, by request id; shared by one connection's two halves.
 #[derive(Clone, Debug, Default)]
@@ -107,7 +109,11 @@ impl Pusher {
             None => out.push(frame(event, Some(&name), "{}")),
         }
         match extras.and_then(|extras| extras.latest.as_ref()) {
-            Some(Some(latest)) => self.event(latest, out),
+            Some(Some(latest)) => {
+                if let Some(event) = PusherEvent::of(latest, Frame::from) {
+                    self.deliver(&event, out);
+                }
+            }
             Some(None) => out.push(frame("pusher:cache_miss", Some(&name), "{}")),
             None => {}
         }
@@ -115,28 +121,20 @@ impl Pusher {
 
     /// A publication of this app's channel, in Pusher's words; nothing for the connection
     /// it excludes (a client event's sender, a trigger's `socket_id`).
-    fn event(&self, publication: &crate::protocol::Publication, out: &mut Messages) {
-        let Some((app, name)) = channel::external(&publication.channel) else {
-            return;
-        };
-        if app != &*self.app {
-            return;
+    fn event(&self, published: &Published, out: &mut Messages) {
+        // Encoded once per node, by the first Pusher connection to send it.
+        let encoded = published.encoded(|published| {
+            PusherEvent::of(&published.publication, |text| published.frame_of(text))
+        });
+        if let Some(event) = &*encoded {
+            self.deliver(event, out);
         }
-        let Ok(stored) = serde_json::from_str::<Stored<'_>>(publication.data.get()) else {
-            return;
-        };
-        if stored.except.as_deref() == Some(self.socket_id.as_str()) {
-            return;
+    }
+
+    fn deliver(&self, event: &PusherEvent, out: &mut Messages) {
+        if *event.app == *self.app && event.except.as_deref() != Some(self.socket_id.as_str()) {
+            out.push(event.frame.clone());
         }
-        let event = Event {
-            event: &stored.event,
-            channel: Some(&name),
-            data: stored.data,
-            user_id: stored.user_id.as_deref(),
-        };
-        out.push(Frame::from(
-            serde_json::to_string(&event).unwrap_or_default(),
-        ));
     }
 
     /// A presence change: `member_added` and `member_removed` for a user's first connection
@@ -218,6 +216,34 @@ fn frame<D: Serialize>(event: &str, channel: Option<&str>, data: D) -> Frame {
         user_id: None,
     };
     Frame::from(serde_json::to_string(&event).unwrap_or_default())
+}
+
+/// A publication of a Pusher channel in Pusher's words, shared by the node's Pusher
+/// connections: the app it belongs to and the socket id it skips are checked per connection.
+struct PusherEvent {
+    app: Box<str>,
+    except: Option<Box<str>>,
+    frame: Frame,
+}
+
+impl PusherEvent {
+    /// `None` for a publication that is not a Pusher event (not of a Pusher channel, or not
+    /// stored as one).
+    fn of(publication: &Publication, frame: impl FnOnce(String) -> Frame) -> Option<Self> {
+        let (app, name) = channel::external(&publication.channel)?;
+        let stored = serde_json::from_str::<Stored<'_>>(publication.data.get()).ok()?;
+        let event = Event {
+            event: &stored.event,
+            channel: Some(&name),
+            data: stored.data,
+            user_id: stored.user_id.as_deref(),
+        };
+        Some(Self {
+            app: app.into(),
+            except: stored.except.map(Into::into),
+            frame: frame(serde_json::to_string(&event).ok()?),
+        })
+    }
 }
 
 /// A Pusher event's payload as Tidings keeps it: `{"event": NAME, "data": …}`, with the
@@ -306,7 +332,7 @@ impl Codec<Messages> for Pusher {
                     out.push(frame("pusher:error", None, data));
                 }
             }
-            Item::Publication(published) => self.event(&published.publication, out),
+            Item::Publication(published) => self.event(&published, out),
             Item::Event(event) => self.membership(&event.presence, out),
             Item::Ping => out.push(frame("pusher:ping", None, serde_json::json!({}))),
             // Pusher has no word for a server-side unsubscribe; the close is the transport's
@@ -444,5 +470,57 @@ mod tests {
             asked.0.lock().unwrap().is_empty(),
             "every answer forgets its question"
         );
+    }
+
+    fn connected(app: &str, client: &str) -> Pusher {
+        let mut codec = Pusher::new(app, Asked::default(), 120);
+        let mut greeting = Greeting::pushed();
+        greeting.connected.client = client.into();
+        codec.encode(
+            Item::Connected(Box::new(greeting)),
+            &mut Messages::default(),
+        );
+        codec
+    }
+
+    #[test]
+    fn a_publication_is_encoded_once_for_every_pusher_connection_of_the_node() {
+        let room = channel::kind("private-room").unwrap();
+        let channel = channel::internal("7", "private-room", room).unwrap();
+        // A client event of socket 1.1: not back to it, to every other connection of app 7.
+        let data = r#"{"event":"client-typing","data":{"who":"ann"},"except":"1.1"}"#;
+        let published = Arc::new(Published::new(
+            Publication {
+                channel,
+                offset: 1,
+                epoch: "e".into(),
+                data: RawValue::from_string(data.into()).unwrap().into(),
+                info: ClientInfo {
+                    client: "c".into(),
+                    user: "u".into(),
+                },
+            },
+            Some(16),
+        ));
+        let mut frames = Vec::new();
+        for (app, client) in [
+            ("7", "0000000100000001"),
+            ("7", "0000000100000002"),
+            ("7", "0000000100000003"),
+            ("8", "0000000100000004"),
+        ] {
+            let mut out = Messages::default();
+            connected(app, client).encode(Item::Publication(published.clone()), &mut out);
+            frames.extend(out);
+        }
+        let expected = r#"{"event":"client-typing","channel":"private-room","data":{"who":"ann"}}"#;
+        assert_eq!(frames.len(), 2, "sender and the other app skipped");
+        for frame in &frames {
+            assert_eq!(frame.as_str(), expected);
+        }
+        // The same bytes, not an equal copy: one encoding for the node.
+        assert_eq!(frames[0].as_bytes().as_ptr(), frames[1].as_bytes().as_ptr());
+        // Compressed as the channel says, like the v1 frame.
+        assert!(frames[0].deflated(|_| Some("z".into())).is_some());
     }
 }
