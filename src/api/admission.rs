@@ -13,6 +13,7 @@
 use std::net::SocketAddr;
 
 use axum::http::{HeaderMap, header};
+use futures_util::FutureExt;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use super::{ApiError, AppState};
@@ -126,10 +127,10 @@ pub(super) fn run_session<I, O>(
         handshake,
         shutdown: state.shutdown,
     });
-    tokio::spawn(async move {
-        session::run(reader, writer, start).await;
-        drop(tracked);
-    });
+    // `map`, not an `async move` block around the session: a block would keep its own copy of
+    // the reader and writer beside the session future that took them (96 bytes per native
+    // connection, 304 per Pusher one).
+    tokio::spawn(session::run(reader, writer, start).map(move |()| drop(tracked)));
 }
 
 /// Refuses a stream whose credentials the session could only refuse later: a bad token, or
