@@ -64,6 +64,8 @@
 //! registry, a mailbox, the admission counters and the Redis broker's channel set are each
 //! taken alone.
 
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod server;
 pub(crate) mod api;
 pub mod transport;

@@ -45,10 +45,27 @@ const MAX_USER_ID: usize = 128;
 /// Longest `channel_data` or `user_data`: a member's info is copied into every member list.
 const MAX_MEMBER_DATA: usize = 2048;
 
-/// The reading half of a Pusher socket.
+/// The reading half of a Pusher socket: the socket, and what its frames mean.
 #[derive(Debug)]
 pub(crate) struct PusherReader {
     inner: Reader,
+    wire: Translator,
+}
+
+impl PusherReader {
+    pub(crate) fn new(inner: Reader, app: Arc<App>, client: &str, asked: Asked) -> Self {
+        Self {
+            inner,
+            wire: Translator::new(app, client, asked),
+        }
+    }
+}
+
+/// A Pusher connection's frames turned into the session's commands, with what that takes: the
+/// signatures checked, the channels it was authorized for, its client-event allowance. Apart
+/// from the socket so that it can be driven (tested, fuzzed) frame by frame.
+#[derive(Debug)]
+pub(crate) struct Translator {
     app: Arc<App>,
     socket_id: String,
     asked: Asked,
@@ -107,10 +124,9 @@ struct ClientEvent<'a> {
     except: &'a str,
 }
 
-impl PusherReader {
-    pub(crate) fn new(inner: Reader, app: Arc<App>, client: &str, asked: Asked) -> Self {
+impl Translator {
+    pub(crate) fn new(app: Arc<App>, client: &str, asked: Asked) -> Self {
         Self {
-            inner,
             app,
             socket_id: crate::pusher::codec::socket_id(client),
             asked,
@@ -142,7 +158,7 @@ impl PusherReader {
     }
 
     /// One text frame as the session's input.
-    fn translate(&mut self, text: &str) -> Inbound {
+    pub(crate) fn translate(&mut self, text: &str) -> Inbound {
         let frame = match frames::decode(text) {
             Ok(frame) => frame,
             Err(err) => {
@@ -363,8 +379,126 @@ impl Incoming for PusherReader {
     async fn next(&mut self) -> Option<Result<Inbound, ReadError>> {
         let inbound = self.inner.next().await?;
         Some(inbound.map(|inbound| match inbound {
-            Inbound::Text(text) => self.translate(&text),
+            Inbound::Text(text) => self.wire.translate(&text),
             other => other,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "key";
+
+    fn translator() -> Translator {
+        let app = Arc::new(App {
+            id: "7".into(),
+            key: KEY.into(),
+            secret: sign::Secret::new("secret"),
+        });
+        Translator::new(app, "0000000100000002", Asked::default())
+    }
+
+    fn auth(message: &str) -> String {
+        format!("{KEY}:{}", sign::Secret::new("secret").sign(message))
+    }
+
+    /// `pusher:subscribe` to `channel`, signed for socket 1.2 (with `channel_data` if given).
+    fn subscribe(channel: &str, channel_data: Option<&str>) -> String {
+        let auth = auth(&sign::channel_auth_message("1.2", channel, channel_data));
+        let mut data = serde_json::json!({"channel": channel, "auth": auth});
+        if let Some(channel_data) = channel_data {
+            data["channel_data"] = channel_data.into();
+        }
+        serde_json::json!({"event": "pusher:subscribe", "data": data}).to_string()
+    }
+
+    fn refused(inbound: Inbound) -> Option<(ErrorCode, String)> {
+        match inbound {
+            Inbound::Invalid(invalid) => Some((invalid.code, invalid.message)),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_connection_holds_at_most_128_signed_channels() {
+        let mut wire = translator();
+        for n in 0..MAX_AUTHORIZED {
+            let inbound = wire.translate(&subscribe(&format!("private-{n}"), None));
+            assert!(refused(inbound).is_none(), "channel {n}");
+        }
+        let (code, message) =
+            refused(wire.translate(&subscribe("private-one-more", None))).expect("refused");
+        assert_eq!(code, ErrorCode::LimitExceeded);
+        assert!(message.contains("128"), "{message}");
+        // Signing again for a channel it holds is not one more; leaving frees a place.
+        assert!(refused(wire.translate(&subscribe("private-5", None))).is_none());
+        let leave = r#"{"event":"pusher:unsubscribe","data":{"channel":"private-5"}}"#;
+        assert!(refused(wire.translate(leave)).is_none());
+        assert!(refused(wire.translate(&subscribe("private-one-more", None))).is_none());
+    }
+
+    #[test]
+    fn member_data_and_user_ids_are_bounded() {
+        let mut wire = translator();
+        let at_limit = format!(
+            r#"{{"user_id":"u","user_info":{{"x":"{}"}}}}"#,
+            "a".repeat(MAX_MEMBER_DATA - 36)
+        );
+        assert_eq!(at_limit.len(), MAX_MEMBER_DATA);
+        let channel = "presence-room";
+        assert!(refused(wire.translate(&subscribe(channel, Some(&at_limit)))).is_none());
+
+        let over = at_limit.replacen('a', "aa", 1);
+        let (_, message) =
+            refused(wire.translate(&subscribe(channel, Some(&over)))).expect("refused");
+        assert!(message.contains("2048 bytes"), "{message}");
+
+        let long_id = format!(r#"{{"user_id":"{}"}}"#, "u".repeat(MAX_USER_ID + 1));
+        let (_, message) =
+            refused(wire.translate(&subscribe(channel, Some(&long_id)))).expect("refused");
+        assert!(message.contains("1 to 128 characters"), "{message}");
+
+        let user_data = format!(r#"{{"id":"{}"}}"#, "u".repeat(MAX_MEMBER_DATA));
+        let signin = serde_json::json!({"event": "pusher:signin", "data": {
+            "auth": auth(&sign::signin_message("1.2", &user_data)), "user_data": user_data}});
+        let (_, message) = refused(wire.translate(&signin.to_string())).expect("refused");
+        assert!(message.contains("2048 bytes"), "{message}");
+    }
+
+    // The clock stands still: the eleventh event comes within the same second.
+    #[tokio::test(start_paused = true)]
+    async fn client_events_need_a_signed_channel_of_this_connection_and_keep_to_the_rate() {
+        let mut wire = translator();
+        let event = |channel: &str| {
+            serde_json::json!({"event": "client-typing", "channel": channel, "data": {}})
+                .to_string()
+        };
+        let (code, _) = refused(wire.translate(&event("news"))).expect("public");
+        assert_eq!(code, ErrorCode::PermissionDenied);
+        let (_, message) = refused(wire.translate(&event("private-room"))).expect("not held");
+        assert!(message.contains("not subscribed"), "{message}");
+        // A forged signature authorizes nothing.
+        let forged = subscribe("private-room", None).replace(KEY, "other");
+        assert!(refused(wire.translate(&forged)).is_some());
+        assert!(refused(wire.translate(&event("private-room"))).is_some());
+
+        assert!(refused(wire.translate(&subscribe("private-room", None))).is_none());
+        for n in 0..CLIENT_EVENTS.burst {
+            let inbound = wire.translate(&event("private-room"));
+            assert!(
+                matches!(
+                    &inbound,
+                    Inbound::Command(Request {
+                        command: Command::Publish(_),
+                        ..
+                    })
+                ),
+                "event {n}: {inbound:?}"
+            );
+        }
+        let (code, _) = refused(wire.translate(&event("private-room"))).expect("over the rate");
+        assert_eq!(code, ErrorCode::RateLimited);
     }
 }

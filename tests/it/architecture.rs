@@ -106,6 +106,8 @@ fn only_the_server_names_a_concrete_broker() {
 /// The modules from the top layer down: each may use only those after it. `lib.rs` declares
 /// them in this order.
 const LAYERS: &[&str] = &[
+    // The fuzz targets' way in (feature `fuzzing`): drives a transport's parts directly.
+    "fuzzing",
     "server",
     "api",
     "transport",
