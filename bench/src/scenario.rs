@@ -369,12 +369,19 @@ async fn publish(mut ws: Ws, protocol: Protocol, publisher: u32, schedule: Sched
 /// Triggers as `schedule` says over Pusher's HTTP API, one request at a time (as one worker
 /// of a backend does), open loop: behind schedule, the next request goes at once. Returns how
 /// many the server accepted.
-async fn trigger_events(trigger: pusher::Trigger, publisher: u32, schedule: Schedule) -> u64 {
+async fn trigger_events(
+    trigger: pusher::Trigger,
+    publisher: u32,
+    phase: f64,
+    schedule: Schedule,
+) -> u64 {
     let interval = Duration::from_secs_f64(1.0 / schedule.rate.max(1e-9));
+    // Each publisher its own phase: 32 backend workers do not trigger in one burst.
+    let start = schedule.start + interval.mul_f64(phase);
     let mut sent = 0;
     let mut failed = 0u64;
     for seq in 0..schedule.count {
-        tokio::time::sleep_until(schedule.start + interval.mul_f64(seq as f64)).await;
+        tokio::time::sleep_until(start + interval.mul_f64(seq as f64)).await;
         let body = conn::payload(conn::now_ns(), publisher, sent, &schedule.padding);
         match trigger.send(&schedule.channel, &body).await {
             Ok(()) => sent += 1,
@@ -495,9 +502,11 @@ pub async fn fanout(env: &Env, args: &FanoutArgs) -> Result<Report> {
                 let url = &env.target.urls[p % env.target.urls.len()];
                 let trigger = pusher::Trigger::new(url, &env.target.pusher)?;
                 let publisher = args.first_publisher + p as u32;
+                let phase = f64::from(publisher) / all_publishers as f64;
                 Ok(tokio::spawn(trigger_events(
                     trigger,
                     publisher,
+                    phase,
                     schedule.clone(),
                 )))
             })
