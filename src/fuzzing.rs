@@ -39,7 +39,11 @@ impl PusherWire {
             key: key.into(),
             secret: Secret::new(secret),
         });
-        Self(Translator::new(app, "0000000100000002", Asked::default()))
+        Self(Translator::new(
+            app,
+            "0000000100000002".into(),
+            Asked::default(),
+        ))
     }
 
     pub fn translate(&mut self, text: &str) -> Translated {

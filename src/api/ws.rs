@@ -159,7 +159,8 @@ pub async fn pusher(
         let activity = state.session.ping_interval.as_secs().max(1);
         let codec = crate::pusher::codec::Pusher::new(app.id.clone(), asked.clone(), activity);
         let client = crate::session::client_id();
-        let reader = crate::transport::pusher::PusherReader::new(reader, app, &client, asked);
+        let reader =
+            crate::transport::pusher::PusherReader::new(reader, app, client.clone(), asked);
         let handshake = Handshake {
             client,
             transport: "pusher",

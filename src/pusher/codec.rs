@@ -56,6 +56,13 @@ pub fn socket_id(client: &str) -> String {
     format!("{}.{}", id >> 32, id & 0xffff_ffff)
 }
 
+/// The client id a socket id was made from ([`socket_id`] backwards), if it is one.
+fn client_of(socket_id: &str) -> Option<Box<str>> {
+    let (high, low) = socket_id.split_once('.')?;
+    let (high, low): (u32, u32) = (high.parse().ok()?, low.parse().ok()?);
+    Some(format!("{:016x}", (u64::from(high) << 32) | u64::from(low)).into())
+}
+
 /// The codec of one Pusher connection of app `app`.
 #[derive(Debug)]
 pub struct Pusher {
@@ -63,9 +70,8 @@ pub struct Pusher {
     asked: Asked,
     /// Seconds of silence after which a client pings (`activity_timeout`).
     activity_timeout: u64,
-    /// This connection's client id and socket id, once connected.
+    /// This connection's client id, once connected (its socket id is made from it).
     client: Arc<str>,
-    socket_id: String,
 }
 
 impl Pusher {
@@ -75,7 +81,6 @@ impl Pusher {
             asked,
             activity_timeout,
             client: Arc::from(""),
-            socket_id: String::new(),
         }
     }
 
@@ -132,7 +137,7 @@ impl Pusher {
     }
 
     fn deliver(&self, event: &PusherEvent, out: &mut Messages) {
-        if *event.app == *self.app && event.except.as_deref() != Some(self.socket_id.as_str()) {
+        if *event.app == *self.app && event.except.as_deref() != Some(&*self.client) {
             out.push(event.frame.clone());
         }
     }
@@ -222,6 +227,7 @@ fn frame<D: Serialize>(event: &str, channel: Option<&str>, data: D) -> Frame {
 /// connections: the app it belongs to and the socket id it skips are checked per connection.
 struct PusherEvent {
     app: Box<str>,
+    /// The client id of the socket it skips.
     except: Option<Box<str>>,
     frame: Frame,
 }
@@ -240,7 +246,7 @@ impl PusherEvent {
         };
         Some(Self {
             app: app.into(),
-            except: stored.except.map(Into::into),
+            except: stored.except.as_deref().and_then(client_of),
             frame: frame(serde_json::to_string(&event).ok()?),
         })
     }
@@ -293,9 +299,8 @@ impl Codec<Messages> for Pusher {
         match item {
             Item::Connected(greeting) => {
                 self.client = greeting.connected.client.as_str().into();
-                self.socket_id = socket_id(&self.client);
                 let established = serde_json::json!({
-                    "socket_id": self.socket_id,
+                    "socket_id": socket_id(&self.client),
                     "activity_timeout": self.activity_timeout,
                 });
                 let data = established.to_string();
@@ -381,6 +386,11 @@ mod tests {
     fn the_socket_id_has_the_shape_pushers_sdks_check() {
         assert_eq!(socket_id("0000000100000002"), "1.2");
         assert_eq!(socket_id("ffffffffffffffff"), "4294967295.4294967295");
+        for client in ["0000000100000002", "ffffffffffffffff", "0123456789abcdef"] {
+            assert_eq!(client_of(&socket_id(client)).as_deref(), Some(client));
+        }
+        assert_eq!(client_of("1.2.3"), None);
+        assert_eq!(client_of("-1.2"), None);
     }
 
     #[test]

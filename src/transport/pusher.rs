@@ -53,7 +53,7 @@ pub(crate) struct PusherReader {
 }
 
 impl PusherReader {
-    pub(crate) fn new(inner: Reader, app: Arc<App>, client: &str, asked: Asked) -> Self {
+    pub(crate) fn new(inner: Reader, app: Arc<App>, client: Arc<str>, asked: Asked) -> Self {
         Self {
             inner,
             wire: Translator::new(app, client, asked),
@@ -67,10 +67,18 @@ impl PusherReader {
 #[derive(Debug)]
 pub(crate) struct Translator {
     app: Arc<App>,
-    socket_id: String,
+    /// The connection's client id, its socket id made from it where a signature needs it.
+    client: Arc<str>,
     asked: Asked,
     /// Ids of the commands handed to the session (the wire has none).
     next_id: u64,
+    /// Made by the first signature that holds: most connections never sign anything.
+    signed: Option<Box<Signed>>,
+}
+
+/// What a connection that signed something keeps.
+#[derive(Debug)]
+struct Signed {
     client_events: Allowance,
     /// Signed channels this connection was authorized for, with its presence user id there.
     authorized: HashMap<String, Option<Arc<str>>>,
@@ -125,15 +133,13 @@ struct ClientEvent<'a> {
 }
 
 impl Translator {
-    pub(crate) fn new(app: Arc<App>, client: &str, asked: Asked) -> Self {
+    pub(crate) fn new(app: Arc<App>, client: Arc<str>, asked: Asked) -> Self {
         Self {
             app,
-            socket_id: crate::pusher::codec::socket_id(client),
+            client,
             asked,
             next_id: 0,
-            client_events: Allowance::new(CLIENT_EVENTS, Instant::now()),
-            authorized: HashMap::new(),
-            signed_in: None,
+            signed: None,
         }
     }
 
@@ -151,6 +157,21 @@ impl Translator {
         self.asked.note(self.next_id, question);
         let id = Some(self.next_id);
         Inbound::Invalid(Box::new(Invalid { id, code, message }))
+    }
+
+    fn socket_id(&self) -> String {
+        crate::pusher::codec::socket_id(&self.client)
+    }
+
+    /// What a signature that held is kept in, made by the first.
+    fn signed(&mut self) -> &mut Signed {
+        self.signed.get_or_insert_with(|| {
+            Box::new(Signed {
+                client_events: Allowance::new(CLIENT_EVENTS, Instant::now()),
+                authorized: HashMap::new(),
+                signed_in: None,
+            })
+        })
     }
 
     fn internal(&self, name: &str, kind: Kind) -> Result<ChannelName, String> {
@@ -184,7 +205,9 @@ impl Translator {
                 }
             }
             ClientFrame::Unsubscribe { channel: name } => {
-                self.authorized.remove(&name);
+                if let Some(signed) = &mut self.signed {
+                    signed.authorized.remove(&name);
+                }
                 let internal = channel::kind(&name)
                     .map_err(|err| err.to_string())
                     .and_then(|kind| self.internal(&name, kind));
@@ -235,8 +258,9 @@ impl Translator {
             Access::Public => {}
             Access::ServerToUser => {
                 let own = self
-                    .signed_in
-                    .as_deref()
+                    .signed
+                    .as_ref()
+                    .and_then(|signed| signed.signed_in.as_deref())
                     .is_some_and(|user| name == format!("#server-to-user-{user}"));
                 if !own {
                     return Err(denied(format!("{name}: sign in as that user first")));
@@ -256,11 +280,11 @@ impl Translator {
                 let Some(auth) = auth else {
                     return Err(denied(format!("{name}: a signed auth is required")));
                 };
-                let message = sign::channel_auth_message(&self.socket_id, name, data);
+                let socket_id = self.socket_id();
+                let message = sign::channel_auth_message(&socket_id, name, data);
                 if !sign::check_auth(&self.app.key, &self.app.secret, &message, auth) {
                     return Err(denied(format!(
-                        "{name}: invalid signature for socket {}",
-                        self.socket_id
+                        "{name}: invalid signature for socket {socket_id}"
                     )));
                 }
                 let user = match data {
@@ -274,11 +298,12 @@ impl Translator {
                     }
                     None => None,
                 };
-                if self.authorized.len() >= MAX_AUTHORIZED && !self.authorized.contains_key(name) {
+                let authorized = &mut self.signed().authorized;
+                if authorized.len() >= MAX_AUTHORIZED && !authorized.contains_key(name) {
                     let message = format!("at most {MAX_AUTHORIZED} signed channels at once");
                     return Err((ErrorCode::LimitExceeded, message));
                 }
-                self.authorized.insert(name.to_owned(), user);
+                authorized.insert(name.to_owned(), user);
             }
         }
         Ok(Subscribe {
@@ -293,12 +318,17 @@ impl Translator {
 
     /// A `pusher:signin`, its signature checked.
     fn sign_in(&mut self, auth: &str, user_data: &str) -> Result<SignIn, String> {
-        if self.signed_in.is_some() {
+        if self
+            .signed
+            .as_ref()
+            .is_some_and(|signed| signed.signed_in.is_some())
+        {
             return Err("this connection is signed in already".into());
         }
-        let message = sign::signin_message(&self.socket_id, user_data);
+        let socket_id = self.socket_id();
+        let message = sign::signin_message(&socket_id, user_data);
         if !sign::check_auth(&self.app.key, &self.app.secret, &message, auth) {
-            return Err(format!("invalid signature for socket {}", self.socket_id));
+            return Err(format!("invalid signature for socket {socket_id}"));
         }
         if user_data.len() > MAX_MEMBER_DATA {
             return Err(format!("user_data is over {MAX_MEMBER_DATA} bytes"));
@@ -309,7 +339,7 @@ impl Translator {
             .map_err(|_| "user_data must be a JSON object with an \"id\"".to_owned())?;
         let id = parsed.id.checked()?;
         let info = Some(Arc::new(info));
-        self.signed_in = Some(id.clone());
+        self.signed().signed_in = Some(id.clone());
         Ok(SignIn {
             // A user of this app, whoever else has the same id elsewhere.
             user: format!("pusher:{}:{id}", self.app.id).into(),
@@ -333,10 +363,14 @@ impl Translator {
                 "{event}: client events go to private and presence channels only"
             )));
         }
-        let Some(user) = self.authorized.get(name) else {
+        let socket_id = self.socket_id();
+        let Some(signed) = &mut self.signed else {
             return Err(denied(format!("{event}: not subscribed to {name}")));
         };
-        if !self.client_events.spend(CLIENT_EVENTS, Instant::now()) {
+        let Some(user) = signed.authorized.get(name) else {
+            return Err(denied(format!("{event}: not subscribed to {name}")));
+        };
+        if !signed.client_events.spend(CLIENT_EVENTS, Instant::now()) {
             let message = format!(
                 "{event}: over {} client events a second",
                 CLIENT_EVENTS.per_second
@@ -349,7 +383,7 @@ impl Translator {
             event,
             data: &raw,
             user_id: user.as_deref(),
-            except: &self.socket_id,
+            except: &socket_id,
         };
         let stored = serde_json::to_string(&stored).unwrap_or_default();
         let data = RawValue::from_string(stored)
@@ -397,7 +431,7 @@ mod tests {
             key: KEY.into(),
             secret: sign::Secret::new("secret"),
         });
-        Translator::new(app, "0000000100000002", Asked::default())
+        Translator::new(app, "0000000100000002".into(), Asked::default())
     }
 
     fn auth(message: &str) -> String {
