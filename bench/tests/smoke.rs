@@ -319,21 +319,13 @@ fn pusher_fanout_by_triggers_and_client_events_and_chat_count_what_pusher_delive
     // A URL without a path gets /app/KEY.
     let url = format!("ws://{}", server.1);
     let common = ["--url", &url, "--pusher-app", app];
-    let run = |args: &[&str]| bench(&[args, &common].concat());
+    // Arguments as one line: `run("fanout -s 20")`.
+    let run = |args: &str| {
+        let args: Vec<&str> = args.split_whitespace().collect();
+        bench(&[&args[..], &common].concat())
+    };
 
-    let triggered = &run(&[
-        "fanout",
-        "--protocol",
-        "pusher",
-        "-s",
-        "20",
-        "-p",
-        "2",
-        "-r",
-        "100",
-        "-d",
-        "1",
-    ])[0];
+    let triggered = &run("fanout --protocol pusher -s 20 -p 2 -r 100 -d 1")[0];
     assert_eq!(triggered["protocol"], "pusher");
     assert_eq!(triggered["sent"], 100, "every trigger accepted");
     assert_eq!(triggered["delivered"], 2000);
@@ -344,19 +336,7 @@ fn pusher_fanout_by_triggers_and_client_events_and_chat_count_what_pusher_delive
 
     // Client events: publishers subscribe to the private channel and hear each other, never
     // themselves: each event reaches 20 + 4 - 1 connections.
-    let events = &run(&[
-        "fanout",
-        "--protocol",
-        "pusher-client",
-        "-s",
-        "20",
-        "-p",
-        "4",
-        "-r",
-        "40",
-        "-d",
-        "1",
-    ])[0];
+    let events = &run("fanout --protocol pusher-client -s 20 -p 4 -r 40 -d 1")[0];
     assert_eq!(events["sent"], 40);
     assert_eq!(events["expected"], 40 * 23);
     assert_eq!(events["delivered"], 40 * 23);
@@ -368,36 +348,14 @@ fn pusher_fanout_by_triggers_and_client_events_and_chat_count_what_pusher_delive
     // Pusher allows 10 client events a second per connection: asking for more is refused
     // before anything is sent.
     let output = Command::new(env!("CARGO_BIN_EXE_tidings-bench"))
-        .args([
-            "fanout",
-            "--protocol",
-            "pusher-client",
-            "-s",
-            "2",
-            "-p",
-            "1",
-            "-r",
-            "50",
-        ])
+        .args("fanout --protocol pusher-client -s 2 -p 1 -r 50".split_whitespace())
         .args(common)
         .output()
         .expect("run tidings-bench");
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("at least 5"));
 
-    let chat = &run(&[
-        "chat",
-        "--protocol",
-        "pusher-client",
-        "-c",
-        "3",
-        "-m",
-        "4",
-        "-r",
-        "5",
-        "-d",
-        "1",
-    ])[0];
+    let chat = &run("chat --protocol pusher-client -c 3 -m 4 -r 5 -d 1")[0];
     assert_eq!(chat["sent"], 60);
     assert_eq!(
         chat["delivered"],
@@ -406,21 +364,7 @@ fn pusher_fanout_by_triggers_and_client_events_and_chat_count_what_pusher_delive
     );
     assert_eq!((&chat["lost"], &chat["errors"]), (&0.into(), &0.into()));
 
-    let merged = &run(&[
-        "fanout",
-        "--protocol",
-        "pusher",
-        "-s",
-        "20",
-        "-p",
-        "2",
-        "-r",
-        "100",
-        "-d",
-        "1",
-        "--processes",
-        "2",
-    ])[0];
+    let merged = &run("fanout --protocol pusher -s 20 -p 2 -r 100 -d 1 --processes 2")[0];
     assert_eq!(merged["delivered"], 2000);
     assert_eq!(merged["lost"], 0);
 }
