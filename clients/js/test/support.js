@@ -2,7 +2,7 @@
 // release build) on an ephemeral port, and `redis-server` on a free port of its own.
 
 import { spawn } from "node:child_process";
-import { mkdtempSync } from "node:fs";
+import { mkdirSync, mkdtempSync } from "node:fs";
 import net from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
@@ -83,18 +83,19 @@ function freePort() {
   });
 }
 
-/** A throwaway `redis-server`. */
-export async function startRedis() {
-  const port = await freePort();
-  const dir = mkdtempSync(path.join(tmpdir(), "tidings-js-redis-"));
-  const child = spawn(
-    "redis-server",
-    ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir],
-    { stdio: "ignore" },
-  );
-  const exited = new Promise((resolve) => child.on("exit", resolve));
+/** Whether `port` on loopback can be listened on now. */
+function portFree(port) {
+  return new Promise((resolve) => {
+    const server = net.createServer();
+    server.once("error", () => resolve(false));
+    server.listen(port, "127.0.0.1", () => server.close(() => resolve(true)));
+  });
+}
+
+/** Resolves once something listens on `port`. */
+async function listening(what, port) {
   await within(
-    "redis-server listening",
+    what,
     (async () => {
       for (;;) {
         const ok = await new Promise((resolve) => {
@@ -109,6 +110,72 @@ export async function startRedis() {
       }
     })(),
   );
+}
+
+/**
+ * A throwaway Redis Cluster: three masters, every slot assigned. Ports come from 20000–29999
+ * (below the ephemeral range) with their cluster bus ports (10,000 above) free as well.
+ */
+export async function startRedisCluster() {
+  const ports = [];
+  while (ports.length < 3) {
+    const port = 20_000 + Math.floor(Math.random() * 10_000);
+    if (!ports.includes(port) && (await portFree(port)) && (await portFree(port + 10_000))) ports.push(port);
+  }
+  const dir = mkdtempSync(path.join(tmpdir(), "tidings-js-cluster-"));
+  const children = ports.map((port) => {
+    const nodeDir = path.join(dir, String(port));
+    mkdirSync(nodeDir);
+    const args = ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"];
+    args.push("--cluster-enabled", "yes", "--cluster-node-timeout", "2000", "--dir", nodeDir);
+    const child = spawn("redis-server", args, { stdio: "ignore" });
+    return { child, exited: new Promise((resolve) => child.on("exit", resolve)) };
+  });
+  for (const port of ports) await listening("cluster node listening", port);
+  const nodes = ports.map((port) => `127.0.0.1:${port}`);
+  const create = spawn("redis-cli", ["--cluster", "create", ...nodes, "--cluster-replicas", "0", "--cluster-yes"], {
+    stdio: "ignore",
+  });
+  const code = await within("redis-cli --cluster create", new Promise((resolve) => create.on("exit", resolve)), 30_000);
+  if (code !== 0) throw new Error(`redis-cli --cluster create exited with ${code}`);
+  await within(
+    "cluster state ok on every node",
+    (async () => {
+      for (const port of ports) {
+        for (;;) {
+          const info = await new Promise((resolve) => {
+            const cli = spawn("redis-cli", ["-p", String(port), "CLUSTER", "INFO"]);
+            let out = "";
+            cli.stdout.on("data", (chunk) => (out += chunk));
+            cli.on("exit", () => resolve(out));
+          });
+          if (info.includes("cluster_state:ok")) break;
+          await new Promise((resolve) => setTimeout(resolve, 50));
+        }
+      }
+    })(),
+    30_000,
+  );
+  return {
+    url: `redis+cluster://${nodes.join(",")}`,
+    async stop() {
+      for (const { child } of children) child.kill("SIGKILL");
+      await within("cluster nodes exit", Promise.all(children.map(({ exited }) => exited)));
+    },
+  };
+}
+
+/** A throwaway `redis-server`. */
+export async function startRedis() {
+  const port = await freePort();
+  const dir = mkdtempSync(path.join(tmpdir(), "tidings-js-redis-"));
+  const child = spawn(
+    "redis-server",
+    ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir],
+    { stdio: "ignore" },
+  );
+  const exited = new Promise((resolve) => child.on("exit", resolve));
+  await listening("redis-server listening", port);
   return {
     url: `redis://127.0.0.1:${port}`,
     async stop() {
