@@ -149,10 +149,12 @@ pub(crate) fn run<I: Incoming, O: Outgoing>(
     mut outgoing: O,
     start: Box<Start>,
 ) -> impl Future<Output = ()> + Send {
-    let client = start.handshake.client.clone();
     let close_timeout = start.config.close_timeout;
     async move {
-        let serving = serve(&mut incoming, &mut outgoing, client.clone(), start);
+        // Made inside the block and moved on before the first await: a captured copy would be
+        // kept for the session's life.
+        let client = start.handshake.client.clone();
+        let serving = serve(&mut incoming, &mut outgoing, start);
         let served = AssertUnwindSafe(CLIENT.scope(client, serving))
             .catch_unwind()
             .await;
@@ -164,44 +166,53 @@ pub(crate) fn run<I: Incoming, O: Outgoing>(
     }
 }
 
-async fn serve<I: Incoming, O: Outgoing>(
-    incoming: &mut I,
-    outgoing: &mut O,
-    client: Arc<str>,
-    start: Box<Start>,
-) {
-    let Start {
-        node,
-        config,
-        gate,
-        handshake,
-        shutdown,
-    } = unbox(start);
-    let outbox = Outbox::new(config.max_queue_size, client.clone());
+async fn serve<I: Incoming, O: Outgoing>(incoming: &mut I, outgoing: &mut O, start: Box<Start>) {
     let clocks = Clocks::new();
-    let mut session = Session {
-        client,
-        identity: None,
-        node,
-        outbox: outbox.clone(),
-        config: config.clone(),
-        gate,
-        limiter: Limiter::new(config.command_rate, config.publish_rate, clocks.start),
-        budget: EventBudget::new(clocks.start),
-        ticket: handshake.ticket,
-        clocks: &clocks,
-        mailbox: None,
-        pipeline: pipeline::Pipeline::default(),
-        forwarded: handshake.forwarded,
-        refreshed_for: NEVER,
-        transport: handshake.transport,
+    // Everything only the start needs lives in this block: a local of the function's own scope
+    // keeps its place in the future across the loops' await even once moved out (the
+    // handshake alone was 136 bytes), and every idle connection would pay for it.
+    let (mut session, outbox, config, shutdown, _open) = {
+        let Start {
+            node,
+            config,
+            gate,
+            handshake,
+            shutdown,
+        } = unbox(start);
+        let Handshake {
+            client,
+            transport,
+            name,
+            token,
+            ticket,
+            forwarded,
+        } = handshake;
+        let outbox = Outbox::new(config.max_queue_size, client.clone());
+        let mut session = Session {
+            client,
+            identity: None,
+            node,
+            outbox: outbox.clone(),
+            config: config.clone(),
+            gate,
+            limiter: Limiter::new(config.command_rate, config.publish_rate, clocks.start),
+            budget: EventBudget::new(clocks.start),
+            ticket,
+            clocks: &clocks,
+            mailbox: None,
+            pipeline: pipeline::Pipeline::default(),
+            forwarded,
+            refreshed_for: NEVER,
+            transport,
+        };
+        let open = OpenConnection::count(session.transport);
+        if token.is_none() && session.gate.backend.handles_connect() {
+            Box::pin(session.connect_via_backend(name.as_deref())).await;
+        } else {
+            session.greet(token.as_ref(), name.as_deref());
+        }
+        (session, outbox, config, shutdown, open)
     };
-    let _open = OpenConnection::count(session.transport);
-    if handshake.token.is_none() && session.gate.backend.handles_connect() {
-        Box::pin(session.connect_via_backend(handshake.name.as_deref())).await;
-    } else {
-        session.greet(handshake.token.as_ref(), handshake.name.as_deref());
-    }
     tracing::debug!(
         client = %session.client,
         user = session.identity.as_ref().map(|i| &*i.user),

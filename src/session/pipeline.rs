@@ -20,16 +20,17 @@ pub(super) const MAX_IN_FLIGHT: usize = 64;
 /// A settled publish: the request's id and what the node said.
 pub(super) type Published = (Option<u64>, Result<StreamPosition, NodeError>);
 
-/// The publishes in flight; nothing is allocated while there are none (most connections
-/// never publish, and every byte is paid per connection).
+/// The publishes in flight; nothing is allocated while there are none, and the set is boxed
+/// so that an idle connection holds a pointer, not the set's 64 bytes (most connections never
+/// publish, and every byte is paid per connection).
 #[derive(Default)]
 pub(super) struct Pipeline {
-    running: Option<FuturesOrdered<BoxFuture<'static, Published>>>,
+    running: Option<Box<FuturesOrdered<BoxFuture<'static, Published>>>>,
 }
 
 impl Pipeline {
     pub(super) fn len(&self) -> usize {
-        self.running.as_ref().map_or(0, FuturesOrdered::len)
+        self.running.as_ref().map_or(0, |running| running.len())
     }
 
     pub(super) fn is_empty(&self) -> bool {
@@ -38,7 +39,7 @@ impl Pipeline {
 
     pub(super) fn push(&mut self, publish: BoxFuture<'static, Published>) {
         self.running
-            .get_or_insert_with(FuturesOrdered::new)
+            .get_or_insert_with(Box::default)
             .push_back(publish);
     }
 
