@@ -180,7 +180,7 @@ pub struct Published {
     compress_from: Option<usize>,
     /// Another wire's encoding, made by the first of that wire's connections to send this
     /// publication and shared by the node's others (see [`Published::encoded`]).
-    other: OnceLock<Arc<dyn Any + Send + Sync>>,
+    other: OnceLock<Box<dyn Any + Send + Sync>>,
 }
 
 impl std::fmt::Debug for Published {
@@ -210,17 +210,22 @@ impl Published {
         publication_frame(text, self.compress_from)
     }
 
-    /// Another wire's encoding of this publication: `encode` runs once per node, for the first
-    /// of that wire's connections to send it, and every other shares the result (the v1 frame is
-    /// shared the same way). One other wire is cached; were a third to ask for the same
-    /// publication, it would encode per connection.
-    pub fn encoded<T: Any + Send + Sync>(&self, encode: impl Fn(&Self) -> T) -> Arc<T> {
+    /// Another wire's encoding of this publication, lent to `with`: `encode` runs once per
+    /// node, for the first of that wire's connections to send it, and every other borrows the
+    /// result (no reference count touched per connection, as for the v1 frame). One other wire
+    /// is cached; were a third to ask for the same publication, it would encode per connection.
+    pub fn encoded<T: Any + Send + Sync, R>(
+        &self,
+        encode: impl Fn(&Self) -> T,
+        with: impl FnOnce(&T) -> R,
+    ) -> R {
         let shared = self
             .other
-            .get_or_init(|| Arc::new(encode(self)) as Arc<dyn Any + Send + Sync>);
-        Arc::clone(shared)
-            .downcast::<T>()
-            .unwrap_or_else(|_| Arc::new(encode(self)))
+            .get_or_init(|| Box::new(encode(self)) as Box<dyn Any + Send + Sync>);
+        match shared.downcast_ref::<T>() {
+            Some(encoded) => with(encoded),
+            None => with(&encode(self)),
+        }
     }
 
     /// The v1 push, `{"pub":{...}}`.

@@ -128,12 +128,14 @@ impl Pusher {
     /// it excludes (a client event's sender, a trigger's `socket_id`).
     fn event(&self, published: &Published, out: &mut Messages) {
         // Encoded once per node, by the first Pusher connection to send it.
-        let encoded = published.encoded(|published| {
-            PusherEvent::of(&published.publication, |text| published.frame_of(text))
-        });
-        if let Some(event) = &*encoded {
-            self.deliver(event, out);
-        }
+        published.encoded(
+            |published| PusherEvent::of(&published.publication, |text| published.frame_of(text)),
+            |encoded| {
+                if let Some(event) = encoded {
+                    self.deliver(event, out);
+                }
+            },
+        );
     }
 
     fn deliver(&self, event: &PusherEvent, out: &mut Messages) {
