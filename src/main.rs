@@ -188,7 +188,7 @@ async fn serve(
 
     let listen = prepared.listen().to_owned();
     let server = tidings::server::Server::start(prepared).await?;
-    let listener = TcpListener::bind(&listen)
+    let listener = bind(&listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let address = listener
@@ -239,4 +239,27 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = interrupt.await;
+}
+
+/// Connections the kernel queues for `accept` (capped by `net.core.somaxconn`). tokio's
+/// default of 1,024 overflows when a node's clients all come back at once (another node lost,
+/// a deploy): the SYNs dropped then wait a whole TCP retransmission (1 s, then 3 s).
+const ACCEPT_BACKLOG: u32 = 65_535;
+
+/// Listens on the first address `listen` resolves to, with [`ACCEPT_BACKLOG`].
+async fn bind(listen: &str) -> std::io::Result<TcpListener> {
+    let mut last = None;
+    for address in tokio::net::lookup_host(listen).await? {
+        let socket = match address {
+            std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        // As std and tokio bind: a restarted node may listen while old connections linger.
+        socket.set_reuseaddr(true)?;
+        match socket.bind(address) {
+            Ok(()) => return socket.listen(ACCEPT_BACKLOG),
+            Err(err) => last = Some(err),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("the address resolved to nothing")))
 }
