@@ -168,23 +168,36 @@ impl Tally {
 
 /// Where a Tidings client stands: the last offset it got, and its epoch.
 #[derive(Default)]
-struct Position {
+pub(crate) struct Position {
     last: Option<(u64, String)>,
 }
 
 impl Position {
-    fn advance(&mut self, offset: u64, epoch: &str, tally: &mut Tally) {
+    /// Moves to a delivered publication's offset; one at or before the last counts as out
+    /// of order.
+    pub(crate) fn advance(&mut self, offset: u64, epoch: &str, out_of_order: &mut u64) {
         if let Some((last, known)) = &self.last
             && known == epoch
             && offset <= *last
         {
-            tally.out_of_order += 1;
+            *out_of_order += 1;
             return;
         }
         self.last = Some((offset, epoch.to_owned()));
     }
 
-    fn since(&self) -> Option<StreamPosition> {
+    /// Takes a subscription reply's position unless the client is already past it.
+    pub(crate) fn settle(&mut self, offset: u64, epoch: &str) {
+        let stale = self
+            .last
+            .as_ref()
+            .is_none_or(|(last, known)| known != epoch || *last < offset);
+        if stale {
+            self.last = Some((offset, epoch.to_owned()));
+        }
+    }
+
+    pub(crate) fn since(&self) -> Option<StreamPosition> {
         self.last.as_ref().map(|(offset, epoch)| StreamPosition {
             offset: *offset,
             epoch: epoch.as_str().into(),
@@ -212,11 +225,45 @@ async fn join(
         conn::subscribe(&mut ws, protocol, channel).await.ok()?;
         return Some(ws);
     }
+    let answer = subscribe_since(&mut ws, channel, position.since()).await?;
+    if !answer.recovered {
+        tally.unrecovered += 1;
+    }
+    for (offset, epoch, delivery) in &answer.publications {
+        position.advance(*offset, epoch, &mut tally.out_of_order);
+        if let Some(delivery) = delivery {
+            if !tally.seen.contains(&delivery.s) {
+                let micros = (started.elapsed().as_micros() as u64).max(1);
+                let _ = tally.catch_up.record(micros.min(600_000_000));
+            }
+            tally.record(delivery, true);
+        }
+    }
+    position.settle(answer.offset, &answer.epoch);
+    Some(ws)
+}
+
+/// A Tidings subscription's reply: whether the gap was recovered, the publications it
+/// carried (offset, epoch, the bench payload when it is one), and the channel's position.
+pub(crate) struct Subscribed {
+    pub recovered: bool,
+    pub publications: Vec<(u64, String, Option<Delivery>)>,
+    pub offset: u64,
+    pub epoch: String,
+}
+
+/// Subscribes a Tidings connection (from `since`, when given) and reads the reply; `None`
+/// when the connection failed or the subscription was refused.
+pub(crate) async fn subscribe_since(
+    ws: &mut Ws,
+    channel: &str,
+    since: Option<StreamPosition>,
+) -> Option<Subscribed> {
     let request = Request {
         id: Some(1),
         command: Command::<()>::Subscribe(Subscribe {
             channel: ChannelName::parse(channel).ok()?,
-            since: position.since(),
+            since,
             token: None,
             extras: Default::default(),
         }),
@@ -234,35 +281,23 @@ async fn join(
         let Outcome::Ok(body) = outcome else {
             return None;
         };
-        if body["recovered"] == Value::Bool(false) {
-            tally.unrecovered += 1;
-        }
-        for publication in body["publications"].as_array().into_iter().flatten() {
-            let (Some(offset), Some(epoch)) = (
-                publication["offset"].as_u64(),
-                publication["epoch"].as_str(),
-            ) else {
-                continue;
-            };
-            position.advance(offset, epoch, tally);
-            if let Ok(delivery) = serde_json::from_value::<Delivery>(publication["data"].clone()) {
-                if !tally.seen.contains(&delivery.s) {
-                    let micros = (started.elapsed().as_micros() as u64).max(1);
-                    let _ = tally.catch_up.record(micros.min(600_000_000));
-                }
-                tally.record(&delivery, true);
-            }
-        }
-        let epoch = body["epoch"].as_str().unwrap_or_default();
-        let offset = body["offset"].as_u64().unwrap_or(0);
-        let stale = position
-            .last
-            .as_ref()
-            .is_none_or(|(last, known)| known != epoch || *last < offset);
-        if stale {
-            position.last = Some((offset, epoch.to_owned()));
-        }
-        return Some(ws);
+        let publications = body["publications"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|publication| {
+                let offset = publication["offset"].as_u64()?;
+                let epoch = publication["epoch"].as_str()?.to_owned();
+                let delivery = serde_json::from_value(publication["data"].clone()).ok();
+                Some((offset, epoch, delivery))
+            })
+            .collect();
+        return Some(Subscribed {
+            recovered: body["recovered"] != Value::Bool(false),
+            publications,
+            offset: body["offset"].as_u64().unwrap_or(0),
+            epoch: body["epoch"].as_str().unwrap_or_default().to_owned(),
+        });
     }
 }
 
@@ -311,7 +346,7 @@ async fn client(
             match conn::parse(env.target.protocol, &text) {
                 Received::Delivery { offset, delivery } => {
                     if let (Some(offset), Some(epoch)) = (offset, epoch_of(&text)) {
-                        position.advance(offset, &epoch, &mut tally);
+                        position.advance(offset, &epoch, &mut tally.out_of_order);
                     }
                     tally.record(&delivery, false);
                 }
@@ -342,7 +377,7 @@ async fn client(
     tally
 }
 
-fn epoch_of(text: &str) -> Option<String> {
+pub(crate) fn epoch_of(text: &str) -> Option<String> {
     let value: Value = serde_json::from_str(text).ok()?;
     value["pub"]["epoch"].as_str().map(str::to_owned)
 }
@@ -383,7 +418,7 @@ async fn publisher(env: Arc<Env>, args: JitterArgs, channel: String) -> Result<(
 }
 
 /// One acknowledged publish; false when the connection failed or the publish was refused.
-async fn publish_once(ws: &mut Ws, channel: &str, payload: &str, seq: u64) -> bool {
+pub(crate) async fn publish_once(ws: &mut Ws, channel: &str, payload: &str, seq: u64) -> bool {
     let (Ok(channel), Ok(data), Ok(key)) = (
         ChannelName::parse(channel),
         serde_json::from_str::<&serde_json::value::RawValue>(payload),

@@ -11,6 +11,7 @@
 //! - `rpc`: calls through Tidings to the app's backend (`backend` serves a minimal one).
 //! - `hostile`: what one client can make the node do to everyone else (churn, floods, huge
 //!   backend answers).
+//! - `storm`: a node SIGKILLed under N subscribed clients, all back on another node.
 //! - cross-node: any scenario given several `--url`s (connections spread over them).
 //! - `--processes N`: any scenario split over N generator processes, one merged report.
 //!
@@ -27,6 +28,7 @@ mod processes;
 mod pusher;
 mod report;
 mod scenario;
+mod storm;
 mod stream;
 
 use std::time::Duration;
@@ -142,6 +144,9 @@ enum Scenario {
     Backend(backend::BackendArgs),
     /// What one client can make the node do to everyone else: churn, floods, huge answers.
     Hostile(hostile::HostileArgs),
+    /// A reconnect storm: every client of a node SIGKILLed comes back on another node, from
+    /// where it was (Tidings) or into its room (Socket.IO).
+    Storm(storm::StormArgs),
 }
 
 #[tokio::main]
@@ -215,6 +220,16 @@ async fn main() -> Result<()> {
         }
         return Ok(());
     }
+    if let Scenario::Storm(args) = &cli.scenario {
+        ensure!(common.processes == 1, "storm runs as one process");
+        let report = storm::storm(env, args).await?;
+        if common.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            report.print();
+        }
+        return Ok(());
+    }
     if let Scenario::Presence(args) = &cli.scenario {
         ensure!(common.processes == 1, "presence runs as one process");
         let report = presence::presence(&env, args).await?;
@@ -240,7 +255,8 @@ async fn main() -> Result<()> {
             | Scenario::Jitter(_)
             | Scenario::Rpc(_)
             | Scenario::Backend(_)
-            | Scenario::Hostile(_) => unreachable!("answered above"),
+            | Scenario::Hostile(_)
+            | Scenario::Storm(_) => unreachable!("answered above"),
         }
     } else {
         let env = &env;
@@ -262,7 +278,8 @@ async fn main() -> Result<()> {
             | Scenario::Jitter(_)
             | Scenario::Rpc(_)
             | Scenario::Backend(_)
-            | Scenario::Hostile(_) => unreachable!("answered above"),
+            | Scenario::Hostile(_)
+            | Scenario::Storm(_) => unreachable!("answered above"),
         }
     };
     if cli.common.child {

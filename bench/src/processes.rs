@@ -474,7 +474,8 @@ mod tests {
             | Scenario::Jitter(_)
             | Scenario::Rpc(_)
             | Scenario::Backend(_)
-            | Scenario::Hostile(_) => unreachable!("one process only"),
+            | Scenario::Hostile(_)
+            | Scenario::Storm(_) => unreachable!("one process only"),
         }
         .expect("shares");
         shares

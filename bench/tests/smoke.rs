@@ -368,3 +368,97 @@ fn pusher_fanout_by_triggers_and_client_events_and_chat_count_what_pusher_delive
     assert_eq!(merged["delivered"], 2000);
     assert_eq!(merged["lost"], 0);
 }
+
+/// A throwaway redis-server on a free port below the ephemeral range; killed on drop.
+fn redis() -> (Server, String) {
+    let port = (0..900)
+        .map(|n| 29_000 + (std::process::id() as u16 % 900 + n) % 900)
+        .find(|&port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok())
+        .expect("a free port");
+    let child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("starting redis-server");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "redis-server did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    (
+        Server(child, String::new()),
+        format!("redis://127.0.0.1:{port}"),
+    )
+}
+
+#[test]
+fn storm_kills_the_first_node_and_every_client_recovers_on_the_second() {
+    let (_redis, redis_url) = redis();
+    let node = || {
+        let args = ["--listen", "127.0.0.1:0", "--log", "warn", "--redis-url"];
+        start(
+            &tidings_binary(),
+            &[&args[..], &[redis_url.as_str()]].concat(),
+        )
+    };
+    let (mut first, second) = (node(), node());
+    let (url1, url2) = (
+        format!("ws://{}/ws", first.1),
+        format!("ws://{}/ws", second.1),
+    );
+    let (pid1, pid2) = (first.0.id().to_string(), second.0.id().to_string());
+    let report = bench(&[
+        "storm",
+        "-n",
+        "200",
+        "--channels",
+        "10",
+        "--rate",
+        "100",
+        "--before",
+        "0.5",
+        "--after",
+        "1",
+        "--min-delay-ms",
+        "50",
+        "--kill",
+        &pid1,
+        "--url",
+        &url1,
+        "--url",
+        &url2,
+        "--pid",
+        &pid1,
+        "--pid",
+        &pid2,
+    ]);
+    assert!(
+        first.0.try_wait().expect("wait").is_some(),
+        "the first node was killed"
+    );
+    assert_eq!(report["publications"], 150);
+    // 15 publications per channel, 20 clients per channel.
+    assert_eq!(report["expected"], 150 * 20);
+    assert_eq!(report["delivered"], 150 * 20, "{report}");
+    assert_eq!(report["lost"], 0);
+    assert_eq!(report["duplicated"], 0);
+    assert_eq!(report["out_of_order"], 0);
+    assert_eq!(
+        report["unrecovered"], 0,
+        "history on Redis outlives the node"
+    );
+    assert_eq!(report["back"], 200, "every client came back");
+    assert!(report["all_back_ms"].as_f64().is_some(), "{report}");
+    assert_eq!(report["before_kill"].as_array().map(Vec::len), Some(2));
+    let storm = report["storm"].as_array().expect("storm samples");
+    assert_eq!(
+        storm.len(),
+        1,
+        "only the survivor is sampled through the storm"
+    );
+    assert_eq!(storm[0]["pid"].to_string(), pid2);
+}

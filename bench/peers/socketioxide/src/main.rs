@@ -133,9 +133,18 @@ async fn main() -> Result<()> {
 
     tokio::spawn(report_failures());
     let app = axum::Router::new().layer(layer);
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
+    // The accept queue Tidings listens with (tokio's default, 1,024, drops SYNs when every
+    // client of a lost node comes back at once), so that a reconnect storm compares the
+    // servers rather than their backlogs.
+    let socket = match args.listen {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket
+        .bind(args.listen)
         .with_context(|| format!("binding {}", args.listen))?;
+    let listener = socket.listen(65_535)?;
     println!("listening on {}", listener.local_addr()?);
     axum::serve(listener, app).await.context("serving")
 }
