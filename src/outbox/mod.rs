@@ -22,16 +22,19 @@
 //! reconnects and recovers them from history — never a silent gap.
 
 use std::borrow::Cow;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
 use crate::connection::ConnectionId;
 use crate::protocol::{ChannelEvent, ChannelName, CloseCode, Item, Published, StreamPosition};
 
+mod channels;
 mod delivery;
+
+use channels::Channels;
 
 use delivery::{Delivery, Fate, continues, place, release};
 
@@ -84,7 +87,11 @@ struct Inner {
     /// Wakes the writer; `notify_one` keeps a permit, so a push between a drain and the next
     /// wait is never missed.
     ready: Notify,
-    closed: CancellationToken,
+    /// Set once the connection is closing; `closing` wakes whoever waits for that. A flag and
+    /// a `Notify` rather than a cancellation token, which allocates a tree node of its own
+    /// (~100 bytes on every connection).
+    closed: AtomicBool,
+    closing: Notify,
     max_bytes: usize,
 }
 
@@ -136,7 +143,7 @@ struct State {
     held_bytes: usize,
     /// Every channel the connection subscribes to (pending or live), and where its delivery
     /// stands: the node's one answer to "is this connection subscribed to C?".
-    channels: HashMap<ChannelName, Delivery>,
+    channels: Channels,
     closing: Option<Closing>,
 }
 
@@ -155,7 +162,8 @@ impl Outbox {
             client,
             state: Mutex::new(State::default()),
             ready: Notify::new(),
-            closed: CancellationToken::new(),
+            closed: AtomicBool::new(false),
+            closing: Notify::new(),
             max_bytes,
         }))
     }
@@ -190,7 +198,7 @@ impl Outbox {
 
     /// The channels the connection subscribes to.
     pub fn channels(&self) -> Vec<ChannelName> {
-        self.state().channels.keys().cloned().collect()
+        self.state().channels.keys()
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -362,12 +370,23 @@ impl Outbox {
         }
         drop(state);
         self.0.ready.notify_one();
-        self.0.closed.cancel();
+        self.mark_closed();
     }
 
     /// Resolves once the connection is closing, for whatever reason.
     pub async fn closed(&self) {
-        self.0.closed.cancelled().await
+        let notified = self.0.closing.notified();
+        let mut notified = std::pin::pin!(notified);
+        // Registered before the flag is read: a close in between still wakes it.
+        notified.as_mut().enable();
+        if !self.0.closed.load(Ordering::Acquire) {
+            notified.await;
+        }
+    }
+
+    fn mark_closed(&self) {
+        self.0.closed.store(true, Ordering::Release);
+        self.0.closing.notify_waiters();
     }
 
     /// Resolves when there may be something to drain.
@@ -419,7 +438,7 @@ impl Outbox {
         state.held_bytes = 0;
         state.closing = Some(Closing::with(CloseCode::SlowConsumer));
         self.0.ready.notify_one();
-        self.0.closed.cancel();
+        self.mark_closed();
         false
     }
 }
