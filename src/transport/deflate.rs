@@ -402,6 +402,28 @@ impl FrameReader {
     }
 }
 
+/// One whole compressed message, inflated with an inflater held only meanwhile: `TooBig` past
+/// `limit`, a protocol error when it is not deflate data (RFC 7692 §7.2.2 has the receiver
+/// fail the connection).
+pub(crate) fn inflate(payload: &[u8], limit: usize) -> Result<Vec<u8>, crate::session::ReadError> {
+    use crate::session::ReadError;
+    let mut inflater = take_inflater();
+    let room = limit.saturating_add(1);
+    let mut out = Vec::new();
+    let ok = inflate_into(&mut inflater, payload, &mut out, room)
+        && inflate_into(&mut inflater, &TAIL, &mut out, room);
+    give_back(inflater);
+    if out.len() > limit {
+        return Err(ReadError::TooBig);
+    }
+    if !ok {
+        return Err(ReadError::Protocol(
+            "a compressed message is not deflate data".into(),
+        ));
+    }
+    Ok(out)
+}
+
 /// Inflates `input` onto `out`, stopping once `out` holds `room` bytes; false if the data is
 /// not deflate or the room ran out.
 fn inflate_into(inflater: &mut Decompress, input: &[u8], out: &mut Vec<u8>, room: usize) -> bool {

@@ -1,13 +1,9 @@
 //! The WebSocket transport: the upgrade (with permessage-deflate agreed where the server
-//! compresses, see [`deflate`]), the socket's [`Reader`] and [`Writer`] halves
-//! as a session's [`Incoming`] and [`Outgoing`], and the mapping of the library's errors to
-//! what a session understands. No module outside this adapter (this file and its
-//! `deflate`) names the WebSocket library's types.
-//!
-//! The library is tokio-tungstenite, chosen because it passes the whole Autobahn TestSuite
-//! without a failure; the upgrade is done here rather than by axum so that the socket can be
-//! wrapped for permessage-deflate (which the library lacks) and a frame compressed once can go
-//! to every subscriber as it is.
+//! compresses, see [`deflate`]), and the socket's [`Reader`] and [`Writer`] halves as a
+//! session's [`Incoming`] and [`Outgoing`]. The frames themselves are `frames`' (an idle
+//! connection holds no buffer there); the upgrade is done here rather than by axum so that the
+//! socket comes back as the TCP stream it is and a frame compressed once can go to every
+//! subscriber as it is.
 
 use std::future::Future;
 use std::time::Duration;
@@ -18,30 +14,15 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
-use hyper::upgrade::{OnUpgrade, Upgraded};
+use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use tokio_tungstenite::WebSocketStream;
-use tungstenite::protocol::frame::coding::{Data, OpCode};
-use tungstenite::protocol::frame::{Frame as WireFrame, FrameHeader};
-use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use tungstenite::{Message, Utf8Bytes};
+use tokio::net::TcpStream;
 
-use super::deflate::{self, Agreed, Inflating};
-use crate::frame::{Frame, Messages};
+use super::deflate::{self, Agreed};
+use super::frames::{self, BINARY, Event, Frames, Sender, TEXT};
+use crate::frame::Messages;
 use crate::protocol::{CloseCode, Codec, Item, V1};
 use crate::session::{Inbound, Incoming, Outgoing, ReadError, WriteError};
-
-/// Read buffer per connection. tungstenite's default (128 KiB) costs that much RSS on every
-/// idle connection. Clients send small commands; a larger frame is still read whole (the
-/// buffer grows to its announced length), and only a burst of commands takes more reads.
-const READ_BUFFER_SIZE: usize = 256;
-/// Bytes collected before a write reaches the socket; the writer flushes after every batch, so
-/// this only bounds how a large batch is cut into syscalls.
-const WRITE_BUFFER_SIZE: usize = 16 * 1024;
-
-type Socket = WebSocketStream<Inflating<TokioIo<Upgraded>>>;
 
 /// A WebSocket handshake request, checked; [`Upgrade::accept`] answers it.
 #[derive(Debug)]
@@ -169,17 +150,18 @@ impl Upgrade {
                 Ok(upgraded) => upgraded,
                 Err(err) => return tracing::debug!(%err, "WebSocket upgrade failed"),
             };
-            let limit = settings.max_message_size;
-            // Without compression agreed nothing is inflated; the wrapper only passes bytes.
-            let io = Inflating::new(TokioIo::new(upgraded), limit, agreed.is_some());
-            let config = WebSocketConfig::default()
-                .read_buffer_size(READ_BUFFER_SIZE)
-                .write_buffer_size(WRITE_BUFFER_SIZE)
-                .max_message_size(Some(limit))
-                .max_frame_size(Some(limit));
-            let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
-            let (sink, stream) = socket.split();
-            serve(Reader(stream), Writer::new(sink, agreed)).await;
+            // The server serves plain TCP (crate::server), so this is the socket it accepted.
+            let parts = match upgraded.downcast::<TokioIo<TcpStream>>() {
+                Ok(parts) => parts,
+                Err(_) => return tracing::error!("upgraded connection is not a TCP stream"),
+            };
+            let (reader, sender) = frames::split(
+                parts.io.into_inner(),
+                parts.read_buf,
+                settings.max_message_size,
+                agreed.is_some(),
+            );
+            serve(Reader(reader), Writer::new(sender, agreed)).await;
         });
         response
             .body(Body::empty())
@@ -192,18 +174,6 @@ impl Upgrade {
 pub(crate) enum Received {
     Inbound(Inbound),
     Binary(Bytes),
-}
-
-fn read_error(err: tungstenite::Error) -> ReadError {
-    use tungstenite::Error as E;
-    use tungstenite::error::ProtocolError as P;
-    match err {
-        E::Capacity(_) => ReadError::TooBig,
-        E::Utf8(_) => ReadError::InvalidUtf8,
-        E::Protocol(P::ResetWithoutClosingHandshake) => ReadError::Gone(Box::new(err)),
-        E::Protocol(_) => ReadError::Protocol(Box::new(err)),
-        _ => ReadError::Gone(Box::new(err)),
-    }
 }
 
 /// RFC 6455 §5.5: a control frame's payload is at most 125 bytes, two of them the code.
@@ -223,22 +193,16 @@ fn truncate(text: &str, max: usize) -> &str {
 
 /// The reading half of a socket.
 #[derive(Debug)]
-pub(crate) struct Reader(SplitStream<Socket>);
+pub(crate) struct Reader(Frames);
 
 impl Reader {
     /// The next message with binary payloads kept; `None` once the connection has ended.
     pub(crate) async fn next_message(&mut self) -> Option<Result<Received, ReadError>> {
-        let message = match self.0.next().await? {
-            Ok(message) => message,
-            Err(err) => return Some(Err(read_error(err))),
-        };
-        Some(Ok(match message {
-            Message::Text(text) => Received::Inbound(Inbound::Text(text.as_str().to_owned())),
-            Message::Binary(bytes) => Received::Binary(bytes),
-            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {
-                Received::Inbound(Inbound::Alive)
-            }
-            Message::Close(_) => Received::Inbound(Inbound::Close),
+        Some(self.0.next().await?.map(|event| match event {
+            Event::Text(text) => Received::Inbound(Inbound::Text(text)),
+            Event::Binary(bytes) => Received::Binary(bytes),
+            Event::Alive => Received::Inbound(Inbound::Alive),
+            Event::Close => Received::Inbound(Inbound::Close),
         }))
     }
 }
@@ -256,37 +220,20 @@ impl Incoming for Reader {
 /// it only writes them.
 #[derive(Debug)]
 pub(crate) struct Writer<C = V1> {
-    sink: SplitSink<Socket, Message>,
+    sender: Sender,
     /// permessage-deflate, when agreed.
     agreed: Option<Agreed>,
     codec: C,
 }
 
-/// An uncompressed text message, its bytes shared as they are (a frame is UTF-8 by
-/// construction, so they need no second check).
-fn text(frame: Frame) -> Message {
-    Message::Frame(WireFrame::message(
-        frame.bytes(),
-        OpCode::Data(Data::Text),
-        true,
-    ))
-}
-
-/// A message already deflated, sent as one frame with RSV1 set.
-fn compressed(opcode: Data, payload: Bytes) -> Message {
-    let header = FrameHeader {
-        is_final: true,
-        rsv1: true,
-        opcode: OpCode::Data(opcode),
-        ..FrameHeader::default()
-    };
-    Message::Frame(WireFrame::from_payload(header, payload))
+fn failed(err: std::io::Error) -> WriteError {
+    WriteError(Box::new(err))
 }
 
 impl Writer {
-    fn new(sink: SplitSink<Socket, Message>, agreed: Option<Agreed>) -> Self {
+    fn new(sender: Sender, agreed: Option<Agreed>) -> Self {
         Self {
-            sink,
+            sender,
             agreed,
             codec: V1,
         }
@@ -297,17 +244,10 @@ impl<C> Writer<C> {
     /// The same socket, speaking another wire.
     pub(crate) fn with_codec<D>(self, codec: D) -> Writer<D> {
         Writer {
-            sink: self.sink,
+            sender: self.sender,
             agreed: self.agreed,
             codec,
         }
-    }
-
-    async fn send(&mut self, message: Message) -> Result<(), WriteError> {
-        self.sink
-            .feed(message)
-            .await
-            .map_err(|err| WriteError(Box::new(err)))
     }
 
     /// Queues a message as the echo route returns it: deflated whenever compression was
@@ -317,22 +257,16 @@ impl<C> Writer<C> {
         binary: bool,
         payload: Bytes,
     ) -> Result<(), WriteError> {
-        let opcode = if binary { Data::Binary } else { Data::Text };
-        if let Some(agreed) = self.agreed
-            && let Some(deflated) = deflate::deflate_for(agreed, &payload)
+        let opcode = if binary { BINARY } else { TEXT };
+        match self
+            .agreed
+            .and_then(|agreed| deflate::deflate_for(agreed, &payload))
         {
-            return self.send(compressed(opcode, deflated)).await;
-        }
-        let message = if binary {
-            Message::Binary(payload)
-        } else {
+            Some(deflated) => self.sender.queue(opcode, true, deflated),
             // Text the reader passed on was checked UTF-8.
-            match Utf8Bytes::try_from(payload) {
-                Ok(text) => Message::Text(text),
-                Err(_) => return Ok(()),
-            }
-        };
-        self.send(message).await
+            None => self.sender.queue(opcode, false, payload),
+        }
+        Ok(())
     }
 }
 
@@ -345,35 +279,26 @@ impl<C: Codec<Messages> + Send> Outgoing for Writer<C> {
             bytes += frame.len();
             // A publication compressed once on this node, for every subscriber that can take
             // it.
-            if self.agreed.is_some_and(Agreed::takes_shared)
-                && let Some(deflated) = frame.deflated(deflate::deflate)
-            {
-                self.send(compressed(Data::Text, deflated)).await?;
-            } else {
-                self.send(text(frame)).await?;
+            match self.agreed.is_some_and(Agreed::takes_shared) {
+                true => match frame.deflated(deflate::deflate) {
+                    Some(deflated) => self.sender.queue(TEXT, true, deflated),
+                    None => self.sender.queue(TEXT, false, frame.bytes()),
+                },
+                false => self.sender.queue(TEXT, false, frame.bytes()),
             }
         }
         Ok(bytes)
     }
 
     async fn flush(&mut self) -> Result<(), WriteError> {
-        self.sink
-            .flush()
-            .await
-            .map_err(|err| WriteError(Box::new(err)))
+        self.sender.flush().await.map_err(failed)
     }
 
     async fn close(&mut self, code: CloseCode, reason: &str, within: Duration) {
         let code = self.codec.close_code(code);
-        let frame = CloseFrame {
-            code: code.number().into(),
-            reason: Utf8Bytes::from(truncate(reason, MAX_CLOSE_REASON)),
-        };
-        let send = async {
-            self.sink.feed(Message::Close(Some(frame))).await?;
-            self.sink.flush().await
-        };
-        match tokio::time::timeout(within, send).await {
+        self.sender
+            .queue_close(code.number(), truncate(reason, MAX_CLOSE_REASON));
+        match tokio::time::timeout(within, self.sender.flush()).await {
             Ok(Ok(())) => {}
             Ok(Err(err)) => tracing::debug!(%err, "close frame not sent"),
             Err(_) => tracing::debug!("close frame not sent in time"),
@@ -381,14 +306,9 @@ impl<C: Codec<Messages> + Send> Outgoing for Writer<C> {
     }
 
     async fn finish(&mut self, within: Duration) {
-        let _ = tokio::time::timeout(within, async {
-            // A frame left half-sent by an interrupted batch fails the first flush (the peer
-            // closed); the second one sends the library's close reply.
-            if self.sink.flush().await.is_err() {
-                let _ = self.sink.flush().await;
-            }
-        })
-        .await;
+        // The reader queued the reply to the peer's close; it leaves with whatever was queued
+        // before it.
+        let _ = tokio::time::timeout(within, self.sender.flush()).await;
     }
 }
 

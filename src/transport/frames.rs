@@ -1,0 +1,609 @@
+//! RFC 6455 framing over the upgraded TCP socket, for the server's side of a WebSocket: the
+//! client's frames read and checked, messages reassembled (and inflated, with
+//! permessage-deflate), and the server's frames written as they are — a header built in place
+//! and the payload shared, gathered into one `writev` per batch.
+//!
+//! Done here rather than by a WebSocket library because of what an idle connection costs: a
+//! library keeps a read buffer, a write buffer grown by the largest frame it ever sent, and a
+//! lock to split the socket into halves; here an idle connection holds no buffer at all
+//! (bytes are read into the stack and kept only while a frame is incomplete), and the halves
+//! share the socket itself (tokio's `TcpStream` reads and writes through `&self`). What the
+//! library did for correctness is kept and tested by the Autobahn TestSuite (`scripts/autobahn`):
+//! masking, fragmentation with control frames between fragments, reserved bits and opcodes,
+//! control frame limits, UTF-8 of text and close reasons, close codes, and the size limit.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::net::TcpStream;
+
+use super::deflate;
+use crate::session::ReadError;
+
+const CONTINUATION: u8 = 0x0;
+pub(crate) const TEXT: u8 = 0x1;
+pub(crate) const BINARY: u8 = 0x2;
+const CLOSE: u8 = 0x8;
+const PING: u8 = 0x9;
+const PONG: u8 = 0xA;
+
+const FIN: u8 = 0x80;
+const RSV1: u8 = 0x40;
+
+/// What is read from the socket at once into the stack, before it is kept.
+const READ_CHUNK: usize = 4096;
+/// Pieces handed to one `writev` (the kernel takes up to 1,024).
+const MAX_IOV: usize = 256;
+
+/// The socket both halves share.
+#[derive(Debug)]
+struct Shared {
+    tcp: TcpStream,
+    out: Mutex<Out>,
+}
+
+/// Frames queued and not yet written whole: what a batch, a pong or a close reply left when
+/// the socket would not take more.
+#[derive(Debug, Default)]
+struct Out {
+    queue: VecDeque<Piece>,
+    /// Bytes of the first piece already written.
+    written: usize,
+}
+
+/// A piece of a frame: its header, built in place, or its payload, shared.
+#[derive(Debug)]
+enum Piece {
+    Head { bytes: [u8; 10], len: u8 },
+    Body(Bytes),
+}
+
+impl Piece {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Piece::Head { bytes, len } => &bytes[..usize::from(*len)],
+            Piece::Body(bytes) => bytes,
+        }
+    }
+}
+
+/// A server frame's header (never masked): FIN, RSV1 when `compressed`, the opcode and the
+/// length.
+fn head(opcode: u8, compressed: bool, length: usize) -> Piece {
+    let mut bytes = [0u8; 10];
+    bytes[0] = FIN | opcode | if compressed { RSV1 } else { 0 };
+    let len = match length {
+        0..=125 => {
+            bytes[1] = length as u8;
+            2
+        }
+        126..=0xFFFF => {
+            bytes[1] = 126;
+            bytes[2..4].copy_from_slice(&(length as u16).to_be_bytes());
+            4
+        }
+        _ => {
+            bytes[1] = 127;
+            bytes[2..10].copy_from_slice(&(length as u64).to_be_bytes());
+            10
+        }
+    };
+    Piece::Head { bytes, len }
+}
+
+impl Shared {
+    fn out(&self) -> MutexGuard<'_, Out> {
+        self.out.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Writes until everything queued has left, waiting for the socket as needed. Either half
+    /// may call it (tokio lets several tasks wait for one socket to be writable); whole frames
+    /// are queued under the lock, so frames never interleave.
+    async fn flush(&self) -> io::Result<()> {
+        loop {
+            if self.out().write_some(&self.tcp)? {
+                return Ok(());
+            }
+            self.tcp.writable().await?;
+        }
+    }
+}
+
+impl Out {
+    fn frame(&mut self, opcode: u8, compressed: bool, payload: Bytes) {
+        self.queue
+            .push_back(head(opcode, compressed, payload.len()));
+        if !payload.is_empty() {
+            self.queue.push_back(Piece::Body(payload));
+        }
+    }
+
+    /// Writes what the socket takes now; true once nothing is left.
+    fn write_some(&mut self, tcp: &TcpStream) -> io::Result<bool> {
+        while !self.queue.is_empty() {
+            let mut slices = [IoSlice::new(&[]); MAX_IOV];
+            let mut count = 0;
+            for (i, piece) in self.queue.iter().take(MAX_IOV).enumerate() {
+                let bytes = piece.as_slice();
+                slices[i] = IoSlice::new(if i == 0 {
+                    &bytes[self.written..]
+                } else {
+                    bytes
+                });
+                count = i + 1;
+            }
+            match tcp.try_write_vectored(&slices[..count]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    tracing::trace!(bytes = n, "WebSocket frames written");
+                    self.advance(n)
+                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => return Err(err),
+            }
+        }
+        // Nothing queued any more: an idle connection keeps no capacity.
+        self.queue = VecDeque::new();
+        Ok(true)
+    }
+
+    fn advance(&mut self, mut n: usize) {
+        while n > 0 {
+            let Some(front) = self.queue.front() else {
+                return;
+            };
+            let left = front.as_slice().len() - self.written;
+            if n < left {
+                self.written += n;
+                return;
+            }
+            n -= left;
+            self.written = 0;
+            self.queue.pop_front();
+        }
+    }
+}
+
+/// Splits an upgraded socket into its reading and writing halves. `early` is what the client
+/// sent after its handshake, already read; `limit` is the largest message, inflated.
+pub(crate) fn split(tcp: TcpStream, early: Bytes, limit: usize, deflate: bool) -> (Frames, Sender) {
+    let shared = Arc::new(Shared {
+        tcp,
+        out: Mutex::default(),
+    });
+    let reader = Frames {
+        shared: shared.clone(),
+        buf: BytesMut::from(&early[..]),
+        want: 0,
+        limit,
+        deflate,
+        message: None,
+        phase: Phase::Open,
+    };
+    (reader, Sender { shared })
+}
+
+/// What a client's frames amount to.
+#[derive(Debug)]
+pub(crate) enum Event {
+    Text(String),
+    Binary(Bytes),
+    /// A ping (answered already) or a pong.
+    Alive,
+    /// The client's close (answered already, or being answered by the writer's next flush).
+    Close,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Open,
+    /// The client's close was read and its reply queued; the next read reports it.
+    CloseRead,
+    Done,
+}
+
+/// A data message between its first frame and its last.
+#[derive(Debug)]
+struct Partial {
+    opcode: u8,
+    compressed: bool,
+    payload: BytesMut,
+}
+
+/// The reading half.
+#[derive(Debug)]
+pub(crate) struct Frames {
+    shared: Arc<Shared>,
+    /// Bytes read and not yet part of a whole frame; empty (no capacity) between frames.
+    buf: BytesMut,
+    /// Bytes the frame being read still lacks, once its header is known.
+    want: usize,
+    limit: usize,
+    deflate: bool,
+    message: Option<Box<Partial>>,
+    phase: Phase,
+}
+
+fn protocol(why: &'static str) -> ReadError {
+    ReadError::Protocol(why.into())
+}
+
+/// Close codes a peer may send (RFC 6455 §7.4, as tungstenite judges them).
+fn allowed(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1013 | 3000..=4999)
+}
+
+fn unmask(payload: &mut [u8], mask: [u8; 4]) {
+    let word = u32::from_ne_bytes(mask);
+    let mut chunks = payload.chunks_exact_mut(4);
+    for chunk in &mut chunks {
+        let value = u32::from_ne_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]) ^ word;
+        chunk.copy_from_slice(&value.to_ne_bytes());
+    }
+    for (i, byte) in chunks.into_remainder().iter_mut().enumerate() {
+        *byte ^= mask[i];
+    }
+}
+
+/// A frame's header: (FIN, RSV bits, opcode, mask, payload length, header length), or `None`
+/// while incomplete.
+struct Header {
+    fin: bool,
+    rsv1: bool,
+    other_rsv: bool,
+    opcode: u8,
+    mask: Option<[u8; 4]>,
+    length: u64,
+    size: usize,
+}
+
+fn parse_header(buf: &[u8]) -> Result<Option<Header>, ReadError> {
+    let [first, second, ..] = *buf else {
+        return Ok(None);
+    };
+    let (length, mut size) = match second & 0x7F {
+        126 if buf.len() >= 4 => (u64::from(u16::from_be_bytes([buf[2], buf[3]])), 4),
+        127 if buf.len() >= 10 => {
+            let length = u64::from_be_bytes(buf[2..10].try_into().unwrap_or_default());
+            if length >> 63 != 0 {
+                return Err(protocol("frame length with its top bit set"));
+            }
+            (length, 10)
+        }
+        126 | 127 => return Ok(None),
+        short => (u64::from(short), 2),
+    };
+    let mask = if second & 0x80 != 0 {
+        let Some(key) = buf.get(size..size + 4) else {
+            return Ok(None);
+        };
+        size += 4;
+        Some([key[0], key[1], key[2], key[3]])
+    } else {
+        None
+    };
+    Ok(Some(Header {
+        fin: first & FIN != 0,
+        rsv1: first & RSV1 != 0,
+        other_rsv: first & 0x30 != 0,
+        opcode: first & 0x0F,
+        mask,
+        length,
+        size,
+    }))
+}
+
+impl Frames {
+    /// The next message, ping, pong or close; `None` once the connection has ended.
+    pub(crate) async fn next(&mut self) -> Option<Result<Event, ReadError>> {
+        loop {
+            match self.phase {
+                Phase::Open => {}
+                Phase::CloseRead => {
+                    self.phase = Phase::Done;
+                    return Some(Ok(Event::Close));
+                }
+                Phase::Done => return None,
+            }
+            match self.parse() {
+                Ok(Some(Event::Close)) => {
+                    self.phase = Phase::CloseRead;
+                    // Best effort, and bounded by the writer's `finish`, which flushes too.
+                    let _ = tokio::time::timeout(
+                        std::time::Duration::from_secs(1),
+                        self.shared.flush(),
+                    )
+                    .await;
+                    continue;
+                }
+                Ok(Some(Event::Alive)) => {
+                    // A pong may have been queued; a peer that does not read stalls only its own
+                    // reading here, and the session's timeouts end it.
+                    if let Err(err) = self.shared.flush().await {
+                        self.phase = Phase::Done;
+                        return Some(Err(ReadError::Gone(Box::new(err))));
+                    }
+                    return Some(Ok(Event::Alive));
+                }
+                Ok(Some(event)) => return Some(Ok(event)),
+                Ok(None) => {}
+                Err(err) => {
+                    self.phase = Phase::Done;
+                    return Some(Err(err));
+                }
+            }
+            if let Err(err) = self.shared.tcp.readable().await {
+                self.phase = Phase::Done;
+                return Some(Err(ReadError::Gone(Box::new(err))));
+            }
+            match self.read_some() {
+                Ok(0) => {
+                    self.phase = Phase::Done;
+                    return None;
+                }
+                Ok(_) => {}
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => {
+                    self.phase = Phase::Done;
+                    return Some(Err(ReadError::Gone(Box::new(err))));
+                }
+            }
+        }
+    }
+
+    /// One read from the socket: into the stack (kept only what a frame needs), or straight
+    /// into the buffer when a large frame is known to be coming.
+    fn read_some(&mut self) -> io::Result<usize> {
+        if self.want > READ_CHUNK {
+            self.buf.reserve(self.want);
+            return self.shared.tcp.try_read_buf(&mut self.buf);
+        }
+        let mut chunk = [0u8; READ_CHUNK];
+        let n = self.shared.tcp.try_read(&mut chunk)?;
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(n)
+    }
+
+    /// Takes whole frames from the buffer until one makes an event.
+    fn parse(&mut self) -> Result<Option<Event>, ReadError> {
+        loop {
+            let Some(header) = parse_header(&self.buf)? else {
+                return Ok(None);
+            };
+            self.check(&header)?;
+            // Checked against the limit (at most usize) by `check`.
+            let length = header.length as usize;
+            if self.buf.len() < header.size + length {
+                self.want = header.size + length - self.buf.len();
+                return Ok(None);
+            }
+            self.want = 0;
+            // What a WebSocket library traced: the frame, never its payload.
+            tracing::trace!(
+                opcode = header.opcode,
+                fin = header.fin,
+                length,
+                "WebSocket frame read"
+            );
+            self.buf.advance(header.size);
+            let mut payload = self.buf.split_to(length);
+            if self.buf.is_empty() {
+                // Gives the capacity back: an idle connection holds no buffer.
+                self.buf = BytesMut::new();
+            }
+            if let Some(mask) = header.mask {
+                unmask(&mut payload, mask);
+            }
+            if let Some(event) = self.frame(&header, payload)? {
+                return Ok(Some(event));
+            }
+        }
+    }
+
+    /// What RFC 6455 (and RFC 7692 when agreed) refuses in a header alone.
+    fn check(&self, header: &Header) -> Result<(), ReadError> {
+        let control = header.opcode >= CLOSE;
+        if header.other_rsv {
+            return Err(protocol("reserved bits set"));
+        }
+        if header.rsv1 && !(self.deflate && matches!(header.opcode, TEXT | BINARY)) {
+            return Err(protocol("RSV1 set where no compression applies"));
+        }
+        if !matches!(
+            header.opcode,
+            CONTINUATION | TEXT | BINARY | CLOSE | PING | PONG
+        ) {
+            return Err(protocol("reserved opcode"));
+        }
+        if control && (!header.fin || header.length > 125) {
+            return Err(protocol("control frame fragmented or over 125 bytes"));
+        }
+        if header.mask.is_none() {
+            return Err(protocol("client frame not masked"));
+        }
+        let so_far = self.message.as_ref().map_or(0, |m| m.payload.len() as u64);
+        if !control && so_far + header.length > self.limit as u64 {
+            return Err(ReadError::TooBig);
+        }
+        Ok(())
+    }
+
+    /// One whole frame; an event when it completes one.
+    fn frame(&mut self, header: &Header, payload: BytesMut) -> Result<Option<Event>, ReadError> {
+        match header.opcode {
+            PING => {
+                self.shared.out().frame(PONG, false, payload.freeze());
+                Ok(Some(Event::Alive))
+            }
+            PONG => Ok(Some(Event::Alive)),
+            CLOSE => self.close(payload).map(Some),
+            CONTINUATION => {
+                let Some(message) = self.message.as_mut() else {
+                    return Err(protocol("continuation without a message"));
+                };
+                message.payload.extend_from_slice(&payload);
+                if !header.fin {
+                    return Ok(None);
+                }
+                let Partial {
+                    opcode,
+                    compressed,
+                    payload,
+                } = *self.message.take().unwrap_or_else(|| unreachable!());
+                self.message(opcode, compressed, payload).map(Some)
+            }
+            opcode => {
+                if self.message.is_some() {
+                    return Err(protocol("a new message before the last one ended"));
+                }
+                if header.fin {
+                    return self.message(opcode, header.rsv1, payload).map(Some);
+                }
+                self.message = Some(Box::new(Partial {
+                    opcode,
+                    compressed: header.rsv1,
+                    payload,
+                }));
+                Ok(None)
+            }
+        }
+    }
+
+    /// A whole message, inflated if compressed, text checked.
+    fn message(
+        &mut self,
+        opcode: u8,
+        compressed: bool,
+        payload: BytesMut,
+    ) -> Result<Event, ReadError> {
+        let payload = if compressed {
+            deflate::inflate(&payload, self.limit)?
+        } else if opcode == BINARY {
+            return Ok(Event::Binary(payload.freeze()));
+        } else {
+            Vec::from(payload)
+        };
+        if opcode == BINARY {
+            return Ok(Event::Binary(Bytes::from(payload)));
+        }
+        String::from_utf8(payload)
+            .map(Event::Text)
+            .map_err(|_| ReadError::InvalidUtf8)
+    }
+
+    /// The client's close: checked, and answered with its own code (RFC 6455 §5.5.1).
+    fn close(&mut self, payload: BytesMut) -> Result<Event, ReadError> {
+        let reply = match payload.len() {
+            0 => Bytes::new(),
+            1 => return Err(protocol("close frame with a one-byte payload")),
+            _ => {
+                if std::str::from_utf8(&payload[2..]).is_err() {
+                    return Err(ReadError::InvalidUtf8);
+                }
+                let code = u16::from_be_bytes([payload[0], payload[1]]);
+                if allowed(code) {
+                    payload.freeze()
+                } else {
+                    let mut refused = 1002u16.to_be_bytes().to_vec();
+                    refused.extend_from_slice(b"Protocol violation");
+                    Bytes::from(refused)
+                }
+            }
+        };
+        self.shared.out().frame(CLOSE, false, reply);
+        Ok(Event::Close)
+    }
+}
+
+/// The writing half: frames queued, then written in one go by [`Sender::flush`].
+#[derive(Debug)]
+pub(crate) struct Sender {
+    shared: Arc<Shared>,
+}
+
+impl Sender {
+    /// Queues a data frame (`TEXT` or `BINARY`), compressed or not; nothing is written yet.
+    pub(crate) fn queue(&mut self, opcode: u8, compressed: bool, payload: Bytes) {
+        self.shared.out().frame(opcode, compressed, payload);
+    }
+
+    /// Queues a close frame with `code` and `reason` (cut to fit by the caller).
+    pub(crate) fn queue_close(&mut self, code: u16, reason: &str) {
+        let mut payload = Vec::with_capacity(2 + reason.len());
+        payload.extend_from_slice(&code.to_be_bytes());
+        payload.extend_from_slice(reason.as_bytes());
+        self.shared.out().frame(CLOSE, false, Bytes::from(payload));
+    }
+
+    /// Writes everything queued (by either half).
+    pub(crate) async fn flush(&mut self) -> io::Result<()> {
+        self.shared.flush().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_take_the_shortest_length_form() {
+        for (length, expected) in [
+            (0usize, vec![0x81, 0]),
+            (125, vec![0x81, 125]),
+            (126, vec![0x81, 126, 0, 126]),
+            (65_535, vec![0x81, 126, 0xFF, 0xFF]),
+            (65_536, vec![0x81, 127, 0, 0, 0, 0, 0, 1, 0, 0]),
+        ] {
+            assert_eq!(head(TEXT, false, length).as_slice(), &expected[..]);
+        }
+        assert_eq!(head(BINARY, true, 3).as_slice(), &[0xC2, 3]);
+    }
+
+    #[test]
+    fn masks_are_undone_whatever_the_length() {
+        for length in 0..13 {
+            let plain: Vec<u8> = (0..length as u8).collect();
+            let mask = [1, 2, 3, 4];
+            let mut masked: Vec<u8> = plain
+                .iter()
+                .enumerate()
+                .map(|(i, b)| b ^ mask[i % 4])
+                .collect();
+            unmask(&mut masked, mask);
+            assert_eq!(masked, plain);
+        }
+    }
+
+    #[test]
+    fn advancing_past_partial_writes_keeps_the_rest() {
+        let mut out = Out::default();
+        out.frame(TEXT, false, Bytes::from_static(b"hello"));
+        out.frame(TEXT, false, Bytes::from_static(b"world"));
+        out.advance(3);
+        assert_eq!(out.written, 1);
+        assert_eq!(out.queue.len(), 3);
+        out.advance(4);
+        assert_eq!(out.queue.len(), 2);
+        assert_eq!(out.queue[0].as_slice(), &[0x81, 5]);
+        out.advance(7);
+        assert!(out.queue.is_empty());
+    }
+
+    #[test]
+    fn incomplete_headers_wait_for_more_bytes() {
+        assert!(parse_header(&[0x81]).unwrap().is_none());
+        assert!(parse_header(&[0x81, 0xFE, 0]).unwrap().is_none());
+        assert!(parse_header(&[0x81, 0x85, 1, 2, 3]).unwrap().is_none());
+        let header = parse_header(&[0x81, 0x85, 1, 2, 3, 4]).unwrap().unwrap();
+        assert_eq!(
+            (header.length, header.size, header.mask),
+            (5, 6, Some([1, 2, 3, 4]))
+        );
+        let huge = [0x82, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 0];
+        assert!(parse_header(&huge).is_err());
+    }
+}
