@@ -76,6 +76,8 @@ pub enum Transport {
     Ws,
     /// An HTTP stream (`GET /stream`, NDJSON) and command requests (`POST /stream`).
     Stream,
+    /// Server-Sent Events (`GET /sse`): `idle` only.
+    Sse,
 }
 
 /// Where Engine.IO listens unless told otherwise.

@@ -22,6 +22,7 @@ mod backend;
 mod conn;
 mod coordinator;
 mod hostile;
+mod idle_stream;
 mod jitter;
 mod presence;
 mod processes;
@@ -240,6 +241,12 @@ async fn main() -> Result<()> {
         }
         return Ok(());
     }
+    if let Scenario::Idle(args) = &cli.scenario {
+        ensure!(
+            args.transport == Transport::Ws || common.processes == 1,
+            "idle over HTTP streams runs as one process"
+        );
+    }
     let reports = if common.processes > 1 {
         match &cli.scenario {
             Scenario::Fanout(args) => vec![processes::fanout(common, args).await?],
@@ -265,7 +272,11 @@ async fn main() -> Result<()> {
             Scenario::Chat(args) => vec![match args.transport {
                 Transport::Ws => scenario::chat(env, args).await?,
                 Transport::Stream => stream::chat(env, args).await?,
+                Transport::Sse => anyhow::bail!("chat runs over ws or stream"),
             }],
+            Scenario::Idle(args) if args.transport != Transport::Ws => {
+                vec![idle_stream::idle(env, args).await?]
+            }
             Scenario::Idle(args) => vec![scenario::idle(env, args).await?],
             Scenario::Ramp(args) => {
                 scenario::ramp(

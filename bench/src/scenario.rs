@@ -150,6 +150,10 @@ pub struct IdleArgs {
     /// Seconds to hold the connections after measuring.
     #[arg(long, default_value_t = 2.0)]
     pub hold: f64,
+    /// How the connections reach the server: WebSockets, or idle HTTP streams (`stream`:
+    /// `GET /stream`, NDJSON; `sse`: `GET /sse`), each subscribed by its query.
+    #[arg(long, value_enum, default_value = "ws")]
+    pub transport: Transport,
     /// Index of this process's first connection: under `--processes`, connection i of all
     /// processes still takes channel i mod --channels, so the channels are the same as with
     /// one process.

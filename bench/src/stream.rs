@@ -133,12 +133,12 @@ pub fn addresses_needed(floor: u8, publications_per_sec: f64, command_bytes: usi
 
 /// One HTTP/1.1 keep-alive client per source address (unbound for targets off loopback).
 #[derive(Debug)]
-struct Clients {
+pub(crate) struct Clients {
     clients: Vec<reqwest::Client>,
 }
 
 impl Clients {
-    async fn new(bases: &[String], addresses: u8) -> Result<Self> {
+    pub(crate) async fn new(bases: &[String], addresses: u8) -> Result<Self> {
         let mut loopback = true;
         for base in bases {
             let authority = base.split_once("://").map_or(base.as_str(), |(_, a)| a);
@@ -169,7 +169,7 @@ impl Clients {
     }
 
     /// The client of member `index`: addresses taken round-robin, as WebSockets take them.
-    fn of(&self, index: usize) -> &reqwest::Client {
+    pub(crate) fn of(&self, index: usize) -> &reqwest::Client {
         &self.clients[index % self.clients.len()]
     }
 }

@@ -462,3 +462,54 @@ fn storm_kills_the_first_node_and_every_client_recovers_on_the_second() {
     );
     assert_eq!(storm[0]["pid"].to_string(), pid2);
 }
+
+#[test]
+fn idle_http_streams_subscribe_each_and_report_memory_per_stream() {
+    let server = start(
+        &tidings_binary(),
+        &["--listen", "127.0.0.1:0", "--log", "warn"],
+    );
+    let pid = server.0.id().to_string();
+    let url = format!("ws://{}/ws", server.1);
+    for (transport, path) in [("sse", "/sse"), ("stream", "/stream")] {
+        let report = &bench(&[
+            "idle",
+            "--transport",
+            transport,
+            "-n",
+            "30",
+            "--channels",
+            "3",
+            "--hold",
+            "0",
+            "--url",
+            &url,
+            "--pid",
+            &pid,
+        ])[0];
+        assert_eq!(report["scenario"], format!("idle over {path}"));
+        assert_eq!(report["connections"], 30);
+        assert_eq!(report["errors"], 0);
+        assert!(
+            report["rss_kib_per_connection"].as_f64().is_some(),
+            "{report}"
+        );
+    }
+    // Each stream was opened and read until its `subscribed` push, or the run would fail.
+    // Over streams the scenario runs as one process.
+    let output = Command::new(env!("CARGO_BIN_EXE_tidings-bench"))
+        .args([
+            "idle",
+            "--transport",
+            "sse",
+            "-n",
+            "2",
+            "--processes",
+            "2",
+            "--url",
+            &url,
+        ])
+        .output()
+        .expect("run tidings-bench");
+    assert!(!output.status.success(), "one process only over streams");
+}
