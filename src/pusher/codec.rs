@@ -42,10 +42,14 @@ impl Asked {
     }
 
     fn answered(&self, id: u64) -> Option<Question> {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&id)
+        let mut asked = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let question = asked.remove(&id);
+        if asked.is_empty() {
+            // A map keeps its capacity once emptied: ~180 bytes on every idle connection that
+            // once asked something (its subscribe).
+            *asked = HashMap::new();
+        }
+        question
     }
 }
 
@@ -352,6 +356,18 @@ impl Codec<Messages> for Pusher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn answered_questions_leave_no_capacity_behind() {
+        let asked = Asked::default();
+        asked.note(1, Question::Ping);
+        asked.note(2, Question::Quiet);
+        assert_eq!(asked.answered(1), Some(Question::Ping));
+        assert!(asked.0.lock().unwrap().capacity() > 0, "one still waits");
+        assert_eq!(asked.answered(2), Some(Question::Quiet));
+        assert_eq!(asked.0.lock().unwrap().capacity(), 0);
+        assert_eq!(asked.answered(2), None);
+    }
     use crate::protocol::{
         ChannelName, ClientInfo, ErrorBody, Greeting, Publication, Published, Refused,
         StreamPosition, Subscription,
