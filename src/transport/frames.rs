@@ -593,6 +593,98 @@ mod tests {
         assert!(out.queue.is_empty());
     }
 
+    /// A server-side reader on one end of a loopback connection, the client's socket on the
+    /// other.
+    async fn pair(limit: usize) -> (Frames, Sender, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let (frames, sender) = split(server, Bytes::new(), limit, false);
+        (frames, sender, client)
+    }
+
+    /// A client frame (masked), `first` being its first byte.
+    fn masked(first: u8, payload: &[u8]) -> Vec<u8> {
+        let mask = [9, 8, 7, 6];
+        let mut frame = vec![first, 0x80 | payload.len() as u8];
+        frame.extend_from_slice(&mask);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        frame
+    }
+
+    #[tokio::test]
+    async fn fragments_around_a_ping_make_one_message_and_the_ping_its_pong() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut frames, _sender, mut client) = pair(1024).await;
+        let mut wire = masked(TEXT, b"hel");
+        wire.extend(masked(FIN | PING, b"p"));
+        wire.extend(masked(FIN | CONTINUATION, b"lo"));
+        client.write_all(&wire).await.unwrap();
+        assert!(matches!(frames.next().await, Some(Ok(Event::Alive))));
+        assert!(matches!(frames.next().await, Some(Ok(Event::Text(t))) if t == "hello"));
+        let mut pong = [0u8; 3];
+        client.read_exact(&mut pong).await.unwrap();
+        assert_eq!(pong, [FIN | PONG, 1, b'p']);
+        assert!(frames.buf.capacity() == 0, "nothing kept between frames");
+    }
+
+    #[tokio::test]
+    async fn what_the_rfc_refuses_ends_reading_with_the_matching_error() {
+        use tokio::io::AsyncWriteExt;
+        type Expected = fn(&ReadError) -> bool;
+        let cases: [(Vec<u8>, Expected); 6] = [
+            // Not masked.
+            (vec![FIN | TEXT, 1, b'x'], |e| {
+                matches!(e, ReadError::Protocol(_))
+            }),
+            (masked(FIN | TEXT, &[0xC3, 0x28]), |e| {
+                matches!(e, ReadError::InvalidUtf8)
+            }),
+            (masked(FIN | BINARY, &[0; 20]), |e| {
+                matches!(e, ReadError::TooBig)
+            }),
+            (masked(PING, b""), |e| matches!(e, ReadError::Protocol(_))),
+            (masked(FIN | 0x3, b""), |e| {
+                matches!(e, ReadError::Protocol(_))
+            }),
+            (masked(FIN | CONTINUATION, b"x"), |e| {
+                matches!(e, ReadError::Protocol(_))
+            }),
+        ];
+        for (wire, expected) in cases {
+            let (mut frames, _sender, mut client) = pair(16).await;
+            client.write_all(&wire).await.unwrap();
+            match frames.next().await {
+                Some(Err(err)) => assert!(expected(&err), "{wire:?}: {err:?}"),
+                other => panic!("{wire:?}: {other:?}"),
+            }
+            assert!(
+                frames.next().await.is_none(),
+                "nothing is read after an error"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_close_is_answered_with_its_code_or_with_1002_for_a_forbidden_one() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        for (code, answered) in [(1000u16, 1000u16), (4001, 4001), (1005, 1002), (999, 1002)] {
+            let (mut frames, _sender, mut client) = pair(16).await;
+            client
+                .write_all(&masked(FIN | CLOSE, &code.to_be_bytes()))
+                .await
+                .unwrap();
+            assert!(matches!(frames.next().await, Some(Ok(Event::Close))));
+            assert!(frames.next().await.is_none());
+            let mut head = [0u8; 4];
+            client.read_exact(&mut head).await.unwrap();
+            assert_eq!(head[0], FIN | CLOSE);
+            assert_eq!(u16::from_be_bytes([head[2], head[3]]), answered, "{code}");
+        }
+    }
+
     #[test]
     fn incomplete_headers_wait_for_more_bytes() {
         assert!(parse_header(&[0x81]).unwrap().is_none());
