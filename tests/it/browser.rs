@@ -476,6 +476,16 @@ async fn a_guest_keeps_its_name_across_reconnects() {
         .await
         .unwrap();
     let first = browser.eval(&tab, status).await.unwrap();
+    // In the room first: the page lists members once its subscription is answered. Connected
+    // is not enough — a drop before the first `subscribed` is an entry, not a return, and the
+    // page rightly says nothing about what was missed.
+    browser
+        .wait_for(
+            &tab,
+            "document.querySelectorAll('#member-list li').length > 0",
+        )
+        .await
+        .unwrap();
     browser
         .eval(&tab, "window.tidings.ws.close(); true")
         .await
