@@ -7,7 +7,8 @@
 //! names a concrete broker).
 //!
 //! - [`server`]: wiring and lifecycle — builds everything from the settings, serves, shuts
-//!   down in order; the only module that names concrete brokers.
+//!   down in order; the only module that names concrete brokers. Its accept loop hands each
+//!   connection to hyper, or serves a stream opened as its first request on the socket itself.
 //! - `api`: HTTP routes; translates requests into calls on the node. One admission step
 //!   (origin, caps, credentials) for every transport, and one JSON error body for every
 //!   refusal of every route.

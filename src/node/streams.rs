@@ -5,12 +5,12 @@
 //! request carries that it speaks for that connection. An id whose node is not alive is
 //! refused where it arrives, without a word to the broker.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
+use tokio::sync::Notify;
 
 use super::control::Control;
 use super::{Node, NodeError};
@@ -24,11 +24,25 @@ const BACKLOG: usize = 256;
 #[derive(Debug, Default)]
 pub(super) struct Streams(Mutex<HashMap<Arc<str>, Entry>>);
 
-#[derive(Debug)]
-struct Entry {
-    commands: mpsc::Sender<String>,
-    flooded: CancellationToken,
+/// One session's waiting commands, shared by the node (which queues) and the session (which
+/// takes). A queue that is empty holds nothing: an idle stream pays for the lock, the flag and
+/// the wake-up, where a channel would keep a block of slots.
+#[derive(Debug, Default)]
+struct Mailbox {
+    commands: Mutex<VecDeque<String>>,
+    /// More came than [`BACKLOG`]; the session closes.
+    flooded: AtomicBool,
+    /// Wakes the session: a permit is kept if it is not waiting.
+    arrived: Notify,
 }
+
+impl Mailbox {
+    fn queue(&self) -> std::sync::MutexGuard<'_, VecDeque<String>> {
+        self.commands.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+type Entry = Arc<Mailbox>;
 
 impl Streams {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Entry>> {
@@ -41,12 +55,14 @@ impl Streams {
         let Some(entry) = sessions.get(session) else {
             return;
         };
-        for command in commands {
-            if entry.commands.try_send(command).is_err() {
-                entry.flooded.cancel();
-                return;
-            }
+        let mut queue = entry.queue();
+        if queue.len() + commands.len() > BACKLOG {
+            entry.flooded.store(true, Ordering::Release);
+        } else {
+            queue.extend(commands);
         }
+        drop(queue);
+        entry.arrived.notify_one();
     }
 }
 
@@ -63,8 +79,7 @@ pub enum StreamInput {
 #[derive(Debug)]
 pub struct StreamInbox {
     id: Arc<str>,
-    commands: mpsc::Receiver<String>,
-    flooded: CancellationToken,
+    mailbox: Arc<Mailbox>,
     streams: Weak<Streams>,
 }
 
@@ -76,11 +91,27 @@ impl StreamInbox {
 
     /// The next command, in the order the broker delivered them.
     pub async fn recv(&mut self) -> Option<StreamInput> {
-        tokio::select! {
-            biased;
-            () = self.flooded.cancelled() => Some(StreamInput::Flooded),
-            command = self.commands.recv() => command.map(StreamInput::Command),
+        loop {
+            if self.mailbox.flooded.load(Ordering::Acquire) {
+                return Some(StreamInput::Flooded);
+            }
+            if let Some(command) = self.next_command() {
+                return Some(StreamInput::Command(command));
+            }
+            self.mailbox.arrived.notified().await;
         }
+    }
+}
+
+impl StreamInbox {
+    fn next_command(&self) -> Option<String> {
+        let mut queue = self.mailbox.queue();
+        let command = queue.pop_front();
+        // A burst's room is given back once it is read.
+        if command.is_some() && queue.is_empty() {
+            *queue = VecDeque::new();
+        }
+        command
     }
 }
 
@@ -139,18 +170,16 @@ pub enum StreamError {
 impl Node {
     /// Registers a stream session on this node.
     pub fn open_stream(&self) -> StreamInbox {
-        let (sender, commands) = mpsc::channel(BACKLOG);
-        let flooded = CancellationToken::new();
+        let mailbox = Arc::new(Mailbox::default());
         let id = session_id(&self.0.broker.node_id());
-        let entry = Entry {
-            commands: sender,
-            flooded: flooded.clone(),
-        };
-        self.0.local.streams.lock().insert(id.clone(), entry);
+        self.0
+            .local
+            .streams
+            .lock()
+            .insert(id.clone(), mailbox.clone());
         StreamInbox {
             id,
-            commands,
-            flooded,
+            mailbox,
             streams: Arc::downgrade(&self.0.local.streams),
         }
     }

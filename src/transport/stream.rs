@@ -12,7 +12,8 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::sync::mpsc;
+use futures_channel::mpsc;
+use futures_util::{SinkExt, StreamExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::node::{StreamInbox, StreamInput};
@@ -47,9 +48,11 @@ impl Format {
     }
 }
 
-/// Batches handed to the HTTP layer and not yet written: a client that stops reading blocks
-/// the session's writer here, which then closes it as a slow consumer.
-const CHUNKS_IN_FLIGHT: usize = 2;
+/// Batches handed to the HTTP layer and not yet written, beyond the one each sender may add:
+/// a client that stops reading blocks the session's writer here, which then closes it as a
+/// slow consumer. (futures' channel rather than tokio's: it keeps no block of slots while
+/// idle, ~250 bytes against ~1.5 KiB for every open stream.)
+const CHUNKS_IN_FLIGHT: usize = 1;
 
 /// The codec of one stream.
 #[derive(Debug)]
@@ -115,7 +118,7 @@ pub(crate) fn open(
     // The body ends the session when the client goes away: hyper drops it.
     let guard = done.drop_guard();
     let body = futures_util::stream::unfold((chunks, guard), |(mut chunks, guard)| async move {
-        let chunk = chunks.recv().await?;
+        let chunk = chunks.next().await?;
         Some((Ok::<_, Infallible>(chunk), (chunks, guard)))
     });
     (reader, writer, axum::body::Body::from_stream(body))
@@ -180,11 +183,12 @@ impl Outgoing for Writer {
     }
 
     async fn flush(&mut self) -> Result<(), WriteError> {
-        let out = self.out.as_ref().ok_or_else(gone)?;
+        let out = self.out.as_mut().ok_or_else(gone)?;
         if self.buf.is_empty() {
             return Ok(());
         }
-        let chunk = self.buf.split().freeze();
+        // Taken whole, so that an idle stream keeps no room for the next batch.
+        let chunk = std::mem::take(&mut self.buf).freeze();
         out.send(chunk).await.map_err(|_| gone())
     }
 

@@ -66,6 +66,9 @@ mod redis_deployments;
 mod regression;
 /// Several nodes through Redis: cross-node delivery, failover, recovery elsewhere.
 mod scale_out;
+/// `/sse` and `/stream` on the wire: on a socket of their own or after other requests,
+/// chunked or (HTTP/1.0) ended by the close, bad heads refused, clients that talk cut off.
+mod stream_sockets;
 /// HTTP streams: SSE (Python and Chromium's EventSource) and `/stream`, resumed on another
 /// node; the two-way fallback behind a balancer that is never sticky.
 mod streams;

@@ -8,20 +8,19 @@
 //! Shutdown: stop accepting, tell every session to close with 1001, wait for their close
 //! handshakes (bounded by `--shutdown-timeout`), then return so the process exits 0.
 
+mod accept;
+mod streaming;
+
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::ConnectInfo;
-use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tower::ServiceExt;
+
+use accept::{TcpTimeouts, serve};
 
 use crate::api::{self, AppState};
 use crate::auth::{KeyError, Verifier};
@@ -469,120 +468,6 @@ async fn brokers(
             (Arc::new(broker), Arc::new(presence), Arc::new(lifecycle))
         }
     })
-}
-
-/// Accepts connections until `closed` is cancelled; returns the tracker of the HTTP
-/// connections still open, which wind down once `closed` is cancelled.
-async fn serve(
-    listener: TcpListener,
-    app: Router,
-    timeouts: TcpTimeouts,
-    closed: CancellationToken,
-) -> TaskTracker {
-    let tracker = TaskTracker::new();
-    loop {
-        let accepted = tokio::select! {
-            () = closed.cancelled() => break,
-            accepted = listener.accept() => accepted,
-        };
-        match accepted {
-            Ok((tcp, peer)) => {
-                let connection = serve_connection(tcp, peer, app.clone(), timeouts);
-                tracker.spawn(connection.with_graceful_shutdown(closed.clone()));
-            }
-            Err(err) => {
-                // Out of file descriptors, most likely: give connections time to close rather
-                // than spin on a listener that stays readable.
-                tracing::warn!(%err, "accept failed; pausing for 100 ms");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
-    tracker
-}
-
-/// One HTTP connection, until it ends or turns into a WebSocket.
-struct Connection<F> {
-    serving: F,
-    peer: SocketAddr,
-}
-
-/// The deadlines of one accepted connection.
-#[derive(Clone, Copy, Debug)]
-struct TcpTimeouts {
-    /// To send a request's headers.
-    header: Duration,
-    /// For data sent to be acknowledged by the peer's TCP before the connection is dropped:
-    /// a peer that vanished without closing (a lost network, a dead host) is noticed by the
-    /// next ping left unacknowledged. What a pong does for WebSockets, this does for HTTP
-    /// streams, whose `EventSource` cannot answer.
-    unacknowledged: Duration,
-}
-
-fn serve_connection(
-    tcp: TcpStream,
-    peer: SocketAddr,
-    app: Router,
-    timeouts: TcpTimeouts,
-) -> Connection<impl Future<Output = Result<(), hyper::Error>> + GracefulConnection + Send> {
-    // Small frames must leave at once: without TCP_NODELAY they wait for Nagle's algorithm
-    // and the peer's delayed ACK (~40 ms on Linux).
-    if let Err(err) = tcp.set_nodelay(true) {
-        tracing::debug!(%err, "TCP_NODELAY not set");
-    }
-    #[cfg(target_os = "linux")]
-    if let Err(err) =
-        socket2::SockRef::from(&tcp).set_tcp_user_timeout(Some(timeouts.unacknowledged))
-    {
-        tracing::debug!(%err, "TCP_USER_TIMEOUT not set");
-    }
-    let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
-        request.extensions_mut().insert(ConnectInfo(peer));
-        app.clone().oneshot(request)
-    });
-    let serving = http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(timeouts.header)
-        .serve_connection(TokioIo::new(tcp), service)
-        .with_upgrades();
-    Connection { serving, peer }
-}
-
-/// What a connection must do when the server stops: finish the request in flight, then close.
-trait GracefulConnection {
-    fn graceful_shutdown(self: std::pin::Pin<&mut Self>);
-}
-
-impl<I, S> GracefulConnection for http1::UpgradeableConnection<I, S>
-where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    S: hyper::service::HttpService<Incoming>,
-    S::ResBody: hyper::body::Body + 'static,
-    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    fn graceful_shutdown(self: std::pin::Pin<&mut Self>) {
-        http1::UpgradeableConnection::graceful_shutdown(self);
-    }
-}
-
-impl<F> Connection<F>
-where
-    F: Future<Output = Result<(), hyper::Error>> + GracefulConnection + Send,
-{
-    async fn with_graceful_shutdown(self, stopping: CancellationToken) {
-        let Connection { serving, peer } = self;
-        let mut serving = std::pin::pin!(serving);
-        let result = tokio::select! {
-            result = serving.as_mut() => result,
-            () = stopping.cancelled() => {
-                serving.as_mut().graceful_shutdown();
-                serving.await
-            }
-        };
-        if let Err(err) = result {
-            tracing::debug!(%err, %peer, "HTTP connection ended with an error");
-        }
-    }
 }
 
 /// The Pusher apps as the routes hold them.
