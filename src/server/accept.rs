@@ -1,7 +1,7 @@
 //! The accept loop and what each accepted connection becomes: HTTP/1 served by hyper (and
 //! WebSockets upgraded from it), or — for the long-lived streams `GET /sse` and `GET /stream`
 //! opened on a connection of their own — a response written on the socket itself
-//! ([`streaming`](super::streaming)), so that an idle stream does not keep hyper's two 8 KiB
+//! ([`streaming`]), so that an idle stream does not keep hyper's two 8 KiB
 //! connection buffers.
 
 use std::future::Future;
