@@ -157,11 +157,11 @@ async fn wait(
     let next = clocks.next_deadline(config);
     let wake = heartbeat.deadline().map_or(next, |beat| beat.min(next));
     tokio::select! {
-        () = outbox.ready() => {
-            // Let whatever is fanning out finish its round before writing: under load a
-            // batch then carries several frames per system call instead of one.
-            tokio::task::yield_now().await;
-        }
+        // Written at once: the batch is whatever queued while the last write was in flight
+        // or this task waited for its turn, so it grows with the load by itself. (Yielding
+        // once more first, to let a fan-out finish its round, batched no better with the
+        // socket's own writer and cost ~30 ms of p99 at 1.2M deliveries/s.)
+        () = outbox.ready() => {}
         () = tokio::time::sleep_until(wake), if heartbeat.deadline().is_some() => {
             let now = Instant::now();
             if let Some(closing) = clocks.expired(now, config) {
