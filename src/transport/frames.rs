@@ -176,11 +176,7 @@ pub(crate) fn split(tcp: TcpStream, early: Bytes, limit: usize, deflate: bool) -
     });
     let reader = Frames {
         shared: shared.clone(),
-        buf: BytesMut::from(&early[..]),
-        want: 0,
-        limit,
-        deflate,
-        message: None,
+        decoder: Decoder::new(early, limit, deflate),
         phase: Phase::Open,
     };
     (reader, Sender { shared })
@@ -217,6 +213,15 @@ struct Partial {
 #[derive(Debug)]
 pub(crate) struct Frames {
     shared: Arc<Shared>,
+    decoder: Decoder,
+    phase: Phase,
+}
+
+/// The client's bytes made into frames and messages, apart from the socket (so that the fuzz
+/// target can drive it with any bytes): what it answers — pongs and the close reply — it hands
+/// to its caller to queue.
+#[derive(Debug)]
+pub(crate) struct Decoder {
     /// Bytes read and not yet part of a whole frame; empty (no capacity) between frames.
     buf: BytesMut,
     /// Bytes the frame being read still lacks, once its header is known.
@@ -224,7 +229,6 @@ pub(crate) struct Frames {
     limit: usize,
     deflate: bool,
     message: Option<Box<Partial>>,
-    phase: Phase,
 }
 
 fn protocol(why: &'static str) -> ReadError {
@@ -308,7 +312,11 @@ impl Frames {
                 }
                 Phase::Done => return None,
             }
-            match self.parse() {
+            let shared = &self.shared;
+            match self
+                .decoder
+                .parse(&mut |opcode, payload| shared.out().frame(opcode, false, payload))
+            {
                 Ok(Some(Event::Close)) => {
                     self.phase = Phase::CloseRead;
                     // Best effort, and bounded by the writer's `finish`, which flushes too.
@@ -358,18 +366,48 @@ impl Frames {
     /// One read from the socket: into the stack (kept only what a frame needs), or straight
     /// into the buffer when a large frame is known to be coming.
     fn read_some(&mut self) -> io::Result<usize> {
-        if self.want > READ_CHUNK {
-            self.buf.reserve(self.want);
-            return self.shared.tcp.try_read_buf(&mut self.buf);
+        let decoder = &mut self.decoder;
+        if decoder.want > READ_CHUNK {
+            decoder.buf.reserve(decoder.want);
+            return self.shared.tcp.try_read_buf(&mut decoder.buf);
         }
         let mut chunk = [0u8; READ_CHUNK];
         let n = self.shared.tcp.try_read(&mut chunk)?;
-        self.buf.extend_from_slice(&chunk[..n]);
+        decoder.buf.extend_from_slice(&chunk[..n]);
         Ok(n)
+    }
+}
+
+/// Where the decoder's answers go: a control frame's opcode and payload.
+pub(crate) type Reply<'a> = dyn FnMut(u8, Bytes) + 'a;
+
+impl Decoder {
+    pub(crate) fn new(early: Bytes, limit: usize, deflate: bool) -> Self {
+        Self {
+            buf: BytesMut::from(&early[..]),
+            want: 0,
+            limit,
+            deflate,
+            message: None,
+        }
+    }
+
+    /// Takes bytes read from the client (the fuzz target's way in; the socket reads straight
+    /// into the buffer).
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(crate) fn feed(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Bytes held that are not yet a whole frame, and of a message not yet whole.
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(crate) fn held(&self) -> (usize, usize) {
+        let partial = self.message.as_ref().map_or(0, |m| m.payload.len());
+        (self.buf.len(), partial)
     }
 
     /// Takes whole frames from the buffer until one makes an event.
-    fn parse(&mut self) -> Result<Option<Event>, ReadError> {
+    pub(crate) fn parse(&mut self, reply: &mut Reply<'_>) -> Result<Option<Event>, ReadError> {
         loop {
             let Some(header) = parse_header(&self.buf)? else {
                 return Ok(None);
@@ -398,7 +436,7 @@ impl Frames {
             if let Some(mask) = header.mask {
                 unmask(&mut payload, mask);
             }
-            if let Some(event) = self.frame(&header, payload)? {
+            if let Some(event) = self.frame(&header, payload, reply)? {
                 return Ok(Some(event));
             }
         }
@@ -433,14 +471,19 @@ impl Frames {
     }
 
     /// One whole frame; an event when it completes one.
-    fn frame(&mut self, header: &Header, payload: BytesMut) -> Result<Option<Event>, ReadError> {
+    fn frame(
+        &mut self,
+        header: &Header,
+        payload: BytesMut,
+        reply: &mut Reply<'_>,
+    ) -> Result<Option<Event>, ReadError> {
         match header.opcode {
             PING => {
-                self.shared.out().frame(PONG, false, payload.freeze());
+                reply(PONG, payload.freeze());
                 Ok(Some(Event::Alive))
             }
             PONG => Ok(Some(Event::Alive)),
-            CLOSE => self.close(payload).map(Some),
+            CLOSE => Self::close(payload, reply).map(Some),
             CONTINUATION => {
                 let Some(message) = self.message.as_mut() else {
                     return Err(protocol("continuation without a message"));
@@ -496,8 +539,8 @@ impl Frames {
     }
 
     /// The client's close: checked, and answered with its own code (RFC 6455 §5.5.1).
-    fn close(&mut self, payload: BytesMut) -> Result<Event, ReadError> {
-        let reply = match payload.len() {
+    fn close(payload: BytesMut, reply: &mut Reply<'_>) -> Result<Event, ReadError> {
+        let answer = match payload.len() {
             0 => Bytes::new(),
             1 => return Err(protocol("close frame with a one-byte payload")),
             _ => {
@@ -514,7 +557,7 @@ impl Frames {
                 }
             }
         };
-        self.shared.out().frame(CLOSE, false, reply);
+        reply(CLOSE, answer);
         Ok(Event::Close)
     }
 }
@@ -627,7 +670,10 @@ mod tests {
         let mut pong = [0u8; 3];
         client.read_exact(&mut pong).await.unwrap();
         assert_eq!(pong, [FIN | PONG, 1, b'p']);
-        assert!(frames.buf.capacity() == 0, "nothing kept between frames");
+        assert!(
+            frames.decoder.buf.capacity() == 0,
+            "nothing kept between frames"
+        );
     }
 
     #[tokio::test]
@@ -697,5 +743,134 @@ mod tests {
         );
         let huge = [0x82, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 0];
         assert!(parse_header(&huge).is_err());
+    }
+
+    /// A client frame of any length, masked with `mask`.
+    fn client_frame(first: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
+        let Piece::Head { bytes, len } = head(first & 0x0F, first & RSV1 != 0, payload.len())
+        else {
+            unreachable!()
+        };
+        let mut frame = bytes[..usize::from(len)].to_vec();
+        frame[0] = first;
+        frame[1] |= 0x80;
+        frame.extend_from_slice(&mask);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        frame
+    }
+
+    /// xorshift64: the same cases on every run, no dependency.
+    struct Rng(u64);
+    impl Rng {
+        fn below(&mut self, n: usize) -> usize {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 % n as u64) as usize
+        }
+    }
+
+    #[test]
+    fn messages_come_back_whole_however_they_are_fragmented_masked_compressed_and_cut() {
+        let limit = 70_000;
+        let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+        for case in 0..300 {
+            let deflate = case % 2 == 1;
+            let mut wire = Vec::new();
+            let mut sent = Vec::new();
+            let mut pings = 0;
+            for _ in 0..1 + rng.below(6) {
+                // Up to 65,536 bytes: a character is at most 4.
+                let length = [0, 1, 125, 126, 127, 65_535, 65_536][rng.below(7)];
+                let chars = if rng.below(2) == 0 {
+                    rng.below(300)
+                } else {
+                    length / 4
+                };
+                let text: String = (0..chars)
+                    .map(|i| ['a', 'é', '€', '\u{1F600}'][(i + case) % 4])
+                    .collect();
+                let packed = (deflate && rng.below(2) == 0)
+                    .then(|| super::deflate::deflate(text.as_bytes()))
+                    .flatten();
+                let (body, rsv1) = match packed {
+                    Some(packed) => (packed.to_vec(), RSV1),
+                    None => (text.as_bytes().to_vec(), 0),
+                };
+                let mut pieces = 1 + rng.below(4);
+                let mut at = 0;
+                let mut opcode = TEXT | rsv1;
+                while pieces > 0 {
+                    pieces -= 1;
+                    let end = if pieces == 0 {
+                        body.len()
+                    } else {
+                        at + rng.below(body.len() - at + 1)
+                    };
+                    let fin = if pieces == 0 { FIN } else { 0 };
+                    let mask = [rng.below(256) as u8, 7, rng.below(256) as u8, 0];
+                    wire.extend(client_frame(fin | opcode, &body[at..end], mask));
+                    opcode = CONTINUATION;
+                    at = end;
+                    if rng.below(3) == 0 {
+                        pings += 1;
+                        wire.extend(client_frame(FIN | PING, b"ping", mask));
+                    }
+                }
+                sent.push(text);
+            }
+            wire.extend(client_frame(
+                FIN | CLOSE,
+                &1000u16.to_be_bytes(),
+                [1, 2, 3, 4],
+            ));
+
+            let mut decoder = Decoder::new(Bytes::new(), limit, deflate);
+            let mut replies = Vec::new();
+            let mut texts = Vec::new();
+            let mut alive = 0;
+            let mut closed = false;
+            let mut rest = &wire[..];
+            while !rest.is_empty() && !closed {
+                let (piece, after) = rest.split_at(1 + rng.below(rest.len().min(9_000)));
+                rest = after;
+                decoder.feed(piece);
+                let mut reply = |opcode, payload: Bytes| replies.push((opcode, payload));
+                while let Some(event) = decoder.parse(&mut reply).expect("a valid stream") {
+                    match event {
+                        Event::Text(text) => texts.push(text),
+                        Event::Alive => alive += 1,
+                        Event::Close => closed = true,
+                        Event::Binary(_) => panic!("only text was sent"),
+                    }
+                    if closed {
+                        break;
+                    }
+                }
+            }
+            assert_eq!(texts, sent, "case {case}");
+            assert_eq!(alive, pings, "case {case}");
+            assert!(closed, "case {case}");
+            assert_eq!(decoder.held(), (0, 0), "nothing held after the close");
+            assert_eq!(
+                replies.len(),
+                pings + 1,
+                "a pong per ping, then the close's reply"
+            );
+            assert_eq!(
+                replies.last().map(|(op, p)| (*op, p.to_vec())),
+                Some((CLOSE, 1000u16.to_be_bytes().to_vec()))
+            );
+        }
+    }
+
+    #[test]
+    fn a_compressed_message_that_inflates_past_the_limit_is_refused() {
+        let bomb = super::deflate::deflate(&vec![b'a'; 100_000]).expect("compresses");
+        assert!(bomb.len() < 1_000);
+        let mut decoder = Decoder::new(Bytes::new(), 65_536, true);
+        decoder.feed(&client_frame(FIN | RSV1 | TEXT, &bomb, [1, 2, 3, 4]));
+        let outcome = decoder.parse(&mut |_, _| panic!("nothing to answer"));
+        assert!(matches!(outcome, Err(ReadError::TooBig)), "{outcome:?}");
     }
 }

@@ -10,7 +10,7 @@
 //! Only [`deflate`] is public: the load generator inflates with the server's own reader.
 
 pub mod deflate;
-mod frames;
+pub(crate) mod frames;
 pub(crate) mod pusher;
 pub(crate) mod stream;
 pub(crate) mod ws;
