@@ -157,8 +157,13 @@ pub async fn pusher(
         };
         let asked = crate::pusher::codec::Asked::default();
         let activity = state.session.ping_interval.as_secs().max(1);
-        let codec = crate::pusher::codec::Pusher::new(app.id.clone(), asked.clone(), activity);
         let client = crate::session::client_id();
+        let codec = crate::pusher::codec::Pusher::new(
+            app.id.clone(),
+            client.clone(),
+            asked.clone(),
+            activity,
+        );
         let reader =
             crate::transport::pusher::PusherReader::new(reader, app, client.clone(), asked);
         let handshake = Handshake {

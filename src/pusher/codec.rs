@@ -74,17 +74,24 @@ pub struct Pusher {
     asked: Asked,
     /// Seconds of silence after which a client pings (`activity_timeout`).
     activity_timeout: u64,
-    /// This connection's client id, once connected (its socket id is made from it).
+    /// This connection's client id (its socket id is made from it).
     client: Arc<str>,
 }
 
 impl Pusher {
-    pub fn new(app: impl Into<Arc<str>>, asked: Asked, activity_timeout: u64) -> Self {
+    /// `client`: the connection's client id, shared with its reader (the greeting names it
+    /// again, and only a different one is copied).
+    pub fn new(
+        app: impl Into<Arc<str>>,
+        client: Arc<str>,
+        asked: Asked,
+        activity_timeout: u64,
+    ) -> Self {
         Self {
             app: app.into(),
             asked,
             activity_timeout,
-            client: Arc::from(""),
+            client,
         }
     }
 
@@ -304,7 +311,9 @@ impl Codec<Messages> for Pusher {
     fn encode(&mut self, item: Item, out: &mut Messages) {
         match item {
             Item::Connected(greeting) => {
-                self.client = greeting.connected.client.as_str().into();
+                if *self.client != *greeting.connected.client {
+                    self.client = greeting.connected.client.as_str().into();
+                }
                 let established = serde_json::json!({
                     "socket_id": socket_id(&self.client),
                     "activity_timeout": self.activity_timeout,
@@ -414,7 +423,7 @@ mod tests {
     #[test]
     fn items_come_out_in_pushers_words() {
         let asked = Asked::default();
-        let mut codec = Pusher::new("7", asked.clone(), 120);
+        let mut codec = Pusher::new("7", "".into(), asked.clone(), 120);
         let mut out = Messages::default();
         let mut greeting = Greeting::pushed();
         greeting.connected.client = "0000000100000002".into();
@@ -501,7 +510,7 @@ mod tests {
     }
 
     fn connected(app: &str, client: &str) -> Pusher {
-        let mut codec = Pusher::new(app, Asked::default(), 120);
+        let mut codec = Pusher::new(app, "".into(), Asked::default(), 120);
         let mut greeting = Greeting::pushed();
         greeting.connected.client = client.into();
         codec.encode(
