@@ -3,7 +3,8 @@
 # socketioxide peer and the FastAPI + broadcaster peer, measured by tidings-bench in one
 # session on this machine. Loopback only; every process it starts is stopped on exit.
 #
-#   bench/compare.sh [SECTION…]     sections: fanout1k fanout10k idle crossnode scaleout channels chat
+#   bench/compare.sh [SECTION…]     sections: fanout1k fanout10k pinned1k idle crossnode scaleout
+#                                   channels chat
 #                                   (default: all of them)
 #   SERVERS="tidings naive" bench/compare.sh fanout1k     limits the fan-out sections' servers
 #                                   (tidings, tidings-redis: one node on a Redis of its own,
@@ -84,6 +85,10 @@ for section in "${SECTIONS[@]}"; do
     ;;
   fanout10k)
     fanout_set 10000 ${RATES10K:-10 20 40 80 160}
+    ;;
+  pinned1k) # each server (and its Redis) on CPU 0, the generator on CPU 1
+    SERVERS=${SERVERS:-tidings tidings-redis socketioxide} SERVER_CPUS=0 GENERATOR_CPUS=1 \
+      fanout_set 1000 ${RATESPINNED:-1000 1500 2000 2500}
     ;;
   idle)
     port=$(free_port); tidings "$port"; pid=$LAST_PID

@@ -28,10 +28,19 @@ while True:
 '
 }
 
+# SERVER_CPUS / GENERATOR_CPUS (taskset lists, e.g. 0 and 1), when set, pin what `start`
+# starts and the generator `run` starts: each side gets its own cores, so a server's ceiling
+# is its own and not what the generator leaves it. (taskset execs the command: $! stays the
+# server's pid.)
+pin() { # cpus → the command prefix, one word per line
+  [ -z "$1" ] || printf '%s\n' taskset -c "$1"
+}
+
 # Starts a process in the background; waits until PORT accepts connections.
 start() { # name port command…
   local name=$1 port=$2; shift 2
-  "$@" >"$OUT/$name.log" 2>&1 &
+  local prefix; mapfile -t prefix < <(pin "${SERVER_CPUS:-}")
+  "${prefix[@]}" "$@" >"$OUT/$name.log" 2>&1 &
   PIDS+=($!)
   LAST_PID=$!
   for _ in $(seq 200); do
@@ -50,7 +59,8 @@ redis() { # port → starts a throwaway redis-server
 # One bench run: LABEL, then tidings-bench arguments; prints a summary line.
 run() {
   local label=$1; shift
-  if ! timeout 300 "$BENCH" "$@" --json >"$OUT/$label.json" 2>"$OUT/$label.err"; then
+  local prefix; mapfile -t prefix < <(pin "${GENERATOR_CPUS:-}")
+  if ! timeout 300 "${prefix[@]}" "$BENCH" "$@" --json >"$OUT/$label.json" 2>"$OUT/$label.err"; then
     echo "$label: tidings-bench failed: $(tail -1 "$OUT/$label.err")"
     return 0
   fi

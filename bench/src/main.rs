@@ -22,6 +22,7 @@ mod backend;
 mod conn;
 mod coordinator;
 mod hostile;
+mod lean;
 mod idle_stream;
 mod jitter;
 mod presence;

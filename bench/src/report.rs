@@ -82,16 +82,25 @@ impl Tally {
         seq: u64,
         offset: Option<u64>,
     ) {
+        if self.count(publisher, seq, offset) {
+            let micros = now_ns.saturating_sub(sent_ns) / 1000;
+            let _ = self.latency.record(micros.max(1));
+        }
+    }
+
+    /// Counts one delivery (delivered, duplicated, out of order) without recording its
+    /// latency; true if its latency is to be recorded.
+    pub fn count(&mut self, publisher: u32, seq: u64, offset: Option<u64>) -> bool {
         let Some(sequence) = self.publishers.get_mut(publisher as usize) else {
             self.errors += 1;
-            return;
+            return false;
         };
         let mut late = false;
         match sequence.last {
             Some(last) if seq <= last => {
                 if !sequence.missing.remove(&seq) {
                     self.duplicated += 1;
-                    return;
+                    return false;
                 }
                 late = true;
             }
@@ -109,8 +118,7 @@ impl Tally {
             self.out_of_order += 1;
         }
         self.delivered += 1;
-        let micros = now_ns.saturating_sub(sent_ns) / 1000;
-        let _ = self.latency.record(micros.max(1));
+        true
     }
 
     pub fn merge(&mut self, other: &Tally) {

@@ -13,6 +13,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::conn::{self, Protocol, Received, Target, Transport, Ws};
 use crate::coordinator::Coordinator;
+use crate::lean;
 use crate::pusher;
 use crate::report::{self, Histograms, Latency, Report, Tally};
 
@@ -266,8 +267,13 @@ async fn receive(
     protocol: Protocol,
     publishers: usize,
     delivered: Arc<AtomicU64>,
+    latencies: lean::Latencies,
     mut stop: watch::Receiver<bool>,
 ) -> Tally {
+    if lean::Lean::can_take(&ws) {
+        let lean = lean::Lean::take(ws);
+        return lean::receive(lean, protocol, publishers, delivered, latencies, stop).await;
+    }
     let mut tally = Tally::new(publishers);
     loop {
         let message = tokio::select! {
@@ -473,6 +479,7 @@ pub async fn fanout(env: &Env, args: &FanoutArgs) -> Result<Report> {
     .context("opening publishers")?;
     let delivered = Arc::new(AtomicU64::new(0));
     let (stop_tx, stop_rx) = watch::channel(false);
+    let latencies = lean::latencies();
     let mut receivers: Vec<_> = subscribers
         .into_iter()
         .map(|ws| {
@@ -481,6 +488,7 @@ pub async fn fanout(env: &Env, args: &FanoutArgs) -> Result<Report> {
                 protocol,
                 all_publishers,
                 delivered.clone(),
+                latencies.clone(),
                 stop_rx.clone(),
             ))
         })
@@ -786,6 +794,7 @@ pub async fn idle(env: &Env, args: &IdleArgs) -> Result<Report> {
     // Holders first: they answer heartbeats while the memory settles (Socket.IO drops a
     // connection that misses a ping).
     let (stop_tx, stop_rx) = watch::channel(false);
+    let latencies = lean::latencies();
     let holders: Vec<_> = sockets
         .into_iter()
         .map(|ws| {
@@ -794,6 +803,7 @@ pub async fn idle(env: &Env, args: &IdleArgs) -> Result<Report> {
                 protocol,
                 1,
                 Arc::new(AtomicU64::new(0)),
+                latencies.clone(),
                 stop_rx.clone(),
             ))
         })

@@ -250,6 +250,21 @@ impl<S> Inflating<S> {
     pub fn bytes_read(&self) -> u64 {
         self.bytes_read
     }
+
+    /// Whether frames are being inflated (permessage-deflate was agreed).
+    pub fn is_inflating(&self) -> bool {
+        self.reader.is_some()
+    }
+
+    pub fn get_ref(&self) -> &S {
+        &self.io
+    }
+
+    /// The socket back. Bytes held for inflating are dropped with the reader: meant for a
+    /// connection that is not inflating.
+    pub fn into_inner(self) -> S {
+        self.io
+    }
 }
 
 impl FrameReader {
