@@ -3,8 +3,8 @@
 # socketioxide peer and the FastAPI + broadcaster peer, measured by tidings-bench in one
 # session on this machine. Loopback only; every process it starts is stopped on exit.
 #
-#   bench/compare.sh [SECTION…]     sections: fanout1k fanout10k pinned1k idle crossnode scaleout
-#                                   channels chat
+#   bench/compare.sh [SECTION…]     sections: fanout1k fanout10k tail100k pinned1k idle crossnode
+#                                   scaleout channels chat
 #                                   (default: all of them)
 #   SERVERS="tidings naive" bench/compare.sh fanout1k     limits the fan-out sections' servers
 #                                   (tidings, tidings-redis: one node on a Redis of its own,
@@ -59,8 +59,8 @@ fanout_set() { # subscribers rates…
                       sio "$port" "$rport"; url=ws://127.0.0.1:$port; proto=socketio ;;
       esac
       local pid=$LAST_PID
-      run "fanout-$subs-$server-$rate" fanout --protocol "$proto" --url "$url" --pid "$pid" \
-        -s "$subs" -p 2 -r "$rate" -d 5 || true
+      run "fanout-$subs-$server-$rate${ROUND:+-round$ROUND}" fanout --protocol "$proto" --url "$url" \
+        --pid "$pid" -s "$subs" -p 2 -r "$rate" -d "${DURATION:-5}" || true
       stop "$pid"
       case $server in socketioxide|tidings-redis) stop "$redis_pid" ;; esac
     done
@@ -85,6 +85,11 @@ for section in "${SECTIONS[@]}"; do
     ;;
   fanout10k)
     fanout_set 10000 ${RATES10K:-10 20 40 80 160}
+    ;;
+  tail100k) # p99 and p99.9 at 100,000 deliveries/s: the servers in turn, ROUNDS times
+    for round in $(seq "${ROUNDS:-5}"); do
+      SERVERS=${SERVERS:-tidings naive socketioxide} ROUND=$round DURATION=6 fanout_set 1000 100
+    done
     ;;
   pinned1k) # each server (and its Redis) on CPU 0, the generator on CPU 1
     SERVERS=${SERVERS:-tidings tidings-redis socketioxide} SERVER_CPUS=0 GENERATOR_CPUS=1 \

@@ -75,7 +75,7 @@ for r in json.load(open(sys.argv[1])):
     print(f"{sys.argv[2]:<28} conns {r.get('connections')} sent {r.get('sent')} expected {r.get('expected')} "
           f"delivered {r.get('delivered')} lost {r.get('lost')} dup {r.get('duplicated')} ooo {r.get('out_of_order')} "
           f"offered/s {r.get('offered_per_sec', 0):.0f} delivered/s {r.get('delivered_per_sec', 0):.0f} "
-          f"p50 {lat.get('p50_ms', 0):.2f} p99 {lat.get('p99_ms', 0):.2f} max {lat.get('max_ms', 0):.1f} "
+          f"p50 {lat.get('p50_ms', 0):.2f} p99 {lat.get('p99_ms', 0):.2f} p99.9 {lat.get('p999_ms', 0):.2f} max {lat.get('max_ms', 0):.1f} "
           f"cpu {cpu} rss {rss} gen {r.get('generator_cpu_percent', 0):.0f}%" + (f" KiB/conn {per:.2f}" if per else ""), flush=True)
 EOF
 }
