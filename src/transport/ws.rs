@@ -282,9 +282,9 @@ impl<C: Codec<Messages> + Send> Outgoing for Writer<C> {
             match self.agreed.is_some_and(Agreed::takes_shared) {
                 true => match frame.deflated(deflate::deflate) {
                     Some(deflated) => self.sender.queue(TEXT, true, deflated),
-                    None => self.sender.queue(TEXT, false, frame.bytes()),
+                    None => self.sender.queue(TEXT, false, frame.into_bytes()),
                 },
-                false => self.sender.queue(TEXT, false, frame.bytes()),
+                false => self.sender.queue(TEXT, false, frame.into_bytes()),
             }
         }
         Ok(bytes)
