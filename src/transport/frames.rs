@@ -320,17 +320,19 @@ impl Frames {
                 Ok(Some(Event::Close)) => {
                     self.phase = Phase::CloseRead;
                     // Best effort, and bounded by the writer's `finish`, which flushes too.
-                    let _ = tokio::time::timeout(
+                    // Boxed, as the flush below: an idle connection waits in `readable`, and
+                    // these rare waits would otherwise size its future (~280 bytes more).
+                    let _ = Box::pin(tokio::time::timeout(
                         std::time::Duration::from_secs(1),
                         self.shared.flush(),
-                    )
+                    ))
                     .await;
                     continue;
                 }
                 Ok(Some(Event::Alive)) => {
                     // A pong may have been queued; a peer that does not read stalls only its own
                     // reading here, and the session's timeouts end it.
-                    if let Err(err) = self.shared.flush().await {
+                    if let Err(err) = Box::pin(self.shared.flush()).await {
                         self.phase = Phase::Done;
                         return Some(Err(ReadError::Gone(Box::new(err))));
                     }
