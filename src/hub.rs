@@ -57,9 +57,15 @@ impl Hub {
     /// Adds a subscriber; returns true if it is the channel's first on this node.
     pub fn add(&self, channel: &ChannelName, outbox: Outbox) -> bool {
         let mut shard = self.shard(channel);
-        let subscribers = shard.entry(channel.clone()).or_default();
-        subscribers.push(outbox);
-        subscribers.len() == 1
+        let entry = shard.entry(channel.clone());
+        // The map's own name for the channel, which every subscriber then shares.
+        let name = entry.key().clone();
+        let subscribers = entry.or_default();
+        subscribers.push(outbox.clone());
+        let first = subscribers.len() == 1;
+        drop(shard);
+        outbox.share_name(&name);
+        first
     }
 
     /// Removes a subscriber; returns true if it was the channel's last one on this node.
@@ -109,8 +115,10 @@ impl Hub {
         // earlier, which their outbox's offset check already allows for.
         let published = Arc::new(Published::new(publication.clone(), compress_from));
         let shard = self.shard(channel);
-        for outbox in shard.get(channel).into_iter().flatten() {
-            outbox.push_publication(&published);
+        if let Some((name, subscribers)) = shard.get_key_value(channel) {
+            for outbox in subscribers {
+                outbox.push_publication_on(name, &published);
+            }
         }
     }
 

@@ -42,6 +42,16 @@ impl Channels {
         }
     }
 
+    /// Keeps `channel` as this very name (the same `Arc`) where the list holds an equal one,
+    /// so that a lookup with it compares pointers. A map hashes the name anyway.
+    pub(super) fn share_name(&mut self, channel: &ChannelName) {
+        if let Self::Few(list) = self
+            && let Some((name, _)) = list.iter_mut().find(|(c, _)| c == channel)
+        {
+            name.clone_from(channel);
+        }
+    }
+
     pub(super) fn contains_key(&self, channel: &ChannelName) -> bool {
         self.get(channel).is_some()
     }
@@ -165,5 +175,22 @@ mod tests {
             panic!("a list")
         };
         assert_eq!((list.len(), list.capacity()), (0, 0));
+    }
+
+    #[test]
+    fn a_shared_name_is_kept_as_that_very_name() {
+        let mut channels = Channels::default();
+        channels.insert(name(1), live(1));
+        let shared = name(1);
+        let ptr = |c: &ChannelName| c.as_str().as_ptr();
+        assert_ne!(
+            ptr(&channels.keys()[0]),
+            ptr(&shared),
+            "two parses, two names"
+        );
+        channels.share_name(&shared);
+        channels.share_name(&name(2));
+        assert_eq!(ptr(&channels.keys()[0]), ptr(&shared));
+        assert_eq!((channels.len(), last(channels.get(&shared))), (1, Some(1)));
     }
 }

@@ -85,7 +85,8 @@ struct Inner {
     client: Arc<str>,
     state: Mutex<State>,
     /// Wakes the writer; `notify_one` keeps a permit, so a push between a drain and the next
-    /// wait is never missed.
+    /// wait is never missed. Only a push into an empty queue notifies: a queue with items in
+    /// it has had its wake-up since the writer last drained it (under load, most pushes).
     ready: Notify,
     /// Set once the connection is closing; `closing` wakes whoever waits for that. A flag and
     /// a `Notify` rather than a cancellation token, which allocates a tree node of its own
@@ -121,15 +122,19 @@ impl Queue {
 
     /// Moves every item into `batch`, in order, and gives back the capacity of a queue that
     /// held few: the next small wake-up costs one allocation, which its system call dwarfs,
-    /// while a connection under load keeps what it needs, up to a bound.
+    /// while a connection under load keeps what its batches need. (Shrinking every large
+    /// batch back to a fixed size had each one grow the queue again by doubling, four
+    /// reallocations a batch at saturation.) Capacity is kept only while batches keep coming:
+    /// the writer drains again after each write, and an empty or small drain frees it.
     fn drain_into(&mut self, batch: &mut Vec<Item>) {
         let drained = self.rest.len() + 1;
         batch.extend(self.first.take());
         batch.extend(self.rest.drain(..));
         if drained <= SMALL_BATCH {
             self.rest = VecDeque::new();
-        } else if self.rest.capacity() > 64 {
-            self.rest.shrink_to(16);
+        } else if self.rest.capacity() > 4 * drained {
+            // The load fell: keep what this batch needed.
+            self.rest.shrink_to(drained);
         }
     }
 }
@@ -148,9 +153,12 @@ struct State {
 }
 
 impl State {
-    fn enqueue(&mut self, item: Item) {
+    /// Queues `item`; true when the queue was empty, the one case that must wake the writer.
+    fn enqueue(&mut self, item: Item) -> bool {
+        let was_empty = self.queue.first.is_none();
         self.queued_bytes += item.cost();
         self.queue.push_back(item);
+        was_empty
     }
 }
 
@@ -213,18 +221,35 @@ impl Outbox {
         if state.closing.is_some() || !self.reserve_reply(&mut state, item.cost()) {
             return false;
         }
-        state.enqueue(item);
+        let wake = state.enqueue(item);
         drop(state);
-        self.0.ready.notify_one();
+        if wake {
+            self.0.ready.notify_one();
+        }
         true
+    }
+
+    /// [`Outbox::push_publication_on`] under the publication's own name, for tests.
+    #[cfg(test)]
+    pub fn push_publication(&self, published: &Arc<Published>) {
+        let channel = &published.publication.channel;
+        self.push_shared(channel, Item::Publication(published.clone()));
     }
 
     /// Queues a publication, applying its channel's delivery rules: held while pending;
     /// dropped at or below the last offset; the connection closed with
-    /// [`CloseCode::InsufficientState`] on a gap or another epoch.
-    pub fn push_publication(&self, published: &Arc<Published>) {
-        let channel = &published.publication.channel;
+    /// [`CloseCode::InsufficientState`] on a gap or another epoch. `channel` is the name as
+    /// the hub keeps it, which the outbox shares ([`Outbox::share_name`]): the lookup
+    /// compares pointers, not names.
+    pub fn push_publication_on(&self, channel: &ChannelName, published: &Arc<Published>) {
+        debug_assert_eq!(channel, &published.publication.channel);
         self.push_shared(channel, Item::Publication(published.clone()));
+    }
+
+    /// Keeps the hub's `Arc` of a channel's name as this connection's: the fan-out then finds
+    /// the channel by pointer (one subscriber of many: one comparison saved per delivery).
+    pub fn share_name(&self, channel: &ChannelName) {
+        self.state().channels.share_name(channel);
     }
 
     /// Queues an event (a join or leave): held while the subscription is pending, in order
@@ -261,9 +286,11 @@ impl Outbox {
                 state.held_bytes += cost;
             }
             Fate::Queue => {
-                state.enqueue(item);
+                let wake = state.enqueue(item);
                 drop(state);
-                self.0.ready.notify_one();
+                if wake {
+                    self.0.ready.notify_one();
+                }
             }
         }
     }
@@ -288,7 +315,12 @@ impl Outbox {
         if state.closing.is_some() {
             return;
         }
-        let (held, floor) = match state.channels.remove(channel) {
+        // Taken in place rather than removed: the entry keeps the name the hub shared.
+        let taken = state
+            .channels
+            .get_mut(channel)
+            .map(|delivery| std::mem::replace(delivery, Delivery::pending()));
+        let (held, floor) = match taken {
             Some(Delivery::Pending { held, floor }) => (held, floor),
             _ => (Vec::new(), None),
         };
@@ -646,6 +678,37 @@ mod tests {
             drained(&strict).1.is_some(),
             "live publications get no such allowance"
         );
+    }
+
+    #[test]
+    fn only_a_push_into_an_empty_queue_wakes_the_writer_and_none_is_missed() {
+        use futures_util::FutureExt;
+        let outbox = Outbox::new(1 << 20, "c".into());
+        outbox.begin_subscription(&ch());
+        outbox.complete_subscription(&ch(), vec![], &at(0));
+        assert!(
+            outbox.ready().now_or_never().is_some(),
+            "the reply's wake-up"
+        );
+        assert!(drained(&outbox).0.is_empty());
+        for offset in 1..=3 {
+            outbox.push_publication(&p(offset));
+        }
+        assert!(
+            outbox.ready().now_or_never().is_some(),
+            "woken for the batch"
+        );
+        assert_eq!(drained(&outbox).0, ["p1", "p2", "p3"]);
+        assert!(
+            outbox.ready().now_or_never().is_none(),
+            "one wake-up for the whole batch"
+        );
+        assert!(outbox.push(reply("after")));
+        assert!(
+            outbox.ready().now_or_never().is_some(),
+            "a push after the drain wakes it again"
+        );
+        assert_eq!(drained(&outbox).0, ["after"]);
     }
 
     #[test]

@@ -13,6 +13,9 @@ use crate::metrics::metrics;
 use crate::outbox::{Closing, Outbox, SMALL_BATCH};
 use crate::protocol::{CloseCode, Item};
 
+/// Items whose room the writer's batch keeps between batches, at most (32 bytes each).
+const MAX_KEPT_BATCH: usize = 4096;
+
 /// How one batch's write ended.
 enum Written {
     Done {
@@ -84,7 +87,9 @@ pub(super) async fn write_loop<O: Outgoing>(
                     clocks.alive.store(true, Ordering::Relaxed);
                 }
             }
-            if small || batch.capacity() > 256 {
+            // A batch's capacity is kept under load (allocating it again for every batch
+            // costs more than it holds), within a bound, and given back after a small one.
+            if small || batch.capacity() > MAX_KEPT_BATCH {
                 batch = Vec::new();
             }
         }
