@@ -109,6 +109,17 @@ fn named<T: Serialize>(name: &str, body: &T) -> String {
 /// Every v1 frame `item` becomes, in order. `session`: the stream's session id (streams only).
 /// A `Disconnect` is a frame only on a stream (a WebSocket closes with a close frame).
 pub(super) fn frames(item: Item, session: Option<&str>, emit: &mut dyn FnMut(Frame)) {
+    // The fan-out's items first, outside the function that encodes the rest: its frame on
+    // the stack is near a kilobyte, set up for every call.
+    match item {
+        Item::Publication(published) => emit(published.frame().clone()),
+        Item::Event(event) => emit(event.frame().clone()),
+        item => encoded(item, session, emit),
+    }
+}
+
+#[inline(never)]
+fn encoded(item: Item, session: Option<&str>, emit: &mut dyn FnMut(Frame)) {
     let text = match item {
         Item::Reply { id, body } => format!(r#"{{"id":{id},"ok":{body}}}"#),
         Item::Error(refused) => match refused.id {

@@ -12,9 +12,8 @@
 //! masking, fragmentation with control frames between fragments, reserved bits and opcodes,
 //! control frame limits, UTF-8 of text and close reasons, close codes, and the size limit.
 
-use std::collections::VecDeque;
-use std::io::{self, IoSlice};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::io;
+use std::sync::Arc;
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::net::TcpStream;
@@ -34,152 +33,24 @@ const RSV1: u8 = 0x40;
 
 /// What is read from the socket at once into the stack, before it is kept.
 const READ_CHUNK: usize = 4096;
-/// Pieces handed to one `writev` (the kernel takes up to 1,024).
-const MAX_IOV: usize = 256;
 
-/// The socket both halves share.
-#[derive(Debug)]
-struct Shared {
-    tcp: TcpStream,
-    out: Mutex<Out>,
-}
+mod out;
 
-/// Frames queued and not yet written whole: what a batch, a pong or a close reply left when
-/// the socket would not take more.
-#[derive(Debug, Default)]
-struct Out {
-    queue: VecDeque<Piece>,
-    /// Bytes of the first piece already written.
-    written: usize,
-}
-
-/// A piece of a frame: its header, built in place, or its payload, shared.
-#[derive(Debug)]
-enum Piece {
-    Head { bytes: [u8; 10], len: u8 },
-    Body(Bytes),
-}
-
-impl Piece {
-    fn as_slice(&self) -> &[u8] {
-        match self {
-            Piece::Head { bytes, len } => &bytes[..usize::from(*len)],
-            Piece::Body(bytes) => bytes,
-        }
-    }
-}
-
-/// A server frame's header (never masked): FIN, RSV1 when `compressed`, the opcode and the
-/// length.
-fn head(opcode: u8, compressed: bool, length: usize) -> Piece {
-    let mut bytes = [0u8; 10];
-    bytes[0] = FIN | opcode | if compressed { RSV1 } else { 0 };
-    let len = match length {
-        0..=125 => {
-            bytes[1] = length as u8;
-            2
-        }
-        126..=0xFFFF => {
-            bytes[1] = 126;
-            bytes[2..4].copy_from_slice(&(length as u16).to_be_bytes());
-            4
-        }
-        _ => {
-            bytes[1] = 127;
-            bytes[2..10].copy_from_slice(&(length as u64).to_be_bytes());
-            10
-        }
-    };
-    Piece::Head { bytes, len }
-}
-
-impl Shared {
-    fn out(&self) -> MutexGuard<'_, Out> {
-        self.out.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Writes until everything queued has left, waiting for the socket as needed. Either half
-    /// may call it (tokio lets several tasks wait for one socket to be writable); whole frames
-    /// are queued under the lock, so frames never interleave.
-    async fn flush(&self) -> io::Result<()> {
-        loop {
-            if self.out().write_some(&self.tcp)? {
-                return Ok(());
-            }
-            self.tcp.writable().await?;
-        }
-    }
-}
-
-impl Out {
-    fn frame(&mut self, opcode: u8, compressed: bool, payload: Bytes) {
-        self.queue
-            .push_back(head(opcode, compressed, payload.len()));
-        if !payload.is_empty() {
-            self.queue.push_back(Piece::Body(payload));
-        }
-    }
-
-    /// Writes what the socket takes now; true once nothing is left.
-    fn write_some(&mut self, tcp: &TcpStream) -> io::Result<bool> {
-        while !self.queue.is_empty() {
-            let mut slices = [IoSlice::new(&[]); MAX_IOV];
-            let mut count = 0;
-            for (i, piece) in self.queue.iter().take(MAX_IOV).enumerate() {
-                let bytes = piece.as_slice();
-                slices[i] = IoSlice::new(if i == 0 {
-                    &bytes[self.written..]
-                } else {
-                    bytes
-                });
-                count = i + 1;
-            }
-            match tcp.try_write_vectored(&slices[..count]) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => {
-                    tracing::trace!(bytes = n, "WebSocket frames written");
-                    self.advance(n)
-                }
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-                Err(err) => return Err(err),
-            }
-        }
-        // Nothing queued any more: an idle connection keeps no capacity.
-        self.queue = VecDeque::new();
-        Ok(true)
-    }
-
-    fn advance(&mut self, mut n: usize) {
-        while n > 0 {
-            let Some(front) = self.queue.front() else {
-                return;
-            };
-            let left = front.as_slice().len() - self.written;
-            if n < left {
-                self.written += n;
-                return;
-            }
-            n -= left;
-            self.written = 0;
-            self.queue.pop_front();
-        }
-    }
-}
+pub(crate) use out::Sender;
+use out::Shared;
+#[cfg(test)]
+use out::{Out, Piece, head};
 
 /// Splits an upgraded socket into its reading and writing halves. `early` is what the client
 /// sent after its handshake, already read; `limit` is the largest message, inflated.
 pub(crate) fn split(tcp: TcpStream, early: Bytes, limit: usize, deflate: bool) -> (Frames, Sender) {
-    let shared = Arc::new(Shared {
-        tcp,
-        out: Mutex::default(),
-    });
+    let shared = Shared::new(tcp);
     let reader = Frames {
         shared: shared.clone(),
         decoder: Decoder::new(early, limit, deflate),
         phase: Phase::Open,
     };
-    (reader, Sender { shared })
+    (reader, Sender::new(shared))
 }
 
 /// What a client's frames amount to.
@@ -561,32 +432,6 @@ impl Decoder {
         };
         reply(CLOSE, answer);
         Ok(Event::Close)
-    }
-}
-
-/// The writing half: frames queued, then written in one go by [`Sender::flush`].
-#[derive(Debug)]
-pub(crate) struct Sender {
-    shared: Arc<Shared>,
-}
-
-impl Sender {
-    /// Queues a data frame (`TEXT` or `BINARY`), compressed or not; nothing is written yet.
-    pub(crate) fn queue(&mut self, opcode: u8, compressed: bool, payload: Bytes) {
-        self.shared.out().frame(opcode, compressed, payload);
-    }
-
-    /// Queues a close frame with `code` and `reason` (cut to fit by the caller).
-    pub(crate) fn queue_close(&mut self, code: u16, reason: &str) {
-        let mut payload = Vec::with_capacity(2 + reason.len());
-        payload.extend_from_slice(&code.to_be_bytes());
-        payload.extend_from_slice(reason.as_bytes());
-        self.shared.out().frame(CLOSE, false, Bytes::from(payload));
-    }
-
-    /// Writes everything queued (by either half).
-    pub(crate) async fn flush(&mut self) -> io::Result<()> {
-        self.shared.flush().await
     }
 }
 
