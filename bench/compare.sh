@@ -9,6 +9,8 @@
 #   SERVERS="tidings naive" bench/compare.sh fanout1k     limits the fan-out sections' servers
 #                                   (tidings, tidings-redis: one node on a Redis of its own,
 #                                   naive, socketioxide)
+#   RATESPINNED="2000 3000" PINNED_QUEUE=1MiB bench/compare.sh pinned1k   other rates, and
+#                                   Tidings' queue depth there (default 512MiB, see the section)
 #
 # Needs: cargo (release builds), redis-server, and for the peers
 #   - socketioxide: built by this script (bench/peers/socketioxide, its own Cargo project);
@@ -42,6 +44,9 @@ fastapi() { # port redis_port
   return 1
 }
 
+# Flags every Tidings of the fan-out sections gets (a section may set them).
+TIDINGS_ARGS=()
+
 # Fan-out at fixed offered rates (deliveries/s = rate × subscribers) against each server.
 fanout_set() { # subscribers rates…
   local subs=$1; shift
@@ -50,9 +55,9 @@ fanout_set() { # subscribers rates…
     for rate in "${rates[@]}"; do
       port=$(free_port)
       case $server in
-        tidings) tidings "$port"; url=ws://127.0.0.1:$port/ws; proto=tidings ;;
+        tidings) tidings "$port" "${TIDINGS_ARGS[@]}"; url=ws://127.0.0.1:$port/ws; proto=tidings ;;
         tidings-redis) rport=$(free_port); redis "$rport"; local redis_pid=$LAST_PID
-                       tidings "$port" --redis-url "redis://127.0.0.1:$rport"
+                       tidings "$port" --redis-url "redis://127.0.0.1:$rport" "${TIDINGS_ARGS[@]}"
                        url=ws://127.0.0.1:$port/ws; proto=tidings ;;
         naive) naive "$port"; url=ws://127.0.0.1:$port/; proto=naive ;;
         socketioxide) rport=$(free_port); redis "$rport"; local redis_pid=$LAST_PID
@@ -92,8 +97,16 @@ for section in "${SECTIONS[@]}"; do
     done
     ;;
   pinned1k) # each server (and its Redis) on CPU 0, the generator on CPU 1
+    # Saturation: up to 1,500 publications/s from each of the 2 publishers, so the
+    # per-connection limits (1,000/s by default) are raised as a user of such a publisher would
+    # raise them; and Tidings' queues are made as deep as the peer's, which has no bound
+    # (512 MiB), so that past saturation it queues as the peer does instead of closing the
+    # subscribers that fall behind (4000): the delivered rate is then each server's capacity.
+    TIDINGS_ARGS=(--publish-rate 5000 --publish-burst 5000 --command-rate 10000
+      --command-burst 10000 --max-queue-size "${PINNED_QUEUE:-512MiB}")
     SERVERS=${SERVERS:-tidings tidings-redis socketioxide} SERVER_CPUS=0 GENERATOR_CPUS=1 \
-      fanout_set 1000 ${RATESPINNED:-1000 1500 2000 2500}
+      fanout_set 1000 ${RATESPINNED:-1000 1500 2000 2500 3000}
+    TIDINGS_ARGS=()
     ;;
   idle)
     port=$(free_port); tidings "$port"; pid=$LAST_PID
