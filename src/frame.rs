@@ -71,13 +71,9 @@ impl Frame {
         slot.get_or_init(|| deflate(&self.text)).clone()
     }
 
-    /// The shared bytes, for the transport: UTF-8 text.
-    pub fn bytes(&self) -> Bytes {
-        self.text.clone()
-    }
-
-    /// The shared bytes, taken: no reference count touched, where [`Frame::bytes`] adds one
-    /// (and its drop takes it away again), once per subscriber of every publication.
+    /// The shared bytes, for the transport (UTF-8 text), taken: no reference count touched,
+    /// where a clone would add one (and its drop take it away again), once per subscriber of
+    /// every publication.
     pub fn into_bytes(self) -> Bytes {
         self.text
     }
