@@ -16,6 +16,12 @@ use crate::protocol::{CloseCode, Item};
 /// Items whose room the writer's batch keeps between batches, at most (32 bytes each).
 const MAX_KEPT_BATCH: usize = 4096;
 
+/// Bytes fed to the transport before it is flushed within a batch. Transports copy small
+/// frames into buffers of the connection's own (the WebSocket's gathered writes, the streams'
+/// chunks); flushing by this much bounds what a client that stopped reading holds privately,
+/// while the rest of its batch stays shared with every other subscriber.
+const FLUSH_AT: usize = 256 * 1024;
+
 /// How one batch's write ended.
 enum Written {
     Done {
@@ -125,8 +131,15 @@ async fn write_batch<O: Outgoing>(
     };
     let items = batch.len();
     let write = async {
+        let mut unflushed = 0;
         for item in batch.drain(..) {
-            *bytes += out.feed(item).await?;
+            let fed = out.feed(item).await?;
+            *bytes += fed;
+            unflushed += fed;
+            if unflushed >= FLUSH_AT {
+                out.flush().await?;
+                unflushed = 0;
+            }
         }
         out.flush().await
     };
@@ -199,4 +212,68 @@ async fn drain_turn(shutdown: &CancellationToken, config: &SessionConfig, outbox
     let spread = outbox.id().get().wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11;
     let fraction = spread as f64 / (1u64 << 53) as f64;
     tokio::time::sleep_until(started + config.drain_window.mul_f64(fraction)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::session::WriteError;
+
+    /// A transport that counts what it was fed between flushes, as if each item were `size`
+    /// bytes.
+    struct Counting {
+        size: usize,
+        unflushed: usize,
+        most_unflushed: usize,
+        flushes: usize,
+    }
+
+    impl Outgoing for Counting {
+        async fn feed(&mut self, _: Item) -> Result<usize, WriteError> {
+            self.unflushed += self.size;
+            self.most_unflushed = self.most_unflushed.max(self.unflushed);
+            Ok(self.size)
+        }
+
+        async fn flush(&mut self) -> Result<(), WriteError> {
+            self.unflushed = 0;
+            self.flushes += 1;
+            Ok(())
+        }
+
+        async fn close(&mut self, _: CloseCode, _: &str, _: Duration) {}
+
+        async fn finish(&mut self, _: Duration) {}
+    }
+
+    #[tokio::test]
+    async fn a_large_batch_is_flushed_in_bounded_pieces_and_a_small_one_once() {
+        let config = crate::session::tests::config();
+        let outbox = Outbox::new(1 << 20, "client".into());
+        let shutdown = CancellationToken::new();
+        for (items, size, flushes) in [(3, 1_000, 1), (100, 10_000, 4), (1, 1 << 20, 2)] {
+            let mut out = Counting {
+                size,
+                unflushed: 0,
+                most_unflushed: 0,
+                flushes: 0,
+            };
+            let mut batch: Vec<Item> = (0..items).map(|_| Item::Ping).collect();
+            let mut bytes = 0;
+            let written = write_batch(
+                &mut out, &mut batch, &mut bytes, &outbox, false, &config, &shutdown,
+            )
+            .await;
+            assert!(matches!(written, Written::Done { items: n } if n == items));
+            assert_eq!(bytes, items * size);
+            assert_eq!(out.flushes, flushes, "{items} items of {size} bytes");
+            assert!(
+                out.most_unflushed < FLUSH_AT + size,
+                "{}",
+                out.most_unflushed
+            );
+        }
+    }
 }

@@ -1,7 +1,8 @@
 //! RFC 6455 framing over the upgraded TCP socket, for the server's side of a WebSocket: the
 //! client's frames read and checked, messages reassembled (and inflated, with
-//! permessage-deflate), and the server's frames written as they are — a header built in place
-//! and the payload shared, gathered into one `writev` per batch.
+//! permessage-deflate), and the server's frames written as they are — a header built in place,
+//! small frames copied together and large payloads shared, gathered into one `writev` per
+//! batch.
 //!
 //! Done here rather than by a WebSocket library because of what an idle connection costs: a
 //! library keeps a read buffer, a write buffer grown by the largest frame it ever sent, and a
