@@ -71,11 +71,10 @@ impl Frame {
         slot.get_or_init(|| deflate(&self.text)).clone()
     }
 
-    /// The shared bytes, for the transport (UTF-8 text), taken: no reference count touched,
-    /// where a clone would add one (and its drop take it away again), once per subscriber of
-    /// every publication.
-    pub fn into_bytes(self) -> Bytes {
-        self.text
+    /// The shared bytes, for the transport (UTF-8 text), borrowed: copied, or cloned where
+    /// they are kept.
+    pub fn shared(&self) -> &Bytes {
+        &self.text
     }
 }
 

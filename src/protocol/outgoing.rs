@@ -54,6 +54,15 @@ pub trait Codec<Out> {
     /// Appends `item`'s wire form to `out`; an item the wire has no words for writes nothing.
     fn encode(&mut self, item: Item, out: &mut Out);
 
+    /// The one frame `item` is, when this wire sends it as the node encoded it once (a
+    /// publication, an event): the transport copies or shares it from the item, where
+    /// `encode` would clone it (a reference count up and down again, per subscriber of every
+    /// publication). `None`: use `encode`.
+    fn shared<'a>(&self, item: &'a Item) -> Option<&'a Frame> {
+        let _ = item;
+        None
+    }
+
     /// The close code that says `code` on this wire (whose clients may read the numbers
     /// differently).
     fn close_code(&self, code: super::CloseCode) -> super::CloseCode {

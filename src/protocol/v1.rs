@@ -30,6 +30,14 @@ impl Codec<Messages> for V1 {
     fn encode(&mut self, item: Item, out: &mut Messages) {
         frames(item, None, &mut |frame| out.push(frame));
     }
+
+    fn shared<'a>(&self, item: &'a Item) -> Option<&'a Frame> {
+        match item {
+            Item::Publication(published) => Some(published.frame()),
+            Item::Event(event) => Some(event.frame()),
+            _ => None,
+        }
+    }
 }
 
 /// Protocol v1 as newline-delimited JSON: each frame on a line of its own. Its `connected`
@@ -266,6 +274,9 @@ pub(super) fn error_reply(id: u64, error: ErrorBody) -> String {
 mod tests {
     use super::*;
     use crate::protocol::outgoing::{Greeting, Recovered, Refused};
+    use crate::protocol::{
+        ChannelEvent, ClientInfo, Member, Membership, PresenceChange, Publication, Published,
+    };
     use crate::protocol::{CloseCode, ErrorCode, StreamPosition};
 
     fn lines(items: Vec<Item>) -> Vec<serde_json::Value> {
@@ -343,5 +354,57 @@ mod tests {
         }]);
         assert_eq!(out[0]["ok"]["a"], 1);
         assert_eq!(out[0]["id"], 7);
+    }
+
+    /// What `encode` makes of `item`, as text.
+    fn encoded(item: Item) -> Vec<String> {
+        let mut out = Messages::default();
+        V1.encode(item, &mut out);
+        out.into_iter().map(|f| f.as_str().to_owned()).collect()
+    }
+
+    #[test]
+    fn the_frame_shared_from_an_item_is_the_one_encode_sends_and_only_fan_out_items_have_one() {
+        let channel = ChannelName::parse("news").unwrap();
+        let publication = Item::Publication(Arc::new(Published::new(
+            Publication {
+                channel: channel.clone(),
+                offset: 3,
+                epoch: "E".into(),
+                data: Arc::from(RawValue::from_string("{\"t\":1}".into()).unwrap()),
+                info: ClientInfo::server(),
+            },
+            None,
+        )));
+        let event = Item::Event(Arc::new(ChannelEvent::new(Membership::Join(
+            PresenceChange {
+                channel,
+                info: Member {
+                    client: "c".into(),
+                    user: "u".into(),
+                    authenticated: false,
+                    info: None,
+                },
+            },
+        ))));
+        for item in [publication, event] {
+            let shared = V1
+                .shared(&item)
+                .expect("a fan-out item")
+                .as_str()
+                .to_owned();
+            assert!(shared.contains("\"news\""), "{shared}");
+            assert_eq!(encoded(item), [shared]);
+        }
+        for item in [
+            Item::Ping,
+            Item::Reply {
+                id: 1,
+                body: "{}".into(),
+            },
+        ] {
+            assert!(V1.shared(&item).is_none());
+            assert_eq!(encoded(item).len(), 1);
+        }
     }
 }

@@ -20,7 +20,7 @@ use tokio::net::TcpStream;
 
 use super::deflate::{self, Agreed};
 use super::frames::{self, BINARY, Event, Frames, Sender, TEXT};
-use crate::frame::Messages;
+use crate::frame::{Frame, Messages};
 use crate::protocol::{CloseCode, Codec, Item, V1};
 use crate::session::{Inbound, Incoming, Outgoing, ReadError, WriteError};
 
@@ -270,22 +270,31 @@ impl<C> Writer<C> {
     }
 }
 
+/// Queues a text frame: a publication compressed once on this node, for every subscriber that
+/// can take it.
+fn queue_frame(sender: &mut Sender, agreed: Option<Agreed>, frame: &Frame) {
+    match agreed.is_some_and(Agreed::takes_shared) {
+        true => match frame.deflated(deflate::deflate) {
+            Some(deflated) => sender.queue(TEXT, true, deflated),
+            None => sender.queue_shared(TEXT, false, frame.shared()),
+        },
+        false => sender.queue_shared(TEXT, false, frame.shared()),
+    }
+}
+
 impl<C: Codec<Messages> + Send> Outgoing for Writer<C> {
     async fn feed(&mut self, item: Item) -> Result<usize, WriteError> {
+        // The fan-out's items: their frame taken from the item, not cloned.
+        if let Some(frame) = self.codec.shared(&item) {
+            queue_frame(&mut self.sender, self.agreed, frame);
+            return Ok(frame.len());
+        }
         let mut messages = Messages::default();
         self.codec.encode(item, &mut messages);
         let mut bytes = 0;
         for frame in messages {
             bytes += frame.len();
-            // A publication compressed once on this node, for every subscriber that can take
-            // it.
-            match self.agreed.is_some_and(Agreed::takes_shared) {
-                true => match frame.deflated(deflate::deflate) {
-                    Some(deflated) => self.sender.queue(TEXT, true, deflated),
-                    None => self.sender.queue(TEXT, false, frame.into_bytes()),
-                },
-                false => self.sender.queue(TEXT, false, frame.into_bytes()),
-            }
+            queue_frame(&mut self.sender, self.agreed, &frame);
         }
         Ok(bytes)
     }

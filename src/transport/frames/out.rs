@@ -209,17 +209,34 @@ impl Sender {
 
     /// Queues a data frame (`TEXT` or `BINARY`), compressed or not; nothing is written yet.
     pub(crate) fn queue(&mut self, opcode: u8, compressed: bool, payload: Bytes) {
+        if !self.try_copy(opcode, compressed, &payload) {
+            self.push_shared(opcode, compressed, payload);
+        }
+    }
+
+    /// Queues a data frame whose payload stays its owner's: copied, or shared when large.
+    pub(crate) fn queue_shared(&mut self, opcode: u8, compressed: bool, payload: &Bytes) {
+        if !self.try_copy(opcode, compressed, payload) {
+            self.push_shared(opcode, compressed, payload.clone());
+        }
+    }
+
+    /// Copies a small frame; false for a large one, left to be shared.
+    fn try_copy(&mut self, opcode: u8, compressed: bool, payload: &[u8]) -> bool {
         if self.staged.capacity() == 0 {
             // Room for what the last batch needed: one allocation a batch under load, where
             // growing by doubling took six, and none kept while idle.
             self.staged.reserve(self.last_batch as usize);
         }
-        let head = head(opcode, compressed, payload.len());
-        if payload.len() <= COPY_MAX {
-            self.copy(head.as_slice(), &payload);
-            return;
+        if payload.len() > COPY_MAX {
+            return false;
         }
-        self.staged.push(head);
+        self.copy(head(opcode, compressed, payload.len()).as_slice(), payload);
+        true
+    }
+
+    fn push_shared(&mut self, opcode: u8, compressed: bool, payload: Bytes) {
+        self.staged.push(head(opcode, compressed, payload.len()));
         self.staged.push(Piece::Body(payload));
     }
 
@@ -298,8 +315,12 @@ mod tests {
             .iter()
             .map(|&len| Bytes::from(vec![b'a' + (len % 26) as u8; len]))
             .collect();
-        for payload in &payloads {
-            sender.queue(TEXT, false, payload.clone());
+        // Taken or borrowed, the same.
+        for (i, payload) in payloads.iter().enumerate() {
+            match i % 2 {
+                0 => sender.queue(TEXT, false, payload.clone()),
+                _ => sender.queue_shared(TEXT, false, payload),
+            }
         }
         let expected: Vec<u8> = payloads.iter().flat_map(|p| wire(p)).collect();
         match &sender.staged[..] {
