@@ -105,7 +105,7 @@ for section in "${SECTIONS[@]}"; do
     TIDINGS_ARGS=(--publish-rate 5000 --publish-burst 5000 --command-rate 10000
       --command-burst 10000 --max-queue-size "${PINNED_QUEUE:-512MiB}")
     SERVERS=${SERVERS:-tidings tidings-redis socketioxide} SERVER_CPUS=0 GENERATOR_CPUS=1 \
-      fanout_set 1000 ${RATESPINNED:-1000 1500 2000 2500 3000 3500 4000}
+      fanout_set 1000 ${RATESPINNED:-1000 1500 2000 3000 4000 5000}
     TIDINGS_ARGS=()
     ;;
   idle)
